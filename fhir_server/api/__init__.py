@@ -1,0 +1,1 @@
+"""FastAPI routers and dependencies: the only layer that knows HTTP."""

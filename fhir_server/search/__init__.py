@@ -1,0 +1,1 @@
+"""FHIR search: compiled SearchParameter expressions, index values and compartment membership."""

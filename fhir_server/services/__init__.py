@@ -1,0 +1,1 @@
+"""One module per FHIR interaction and per workflow: load facts, validate, call storage."""

@@ -1,0 +1,358 @@
+"""batch and transaction Bundles posted to the base URL.
+
+A transaction is all or nothing, processed in the order R4 prescribes (DELETE, POST, PUT/PATCH,
+GET), with `urn:uuid:` full URLs of created resources resolved into real references before anything
+is validated or stored. A batch answers each entry on its own, each in its own savepoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhir_server.errors import BadRequest, FhirError, NotSupported
+from fhir_server.services import create, delete, history, patch, read, update
+from fhir_server.services.bundles import etag, raw
+from fhir_server.services.context import Context
+from fhir_server.services.outcome import Result
+from fhir_server.services.outcome_json import operation_outcome
+from fhir_server.services.resources import new_version, validated
+from fhir_server.storage import repository
+
+_STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
+_ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
+
+
+@dataclass
+class Entry:
+    index: int
+    method: str
+    url: str
+    resource_type: str | None
+    id: str | None
+    tail: list[str]
+    query: str
+    resource: Any
+    full_url: str | None
+    if_none_exist: str | None
+    if_match: int | None
+    response: dict[str, Any] = field(default_factory=dict)
+
+
+def _entry_error(index: int, error: FhirError) -> FhirError:
+    """The same error, its locations moved under `Bundle.entry[index]`."""
+    prefix = f"Bundle.entry[{index}]"
+    issues = []
+    for issue in error.issues:
+        where = tuple(
+            f"{prefix}.resource.{e.split('.', 1)[1]}" if "." in e else f"{prefix}.resource.{e}"
+            for e in issue.expression
+        ) or (prefix,)
+        issues.append(replace(issue, diagnostics=f"entry {index}: {issue.diagnostics}", expression=where))
+    clone = type(error)(issues=issues)
+    return clone
+
+
+def _parse_entry(ctx: Context, index: int, raw_entry: Any) -> Entry:
+    where = f"Bundle.entry[{index}]"
+    if not isinstance(raw_entry, dict):
+        raise BadRequest(f"entry {index} is not an object", expression=[where])
+    request = raw_entry.get("request")
+    if not isinstance(request, dict):
+        raise BadRequest(f"entry {index} has no `request`", expression=[f"{where}.request"])
+    method = request.get("method")
+    url = request.get("url")
+    if method not in _ORDER or not isinstance(url, str) or not url:
+        raise BadRequest(
+            f"entry {index} needs `request.method` (GET, POST, PUT, PATCH, DELETE) and `request.url`",
+            expression=[f"{where}.request"],
+        )
+    if url.startswith(ctx.base_url + "/"):
+        url = url[len(ctx.base_url) + 1 :]
+    parts = urlsplit(url)
+    segments = [s for s in parts.path.split("/") if s]
+    resource_type = segments[0] if segments and not segments[0].startswith("_") else None
+    if_match = update.parse_if_match(request["ifMatch"]) if "ifMatch" in request else None
+    return Entry(
+        index=index,
+        method=method,
+        url=url,
+        resource_type=resource_type,
+        id=segments[1] if len(segments) > 1 and resource_type else None,
+        tail=segments[2:] if resource_type else segments,
+        query=parts.query,
+        resource=raw_entry.get("resource"),
+        full_url=raw_entry.get("fullUrl") if isinstance(raw_entry.get("fullUrl"), str) else None,
+        if_none_exist=request.get("ifNoneExist"),
+        if_match=if_match,
+    )
+
+
+def _rewrite_references(value: Any, mapping: dict[str, str]) -> None:
+    """Replace every `reference` naming a full URL of this Bundle by the resource it became."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "reference" and isinstance(item, str) and item in mapping:
+                value[key] = mapping[item]
+            else:
+                _rewrite_references(item, mapping)
+    elif isinstance(value, list):
+        for item in value:
+            _rewrite_references(item, mapping)
+
+
+def _written(ctx: Context, result: Result, prefer: str) -> dict[str, Any]:
+    version = result.version
+    ref = f"{version.resource_type}/{version.id}"
+    entry: dict[str, Any] = {"fullUrl": f"{ctx.base_url}/{ref}"}
+    if prefer == "representation" and version.content is not None:
+        entry["resource"] = raw(version.content)
+    entry["response"] = {
+        "status": _STATUS_TEXT[result.status],
+        "location": f"{ref}/_history/{version.version_id}",
+        "etag": etag(version.version_id),
+        "lastModified": version.last_updated.isoformat(timespec="microseconds"),
+    }
+    return entry
+
+
+def _patch_operations(entry: Entry) -> Any:
+    """R4 carries a JSON Patch in a transaction as a Binary resource."""
+    binary = entry.resource
+    if not (
+        isinstance(binary, dict)
+        and binary.get("resourceType") == "Binary"
+        and binary.get("contentType") == "application/json-patch+json"
+        and isinstance(binary.get("data"), str)
+    ):
+        raise BadRequest(
+            "a PATCH entry carries its JSON Patch as a Binary with contentType "
+            "`application/json-patch+json`"
+        )
+    try:
+        return orjson.loads(base64.b64decode(binary["data"], validate=True))
+    except (binascii.Error, orjson.JSONDecodeError, ValueError):
+        raise BadRequest("the PATCH entry's Binary.data is not base64-encoded JSON") from None
+
+
+def _need_instance(entry: Entry) -> tuple[str, str]:
+    if entry.resource_type is None or entry.id is None or entry.query:
+        raise BadRequest(
+            f"`{entry.method} {entry.url}`: conditional and type-level {entry.method} are not supported"
+            " in Bundles yet; name the resource as `Type/id`",
+            code="not-supported",
+        )
+    return entry.resource_type, entry.id
+
+
+async def _get(ctx: Context, conn: AsyncConnection, entry: Entry) -> dict[str, Any]:
+    params = dict(parse_qsl(entry.query, keep_blank_values=True))
+    rtype, id, tail = entry.resource_type, entry.id, entry.tail
+    if tail == ["_history"] or (rtype is None and tail == ["_history"]) or id == "_history":
+        body = await history.history(
+            ctx, conn, params, resource_type=rtype, id=id if id != "_history" else None
+        )
+        return {"resource": orjson.Fragment(body), "response": {"status": "200 OK"}}
+    if rtype is not None and id is not None and not tail:
+        found = await read.read(conn, rtype, id)
+    elif rtype is not None and id is not None and len(tail) == 2 and tail[0] == "_history":
+        found = await read.vread(conn, rtype, id, tail[1])
+    else:
+        raise NotSupported(f"`GET {entry.url}` is not supported in Bundles yet", code="not-supported")
+    assert found.content is not None
+    return {
+        "fullUrl": f"{ctx.base_url}/{rtype}/{id}",
+        "resource": raw(found.content),
+        "response": {
+            "status": "200 OK",
+            "etag": etag(found.version_id),
+            "lastModified": found.last_updated.isoformat(timespec="microseconds"),
+        },
+    }
+
+
+async def _run_one(ctx: Context, conn: AsyncConnection, entry: Entry, prefer: str) -> dict[str, Any]:
+    """One entry of a batch (or a transaction entry that could not be grouped)."""
+    if entry.method == "POST":
+        if entry.resource_type is None or entry.id is not None:
+            raise BadRequest(f"`POST {entry.url}`: a create names only the resource type")
+        result = await create.create(
+            ctx, conn, entry.resource_type, entry.resource, if_none_exist=entry.if_none_exist
+        )
+        return _written(ctx, result, prefer)
+    if entry.method == "PUT":
+        rtype, id = _need_instance(entry)
+        result = await update.update(ctx, conn, rtype, id, entry.resource, if_match=entry.if_match)
+        return _written(ctx, result, prefer)
+    if entry.method == "PATCH":
+        rtype, id = _need_instance(entry)
+        result = await patch.patch(ctx, conn, rtype, id, _patch_operations(entry), if_match=entry.if_match)
+        return _written(ctx, result, prefer)
+    if entry.method == "DELETE":
+        rtype, id = _need_instance(entry)
+        await delete.delete(ctx, conn, rtype, id)
+        return {"response": {"status": "204 No Content"}}
+    return await _get(ctx, conn, entry)
+
+
+def _check_types(entry: Entry) -> None:
+    from capability.definitions import resource_types
+
+    if entry.resource_type is not None and entry.resource_type not in resource_types():
+        raise NotSupported(f"resource type `{entry.resource_type}` is not supported")
+
+
+async def _transaction(
+    ctx: Context, conn: AsyncConnection, entries: list[Entry], prefer: str
+) -> list[dict[str, Any]]:
+    for entry in entries:
+        try:
+            _check_types(entry)
+        except FhirError as exc:
+            raise _entry_error(entry.index, exc) from None
+    ordered = sorted(entries, key=lambda e: _ORDER[e.method])
+
+    async def guarded(entry: Entry, step: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await step()
+        except FhirError as exc:
+            raise _entry_error(entry.index, exc) from None
+
+    for entry in (e for e in ordered if e.method == "DELETE"):
+        async def do_delete(entry: Entry = entry) -> None:
+            entry.response = await _run_one(ctx, conn, entry, prefer)
+        await guarded(entry, do_delete)
+
+    # Give every created resource its id first, so references between entries resolve.
+    mapping: dict[str, str] = {}
+    creates: list[Entry] = []
+    for entry in (e for e in ordered if e.method == "POST"):
+        async def plan_create(entry: Entry = entry) -> None:
+            if entry.resource_type is None or entry.id is not None:
+                raise BadRequest(f"`POST {entry.url}`: a create names only the resource type")
+            existing = None
+            if entry.if_none_exist:
+                existing = await create.find_existing(conn, entry.resource_type, entry.if_none_exist)
+            if existing is not None:
+                entry.response = _written(ctx, existing, prefer)
+                entry.id = existing.version.id
+            else:
+                entry.id = create.new_id()
+                creates.append(entry)
+            if entry.full_url:
+                mapping[entry.full_url] = f"{entry.resource_type}/{entry.id}"
+        await guarded(entry, plan_create)
+    for entry in entries:
+        if entry.method == "PUT" and entry.full_url and entry.resource_type and entry.id:
+            mapping.setdefault(entry.full_url, f"{entry.resource_type}/{entry.id}")
+    if mapping:
+        for entry in entries:
+            if entry.resource is not None:
+                _rewrite_references(entry.resource, mapping)
+
+    now = ctx.clock()
+    versions = []
+    for entry in creates:
+        assert entry.resource_type is not None and entry.id is not None
+        try:
+            resource = validated(ctx, entry.resource, resource_type=entry.resource_type)
+        except FhirError as exc:
+            raise _entry_error(entry.index, exc) from None
+        version = new_version(ctx, resource, id=entry.id, version_id=1, last_updated=now, method="POST")
+        versions.append(version)
+        entry.response = _written(ctx, Result.written(201, version), prefer)
+    inserted = await repository.insert_new(conn, versions)
+    assert inserted, "a fresh UUID collided"
+
+    for entry in (e for e in ordered if e.method in {"PUT", "PATCH", "GET", "HEAD"}):
+        async def run(entry: Entry = entry) -> None:
+            entry.response = await _run_one(ctx, conn, entry, prefer)
+        await guarded(entry, run)
+    return [e.response for e in entries]
+
+
+async def _batch(
+    ctx: Context, conn: AsyncConnection, entries: list[Entry], prefer: str
+) -> list[dict[str, Any]]:
+    responses = []
+    for entry in entries:
+        try:
+            async with conn.begin_nested():
+                _check_types(entry)
+                responses.append(await _run_one(ctx, conn, entry, prefer))
+        except FhirError as exc:
+            responses.append(
+                {
+                    "response": {
+                        "status": f"{exc.status} {_REASONS.get(exc.status, 'Error')}",
+                        "outcome": operation_outcome(exc.issues),
+                    }
+                }
+            )
+    return responses
+
+
+_REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    410: "Gone",
+    412: "Precondition Failed",
+    422: "Unprocessable Entity",
+}
+
+
+async def process(ctx: Context, conn: AsyncConnection, body: Any, *, prefer: str) -> bytes:
+    """Run a batch or transaction Bundle; return the response Bundle."""
+    if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
+        raise BadRequest("the base URL accepts only a Bundle of type `batch` or `transaction`")
+    kind = body.get("type")
+    if kind not in {"batch", "transaction"}:
+        raise BadRequest(
+            f"a Bundle posted to the base URL must be a `batch` or `transaction`, not `{kind}`",
+            expression=["Bundle.type"],
+        )
+    raw_entries = body.get("entry", [])
+    if not isinstance(raw_entries, list):
+        raise BadRequest("`Bundle.entry` must be an array", expression=["Bundle.entry"])
+    if len(raw_entries) > ctx.settings.max_bundle_entries:
+        raise BadRequest(
+            f"the Bundle has {len(raw_entries)} entries; at most "
+            f"{ctx.settings.max_bundle_entries} are accepted",
+            code="too-costly",
+        )
+    if kind == "transaction":
+        entries = [_parse_entry(ctx, i, e) for i, e in enumerate(raw_entries)]
+        responses = await _transaction(ctx, conn, entries, prefer)
+    else:
+        responses = []
+        entries = []
+        for i, e in enumerate(raw_entries):
+            try:
+                entries.append(_parse_entry(ctx, i, e))
+            except FhirError as exc:
+                entries.append(Entry(i, "INVALID", "", None, None, [], "", None, None, None, None))
+                entries[-1].response = {
+                    "response": {"status": f"{exc.status} Bad Request", "outcome": operation_outcome(exc.issues)}
+                }
+        valid = [e for e in entries if e.method != "INVALID"]
+        answered = iter(await _batch(ctx, conn, valid, prefer))
+        responses = [e.response if e.method == "INVALID" else next(answered) for e in entries]
+    result = {
+        "resourceType": "Bundle",
+        "id": str(uuid.uuid4()),
+        "type": f"{kind}-response",
+        "entry": responses,
+    }
+    return orjson.dumps(result)
+

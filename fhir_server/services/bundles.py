@@ -1,0 +1,62 @@
+"""Assembling Bundles around stored JSON text, without re-parsing it (orjson.Fragment)."""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from email.utils import format_datetime
+from typing import Any
+
+import orjson
+
+from fhir_server.errors import BadRequest
+from fhir_server.storage.repository import StoredVersion
+
+
+def etag(version_id: int) -> str:
+    return f'W/"{version_id}"'
+
+
+def http_date(moment: datetime) -> str:
+    return format_datetime(moment, usegmt=True)
+
+
+def raw(content: str) -> orjson.Fragment:
+    """Stored JSON text, embedded as it is."""
+    return orjson.Fragment(content)
+
+
+def history_entry(base_url: str, version: StoredVersion) -> dict[str, Any]:
+    ref = f"{version.resource_type}/{version.id}"
+    method = version.method or ("DELETE" if version.deleted else "PUT")
+    entry: dict[str, Any] = {"fullUrl": f"{base_url}/{ref}"}
+    if version.content is not None:
+        entry["resource"] = raw(version.content)
+    entry["request"] = {"method": method, "url": version.resource_type if method == "POST" else ref}
+    entry["response"] = {
+        "status": {"POST": "201 Created", "DELETE": "204 No Content"}.get(method, "200 OK"),
+        "etag": etag(version.version_id),
+        "lastModified": version.last_updated.isoformat(timespec="microseconds"),
+    }
+    return entry
+
+
+def encode_cursor(values: list[Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> list[Any]:
+    try:
+        values = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, orjson.JSONDecodeError):
+        raise BadRequest(f"`_page` token `{token[:40]}` is not one this server issued") from None
+    if not isinstance(values, list):
+        raise BadRequest(f"`_page` token `{token[:40]}` is not one this server issued")
+    return values
+
+
+def bundle(bundle_type: str, *, entries: list[dict[str, Any]], **fields: Any) -> bytes:
+    body: dict[str, Any] = {"resourceType": "Bundle", "type": bundle_type, **fields, "entry": entries}
+    if not entries:
+        del body["entry"]
+    return orjson.dumps(body)

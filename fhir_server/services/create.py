@@ -1,0 +1,56 @@
+"""create, and conditional create (If-None-Exist)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhir_server.errors import PreconditionFailed
+from fhir_server.services import conditional
+from fhir_server.services.context import Context
+from fhir_server.services.outcome import Result
+from fhir_server.services.resources import new_version, validated
+from fhir_server.storage import repository
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+async def create(
+    ctx: Context,
+    conn: AsyncConnection,
+    resource_type: str,
+    body: Any,
+    *,
+    if_none_exist: str | None = None,
+) -> Result:
+    resource = validated(ctx, body, resource_type=resource_type)
+    if if_none_exist:
+        existing = await find_existing(conn, resource_type, if_none_exist)
+        if existing is not None:
+            return existing
+    # The client's id is ignored on create (FHIR R4 3.1.0.4): the server assigns one.
+    version = new_version(
+        ctx, resource, id=new_id(), version_id=1, last_updated=ctx.clock(), method="POST"
+    )
+    inserted = await repository.insert_new(conn, [version])
+    assert inserted, "a fresh UUID collided"
+    return Result.written(201, version)
+
+
+async def find_existing(conn: AsyncConnection, resource_type: str, query: str) -> Result | None:
+    """The single resource an If-None-Exist query matches; None for no match; 412 for several."""
+    ids = await conditional.matching_ids(conn, resource_type, query, limit=2)
+    if len(ids) > 1:
+        raise PreconditionFailed(
+            f"the If-None-Exist criteria `{query}` match more than one `{resource_type}`",
+            code="duplicate",
+        )
+    if not ids:
+        return None
+    current = await repository.read_current(conn, resource_type, ids[0])
+    assert current is not None and not current.deleted
+    return Result(200, current)

@@ -1,0 +1,29 @@
+"""delete: soft; history keeps every version and read then answers 410."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhir_server.errors import NotFound
+from fhir_server.services.context import Context
+from fhir_server.services.resources import deletion
+from fhir_server.storage import repository
+
+
+async def delete(ctx: Context, conn: AsyncConnection, resource_type: str, id: str) -> int | None:
+    """Delete the resource; return the deletion's version id, or None if it was already deleted."""
+    locked = await repository.lock_current(conn, resource_type, id)
+    if locked is None:
+        raise NotFound(f"`{resource_type}/{id}` is not known")
+    if locked.deleted:
+        return None
+    version = deletion(
+        ctx,
+        resource_type,
+        id,
+        version_id=locked.version_id + 1,
+        last_updated=ctx.clock(),
+        compartments=locked.compartments,
+    )
+    await repository.write_version(conn, version)
+    return version.version_id

@@ -1,0 +1,84 @@
+"""history for an instance, a type, or the whole system, newest first, paged by keyset."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime
+from urllib.parse import urlencode
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhir_server.errors import BadRequest, NotFound
+from fhir_server.services.bundles import bundle, decode_cursor, encode_cursor, history_entry
+from fhir_server.services.context import Context
+from fhir_server.services.resources import format_instant
+from fhir_server.storage import repository
+from fhir_server.storage.repository import HistoryCursor
+
+SUPPORTED = frozenset({"_count", "_since", "_page", "_format", "_pretty"})
+
+
+def parse_instant(name: str, value: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"`{name}` must be an instant, got `{value}`", code="value") from None
+    if moment.tzinfo is None:
+        raise BadRequest(f"`{name}` must be an instant with a time zone, got `{value}`", code="value")
+    return moment
+
+
+def parse_count(ctx: Context, value: str | None) -> int:
+    if value is None:
+        return ctx.settings.default_count
+    if not value.isdigit() or len(value) > 9:
+        raise BadRequest(f"`_count` must be a whole number, got `{value}`", code="value")
+    return min(int(value), ctx.settings.max_count)
+
+
+async def history(
+    ctx: Context,
+    conn: AsyncConnection,
+    params: Mapping[str, str],
+    *,
+    resource_type: str | None = None,
+    id: str | None = None,
+) -> bytes:
+    unknown = sorted(set(params) - SUPPORTED)
+    if unknown:
+        raise BadRequest(f"history does not support the parameter `{unknown[0]}`", code="not-supported")
+    count = parse_count(ctx, params.get("_count"))
+    since = parse_instant("_since", params["_since"]) if "_since" in params else None
+    after = None
+    if "_page" in params:
+        values = decode_cursor(params["_page"])
+        try:
+            after = HistoryCursor(datetime.fromisoformat(values[0]), values[1], values[2], int(values[3]))
+        except (IndexError, ValueError, TypeError):
+            raise BadRequest("`_page` is not a token this server issued") from None
+    if id is not None:
+        assert resource_type is not None
+        if not await repository.exists(conn, resource_type, id):
+            raise NotFound(f"`{resource_type}/{id}` is not known")
+    # One row more than asked tells whether there is a next page.
+    versions = await repository.history(
+        conn, resource_type=resource_type, id=id, since=since, count=count + 1, after=after
+    )
+    page, more = versions[:count], len(versions) > count
+
+    path = "/".join(p for p in (resource_type, id) if p)
+    url = f"{ctx.base_url}/{path + '/' if path else ''}_history"
+    kept = {k: v for k, v in params.items() if k != "_page"}
+    kept["_count"] = str(count)
+    links = [{"relation": "self", "url": f"{url}?{urlencode({**kept, **dict(params)})}"}]
+    if more and page:
+        last = page[-1]
+        token = encode_cursor(
+            [format_instant(last.last_updated), last.resource_type, last.id, last.version_id]
+        )
+        links.append({"relation": "next", "url": f"{url}?{urlencode({**kept, '_page': token})}"})
+    fields: dict[str, object] = {"id": str(uuid.uuid4()), "link": links}
+    if id is not None and resource_type is not None:
+        fields["total"] = await repository.history_total(conn, resource_type, id, since)
+    return bundle("history", entries=[history_entry(ctx.base_url, v) for v in page], **fields)

@@ -1,0 +1,59 @@
+"""patch with JSON Patch (RFC 6902); the result is validated like any write."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonpatch
+import orjson
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhir_server.errors import BadRequest, Unprocessable
+from fhir_server.services.context import Context
+from fhir_server.services.outcome import Result
+from fhir_server.services.read import read
+from fhir_server.services.resources import new_version, validated
+from fhir_server.services.update import check_precondition
+from fhir_server.storage import repository
+
+
+def _operations(body: Any) -> jsonpatch.JsonPatch:
+    if not isinstance(body, list) or not all(isinstance(op, dict) for op in body):
+        raise BadRequest("a JSON Patch body must be an array of operation objects")
+    try:
+        return jsonpatch.JsonPatch(body)
+    except (jsonpatch.InvalidJsonPatch, TypeError, ValueError) as exc:
+        raise BadRequest(f"invalid JSON Patch: {exc}") from None
+
+
+async def patch(
+    ctx: Context,
+    conn: AsyncConnection,
+    resource_type: str,
+    id: str,
+    body: Any,
+    *,
+    if_match: int | None = None,
+) -> Result:
+    operations = _operations(body)
+    locked = await repository.lock_current(conn, resource_type, id)
+    check_precondition(f"{resource_type}/{id}", locked and locked.version_id, if_match)
+    current = await read(conn, resource_type, id)
+    assert current.content is not None and locked is not None
+    try:
+        patched = operations.apply(orjson.loads(current.content))
+    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
+        raise Unprocessable(f"the patch cannot be applied: {exc}", code="processing") from None
+    if not isinstance(patched, dict) or patched.get("id") != id:
+        raise Unprocessable("a patch may not change the resource's `id`", expression=["id"])
+    resource = validated(ctx, patched, resource_type=resource_type)
+    version = new_version(
+        ctx,
+        resource,
+        id=id,
+        version_id=locked.version_id + 1,
+        last_updated=ctx.clock(),
+        method="PATCH",
+    )
+    await repository.write_version(conn, version)
+    return Result.written(200, version)

@@ -1,0 +1,73 @@
+"""update (PUT), with If-Match and update-as-create."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhir_server.errors import BadRequest, MethodNotAllowed, PreconditionFailed
+from fhir_server.services.context import Context
+from fhir_server.services.outcome import Result
+from fhir_server.services.resources import check_id, new_version, validated
+from fhir_server.storage import repository
+
+
+def parse_if_match(value: str | None) -> int | None:
+    """The version an If-Match header names (`W/"3"` or `"3"`), or None when absent."""
+    if value is None:
+        return None
+    tag = value.strip()
+    if tag.startswith("W/"):
+        tag = tag[2:]
+    tag = tag.strip('"')
+    if not tag.isdigit() or len(tag) > 9:
+        raise PreconditionFailed(f"If-Match `{value}` names no version of this resource")
+    return int(tag)
+
+
+def check_precondition(resource: str, current_version: int | None, if_match: int | None) -> None:
+    if if_match is not None and current_version != if_match:
+        found = "does not exist" if current_version is None else f"is at version {current_version}"
+        raise PreconditionFailed(f"If-Match asks for version {if_match} but `{resource}` {found}")
+
+
+async def update(
+    ctx: Context,
+    conn: AsyncConnection,
+    resource_type: str,
+    id: str,
+    body: Any,
+    *,
+    if_match: int | None = None,
+) -> Result:
+    check_id(id)
+    resource = validated(ctx, body, resource_type=resource_type)
+    body_id = resource.get("id")
+    if body_id != id:
+        raise BadRequest(
+            "the body has no `id`" if body_id is None
+            else f"the body's id `{body_id}` does not match `{id}` in the URL",
+            expression=["id"],
+        )
+    for _ in range(2):
+        locked = await repository.lock_current(conn, resource_type, id)
+        check_precondition(f"{resource_type}/{id}", locked and locked.version_id, if_match)
+        now = ctx.clock()
+        if locked is None:
+            if not ctx.settings.update_create:
+                raise MethodNotAllowed(
+                    f"`{resource_type}/{id}` does not exist and this server does not create "
+                    "resources by update"
+                )
+            version = new_version(ctx, resource, id=id, version_id=1, last_updated=now, method="PUT")
+            if await repository.insert_new(conn, [version]):
+                return Result.written(201, version)
+            # Someone created it between our lock attempt and insert: take the update path.
+            continue
+        version = new_version(
+            ctx, resource, id=id, version_id=locked.version_id + 1, last_updated=now, method="PUT"
+        )
+        await repository.write_version(conn, version)
+        return Result.written(201 if locked.deleted else 200, version)
+    raise PreconditionFailed(f"`{resource_type}/{id}` is being created concurrently; retry")

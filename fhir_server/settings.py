@@ -1,0 +1,78 @@
+"""Configuration, read once from the environment into an immutable value."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def _bool(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected a boolean, got `{value}`")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every setting of the server. See docs/configuration.md."""
+
+    postgres_url: str | None = None
+    data_dir: Path = Path(".fhir-data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # The public base URL of the FHIR API; derived from each request when unset.
+    base_url: str | None = None
+    max_body_bytes: int = 16 * 1024 * 1024
+    update_create: bool = True
+    # Run the migrations when `serve` starts; off where a separate job migrates (docker-compose).
+    migrate_on_start: bool = True
+    default_count: int = 20
+    max_count: int = 1000
+    max_bundle_entries: int = 10_000
+    db_pool_size: int = 10
+    log_level: str = "info"
+    # Extra base URLs under which references count as local (e.g. behind a proxy).
+    local_bases: tuple[str, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value if value not in (None, "") else None
+
+        def num(name: str, default: int) -> int:
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                return int(raw)
+            except ValueError:
+                raise ValueError(f"`{name}` must be a whole number, got `{raw}`") from None
+
+        base = get("FHIR_BASE_URL")
+        return cls(
+            postgres_url=get("POSTGRES_URL"),
+            data_dir=Path(get("FHIR_DATA_DIR") or defaults.data_dir),
+            host=get("HOST") or defaults.host,
+            port=num("PORT", defaults.port),
+            base_url=base.rstrip("/") if base else None,
+            max_body_bytes=num("FHIR_MAX_BODY_BYTES", defaults.max_body_bytes),
+            update_create=_bool(get("FHIR_UPDATE_CREATE") or "true"),
+            migrate_on_start=_bool(get("FHIR_MIGRATE_ON_START") or "true"),
+            default_count=num("FHIR_DEFAULT_COUNT", defaults.default_count),
+            max_count=num("FHIR_MAX_COUNT", defaults.max_count),
+            max_bundle_entries=num("FHIR_MAX_BUNDLE_ENTRIES", defaults.max_bundle_entries),
+            db_pool_size=num("FHIR_DB_POOL_SIZE", defaults.db_pool_size),
+            log_level=(get("LOG_LEVEL") or defaults.log_level).lower(),
+            local_bases=tuple(
+                b.strip().rstrip("/") for b in (get("FHIR_LOCAL_BASES") or "").split(",") if b.strip()
+            ),
+        )

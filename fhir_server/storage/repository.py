@@ -1,0 +1,283 @@
+"""Reading and writing resource versions. Every function runs inside the caller's transaction.
+
+Resource content is handed in already serialized (the JSON text of the resource, with `id` and
+`meta` set) and handed back as the stored JSON text: reads never round-trip through models.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Text, and_, bindparam, cast, func, insert, literal, or_, select, true, update
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from fhir_server.storage.tables import resource_history, resources
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    """One version of a resource as stored. `content` is None for a deletion."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    deleted: bool
+    content: str | None
+    method: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class NewVersion:
+    """A version about to be written."""
+
+    resource_type: str
+    id: str
+    version_id: int
+    last_updated: datetime
+    content: str | None  # JSON text, None for a deletion
+    compartments: Sequence[str]
+    method: str
+    created_by: str | None = None
+
+    @property
+    def deleted(self) -> bool:
+        return self.content is None
+
+
+_current_cols = (
+    resources.c.version_id,
+    resources.c.last_updated,
+    resources.c.deleted,
+    cast(resources.c.content, Text).label("content"),
+)
+
+_read_current = select(*_current_cols).where(
+    resources.c.resource_type == bindparam("t"), resources.c.id == bindparam("i")
+)
+_lock_current = (
+    select(resources.c.version_id, resources.c.deleted, resources.c.compartments)
+    .where(resources.c.resource_type == bindparam("t"), resources.c.id == bindparam("i"))
+    .with_for_update()
+)
+_read_version = select(
+    resource_history.c.version_id,
+    resource_history.c.last_updated,
+    resource_history.c.deleted,
+    cast(resource_history.c.content, Text).label("content"),
+    resource_history.c.method,
+).where(
+    resource_history.c.resource_type == bindparam("t"),
+    resource_history.c.id == bindparam("i"),
+    resource_history.c.version_id == bindparam("v"),
+)
+
+_content_param = cast(bindparam("content", type_=Text), JSONB)
+
+_insert_current = (
+    pg_insert(resources)
+    .values(
+        resource_type=bindparam("resource_type"),
+        id=bindparam("id"),
+        version_id=bindparam("version_id"),
+        last_updated=bindparam("last_updated"),
+        deleted=bindparam("deleted"),
+        content=_content_param,
+        compartments=bindparam("compartments"),
+        created_by=bindparam("created_by"),
+    )
+    .on_conflict_do_nothing(index_elements=["resource_type", "id"])
+    .returning(resources.c.id)
+)
+_update_current = (
+    update(resources)
+    .where(
+        resources.c.resource_type == bindparam("resource_type"),
+        resources.c.id == bindparam("id"),
+    )
+    .values(
+        version_id=bindparam("version_id"),
+        last_updated=bindparam("last_updated"),
+        deleted=bindparam("deleted"),
+        content=_content_param,
+        compartments=bindparam("compartments"),
+    )
+)
+_insert_history = insert(resource_history).values(
+    resource_type=bindparam("resource_type"),
+    id=bindparam("id"),
+    version_id=bindparam("version_id"),
+    last_updated=bindparam("last_updated"),
+    deleted=bindparam("deleted"),
+    method=bindparam("method"),
+    content=_content_param,
+    compartments=bindparam("compartments"),
+)
+
+
+def _params(version: NewVersion) -> dict[str, Any]:
+    return {
+        "resource_type": version.resource_type,
+        "id": version.id,
+        "version_id": version.version_id,
+        "last_updated": version.last_updated,
+        "deleted": version.deleted,
+        "content": version.content,
+        "compartments": list(version.compartments),
+        "created_by": version.created_by,
+        "method": version.method,
+    }
+
+
+async def read_current(conn: AsyncConnection, resource_type: str, id: str) -> StoredVersion | None:
+    row = (await conn.execute(_read_current, {"t": resource_type, "i": id})).first()
+    if row is None:
+        return None
+    return StoredVersion(resource_type, id, row.version_id, row.last_updated, row.deleted, row.content)
+
+
+async def read_version(
+    conn: AsyncConnection, resource_type: str, id: str, version_id: int
+) -> StoredVersion | None:
+    row = (await conn.execute(_read_version, {"t": resource_type, "i": id, "v": version_id})).first()
+    if row is None:
+        return None
+    return StoredVersion(
+        resource_type, id, row.version_id, row.last_updated, row.deleted, row.content, row.method
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Locked:
+    """The current row of a resource, locked until the transaction ends."""
+
+    version_id: int
+    deleted: bool
+    compartments: list[str]
+
+
+async def lock_current(conn: AsyncConnection, resource_type: str, id: str) -> Locked | None:
+    """Lock the current row for the rest of the transaction, so concurrent writers queue."""
+    row = (await conn.execute(_lock_current, {"t": resource_type, "i": id})).first()
+    return None if row is None else Locked(row.version_id, row.deleted, list(row.compartments))
+
+
+async def insert_new(conn: AsyncConnection, versions: Sequence[NewVersion]) -> bool:
+    """Insert first versions. Returns False (and writes nothing more) when one id already exists,
+    which callers turn into a retry or a conflict."""
+    if not versions:
+        return True
+    params = [_params(v) for v in versions]
+    if len(params) == 1:
+        inserted = (await conn.execute(_insert_current, params[0])).first() is not None
+    else:
+        # executemany with RETURNING keeps one round trip per batch and still tells us about conflicts
+        result = await conn.execute(_insert_current, params)
+        inserted = len(result.all()) == len(params)
+    if not inserted:
+        return False
+    await conn.execute(_insert_history, params)
+    return True
+
+
+async def write_version(conn: AsyncConnection, version: NewVersion) -> None:
+    """Write a new version of a resource whose current row the caller has locked."""
+    params = _params(version)
+    await conn.execute(_update_current, params)
+    await conn.execute(_insert_history, params)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryCursor:
+    """Position in a history listing, newest first: the last entry of the previous page."""
+
+    last_updated: datetime
+    resource_type: str
+    id: str
+    version_id: int
+
+
+async def history(
+    conn: AsyncConnection,
+    *,
+    resource_type: str | None,
+    id: str | None,
+    since: datetime | None,
+    count: int,
+    after: HistoryCursor | None,
+) -> list[StoredVersion]:
+    """Versions newest first, for one resource, one type, or the whole system."""
+    h = resource_history.c
+    query = select(
+        h.resource_type,
+        h.id,
+        h.version_id,
+        h.last_updated,
+        h.deleted,
+        cast(h.content, Text).label("content"),
+        h.method,
+    )
+    if resource_type is not None:
+        query = query.where(h.resource_type == resource_type)
+    if id is not None:
+        query = query.where(h.id == id)
+    if since is not None:
+        query = query.where(h.last_updated >= since)
+    if after is not None:
+        # keyset: strictly after the cursor in (last_updated desc, type, id, version desc) order
+        query = query.where(
+            or_(
+                h.last_updated < after.last_updated,
+                and_(
+                    h.last_updated == after.last_updated,
+                    func.row(h.resource_type, h.id, -h.version_id)
+                    > func.row(literal(after.resource_type), literal(after.id), -after.version_id),
+                ),
+            )
+        )
+    query = query.order_by(
+        h.last_updated.desc(), h.resource_type, h.id, h.version_id.desc()
+    ).limit(count)
+    rows = (await conn.execute(query)).all()
+    return [
+        StoredVersion(r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content, r.method)
+        for r in rows
+    ]
+
+
+async def history_total(conn: AsyncConnection, resource_type: str, id: str, since: datetime | None) -> int:
+    h = resource_history.c
+    query = select(func.count()).where(h.resource_type == resource_type, h.id == id)
+    if since is not None:
+        query = query.where(h.last_updated >= since)
+    return int((await conn.execute(query)).scalar_one())
+
+
+async def exists(conn: AsyncConnection, resource_type: str, id: str) -> bool:
+    query = select(true()).where(resources.c.resource_type == resource_type, resources.c.id == id)
+    return (await conn.execute(query)).first() is not None
+
+
+async def find_ids(
+    conn: AsyncConnection,
+    resource_type: str,
+    *,
+    ids: Sequence[str],
+    containing: Sequence[dict[str, Any]],
+    limit: int,
+) -> list[str]:
+    """Ids of live resources of a type with all the given ids and JSON containments (AND)."""
+    query = select(resources.c.id).where(
+        resources.c.resource_type == resource_type, resources.c.deleted.is_(False)
+    )
+    for id in ids:
+        query = query.where(resources.c.id == id)
+    for fragment in containing:
+        query = query.where(resources.c.content.contains(fragment))
+    rows = (await conn.execute(query.order_by(resources.c.id).limit(limit))).all()
+    return [r.id for r in rows]

@@ -1,0 +1,49 @@
+"""/healthz, /readyz and the CapabilityStatement."""
+
+from __future__ import annotations
+
+import httpx
+import jsonschema
+
+from capability.definitions import json_schema, resource_types
+from fhir_server.settings import Settings
+from fhir_server.storage.database import migrate
+from tests.conftest import LiveServer
+
+
+def test_healthz_and_readyz(live_server: LiveServer) -> None:
+    assert httpx.get(f"{live_server.origin}/healthz").status_code == 200
+    ready = httpx.get(f"{live_server.origin}/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready"}
+
+
+def test_readyz_is_503_until_migrated(empty_database: str) -> None:
+    with LiveServer(Settings(), empty_database) as server:
+        response = httpx.get(f"{server.origin}/readyz")
+        assert response.status_code == 503
+        assert "schema" in response.json()["issue"][0]["diagnostics"]
+        migrate(empty_database)
+        assert httpx.get(f"{server.origin}/readyz").status_code == 200
+
+
+def test_capability_statement(client: httpx.Client) -> None:
+    response = client.get("/metadata")
+    assert response.status_code == 200
+    statement = response.json()
+    assert statement["resourceType"] == "CapabilityStatement"
+    assert statement["fhirVersion"] == "4.0.1"
+    assert "application/fhir+json" in statement["format"]
+    rest = statement["rest"][0]
+    types = {r["type"] for r in rest["resource"]}
+    assert types == set(resource_types())
+    assert len(types) == 146
+    patient = next(r for r in rest["resource"] if r["type"] == "Patient")
+    codes = {i["code"] for i in patient["interaction"]}
+    assert {"read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create"} <= codes
+    assert patient["updateCreate"] is True
+    assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
+    schema = json_schema()
+    validator = jsonschema.Draft6Validator({"$ref": "#/definitions/CapabilityStatement", **schema})
+    errors = [e.message for e in validator.iter_errors(statement)]
+    assert errors == []

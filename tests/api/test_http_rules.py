@@ -1,0 +1,140 @@
+"""Formats, media types, body limits, validation errors and server faults, over real HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from fhir_server.settings import Settings
+from tests.conftest import LiveServer
+
+
+def count_patients(db: psycopg.Connection[Any]) -> int:
+    row = db.execute("SELECT count(*) FROM resource_history WHERE resource_type='Patient'").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_invalid_json_is_400_and_stores_nothing(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
+    before = count_patients(db)
+    response = client.post(
+        "/Patient", content=b'{"resourceType": "Patient", ', headers={"Content-Type": "application/fhir+json"}
+    )
+    assert response.status_code == 400
+    assert "not valid JSON" in response.json()["issue"][0]["diagnostics"]
+    assert count_patients(db) == before
+
+
+@pytest.mark.parametrize("media", ["application/fhir+xml", "text/plain", "application/x-www-form-urlencoded"])
+def test_wrong_content_type_is_415(client: httpx.Client, media: str) -> None:
+    response = client.post(
+        "/Patient", content=b'{"resourceType": "Patient"}', headers={"Content-Type": media}
+    )
+    assert response.status_code == 415
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+@pytest.mark.parametrize("media", ["application/fhir+json", "application/json", "application/fhir+json; charset=utf-8"])
+def test_json_content_types_are_accepted(client: httpx.Client, media: str) -> None:
+    response = client.post(
+        "/Patient", content=b'{"resourceType": "Patient"}', headers={"Content-Type": media}
+    )
+    assert response.status_code == 201
+
+
+@pytest.mark.parametrize(
+    "accept", ["application/fhir+xml", "application/xml", "text/xml", "text/turtle"]
+)
+def test_xml_accept_is_406(client: httpx.Client, accept: str) -> None:
+    response = client.get("/metadata", headers={"Accept": accept})
+    assert response.status_code == 406
+    assert "JSON" in response.json()["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("fmt", ["xml", "application/fhir+xml", "text/xml"])
+def test_format_xml_is_406(client: httpx.Client, fmt: str) -> None:
+    response = client.get("/metadata", params={"_format": fmt})
+    assert response.status_code == 406
+
+
+@pytest.mark.parametrize("fmt", ["json", "application/json", "application/fhir+json"])
+def test_format_json_is_served(client: httpx.Client, fmt: str) -> None:
+    response = client.get("/metadata", params={"_format": fmt})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("accept", ["application/fhir+json", "application/json", "*/*", "text/html, */*;q=0.1"])
+def test_json_accept_is_served(client: httpx.Client, accept: str) -> None:
+    assert client.get("/metadata", headers={"Accept": accept}).status_code == 200
+
+
+def test_validation_reports_every_problem_with_its_location(
+    client: httpx.Client, db: psycopg.Connection[Any]
+) -> None:
+    before = count_patients(db)
+    body = {
+        "resourceType": "Patient",
+        "birthDate": "1980-13-45",
+        "gender": "robot",
+        "name": [{"family": "Doe", "nickname": "JD"}],
+        "favouriteColour": "blue",
+    }
+    response = client.post("/Patient", json=body)
+    assert response.status_code == 400
+    issues = response.json()["issue"]
+    locations = {e for issue in issues for e in issue.get("expression", [])}
+    assert "Patient.birthDate" in locations
+    assert "Patient.gender" in locations
+    assert any("favouriteColour" in e for e in locations)
+    assert any("nickname" in e for e in locations)
+    assert all(issue["severity"] == "error" for issue in issues)
+    assert count_patients(db) == before
+
+
+def test_non_object_body_is_400(client: httpx.Client) -> None:
+    response = client.post("/Patient", json=[1, 2, 3])
+    assert response.status_code == 400
+
+
+def test_body_over_the_limit_is_413(database_url: str) -> None:
+    with LiveServer(Settings(max_body_bytes=2000), database_url) as server, httpx.Client(
+        base_url=f"{server.origin}/fhir"
+    ) as small:
+        big = {"resourceType": "Patient", "name": [{"family": "x" * 5000}]}
+        response = small.post("/Patient", json=big)
+        assert response.status_code == 413
+        assert response.json()["resourceType"] == "OperationOutcome"
+
+        def chunks() -> Iterator[bytes]:
+            # no Content-Length: the limit is enforced while reading
+            yield b'{"resourceType": "Patient", "name": [{"family": "'
+            for _ in range(10):
+                yield b"y" * 500
+            yield b'"}]}'
+
+        response = small.post(
+            "/Patient", content=chunks(), headers={"Content-Type": "application/fhir+json"}
+        )
+        assert response.status_code == 413
+        assert small.post("/Patient", json={"resourceType": "Patient"}).status_code == 201
+
+
+def test_unknown_path_is_404_operation_outcome(client: httpx.Client) -> None:
+    response = client.get("/Patient/1/2/3/4")
+    assert response.status_code == 404
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_server_fault_is_500_without_internals(database_url: str) -> None:
+    # A server pointed at a database without our schema fails inside SQL: the client sees a plain 500.
+    bad_url = database_url.replace("/fhir_test_", "/postgres_not_", 1)
+    with LiveServer(Settings(), bad_url) as server, httpx.Client(base_url=f"{server.origin}/fhir") as c:
+        response = c.get("/Patient/1")
+        assert response.status_code == 500
+        body = response.json()
+        assert body["issue"] == [{"severity": "error", "code": "exception", "diagnostics": "internal server error"}]
+        assert "postgres" not in response.text.lower()

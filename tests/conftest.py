@@ -1,0 +1,125 @@
+"""Shared fixtures: a real PostgreSQL (embedded, or FHIR_TEST_POSTGRES_URL) and a real HTTP server.
+
+Each test session gets a fresh database, migrated to head. The API tests talk HTTP to uvicorn
+serving the app on a free loopback port in a background thread.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+from psycopg import sql
+from sqlalchemy.engine import make_url
+
+from fhir_server.app import create_app
+from fhir_server.settings import Settings
+from fhir_server.storage.database import migrate
+
+
+def _fresh_database(admin_url: str) -> tuple[str, str]:
+    name = f"fhir_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    return name, url
+
+
+def _drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A PostgreSQL server to create test databases on."""
+    external = os.environ.get("FHIR_TEST_POSTGRES_URL")
+    if external:
+        return external
+    from fhir_server import embedded
+
+    data_dir: Path = tmp_path_factory.mktemp("fhir-data")
+    return embedded.start(data_dir, database="postgres", delete_on_exit=True)
+
+
+@pytest.fixture(scope="session")
+def database_url(admin_url: str) -> Iterator[str]:
+    """A fresh database, migrated to head, dropped at the end of the session."""
+    name, url = _fresh_database(admin_url)
+    migrate(url)
+    yield url
+    _drop_database(admin_url, name)
+
+
+@pytest.fixture
+def empty_database(admin_url: str) -> Iterator[str]:
+    """A fresh, unmigrated database for one test."""
+    name, url = _fresh_database(admin_url)
+    yield url
+    _drop_database(admin_url, name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class LiveServer:
+    def __init__(self, settings: Settings, url: str) -> None:
+        self.port = _free_port()
+        config = uvicorn.Config(
+            create_app(settings, url),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            lifespan="on",
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def live_server(database_url: str) -> Iterator[LiveServer]:
+    with LiveServer(Settings(), database_url) as server:
+        yield server
+
+
+@pytest.fixture
+def client(live_server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"{live_server.origin}/fhir", timeout=30) as c:
+        yield c
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A direct connection, to look at what the server stored."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
