@@ -56,7 +56,8 @@ def negotiate(request: Request) -> None:
     if any(t in JSON_TYPES or t in {"*/*", "application/*"} for t in offered):
         return
     raise NotAcceptable(
-        f"`Accept: {accept}` cannot be served: this server answers `application/fhir+json` only"
+        f"`Accept: {accept}` cannot be served: this server speaks JSON only "
+        "(`application/fhir+json`)"
     )
 
 

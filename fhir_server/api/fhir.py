@@ -40,6 +40,7 @@ async def metadata(ctx: ContextDep) -> Response:
 
 
 @router.post("")
+@router.post("/")
 async def batch_or_transaction(
     rt: RuntimeDep, ctx: ContextDep, body: ResourceBody, prefer: PreferReturn
 ) -> Response:

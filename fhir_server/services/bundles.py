@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
@@ -18,7 +18,7 @@ def etag(version_id: int) -> str:
 
 
 def http_date(moment: datetime) -> str:
-    return format_datetime(moment, usegmt=True)
+    return format_datetime(moment.astimezone(UTC), usegmt=True)
 
 
 def raw(content: str) -> orjson.Fragment:

@@ -36,6 +36,8 @@ def create_engine_async(url: str, *, pool_size: int = 10) -> AsyncEngine:
         pool_pre_ping=False,
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
+        # Timestamps come back in UTC whatever the server's default zone.
+        connect_args={"options": "-c TimeZone=UTC"},
     )
 
 

@@ -97,8 +97,8 @@ _insert_current = (
 _update_current = (
     update(resources)
     .where(
-        resources.c.resource_type == bindparam("resource_type"),
-        resources.c.id == bindparam("id"),
+        resources.c.resource_type == bindparam("key_type"),
+        resources.c.id == bindparam("key_id"),
     )
     .values(
         version_id=bindparam("version_id"),
@@ -188,7 +188,9 @@ async def insert_new(conn: AsyncConnection, versions: Sequence[NewVersion]) -> b
 async def write_version(conn: AsyncConnection, version: NewVersion) -> None:
     """Write a new version of a resource whose current row the caller has locked."""
     params = _params(version)
-    await conn.execute(_update_current, params)
+    await conn.execute(
+        _update_current, {**params, "key_type": version.resource_type, "key_id": version.id}
+    )
     await conn.execute(_insert_history, params)
 
 

@@ -85,9 +85,9 @@ def test_type_and_system_history(client: httpx.Client) -> None:
     time.sleep(0.01)
     device = make(client, "Device", {"status": "active"})
     substance = make(client, "Substance", {"code": {"text": "water"}})
-    type_entries = follow(client, f"{client.base_url}/Device/_history?_since={cut.replace('+', '%2B')}&_count=1")
+    type_entries = follow(client, f"{str(client.base_url).rstrip('/')}/Device/_history?_since={cut.replace('+', '%2B')}&_count=1")
     assert [e["resource"]["id"] for e in type_entries] == [device["id"]]
-    system = follow(client, f"{client.base_url}/_history?_since={cut.replace('+', '%2B')}&_count=1")
+    system = follow(client, f"{str(client.base_url).rstrip('/')}/_history?_since={cut.replace('+', '%2B')}&_count=1")
     ids = [e["resource"]["id"] for e in system]
     assert ids == [substance["id"], device["id"]]
 

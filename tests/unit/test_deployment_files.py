@@ -1,0 +1,57 @@
+"""Static checks of the container pieces (Docker does not run on the development machines)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def dockerfile_lines() -> list[str]:
+    text = (ROOT / "Dockerfile").read_text()
+    # join continuation lines
+    return [line.strip() for line in text.replace("\\\n", " ").splitlines() if line.strip() and not line.startswith("#")]
+
+
+def test_dockerfile_is_multi_stage_non_root_with_healthcheck() -> None:
+    lines = dockerfile_lines()
+    stages = [line for line in lines if line.startswith("FROM ")]
+    assert len(stages) >= 2
+    assert any("COPY --from=build" in line for line in lines)
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users, "the image must switch to a non-root user"
+    assert users[-1].split(":")[0] not in {"root", "0"}
+    assert any(line.startswith("HEALTHCHECK") and "/healthz" in line for line in lines)
+    assert any(line.startswith("CMD") and "fhir-server" in line for line in lines)
+
+
+def test_dockerfile_copies_everything_the_package_needs() -> None:
+    lines = dockerfile_lines()
+    copied = {line.split()[1].strip("./") for line in lines if line.startswith("COPY ") and "--from" not in line}
+    for needed in ("fhir_server", "capability", "migrations", "pyproject.toml"):
+        assert any(needed in c for c in copied), needed
+        assert (ROOT / needed).exists()
+
+
+def test_compose_has_api_postgres_and_a_migrations_job() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"api", "postgres", "migrations"} <= set(services)
+    assert services["migrations"]["command"] == ["fhir-server", "migrate"]
+    api = services["api"]
+    assert api["depends_on"]["migrations"]["condition"] == "service_completed_successfully"
+    assert services["migrations"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert api["environment"]["POSTGRES_URL"].startswith("postgresql://")
+    assert api["environment"]["FHIR_MIGRATE_ON_START"] == "false"
+    # no secret is written into the file: the password comes from the environment
+    text = (ROOT / "docker-compose.yml").read_text()
+    assert re.search(r"POSTGRES_PASSWORD: \$\{POSTGRES_PASSWORD", text)
+    assert "change-me" not in text
+
+
+def test_env_example_and_gitignore_keep_secrets_out() -> None:
+    assert "POSTGRES_PASSWORD=" in (ROOT / ".env.example").read_text()
+    assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
