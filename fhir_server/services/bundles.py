@@ -56,7 +56,12 @@ def decode_cursor(token: str) -> list[Any]:
 
 
 def bundle(bundle_type: str, *, entries: list[dict[str, Any]], **fields: Any) -> bytes:
-    body: dict[str, Any] = {"resourceType": "Bundle", "type": bundle_type, **fields, "entry": entries}
+    body: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "type": bundle_type,
+        **fields,
+        "entry": entries,
+    }
     if not entries:
         del body["entry"]
     return orjson.dumps(body)

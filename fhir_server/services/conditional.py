@@ -43,6 +43,10 @@ def _criteria(query: str) -> tuple[list[str], list[dict[str, Any]]]:
     return ids, containments
 
 
-async def matching_ids(conn: AsyncConnection, resource_type: str, query: str, *, limit: int) -> list[str]:
+async def matching_ids(
+    conn: AsyncConnection, resource_type: str, query: str, *, limit: int
+) -> list[str]:
     ids, containments = _criteria(query)
-    return await repository.find_ids(conn, resource_type, ids=ids, containing=containments, limit=limit)
+    return await repository.find_ids(
+        conn, resource_type, ids=ids, containing=containments, limit=limit
+    )

@@ -25,7 +25,9 @@ def parse_instant(name: str, value: str) -> datetime:
     except ValueError:
         raise BadRequest(f"`{name}` must be an instant, got `{value}`", code="value") from None
     if moment.tzinfo is None:
-        raise BadRequest(f"`{name}` must be an instant with a time zone, got `{value}`", code="value")
+        raise BadRequest(
+            f"`{name}` must be an instant with a time zone, got `{value}`", code="value"
+        )
     return moment
 
 
@@ -47,14 +49,18 @@ async def history(
 ) -> bytes:
     unknown = sorted(set(params) - SUPPORTED)
     if unknown:
-        raise BadRequest(f"history does not support the parameter `{unknown[0]}`", code="not-supported")
+        raise BadRequest(
+            f"history does not support the parameter `{unknown[0]}`", code="not-supported"
+        )
     count = parse_count(ctx, params.get("_count"))
     since = parse_instant("_since", params["_since"]) if "_since" in params else None
     after = None
     if "_page" in params:
         values = decode_cursor(params["_page"])
         try:
-            after = HistoryCursor(datetime.fromisoformat(values[0]), values[1], values[2], int(values[3]))
+            after = HistoryCursor(
+                datetime.fromisoformat(values[0]), values[1], values[2], int(values[3])
+            )
         except (IndexError, ValueError, TypeError):
             raise BadRequest("`_page` is not a token this server issued") from None
     if id is not None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import jsonpatch
-import orjson
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhir_server.errors import BadRequest, Unprocessable
 from fhir_server.services.context import Context
 from fhir_server.services.outcome import Result
 from fhir_server.services.read import read
-from fhir_server.services.resources import new_version, validated
+from fhir_server.services.resources import new_version, parse_json, validated
 from fhir_server.services.update import check_precondition
 from fhir_server.storage import repository
 
@@ -37,11 +36,11 @@ async def patch(
 ) -> Result:
     operations = _operations(body)
     locked = await repository.lock_current(conn, resource_type, id)
-    check_precondition(f"{resource_type}/{id}", locked and locked.version_id, if_match)
+    check_precondition(f"{resource_type}/{id}", locked.version_id if locked else None, if_match)
     current = await read(conn, resource_type, id)
     assert current.content is not None and locked is not None
     try:
-        patched = operations.apply(orjson.loads(current.content))
+        patched = operations.apply(parse_json(current.content))
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
         raise Unprocessable(f"the patch cannot be applied: {exc}", code="processing") from None
     if not isinstance(patched, dict) or patched.get("id") != id:

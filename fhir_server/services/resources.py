@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from datetime import datetime
@@ -17,14 +18,52 @@ from fhir_server.storage.repository import NewVersion
 ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
-def parse_json(body: bytes) -> Any:
+class DecimalText(float):
+    """A JSON number whose text a float would not keep (`1.50`, `1e3`, 20 digits).
+
+    FHIR decimals carry their precision in their text, so the text is what gets stored and
+    returned; being a float, the value still validates and compares as a number.
+    """
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> DecimalText:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+
+# A fraction ending in 0, an exponent, or 16+ digits: numbers that a float would rewrite.
+_LOSSY_NUMBER = re.compile(rb"[0-9]\.[0-9]*0(?![0-9])|[0-9][eE]|[0-9]{16,}")
+
+
+def _big_int(text: str) -> int | DecimalText:
+    return DecimalText(text) if len(text) > 15 else int(text)
+
+
+def parse_json(body: bytes | str) -> Any:
     """The request body as JSON, or 400 naming where the syntax broke."""
-    if not body.strip():
+    raw = body.encode() if isinstance(body, str) else body
+    if not raw.strip():
         raise BadRequest("the request body is empty", code="invalid")
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        if _LOSSY_NUMBER.search(raw):
+            return json.loads(raw, parse_float=DecimalText, parse_int=_big_int)
+        return orjson.loads(raw)
+    except (orjson.JSONDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}", code="structure") from None
+
+
+def _serialize_default(value: Any) -> Any:
+    if isinstance(value, DecimalText):
+        return orjson.Fragment(value.text)
+    raise TypeError(f"cannot serialize `{type(value).__name__}`")
+
+
+def dump_json(value: Any) -> str:
+    """JSON text of a resource, keeping every number's original text."""
+    return orjson.dumps(value, default=_serialize_default).decode()
 
 
 def check_id(id: str) -> None:
@@ -59,7 +98,7 @@ def new_version(
         id=id,
         version_id=version_id,
         last_updated=last_updated,
-        content=orjson.dumps(stamped).decode(),
+        content=dump_json(stamped),
         compartments=compartment_membership(stamped, local_bases=ctx.local_bases),
         method=method,
         created_by=ctx.actor,

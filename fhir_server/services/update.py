@@ -46,13 +46,14 @@ async def update(
     body_id = resource.get("id")
     if body_id != id:
         raise BadRequest(
-            "the body has no `id`" if body_id is None
+            "the body has no `id`"
+            if body_id is None
             else f"the body's id `{body_id}` does not match `{id}` in the URL",
             expression=["id"],
         )
     for _ in range(2):
         locked = await repository.lock_current(conn, resource_type, id)
-        check_precondition(f"{resource_type}/{id}", locked and locked.version_id, if_match)
+        check_precondition(f"{resource_type}/{id}", locked.version_id if locked else None, if_match)
         now = ctx.clock()
         if locked is None:
             if not ctx.settings.update_create:
@@ -60,7 +61,9 @@ async def update(
                     f"`{resource_type}/{id}` does not exist and this server does not create "
                     "resources by update"
                 )
-            version = new_version(ctx, resource, id=id, version_id=1, last_updated=now, method="PUT")
+            version = new_version(
+                ctx, resource, id=id, version_id=1, last_updated=now, method="PUT"
+            )
             if await repository.insert_new(conn, [version]):
                 return Result.written(201, version)
             # Someone created it between our lock attempt and insert: take the update path.

@@ -21,7 +21,9 @@ def transaction(*entries: dict[str, Any], kind: str = "transaction") -> dict[str
     return {"resourceType": "Bundle", "type": kind, "entry": list(entries)}
 
 
-def test_transaction_resolves_urn_uuid_references(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
+def test_transaction_resolves_urn_uuid_references(
+    client: httpx.Client, db: psycopg.Connection[Any]
+) -> None:
     bundle = transaction(
         {
             "fullUrl": "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a",
@@ -52,12 +54,15 @@ def test_transaction_resolves_urn_uuid_references(client: httpx.Client, db: psyc
     assert stored["subject"] == {"reference": f"Patient/{patient_id}"}
     assert stored["performer"] == [{"reference": f"Patient/{patient_id}"}]
     compartments = db.execute(
-        "SELECT compartments FROM resources WHERE resource_type='Observation' AND id=%s", (observation_id,)
+        "SELECT compartments FROM resources WHERE resource_type='Observation' AND id=%s",
+        (observation_id,),
     ).fetchone()
     assert compartments is not None and f"Patient/{patient_id}" in compartments[0]
 
 
-def test_failed_transaction_changes_nothing(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
+def test_failed_transaction_changes_nothing(
+    client: httpx.Client, db: psycopg.Connection[Any]
+) -> None:
     existing = client.post("/Patient", json={"resourceType": "Patient", "gender": "male"}).json()
     before = table_counts(db)
     bundle = transaction(
@@ -80,7 +85,9 @@ def test_failed_transaction_changes_nothing(client: httpx.Client, db: psycopg.Co
     assert client.get(f"/Patient/{existing['id']}").json()["gender"] == "male"
 
 
-def test_transaction_with_stale_if_match_rolls_back(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
+def test_transaction_with_stale_if_match_rolls_back(
+    client: httpx.Client, db: psycopg.Connection[Any]
+) -> None:
     existing = client.post("/Patient", json={"resourceType": "Patient"}).json()
     before = table_counts(db)
     bundle = transaction(
@@ -101,7 +108,10 @@ def test_transaction_order_delete_then_create_then_update_then_read(client: http
     bundle = transaction(
         # listed first but processed last: it sees the update below
         {"request": {"method": "GET", "url": f"Patient/{kept['id']}"}},
-        {"resource": {**kept, "gender": "other"}, "request": {"method": "PUT", "url": f"Patient/{kept['id']}"}},
+        {
+            "resource": {**kept, "gender": "other"},
+            "request": {"method": "PUT", "url": f"Patient/{kept['id']}"},
+        },
         {"request": {"method": "DELETE", "url": f"Patient/{doomed['id']}"}},
         {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
     )
@@ -116,13 +126,21 @@ def test_transaction_order_delete_then_create_then_update_then_read(client: http
 
 def test_transaction_conditional_create_and_patch(client: httpx.Client) -> None:
     ident = {"system": "urn:test:mrn", "value": "txn-cond-1"}
-    existing = client.post("/Patient", json={"resourceType": "Patient", "identifier": [ident]}).json()
-    patch = base64.b64encode(json.dumps([{"op": "add", "path": "/active", "value": True}]).encode()).decode()
+    existing = client.post(
+        "/Patient", json={"resourceType": "Patient", "identifier": [ident]}
+    ).json()
+    patch = base64.b64encode(
+        json.dumps([{"op": "add", "path": "/active", "value": True}]).encode()
+    ).decode()
     bundle = transaction(
         {
             "fullUrl": "urn:uuid:0c9c1d07-8b3a-4c9f-a3a4-7a6d3e4c0b11",
             "resource": {"resourceType": "Patient", "identifier": [ident]},
-            "request": {"method": "POST", "url": "Patient", "ifNoneExist": "identifier=urn:test:mrn|txn-cond-1"},
+            "request": {
+                "method": "POST",
+                "url": "Patient",
+                "ifNoneExist": "identifier=urn:test:mrn|txn-cond-1",
+            },
         },
         {
             "resource": {
@@ -134,7 +152,11 @@ def test_transaction_conditional_create_and_patch(client: httpx.Client) -> None:
             "request": {"method": "POST", "url": "Observation"},
         },
         {
-            "resource": {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": patch},
+            "resource": {
+                "resourceType": "Binary",
+                "contentType": "application/json-patch+json",
+                "data": patch,
+            },
             "request": {"method": "PATCH", "url": f"Patient/{existing['id']}"},
         },
     )
@@ -143,15 +165,24 @@ def test_transaction_conditional_create_and_patch(client: httpx.Client) -> None:
     assert cond["response"]["status"] == "200 OK"
     assert cond["response"]["location"].startswith(f"Patient/{existing['id']}/")
     obs_id = obs["response"]["location"].split("/")[1]
-    assert client.get(f"/Observation/{obs_id}").json()["subject"]["reference"] == f"Patient/{existing['id']}"
+    assert (
+        client.get(f"/Observation/{obs_id}").json()["subject"]["reference"]
+        == f"Patient/{existing['id']}"
+    )
     assert patched["resource"]["active"] is True
 
 
 def test_batch_answers_each_entry(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
     existing = client.post("/Patient", json={"resourceType": "Patient"}).json()
     bundle = transaction(
-        {"resource": {"resourceType": "Patient", "gender": "female"}, "request": {"method": "POST", "url": "Patient"}},
-        {"resource": {"resourceType": "Patient", "gender": "bogus"}, "request": {"method": "POST", "url": "Patient"}},
+        {
+            "resource": {"resourceType": "Patient", "gender": "female"},
+            "request": {"method": "POST", "url": "Patient"},
+        },
+        {
+            "resource": {"resourceType": "Patient", "gender": "bogus"},
+            "request": {"method": "POST", "url": "Patient"},
+        },
         {"request": {"method": "GET", "url": f"Patient/{existing['id']}"}},
         {"request": {"method": "GET", "url": "Patient/missing-one"}},
         {"request": {"method": "GET", "url": "Foo/1"}},
@@ -178,10 +209,15 @@ def test_bundle_of_wrong_type_is_400(client: httpx.Client) -> None:
 
 def test_transaction_of_many_creates(client: httpx.Client) -> None:
     entries = [
-        {"resource": {"resourceType": "Patient", "name": [{"family": f"Bulk{i}"}]}, "request": {"method": "POST", "url": "Patient"}}
+        {
+            "resource": {"resourceType": "Patient", "name": [{"family": f"Bulk{i}"}]},
+            "request": {"method": "POST", "url": "Patient"},
+        }
         for i in range(200)
     ]
-    result = client.post("", json=transaction(*entries), headers={"Prefer": "return=minimal"}).json()
+    result = client.post(
+        "", json=transaction(*entries), headers={"Prefer": "return=minimal"}
+    ).json()
     assert len(result["entry"]) == 200
     assert all(e["response"]["status"] == "201 Created" for e in result["entry"])
     assert all("resource" not in e for e in result["entry"])

@@ -11,7 +11,9 @@ import psycopg
 from tests.conftest import LiveServer
 
 
-def test_same_if_match_exactly_one_wins(live_server: LiveServer, db: psycopg.Connection[Any]) -> None:
+def test_same_if_match_exactly_one_wins(
+    live_server: LiveServer, db: psycopg.Connection[Any]
+) -> None:
     base = f"{live_server.origin}/fhir"
     created = httpx.post(f"{base}/Patient", json={"resourceType": "Patient"}).json()
     id = created["id"]
@@ -21,19 +23,25 @@ def test_same_if_match_exactly_one_wins(live_server: LiveServer, db: psycopg.Con
         def attempt(i: int, version: int = version) -> int:
             body = {**created, "gender": ["male", "female", "other", "unknown"][i % 4]}
             return httpx.put(
-                f"{base}/Patient/{id}", json=body, headers={"If-Match": f'W/"{version}"'}, timeout=30
+                f"{base}/Patient/{id}",
+                json=body,
+                headers={"If-Match": f'W/"{version}"'},
+                timeout=30,
             ).status_code
 
         with ThreadPoolExecutor(8) as pool:
             statuses = list(pool.map(attempt, range(8)))
         assert sorted(statuses) == [200] + [412] * 7
     rows = db.execute(
-        "SELECT version_id FROM resource_history WHERE resource_type='Patient' AND id=%s ORDER BY 1", (id,)
+        "SELECT version_id FROM resource_history WHERE resource_type='Patient' AND id=%s ORDER BY 1",
+        (id,),
     ).fetchall()
     assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6]
 
 
-def test_without_if_match_every_update_lands(live_server: LiveServer, db: psycopg.Connection[Any]) -> None:
+def test_without_if_match_every_update_lands(
+    live_server: LiveServer, db: psycopg.Connection[Any]
+) -> None:
     base = f"{live_server.origin}/fhir"
     created = httpx.post(f"{base}/Patient", json={"resourceType": "Patient"}).json()
     id = created["id"]
@@ -57,17 +65,22 @@ def test_without_if_match_every_update_lands(live_server: LiveServer, db: psycop
     assert current["meta"]["versionId"] == "25"
 
 
-def test_concurrent_update_as_create_makes_one_resource(live_server: LiveServer, db: psycopg.Connection[Any]) -> None:
+def test_concurrent_update_as_create_makes_one_resource(
+    live_server: LiveServer, db: psycopg.Connection[Any]
+) -> None:
     base = f"{live_server.origin}/fhir"
     id = "racing-create-1"
 
     def attempt(i: int) -> int:
-        return httpx.put(f"{base}/Patient/{id}", json={"resourceType": "Patient", "id": id}, timeout=30).status_code
+        return httpx.put(
+            f"{base}/Patient/{id}", json={"resourceType": "Patient", "id": id}, timeout=30
+        ).status_code
 
     with ThreadPoolExecutor(6) as pool:
         statuses = sorted(pool.map(attempt, range(6)))
     assert statuses == [200] * 5 + [201]
     rows = db.execute(
-        "SELECT version_id FROM resource_history WHERE resource_type='Patient' AND id=%s ORDER BY 1", (id,)
+        "SELECT version_id FROM resource_history WHERE resource_type='Patient' AND id=%s ORDER BY 1",
+        (id,),
     ).fetchall()
     assert [r[0] for r in rows] == [1, 2, 3, 4, 5, 6]

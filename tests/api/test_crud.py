@@ -98,7 +98,9 @@ def test_update_increments_version_and_honours_if_match(
     assert response.json()["gender"] == "female"
     assert response.json()["meta"]["versionId"] == "2"
 
-    stale = client.put(f"/Patient/{id}", json={**changed, "gender": "male"}, headers={"If-Match": 'W/"1"'})
+    stale = client.put(
+        f"/Patient/{id}", json={**changed, "gender": "male"}, headers={"If-Match": 'W/"1"'}
+    )
     assert stale.status_code == 412
     assert stale.json()["resourceType"] == "OperationOutcome"
     # the stale write changed nothing
@@ -141,7 +143,9 @@ def test_update_with_if_match_on_missing_resource_is_412(client: httpx.Client) -
     ("body_id", "fragment"),
     [(None, "has no `id`"), ("other-id", "does not match")],
 )
-def test_update_body_id_must_match_url(client: httpx.Client, body_id: str | None, fragment: str) -> None:
+def test_update_body_id_must_match_url(
+    client: httpx.Client, body_id: str | None, fragment: str
+) -> None:
     created = create(client, patient()).json()
     body = {**created}
     if body_id is None:
@@ -159,7 +163,9 @@ def test_resource_type_must_match_url(client: httpx.Client) -> None:
     assert response.json()["issue"][0]["expression"] == ["resourceType"]
 
 
-def test_delete_is_soft_and_read_gives_410(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
+def test_delete_is_soft_and_read_gives_410(
+    client: httpx.Client, db: psycopg.Connection[Any]
+) -> None:
     created = create(client, patient("Deleted")).json()
     id = created["id"]
     response = client.delete(f"/Patient/{id}")
@@ -242,7 +248,9 @@ def test_patch_needs_json_patch_media_type(client: httpx.Client) -> None:
     assert response.status_code == 415
 
 
-@pytest.mark.parametrize("prefer", ["return=minimal", "return=representation", "return=OperationOutcome"])
+@pytest.mark.parametrize(
+    "prefer", ["return=minimal", "return=representation", "return=OperationOutcome"]
+)
 def test_prefer_return(client: httpx.Client, prefer: str) -> None:
     response = client.post("/Patient", json=patient(), headers={"Prefer": prefer})
     assert response.status_code == 201
@@ -280,3 +288,17 @@ def test_conditional_create_refuses_unsupported_criteria(client: httpx.Client) -
     response = client.post("/Patient", json=patient(), headers={"If-None-Exist": "name=Doe"})
     assert response.status_code == 400
     assert "`name`" in response.json()["issue"][0]["diagnostics"]
+
+
+def test_decimal_precision_survives_the_round_trip(client: httpx.Client) -> None:
+    body = (
+        b'{"resourceType": "Observation", "status": "final", "code": {"text": "weight"},'
+        b' "valueQuantity": {"value": 72.50, "unit": "kg"},'
+        b' "referenceRange": [{"low": {"value": 1.0e2}, "high": {"value": 123456789012345678.25}}]}'
+    )
+    response = client.post("/Observation", content=body, headers={"Content-Type": "application/fhir+json"})
+    assert response.status_code == 201, response.text
+    stored = client.get(f"/Observation/{response.json()['id']}").text
+    assert '"value": 72.50' in stored or '"value":72.50' in stored
+    assert "123456789012345678.25" in stored
+    assert "1.0e2" in stored.lower() or "100" in stored

@@ -40,7 +40,16 @@ def test_capability_statement(client: httpx.Client) -> None:
     assert len(types) == 146
     patient = next(r for r in rest["resource"] if r["type"] == "Patient")
     codes = {i["code"] for i in patient["interaction"]}
-    assert {"read", "vread", "update", "patch", "delete", "history-instance", "history-type", "create"} <= codes
+    assert {
+        "read",
+        "vread",
+        "update",
+        "patch",
+        "delete",
+        "history-instance",
+        "history-type",
+        "create",
+    } <= codes
     assert patient["updateCreate"] is True
     assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
     schema = json_schema()

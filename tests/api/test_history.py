@@ -23,7 +23,7 @@ def follow(client: httpx.Client, url: str) -> list[dict[str, Any]]:
         page = httpx.get(url).json()
         assert page["type"] == "history"
         entries.extend(page.get("entry", []))
-        url = next((l["url"] for l in page["link"] if l["relation"] == "next"), "")
+        url = next((link["url"] for link in page["link"] if link["relation"] == "next"), "")
         seen += 1
         assert seen < 100
     return entries
@@ -61,7 +61,7 @@ def test_count_pages_through_every_version_once(client: httpx.Client) -> None:
     first = client.get(f"/Patient/{id}/_history", params={"_count": 2})
     page = first.json()
     assert len(page["entry"]) == 2
-    assert any(l["relation"] == "next" for l in page["link"])
+    assert any(link["relation"] == "next" for link in page["link"])
     entries = follow(client, str(first.url))
     versions = [int(e["response"]["etag"][3:-1]) for e in entries]
     assert versions == [7, 6, 5, 4, 3, 2, 1]
@@ -85,9 +85,15 @@ def test_type_and_system_history(client: httpx.Client) -> None:
     time.sleep(0.01)
     device = make(client, "Device", {"status": "active"})
     substance = make(client, "Substance", {"code": {"text": "water"}})
-    type_entries = follow(client, f"{str(client.base_url).rstrip('/')}/Device/_history?_since={cut.replace('+', '%2B')}&_count=1")
+    type_entries = follow(
+        client,
+        f"{str(client.base_url).rstrip('/')}/Device/_history?_since={cut.replace('+', '%2B')}&_count=1",
+    )
     assert [e["resource"]["id"] for e in type_entries] == [device["id"]]
-    system = follow(client, f"{str(client.base_url).rstrip('/')}/_history?_since={cut.replace('+', '%2B')}&_count=1")
+    system = follow(
+        client,
+        f"{str(client.base_url).rstrip('/')}/_history?_since={cut.replace('+', '%2B')}&_count=1",
+    )
     ids = [e["resource"]["id"] for e in system]
     assert ids == [substance["id"], device["id"]]
 

@@ -14,22 +14,30 @@ from tests.conftest import LiveServer
 
 
 def count_patients(db: psycopg.Connection[Any]) -> int:
-    row = db.execute("SELECT count(*) FROM resource_history WHERE resource_type='Patient'").fetchone()
+    row = db.execute(
+        "SELECT count(*) FROM resource_history WHERE resource_type='Patient'"
+    ).fetchone()
     assert row is not None
     return int(row[0])
 
 
-def test_invalid_json_is_400_and_stores_nothing(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
+def test_invalid_json_is_400_and_stores_nothing(
+    client: httpx.Client, db: psycopg.Connection[Any]
+) -> None:
     before = count_patients(db)
     response = client.post(
-        "/Patient", content=b'{"resourceType": "Patient", ', headers={"Content-Type": "application/fhir+json"}
+        "/Patient",
+        content=b'{"resourceType": "Patient", ',
+        headers={"Content-Type": "application/fhir+json"},
     )
     assert response.status_code == 400
     assert "not valid JSON" in response.json()["issue"][0]["diagnostics"]
     assert count_patients(db) == before
 
 
-@pytest.mark.parametrize("media", ["application/fhir+xml", "text/plain", "application/x-www-form-urlencoded"])
+@pytest.mark.parametrize(
+    "media", ["application/fhir+xml", "text/plain", "application/x-www-form-urlencoded"]
+)
 def test_wrong_content_type_is_415(client: httpx.Client, media: str) -> None:
     response = client.post(
         "/Patient", content=b'{"resourceType": "Patient"}', headers={"Content-Type": media}
@@ -38,7 +46,9 @@ def test_wrong_content_type_is_415(client: httpx.Client, media: str) -> None:
     assert response.json()["resourceType"] == "OperationOutcome"
 
 
-@pytest.mark.parametrize("media", ["application/fhir+json", "application/json", "application/fhir+json; charset=utf-8"])
+@pytest.mark.parametrize(
+    "media", ["application/fhir+json", "application/json", "application/fhir+json; charset=utf-8"]
+)
 def test_json_content_types_are_accepted(client: httpx.Client, media: str) -> None:
     response = client.post(
         "/Patient", content=b'{"resourceType": "Patient"}', headers={"Content-Type": media}
@@ -67,7 +77,9 @@ def test_format_json_is_served(client: httpx.Client, fmt: str) -> None:
     assert response.status_code == 200
 
 
-@pytest.mark.parametrize("accept", ["application/fhir+json", "application/json", "*/*", "text/html, */*;q=0.1"])
+@pytest.mark.parametrize(
+    "accept", ["application/fhir+json", "application/json", "*/*", "text/html, */*;q=0.1"]
+)
 def test_json_accept_is_served(client: httpx.Client, accept: str) -> None:
     assert client.get("/metadata", headers={"Accept": accept}).status_code == 200
 
@@ -101,9 +113,10 @@ def test_non_object_body_is_400(client: httpx.Client) -> None:
 
 
 def test_body_over_the_limit_is_413(database_url: str) -> None:
-    with LiveServer(Settings(max_body_bytes=2000), database_url) as server, httpx.Client(
-        base_url=f"{server.origin}/fhir"
-    ) as small:
+    with (
+        LiveServer(Settings(max_body_bytes=2000), database_url) as server,
+        httpx.Client(base_url=f"{server.origin}/fhir") as small,
+    ):
         big = {"resourceType": "Patient", "name": [{"family": "x" * 5000}]}
         response = small.post("/Patient", json=big)
         assert response.status_code == 413
@@ -132,9 +145,14 @@ def test_unknown_path_is_404_operation_outcome(client: httpx.Client) -> None:
 def test_server_fault_is_500_without_internals(database_url: str) -> None:
     # A server pointed at a database without our schema fails inside SQL: the client sees a plain 500.
     bad_url = database_url.replace("/fhir_test_", "/postgres_not_", 1)
-    with LiveServer(Settings(), bad_url) as server, httpx.Client(base_url=f"{server.origin}/fhir") as c:
+    with (
+        LiveServer(Settings(), bad_url) as server,
+        httpx.Client(base_url=f"{server.origin}/fhir") as c,
+    ):
         response = c.get("/Patient/1")
         assert response.status_code == 500
         body = response.json()
-        assert body["issue"] == [{"severity": "error", "code": "exception", "diagnostics": "internal server error"}]
+        assert body["issue"] == [
+            {"severity": "error", "code": "exception", "diagnostics": "internal server error"}
+        ]
         assert "postgres" not in response.text.lower()

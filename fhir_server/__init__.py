@@ -1,0 +1,1 @@
+"""FHIR R4 server on PostgreSQL with compartment-based access control."""
