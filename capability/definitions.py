@@ -12,7 +12,13 @@ from typing import Any
 
 FHIR_VERSION = "4.0.1"
 
-COMPARTMENT_TYPES: tuple[str, ...] = ("Patient", "RelatedPerson", "Practitioner", "Encounter", "Device")
+COMPARTMENT_TYPES: tuple[str, ...] = (
+    "Patient",
+    "RelatedPerson",
+    "Practitioner",
+    "Encounter",
+    "Device",
+)
 
 
 def _load(name: str) -> Any:

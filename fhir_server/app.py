@@ -22,9 +22,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine_async(database_url, pool_size=settings.db_pool_size)
         app.state.runtime = Runtime(settings, database_url, engine, ResourceValidator())
-        log.warning(
-            "authentication is not enabled: every client can read and write every resource"
-        )
+        log.warning("authentication is not enabled: every client can read and write every resource")
         try:
             yield
         finally:

@@ -73,6 +73,8 @@ class Settings:
             db_pool_size=num("FHIR_DB_POOL_SIZE", defaults.db_pool_size),
             log_level=(get("LOG_LEVEL") or defaults.log_level).lower(),
             local_bases=tuple(
-                b.strip().rstrip("/") for b in (get("FHIR_LOCAL_BASES") or "").split(",") if b.strip()
+                b.strip().rstrip("/")
+                for b in (get("FHIR_LOCAL_BASES") or "").split(",")
+                if b.strip()
             ),
         )

@@ -47,7 +47,9 @@ def negotiate(request: Request) -> None:
     wanted = request.query_params.get("_format")
     if wanted is not None:
         if _FORMAT_ALIASES.get(wanted, wanted).split(";")[0].strip() not in JSON_TYPES:
-            raise NotAcceptable(f"`_format={wanted}` is not supported: this server speaks JSON only")
+            raise NotAcceptable(
+                f"`_format={wanted}` is not supported: this server speaks JSON only"
+            )
         return
     accept = request.headers.get("accept")
     if not accept:
@@ -89,7 +91,9 @@ async def resource_body(request: Request, body: Annotated[bytes, Depends(read_bo
         if any(hint in media for hint in _XML_HINTS):
             message = f"`Content-Type: {media}` is not supported: send `application/fhir+json`"
         else:
-            message = f"`Content-Type: {media}` is not a FHIR JSON type; send `application/fhir+json`"
+            message = (
+                f"`Content-Type: {media}` is not a FHIR JSON type; send `application/fhir+json`"
+            )
         raise UnsupportedMediaType(message)
     return parse_json(body)
 

@@ -36,8 +36,11 @@ async def http_error(request: Request, exc: Exception) -> Response:
 async def request_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     issues = [
-        Issue("invalid", str(error.get("msg", "invalid request")).lower(),
-              expression=(".".join(str(p) for p in error.get("loc", ())),))
+        Issue(
+            "invalid",
+            str(error.get("msg", "invalid request")).lower(),
+            expression=(".".join(str(p) for p in error.get("loc", ())),),
+        )
         for error in exc.errors()
     ]
     return outcome_response(400, issues)

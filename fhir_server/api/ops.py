@@ -28,7 +28,9 @@ async def readyz(rt: RuntimeDep) -> Response:
             await conn.execute(text("SELECT 1"))
             current = await conn.run_sync(current_revision)
     except Exception as exc:  # any failure to reach the database means not ready
-        return outcome_response(503, [Issue("transient", f"database unreachable: {type(exc).__name__}")])
+        return outcome_response(
+            503, [Issue("transient", f"database unreachable: {type(exc).__name__}")]
+        )
     head = await asyncio.to_thread(head_revision, rt.database_url)
     if current != head:
         return outcome_response(

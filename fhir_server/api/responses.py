@@ -13,7 +13,9 @@ from fhir_server.storage.repository import StoredVersion
 FHIR_JSON = "application/fhir+json; charset=utf-8"
 
 
-def fhir_response(body: bytes | str, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def fhir_response(
+    body: bytes | str, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     return Response(content=body, status_code=status, media_type=FHIR_JSON, headers=headers)
 
 
@@ -45,5 +47,7 @@ def write_response(base_url: str, result: Result, prefer: str) -> Response:
     return fhir_response(version.content, result.status, headers)
 
 
-def outcome_response(status: int, issues: list[Issue], headers: dict[str, str] | None = None) -> Response:
+def outcome_response(
+    status: int, issues: list[Issue], headers: dict[str, str] | None = None
+) -> Response:
     return fhir_response(operation_outcome_bytes(issues), status, headers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -13,15 +14,15 @@ from sqlalchemy import Connection, create_engine, pool
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-import orjson
-
 
 def sqlalchemy_url(url: str) -> str:
     """`postgres://` and `postgresql://` URLs as SQLAlchemy's psycopg 3 dialect wants them."""
     parsed = make_url(url)
     if parsed.drivername in {"postgres", "postgresql", "postgresql+psycopg"}:
         return parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-    raise ValueError(f"`POSTGRES_URL` must be a postgresql:// URL, got driver `{parsed.drivername}`")
+    raise ValueError(
+        f"`POSTGRES_URL` must be a postgresql:// URL, got driver `{parsed.drivername}`"
+    )
 
 
 def _json_dumps(value: Any) -> str:

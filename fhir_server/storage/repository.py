@@ -138,13 +138,17 @@ async def read_current(conn: AsyncConnection, resource_type: str, id: str) -> St
     row = (await conn.execute(_read_current, {"t": resource_type, "i": id})).first()
     if row is None:
         return None
-    return StoredVersion(resource_type, id, row.version_id, row.last_updated, row.deleted, row.content)
+    return StoredVersion(
+        resource_type, id, row.version_id, row.last_updated, row.deleted, row.content
+    )
 
 
 async def read_version(
     conn: AsyncConnection, resource_type: str, id: str, version_id: int
 ) -> StoredVersion | None:
-    row = (await conn.execute(_read_version, {"t": resource_type, "i": id, "v": version_id})).first()
+    row = (
+        await conn.execute(_read_version, {"t": resource_type, "i": id, "v": version_id})
+    ).first()
     if row is None:
         return None
     return StoredVersion(
@@ -242,17 +246,21 @@ async def history(
                 ),
             )
         )
-    query = query.order_by(
-        h.last_updated.desc(), h.resource_type, h.id, h.version_id.desc()
-    ).limit(count)
+    query = query.order_by(h.last_updated.desc(), h.resource_type, h.id, h.version_id.desc()).limit(
+        count
+    )
     rows = (await conn.execute(query)).all()
     return [
-        StoredVersion(r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content, r.method)
+        StoredVersion(
+            r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content, r.method
+        )
         for r in rows
     ]
 
 
-async def history_total(conn: AsyncConnection, resource_type: str, id: str, since: datetime | None) -> int:
+async def history_total(
+    conn: AsyncConnection, resource_type: str, id: str, since: datetime | None
+) -> int:
     h = resource_history.c
     query = select(func.count()).where(h.resource_type == resource_type, h.id == id)
     if since is not None:

@@ -13,7 +13,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def dockerfile_lines() -> list[str]:
     text = (ROOT / "Dockerfile").read_text()
     # join continuation lines
-    return [line.strip() for line in text.replace("\\\n", " ").splitlines() if line.strip() and not line.startswith("#")]
+    return [
+        line.strip()
+        for line in text.replace("\\\n", " ").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 def test_dockerfile_is_multi_stage_non_root_with_healthcheck() -> None:
@@ -30,7 +34,11 @@ def test_dockerfile_is_multi_stage_non_root_with_healthcheck() -> None:
 
 def test_dockerfile_copies_everything_the_package_needs() -> None:
     lines = dockerfile_lines()
-    copied = {line.split()[1].strip("./") for line in lines if line.startswith("COPY ") and "--from" not in line}
+    copied = {
+        line.split()[1].strip("./")
+        for line in lines
+        if line.startswith("COPY ") and "--from" not in line
+    }
     for needed in ("fhir_server", "capability", "migrations", "pyproject.toml"):
         assert any(needed in c for c in copied), needed
         assert (ROOT / needed).exists()
