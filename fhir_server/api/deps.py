@@ -17,7 +17,7 @@ _FORMAT_ALIASES = {"json": "application/fhir+json", "application/json": "applica
 _XML_HINTS = ("xml", "turtle", "ttl")
 
 
-def runtime(request: Request) -> Runtime:
+async def runtime(request: Request) -> Runtime:
     rt: Runtime = request.app.state.runtime
     return rt
 
@@ -25,7 +25,7 @@ def runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(runtime)]
 
 
-def context(request: Request, rt: RuntimeDep) -> Context:
+async def context(request: Request, rt: RuntimeDep) -> Context:
     base = rt.settings.base_url or f"{str(request.base_url).rstrip('/')}/fhir"
     return Context(settings=rt.settings, validator=rt.validator, base_url=base)
 
@@ -33,7 +33,7 @@ def context(request: Request, rt: RuntimeDep) -> Context:
 ContextDep = Annotated[Context, Depends(context)]
 
 
-def resource_type(type: str) -> str:
+async def resource_type(type: str) -> str:
     if type not in resource_types():
         raise NotSupported(f"resource type `{type}` is not supported", code="not-supported")
     return type
@@ -42,7 +42,7 @@ def resource_type(type: str) -> str:
 ResourceTypeDep = Annotated[str, Depends(resource_type)]
 
 
-def negotiate(request: Request) -> None:
+async def negotiate(request: Request) -> None:
     """Only JSON is produced: XML or another format asked for gets 406 with a clear message."""
     wanted = request.query_params.get("_format")
     if wanted is not None:
@@ -113,7 +113,7 @@ async def patch_body(request: Request, body: Annotated[bytes, Depends(read_body)
 PatchBody = Annotated[Any, Depends(patch_body)]
 
 
-def prefer_return(request: Request) -> str:
+async def prefer_return(request: Request) -> str:
     """`Prefer: return=minimal|representation|OperationOutcome`; representation by default."""
     for part in request.headers.get("prefer", "").split(";"):
         name, _, value = part.strip().partition("=")

@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` (python -m bench.run). Figures and ratios, never pass/fail tests."""

