@@ -296,7 +296,9 @@ def test_decimal_precision_survives_the_round_trip(client: httpx.Client) -> None
         b' "valueQuantity": {"value": 72.50, "unit": "kg"},'
         b' "referenceRange": [{"low": {"value": 1.0e2}, "high": {"value": 123456789012345678.25}}]}'
     )
-    response = client.post("/Observation", content=body, headers={"Content-Type": "application/fhir+json"})
+    response = client.post(
+        "/Observation", content=body, headers={"Content-Type": "application/fhir+json"}
+    )
     assert response.status_code == 201, response.text
     stored = client.get(f"/Observation/{response.json()['id']}").text
     assert '"value": 72.50' in stored or '"value":72.50' in stored

@@ -60,7 +60,9 @@ def test_there_are_many_examples_of_many_types() -> None:
 def test_example_round_trips(client: httpx.Client, path: Path) -> None:
     original = load(path.read_text())
     rtype = original["resourceType"]
-    response = client.post(f"/{rtype}", content=path.read_bytes(), headers={"Content-Type": "application/fhir+json"})
+    response = client.post(
+        f"/{rtype}", content=path.read_bytes(), headers={"Content-Type": "application/fhir+json"}
+    )
     assert response.status_code == 201, response.text
     id = response.json()["id"]
     stored = load(client.get(f"/{rtype}/{id}").text)
