@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from fhir_server.api import errors, fhir, ops
 from fhir_server.api.runtime import Runtime
 from fhir_server.settings import Settings
-from fhir_server.storage.database import create_engine_async
+from fhir_server.storage.database import Database
 from fhir_server.validation import ResourceValidator
 
 log = logging.getLogger(__name__)
@@ -20,13 +20,14 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings, database_url: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine_async(database_url, pool_size=settings.db_pool_size)
-        app.state.runtime = Runtime(settings, database_url, engine, ResourceValidator())
+        db = Database(database_url, pool_size=settings.db_pool_size)
+        await db.open()
+        app.state.runtime = Runtime(settings, db, ResourceValidator())
         log.warning("authentication is not enabled: every client can read and write every resource")
         try:
             yield
         finally:
-            await engine.dispose()
+            await db.close()
 
     app = FastAPI(
         title="FHIR R4 server",

@@ -44,14 +44,14 @@ async def metadata(ctx: ContextDep) -> Response:
 async def batch_or_transaction(
     rt: RuntimeDep, ctx: ContextDep, body: ResourceBody, prefer: PreferReturn
 ) -> Response:
-    async with rt.engine.begin() as conn:
+    async with rt.db.transaction() as conn:
         result = await bundle.process(ctx, conn, body, prefer=prefer)
     return fhir_response(result)
 
 
 @router.get("/_history")
 async def system_history(rt: RuntimeDep, ctx: ContextDep, request: Request) -> Response:
-    async with rt.engine.begin() as conn:
+    async with rt.db.transaction() as conn:
         return fhir_response(await history.history(ctx, conn, request.query_params))
 
 
@@ -59,7 +59,7 @@ async def system_history(rt: RuntimeDep, ctx: ContextDep, request: Request) -> R
 async def type_history(
     rt: RuntimeDep, ctx: ContextDep, type: ResourceTypeDep, request: Request
 ) -> Response:
-    async with rt.engine.begin() as conn:
+    async with rt.db.transaction() as conn:
         body = await history.history(ctx, conn, request.query_params, resource_type=type)
     return fhir_response(body)
 
@@ -73,14 +73,14 @@ async def create_resource(
     prefer: PreferReturn,
     if_none_exist: IfNoneExist = None,
 ) -> Response:
-    async with rt.engine.begin() as conn:
+    async with rt.db.transaction() as conn:
         result = await create.create(ctx, conn, type, body, if_none_exist=if_none_exist)
     return write_response(ctx.base_url, result, prefer)
 
 
 @router.get("/{type}/{id}")
 async def read_resource(rt: RuntimeDep, type: ResourceTypeDep, id: str) -> Response:
-    async with rt.engine.connect() as conn:
+    async with rt.db.connection() as conn:
         found = await read.read(conn, type, id)
     return read_response(found)
 
@@ -95,7 +95,7 @@ async def update_resource(
     prefer: PreferReturn,
     if_match: IfMatch = None,
 ) -> Response:
-    async with rt.engine.begin() as conn:
+    async with rt.db.transaction() as conn:
         result = await update.update(ctx, conn, type, id, body, if_match=parse_if_match(if_match))
     return write_response(ctx.base_url, result, prefer)
 
@@ -110,7 +110,7 @@ async def patch_resource(
     prefer: PreferReturn,
     if_match: IfMatch = None,
 ) -> Response:
-    async with rt.engine.begin() as conn:
+    async with rt.db.transaction() as conn:
         result = await patch.patch(ctx, conn, type, id, body, if_match=parse_if_match(if_match))
     return write_response(ctx.base_url, result, prefer)
 
@@ -119,7 +119,7 @@ async def patch_resource(
 async def delete_resource(
     rt: RuntimeDep, ctx: ContextDep, type: ResourceTypeDep, id: str, prefer: PreferReturn
 ) -> Response:
-    async with rt.engine.begin() as conn:
+    async with rt.db.transaction() as conn:
         version = await delete.delete(ctx, conn, type, id)
     headers = {"ETag": f'W/"{version}"'} if version is not None else {}
     if prefer == "OperationOutcome":
@@ -131,13 +131,13 @@ async def delete_resource(
 async def instance_history(
     rt: RuntimeDep, ctx: ContextDep, type: ResourceTypeDep, id: str, request: Request
 ) -> Response:
-    async with rt.engine.begin() as conn:
+    async with rt.db.transaction() as conn:
         body = await history.history(ctx, conn, request.query_params, resource_type=type, id=id)
     return fhir_response(body)
 
 
 @router.get("/{type}/{id}/_history/{vid}")
 async def vread_resource(rt: RuntimeDep, type: ResourceTypeDep, id: str, vid: str) -> Response:
-    async with rt.engine.connect() as conn:
+    async with rt.db.connection() as conn:
         found = await read.vread(conn, type, id, vid)
     return read_response(found)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Response
-from sqlalchemy import text
 
 from fhir_server.api.deps import RuntimeDep
 from fhir_server.api.responses import outcome_response
 from fhir_server.errors import Issue
-from fhir_server.storage.database import current_revision, head_revision
+from fhir_server.storage.database import head_revision, schema_revision
 
 router = APIRouter()
 
@@ -24,14 +21,13 @@ async def healthz() -> Response:
 async def readyz(rt: RuntimeDep) -> Response:
     """Ready when the database answers and its schema is at the newest migration."""
     try:
-        async with rt.engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
-            current = await conn.run_sync(current_revision)
+        async with rt.db.connection(wait=5) as conn:
+            current = await schema_revision(conn)
     except Exception as exc:  # any failure to reach the database means not ready
         return outcome_response(
             503, [Issue("transient", f"database unreachable: {type(exc).__name__}")]
         )
-    head = await asyncio.to_thread(head_revision, rt.database_url)
+    head = head_revision()
     if current != head:
         return outcome_response(
             503, [Issue("transient", f"database schema at `{current}`, expected `{head}`")]

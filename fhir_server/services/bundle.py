@@ -16,7 +16,6 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhir_server.errors import BadRequest, FhirError, NotSupported
 from fhir_server.services import create, delete, history, patch, read, update
@@ -26,6 +25,7 @@ from fhir_server.services.outcome import Result
 from fhir_server.services.outcome_json import operation_outcome
 from fhir_server.services.resources import new_version, validated
 from fhir_server.storage import repository
+from fhir_server.storage.sql import Connection
 
 _STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
 _ORDER = {"DELETE": 0, "POST": 1, "PUT": 2, "PATCH": 2, "GET": 3, "HEAD": 3}
@@ -154,7 +154,7 @@ def _need_instance(entry: Entry) -> tuple[str, str]:
     return entry.resource_type, entry.id
 
 
-async def _get(ctx: Context, conn: AsyncConnection, entry: Entry) -> dict[str, Any]:
+async def _get(ctx: Context, conn: Connection, entry: Entry) -> dict[str, Any]:
     params = dict(parse_qsl(entry.query, keep_blank_values=True))
     rtype, id, tail = entry.resource_type, entry.id, entry.tail
     if tail == ["_history"] or (rtype is None and tail == ["_history"]) or id == "_history":
@@ -182,9 +182,7 @@ async def _get(ctx: Context, conn: AsyncConnection, entry: Entry) -> dict[str, A
     }
 
 
-async def _run_one(
-    ctx: Context, conn: AsyncConnection, entry: Entry, prefer: str
-) -> dict[str, Any]:
+async def _run_one(ctx: Context, conn: Connection, entry: Entry, prefer: str) -> dict[str, Any]:
     """One entry of a batch (or a transaction entry that could not be grouped)."""
     if entry.method == "POST":
         if entry.resource_type is None or entry.id is not None:
@@ -218,7 +216,7 @@ def _check_types(entry: Entry) -> None:
 
 
 async def _transaction(
-    ctx: Context, conn: AsyncConnection, entries: list[Entry], prefer: str
+    ctx: Context, conn: Connection, entries: list[Entry], prefer: str
 ) -> list[dict[str, Any]]:
     for entry in entries:
         try:
@@ -297,12 +295,12 @@ async def _transaction(
 
 
 async def _batch(
-    ctx: Context, conn: AsyncConnection, entries: list[Entry], prefer: str
+    ctx: Context, conn: Connection, entries: list[Entry], prefer: str
 ) -> list[dict[str, Any]]:
     responses = []
     for entry in entries:
         try:
-            async with conn.begin_nested():
+            async with conn.transaction():  # a savepoint: one entry fails alone
                 _check_types(entry)
                 responses.append(await _run_one(ctx, conn, entry, prefer))
         except FhirError as exc:
@@ -329,7 +327,7 @@ _REASONS = {
 }
 
 
-async def process(ctx: Context, conn: AsyncConnection, body: Any, *, prefer: str) -> bytes:
+async def process(ctx: Context, conn: Connection, body: Any, *, prefer: str) -> bytes:
     """Run a batch or transaction Bundle; return the response Bundle."""
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise BadRequest("the base URL accepts only a Bundle of type `batch` or `transaction`")

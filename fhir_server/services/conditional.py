@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import parse_qsl
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from fhir_server.errors import BadRequest
 from fhir_server.storage import repository
+from fhir_server.storage.sql import Connection
 
 
 def _criteria(query: str) -> tuple[list[str], list[dict[str, Any]]]:
@@ -44,7 +43,7 @@ def _criteria(query: str) -> tuple[list[str], list[dict[str, Any]]]:
 
 
 async def matching_ids(
-    conn: AsyncConnection, resource_type: str, query: str, *, limit: int
+    conn: Connection, resource_type: str, query: str, *, limit: int
 ) -> list[str]:
     ids, containments = _criteria(query)
     return await repository.find_ids(

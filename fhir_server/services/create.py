@@ -5,14 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from fhir_server.errors import PreconditionFailed
 from fhir_server.services import conditional
 from fhir_server.services.context import Context
 from fhir_server.services.outcome import Result
 from fhir_server.services.resources import new_version, validated
 from fhir_server.storage import repository
+from fhir_server.storage.sql import Connection
 
 
 def new_id() -> str:
@@ -21,7 +20,7 @@ def new_id() -> str:
 
 async def create(
     ctx: Context,
-    conn: AsyncConnection,
+    conn: Connection,
     resource_type: str,
     body: Any,
     *,
@@ -41,7 +40,7 @@ async def create(
     return Result.written(201, version)
 
 
-async def find_existing(conn: AsyncConnection, resource_type: str, query: str) -> Result | None:
+async def find_existing(conn: Connection, resource_type: str, query: str) -> Result | None:
     """The single resource an If-None-Exist query matches; None for no match; 412 for several."""
     ids = await conditional.matching_ids(conn, resource_type, query, limit=2)
     if len(ids) > 1:

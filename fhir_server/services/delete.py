@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from fhir_server.errors import NotFound
 from fhir_server.services.context import Context
 from fhir_server.services.resources import deletion
 from fhir_server.storage import repository
+from fhir_server.storage.sql import Connection
 
 
-async def delete(ctx: Context, conn: AsyncConnection, resource_type: str, id: str) -> int | None:
+async def delete(ctx: Context, conn: Connection, resource_type: str, id: str) -> int | None:
     """Delete the resource; return the deletion's version id, or None if it was already deleted."""
     locked = await repository.lock_current(conn, resource_type, id)
     if locked is None:

@@ -7,14 +7,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from urllib.parse import urlencode
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from fhir_server.errors import BadRequest, NotFound
 from fhir_server.services.bundles import bundle, decode_cursor, encode_cursor, history_entry
 from fhir_server.services.context import Context
 from fhir_server.services.resources import format_instant
 from fhir_server.storage import repository
 from fhir_server.storage.repository import HistoryCursor
+from fhir_server.storage.sql import Connection
 
 SUPPORTED = frozenset({"_count", "_since", "_page", "_format", "_pretty"})
 
@@ -41,7 +40,7 @@ def parse_count(ctx: Context, value: str | None) -> int:
 
 async def history(
     ctx: Context,
-    conn: AsyncConnection,
+    conn: Connection,
     params: Mapping[str, str],
     *,
     resource_type: str | None = None,

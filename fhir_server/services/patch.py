@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import jsonpatch
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from fhir_server.errors import BadRequest, Unprocessable
 from fhir_server.services.context import Context
@@ -14,6 +13,7 @@ from fhir_server.services.read import read
 from fhir_server.services.resources import new_version, parse_json, validated
 from fhir_server.services.update import check_precondition
 from fhir_server.storage import repository
+from fhir_server.storage.sql import Connection
 
 
 def _operations(body: Any) -> jsonpatch.JsonPatch:
@@ -27,7 +27,7 @@ def _operations(body: Any) -> jsonpatch.JsonPatch:
 
 async def patch(
     ctx: Context,
-    conn: AsyncConnection,
+    conn: Connection,
     resource_type: str,
     id: str,
     body: Any,

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from fhir_server.errors import BadRequest, MethodNotAllowed, PreconditionFailed
 from fhir_server.services.context import Context
 from fhir_server.services.outcome import Result
 from fhir_server.services.resources import check_id, new_version, validated
 from fhir_server.storage import repository
+from fhir_server.storage.sql import Connection
 
 
 def parse_if_match(value: str | None) -> int | None:
@@ -34,7 +33,7 @@ def check_precondition(resource: str, current_version: int | None, if_match: int
 
 async def update(
     ctx: Context,
-    conn: AsyncConnection,
+    conn: Connection,
     resource_type: str,
     id: str,
     body: Any,

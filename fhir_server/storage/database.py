@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import cache
 from importlib import resources
-from typing import Any
 
-import orjson
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Connection, create_engine, pool
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from fhir_server.storage import sql
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -25,26 +29,63 @@ def sqlalchemy_url(url: str) -> str:
     )
 
 
-def _json_dumps(value: Any) -> str:
-    return orjson.dumps(value).decode()
+def libpq_url(url: str) -> str:
+    """The URL as libpq (psycopg) takes it: without SQLAlchemy's `+driver` suffix."""
+    parsed = make_url(sqlalchemy_url(url))
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
-def create_engine_async(url: str, *, pool_size: int = 10) -> AsyncEngine:
-    return create_async_engine(
-        sqlalchemy_url(url),
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=False,
-        json_serializer=_json_dumps,
-        json_deserializer=orjson.loads,
-        # Timestamps come back in UTC whatever the server's default zone.
-        connect_args={"options": "-c TimeZone=UTC"},
-    )
+class Database:
+    """The server's pool of PostgreSQL connections.
+
+    Connections are in autocommit mode, so that a read is one statement and one round trip;
+    `transaction()` wraps its statements in BEGIN ... COMMIT, rolled back if the block raises.
+    """
+
+    # Timestamps come back in UTC whatever the server's default zone.
+    _OPTIONS = "-c TimeZone=UTC"
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        self._url = libpq_url(url)
+        self._pool = AsyncConnectionPool(
+            self._url,
+            min_size=pool_size,
+            max_size=pool_size,
+            kwargs={"autocommit": True, "options": self._OPTIONS},
+            open=False,
+            name="fhir",
+        )
+
+    async def open(self) -> None:
+        """Connect the pool. A database that refuses a first connection fails at once, with
+        PostgreSQL's reason, rather than after the pool's retries."""
+        probe = await AsyncConnection.connect(self._url, connect_timeout=10, options=self._OPTIONS)
+        await probe.close()
+        await self._pool.open(wait=True, timeout=30)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    @asynccontextmanager
+    async def connection(self, wait: float | None = None) -> AsyncIterator[sql.Connection]:
+        """A connection for reads: each statement sees the data committed when it starts.
+
+        `wait`: seconds to wait for a free connection (the pool's default is 30)."""
+        async with self._pool.connection(timeout=wait) as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[sql.Connection]:
+        """A connection inside one transaction: committed when the block ends, else rolled back."""
+        async with self._pool.connection() as conn, conn.transaction():
+            yield conn
 
 
-def _alembic_config(url: str) -> Config:
+def _alembic_config(url: str | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(resources.files("migrations")))
+    if url is None:
+        return config
     # Alembic's config is an ini file underneath: a literal % must be doubled.
     config.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
     return config
@@ -59,8 +100,19 @@ def downgrade(url: str, revision: str) -> None:
     command.downgrade(_alembic_config(url), revision)
 
 
-def head_revision(url: str) -> str | None:
-    return ScriptDirectory.from_config(_alembic_config(url)).get_current_head()
+@cache
+def head_revision() -> str | None:
+    """The newest migration this code knows."""
+    return ScriptDirectory.from_config(_alembic_config()).get_current_head()
+
+
+async def schema_revision(conn: sql.Connection) -> str | None:
+    """The migration the database is at; None before the first."""
+    exists = await (await conn.execute("SELECT to_regclass('alembic_version')")).fetchone()
+    if exists is None or exists[0] is None:
+        return None
+    row = await (await conn.execute("SELECT version_num FROM alembic_version")).fetchone()
+    return None if row is None else str(row[0])
 
 
 def current_revision(connection: Connection) -> str | None:
@@ -71,6 +123,6 @@ def schema_is_current(url: str) -> bool:
     engine = create_engine(sqlalchemy_url(url), poolclass=pool.NullPool)
     try:
         with engine.connect() as connection:
-            return current_revision(connection) == head_revision(url)
+            return current_revision(connection) == head_revision()
     finally:
         engine.dispose()

@@ -11,11 +11,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Text, and_, bindparam, cast, func, insert, literal, or_, select, true, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from fhir_server.storage.sql import (
+    Connection,
+    Statement,
+    execute,
+    execute_many,
+    fetch_all,
+    fetch_one,
+)
 from fhir_server.storage.tables import resource_history, resources
 
 
@@ -57,29 +65,33 @@ _current_cols = (
     cast(resources.c.content, Text).label("content"),
 )
 
-_read_current = select(*_current_cols).where(
-    resources.c.resource_type == bindparam("t"), resources.c.id == bindparam("i")
+_read_current = Statement(
+    select(*_current_cols).where(
+        resources.c.resource_type == bindparam("t"), resources.c.id == bindparam("i")
+    )
 )
-_lock_current = (
+_lock_current = Statement(
     select(resources.c.version_id, resources.c.deleted, resources.c.compartments)
     .where(resources.c.resource_type == bindparam("t"), resources.c.id == bindparam("i"))
     .with_for_update()
 )
-_read_version = select(
-    resource_history.c.version_id,
-    resource_history.c.last_updated,
-    resource_history.c.deleted,
-    cast(resource_history.c.content, Text).label("content"),
-    resource_history.c.method,
-).where(
-    resource_history.c.resource_type == bindparam("t"),
-    resource_history.c.id == bindparam("i"),
-    resource_history.c.version_id == bindparam("v"),
+_read_version = Statement(
+    select(
+        resource_history.c.version_id,
+        resource_history.c.last_updated,
+        resource_history.c.deleted,
+        cast(resource_history.c.content, Text).label("content"),
+        resource_history.c.method,
+    ).where(
+        resource_history.c.resource_type == bindparam("t"),
+        resource_history.c.id == bindparam("i"),
+        resource_history.c.version_id == bindparam("v"),
+    )
 )
 
 _content_param = cast(bindparam("content", type_=Text), JSONB)
 
-_insert_current = (
+_insert_current = Statement(
     pg_insert(resources)
     .values(
         resource_type=bindparam("resource_type"),
@@ -94,7 +106,7 @@ _insert_current = (
     .on_conflict_do_nothing(index_elements=["resource_type", "id"])
     .returning(resources.c.id)
 )
-_update_current = (
+_update_current = Statement(
     update(resources)
     .where(
         resources.c.resource_type == bindparam("key_type"),
@@ -108,15 +120,17 @@ _update_current = (
         compartments=bindparam("compartments"),
     )
 )
-_insert_history = insert(resource_history).values(
-    resource_type=bindparam("resource_type"),
-    id=bindparam("id"),
-    version_id=bindparam("version_id"),
-    last_updated=bindparam("last_updated"),
-    deleted=bindparam("deleted"),
-    method=bindparam("method"),
-    content=_content_param,
-    compartments=bindparam("compartments"),
+_insert_history = Statement(
+    insert(resource_history).values(
+        resource_type=bindparam("resource_type"),
+        id=bindparam("id"),
+        version_id=bindparam("version_id"),
+        last_updated=bindparam("last_updated"),
+        deleted=bindparam("deleted"),
+        method=bindparam("method"),
+        content=_content_param,
+        compartments=bindparam("compartments"),
+    )
 )
 
 
@@ -134,26 +148,19 @@ def _params(version: NewVersion) -> dict[str, Any]:
     }
 
 
-async def read_current(conn: AsyncConnection, resource_type: str, id: str) -> StoredVersion | None:
-    row = (await conn.execute(_read_current, {"t": resource_type, "i": id})).first()
+async def read_current(conn: Connection, resource_type: str, id: str) -> StoredVersion | None:
+    row = await fetch_one(conn, _read_current, {"t": resource_type, "i": id})
     if row is None:
         return None
-    return StoredVersion(
-        resource_type, id, row.version_id, row.last_updated, row.deleted, row.content
-    )
+    version_id, last_updated, deleted, content = row
+    return StoredVersion(resource_type, id, version_id, last_updated, deleted, content)
 
 
 async def read_version(
-    conn: AsyncConnection, resource_type: str, id: str, version_id: int
+    conn: Connection, resource_type: str, id: str, version_id: int
 ) -> StoredVersion | None:
-    row = (
-        await conn.execute(_read_version, {"t": resource_type, "i": id, "v": version_id})
-    ).first()
-    if row is None:
-        return None
-    return StoredVersion(
-        resource_type, id, row.version_id, row.last_updated, row.deleted, row.content, row.method
-    )
+    row = await fetch_one(conn, _read_version, {"t": resource_type, "i": id, "v": version_id})
+    return None if row is None else StoredVersion(resource_type, id, *row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,37 +172,35 @@ class Locked:
     compartments: list[str]
 
 
-async def lock_current(conn: AsyncConnection, resource_type: str, id: str) -> Locked | None:
+async def lock_current(conn: Connection, resource_type: str, id: str) -> Locked | None:
     """Lock the current row for the rest of the transaction, so concurrent writers queue."""
-    row = (await conn.execute(_lock_current, {"t": resource_type, "i": id})).first()
-    return None if row is None else Locked(row.version_id, row.deleted, list(row.compartments))
+    row = await fetch_one(conn, _lock_current, {"t": resource_type, "i": id})
+    return None if row is None else Locked(*row)
 
 
-async def insert_new(conn: AsyncConnection, versions: Sequence[NewVersion]) -> bool:
+async def insert_new(conn: Connection, versions: Sequence[NewVersion]) -> bool:
     """Insert first versions. Returns False (and writes nothing more) when one id already exists,
     which callers turn into a retry or a conflict."""
     if not versions:
         return True
     params = [_params(v) for v in versions]
     if len(params) == 1:
-        inserted = (await conn.execute(_insert_current, params[0])).first() is not None
+        inserted = await fetch_one(conn, _insert_current, params[0]) is not None
     else:
-        # executemany with RETURNING keeps one round trip per batch and still tells us about conflicts
-        result = await conn.execute(_insert_current, params)
-        inserted = len(result.all()) == len(params)
+        inserted = await execute_many(conn, _insert_current, params, returning=True) == len(params)
     if not inserted:
         return False
-    await conn.execute(_insert_history, params)
+    await execute_many(conn, _insert_history, params)
     return True
 
 
-async def write_version(conn: AsyncConnection, version: NewVersion) -> None:
+async def write_version(conn: Connection, version: NewVersion) -> None:
     """Write a new version of a resource whose current row the caller has locked."""
     params = _params(version)
-    await conn.execute(
-        _update_current, {**params, "key_type": version.resource_type, "key_id": version.id}
+    await execute(
+        conn, _update_current, {**params, "key_type": version.resource_type, "key_id": version.id}
     )
-    await conn.execute(_insert_history, params)
+    await execute(conn, _insert_history, params)
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +214,7 @@ class HistoryCursor:
 
 
 async def history(
-    conn: AsyncConnection,
+    conn: Connection,
     *,
     resource_type: str | None,
     id: str | None,
@@ -249,32 +254,28 @@ async def history(
     query = query.order_by(h.last_updated.desc(), h.resource_type, h.id, h.version_id.desc()).limit(
         count
     )
-    rows = (await conn.execute(query)).all()
-    return [
-        StoredVersion(
-            r.resource_type, r.id, r.version_id, r.last_updated, r.deleted, r.content, r.method
-        )
-        for r in rows
-    ]
+    return [StoredVersion(*row) for row in await fetch_all(conn, query)]
 
 
 async def history_total(
-    conn: AsyncConnection, resource_type: str, id: str, since: datetime | None
+    conn: Connection, resource_type: str, id: str, since: datetime | None
 ) -> int:
     h = resource_history.c
     query = select(func.count()).where(h.resource_type == resource_type, h.id == id)
     if since is not None:
         query = query.where(h.last_updated >= since)
-    return int((await conn.execute(query)).scalar_one())
+    row = await fetch_one(conn, query)
+    assert row is not None
+    return int(row[0])
 
 
-async def exists(conn: AsyncConnection, resource_type: str, id: str) -> bool:
+async def exists(conn: Connection, resource_type: str, id: str) -> bool:
     query = select(true()).where(resources.c.resource_type == resource_type, resources.c.id == id)
-    return (await conn.execute(query)).first() is not None
+    return await fetch_one(conn, query) is not None
 
 
 async def find_ids(
-    conn: AsyncConnection,
+    conn: Connection,
     resource_type: str,
     *,
     ids: Sequence[str],
@@ -288,6 +289,8 @@ async def find_ids(
     for id in ids:
         query = query.where(resources.c.id == id)
     for fragment in containing:
-        query = query.where(resources.c.content.contains(fragment))
-    rows = (await conn.execute(query.order_by(resources.c.id).limit(limit))).all()
-    return [r.id for r in rows]
+        query = query.where(
+            resources.c.content.contains(cast(literal(orjson.dumps(fragment).decode()), JSONB))
+        )
+    rows = await fetch_all(conn, query.order_by(resources.c.id).limit(limit))
+    return [id for (id,) in rows]

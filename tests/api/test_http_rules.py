@@ -142,11 +142,10 @@ def test_unknown_path_is_404_operation_outcome(client: httpx.Client) -> None:
     assert response.json()["resourceType"] == "OperationOutcome"
 
 
-def test_server_fault_is_500_without_internals(database_url: str) -> None:
+def test_server_fault_is_500_without_internals(empty_database: str) -> None:
     # A server pointed at a database without our schema fails inside SQL: the client sees a plain 500.
-    bad_url = database_url.replace("/fhir_test_", "/postgres_not_", 1)
     with (
-        LiveServer(Settings(), bad_url) as server,
+        LiveServer(Settings(), empty_database) as server,
         httpx.Client(base_url=f"{server.origin}/fhir") as c,
     ):
         response = c.get("/Patient/1")

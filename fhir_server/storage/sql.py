@@ -1,0 +1,91 @@
+"""SQLAlchemy Core statements, run on psycopg 3 connections.
+
+Statements are built with SQLAlchemy Core against `tables.py` and compiled to psycopg's SQL; the
+request then runs that SQL on a pooled psycopg connection, one round trip per statement. SQLAlchemy's
+async execution layer (greenlet hand-offs, result wrapping, pool events) cost more CPU than the whole
+rest of a read, so requests do not go through it. Fixed statements are compiled once, at import.
+
+Values go to psycopg as they are: str, int, bool, datetime and lists of str adapt natively. A JSON
+value must be sent as text and cast in the statement (`cast(bindparam(..., Text), JSONB)`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeAlias
+
+from psycopg import AsyncConnection
+from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
+from sqlalchemy.sql import ClauseElement
+
+Connection: TypeAlias = AsyncConnection[tuple[Any, ...]]
+Params: TypeAlias = Mapping[str, Any]
+
+_DIALECT = psycopg_dialect.dialect()  # type: ignore[no-untyped-call]
+
+
+class Statement:
+    """A statement compiled once; its bind parameters are given by name at each execution."""
+
+    __slots__ = ("sql",)
+
+    def __init__(self, statement: ClauseElement) -> None:
+        self.sql = str(statement.compile(dialect=_DIALECT))
+
+
+def compile_query(statement: ClauseElement) -> tuple[str, dict[str, Any]]:
+    """SQL and bound values of a statement built for one request."""
+    compiled = statement.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
+    return str(compiled), dict(compiled.params)
+
+
+async def fetch_all(
+    conn: Connection, statement: Statement | ClauseElement, params: Params | None = None
+) -> list[tuple[Any, ...]]:
+    sql, bound = _prepare(statement, params)
+    cursor = await conn.execute(sql, bound)
+    return await cursor.fetchall()
+
+
+async def fetch_one(
+    conn: Connection, statement: Statement | ClauseElement, params: Params | None = None
+) -> tuple[Any, ...] | None:
+    sql, bound = _prepare(statement, params)
+    cursor = await conn.execute(sql, bound)
+    return await cursor.fetchone()
+
+
+async def execute(conn: Connection, statement: Statement, params: Params) -> int:
+    """Run a statement; the number of rows it affected."""
+    cursor = await conn.execute(statement.sql, params)
+    return cursor.rowcount
+
+
+async def execute_many(
+    conn: Connection, statement: Statement, params: Sequence[Params], *, returning: bool = False
+) -> int:
+    """Run a statement for each set of values in one pipelined round trip.
+
+    With `returning`, the count is of rows the statement returned (an `INSERT ... ON CONFLICT DO
+    NOTHING RETURNING` returns none for a conflicting row); otherwise of rows affected.
+    """
+    async with conn.cursor() as cursor:
+        await cursor.executemany(statement.sql, params, returning=returning)
+        if not returning:
+            return cursor.rowcount
+        returned = 0
+        while True:
+            returned += len(await cursor.fetchall())
+            if not cursor.nextset():
+                return returned
+
+
+def _prepare(
+    statement: Statement | ClauseElement, params: Params | None
+) -> tuple[str, Mapping[str, Any]]:
+    if isinstance(statement, Statement):
+        return statement.sql, params or {}
+    sql, bound = compile_query(statement)
+    if params:
+        bound.update(params)
+    return sql, bound
