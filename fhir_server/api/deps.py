@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
@@ -11,38 +12,59 @@ from fhir_server.api.runtime import Runtime
 from fhir_server.errors import NotAcceptable, NotSupported, PayloadTooLarge, UnsupportedMediaType
 from fhir_server.services.context import Context
 from fhir_server.services.resources import parse_json
+from fhir_server.storage.database import Database
 
 JSON_TYPES = frozenset({"application/fhir+json", "application/json"})
 _FORMAT_ALIASES = {"json": "application/fhir+json", "application/json": "application/fhir+json"}
 _XML_HINTS = ("xml", "turtle", "ttl")
 
 
-async def runtime(request: Request) -> Runtime:
+def runtime(request: Request) -> Runtime:
     rt: Runtime = request.app.state.runtime
     return rt
 
 
-RuntimeDep = Annotated[Runtime, Depends(runtime)]
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """What a FHIR handler works with: the database, the request's context, `Prefer: return`."""
+
+    db: Database
+    ctx: Context
+    prefer: str
 
 
-async def context(request: Request, rt: RuntimeDep) -> Context:
-    base = rt.settings.base_url or f"{str(request.base_url).rstrip('/')}/fhir"
-    return Context(settings=rt.settings, validator=rt.validator, base_url=base)
+async def interaction(request: Request) -> Interaction:
+    """The one dependency of every FHIR route (each dependency costs FastAPI time per request).
 
-
-ContextDep = Annotated[Context, Depends(context)]
-
-
-async def resource_type(type: str) -> str:
-    if type not in resource_types():
+    It answers 406 to a format other than JSON, and 404 to a `{type}` in the path that is not an
+    R4 resource type, so handlers can take `type` as it comes.
+    """
+    negotiate(request)
+    type = request.path_params.get("type")
+    if type is not None and type not in resource_types():
         raise NotSupported(f"resource type `{type}` is not supported", code="not-supported")
-    return type
+    rt = runtime(request)
+    ctx = Context(settings=rt.settings, validator=rt.validator, base_url=base_url(request, rt))
+    return Interaction(rt.db, ctx, prefer_return(request))
 
 
-ResourceTypeDep = Annotated[str, Depends(resource_type)]
+FhirInteraction = Annotated[Interaction, Depends(interaction)]
 
 
-async def negotiate(request: Request) -> None:
+def base_url(request: Request, rt: Runtime) -> str:
+    """The FHIR base as the client addressed it (FHIR_BASE_URL overrides)."""
+    if rt.settings.base_url:
+        return rt.settings.base_url
+    # What starlette's request.base_url gives, without building a URL object per request.
+    scope = request.scope
+    host = request.headers.get("host")
+    if host is None:
+        server = scope.get("server")
+        host = f"{server[0]}:{server[1]}" if server else "localhost"
+    return f"{scope['scheme']}://{host}{scope.get('root_path', '').rstrip('/')}/fhir"
+
+
+def negotiate(request: Request) -> None:
     """Only JSON is produced: XML or another format asked for gets 406 with a clear message."""
     wanted = request.query_params.get("_format")
     if wanted is not None:
@@ -63,9 +85,23 @@ async def negotiate(request: Request) -> None:
     )
 
 
-async def read_body(request: Request, rt: RuntimeDep) -> bytes:
+def prefer_return(request: Request) -> str:
+    """`Prefer: return=minimal|representation|OperationOutcome`; representation by default."""
+    prefer = request.headers.get("prefer")
+    if prefer is None:
+        return "representation"
+    for part in prefer.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name.strip().lower() == "return":
+            value = value.strip().strip('"')
+            if value in {"minimal", "representation", "OperationOutcome"}:
+                return value
+    return "representation"
+
+
+async def read_body(request: Request) -> bytes:
     """The request body, refusing more than the configured limit before reading it all."""
-    limit = rt.settings.max_body_bytes
+    limit = runtime(request).settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"the body is {declared} bytes; at most {limit} are accepted")
@@ -84,7 +120,7 @@ def _media_type(request: Request) -> str | None:
     return value.split(";")[0].strip().lower() if value else None
 
 
-async def resource_body(request: Request, body: Annotated[bytes, Depends(read_body)]) -> Any:
+async def resource_body(request: Request) -> Any:
     """A JSON resource body: `application/fhir+json` or `application/json` (or no type at all)."""
     media = _media_type(request)
     if media is not None and media not in JSON_TYPES:
@@ -95,33 +131,19 @@ async def resource_body(request: Request, body: Annotated[bytes, Depends(read_bo
                 f"`Content-Type: {media}` is not a FHIR JSON type; send `application/fhir+json`"
             )
         raise UnsupportedMediaType(message)
-    return parse_json(body)
+    return parse_json(await read_body(request))
 
 
 ResourceBody = Annotated[Any, Depends(resource_body)]
 
 
-async def patch_body(request: Request, body: Annotated[bytes, Depends(read_body)]) -> Any:
+async def patch_body(request: Request) -> Any:
     media = _media_type(request)
     if media != "application/json-patch+json":
         raise UnsupportedMediaType(
             f"`Content-Type: {media}` is not supported for patch: send `application/json-patch+json`"
         )
-    return parse_json(body)
+    return parse_json(await read_body(request))
 
 
 PatchBody = Annotated[Any, Depends(patch_body)]
-
-
-async def prefer_return(request: Request) -> str:
-    """`Prefer: return=minimal|representation|OperationOutcome`; representation by default."""
-    for part in request.headers.get("prefer", "").split(";"):
-        name, _, value = part.strip().partition("=")
-        if name.strip().lower() == "return":
-            value = value.strip().strip('"')
-            if value in {"minimal", "representation", "OperationOutcome"}:
-                return value
-    return "representation"
-
-
-PreferReturn = Annotated[str, Depends(prefer_return)]

@@ -6,34 +6,26 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Header, Request, Response
 
 from capability.statement import capability_statement
-from fhir_server.api.deps import (
-    ContextDep,
-    PatchBody,
-    PreferReturn,
-    ResourceBody,
-    ResourceTypeDep,
-    RuntimeDep,
-    negotiate,
-)
+from fhir_server.api.deps import FhirInteraction, PatchBody, ResourceBody
 from fhir_server.api.responses import fhir_response, read_response, write_response
 from fhir_server.services import bundle, create, delete, history, patch, read, update
 from fhir_server.services.outcome_json import information
 from fhir_server.services.update import parse_if_match
 
-router = APIRouter(prefix="/fhir", dependencies=[Depends(negotiate)])
+router = APIRouter(prefix="/fhir")
 
 IfMatch = Annotated[str | None, Header(alias="If-Match")]
 IfNoneExist = Annotated[str | None, Header(alias="If-None-Exist")]
 
 
 @router.get("/metadata")
-async def metadata(ctx: ContextDep) -> Response:
+async def metadata(fhir: FhirInteraction) -> Response:
     statement = capability_statement(
-        base_url=ctx.base_url,
-        update_create=ctx.settings.update_create,
+        base_url=fhir.ctx.base_url,
+        update_create=fhir.ctx.settings.update_create,
         date=datetime.now(UTC).date().isoformat(),
     )
     return fhir_response(orjson.dumps(statement))
@@ -41,103 +33,95 @@ async def metadata(ctx: ContextDep) -> Response:
 
 @router.post("")
 @router.post("/")
-async def batch_or_transaction(
-    rt: RuntimeDep, ctx: ContextDep, body: ResourceBody, prefer: PreferReturn
-) -> Response:
-    async with rt.db.transaction() as conn:
-        result = await bundle.process(ctx, conn, body, prefer=prefer)
+async def batch_or_transaction(fhir: FhirInteraction, body: ResourceBody) -> Response:
+    async with fhir.db.transaction() as conn:
+        result = await bundle.process(fhir.ctx, conn, body, prefer=fhir.prefer)
     return fhir_response(result)
 
 
 @router.get("/_history")
-async def system_history(rt: RuntimeDep, ctx: ContextDep, request: Request) -> Response:
-    async with rt.db.transaction() as conn:
-        return fhir_response(await history.history(ctx, conn, request.query_params))
+async def system_history(fhir: FhirInteraction, request: Request) -> Response:
+    async with fhir.db.transaction() as conn:
+        return fhir_response(await history.history(fhir.ctx, conn, request.query_params))
 
 
 @router.get("/{type}/_history")
-async def type_history(
-    rt: RuntimeDep, ctx: ContextDep, type: ResourceTypeDep, request: Request
-) -> Response:
-    async with rt.db.transaction() as conn:
-        body = await history.history(ctx, conn, request.query_params, resource_type=type)
+async def type_history(fhir: FhirInteraction, type: str, request: Request) -> Response:
+    async with fhir.db.transaction() as conn:
+        body = await history.history(fhir.ctx, conn, request.query_params, resource_type=type)
     return fhir_response(body)
 
 
 @router.post("/{type}")
 async def create_resource(
-    rt: RuntimeDep,
-    ctx: ContextDep,
-    type: ResourceTypeDep,
+    fhir: FhirInteraction,
+    type: str,
     body: ResourceBody,
-    prefer: PreferReturn,
     if_none_exist: IfNoneExist = None,
 ) -> Response:
-    async with rt.db.transaction() as conn:
-        result = await create.create(ctx, conn, type, body, if_none_exist=if_none_exist)
-    return write_response(ctx.base_url, result, prefer)
+    async with fhir.db.transaction() as conn:
+        result = await create.create(fhir.ctx, conn, type, body, if_none_exist=if_none_exist)
+    return write_response(fhir.ctx.base_url, result, fhir.prefer)
 
 
 @router.get("/{type}/{id}")
-async def read_resource(rt: RuntimeDep, type: ResourceTypeDep, id: str) -> Response:
-    async with rt.db.connection() as conn:
+async def read_resource(fhir: FhirInteraction, type: str, id: str) -> Response:
+    async with fhir.db.connection() as conn:
         found = await read.read(conn, type, id)
     return read_response(found)
 
 
 @router.put("/{type}/{id}")
 async def update_resource(
-    rt: RuntimeDep,
-    ctx: ContextDep,
-    type: ResourceTypeDep,
+    fhir: FhirInteraction,
+    type: str,
     id: str,
     body: ResourceBody,
-    prefer: PreferReturn,
     if_match: IfMatch = None,
 ) -> Response:
-    async with rt.db.transaction() as conn:
-        result = await update.update(ctx, conn, type, id, body, if_match=parse_if_match(if_match))
-    return write_response(ctx.base_url, result, prefer)
+    async with fhir.db.transaction() as conn:
+        result = await update.update(
+            fhir.ctx, conn, type, id, body, if_match=parse_if_match(if_match)
+        )
+    return write_response(fhir.ctx.base_url, result, fhir.prefer)
 
 
 @router.patch("/{type}/{id}")
 async def patch_resource(
-    rt: RuntimeDep,
-    ctx: ContextDep,
-    type: ResourceTypeDep,
+    fhir: FhirInteraction,
+    type: str,
     id: str,
     body: PatchBody,
-    prefer: PreferReturn,
     if_match: IfMatch = None,
 ) -> Response:
-    async with rt.db.transaction() as conn:
-        result = await patch.patch(ctx, conn, type, id, body, if_match=parse_if_match(if_match))
-    return write_response(ctx.base_url, result, prefer)
+    async with fhir.db.transaction() as conn:
+        result = await patch.patch(
+            fhir.ctx, conn, type, id, body, if_match=parse_if_match(if_match)
+        )
+    return write_response(fhir.ctx.base_url, result, fhir.prefer)
 
 
 @router.delete("/{type}/{id}")
-async def delete_resource(
-    rt: RuntimeDep, ctx: ContextDep, type: ResourceTypeDep, id: str, prefer: PreferReturn
-) -> Response:
-    async with rt.db.transaction() as conn:
-        version = await delete.delete(ctx, conn, type, id)
+async def delete_resource(fhir: FhirInteraction, type: str, id: str) -> Response:
+    async with fhir.db.transaction() as conn:
+        version = await delete.delete(fhir.ctx, conn, type, id)
     headers = {"ETag": f'W/"{version}"'} if version is not None else {}
-    if prefer == "OperationOutcome":
+    if fhir.prefer == "OperationOutcome":
         return fhir_response(information(f"`{type}/{id}` deleted"), 200, headers)
     return Response(status_code=204, headers=headers)
 
 
 @router.get("/{type}/{id}/_history")
-async def instance_history(
-    rt: RuntimeDep, ctx: ContextDep, type: ResourceTypeDep, id: str, request: Request
-) -> Response:
-    async with rt.db.transaction() as conn:
-        body = await history.history(ctx, conn, request.query_params, resource_type=type, id=id)
+async def instance_history(fhir: FhirInteraction, type: str, id: str, request: Request) -> Response:
+    async with fhir.db.transaction() as conn:
+        body = await history.history(
+            fhir.ctx, conn, request.query_params, resource_type=type, id=id
+        )
     return fhir_response(body)
 
 
 @router.get("/{type}/{id}/_history/{vid}")
-async def vread_resource(rt: RuntimeDep, type: ResourceTypeDep, id: str, vid: str) -> Response:
-    async with rt.db.connection() as conn:
+async def vread_resource(fhir: FhirInteraction, type: str, id: str, vid: str) -> Response:
+    async with fhir.db.connection() as conn:
         found = await read.vread(conn, type, id, vid)
     return read_response(found)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
-from fhir_server.api.deps import RuntimeDep
+from fhir_server.api.deps import runtime
 from fhir_server.api.responses import outcome_response
 from fhir_server.errors import Issue
 from fhir_server.storage.database import head_revision, schema_revision
@@ -18,10 +18,10 @@ async def healthz() -> Response:
 
 
 @router.get("/readyz")
-async def readyz(rt: RuntimeDep) -> Response:
+async def readyz(request: Request) -> Response:
     """Ready when the database answers and its schema is at the newest migration."""
     try:
-        async with rt.db.connection(wait=5) as conn:
+        async with runtime(request).db.connection(wait=5) as conn:
             current = await schema_revision(conn)
     except Exception as exc:  # any failure to reach the database means not ready
         return outcome_response(

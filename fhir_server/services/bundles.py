@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
-from email.utils import format_datetime
 from typing import Any
 
 import orjson
@@ -17,8 +16,17 @@ def etag(version_id: int) -> str:
     return f'W/"{version_id}"'
 
 
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def http_date(moment: datetime) -> str:
-    return format_datetime(moment.astimezone(UTC), usegmt=True)
+    """An HTTP date (RFC 9110 IMF-fixdate), e.g. `Mon, 23 Nov 2026 23:06:15 GMT`."""
+    t = moment.astimezone(UTC)
+    return (
+        f"{_DAYS[t.weekday()]}, {t.day:02d} {_MONTHS[t.month - 1]} {t.year:04d} "
+        f"{t.hour:02d}:{t.minute:02d}:{t.second:02d} GMT"
+    )
 
 
 def raw(content: str) -> orjson.Fragment:

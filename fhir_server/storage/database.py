@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import cache
 from importlib import resources
 
@@ -66,13 +66,11 @@ class Database:
     async def close(self) -> None:
         await self._pool.close()
 
-    @asynccontextmanager
-    async def connection(self, wait: float | None = None) -> AsyncIterator[sql.Connection]:
+    def connection(self, wait: float | None = None) -> AbstractAsyncContextManager[sql.Connection]:
         """A connection for reads: each statement sees the data committed when it starts.
 
         `wait`: seconds to wait for a free connection (the pool's default is 30)."""
-        async with self._pool.connection(timeout=wait) as conn:
-            yield conn
+        return self._pool.connection(timeout=wait)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[sql.Connection]:
