@@ -38,6 +38,6 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         openapi_url=None,
     )
     errors.install(app)
-    app.include_router(ops.router)
-    app.include_router(fhir.router)
+    fhir.install(app)
+    ops.install(app)
     return app

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import FastAPI, Request, Response
 
 from fhir_server.api.deps import runtime
 from fhir_server.api.responses import outcome_response
 from fhir_server.errors import Issue
 from fhir_server.storage.database import head_revision, schema_revision
 
-router = APIRouter()
 
-
-@router.get("/healthz")
 async def healthz() -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json")
 
 
-@router.get("/readyz")
 async def readyz(request: Request) -> Response:
     """Ready when the database answers and its schema is at the newest migration."""
     try:
@@ -33,3 +29,8 @@ async def readyz(request: Request) -> Response:
             503, [Issue("transient", f"database schema at `{current}`, expected `{head}`")]
         )
     return Response(b'{"status":"ready"}', media_type="application/json")
+
+
+def install(app: FastAPI) -> None:
+    app.add_api_route("/healthz", healthz, methods=["GET"])
+    app.add_api_route("/readyz", readyz, methods=["GET"])
