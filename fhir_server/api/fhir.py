@@ -52,7 +52,9 @@ async def create_resource(
     body: ResourceBody,
     if_none_exist: IfNoneExist = None,
 ) -> Response:
-    async with fhir.db.transaction() as conn:
+    # A plain create is one statement, atomic on its own; a conditional one searches first.
+    unit = fhir.db.transaction() if if_none_exist else fhir.db.connection()
+    async with unit as conn:
         result = await create.create(fhir.ctx, conn, type, body, if_none_exist=if_none_exist)
     return write_response(fhir.ctx.base_url, result, fhir.prefer)
 

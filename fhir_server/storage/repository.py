@@ -12,7 +12,20 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Text, and_, bindparam, cast, func, insert, literal, or_, select, true, update
+from sqlalchemy import (
+    String,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
@@ -91,7 +104,26 @@ _read_version = Statement(
 
 _content_param = cast(bindparam("content", type_=Text), JSONB)
 
-_insert_current = Statement(
+
+def _with_history(written_row: Any) -> Statement:
+    """An INSERT or UPDATE of a current row and the history row of that version, as one statement:
+    one round trip, no transaction block needed, and the JSON parsed once."""
+    c = resources.c
+    written = written_row.returning(
+        c.resource_type, c.id, c.version_id, c.last_updated, c.deleted, c.content, c.compartments
+    ).cte("written")
+    return Statement(
+        insert(resource_history)
+        .from_select(
+            [*(col.name for col in written.c), "method"],
+            select(*written.c, bindparam("method", type_=String)),
+        )
+        .returning(resource_history.c.id)
+    )
+
+
+# Rows whose id already exists are skipped (and return nothing): callers retry or report it.
+_insert_new = _with_history(
     pg_insert(resources)
     .values(
         resource_type=bindparam("resource_type"),
@@ -104,30 +136,16 @@ _insert_current = Statement(
         created_by=bindparam("created_by"),
     )
     .on_conflict_do_nothing(index_elements=["resource_type", "id"])
-    .returning(resources.c.id)
 )
-_update_current = Statement(
+_write_version = _with_history(
     update(resources)
     .where(
-        resources.c.resource_type == bindparam("key_type"),
-        resources.c.id == bindparam("key_id"),
+        resources.c.resource_type == bindparam("key_type"), resources.c.id == bindparam("key_id")
     )
     .values(
         version_id=bindparam("version_id"),
         last_updated=bindparam("last_updated"),
         deleted=bindparam("deleted"),
-        content=_content_param,
-        compartments=bindparam("compartments"),
-    )
-)
-_insert_history = Statement(
-    insert(resource_history).values(
-        resource_type=bindparam("resource_type"),
-        id=bindparam("id"),
-        version_id=bindparam("version_id"),
-        last_updated=bindparam("last_updated"),
-        deleted=bindparam("deleted"),
-        method=bindparam("method"),
         content=_content_param,
         compartments=bindparam("compartments"),
     )
@@ -179,28 +197,22 @@ async def lock_current(conn: Connection, resource_type: str, id: str) -> Locked 
 
 
 async def insert_new(conn: Connection, versions: Sequence[NewVersion]) -> bool:
-    """Insert first versions. Returns False (and writes nothing more) when one id already exists,
-    which callers turn into a retry or a conflict."""
+    """Insert first versions. False when an id already exists (that one is not written), which
+    callers turn into a retry or a conflict."""
     if not versions:
         return True
     params = [_params(v) for v in versions]
     if len(params) == 1:
-        inserted = await fetch_one(conn, _insert_current, params[0]) is not None
-    else:
-        inserted = await execute_many(conn, _insert_current, params, returning=True) == len(params)
-    if not inserted:
-        return False
-    await execute_many(conn, _insert_history, params)
-    return True
+        return await fetch_one(conn, _insert_new, params[0]) is not None
+    return await execute_many(conn, _insert_new, params, returning=True) == len(params)
 
 
 async def write_version(conn: Connection, version: NewVersion) -> None:
     """Write a new version of a resource whose current row the caller has locked."""
     params = _params(version)
     await execute(
-        conn, _update_current, {**params, "key_type": version.resource_type, "key_id": version.id}
+        conn, _write_version, {**params, "key_type": version.resource_type, "key_id": version.id}
     )
-    await execute(conn, _insert_history, params)
 
 
 @dataclass(frozen=True, slots=True)
