@@ -4,6 +4,8 @@ Starts a throw-away embedded PostgreSQL, the server (one process, as `fhir-serve
 loads Patients through 1,000-entry transactions, drives creates and random reads with wrk (or a
 Python fallback), runs the identical read load against bench/reference_app.py on the same
 database, and prints a table of figures, ratios and goals (also written to bench/results/latest.md).
+Then the search benchmark (bench/search.py) loads a clinical dataset into a fresh database and
+times searches; --skip-rest and --skip-search pick one part.
 Benchmarks report; they never fail a build.
 """
 
@@ -66,10 +68,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="after measuring, record py-spy profiles of the server",
     )
-    p.add_argument("--quick", action="store_true", help="smoke run: 5,000 patients, 3 s runs")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 5,000 patients, 3 s runs; search benchmark with 500 patients",
+    )
+    p.add_argument(
+        "--search-patients",
+        type=int,
+        default=20_000,
+        help="search benchmark: Patients to load, about 53 resources each (default %(default)s)",
+    )
+    p.add_argument(
+        "--search-requests",
+        type=int,
+        default=200,
+        help="search benchmark: measured requests per query (default %(default)s)",
+    )
+    p.add_argument("--skip-rest", action="store_true", help="skip ingest, create and read runs")
+    p.add_argument("--skip-search", action="store_true", help="skip the search benchmark")
     args = p.parse_args(argv)
+    if args.skip_rest and args.skip_search:
+        p.error("--skip-rest and --skip-search leave nothing to run")
     if args.quick:
         args.patients, args.duration, args.warmup = min(args.patients, 5000), 3, 1
+        args.search_patients = min(args.search_patients, 500)
     return args
 
 
@@ -476,8 +499,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, interrupt)
     try:
-        with ExitStack() as stack:
-            run(args, stack)
+        if not args.skip_rest:
+            with ExitStack() as stack:
+                run(args, stack)
+        if not args.skip_search:
+            from bench import search  # imports this module's helpers
+
+            with ExitStack() as stack:
+                search.run(args, stack, append=not args.skip_rest)
     except KeyboardInterrupt:
         print("\ninterrupted: servers stopped, temporary database removed", file=sys.stderr)
         return 130

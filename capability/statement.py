@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from capability.definitions import FHIR_VERSION, resource_types
@@ -25,8 +26,25 @@ FORMATS: tuple[str, ...] = ("application/fhir+json", "json")
 PATCH_FORMATS: tuple[str, ...] = ("application/json-patch+json",)
 
 
-def capability_statement(*, base_url: str, update_create: bool, date: str) -> dict[str, Any]:
-    resources = [
+SEARCH_RESULT_DOCUMENTATION = (
+    "Search result parameters: _count (up to the configured maximum), _sort (several keys, - for "
+    "descending), _total (none, estimate, accurate), _summary (true is not supported; count, data, "
+    "text, false), _elements, _include and _revinclude (with :iterate, 3 levels), POST "
+    "[type]/_search with a form body, compartment search [compartment]/[id]/[type] and "
+    "[compartment]/[id]/*. Paging by the next link's opaque _page cursor. Unknown parameters get "
+    "400 unless Prefer: handling=lenient."
+)
+
+
+def capability_statement(
+    *,
+    base_url: str,
+    update_create: bool,
+    date: str,
+    search: Callable[[str], Mapping[str, list[Any]]] | None = None,
+) -> dict[str, Any]:
+    """`search(type)` gives the searchParam, searchInclude and searchRevInclude of a type."""
+    resources: list[dict[str, Any]] = [
         {
             "type": name,
             "profile": f"http://hl7.org/fhir/StructureDefinition/{name}",
@@ -38,9 +56,13 @@ def capability_statement(*, base_url: str, update_create: bool, date: str) -> di
             "conditionalRead": "not-supported",
             "conditionalUpdate": False,
             "conditionalDelete": "not-supported",
+            **(search(name) if search else {}),
         }
         for name in sorted(resource_types())
     ]
+    if search:
+        for resource in resources:
+            resource["interaction"].append({"code": "search-type"})
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -57,6 +79,7 @@ def capability_statement(*, base_url: str, update_create: bool, date: str) -> di
                 "mode": "server",
                 "resource": resources,
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                **({"documentation": SEARCH_RESULT_DOCUMENTATION} if search else {}),
             }
         ],
     }

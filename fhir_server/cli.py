@@ -34,6 +34,18 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+
+    from fhir_server.services.reindex import reindex
+
+    url = database_url(settings)
+    _migrate(settings, url)
+    count = asyncio.run(reindex(settings, url))
+    log.info("search index rebuilt for %d resources", count)
+    return 0
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -60,12 +72,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="migrate the database, then serve the FHIR API")
     sub.add_parser("migrate", help="apply the database migrations and exit")
+    sub.add_parser("reindex", help="rebuild the search index of every resource and exit")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    commands = {"serve": cmd_serve, "migrate": cmd_migrate}
+    commands = {"serve": cmd_serve, "migrate": cmd_migrate, "reindex": cmd_reindex}
     return commands[args.command](settings, args)
 
 

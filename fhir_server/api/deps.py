@@ -31,6 +31,7 @@ class Interaction:
     db: Database
     ctx: Context
     prefer: str
+    lenient: bool  # `Prefer: handling=lenient`: unknown search parameters are ignored
 
 
 def interaction(request: Request) -> Interaction:
@@ -46,7 +47,8 @@ def interaction(request: Request) -> Interaction:
         raise NotSupported(f"resource type `{type}` is not supported", code="not-supported")
     rt = runtime(request)
     ctx = Context(settings=rt.settings, validator=rt.validator, base_url=base_url(request, rt))
-    return Interaction(rt.db, ctx, prefer_return(request))
+    prefer = request.headers.get("prefer")
+    return Interaction(rt.db, ctx, prefer_return(prefer), _prefers(prefer, "handling", "lenient"))
 
 
 async def _interaction_dependency(request: Request) -> Interaction:
@@ -90,18 +92,22 @@ def negotiate(request: Request) -> None:
     )
 
 
-def prefer_return(request: Request) -> str:
+def prefer_return(prefer: str | None) -> str:
     """`Prefer: return=minimal|representation|OperationOutcome`; representation by default."""
-    prefer = request.headers.get("prefer")
-    if prefer is None:
-        return "representation"
-    for part in prefer.split(";"):
-        name, _, value = part.strip().partition("=")
-        if name.strip().lower() == "return":
-            value = value.strip().strip('"')
-            if value in {"minimal", "representation", "OperationOutcome"}:
-                return value
+    for value in ("minimal", "OperationOutcome"):
+        if _prefers(prefer, "return", value):
+            return value
     return "representation"
+
+
+def _prefers(prefer: str | None, name: str, value: str) -> bool:
+    if prefer is None:
+        return False
+    for part in prefer.replace(",", ";").split(";"):
+        key, _, given = part.strip().partition("=")
+        if key.strip().lower() == name and given.strip().strip('"') == value:
+            return True
+    return False
 
 
 async def read_body(request: Request) -> bytes:

@@ -4,17 +4,29 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Annotated
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import FastAPI, Header, Request, Response
 from starlette.convertors import Convertor, register_url_convertor
 
+from capability.definitions import resource_types
 from capability.statement import capability_statement
-from fhir_server.api.deps import FhirInteraction, PatchBody, ResourceBody, interaction
+from fhir_server.api.deps import (
+    FhirInteraction,
+    PatchBody,
+    ResourceBody,
+    interaction,
+    read_body,
+)
 from fhir_server.api.responses import fhir_response, read_response, write_response
-from fhir_server.services import bundle, create, delete, history, patch, read, update
+from fhir_server.errors import NotSupported, UnsupportedMediaType
+from fhir_server.search.query import capabilities as search_capabilities
+from fhir_server.services import bundle, create, delete, history, patch, read, search, update
 from fhir_server.services.outcome_json import information
 from fhir_server.services.update import parse_if_match
+
+COMPARTMENTS = frozenset({"Patient", "Encounter", "RelatedPerson", "Practitioner", "Device"})
 
 IfMatch = Annotated[str | None, Header(alias="If-Match")]
 IfNoneExist = Annotated[str | None, Header(alias="If-None-Exist")]
@@ -25,6 +37,7 @@ async def metadata(fhir: FhirInteraction) -> Response:
         base_url=fhir.ctx.base_url,
         update_create=fhir.ctx.settings.update_create,
         date=datetime.now(UTC).date().isoformat(),
+        search=search_capabilities,
     )
     return fhir_response(orjson.dumps(statement))
 
@@ -120,6 +133,49 @@ async def vread_resource(request: Request, type: str, id: str, vid: str) -> Resp
     return read_response(found)
 
 
+async def search_type(fhir: FhirInteraction, type: str, request: Request) -> Response:
+    async with fhir.db.connection() as conn:
+        body = await search.search(
+            fhir.ctx, conn, type, request.query_params.multi_items(), strict=not fhir.lenient
+        )
+    return fhir_response(body)
+
+
+async def search_type_post(fhir: FhirInteraction, type: str, request: Request) -> Response:
+    """`POST [base]/{type}/_search` with `application/x-www-form-urlencoded` parameters."""
+    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if media != "application/x-www-form-urlencoded":
+        raise UnsupportedMediaType(
+            f"`Content-Type: {media}` is not supported for _search: send "
+            "`application/x-www-form-urlencoded`"
+        )
+    form = parse_qsl((await read_body(request)).decode("utf-8", "replace"), keep_blank_values=True)
+    params = [*request.query_params.multi_items(), *form]
+    async with fhir.db.connection() as conn:
+        body = await search.search(fhir.ctx, conn, type, params, strict=not fhir.lenient)
+    return fhir_response(body)
+
+
+async def search_compartment(
+    fhir: FhirInteraction, compartment: str, id: str, member: str, request: Request
+) -> Response:
+    """`GET [base]/Patient/{id}/{type}` and `.../*`: a search inside one compartment."""
+    if compartment not in COMPARTMENTS:
+        raise NotSupported(f"`{compartment}` is not a compartment", code="not-supported")
+    if member != "*" and member not in resource_types():
+        raise NotSupported(f"resource type `{member}` is not supported", code="not-supported")
+    async with fhir.db.connection() as conn:
+        body = await search.search(
+            fhir.ctx,
+            conn,
+            None if member == "*" else member,
+            request.query_params.multi_items(),
+            compartment=(compartment, id),
+            strict=not fhir.lenient,
+        )
+    return fhir_response(body)
+
+
 class FhirId(Convertor[str]):
     """A path segment that is a FHIR id (R4 `id`: 1-64 of A-Z a-z 0-9 - .), so that `_history`,
     `_search` or `$operation` never match where an id is expected."""
@@ -154,3 +210,6 @@ def install(app: FastAPI) -> None:
     add("/fhir/_history", system_history, methods=["GET"])
     add("/fhir/{type}/_history", type_history, methods=["GET"])
     add("/fhir/{type}/{id:fhir_id}/_history", instance_history, methods=["GET"])
+    add("/fhir/{type}", search_type, methods=["GET"])
+    add("/fhir/{type}/_search", search_type_post, methods=["POST"])
+    add("/fhir/{compartment}/{id:fhir_id}/{member}", search_compartment, methods=["GET"])

@@ -249,7 +249,7 @@ async def _transaction(
             existing = None
             if entry.if_none_exist:
                 existing = await create.find_existing(
-                    conn, entry.resource_type, entry.if_none_exist
+                    ctx, conn, entry.resource_type, entry.if_none_exist
                 )
             if existing is not None:
                 entry.response = _written(ctx, existing, prefer)

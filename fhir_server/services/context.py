@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from fhir_server.settings import Settings
+from fhir_server.storage.search_sql import AccessFilter, Everything
 from fhir_server.validation import ResourceValidator
 
 
@@ -23,6 +24,8 @@ class Context:
     clock: Callable[[], datetime] = field(default=utc_now)
     # The acting identity recorded as creator ("RelatedPerson/9"); None while unauthenticated.
     actor: str | None = None
+    # What the caller may see; every search and read statement carries it in its WHERE.
+    access: AccessFilter = field(default_factory=Everything)
 
     @property
     def local_bases(self) -> tuple[str, ...]:

@@ -28,7 +28,7 @@ async def create(
 ) -> Result:
     resource = validated(ctx, body, resource_type=resource_type)
     if if_none_exist:
-        existing = await find_existing(conn, resource_type, if_none_exist)
+        existing = await find_existing(ctx, conn, resource_type, if_none_exist)
         if existing is not None:
             return existing
     # The client's id is ignored on create (FHIR R4 3.1.0.4): the server assigns one.
@@ -40,9 +40,11 @@ async def create(
     return Result.written(201, version)
 
 
-async def find_existing(conn: Connection, resource_type: str, query: str) -> Result | None:
+async def find_existing(
+    ctx: Context, conn: Connection, resource_type: str, query: str
+) -> Result | None:
     """The single resource an If-None-Exist query matches; None for no match; 412 for several."""
-    ids = await conditional.matching_ids(conn, resource_type, query, limit=2)
+    ids = await conditional.matching_ids(ctx, conn, resource_type, query, limit=2)
     if len(ids) > 1:
         raise PreconditionFailed(
             f"the If-None-Exist criteria `{query}` match more than one `{resource_type}`",

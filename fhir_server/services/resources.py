@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from fhir_server.errors import BadRequest
+from fhir_server.search.index import index_rows
 from fhir_server.search.membership import compartment_membership
 from fhir_server.services.context import Context
 from fhir_server.storage.repository import NewVersion
@@ -102,6 +103,7 @@ def new_version(
         compartments=compartment_membership(stamped, local_bases=ctx.local_bases),
         method=method,
         created_by=ctx.actor,
+        index=index_rows(stamped, local_bases=ctx.local_bases),
     )
 
 

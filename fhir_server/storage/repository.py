@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import (
     String,
     Text,
@@ -19,7 +18,6 @@ from sqlalchemy import (
     bindparam,
     cast,
     func,
-    insert,
     literal,
     or_,
     select,
@@ -29,9 +27,17 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from fhir_server.search.index import IndexRows
+from fhir_server.storage.search_index import (
+    batch_insert_sql,
+    batch_params,
+    index_ctes,
+    index_params,
+)
 from fhir_server.storage.sql import (
     Connection,
     Statement,
+    compile_fixed,
     execute,
     execute_many,
     fetch_all,
@@ -65,6 +71,7 @@ class NewVersion:
     compartments: Sequence[str]
     method: str
     created_by: str | None = None
+    index: IndexRows | None = None  # the search values; None for a deletion (none are kept)
 
     @property
     def deleted(self) -> bool:
@@ -105,25 +112,40 @@ _read_version = Statement(
 _content_param = cast(bindparam("content", type_=Text), JSONB)
 
 
-def _with_history(written_row: Any) -> Statement:
-    """An INSERT or UPDATE of a current row and the history row of that version, as one statement:
-    one round trip, no transaction block needed, and the JSON parsed once."""
+def _with_history(
+    written_row: Any, *, delete_old_index: bool, write_index: bool = True
+) -> Statement:
+    """One statement that writes the current row (`written_row`, an INSERT or UPDATE), the history
+    row of that version and the search index: one round trip, atomic without a transaction block,
+    the JSON parsed once. It returns the id when the row was written."""
     c = resources.c
-    written = written_row.returning(
-        c.resource_type, c.id, c.version_id, c.last_updated, c.deleted, c.content, c.compartments
-    ).cte("written")
-    return Statement(
-        insert(resource_history)
-        .from_select(
-            [*(col.name for col in written.c), "method"],
-            select(*written.c, bindparam("method", type_=String)),
+    written = compile_fixed(
+        written_row.returning(
+            c.resource_type,
+            c.id,
+            c.version_id,
+            c.last_updated,
+            c.deleted,
+            c.content,
+            c.compartments,
         )
-        .returning(resource_history.c.id)
+    )
+    columns = "resource_type, id, version_id, last_updated, deleted, content, compartments"
+    return Statement(
+        f"WITH written AS ({written}),\n"
+        f"history AS (INSERT INTO {resource_history.name} ({columns}, method)"
+        f" SELECT {columns}, %(method)s FROM written)"
+        + (
+            f",\n{index_ctes(delete_old=delete_old_index, insert_new=True)}\n"
+            if write_index
+            else "\n"
+        )
+        + "SELECT id FROM written"
     )
 
 
 # Rows whose id already exists are skipped (and return nothing): callers retry or report it.
-_insert_new = _with_history(
+_new_row = (
     pg_insert(resources)
     .values(
         resource_type=bindparam("resource_type"),
@@ -137,6 +159,10 @@ _insert_new = _with_history(
     )
     .on_conflict_do_nothing(index_elements=["resource_type", "id"])
 )
+_insert_new = _with_history(_new_row, delete_old_index=False)
+# Many at once: the rows one by one (pipelined), then the index of all of them in one statement.
+_insert_new_unindexed = _with_history(_new_row, delete_old_index=False, write_index=False)
+_insert_index = Statement(batch_insert_sql())
 _write_version = _with_history(
     update(resources)
     .where(
@@ -148,12 +174,13 @@ _write_version = _with_history(
         deleted=bindparam("deleted"),
         content=_content_param,
         compartments=bindparam("compartments"),
-    )
+    ),
+    delete_old_index=True,
 )
 
 
-def _params(version: NewVersion) -> dict[str, Any]:
-    return {
+def _params(version: NewVersion, *, with_index: bool = True) -> dict[str, Any]:
+    row = {
         "resource_type": version.resource_type,
         "id": version.id,
         "version_id": version.version_id,
@@ -164,6 +191,7 @@ def _params(version: NewVersion) -> dict[str, Any]:
         "created_by": version.created_by,
         "method": version.method,
     }
+    return {**row, **index_params(version.index)} if with_index else row
 
 
 async def read_current(conn: Connection, resource_type: str, id: str) -> StoredVersion | None:
@@ -201,10 +229,15 @@ async def insert_new(conn: Connection, versions: Sequence[NewVersion]) -> bool:
     callers turn into a retry or a conflict."""
     if not versions:
         return True
-    params = [_params(v) for v in versions]
-    if len(params) == 1:
-        return await fetch_one(conn, _insert_new, params[0]) is not None
-    return await execute_many(conn, _insert_new, params, returning=True) == len(params)
+    if len(versions) == 1:
+        return await fetch_one(conn, _insert_new, _params(versions[0])) is not None
+    params = [_params(v, with_index=False) for v in versions]
+    if await execute_many(conn, _insert_new_unindexed, params, returning=True) != len(params):
+        return False
+    await execute(
+        conn, _insert_index, batch_params([(v.resource_type, v.id, v.index) for v in versions])
+    )
+    return True
 
 
 async def write_version(conn: Connection, version: NewVersion) -> None:
@@ -286,23 +319,36 @@ async def exists(conn: Connection, resource_type: str, id: str) -> bool:
     return await fetch_one(conn, query) is not None
 
 
-async def find_ids(
-    conn: Connection,
-    resource_type: str,
-    *,
-    ids: Sequence[str],
-    containing: Sequence[dict[str, Any]],
-    limit: int,
-) -> list[str]:
-    """Ids of live resources of a type with all the given ids and JSON containments (AND)."""
-    query = select(resources.c.id).where(
-        resources.c.resource_type == resource_type, resources.c.deleted.is_(False)
+_reindex = Statement(
+    "WITH written AS (SELECT CAST(%(resource_type)s AS varchar) AS resource_type,"
+    " CAST(%(id)s AS varchar) AS id),\n"
+    f"{index_ctes(delete_old=True, insert_new=True)}\n"
+    "SELECT id FROM written"
+)
+_current_page = Statement(
+    select(resources.c.resource_type, resources.c.id, cast(resources.c.content, Text))
+    .where(
+        resources.c.deleted.is_(False),
+        func.row(resources.c.resource_type, resources.c.id)
+        > func.row(bindparam("after_type", type_=String), bindparam("after_id", type_=String)),
     )
-    for id in ids:
-        query = query.where(resources.c.id == id)
-    for fragment in containing:
-        query = query.where(
-            resources.c.content.contains(cast(literal(orjson.dumps(fragment).decode()), JSONB))
-        )
-    rows = await fetch_all(conn, query.order_by(resources.c.id).limit(limit))
-    return [id for (id,) in rows]
+    .order_by(resources.c.resource_type, resources.c.id)
+    .limit(bindparam("limit"))
+)
+
+
+async def live_resources(
+    conn: Connection, after: tuple[str, str], limit: int
+) -> list[tuple[str, str, str]]:
+    """Live resources in (type, id) order after `after`: the JSON text of each."""
+    rows = await fetch_all(
+        conn, _current_page, {"after_type": after[0], "after_id": after[1], "limit": limit}
+    )
+    return [(t, i, c) for t, i, c in rows]
+
+
+async def replace_index(conn: Connection, entries: Sequence[tuple[str, str, IndexRows]]) -> None:
+    """Replace the search index rows of these resources."""
+    params = [{"resource_type": t, "id": i, **index_params(rows)} for t, i, rows in entries]
+    if params:
+        await execute_many(conn, _reindex, params)

@@ -29,8 +29,13 @@ class Statement:
 
     __slots__ = ("sql",)
 
-    def __init__(self, statement: ClauseElement) -> None:
-        self.sql = str(statement.compile(dialect=_DIALECT))
+    def __init__(self, statement: ClauseElement | str) -> None:
+        self.sql = statement if isinstance(statement, str) else compile_fixed(statement)
+
+
+def compile_fixed(statement: ClauseElement) -> str:
+    """SQL of a statement whose values are all named bind parameters."""
+    return str(statement.compile(dialect=_DIALECT))
 
 
 def compile_query(statement: ClauseElement) -> tuple[str, dict[str, Any]]:

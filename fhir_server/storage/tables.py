@@ -9,6 +9,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Numeric,
     PrimaryKeyConstraint,
     String,
     Table,
@@ -58,3 +59,97 @@ resource_history = Table(
     Index("resource_history_type_updated", "resource_type", "last_updated"),
     Index("resource_history_compartments_gin", "compartments", postgresql_using="gin"),
 )
+
+
+# Search index: one table per kind of search value, rows for the current version of each live
+# resource, written with it. `code` is the SearchParameter code as it applies to `resource_type`.
+# The columns after the key are what the search page asks of that kind of parameter.
+def _index_table(
+    name: str, *columns: Column[object], indexes: tuple[tuple[str, ...], ...]
+) -> Table:
+    table = Table(
+        name,
+        metadata,
+        Column("resource_type", String(64), nullable=False),
+        Column("id", String(64), nullable=False),
+        Column("code", String(64), nullable=False),
+        *columns,
+    )
+    Index(f"{name}_resource", table.c.resource_type, table.c.id)
+    for position, names in enumerate(indexes, start=1):
+        Index(f"{name}_{position}", *(table.c[n] for n in names))
+    return table
+
+
+# Strings: `value` lower-cased without accents (starts-with and :contains), `exact` as written.
+search_string = _index_table(
+    "search_string",
+    Column("value", Text(collation="C"), nullable=False),
+    Column("exact", Text, nullable=False),
+    indexes=(("resource_type", "code", "value"),),
+)
+# Tokens: a Coding, an Identifier, a code, a boolean...; `text` (normalized like strings) is the
+# display, CodeableConcept.text or Identifier.type.text, for :text.
+search_token = _index_table(
+    "search_token",
+    Column("system", Text, nullable=True),
+    Column("value", Text, nullable=True),
+    Column("text", Text(collation="C"), nullable=True),
+    indexes=(("resource_type", "code", "value", "system"),),
+)
+# Dates: the range [low, high) a value covers at its precision; -infinity/infinity for an open end.
+search_date = _index_table(
+    "search_date",
+    Column("low", DateTime(timezone=True), nullable=False),
+    Column("high", DateTime(timezone=True), nullable=False),
+    indexes=(("resource_type", "code", "low"), ("resource_type", "code", "high")),
+)
+# References: a resource on this server (`target_type`, `target_id`), else the reference text or
+# canonical in `url`; a logical reference's identifier, for :identifier.
+search_reference = _index_table(
+    "search_reference",
+    Column("target_type", String(64), nullable=True),
+    Column("target_id", String(64), nullable=True),
+    Column("url", Text, nullable=True),
+    Column("identifier_system", Text, nullable=True),
+    Column("identifier_value", Text, nullable=True),
+    indexes=(
+        ("resource_type", "code", "target_id", "target_type"),
+        ("target_type", "target_id"),
+    ),
+)
+# Numbers: the value and the range [low, high) its precision implies (100 covers [99.5, 100.5)).
+search_number = _index_table(
+    "search_number",
+    Column("value", Numeric, nullable=False),
+    Column("low", Numeric, nullable=False),
+    Column("high", Numeric, nullable=False),
+    indexes=(("resource_type", "code", "value"),),
+)
+# Quantities: as numbers, with the unit's system and code (and the human unit, matched as a code).
+search_quantity = _index_table(
+    "search_quantity",
+    Column("system", Text, nullable=True),
+    Column("unit_code", Text, nullable=True),
+    Column("unit", Text, nullable=True),
+    Column("value", Numeric, nullable=False),
+    Column("low", Numeric, nullable=False),
+    Column("high", Numeric, nullable=False),
+    indexes=(("resource_type", "code", "value"),),
+)
+# URIs, as written.
+search_uri = _index_table(
+    "search_uri",
+    Column("value", Text(collation="C"), nullable=False),
+    indexes=(("resource_type", "code", "value"),),
+)
+
+SEARCH_TABLES: dict[str, Table] = {
+    "string": search_string,
+    "token": search_token,
+    "date": search_date,
+    "reference": search_reference,
+    "number": search_number,
+    "quantity": search_quantity,
+    "uri": search_uri,
+}

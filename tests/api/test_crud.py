@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -284,10 +285,23 @@ def test_conditional_create(client: httpx.Client, db: psycopg.Connection[Any]) -
     assert third.status_code == 412
 
 
-def test_conditional_create_refuses_unsupported_criteria(client: httpx.Client) -> None:
-    response = client.post("/Patient", json=patient(), headers={"If-None-Exist": "name=Doe"})
+def test_conditional_create_takes_any_search(client: httpx.Client) -> None:
+    family = f"Cond{uuid.uuid4().hex[:8]}"
+    criteria = f"name={family}&birthdate=1970-01-01"
+    body = {**patient(family), "birthDate": "1970-01-01"}
+    first = client.post("/Patient", json=body, headers={"If-None-Exist": criteria})
+    assert first.status_code == 201
+    second = client.post("/Patient", json=body, headers={"If-None-Exist": criteria})
+    assert second.status_code == 200
+    assert second.json()["id"] == first.json()["id"]
+
+
+def test_conditional_create_refuses_unknown_criteria(client: httpx.Client) -> None:
+    before = client.get("/Patient?_summary=count").json()["total"]
+    response = client.post("/Patient", json=patient(), headers={"If-None-Exist": "nickname=Doe"})
     assert response.status_code == 400
-    assert "`name`" in response.json()["issue"][0]["diagnostics"]
+    assert "`nickname`" in response.json()["issue"][0]["diagnostics"]
+    assert client.get("/Patient?_summary=count").json()["total"] == before
 
 
 def test_decimal_precision_survives_the_round_trip(client: httpx.Client) -> None:

@@ -51,6 +51,18 @@ def test_capability_statement(client: httpx.Client) -> None:
         "create",
     } <= codes
     assert patient["updateCreate"] is True
+    assert "search-type" in codes
+    params = {p["name"]: p for p in patient["searchParam"]}
+    assert params["name"]["type"] == "string"
+    assert params["birthdate"]["type"] == "date"
+    assert ":exact" in params["name"]["documentation"]
+    assert "Patient:general-practitioner" in patient["searchInclude"]
+    assert "Observation:subject" in patient["searchRevInclude"]
+    observation = next(r for r in rest["resource"] if r["type"] == "Observation")
+    observation_params = {p["name"] for p in observation["searchParam"]}
+    assert {"code", "date", "patient", "value-quantity"} <= observation_params
+    # composite parameters are not supported, so not announced
+    assert "code-value-quantity" not in observation_params
     assert {i["code"] for i in rest["interaction"]} == {"transaction", "batch", "history-system"}
     schema = json_schema()
     validator = jsonschema.Draft6Validator({"$ref": "#/definitions/CapabilityStatement", **schema})

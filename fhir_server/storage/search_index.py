@@ -1,0 +1,97 @@
+"""Writing the search index with the resource: the SQL that keeps the search tables in step.
+
+A write is one statement. Its first common table expression, `written`, inserts or updates the
+current row; the others write the history row, delete the resource's old index rows and insert
+its new ones from arrays (`unnest`), only if `written` wrote a row. One round trip per resource,
+and no transaction block needed for a single create.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fhir_server.search.index import IndexRows
+from fhir_server.storage.tables import SEARCH_TABLES
+
+# table kind -> (column, PostgreSQL array type) after (resource_type, id, code)
+_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    kind: tuple(
+        (column.name, _array)
+        for column in table.columns
+        if column.name not in {"resource_type", "id"}
+        for _array in [
+            {"DATETIME": "timestamptz[]", "NUMERIC": "numeric[]"}.get(
+                type(column.type).__name__.upper(), "text[]"
+            )
+        ]
+    )
+    for kind, table in SEARCH_TABLES.items()
+}
+
+
+def index_ctes(*, delete_old: bool, insert_new: bool) -> str:
+    """Common table expressions for a statement whose CTE `written` returns the row written."""
+    parts: list[str] = []
+    for kind, table in SEARCH_TABLES.items():
+        name = table.name
+        if delete_old:
+            parts.append(
+                f"delete_{kind} AS (DELETE FROM {name} WHERE resource_type = %(resource_type)s"
+                f" AND id = %(id)s AND EXISTS (SELECT FROM written))"
+            )
+        if insert_new:
+            columns = _COLUMNS[kind]
+            names = ", ".join(column for column, _ in columns)
+            arrays = ", ".join(f"%({kind}_{column})s::{array}" for column, array in columns)
+            parts.append(
+                f"insert_{kind} AS (INSERT INTO {name} (resource_type, id, {names})"
+                f" SELECT written.resource_type, written.id, value.* FROM written,"
+                f" unnest({arrays}) AS value)"
+            )
+    return ",\n".join(parts)
+
+
+def index_params(rows: IndexRows | None) -> dict[str, list[Any]]:
+    """The arrays `index_ctes(insert_new=True)` reads: one per column of each index table."""
+    params: dict[str, list[Any]] = {}
+    for kind, columns in _COLUMNS.items():
+        values: Sequence[tuple[Any, ...]] = getattr(rows, kind) if rows is not None else ()
+        for position, (column, _) in enumerate(columns):
+            params[f"{kind}_{column}"] = [row[position] for row in values]
+    return params
+
+
+def batch_insert_sql() -> str:
+    """One statement inserting the index rows of many resources (`batch_params`)."""
+    parts = []
+    for kind, table in SEARCH_TABLES.items():
+        columns = (("resource_type", "text[]"), ("id", "text[]"), *_COLUMNS[kind])
+        names = ", ".join(column for column, _ in columns)
+        arrays = ", ".join(f"%({kind}_{column})s::{array}" for column, array in columns)
+        parts.append(
+            f"insert_{kind} AS (INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays}))"
+        )
+    return "WITH " + ",\n".join(parts) + "\nSELECT 1"
+
+
+def batch_params(entries: Sequence[tuple[str, str, IndexRows | None]]) -> dict[str, list[Any]]:
+    """The arrays of `batch_insert_sql`: every row of every resource, column by column."""
+    params: dict[str, list[Any]] = {}
+    for kind, columns in _COLUMNS.items():
+        types: list[str] = []
+        ids: list[str] = []
+        values: list[list[Any]] = [[] for _ in columns]
+        for resource_type, id, rows in entries:
+            if rows is None:
+                continue
+            for row in getattr(rows, kind):
+                types.append(resource_type)
+                ids.append(id)
+                for position, value in enumerate(row):
+                    values[position].append(value)
+        params[f"{kind}_resource_type"] = types
+        params[f"{kind}_id"] = ids
+        for position, (column, _) in enumerate(columns):
+            params[f"{kind}_{column}"] = values[position]
+    return params

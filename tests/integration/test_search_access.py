@@ -1,0 +1,239 @@
+"""The search planner's access filter reaches every statement it builds.
+
+Until authentication lands the API runs with `Everything`, so these tests run the search service
+directly, on the real database, with a restricted filter: what the caller may not see must not
+come back from the main query, `_include`, `_revinclude`, chains, `_has`, compartment search or
+totals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import httpx
+import orjson
+import psycopg
+import pytest
+
+from fhir_server.services import search
+from fhir_server.services.context import Context
+from fhir_server.settings import Settings
+from fhir_server.storage.search_sql import AccessFilter, Everything, InCompartments
+from fhir_server.validation import default_validator
+
+
+@pytest.fixture(scope="module")
+def world(client_module: httpx.Client) -> dict[str, str]:
+    """Patients A and B with their data; some of B's data points at A (focus, encounter)."""
+    tag = uuid.uuid4().hex
+    meta = {"tag": [{"system": "urn:test:access", "code": tag}]}
+
+    def entry(key: str, resource: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "fullUrl": f"urn:uuid:{key}",
+            "resource": {**resource, "meta": meta},
+            "request": {"method": "POST", "url": resource["resourceType"]},
+        }
+
+    keys = {name: str(uuid.uuid4()) for name in ("pa", "pb", "ea", "eb", "oa", "ob", "ox")}
+    ref = {name: {"reference": f"urn:uuid:{key}"} for name, key in keys.items()}
+    code = {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            entry(keys["pa"], {"resourceType": "Patient", "name": [{"family": "Able"}]}),
+            entry(keys["pb"], {"resourceType": "Patient", "name": [{"family": "Baker"}]}),
+            entry(
+                keys["ea"],
+                {
+                    "resourceType": "Encounter",
+                    "status": "planned",
+                    "class": {"code": "AMB"},
+                    "subject": ref["pa"],
+                },
+            ),
+            entry(
+                keys["eb"],
+                {
+                    "resourceType": "Encounter",
+                    "status": "finished",
+                    "class": {"code": "AMB"},
+                    "subject": ref["pb"],
+                },
+            ),
+            # A's observation points at B's encounter: including it must not reveal B's encounter.
+            entry(
+                keys["oa"],
+                {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": code,
+                    "subject": ref["pa"],
+                    "encounter": ref["eb"],
+                },
+            ),
+            entry(
+                keys["ob"],
+                {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": code,
+                    "subject": ref["pb"],
+                },
+            ),
+            # B's observation about A (focus is not a compartment link): hidden from A's side.
+            entry(
+                keys["ox"],
+                {
+                    "resourceType": "Observation",
+                    "status": "amended",
+                    "code": code,
+                    "subject": ref["pb"],
+                    "focus": [ref["pa"]],
+                },
+            ),
+        ],
+    }
+    response = client_module.post("", json=bundle)
+    assert response.status_code == 200, response.text
+    ids = {
+        name: e["response"]["location"].split("/")[1]
+        for name, e in zip(keys, response.json()["entry"], strict=True)
+    }
+    return {**ids, "tag": f"urn:test:access|{tag}"}
+
+
+@pytest.fixture(scope="module")
+def client_module(live_server: Any) -> Any:
+    with httpx.Client(base_url=f"{live_server.origin}/fhir", timeout=30) as c:
+        yield c
+
+
+def run_search(
+    database_url: str,
+    access: AccessFilter,
+    resource_type: str | None,
+    params: list[tuple[str, str]],
+    compartment: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    ctx = Context(
+        settings=Settings(),
+        validator=default_validator(),
+        base_url="http://test/fhir",
+        access=access,
+    )
+
+    async def go() -> bytes:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            return await search.search(ctx, conn, resource_type, params, compartment=compartment)
+
+    result: dict[str, Any] = orjson.loads(asyncio.run(go()))
+    return result
+
+
+def found(bundle: dict[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (e["resource"]["resourceType"], e["resource"]["id"], e["search"]["mode"])
+        for e in bundle.get("entry", [])
+    }
+
+
+def only_a(world: dict[str, str]) -> InCompartments:
+    return InCompartments(frozenset({f"Patient/{world['pa']}"}))
+
+
+def test_main_query_and_totals(world: dict[str, str], database_url: str) -> None:
+    params = [("_tag", world["tag"]), ("code", "8867-4"), ("_total", "accurate")]
+    everything = run_search(database_url, Everything(), "Observation", params)
+    assert everything["total"] == 3
+    restricted = run_search(database_url, only_a(world), "Observation", params)
+    assert found(restricted) == {("Observation", world["oa"], "match")}
+    assert restricted["total"] == 1
+    counted = run_search(
+        database_url, only_a(world), "Observation", [*params[:2], ("_summary", "count")]
+    )
+    assert counted["total"] == 1
+
+
+def test_include_does_not_reveal_hidden_targets(world: dict[str, str], database_url: str) -> None:
+    params = [("_tag", world["tag"]), ("_id", world["oa"]), ("_include", "Observation:encounter")]
+    everything = run_search(database_url, Everything(), "Observation", params)
+    assert ("Encounter", world["eb"], "include") in found(everything)
+    restricted = run_search(database_url, only_a(world), "Observation", params)
+    assert found(restricted) == {("Observation", world["oa"], "match")}
+
+
+def test_revinclude_does_not_reveal_hidden_sources(
+    world: dict[str, str], database_url: str
+) -> None:
+    params = [
+        ("_id", world["pa"]),
+        ("_revinclude", "Observation:focus"),
+        ("_revinclude", "Observation:subject"),
+    ]
+    everything = run_search(database_url, Everything(), "Patient", params)
+    assert ("Observation", world["ox"], "include") in found(everything)
+    restricted = run_search(database_url, only_a(world), "Patient", params)
+    assert found(restricted) == {
+        ("Patient", world["pa"], "match"),
+        ("Observation", world["oa"], "include"),
+    }
+
+
+def test_chain_does_not_match_through_hidden_targets(
+    world: dict[str, str], database_url: str
+) -> None:
+    params = [("_tag", world["tag"]), ("encounter.status", "finished")]
+    everything = run_search(database_url, Everything(), "Observation", params)
+    assert ("Observation", world["oa"], "match") in found(everything)
+    restricted = run_search(database_url, only_a(world), "Observation", params)
+    assert found(restricted) == set()
+
+
+def test_has_does_not_match_through_hidden_sources(
+    world: dict[str, str], database_url: str
+) -> None:
+    params = [("_tag", world["tag"]), ("_has:Observation:focus:status", "amended")]
+    everything = run_search(database_url, Everything(), "Patient", params)
+    assert found(everything) == {("Patient", world["pa"], "match")}
+    restricted = run_search(database_url, only_a(world), "Patient", params)
+    assert found(restricted) == set()
+
+
+def test_compartment_search_stays_inside_the_filter(
+    world: dict[str, str], database_url: str
+) -> None:
+    params = [("_tag", world["tag"])]
+    of_b = run_search(
+        database_url, Everything(), None, params, compartment=("Patient", world["pb"])
+    )
+    assert {(t, i) for t, i, _ in found(of_b)} == {
+        ("Patient", world["pb"]),
+        ("Encounter", world["eb"]),
+        ("Observation", world["ob"]),
+        ("Observation", world["ox"]),
+    }
+    restricted = run_search(
+        database_url, only_a(world), None, params, compartment=("Patient", world["pb"])
+    )
+    assert found(restricted) == set()
+
+
+def test_creator_sees_what_it_created(
+    world: dict[str, str], database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    creator = f"RelatedPerson/{uuid.uuid4()}"
+    db.execute(
+        "UPDATE resources SET created_by = %s WHERE resource_type = 'Observation' AND id = %s",
+        (creator, world["ob"]),
+    )
+    params = [("_tag", world["tag"])]
+    restricted = run_search(
+        database_url, InCompartments(frozenset(), creator=creator), "Observation", params
+    )
+    assert found(restricted) == {("Observation", world["ob"], "match")}
+    nobody = run_search(database_url, InCompartments(frozenset()), "Observation", params)
+    assert found(nobody) == set()
