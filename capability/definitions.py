@@ -50,6 +50,13 @@ def compartment_definition(compartment_type: str) -> dict[str, Any]:
 
 
 @cache
+def summary_elements() -> dict[str, frozenset[str]]:
+    """Per resource type, its top-level elements marked `isSummary` (choices as `name[x]`)."""
+    elements: dict[str, list[str]] = _load("summary-elements.json")
+    return {name: frozenset(names) for name, names in elements.items()}
+
+
+@cache
 def resource_types() -> frozenset[str]:
     """The 146 resource types of FHIR R4.
 

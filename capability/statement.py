@@ -28,8 +28,7 @@ PATCH_FORMATS: tuple[str, ...] = ("application/json-patch+json",)
 
 SEARCH_RESULT_DOCUMENTATION = (
     "Search result parameters: _count (up to the configured maximum), _sort (several keys, - for "
-    "descending), _total (none, estimate, accurate), _summary (true is not supported; count, data, "
-    "text, false), _elements, _include and _revinclude (with :iterate, 3 levels), POST "
+    "descending), _total (none, estimate, accurate), _summary (true, count, data, text, false), _elements, _include and _revinclude (with :iterate, 3 levels), POST "
     "[type]/_search with a form body, compartment search [compartment]/[id]/[type] and "
     "[compartment]/[id]/*. Paging by the next link's opaque _page cursor. Unknown parameters get "
     "400 unless Prefer: handling=lenient."

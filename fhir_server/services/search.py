@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 import orjson
 
+from capability.definitions import summary_elements
 from fhir_server.errors import BadRequest
 from fhir_server.search.query import (
     MAX_INCLUDE_DEPTH,
@@ -141,7 +142,7 @@ def _entry(
     ctx: Context, query: SearchQuery, resource_type: str, id: str, content: str, mode: str
 ) -> dict[str, Any]:
     resource: Any = orjson.Fragment(content)
-    if query.summary in {"text", "data"} or query.elements:
+    if query.summary in {"true", "text", "data"} or query.elements:
         resource = _subset(orjson.loads(content), query)
     return {
         "fullUrl": f"{ctx.base_url}/{resource_type}/{id}",
@@ -155,7 +156,10 @@ _ALWAYS = ("resourceType", "id", "meta")
 
 def _subset(resource: dict[str, Any], query: SearchQuery) -> dict[str, Any]:
     """`_elements` and `_summary=text|data`, marked SUBSETTED as R4 asks."""
-    if query.summary == "data":
+    if query.summary == "true":
+        summary = summary_elements()[resource["resourceType"]]
+        subset = {k: v for k, v in resource.items() if k in _ALWAYS or _in_summary(k, summary)}
+    elif query.summary == "data":
         subset = {k: v for k, v in resource.items() if k != "text"}
     elif query.summary == "text":
         subset = {k: v for k, v in resource.items() if k in {*_ALWAYS, "text"}}
@@ -165,6 +169,17 @@ def _subset(resource: dict[str, Any], query: SearchQuery) -> dict[str, Any]:
     meta["tag"] = [*meta.get("tag", []), SUBSETTED]
     subset["meta"] = meta
     return subset
+
+
+def _in_summary(key: str, summary: frozenset[str]) -> bool:
+    """Whether a JSON key carries a summary element: `birthDate`, `_birthDate`, or a choice such
+    as `deceasedBoolean` for `deceased[x]`."""
+    key = key.removeprefix("_")
+    if key in summary:
+        return True
+    return any(
+        char.isupper() and f"{key[:position]}[x]" in summary for position, char in enumerate(key)
+    )
 
 
 def _link(url: str, echo: list[tuple[str, str]], cursor: str | None) -> str:

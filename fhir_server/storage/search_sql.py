@@ -22,8 +22,10 @@ from sqlalchemy import (
     ColumnElement,
     FromClause,
     Select,
+    String,
     Text,
     and_,
+    any_,
     cast,
     exists,
     false,
@@ -33,8 +35,8 @@ from sqlalchemy import (
     or_,
     select,
     true,
-    tuple_,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from fhir_server.errors import BadRequest
 from fhir_server.search.fhirpath import result_types
@@ -556,13 +558,20 @@ def include_statement(
     planner = _Planner(access, ())
     ref = planner.alias("reference")
     target = resources.alias("t")
-    source_keys = [tuple_(literal(t), literal(i)) for t, i in sources]
+    by_type: dict[str, list[str]] = {}
+    for resource_type, id in sources:
+        by_type.setdefault(resource_type, []).append(id)
     if include.reverse:
         assert include.param is not None
+        # the page's resources, as targets of the source type's reference parameter
+        pages = [
+            and_(ref.c.target_type == t, ref.c.target_id == any_(literal(ids, ARRAY(String))))
+            for t, ids in by_type.items()
+        ]
         link = [
             ref.c.resource_type == include.source_type,
             ref.c.code == include.param.code,
-            tuple_(ref.c.target_type, ref.c.target_id).in_(source_keys),
+            or_(*pages),
             target.c.resource_type == ref.c.resource_type,
             target.c.id == ref.c.id,
         ]
@@ -570,13 +579,18 @@ def include_statement(
             link.append(ref.c.target_type == include.target_type)
         types = [include.source_type]
     else:
+        pages = [
+            and_(ref.c.resource_type == t, ref.c.id == any_(literal(ids, ARRAY(String))))
+            for t, ids in by_type.items()
+            if include.param is None or t == include.source_type
+        ]
         link = [
-            tuple_(ref.c.resource_type, ref.c.id).in_(source_keys),
+            or_(*pages),
             target.c.resource_type == ref.c.target_type,
             target.c.id == ref.c.target_id,
         ]
         if include.param is not None:
-            link += [ref.c.resource_type == include.source_type, ref.c.code == include.param.code]
+            link.append(ref.c.code == include.param.code)
         if include.target_type:
             link.append(ref.c.target_type == include.target_type)
         types = []

@@ -378,6 +378,8 @@ def test_elements_and_summary(world: World) -> None:
         patient(
             "Elements",
             gender="male",
+            deceasedBoolean=False,
+            contact=[{"name": {"family": "Kin"}}],
             text={
                 "status": "generated",
                 "div": '<div xmlns="http://www.w3.org/1999/xhtml">x</div>',
@@ -391,6 +393,10 @@ def test_elements_and_summary(world: World) -> None:
     assert "text" not in data and data["gender"] == "male"
     text = world.search("Patient?_summary=text")["entry"][0]["resource"]
     assert "text" in text and "gender" not in text
+    summary = world.search("Patient?_summary=true")["entry"][0]["resource"]
+    # Patient.gender, name, deceased[x] are summary elements; text and contact are not
+    assert summary["gender"] == "male" and summary["deceasedBoolean"] is False
+    assert "text" not in summary and "contact" not in summary
 
 
 def test_include_revinclude_and_iterate(world: World) -> None:

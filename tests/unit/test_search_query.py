@@ -1,0 +1,107 @@
+"""Parsing search parameters (pure; the HTTP behaviour is in tests/api/test_search.py)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fhir_server.errors import BadRequest
+from fhir_server.search.query import parse_search, split_prefix, split_unescaped, split_values
+from fhir_server.storage.search_sql import decode_cursor, encode_cursor
+
+
+def test_values_split_at_unescaped_commas() -> None:
+    assert split_values("a,b\\,c,d") == ("a", "b,c", "d")
+
+
+def test_token_parts_unescape() -> None:
+    assert split_unescaped("http://x|a\\|b", "|") == ["http://x", "a|b"]
+    assert split_unescaped("|code", "|") == ["", "code"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("ge2020", ("ge", "2020")),
+        ("2020", ("eq", "2020")),
+        ("ap-1.5", ("ap", "-1.5")),
+        ("gexyz", ("eq", "gexyz")),
+    ],
+)
+def test_prefixes(value: str, expected: tuple[str, str]) -> None:
+    assert split_prefix(value) == expected
+
+
+def test_chain_has_and_modifiers_parse() -> None:
+    query = parse_search(
+        ("Observation",),
+        [
+            ("subject:Patient.name:exact", "Ann"),
+            ("code:text", "heart"),
+            ("_count", "5"),
+            ("_sort", "-date"),
+        ],
+    )
+    chained, text = query.criteria
+    assert chained.param.code == "subject" and chained.modifier == "Patient"
+    assert chained.chain[0].resource_type == "Patient" and chained.chain[0].modifier == "exact"
+    assert text.modifier == "text"
+    assert query.count == 5 and query.sort[0].descending
+    has = parse_search(("Patient",), [("_has:Observation:patient:code", "1234")]).criteria[0]
+    assert has.has_type == "Observation" and has.chain[0].param.code == "code"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("nickname", "x"),
+        ("name:phonetic", "x"),
+        ("birthdate", "xx2000"),
+        ("_count", "-1"),
+        ("_total", "all"),
+        ("_include", "Patient:name"),
+        ("gender:missing", "maybe"),
+        ("subject.subject.subject.subject.name", "x"),
+        ("_has:Observation:code:status", "final"),
+    ],
+)
+def test_strict_parsing_refuses(name: str, value: str) -> None:
+    types = ("Observation",) if name.startswith("subject") else ("Patient",)
+    with pytest.raises(BadRequest):
+        parse_search(types, [(name, value)])
+
+
+def test_lenient_parsing_drops_unknown_parameters() -> None:
+    query = parse_search(("Patient",), [("nickname", "x"), ("name", "y")], strict=False)
+    assert [c.param.code for c in query.criteria] == ["name"]
+    assert query.echo == (("name", "y"),)
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.text(max_size=20),
+            st.integers(min_value=-(2**40), max_value=2**40),
+            st.datetimes(timezones=st.just(UTC)),
+            st.decimals(allow_nan=False, allow_infinity=False, places=3),
+        ),
+        max_size=5,
+    )
+)
+def test_cursor_round_trip(keys: list[object]) -> None:
+    decoded = decode_cursor(encode_cursor(tuple(keys)), len(keys))
+    assert list(decoded) == keys
+    for original, back in zip(keys, decoded, strict=True):
+        assert type(original) is type(back) or isinstance(original, datetime | Decimal)
+
+
+def test_a_forged_cursor_is_a_bad_request() -> None:
+    with pytest.raises(BadRequest):
+        decode_cursor("not-a-cursor!", 2)
+    with pytest.raises(BadRequest):
+        decode_cursor(encode_cursor(("a",)), 2)
