@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from fhir_server.errors import BadRequest, FhirError, NotSupported
-from fhir_server.services import create, delete, history, patch, read, update
+from fhir_server.services import create, delete, history, patch, read, search, update
 from fhir_server.services.bundles import etag, raw
 from fhir_server.services.context import Context
 from fhir_server.services.outcome import Result
@@ -166,6 +166,10 @@ async def _get(ctx: Context, conn: Connection, entry: Entry) -> dict[str, Any]:
         found = await read.read(conn, rtype, id)
     elif rtype is not None and id is not None and len(tail) == 2 and tail[0] == "_history":
         found = await read.vread(conn, rtype, id, tail[1])
+    elif rtype is not None and id is None and not tail:
+        pairs = parse_qsl(entry.query, keep_blank_values=True)
+        body = await search.search(ctx, conn, rtype, pairs)
+        return {"resource": orjson.Fragment(body), "response": {"status": "200 OK"}}
     else:
         raise NotSupported(
             f"`GET {entry.url}` is not supported in Bundles yet", code="not-supported"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from typing import Any
 
 import httpx
@@ -223,3 +224,26 @@ def test_transaction_of_many_creates(client: httpx.Client) -> None:
     assert all("resource" not in e for e in result["entry"])
     ids = {e["response"]["location"].split("/")[1] for e in result["entry"]}
     assert len(ids) == 200
+
+
+def test_batch_search_entry(client: httpx.Client) -> None:
+    family = f"Batch{uuid.uuid4().hex[:8]}"
+    created = client.post(
+        "/Patient", json={"resourceType": "Patient", "name": [{"family": family}]}
+    )
+    assert created.status_code == 201
+    batch = {
+        "resourceType": "Bundle",
+        "type": "batch",
+        "entry": [
+            {"request": {"method": "GET", "url": f"Patient?name={family}"}},
+            {"request": {"method": "GET", "url": "Patient?nickname=x"}},
+        ],
+    }
+    response = client.post("", json=batch)
+    assert response.status_code == 200
+    found, refused = response.json()["entry"]
+    assert found["response"]["status"] == "200 OK"
+    assert found["resource"]["type"] == "searchset"
+    assert [e["resource"]["id"] for e in found["resource"]["entry"]] == [created.json()["id"]]
+    assert refused["response"]["status"].startswith("400")
