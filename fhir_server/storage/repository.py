@@ -29,8 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from fhir_server.search.index import IndexRows
 from fhir_server.storage.search_index import (
-    batch_insert_sql,
-    batch_params,
+    copy_index,
     index_ctes,
     index_params,
 )
@@ -160,9 +159,8 @@ _new_row = (
     .on_conflict_do_nothing(index_elements=["resource_type", "id"])
 )
 _insert_new = _with_history(_new_row, delete_old_index=False)
-# Many at once: the rows one by one (pipelined), then the index of all of them in one statement.
+# Many at once: the rows one by one (pipelined), then the index of all of them by COPY.
 _insert_new_unindexed = _with_history(_new_row, delete_old_index=False, write_index=False)
-_insert_index = Statement(batch_insert_sql())
 _write_version = _with_history(
     update(resources)
     .where(
@@ -234,9 +232,7 @@ async def insert_new(conn: Connection, versions: Sequence[NewVersion]) -> bool:
     params = [_params(v, with_index=False) for v in versions]
     if await execute_many(conn, _insert_new_unindexed, params, returning=True) != len(params):
         return False
-    await execute(
-        conn, _insert_index, batch_params([(v.resource_type, v.id, v.index) for v in versions])
-    )
+    await copy_index(conn, [(v.resource_type, v.id, v.index) for v in versions])
     return True
 
 

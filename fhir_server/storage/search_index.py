@@ -9,9 +9,11 @@ and no transaction block needed for a single create.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from fhir_server.search.index import IndexRows
+from fhir_server.storage.sql import Connection
 from fhir_server.storage.tables import SEARCH_TABLES
 
 # table kind -> (column, PostgreSQL array type) after (resource_type, id, code)
@@ -62,36 +64,34 @@ def index_params(rows: IndexRows | None) -> dict[str, list[Any]]:
     return params
 
 
-def batch_insert_sql() -> str:
-    """One statement inserting the index rows of many resources (`batch_params`)."""
-    parts = []
+async def copy_index(
+    conn: Connection, entries: Sequence[tuple[str, str, IndexRows | None]]
+) -> None:
+    """Insert the index rows of many resources with COPY: one stream per table, the fastest way
+    PostgreSQL takes rows (a 1,000-resource transaction carries some 30,000 of them)."""
     for kind, table in SEARCH_TABLES.items():
-        columns = (("resource_type", "text[]"), ("id", "text[]"), *_COLUMNS[kind])
-        names = ", ".join(column for column, _ in columns)
-        arrays = ", ".join(f"%({kind}_{column})s::{array}" for column, array in columns)
-        parts.append(
-            f"insert_{kind} AS (INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays}))"
-        )
-    return "WITH " + ",\n".join(parts) + "\nSELECT 1"
+        lines = [
+            "\t".join((_copy_text(resource_type), _copy_text(id), *map(_copy_text, row)))
+            for resource_type, id, rows in entries
+            if rows is not None
+            for row in getattr(rows, kind)
+        ]
+        if not lines:
+            continue
+        names = ", ".join(("resource_type", "id", *(column for column, _ in _COLUMNS[kind])))
+        async with conn.cursor().copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+            await copy.write("\n".join(lines) + "\n")
 
 
-def batch_params(entries: Sequence[tuple[str, str, IndexRows | None]]) -> dict[str, list[Any]]:
-    """The arrays of `batch_insert_sql`: every row of every resource, column by column."""
-    params: dict[str, list[Any]] = {}
-    for kind, columns in _COLUMNS.items():
-        types: list[str] = []
-        ids: list[str] = []
-        values: list[list[Any]] = [[] for _ in columns]
-        for resource_type, id, rows in entries:
-            if rows is None:
-                continue
-            for row in getattr(rows, kind):
-                types.append(resource_type)
-                ids.append(id)
-                for position, value in enumerate(row):
-                    values[position].append(value)
-        params[f"{kind}_resource_type"] = types
-        params[f"{kind}_id"] = ids
-        for position, (column, _) in enumerate(columns):
-            params[f"{kind}_{column}"] = values[position]
-    return params
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def _copy_text(value: Any) -> str:
+    """A value in COPY's text format."""
+    if value is None:
+        return "\\N"
+    if isinstance(value, str):
+        return value.translate(_COPY_ESCAPES)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
