@@ -286,8 +286,7 @@ async def _transaction(
         )
         versions.append(version)
         entry.response = _written(ctx, Result.written(201, version), prefer)
-    inserted = await repository.insert_new(conn, versions)
-    assert inserted, "a fresh UUID collided"
+    await repository.insert_created(conn, versions)
 
     for entry in (e for e in ordered if e.method in {"PUT", "PATCH", "GET", "HEAD"}):
 

@@ -35,7 +35,7 @@ async def create(
     version = new_version(
         ctx, resource, id=new_id(), version_id=1, last_updated=ctx.clock(), method="POST"
     )
-    inserted = await repository.insert_new(conn, [version])
+    inserted = await repository.insert_new(conn, version)
     assert inserted, "a fresh UUID collided"
     return Result.written(201, version)
 

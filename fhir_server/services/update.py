@@ -63,7 +63,7 @@ async def update(
             version = new_version(
                 ctx, resource, id=id, version_id=1, last_updated=now, method="PUT"
             )
-            if await repository.insert_new(conn, [version]):
+            if await repository.insert_new(conn, version):
                 return Result.written(201, version)
             # Someone created it between our lock attempt and insert: take the update path.
             continue

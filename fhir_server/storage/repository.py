@@ -37,6 +37,7 @@ from fhir_server.storage.sql import (
     Connection,
     Statement,
     compile_fixed,
+    copy_rows,
     execute,
     execute_many,
     fetch_all,
@@ -111,9 +112,7 @@ _read_version = Statement(
 _content_param = cast(bindparam("content", type_=Text), JSONB)
 
 
-def _with_history(
-    written_row: Any, *, delete_old_index: bool, write_index: bool = True
-) -> Statement:
+def _with_history(written_row: Any, *, delete_old_index: bool) -> Statement:
     """One statement that writes the current row (`written_row`, an INSERT or UPDATE), the history
     row of that version and the search index: one round trip, atomic without a transaction block,
     the JSON parsed once. It returns the id when the row was written."""
@@ -134,12 +133,8 @@ def _with_history(
         f"WITH written AS ({written}),\n"
         f"history AS (INSERT INTO {resource_history.name} ({columns}, method)"
         f" SELECT {columns}, %(method)s FROM written)"
-        + (
-            f",\n{index_ctes(delete_old=delete_old_index, insert_new=True)}\n"
-            if write_index
-            else "\n"
-        )
-        + "SELECT id FROM written"
+        f",\n{index_ctes(delete_old=delete_old_index, insert_new=True)}\n"
+        "SELECT id FROM written"
     )
 
 
@@ -159,8 +154,6 @@ _new_row = (
     .on_conflict_do_nothing(index_elements=["resource_type", "id"])
 )
 _insert_new = _with_history(_new_row, delete_old_index=False)
-# Many at once: the rows one by one (pipelined), then the index of all of them by COPY.
-_insert_new_unindexed = _with_history(_new_row, delete_old_index=False, write_index=False)
 _write_version = _with_history(
     update(resources)
     .where(
@@ -177,8 +170,8 @@ _write_version = _with_history(
 )
 
 
-def _params(version: NewVersion, *, with_index: bool = True) -> dict[str, Any]:
-    row = {
+def _params(version: NewVersion) -> dict[str, Any]:
+    return {
         "resource_type": version.resource_type,
         "id": version.id,
         "version_id": version.version_id,
@@ -188,8 +181,8 @@ def _params(version: NewVersion, *, with_index: bool = True) -> dict[str, Any]:
         "compartments": list(version.compartments),
         "created_by": version.created_by,
         "method": version.method,
+        **index_params(version.index),
     }
-    return {**row, **index_params(version.index)} if with_index else row
 
 
 async def read_current(conn: Connection, resource_type: str, id: str) -> StoredVersion | None:
@@ -222,18 +215,37 @@ async def lock_current(conn: Connection, resource_type: str, id: str) -> Locked 
     return None if row is None else Locked(*row)
 
 
-async def insert_new(conn: Connection, versions: Sequence[NewVersion]) -> bool:
-    """Insert first versions. False when an id already exists (that one is not written), which
+async def insert_new(conn: Connection, version: NewVersion) -> bool:
+    """Insert a first version. False when the id already exists (nothing is written), which
     callers turn into a retry or a conflict."""
-    if not versions:
-        return True
-    if len(versions) == 1:
-        return await fetch_one(conn, _insert_new, _params(versions[0])) is not None
-    params = [_params(v, with_index=False) for v in versions]
-    if await execute_many(conn, _insert_new_unindexed, params, returning=True) != len(params):
-        return False
+    return await fetch_one(conn, _insert_new, _params(version)) is not None
+
+
+_CURRENT_COLUMNS = ["resource_type", "id", "version_id", "last_updated", "deleted", "content", "compartments", "created_by"]
+_HISTORY_COLUMNS = ["resource_type", "id", "version_id", "last_updated", "deleted", "content", "compartments", "method"]
+
+
+async def insert_created(conn: Connection, versions: Sequence[NewVersion]) -> None:
+    """Insert many first versions whose ids the server has just made up (so no id can exist
+    yet), with COPY: the current rows, the history rows, the search index. The caller's
+    transaction makes the three one."""
+    current = [
+        (
+            v.resource_type,
+            v.id,
+            v.version_id,
+            v.last_updated,
+            False,
+            v.content,
+            list(v.compartments),
+            v.created_by,
+        )
+        for v in versions
+    ]
+    await copy_rows(conn, resources.name, _CURRENT_COLUMNS, current)
+    history = [(*row[:7], v.method) for row, v in zip(current, versions, strict=True)]
+    await copy_rows(conn, resource_history.name, _HISTORY_COLUMNS, history)
     await copy_index(conn, [(v.resource_type, v.id, v.index) for v in versions])
-    return True
 
 
 async def write_version(conn: Connection, version: NewVersion) -> None:

@@ -9,11 +9,10 @@ and no transaction block needed for a single create.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 from fhir_server.search.index import IndexRows
-from fhir_server.storage.sql import Connection
+from fhir_server.storage.sql import Connection, copy_rows
 from fhir_server.storage.tables import SEARCH_TABLES
 
 # table kind -> (column, PostgreSQL array type) after (resource_type, id, code)
@@ -67,31 +66,14 @@ def index_params(rows: IndexRows | None) -> dict[str, list[Any]]:
 async def copy_index(
     conn: Connection, entries: Sequence[tuple[str, str, IndexRows | None]]
 ) -> None:
-    """Insert the index rows of many resources with COPY: one stream per table, the fastest way
-    PostgreSQL takes rows (a 1,000-resource transaction carries some 30,000 of them)."""
+    """Insert the index rows of many resources with COPY, one stream per table (a
+    1,000-resource transaction carries some 30,000 of them)."""
     for kind, table in SEARCH_TABLES.items():
-        lines = [
-            "\t".join((_copy_text(resource_type), _copy_text(id), *map(_copy_text, row)))
-            for resource_type, id, rows in entries
-            if rows is not None
-            for row in getattr(rows, kind)
+        rows = [
+            (resource_type, id, *row)
+            for resource_type, id, index in entries
+            if index is not None
+            for row in getattr(index, kind)
         ]
-        if not lines:
-            continue
-        names = ", ".join(("resource_type", "id", *(column for column, _ in _COLUMNS[kind])))
-        async with conn.cursor().copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
-            await copy.write("\n".join(lines) + "\n")
-
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-def _copy_text(value: Any) -> str:
-    """A value in COPY's text format."""
-    if value is None:
-        return "\\N"
-    if isinstance(value, str):
-        return value.translate(_COPY_ESCAPES)
-    if isinstance(value, datetime):
-        return value.isoformat()
-    return str(value)
+        columns = ("resource_type", "id", *(column for column, _ in _COLUMNS[kind]))
+        await copy_rows(conn, table.name, columns, rows)
