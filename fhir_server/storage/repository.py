@@ -221,8 +221,26 @@ async def insert_new(conn: Connection, version: NewVersion) -> bool:
     return await fetch_one(conn, _insert_new, _params(version)) is not None
 
 
-_CURRENT_COLUMNS = ["resource_type", "id", "version_id", "last_updated", "deleted", "content", "compartments", "created_by"]
-_HISTORY_COLUMNS = ["resource_type", "id", "version_id", "last_updated", "deleted", "content", "compartments", "method"]
+_CURRENT_COLUMNS = [
+    "resource_type",
+    "id",
+    "version_id",
+    "last_updated",
+    "deleted",
+    "content",
+    "compartments",
+    "created_by",
+]
+_HISTORY_COLUMNS = [
+    "resource_type",
+    "id",
+    "version_id",
+    "last_updated",
+    "deleted",
+    "content",
+    "compartments",
+    "method",
+]
 
 
 async def insert_created(conn: Connection, versions: Sequence[NewVersion]) -> None:

@@ -11,8 +11,8 @@ value must be sent as text and cast in the statement (`cast(bindparam(..., Text)
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 import re
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
 
