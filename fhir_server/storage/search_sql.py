@@ -523,21 +523,36 @@ def search_statement(
     sort = planner.sort_expressions(row, query)
     keys = [*sort, (row.c.resource_type, False), (row.c.id, False)]
     columns = [expression.label(f"k{i}") for i, (expression, _) in enumerate(keys)]
-    inner = (
-        select(row.c.resource_type, row.c.id, cast(row.c.content, Text).label("content"), *columns)
-        .where(*conditions)
-        .subquery("page")
-    )
-    keyed = [(inner.c[f"k{i}"], descending) for i, (_, descending) in enumerate(keys)]
-    statement = select(inner.c.resource_type, inner.c.id, inner.c.content, *(k for k, _ in keyed))
+    matches = select(row.c.resource_type, row.c.id, *columns).where(*conditions).subquery("matches")
+    keyed = [(matches.c[f"k{i}"], descending) for i, (_, descending) in enumerate(keys)]
+    page = select(*matches.c)
     if query.cursor is not None:
-        statement = statement.where(_after(keyed, decode_cursor(query.cursor, len(keyed))))
-    order = []
-    for expression, descending in keyed:
-        order.append(
-            expression.desc().nulls_last() if descending else expression.asc().nulls_last()
+        page = page.where(_after(keyed, decode_cursor(query.cursor, len(keyed))))
+    page_keys = page.order_by(*_order(keyed)).limit(query.count + 1).subquery("page")
+    # The content of the page's rows only: turning jsonb into text is the costly part of a row.
+    content = resources.alias("content")
+    paged = [(page_keys.c[f"k{i}"], descending) for i, (_, descending) in enumerate(keys)]
+    statement = (
+        select(
+            page_keys.c.resource_type,
+            page_keys.c.id,
+            cast(content.c.content, Text).label("content"),
+            *(k for k, _ in paged),
         )
-    return statement.order_by(*order).limit(query.count + 1), len(keyed)
+        .join(
+            content,
+            and_(
+                content.c.resource_type == page_keys.c.resource_type,
+                content.c.id == page_keys.c.id,
+            ),
+        )
+        .order_by(*_order(paged))
+    )
+    return statement, len(keyed)
+
+
+def _order(keys: Sequence[tuple[ColumnElement[Any], bool]]) -> list[Any]:
+    return [k.desc().nulls_last() if descending else k.asc().nulls_last() for k, descending in keys]
 
 
 def count_statement(
