@@ -14,6 +14,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "fhir_server.errors": (),
     "fhir_server.settings": (),
     "fhir_server.validation": ("capability", "fhir_server.errors"),
+    "fhir_server.auth": ("fhir_server.auth", "fhir_server.errors"),
     "fhir_server.search": ("capability", "fhir_server.search", "fhir_server.errors"),
     "fhir_server.storage": (
         "capability",
@@ -25,6 +26,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "fhir_server.services": (
         "capability",
         "compartments",
+        "fhir_server.auth",
         "fhir_server.search",
         "fhir_server.storage",
         "fhir_server.services",
@@ -34,7 +36,13 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     ),
 }
 WEB_AND_DB = ("fastapi", "starlette", "sqlalchemy", "psycopg", "uvicorn")
-NO_WEB_OR_DB = ("compartments", "capability", "fhir_server.search", "fhir_server.validation")
+NO_WEB_OR_DB = (
+    "compartments",
+    "capability",
+    "fhir_server.auth",
+    "fhir_server.search",
+    "fhir_server.validation",
+)
 NO_WEB = ("fhir_server.services", "fhir_server.storage")
 PROJECT = ("compartments", "capability", "fhir_server", "migrations")
 

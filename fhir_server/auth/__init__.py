@@ -1,0 +1,1 @@
+"""Authentication: bearer tokens (SMART on FHIR), scopes, and the local development key."""

@@ -1,0 +1,180 @@
+"""Bearer tokens: verify a SMART access token (a signed JWT) and read the principal from it.
+
+Verification uses PyJWT: the signature against the configured keys (a JWKS URL, fetched and cached,
+refetched when a token names an unknown key id; or a JWKS file), `iss`, `aud`, `exp` and `nbf`
+with a small leeway, and `alg` from an allow-list that can never hold `none` or an HMAC algorithm
+(a public key must never double as a shared secret). Every failure is an `Unauthorized` with a
+reason a client can act on and nothing more.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jwt
+from jwt import PyJWK, PyJWKClient, PyJWKSet
+
+from fhir_server.auth.scopes import Scope, ScopeError, parse_scopes
+from fhir_server.errors import Unauthorized
+
+ASYMMETRIC = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+IDENTITY_TYPES = frozenset({"Patient", "RelatedPerson", "Practitioner", "Person"})
+# Claims only an ID token carries: presented as an access token, it is refused.
+_ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, as the token says."""
+
+    subject: str
+    fhir_user: str | None  # "RelatedPerson/123"
+    scopes: tuple[Scope, ...]
+    patient: str | None = None  # launch context: a Patient id
+    client_id: str | None = None
+    claims: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_system(self) -> bool:
+        """A client-credentials caller: only `system/` scopes, no user."""
+        return self.fhir_user is None and any(s.context == "system" for s in self.scopes)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenSettings:
+    issuer: str
+    audience: str
+    jwks: str  # an https:// URL or a file path
+    algorithms: tuple[str, ...] = ("RS256", "ES256")
+    leeway_seconds: int = 30
+
+    def __post_init__(self) -> None:
+        unsafe = [a for a in self.algorithms if a not in ASYMMETRIC]
+        if unsafe:
+            raise ValueError(
+                f"`FHIR_AUTH_ALGORITHMS` may list only asymmetric algorithms, not {unsafe}"
+            )
+
+
+class TokenVerifier:
+    def __init__(self, settings: TokenSettings) -> None:
+        self.settings = settings
+        source = settings.jwks
+        self._client: PyJWKClient | None = None
+        self._keys: PyJWKSet | None = None
+        if source.startswith(("https://", "http://")):
+            # cached; a token with an unknown `kid` makes it fetch the set again (key rotation)
+            self._client = PyJWKClient(source, cache_keys=True, lifespan=300)
+        else:
+            self._keys = PyJWKSet.from_dict(json.loads(Path(source).read_text()))
+
+    def _key(self, token: str) -> PyJWK:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.InvalidTokenError:
+            raise Unauthorized("the bearer token is not a JWT", code="login") from None
+        if header.get("alg") not in self.settings.algorithms:
+            raise Unauthorized(
+                f"token algorithm `{header.get('alg')}` is not accepted", code="login"
+            )
+        if self._client is not None:
+            try:
+                return self._client.get_signing_key_from_jwt(token)
+            except jwt.PyJWKClientError:
+                raise Unauthorized("the token's signing key is not known", code="login") from None
+        assert self._keys is not None
+        kid = header.get("kid")
+        keys = [k for k in self._keys.keys if kid is None or k.key_id == kid]
+        if not keys:
+            raise Unauthorized("the token's signing key is not known", code="login")
+        return keys[0]
+
+    def verify(self, token: str) -> Principal:
+        key = self._key(token)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key=key,
+                algorithms=list(self.settings.algorithms),
+                audience=self.settings.audience,
+                issuer=self.settings.issuer,
+                leeway=self.settings.leeway_seconds,
+                options={"require": ["exp", "iss", "aud", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the token has expired", code="expired") from None
+        except jwt.ImmatureSignatureError:
+            raise Unauthorized("the token is not valid yet", code="login") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthorized("the token is for another audience", code="login") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized("the token is from another issuer", code="login") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Unauthorized(f"the token has no `{exc.claim}` claim", code="login") from None
+        except jwt.InvalidTokenError:
+            raise Unauthorized("the token's signature does not verify", code="login") from None
+        return principal_from_claims(claims)
+
+
+def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
+    """Read the principal from verified claims; 401 where they are unusable."""
+    if any(name in claims for name in _ID_TOKEN_CLAIMS):
+        raise Unauthorized("an ID token is not an access token", code="login")
+    try:
+        scopes = parse_scopes(claims.get("scope", ""))
+    except ScopeError as exc:
+        raise Unauthorized(str(exc), code="login") from None
+    fhir_user = _fhir_user(claims.get("fhirUser"))
+    patient = claims.get("patient")
+    if patient is not None and not isinstance(patient, str):
+        raise Unauthorized("the `patient` claim must be an id", code="login")
+    if any(s.context == "patient" for s in scopes) and not patient:
+        raise Unauthorized("`patient/` scopes need a `patient` launch context", code="login")
+    if any(s.context == "user" for s in scopes) and fhir_user is None:
+        raise Unauthorized("`user/` scopes need a `fhirUser` claim", code="login")
+    return Principal(
+        subject=str(claims["sub"]),
+        fhir_user=fhir_user,
+        scopes=scopes,
+        patient=patient,
+        client_id=claims.get("client_id") or claims.get("azp"),
+        claims=dict(claims),
+    )
+
+
+def _fhir_user(value: Any) -> str | None:
+    """`fhirUser` as `Type/id`: relative, or the last two segments of an absolute URL."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise Unauthorized("the `fhirUser` claim must be a reference", code="login")
+    parts = value.rstrip("/").split("/")
+    if len(parts) < 2 or parts[-2] not in IDENTITY_TYPES or not parts[-1]:
+        raise Unauthorized(
+            "`fhirUser` must name a Patient, RelatedPerson, Practitioner or Person",
+            code="login",
+        )
+    return f"{parts[-2]}/{parts[-1]}"
+
+
+def bearer(authorization: str | None) -> str:
+    """The token of an `Authorization: Bearer ...` header; 401 without one."""
+    if not authorization:
+        raise Unauthorized("this server needs a bearer token", code="login")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("use `Authorization: Bearer <token>`", code="login")
+    return token.strip()
+
+
+def scopes_text(scopes: Sequence[Scope]) -> str:
+    return " ".join(
+        f"{s.context}/{s.resource_type}.{''.join(p for p in 'cruds' if p in s.permissions)}"
+        for s in scopes
+    )
