@@ -123,7 +123,7 @@ def test_bad_signatures_and_algorithms_are_unauthorized(
     with pytest.raises(Unauthorized, match="algorithm"):
         verifier.verify(confused)
     # tampered payload
-    header, payload, signature = sign(keys, claims()).split(".")
+    header, _, signature = sign(keys, claims()).split(".")
     forged = jwt.utils.base64url_encode(
         json.dumps(claims(fhirUser="Patient/999")).encode()
     ).decode()
