@@ -46,6 +46,22 @@ def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dev_token(settings: Settings, args: argparse.Namespace) -> int:
+    """Print a token signed with the local development key (never for production)."""
+    from fhir_server.auth.devkeys import dev_token
+
+    print(
+        dev_token(
+            settings.data_dir,
+            fhir_user=args.fhir_user,
+            scope=args.scope,
+            patient=args.patient,
+            lifetime_seconds=args.lifetime,
+        )
+    )
+    return 0
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -73,12 +89,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("serve", help="migrate the database, then serve the FHIR API")
     sub.add_parser("migrate", help="apply the database migrations and exit")
     sub.add_parser("reindex", help="rebuild the search index of every resource and exit")
+    token = sub.add_parser(
+        "dev-token", help="print a token signed with the local development key (not for production)"
+    )
+    token.add_argument("--fhir-user", help="e.g. RelatedPerson/123; omit for a system client")
+    token.add_argument("--scope", default="user/*.cruds", help="SMART scopes, space-separated")
+    token.add_argument("--patient", help="the patient launch context, for patient/ scopes")
+    token.add_argument("--lifetime", type=int, default=3600, help="seconds (default 3600)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    commands = {"serve": cmd_serve, "migrate": cmd_migrate, "reindex": cmd_reindex}
+    commands = {
+        "serve": cmd_serve,
+        "migrate": cmd_migrate,
+        "reindex": cmd_reindex,
+        "dev-token": cmd_dev_token,
+    }
     return commands[args.command](settings, args)
 
 

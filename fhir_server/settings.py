@@ -38,6 +38,13 @@ class Settings:
     log_level: str = "info"
     # Extra base URLs under which references count as local (e.g. behind a proxy).
     local_bases: tuple[str, ...] = field(default_factory=tuple)
+    # Bearer tokens (docs/configuration.md). Without a JWKS, the development key in the data
+    # folder is trusted (`fhir-server dev-token`).
+    auth_jwks: str | None = None
+    auth_issuer: str | None = None
+    auth_audience: str | None = None
+    auth_algorithms: tuple[str, ...] = ("RS256", "ES256")
+    auth_leeway_seconds: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -77,4 +84,15 @@ class Settings:
                 for b in (get("FHIR_LOCAL_BASES") or "").split(",")
                 if b.strip()
             ),
+            auth_jwks=get("FHIR_AUTH_JWKS"),
+            auth_issuer=get("FHIR_AUTH_ISSUER"),
+            auth_audience=get("FHIR_AUTH_AUDIENCE"),
+            auth_algorithms=tuple(
+                a.strip()
+                for a in (get("FHIR_AUTH_ALGORITHMS") or ",".join(defaults.auth_algorithms)).split(
+                    ","
+                )
+                if a.strip()
+            ),
+            auth_leeway_seconds=num("FHIR_AUTH_LEEWAY_SECONDS", defaults.auth_leeway_seconds),
         )

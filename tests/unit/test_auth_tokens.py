@@ -222,3 +222,22 @@ def test_granted_narrows_by_type_and_permission() -> None:
     assert granted(scopes, "Observation", "c") == []
     assert [s.resource_type for s in granted(scopes, "Patient", "d")] == ["Patient"]
     assert granted(scopes, "Condition", "r") == []
+
+
+def test_the_dev_token_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fhir_server.cli import main
+
+    monkeypatch.setenv("FHIR_DATA_DIR", str(tmp_path))
+    assert (
+        main(["dev-token", "--fhir-user", "Patient/5", "--scope", "patient/*.rs", "--patient", "5"])
+        == 0
+    )
+    token = capsys.readouterr().out.strip()
+    jwks = tmp_path / "auth" / "jwks.json"
+    verifier = TokenVerifier(
+        TokenSettings(issuer=DEV_ISSUER, audience=DEV_AUDIENCE, jwks=str(jwks))
+    )
+    principal = verifier.verify(token)
+    assert (principal.fhir_user, principal.patient) == ("Patient/5", "5")
