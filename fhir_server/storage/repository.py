@@ -112,23 +112,26 @@ _read_version = Statement(
 _content_param = cast(bindparam("content", type_=Text), JSONB)
 
 
+# What the current row and the history row of a version share, in this order.
+_VERSION_COLUMNS = (
+    "resource_type",
+    "id",
+    "version_id",
+    "last_updated",
+    "deleted",
+    "content",
+    "compartments",
+)
+_CURRENT_COLUMNS = (*_VERSION_COLUMNS, "created_by")
+_HISTORY_COLUMNS = (*_VERSION_COLUMNS, "method")
+
+
 def _with_history(written_row: Any, *, delete_old_index: bool) -> Statement:
     """One statement that writes the current row (`written_row`, an INSERT or UPDATE), the history
     row of that version and the search index: one round trip, atomic without a transaction block,
     the JSON parsed once. It returns the id when the row was written."""
-    c = resources.c
-    written = compile_fixed(
-        written_row.returning(
-            c.resource_type,
-            c.id,
-            c.version_id,
-            c.last_updated,
-            c.deleted,
-            c.content,
-            c.compartments,
-        )
-    )
-    columns = "resource_type, id, version_id, last_updated, deleted, content, compartments"
+    written = compile_fixed(written_row.returning(*(resources.c[c] for c in _VERSION_COLUMNS)))
+    columns = ", ".join(_VERSION_COLUMNS)
     return Statement(
         f"WITH written AS ({written}),\n"
         f"history AS (INSERT INTO {resource_history.name} ({columns}, method)"
@@ -219,28 +222,6 @@ async def insert_new(conn: Connection, version: NewVersion) -> bool:
     """Insert a first version. False when the id already exists (nothing is written), which
     callers turn into a retry or a conflict."""
     return await fetch_one(conn, _insert_new, _params(version)) is not None
-
-
-_CURRENT_COLUMNS = [
-    "resource_type",
-    "id",
-    "version_id",
-    "last_updated",
-    "deleted",
-    "content",
-    "compartments",
-    "created_by",
-]
-_HISTORY_COLUMNS = [
-    "resource_type",
-    "id",
-    "version_id",
-    "last_updated",
-    "deleted",
-    "content",
-    "compartments",
-    "method",
-]
 
 
 async def insert_created(conn: Connection, versions: Sequence[NewVersion]) -> None:

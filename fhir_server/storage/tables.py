@@ -97,7 +97,8 @@ search_token = _index_table(
     Column("text", Text(collation="C"), nullable=True),
     indexes=(("resource_type", "code", "value", "system"),),
 )
-# Dates: the range [low, high) a value covers at its precision; -infinity/infinity for an open end.
+# Dates: the range [low, high) a value covers at its precision; 0001-01-01 and 9999-12-31 stand
+# for an open end (search/index.py DATE_MIN, DATE_MAX).
 search_date = _index_table(
     "search_date",
     Column("low", DateTime(timezone=True), nullable=False),
