@@ -32,6 +32,7 @@ def start(data_dir: Path, *, database: str = DATABASE, delete_on_exit: bool = Fa
         )
     admin_url: str = server.get_uri("postgres")
     with psycopg.connect(admin_url, autocommit=True) as conn:
+        _tune(conn)
         exists = conn.execute(
             "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
         ).fetchone()
@@ -40,3 +41,17 @@ def start(data_dir: Path, *, database: str = DATABASE, delete_on_exit: bool = Fa
             log.info("created embedded database %s", database)
     url: str = server.get_uri(database)
     return url
+
+
+# Settings a reload applies (no restart). The defaults checkpoint every 1 GB of WAL, which a bulk
+# load of a million resources hits every few seconds, rewriting whole pages each time.
+_SETTINGS = {"max_wal_size": "4GB", "checkpoint_timeout": "15min"}
+
+
+def _tune(conn: psycopg.Connection[tuple[object, ...]]) -> None:
+    """Apply `_SETTINGS` (idempotent: ALTER SYSTEM rewrites postgresql.auto.conf)."""
+    for name, value in _SETTINGS.items():
+        conn.execute(
+            sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+        )
+    conn.execute("SELECT pg_reload_conf()")

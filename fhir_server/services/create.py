@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 from typing import Any
 
@@ -15,7 +17,23 @@ from fhir_server.storage.sql import Connection
 
 
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """A UUID version 7 (RFC 9562): a millisecond timestamp, then 74 random bits.
+
+    Time-ordered ids put new rows at the right edge of every B-tree keyed by id (the resources,
+    history and search-index tables) instead of on random pages: at a million resources that keeps
+    ingest from slowing down as the indexes outgrow the cache. The creation time they reveal is in
+    `meta.lastUpdated` anyway; the random part keeps them unguessable.
+    """
+    milliseconds = time.time_ns() // 1_000_000
+    random = int.from_bytes(os.urandom(10), "big")
+    value = (
+        (milliseconds & (1 << 48) - 1) << 80
+        | 0x7 << 76  # version
+        | (random >> 62 & 0xFFF) << 64
+        | 0b10 << 62  # variant
+        | random & (1 << 62) - 1
+    )
+    return str(uuid.UUID(int=value))
 
 
 async def create(

@@ -30,3 +30,20 @@ def test_http_date_example() -> None:
 
 def test_etag_is_weak_with_the_version() -> None:
     assert etag(3) == 'W/"3"'
+
+
+def test_new_ids_are_uuid7_in_time_order() -> None:
+    import time
+    import uuid
+
+    from fhir_server.services.create import new_id
+
+    first = new_id()
+    time.sleep(0.002)
+    later = [new_id() for _ in range(100)]
+    parsed = uuid.UUID(first)
+    assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert all(first < other for other in later)  # ordered by creation time, as text too
+    assert len(set(later)) == 100
+    millis = uuid.UUID(later[0]).int >> 80
+    assert abs(millis - time.time() * 1000) < 60_000
