@@ -1,0 +1,116 @@
+"""The policy file: its schema, the messages for a bad file, and the default policy."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from typing import Any
+
+import pytest
+
+from capability.definitions import resource_types
+from compartments.policy import PolicyError, Reason, Rule, applicable, load_policy
+
+
+def default_policy() -> Any:
+    return json.loads(resources.files("compartments").joinpath("default-policy.json").read_text())
+
+
+def test_the_default_policy_loads_and_documents_every_rule() -> None:
+    rules = load_policy(default_policy(), resource_types())
+    assert len(rules) > 10
+    assert all(rule.description for rule in rules)
+
+
+def test_default_policy_denies_what_grants_access() -> None:
+    rules = load_policy(default_policy(), resource_types())
+    for role, entity in [
+        ("RelatedPerson", "Consent"),
+        ("RelatedPerson", "Person"),
+        ("Patient", "RelatedPerson"),
+    ]:
+        found = applicable(rules, role, entity, "update")
+        assert any(rule.validator == "deny" for rule in found), (role, entity)
+    assert {r.validator for r in applicable(rules, "RelatedPerson", "Immunization", "read")} == {
+        "relatedperson_compartment"
+    }
+    assert applicable(rules, "Practitioner", "Observation", "delete")[0].validator == "deny"
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ({"client_role": "Patient"}, "must be a list"),
+        (
+            [
+                {
+                    "client_role": "Nurse",
+                    "entity_name": "Patient",
+                    "operation": "read",
+                    "validator": "allow",
+                }
+            ],
+            "rule 1, field `client_role`",
+        ),
+        (
+            [
+                {
+                    "client_role": "Patient",
+                    "entity_name": "Patient",
+                    "operation": "read",
+                    "validator": "allow",
+                },
+                {
+                    "client_role": "Patient",
+                    "entity_name": "Patinet",
+                    "operation": "read",
+                    "validator": "allow",
+                },
+            ],
+            "rule 2, field `entity_name`",
+        ),
+        (
+            [{"client_role": "Patient", "entity_name": "Patient", "operation": "read"}],
+            "rule 1: 'validator' is a required property",
+        ),
+        (
+            [
+                {
+                    "client_role": "Patient",
+                    "entity_name": "Patient",
+                    "operation": "read",
+                    "validator": "allow",
+                    "extra": 1,
+                }
+            ],
+            "rule 1: Additional properties",
+        ),
+        (
+            [
+                {
+                    "client_role": "Patient",
+                    "entity_name": "Patient",
+                    "operation": "erase",
+                    "validator": "allow",
+                }
+            ],
+            "rule 1, field `operation`",
+        ),
+    ],
+)
+def test_a_bad_policy_names_the_rule_and_field(document: Any, message: str) -> None:
+    with pytest.raises(PolicyError, match=message.replace("(", r"\(")):
+        load_policy(document, resource_types())
+
+
+def test_rule_matching_with_wildcards() -> None:
+    rule = Rule("RelatedPerson", "*", "read", "relatedperson_compartment")
+    assert rule.matches("RelatedPerson", "CarePlan", "read")
+    assert not rule.matches("Patient", "CarePlan", "read")
+    assert not rule.matches("RelatedPerson", "CarePlan", "create")
+
+
+def test_reason_messages() -> None:
+    assert Reason.INVALID_ROLE.message == "Invalid role"
+    assert Reason.REFERENCE_MISMATCH.message == "Reference mismatch"
+    assert Reason("consent_required") is Reason.CONSENT_REQUIRED
