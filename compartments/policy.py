@@ -6,7 +6,7 @@ a bad file stops the server with a message naming the rule (by position) and the
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -108,10 +108,3 @@ def _describe(problem: jsonschema.ValidationError) -> str:
 def applicable(rules: Iterable[Rule], role: str, resource_type: str, operation: str) -> list[Rule]:
     """The rules that apply to a request, in file order."""
     return [rule for rule in rules if rule.matches(role, resource_type, operation)]
-
-
-def rules_by_validator(rules: Iterable[Rule]) -> Mapping[str, list[Rule]]:
-    grouped: dict[str, list[Rule]] = {}
-    for rule in rules:
-        grouped.setdefault(rule.validator, []).append(rule)
-    return grouped

@@ -136,7 +136,7 @@ def _with_history(written_row: Any, *, delete_old_index: bool) -> Statement:
         f"WITH written AS ({written}),\n"
         f"history AS (INSERT INTO {resource_history.name} ({columns}, method)"
         f" SELECT {columns}, %(method)s FROM written)"
-        f",\n{index_ctes(delete_old=delete_old_index, insert_new=True)}\n"
+        f",\n{index_ctes(delete_old=delete_old_index)}\n"
         "SELECT id FROM written"
     )
 
@@ -329,7 +329,7 @@ async def exists(conn: Connection, resource_type: str, id: str) -> bool:
 _reindex = Statement(
     "WITH written AS (SELECT CAST(%(resource_type)s AS varchar) AS resource_type,"
     " CAST(%(id)s AS varchar) AS id),\n"
-    f"{index_ctes(delete_old=True, insert_new=True)}\n"
+    f"{index_ctes(delete_old=True)}\n"
     "SELECT id FROM written"
 )
 _current_page = Statement(

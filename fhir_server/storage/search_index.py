@@ -31,8 +31,9 @@ _COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 
-def index_ctes(*, delete_old: bool, insert_new: bool) -> str:
-    """Common table expressions for a statement whose CTE `written` returns the row written."""
+def index_ctes(*, delete_old: bool) -> str:
+    """Common table expressions for a statement whose CTE `written` returns the row written:
+    they insert its index rows (`index_params`), after deleting its old ones if `delete_old`."""
     parts: list[str] = []
     for kind, table in SEARCH_TABLES.items():
         name = table.name
@@ -41,20 +42,19 @@ def index_ctes(*, delete_old: bool, insert_new: bool) -> str:
                 f"delete_{kind} AS (DELETE FROM {name} WHERE resource_type = %(resource_type)s"
                 f" AND id = %(id)s AND EXISTS (SELECT FROM written))"
             )
-        if insert_new:
-            columns = _COLUMNS[kind]
-            names = ", ".join(column for column, _ in columns)
-            arrays = ", ".join(f"%({kind}_{column})s::{array}" for column, array in columns)
-            parts.append(
-                f"insert_{kind} AS (INSERT INTO {name} (resource_type, id, {names})"
-                f" SELECT written.resource_type, written.id, value.* FROM written,"
-                f" unnest({arrays}) AS value)"
-            )
+        columns = _COLUMNS[kind]
+        names = ", ".join(column for column, _ in columns)
+        arrays = ", ".join(f"%({kind}_{column})s::{array}" for column, array in columns)
+        parts.append(
+            f"insert_{kind} AS (INSERT INTO {name} (resource_type, id, {names})"
+            f" SELECT written.resource_type, written.id, value.* FROM written,"
+            f" unnest({arrays}) AS value)"
+        )
     return ",\n".join(parts)
 
 
 def index_params(rows: IndexRows | None) -> dict[str, list[Any]]:
-    """The arrays `index_ctes(insert_new=True)` reads: one per column of each index table."""
+    """The arrays `index_ctes` reads: one per column of each index table."""
     params: dict[str, list[Any]] = {}
     for kind, columns in _COLUMNS.items():
         values: Sequence[tuple[Any, ...]] = getattr(rows, kind) if rows is not None else ()

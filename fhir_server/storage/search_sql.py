@@ -76,14 +76,6 @@ class InCompartments:
         return allowed
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    resource_type: str
-    id: str
-    content: str
-    keys: tuple[Any, ...]
-
-
 class _Planner:
     def __init__(self, access: AccessFilter, local_bases: Sequence[str]) -> None:
         self.access = access

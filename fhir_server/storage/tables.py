@@ -35,7 +35,11 @@ resources = Table(
     Column("compartments", ARRAY(Text), nullable=False, server_default="{}"),
     # The acting identity that created the resource ("RelatedPerson/9"); null when unauthenticated.
     Column("created_by", Text, nullable=True),
-    PrimaryKeyConstraint("resource_type", "id", name="resources_pkey"),
+    # `deleted` is carried in the key's index so that searches check it without reading the row
+    # (migration 0002).
+    PrimaryKeyConstraint(
+        "resource_type", "id", name="resources_pkey", postgresql_include=["deleted"]
+    ),
     Index("resources_compartments_gin", "compartments", postgresql_using="gin"),
     Index("resources_type_updated", "resource_type", "last_updated", "id"),
 )
@@ -77,7 +81,7 @@ def _index_table(
     )
     Index(f"{name}_resource", table.c.resource_type, table.c.id)
     for position, names in enumerate(indexes, start=1):
-        Index(f"{name}_{position}", *(table.c[n] for n in names))
+        Index(f"{name}_{position}", *(table.c[n] for n in names), postgresql_include=["id"])
     return table
 
 
