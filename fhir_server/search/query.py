@@ -69,6 +69,8 @@ class Criterion:
     # `_has:Observation:patient:code=x`: a resource of `has_type` refers to this one by its
     # reference parameter `param` and satisfies `chain[0]`.
     has_type: str | None = None
+    # A composite parameter: alternatives (OR), each the AND of one criterion per component.
+    parts: tuple[tuple[Criterion, ...], ...] = ()
 
     @property
     def name(self) -> str:
@@ -376,6 +378,8 @@ class _Parser:
                 name,
             )
             return None
+        if param.type == "composite" and not dot and not modifier and is_simple_composite(param):
+            return self.composite(resource_type, param, value, name)
         if param.type not in SUPPORTED_TYPES or param.accessor is None:
             self.refuse(f"search parameter `{code}` ({param.type}) is not supported", name)
             return None
@@ -404,6 +408,34 @@ class _Parser:
         elif param.type in _PREFIXED_TYPES:
             self.check_prefixed(param, name, values)
         return Criterion(resource_type, param, modifier or None, values)
+
+    def composite(
+        self, resource_type: str, param: SearchParam, value: str, name: str
+    ) -> Criterion | None:
+        """`code-value-quantity=http://loinc.org|8480-6$gt100`: each component's value after
+        `$`, the components AND-ed; comma-separated alternatives OR-ed."""
+        by_url = {p.url: p for p in search_params(resource_type).values()}
+        components = [by_url[c.definition] for c in param.components]
+        alternatives = []
+        for alternative in split_values(value):
+            pieces = split_unescaped(alternative, "$")
+            if len(pieces) != len(components):
+                raise BadRequest(
+                    f"`{name}={value}`: give {len(components)} values separated by `$`",
+                    code="value",
+                    expression=[name],
+                )
+            parts = []
+            for component, piece in zip(components, pieces, strict=True):
+                if piece == "":
+                    raise BadRequest(
+                        f"`{name}` has an empty component", code="value", expression=[name]
+                    )
+                if component.type in _PREFIXED_TYPES:
+                    self.check_prefixed(component, name, (piece,))
+                parts.append(Criterion(resource_type, component, None, (piece,)))
+            alternatives.append(tuple(parts))
+        return Criterion(resource_type, param, None, split_values(value), parts=tuple(alternatives))
 
     def check_prefixed(self, param: SearchParam, name: str, values: tuple[str, ...]) -> None:
         from fhir_server.search.index import date_range, number_range
@@ -513,6 +545,17 @@ def parse_search(
     return query if compartment is None else replace(query, compartment=compartment)
 
 
+def is_simple_composite(param: SearchParam) -> bool:
+    """A composite over the resource itself (R4's Observation `code-value-*`): its components
+    are ordinary parameters of the resource, so it is their AND. Composites over repeating
+    elements (`component-code-value-quantity`, `useContext`) would need the components to match
+    within the same element, which the index does not record."""
+    if param.expression != param.resource_type:
+        return False
+    urls = {p.url for p in search_params(param.resource_type).values()}
+    return all(c.definition in urls for c in param.components)
+
+
 @cache
 def capabilities(resource_type: str) -> dict[str, list[Any]]:
     """What a CapabilityStatement says of searching `resource_type`: its parameters with the
@@ -521,6 +564,8 @@ def capabilities(resource_type: str) -> dict[str, list[Any]]:
     for code, param in search_params(resource_type).items():
         if code in {"_id", "_lastUpdated"}:
             documentation = "prefixes eq ne gt lt ge le sa eb ap" if code == "_lastUpdated" else ""
+        elif param.type == "composite" and is_simple_composite(param):
+            documentation = "components separated by `$`"
         elif param.type not in SUPPORTED_TYPES or param.accessor is None:
             continue
         else:

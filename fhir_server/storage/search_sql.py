@@ -99,6 +99,8 @@ class _Planner:
 
     def criterion(self, row: FromClause, c: Criterion) -> ColumnElement[bool]:
         param = c.param
+        if c.parts:
+            return or_(*(and_(*(self.criterion(row, p) for p in part)) for part in c.parts))
         if c.has_type is not None:
             return self.has(row, c)
         if c.chain:

@@ -287,6 +287,32 @@ def test_quantity(world: World) -> None:
     assert world.found("Observation?value-quantity=ap72") == {"w72"}
 
 
+def test_composite_over_the_resource(world: World) -> None:
+    def observation(code: str, value: float) -> dict[str, Any]:
+        return {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+            "valueQuantity": {
+                "value": value,
+                "system": "http://unitsofmeasure.org",
+                "code": "mm[Hg]",
+            },
+        }
+
+    world.add("sys", observation("8480-6", 150))
+    world.add("dia", observation("8462-4", 95))
+    assert world.found("Observation?code-value-quantity=http://loinc.org|8480-6$gt140") == {"sys"}
+    assert world.found("Observation?code-value-quantity=8462-4$gt140") == set()
+    assert world.found("Observation?code-value-quantity=8480-6$gt140,8462-4$gt90") == {"sys", "dia"}
+    assert (
+        world.search("Observation?code-value-quantity=8480-6", status=400)["issue"][0]["code"]
+        == "value"
+    )
+    outcome = world.search("Observation?component-code-value-quantity=8480-6$gt140", status=400)
+    assert outcome["issue"][0]["code"] == "not-supported"
+
+
 def test_number_and_uri(world: World) -> None:
     world.add(
         "r",
