@@ -108,3 +108,21 @@ def _describe(problem: jsonschema.ValidationError) -> str:
 def applicable(rules: Iterable[Rule], role: str, resource_type: str, operation: str) -> list[Rule]:
     """The rules that apply to a request, in file order."""
     return [rule for rule in rules if rule.matches(role, resource_type, operation)]
+
+
+class Policy:
+    """The rules, with the rules that apply to each (role, type, operation) remembered: a
+    decision looks them up instead of scanning the file."""
+
+    def __init__(self, rules: Iterable[Rule]) -> None:
+        self.rules = tuple(rules)
+        self._applicable: dict[tuple[str, str, str], tuple[Rule, ...]] = {}
+
+    def applicable(self, role: str, resource_type: str, operation: str) -> tuple[Rule, ...]:
+        key = (role, resource_type, operation)
+        found = self._applicable.get(key)
+        if found is None:
+            found = self._applicable[key] = tuple(
+                applicable(self.rules, role, resource_type, operation)
+            )
+        return found

@@ -1,0 +1,82 @@
+"""The compartment engine's decide() alone: microseconds per call (`python -m bench.engine`).
+
+Measured against a reference in the same run: a call of a function that only builds an empty
+Decision, so the ratio shows what the rules cost beyond Python's call and allocation overhead.
+"""
+
+from __future__ import annotations
+
+import json
+import timeit
+from datetime import date
+from importlib import resources
+
+from capability.definitions import resource_types
+from compartments.engine import (
+    ConsentFact,
+    Decision,
+    Facts,
+    Identity,
+    RelatedPersonFact,
+    Request,
+    Target,
+    decide,
+)
+from compartments.policy import Policy, load_policy
+
+
+def main() -> None:
+    policy = Policy(
+        load_policy(
+            json.loads(resources.files("compartments").joinpath("default-policy.json").read_text()),
+            resource_types(),
+        )
+    )
+    facts = Facts(
+        today=date(2026, 11, 23),
+        related_persons={
+            "RelatedPerson/9": RelatedPersonFact(
+                "RelatedPerson/9", "Patient/c", frozenset({"MTH"})
+            ),
+            "RelatedPerson/8": RelatedPersonFact(
+                "RelatedPerson/8", "Patient/a", frozenset({"SPS"})
+            ),
+        },
+        birth_dates={"Patient/c": date(2015, 1, 1), "Patient/a": date(1980, 1, 1)},
+        consents=[
+            ConsentFact(
+                "Consent/1", "Patient/a", frozenset({"RelatedPerson/8"}), frozenset({"LAB_RESULTS"})
+            )
+        ],
+    )
+    cases = {
+        "parent reads a minor's Observation": Request(
+            (Identity("RelatedPerson/9"),), "read", "Observation", Target(frozenset({"Patient/c"}))
+        ),
+        "parent searches Observations": Request(
+            (Identity("RelatedPerson/9"),), "search", "Observation"
+        ),
+        "spouse reads an adult's lab result by Consent": Request(
+            (Identity("RelatedPerson/8"),), "read", "Observation", Target(frozenset({"Patient/a"}))
+        ),
+        "write without the related person's reference (denied)": Request(
+            (Identity("RelatedPerson/9"),), "create", "CarePlan", Target(frozenset({"Patient/c"}))
+        ),
+    }
+    number = 50_000
+    reference = (
+        min(timeit.repeat(lambda: Decision(allowed=False), number=number, repeat=5)) / number
+    )
+    print(f"reference (build an empty Decision): {reference * 1e6:.2f} us")
+    print("| case | decide() us per call | ratio to reference | goal |")
+    print("|---|---|---|---|")
+    for name, request in cases.items():
+        seconds = (
+            min(timeit.repeat(lambda r=request: decide(r, policy, facts), number=number, repeat=5))
+            / number
+        )
+        print(f"| {name} | {seconds * 1e6:.1f} | {seconds / reference:.1f} | < 20 us |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""`decide(request, policy, facts) -> Decision`: the compartment rules of DESIGN.md 5.3 and 5.4.
+
+Pure: the caller hands in everything (the identities from the token, the facts loaded from the
+database, today's date) and gets a value back. Default deny; a `deny` rule that applies wins over
+any `allow`; the caller ANDs the result with the token's scopes. For a search the Decision carries
+the compartments (and the creator) that the SQL filter must restrict to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+
+from compartments.policy import WRITES, Policy, Reason, Rule
+
+# v3 RoleCode parents (natural, adoptive, step) and guardian, and the seed's own codes.
+PARENT_OR_GUARDIAN = frozenset(
+    {
+        "PRN", "MTH", "FTH", "NPRN", "NMTH", "NFTH", "ADOPTP", "ADOPTM", "ADOPTF",
+        "STPPRN", "STPMTH", "STPFTH", "GUARD", "PARENT", "GUARDIAN",
+    }
+)  # fmt: skip
+# Consent scopes of the family specification, and the resource types each opens.
+CONSENT_SCOPES: Mapping[str, frozenset[str]] = {
+    "DEMOGRAPHICS": frozenset({"Patient"}),
+    "CLINICAL_SUMMARY": frozenset(
+        {
+            "Condition",
+            "AllergyIntolerance",
+            "Procedure",
+            "CarePlan",
+            "Immunization",
+            "FamilyMemberHistory",
+            "ClinicalImpression",
+        }
+    ),
+    "ENCOUNTERS": frozenset({"Encounter", "EpisodeOfCare"}),
+    "PRESCRIPTIONS": frozenset(
+        {
+            "MedicationRequest",
+            "MedicationStatement",
+            "MedicationDispense",
+            "MedicationAdministration",
+        }
+    ),
+    "LAB_RESULTS": frozenset({"Observation", "DiagnosticReport", "Specimen"}),
+    "APPOINTMENTS": frozenset({"Appointment", "AppointmentResponse"}),
+}
+# What a related person of an adult sees without a Consent.
+DEMOGRAPHICS = CONSENT_SCOPES["DEMOGRAPHICS"]
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """An acting identity: the token's `fhirUser`, or a target of its Person's links."""
+
+    reference: str  # "RelatedPerson/9"
+    verified: bool = True  # Person.link assurance level3/level4 (or the fhirUser itself)
+
+    @property
+    def role(self) -> str:
+        return self.reference.split("/", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class RelatedPersonFact:
+    reference: str  # "RelatedPerson/9"
+    patient: str  # "Patient/1"
+    relationships: frozenset[str] = frozenset()
+    active: bool = True
+    start: date | None = None
+    end: date | None = None
+
+    def in_force(self, today: date) -> bool:
+        return (
+            self.active
+            and (self.start is None or self.start <= today)
+            and (self.end is None or today <= self.end)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentFact:
+    reference: str  # "Consent/3"
+    patient: str
+    actors: frozenset[str]
+    scopes: frozenset[str]
+    active: bool = True  # status active and provision.type permit
+    start: date | None = None
+    end: date | None = None
+
+    def grants(self, actor: str, patient: str, resource_type: str, today: date) -> bool:
+        return (
+            self.active
+            and self.patient == patient
+            and actor in self.actors
+            and (self.start is None or self.start <= today)
+            and (self.end is None or today <= self.end)
+            and any(resource_type in CONSENT_SCOPES.get(s, frozenset()) for s in self.scopes)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Facts:
+    today: date
+    related_persons: Mapping[str, RelatedPersonFact] = field(default_factory=dict)
+    birth_dates: Mapping[str, date | None] = field(default_factory=dict)  # "Patient/1" -> date
+    consents: Sequence[ConsentFact] = ()
+    care: Mapping[str, frozenset[str]] = field(default_factory=dict)  # practitioner -> patients
+    majority_age: int = 18
+    emergency_bypass: bool = False
+
+    def is_minor(self, patient: str) -> bool:
+        born = self.birth_dates.get(patient)
+        if born is None:
+            return False  # no birthDate counts as adult
+        years = (
+            self.today.year
+            - born.year
+            - ((self.today.month, self.today.day) < (born.month, born.day))
+        )
+        return years < self.majority_age
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """The resource an instance operation touches: its compartments and creator. For update
+    and patch, the caller decides on the stored version and on the result, both."""
+
+    compartments: frozenset[str]
+    created_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    identities: tuple[Identity, ...]
+    operation: str
+    resource_type: str
+    target: Target | None = None  # None: a search, answered with a filter
+    purpose_of_use: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    rule: Rule | None = None
+    reason: Reason | None = None
+    explanation: str = ""
+    evidence: tuple[str, ...] = ()  # the links, Consents, care relationships relied on
+    everything: bool = False  # the filter is "all resources" (allow validator)
+    compartments: frozenset[str] = frozenset()  # the search filter
+    creators: frozenset[str] = frozenset()  # resources these identities created
+    emergency: bool = False
+
+    @property
+    def message(self) -> str:
+        return self.reason.message if self.reason else "Allowed"
+
+
+def deny(reason: Reason, explanation: str, rule: Rule | None = None) -> Decision:
+    return Decision(allowed=False, rule=rule, reason=reason, explanation=explanation)
+
+
+def decide(request: Request, policy: Policy, facts: Facts) -> Decision:
+    """The decision for a request. Several identities: allowed if any is, filters united."""
+    if not request.identities:
+        return deny(Reason.INVALID_ROLE, "no identity")
+    decisions = [_decide_one(identity, request, policy, facts) for identity in request.identities]
+    allowed = [d for d in decisions if d.allowed]
+    if not allowed:
+        return decisions[0]
+    first = allowed[0]
+    return Decision(
+        allowed=True,
+        rule=first.rule,
+        explanation="; ".join(d.explanation for d in allowed),
+        evidence=tuple(e for d in allowed for e in d.evidence),
+        everything=any(d.everything for d in allowed),
+        compartments=frozenset().union(*(d.compartments for d in allowed)),
+        creators=frozenset().union(*(d.creators for d in allowed)),
+        emergency=any(d.emergency for d in allowed),
+    )
+
+
+def _decide_one(identity: Identity, request: Request, policy: Policy, facts: Facts) -> Decision:
+    rules = policy.applicable(identity.role, request.resource_type, request.operation)
+    if not rules:
+        return deny(
+            Reason.INVALID_ROLE,
+            f"no rule lets a {identity.role} {request.operation} {request.resource_type}",
+        )
+    for rule in rules:
+        if rule.validator == "deny":
+            return deny(Reason.INVALID_ROLE, rule.description or "denied by policy", rule)
+    last = deny(Reason.INVALID_ROLE, "no rule applies")
+    for rule in rules:
+        decision = _VALIDATORS[rule.validator](identity, request, facts, rule)
+        if decision.allowed:
+            return decision
+        last = decision
+    return last
+
+
+def _within(decision: Decision, request: Request, rule: Rule) -> Decision:
+    """An instance operation is allowed when its resource is inside the decision's filter."""
+    target = request.target
+    if target is None or decision.everything:
+        return decision
+    if target.compartments & decision.compartments or (target.created_by in decision.creators):
+        return decision
+    return deny(
+        Reason.INVALID_COMPARTMENT, "the resource is outside the permitted compartments", rule
+    )
+
+
+def _allow(identity: Identity, request: Request, facts: Facts, rule: Rule) -> Decision:
+    return Decision(
+        allowed=True, rule=rule, explanation=f"{identity.role}: allowed by policy", everything=True
+    )
+
+
+def _patient(identity: Identity, request: Request, facts: Facts, rule: Rule) -> Decision:
+    if identity.role != "Patient":
+        return deny(Reason.INVALID_ROLE, "the patient_compartment rule is for patients", rule)
+    if not identity.verified:
+        return _within(_unverified(identity, rule), request, rule)
+    decision = Decision(
+        allowed=True,
+        rule=rule,
+        explanation=f"{identity.reference}: own compartment",
+        evidence=(identity.reference,),
+        compartments=frozenset({identity.reference}),
+    )
+    return _within(decision, request, rule)
+
+
+def _unverified(identity: Identity, rule: Rule) -> Decision:
+    return Decision(
+        allowed=True,
+        rule=rule,
+        reason=None,
+        explanation=f"{identity.reference}: unverified link, only what it created",
+        evidence=(f"unverified:{identity.reference}",),
+        creators=frozenset({identity.reference}),
+    )
+
+
+def _related_person(identity: Identity, request: Request, facts: Facts, rule: Rule) -> Decision:
+    if identity.role != "RelatedPerson":
+        return deny(
+            Reason.INVALID_ROLE, "the relatedperson_compartment rule is for related persons", rule
+        )
+    link = facts.related_persons.get(identity.reference)
+    if link is None or not link.in_force(facts.today):
+        return deny(Reason.LINK_INACTIVE, f"{identity.reference} is not active", rule)
+    if not identity.verified:
+        return _within(_unverified(identity, rule), request, rule)
+    patient = link.patient
+    evidence = [identity.reference]
+    if facts.is_minor(patient) and link.relationships & PARENT_OR_GUARDIAN:
+        evidence.append(f"minor:{patient}")
+    elif request.resource_type in DEMOGRAPHICS and request.operation not in WRITES:
+        evidence.append(f"demographics:{patient}")
+    else:
+        consent = next(
+            (
+                c
+                for c in facts.consents
+                if c.grants(identity.reference, patient, request.resource_type, facts.today)
+            ),
+            None,
+        )
+        if consent is None:
+            return deny(
+                Reason.CONSENT_REQUIRED, f"{patient} is an adult: a Consent must permit this", rule
+            )
+        evidence.append(consent.reference)
+    decision = Decision(
+        allowed=True,
+        rule=rule,
+        explanation=f"{identity.reference} for {patient}",
+        evidence=tuple(evidence),
+        compartments=frozenset({patient}),
+    )
+    target = request.target
+    if (
+        target is not None
+        and request.operation in WRITES
+        and not {patient, identity.reference} <= target.compartments
+    ):
+        return deny(
+            Reason.REFERENCE_MISMATCH,
+            f"a write must reference both {patient} and {identity.reference}",
+            rule,
+        )
+    return _within(decision, request, rule)
+
+
+def _practitioner(identity: Identity, request: Request, facts: Facts, rule: Rule) -> Decision:
+    if identity.role != "Practitioner":
+        return deny(
+            Reason.INVALID_ROLE, "the practitioner_relationship rule is for practitioners", rule
+        )
+    patients = facts.care.get(identity.reference, frozenset())
+    decision = Decision(
+        allowed=True,
+        rule=rule,
+        explanation=f"{identity.reference}: care relationships",
+        evidence=tuple(sorted(patients)),
+        compartments=patients,
+    )
+    within = (
+        _within(decision, request, rule)
+        if patients
+        else deny(Reason.INVALID_COMPARTMENT, "no care relationship", rule)
+    )
+    if within.allowed:
+        return within
+    if (
+        facts.emergency_bypass
+        and request.purpose_of_use == "BTG"
+        and request.reason
+        and request.operation not in WRITES
+        and request.target is not None
+    ):
+        patients_of_target = frozenset(
+            c for c in request.target.compartments if c.startswith("Patient/")
+        )
+        if patients_of_target:
+            return Decision(
+                allowed=True,
+                rule=rule,
+                explanation=f"{identity.reference}: emergency access ({request.reason})",
+                evidence=("break-glass", *sorted(patients_of_target)),
+                compartments=patients_of_target,
+                emergency=True,
+            )
+    return within
+
+
+_VALIDATORS = {
+    "allow": _allow,
+    "patient_compartment": _patient,
+    "relatedperson_compartment": _related_person,
+    "practitioner_relationship": _practitioner,
+}
