@@ -6,10 +6,8 @@ Decision, so the ratio shows what the rules cost beyond Python's call and alloca
 
 from __future__ import annotations
 
-import json
 import timeit
 from datetime import date
-from importlib import resources
 
 from capability.definitions import resource_types
 from compartments.engine import (
@@ -22,16 +20,11 @@ from compartments.engine import (
     Target,
     decide,
 )
-from compartments.policy import Policy, load_policy
+from compartments.policy import Policy, default_policy
 
 
 def main() -> None:
-    policy = Policy(
-        load_policy(
-            json.loads(resources.files("compartments").joinpath("default-policy.json").read_text()),
-            resource_types(),
-        )
-    )
+    policy = Policy(default_policy(resource_types()))
     facts = Facts(
         today=date(2026, 11, 23),
         related_persons={

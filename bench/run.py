@@ -241,6 +241,28 @@ def start_database(stack: ExitStack) -> tuple[Path, str, int]:
 
 
 @dataclass(frozen=True, slots=True)
+class Deployment:
+    """A fresh embedded PostgreSQL and `fhir-server serve` on it, its memory sampled."""
+
+    tmp: Path
+    url: str
+    postmaster: int
+    server: subprocess.Popen[bytes]
+    base: str
+    sampler: MemorySampler
+
+
+def start_server(stack: ExitStack) -> Deployment:
+    tmp, url, postmaster = start_database(stack)
+    exe = str(Path(sys.executable).parent / "fhir-server")
+    env = {"POSTGRES_URL": url, "FHIR_MIGRATE_ON_START": "false"}
+    server, base = serve(stack, [exe, "serve"], env, tmp)
+    sampler = MemorySampler(server.pid).start()
+    stack.callback(sampler.stop)
+    return Deployment(tmp, url, postmaster, server, base, sampler)
+
+
+@dataclass(frozen=True, slots=True)
 class Ingest:
     resources: int
     seconds: list[float]  # one per transaction
@@ -441,12 +463,9 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
         print("for the same cores, so its figures are lower bounds; apt-get install wrk)")
 
     print("starting an embedded PostgreSQL in a temporary folder and migrating it", flush=True)
-    tmp, url, postmaster = start_database(stack)
-    exe = str(Path(sys.executable).parent / "fhir-server")
-    env = {"POSTGRES_URL": url, "FHIR_MIGRATE_ON_START": "false"}
-    server, base = serve(stack, [exe, "serve"], env, tmp)
-    sampler = MemorySampler(server.pid).start()
-    stack.callback(sampler.stop)
+    deployment = start_server(stack)
+    tmp, url, postmaster = deployment.tmp, deployment.url, deployment.postmaster
+    server, base, sampler = deployment.server, deployment.base, deployment.sampler
     print(f"fhir-server serve is ready at {base} (pid {server.pid})")
 
     print(f"ingest: {args.patients:,} Patients in transactions of {args.batch:,}", flush=True)

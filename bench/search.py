@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from urllib.parse import quote
 
 import httpx
@@ -36,11 +35,9 @@ from bench.run import (
     RESULTS,
     ROOT,
     CpuMeter,
-    MemorySampler,
     conditions,
     rss_mb,
-    serve,
-    start_database,
+    start_server,
 )
 from bench.search_data import (
     MRN_SYSTEM,
@@ -390,12 +387,9 @@ def run(args: argparse.Namespace, stack: ExitStack, *, append: bool) -> None:
     appended to the REST benchmark's when `append`."""
     load_before = os.getloadavg()[0]
     print("search benchmark: a new embedded PostgreSQL and server", flush=True)
-    tmp, url, postmaster = start_database(stack)
-    exe = str(Path(sys.executable).parent / "fhir-server")
-    env = {"POSTGRES_URL": url, "FHIR_MIGRATE_ON_START": "false"}
-    server, base = serve(stack, [exe, "serve"], env, tmp)
-    sampler = MemorySampler(server.pid).start()
-    stack.callback(sampler.stop)
+    deployment = start_server(stack)
+    tmp, url, postmaster = deployment.tmp, deployment.url, deployment.postmaster
+    server, base, sampler = deployment.server, deployment.base, deployment.sampler
     meter = CpuMeter(server.pid, postmaster)
     print(
         f"fhir-server serve is ready at {base} (pid {server.pid}); ingest: {args.search_patients:,} "

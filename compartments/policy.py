@@ -6,9 +6,11 @@ a bad file stops the server with a message naming the rule (by position) and the
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from importlib import resources
 from typing import Any
 
 import jsonschema
@@ -103,6 +105,12 @@ def _describe(problem: jsonschema.ValidationError) -> str:
     if problem.validator == "enum":
         return f"{where}: {problem.instance!r} is not one of the allowed values"
     return f"{where}: {problem.message}"
+
+
+def default_policy(resource_types: Iterable[str]) -> tuple[Rule, ...]:
+    """The policy shipped with the server (`default-policy.json`, every rule documented)."""
+    text = resources.files("compartments").joinpath("default-policy.json").read_text()
+    return load_policy(json.loads(text), resource_types)
 
 
 def applicable(rules: Iterable[Rule], role: str, resource_type: str, operation: str) -> list[Rule]:

@@ -126,14 +126,14 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-def _media_type(request: Request) -> str | None:
+def media_type(request: Request) -> str | None:
     value = request.headers.get("content-type")
     return value.split(";")[0].strip().lower() if value else None
 
 
 async def resource_body(request: Request) -> Any:
     """A JSON resource body: `application/fhir+json` or `application/json` (or no type at all)."""
-    media = _media_type(request)
+    media = media_type(request)
     if media is not None and media not in JSON_TYPES:
         if any(hint in media for hint in _XML_HINTS):
             message = f"`Content-Type: {media}` is not supported: send `application/fhir+json`"
@@ -149,7 +149,7 @@ ResourceBody = Annotated[Any, Depends(resource_body)]
 
 
 async def patch_body(request: Request) -> Any:
-    media = _media_type(request)
+    media = media_type(request)
     if media != "application/json-patch+json":
         raise UnsupportedMediaType(
             f"`Content-Type: {media}` is not supported for patch: send `application/json-patch+json`"

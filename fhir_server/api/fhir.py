@@ -17,6 +17,7 @@ from fhir_server.api.deps import (
     PatchBody,
     ResourceBody,
     interaction,
+    media_type,
     read_body,
 )
 from fhir_server.api.responses import fhir_response, read_response, write_response
@@ -143,7 +144,7 @@ async def search_type(fhir: FhirInteraction, type: str, request: Request) -> Res
 
 async def search_type_post(fhir: FhirInteraction, type: str, request: Request) -> Response:
     """`POST [base]/{type}/_search` with `application/x-www-form-urlencoded` parameters."""
-    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    media = media_type(request)
     if media != "application/x-www-form-urlencoded":
         raise UnsupportedMediaType(
             f"`Content-Type: {media}` is not supported for _search: send "

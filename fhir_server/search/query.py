@@ -15,6 +15,7 @@ from typing import Any
 
 from capability.definitions import compartment_definition, resource_types
 from fhir_server.errors import BadRequest
+from fhir_server.search.index import date_range, number_range
 from fhir_server.search.parameters import SearchParam, search_params
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
@@ -92,12 +93,6 @@ class Include:
     target_type: str | None
     iterate: bool
     reverse: bool
-
-    def text(self) -> str:
-        parts = [self.source_type, self.param.code if self.param else "*"]
-        if self.target_type:
-            parts.append(self.target_type)
-        return ":".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -345,8 +340,6 @@ class _Parser:
         return first
 
     def check_dates(self, name: str, values: tuple[str, ...]) -> None:
-        from fhir_server.search.index import date_range
-
         for value in values:
             _prefix, text = split_prefix(value)
             if date_range(text) is None:
@@ -438,8 +431,6 @@ class _Parser:
         return Criterion(resource_type, param, None, split_values(value), parts=tuple(alternatives))
 
     def check_prefixed(self, param: SearchParam, name: str, values: tuple[str, ...]) -> None:
-        from fhir_server.search.index import date_range, number_range
-
         for value in values:
             _prefix, text = split_prefix(value)
             if param.type == "date":

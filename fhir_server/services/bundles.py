@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
-from fhir_server.errors import BadRequest
 from fhir_server.storage.repository import StoredVersion
 
 
@@ -47,20 +45,6 @@ def history_entry(base_url: str, version: StoredVersion) -> dict[str, Any]:
         "lastModified": version.last_updated.isoformat(timespec="microseconds"),
     }
     return entry
-
-
-def encode_cursor(values: list[Any]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps(values)).decode().rstrip("=")
-
-
-def decode_cursor(token: str) -> list[Any]:
-    try:
-        values = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-    except (ValueError, orjson.JSONDecodeError):
-        raise BadRequest(f"`_page` token `{token[:40]}` is not one this server issued") from None
-    if not isinstance(values, list):
-        raise BadRequest(f"`_page` token `{token[:40]}` is not one this server issued")
-    return values
 
 
 def bundle(bundle_type: str, *, entries: list[dict[str, Any]], **fields: Any) -> bytes:

@@ -8,10 +8,10 @@ from datetime import datetime
 from urllib.parse import urlencode
 
 from fhir_server.errors import BadRequest, NotFound
-from fhir_server.services.bundles import bundle, decode_cursor, encode_cursor, history_entry
+from fhir_server.services.bundles import bundle, history_entry
 from fhir_server.services.context import Context
-from fhir_server.services.resources import format_instant
 from fhir_server.storage import repository
+from fhir_server.storage.cursors import decode_cursor, encode_cursor
 from fhir_server.storage.repository import HistoryCursor
 from fhir_server.storage.sql import Connection
 
@@ -55,13 +55,15 @@ async def history(
     since = parse_instant("_since", params["_since"]) if "_since" in params else None
     after = None
     if "_page" in params:
-        values = decode_cursor(params["_page"])
-        try:
-            after = HistoryCursor(
-                datetime.fromisoformat(values[0]), values[1], values[2], int(values[3])
-            )
-        except (IndexError, ValueError, TypeError):
-            raise BadRequest("`_page` is not a token this server issued") from None
+        moment, resource_type_after, id_after, version = decode_cursor(params["_page"], 4)
+        if not (
+            isinstance(moment, datetime)
+            and isinstance(resource_type_after, str)
+            and isinstance(id_after, str)
+            and isinstance(version, int)
+        ):
+            raise BadRequest("`_page` is not a cursor this server gave out", code="value")
+        after = HistoryCursor(moment, resource_type_after, id_after, version)
     if id is not None:
         assert resource_type is not None
         if not await repository.exists(conn, resource_type, id):
@@ -79,9 +81,7 @@ async def history(
     links = [{"relation": "self", "url": f"{url}?{urlencode({**kept, **dict(params)})}"}]
     if more and page:
         last = page[-1]
-        token = encode_cursor(
-            [format_instant(last.last_updated), last.resource_type, last.id, last.version_id]
-        )
+        token = encode_cursor((last.last_updated, last.resource_type, last.id, last.version_id))
         links.append({"relation": "next", "url": f"{url}?{urlencode({**kept, '_page': token})}"})
     fields: dict[str, object] = {"id": str(uuid.uuid4()), "link": links}
     if id is not None and resource_type is not None:

@@ -25,9 +25,9 @@ from fhir_server.search.query import (
 )
 from fhir_server.services.bundles import bundle
 from fhir_server.services.context import Context
+from fhir_server.storage.cursors import encode_cursor
 from fhir_server.storage.search_sql import (
     count_statement,
-    encode_cursor,
     include_statement,
     search_statement,
 )

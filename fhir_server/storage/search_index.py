@@ -15,17 +15,14 @@ from fhir_server.search.index import IndexRows
 from fhir_server.storage.sql import Connection, copy_rows
 from fhir_server.storage.tables import SEARCH_TABLES
 
+_ARRAY_TYPES = {"DateTime": "timestamptz[]", "Numeric": "numeric[]"}
+
 # table kind -> (column, PostgreSQL array type) after (resource_type, id, code)
 _COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     kind: tuple(
-        (column.name, _array)
+        (column.name, _ARRAY_TYPES.get(type(column.type).__name__, "text[]"))
         for column in table.columns
         if column.name not in {"resource_type", "id"}
-        for _array in [
-            {"DATETIME": "timestamptz[]", "NUMERIC": "numeric[]"}.get(
-                type(column.type).__name__.upper(), "text[]"
-            )
-        ]
     )
     for kind, table in SEARCH_TABLES.items()
 }

@@ -8,8 +8,6 @@ Values are always bound parameters.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,7 +15,6 @@ from decimal import Decimal
 from functools import cache
 from typing import Any, Protocol
 
-import orjson
 from sqlalchemy import (
     ColumnElement,
     FromClause,
@@ -43,6 +40,7 @@ from fhir_server.search.fhirpath import result_types
 from fhir_server.search.index import DATE_MAX, DATE_MIN, date_range, normalize_string, number_range
 from fhir_server.search.parameters import SearchParam
 from fhir_server.search.query import Criterion, Include, SearchQuery, split_prefix, split_unescaped
+from fhir_server.storage.cursors import decode_cursor
 from fhir_server.storage.tables import SEARCH_TABLES, resources
 
 
@@ -132,16 +130,15 @@ class _Planner:
         self, row: FromClause, param: SearchParam, c: Criterion
     ) -> ColumnElement[bool]:
         index = self.alias(param.type)
-        if param.type == "token":
-            alternatives = [self.token(value, c.modifier, index, param) for value in c.values]
-        else:
-            build = getattr(self, param.type)
-            alternatives = [build(value, c.modifier, index) for value in c.values]
+        build = getattr(self, param.type)
+        alternatives = [build(value, c.modifier, index, param) for value in c.values]
         return self.index_exists(row, param, or_(*alternatives), index)
 
-    # One method per parameter type: the condition on one index row for one value.
+    # One method per parameter type: the condition on one index row for one value of `param`.
 
-    def string(self, value: str, modifier: str | None, ix: FromClause) -> ColumnElement[bool]:
+    def string(
+        self, value: str, modifier: str | None, ix: FromClause, param: SearchParam
+    ) -> ColumnElement[bool]:
         normalized = normalize_string(value)
         if modifier == "exact":
             return and_(ix.c.value == normalized, ix.c.exact == value)
@@ -150,7 +147,7 @@ class _Planner:
         return starts_with(ix.c.value, normalized)
 
     def token(
-        self, value: str, modifier: str | None, ix: FromClause, param: SearchParam | None = None
+        self, value: str, modifier: str | None, ix: FromClause, param: SearchParam
     ) -> ColumnElement[bool]:
         if modifier == "text":
             return starts_with(ix.c.text, normalize_string(value))
@@ -162,19 +159,23 @@ class _Planner:
             return and_(ix.c.value == code, ix.c.system.is_(None))
         if code == "":
             return ix.c.system == system
-        if param is not None and _implicit_system(param):
+        if _implicit_system(param):
             # a plain `code` element is indexed without the system its binding implies
             return and_(ix.c.value == code, or_(ix.c.system == system, ix.c.system.is_(None)))
         return and_(ix.c.value == code, ix.c.system == system)
 
-    def uri(self, value: str, modifier: str | None, ix: FromClause) -> ColumnElement[bool]:
+    def uri(
+        self, value: str, modifier: str | None, ix: FromClause, param: SearchParam
+    ) -> ColumnElement[bool]:
         if modifier == "below":
             return starts_with(ix.c.value, value)
         if modifier == "above":
             return func.starts_with(literal(value), ix.c.value)
         return ix.c.value == value
 
-    def reference(self, value: str, modifier: str | None, ix: FromClause) -> ColumnElement[bool]:
+    def reference(
+        self, value: str, modifier: str | None, ix: FromClause, param: SearchParam
+    ) -> ColumnElement[bool]:
         if modifier == "identifier":
             parts = split_unescaped(value, "|")
             if len(parts) == 1:
@@ -218,7 +219,9 @@ class _Planner:
             return parts[0], parts[1]
         return None
 
-    def date(self, value: str, modifier: str | None, ix: FromClause) -> ColumnElement[bool]:
+    def date(
+        self, value: str, modifier: str | None, ix: FromClause, param: SearchParam
+    ) -> ColumnElement[bool]:
         prefix, text = split_prefix(value)
         found = date_range(text)
         if found is None:
@@ -228,7 +231,9 @@ class _Planner:
             prefix, low, high, ix.c.low, ix.c.high, approximate=_date_slack(low, high)
         )
 
-    def number(self, value: str, modifier: str | None, ix: FromClause) -> ColumnElement[bool]:
+    def number(
+        self, value: str, modifier: str | None, ix: FromClause, param: SearchParam
+    ) -> ColumnElement[bool]:
         prefix, text = split_prefix(value)
         found = number_range(text)
         if found is None:
@@ -236,7 +241,9 @@ class _Planner:
         exact, low, high = found
         return number_condition(prefix, exact, low, high, ix.c.value)
 
-    def quantity(self, value: str, modifier: str | None, ix: FromClause) -> ColumnElement[bool]:
+    def quantity(
+        self, value: str, modifier: str | None, ix: FromClause, param: SearchParam
+    ) -> ColumnElement[bool]:
         prefix, text = split_prefix(value)
         parts = split_unescaped(text, "|")
         found = number_range(parts[0])
@@ -440,48 +447,6 @@ def _date_slack(low: datetime, high: datetime) -> timedelta:
 
 def _without_modifier(c: Criterion) -> Criterion:
     return Criterion(c.resource_type, c.param, None, c.values)
-
-
-# --- cursors -------------------------------------------------------------------------------
-
-
-def encode_cursor(keys: tuple[Any, ...]) -> str:
-    text = orjson.dumps([_json_key(k) for k in keys])
-    return base64.urlsafe_b64encode(text).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str, expected: int) -> tuple[Any, ...]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        keys = orjson.loads(raw)
-    except (binascii.Error, ValueError, orjson.JSONDecodeError):
-        raise BadRequest("`_page` is not a cursor this server gave out", code="value") from None
-    if not isinstance(keys, list) or len(keys) != expected:
-        raise BadRequest("`_page` does not belong to this search", code="value")
-    return tuple(_from_json_key(k) for k in keys)
-
-
-def _json_key(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return {"t": value.isoformat()}
-    if isinstance(value, Decimal):
-        return {"n": str(value)}
-    return value
-
-
-def _from_json_key(value: Any) -> Any:
-    if isinstance(value, dict):
-        try:
-            if "t" in value:
-                return datetime.fromisoformat(value["t"])
-            if "n" in value:
-                return Decimal(value["n"])
-        except (ValueError, ArithmeticError):
-            pass
-        raise BadRequest("`_page` is not a cursor this server gave out", code="value")
-    if value is None or isinstance(value, str | int | float):
-        return value
-    raise BadRequest("`_page` is not a cursor this server gave out", code="value")
 
 
 def _after(

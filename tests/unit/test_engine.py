@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from datetime import date, timedelta
-from importlib import resources
 from typing import Any
 
 import pytest
@@ -22,14 +20,9 @@ from compartments.engine import (
     Target,
     decide,
 )
-from compartments.policy import OPERATIONS, Policy, Reason, Rule, load_policy
+from compartments.policy import OPERATIONS, Policy, Reason, Rule, default_policy
 
-POLICY = Policy(
-    load_policy(
-        json.loads(resources.files("compartments").joinpath("default-policy.json").read_text()),
-        resource_types(),
-    )
-)
+POLICY = Policy(default_policy(resource_types()))
 TODAY = date(2026, 11, 23)
 PARENT = Identity("RelatedPerson/9")
 CHILD = "Patient/c"

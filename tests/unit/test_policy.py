@@ -2,28 +2,29 @@
 
 from __future__ import annotations
 
-import json
-from importlib import resources
 from typing import Any
 
 import pytest
 
 from capability.definitions import resource_types
-from compartments.policy import PolicyError, Reason, Rule, applicable, load_policy
-
-
-def default_policy() -> Any:
-    return json.loads(resources.files("compartments").joinpath("default-policy.json").read_text())
+from compartments.policy import (
+    PolicyError,
+    Reason,
+    Rule,
+    applicable,
+    default_policy,
+    load_policy,
+)
 
 
 def test_the_default_policy_loads_and_documents_every_rule() -> None:
-    rules = load_policy(default_policy(), resource_types())
+    rules = default_policy(resource_types())
     assert len(rules) > 10
     assert all(rule.description for rule in rules)
 
 
 def test_default_policy_denies_what_grants_access() -> None:
-    rules = load_policy(default_policy(), resource_types())
+    rules = default_policy(resource_types())
     for role, entity in [
         ("RelatedPerson", "Consent"),
         ("RelatedPerson", "Person"),

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from fhir_server.errors import BadRequest
 from fhir_server.search.query import parse_search, split_prefix, split_unescaped, split_values
-from fhir_server.storage.search_sql import decode_cursor, encode_cursor
+from fhir_server.storage.cursors import decode_cursor, encode_cursor
 
 
 def test_values_split_at_unescaped_commas() -> None:
