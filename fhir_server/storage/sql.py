@@ -66,23 +66,10 @@ async def execute(conn: Connection, statement: Statement, params: Params) -> int
     return cursor.rowcount
 
 
-async def execute_many(
-    conn: Connection, statement: Statement, params: Sequence[Params], *, returning: bool = False
-) -> int:
-    """Run a statement for each set of values in one pipelined round trip.
-
-    With `returning`, the count is of rows the statement returned (an `INSERT ... ON CONFLICT DO
-    NOTHING RETURNING` returns none for a conflicting row); otherwise of rows affected.
-    """
+async def execute_many(conn: Connection, statement: Statement, params: Sequence[Params]) -> None:
+    """Run a statement for each set of values, pipelined in one round trip."""
     async with conn.cursor() as cursor:
-        await cursor.executemany(statement.sql, params, returning=returning)
-        if not returning:
-            return cursor.rowcount
-        returned = 0
-        while True:
-            returned += len(await cursor.fetchall())
-            if not cursor.nextset():
-                return returned
+        await cursor.executemany(statement.sql, params)
 
 
 def _prepare(
