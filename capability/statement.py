@@ -25,6 +25,18 @@ SYSTEM_INTERACTIONS: tuple[str, ...] = ("transaction", "batch", "history-system"
 FORMATS: tuple[str, ...] = ("application/fhir+json", "json")
 PATCH_FORMATS: tuple[str, ...] = ("application/json-patch+json",)
 
+OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+RESTFUL_SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+# The oauth-uris sub-extensions, in the order the SMART App Launch IG defines them.
+OAUTH_URI_KINDS: tuple[str, ...] = (
+    "authorize",
+    "token",
+    "register",
+    "manage",
+    "introspect",
+    "revoke",
+)
+
 
 SEARCH_RESULT_DOCUMENTATION = (
     "Search result parameters: _count (up to the configured maximum), _sort (several keys, - for "
@@ -35,14 +47,63 @@ SEARCH_RESULT_DOCUMENTATION = (
 )
 
 
+def security(
+    base_url: str, oauth: Mapping[str, str | None] | None = None, *, cors: bool = False
+) -> dict[str, Any]:
+    """`rest.security`: the SMART-on-FHIR service, and the (deprecated in SMART 2.0, still read by
+    older clients) oauth-uris extension.
+
+    `oauth` maps `authorize`, `token`, `register`, `manage`, `introspect` and `revoke` to URLs; an
+    unset (None or empty) URL is left out. The extension is written only with an `authorize` URL,
+    which its profile requires (1..1): without one, clients discover the token endpoint from
+    `.well-known/smart-configuration` alone. `cors` says whether the server adds CORS headers.
+    """
+    urls = {kind: url for kind, url in (oauth or {}).items() if url}
+    unknown = sorted(set(urls) - set(OAUTH_URI_KINDS))
+    if unknown:
+        raise ValueError(f"unknown oauth-uris {unknown}; expected some of {list(OAUTH_URI_KINDS)}")
+    block: dict[str, Any] = {}
+    if "authorize" in urls:
+        block["extension"] = [
+            {
+                "url": OAUTH_URIS,
+                "extension": [
+                    {"url": kind, "valueUri": urls[kind]}
+                    for kind in OAUTH_URI_KINDS
+                    if kind in urls
+                ],
+            }
+        ]
+    block["cors"] = cors
+    block["service"] = [
+        {
+            "coding": [
+                {
+                    "system": RESTFUL_SECURITY_SERVICE,
+                    "code": "SMART-on-FHIR",
+                    "display": "SMART-on-FHIR",
+                }
+            ]
+        }
+    ]
+    block["description"] = (
+        "OAuth2 bearer access tokens as SMART App Launch 2.0 defines them. The authorization "
+        "server's endpoints, scopes and capabilities are announced at "
+        f"{base_url}/.well-known/smart-configuration."
+    )
+    return block
+
+
 def capability_statement(
     *,
     base_url: str,
     update_create: bool,
     date: str,
     search: Callable[[str], Mapping[str, list[Any]]] | None = None,
+    oauth: Mapping[str, str | None] | None = None,
 ) -> dict[str, Any]:
-    """`search(type)` gives the searchParam, searchInclude and searchRevInclude of a type."""
+    """`search(type)` gives the searchParam, searchInclude and searchRevInclude of a type;
+    `oauth` the authorization server's URLs by oauth-uris kind (see `security`)."""
     resources: list[dict[str, Any]] = [
         {
             "type": name,
@@ -76,6 +137,7 @@ def capability_statement(
         "rest": [
             {
                 "mode": "server",
+                "security": security(base_url, oauth),
                 "resource": resources,
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
                 **({"documentation": SEARCH_RESULT_DOCUMENTATION} if search else {}),

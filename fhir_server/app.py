@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from fhir_server.api import errors, fhir, ops
+from fhir_server.api import errors, fhir, ops, smart
 from fhir_server.api.runtime import Runtime
 from fhir_server.settings import Settings
 from fhir_server.storage.database import Database
@@ -40,4 +40,5 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     errors.install(app)
     fhir.install(app)
     ops.install(app)
+    smart.install(app)
     return app

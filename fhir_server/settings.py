@@ -45,6 +45,13 @@ class Settings:
     auth_audience: str | None = None
     auth_algorithms: tuple[str, ...] = ("RS256", "ES256")
     auth_leeway_seconds: int = 30
+    # The identity provider's OAuth2 endpoints, announced by SMART discovery
+    # (`/fhir/.well-known/smart-configuration`) and the CapabilityStatement.
+    auth_authorize_url: str | None = None
+    auth_token_url: str | None = None
+    auth_revocation_url: str | None = None
+    auth_introspection_url: str | None = None
+    auth_management_url: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -95,4 +102,9 @@ class Settings:
                 if a.strip()
             ),
             auth_leeway_seconds=num("FHIR_AUTH_LEEWAY_SECONDS", defaults.auth_leeway_seconds),
+            auth_authorize_url=get("FHIR_AUTH_AUTHORIZE_URL"),
+            auth_token_url=get("FHIR_AUTH_TOKEN_URL"),
+            auth_revocation_url=get("FHIR_AUTH_REVOCATION_URL"),
+            auth_introspection_url=get("FHIR_AUTH_INTROSPECTION_URL"),
+            auth_management_url=get("FHIR_AUTH_MANAGEMENT_URL"),
         )

@@ -34,11 +34,19 @@ IfNoneExist = Annotated[str | None, Header(alias="If-None-Exist")]
 
 
 async def metadata(fhir: FhirInteraction) -> Response:
+    settings = fhir.ctx.settings
     statement = capability_statement(
         base_url=fhir.ctx.base_url,
-        update_create=fhir.ctx.settings.update_create,
+        update_create=settings.update_create,
         date=datetime.now(UTC).date().isoformat(),
         search=search_capabilities,
+        oauth={
+            "authorize": settings.auth_authorize_url,
+            "token": settings.auth_token_url,
+            "manage": settings.auth_management_url,
+            "introspect": settings.auth_introspection_url,
+            "revoke": settings.auth_revocation_url,
+        },
     )
     return fhir_response(orjson.dumps(statement))
 
