@@ -47,6 +47,8 @@ CONSENT_SCOPES: Mapping[str, frozenset[str]] = {
     "LAB_RESULTS": frozenset({"Observation", "DiagnosticReport", "Specimen"}),
     "APPOINTMENTS": frozenset({"Appointment", "AppointmentResponse"}),
 }
+# The CodeSystem of those scopes in `Consent.provision.code`.
+CONSENT_SCOPE_SYSTEM = "urn:fhir-server:consent-scope"
 # What a related person of an adult sees without a Consent.
 DEMOGRAPHICS = CONSENT_SCOPES["DEMOGRAPHICS"]
 
@@ -138,6 +140,8 @@ class Request:
     operation: str
     resource_type: str
     target: Target | None = None  # None: a search, answered with a filter
+    # Who acts ("Person/5", "RelatedPerson/9"): an unverified link sees what this account created.
+    account: str | None = None
     purpose_of_use: str | None = None
     reason: str | None = None
 
@@ -225,7 +229,7 @@ def _patient(identity: Identity, request: Request, facts: Facts, rule: Rule) -> 
     if identity.role != "Patient":
         return deny(Reason.INVALID_ROLE, "the patient_compartment rule is for patients", rule)
     if not identity.verified:
-        return _within(_unverified(identity, rule), request, rule)
+        return _within(_unverified(identity, request, rule), request, rule)
     decision = Decision(
         allowed=True,
         rule=rule,
@@ -236,14 +240,15 @@ def _patient(identity: Identity, request: Request, facts: Facts, rule: Rule) -> 
     return _within(decision, request, rule)
 
 
-def _unverified(identity: Identity, rule: Rule) -> Decision:
+def _unverified(identity: Identity, request: Request, rule: Rule) -> Decision:
+    account = request.account or identity.reference
     return Decision(
         allowed=True,
         rule=rule,
         reason=None,
-        explanation=f"{identity.reference}: unverified link, only what it created",
+        explanation=f"{identity.reference}: unverified link, only what {account} created",
         evidence=(f"unverified:{identity.reference}",),
-        creators=frozenset({identity.reference}),
+        creators=frozenset({account}),
     )
 
 
@@ -256,7 +261,7 @@ def _related_person(identity: Identity, request: Request, facts: Facts, rule: Ru
     if link is None or not link.in_force(facts.today):
         return deny(Reason.LINK_INACTIVE, f"{identity.reference} is not active", rule)
     if not identity.verified:
-        return _within(_unverified(identity, rule), request, rule)
+        return _within(_unverified(identity, request, rule), request, rule)
     patient = link.patient
     evidence = [identity.reference]
     if facts.is_minor(patient) and link.relationships & PARENT_OR_GUARDIAN:
@@ -273,6 +278,16 @@ def _related_person(identity: Identity, request: Request, facts: Facts, rule: Ru
             None,
         )
         if consent is None:
+            if request.resource_type == "RelatedPerson" and request.operation not in WRITES:
+                # a related person always sees its own record
+                own = Decision(
+                    allowed=True,
+                    rule=rule,
+                    explanation=f"{identity.reference}: its own record",
+                    evidence=(identity.reference,),
+                    compartments=frozenset({identity.reference}),
+                )
+                return _within(own, request, rule)
             return deny(
                 Reason.CONSENT_REQUIRED, f"{patient} is an adult: a Consent must permit this", rule
             )

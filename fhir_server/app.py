@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
+from capability.definitions import resource_types
+from compartments.policy import Policy, PolicyError, Rule, default_policy, load_policy
 from fhir_server.api import errors, fhir, ops, smart
 from fhir_server.api.runtime import Runtime
+from fhir_server.audit.trail import AuditTrail
+from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_key
+from fhir_server.auth.tokens import TokenSettings, TokenVerifier
+from fhir_server.services.context import Context
 from fhir_server.settings import Settings
 from fhir_server.storage.database import Database
 from fhir_server.validation import ResourceValidator
@@ -17,16 +25,64 @@ from fhir_server.validation import ResourceValidator
 log = logging.getLogger(__name__)
 
 
+def token_settings(settings: Settings) -> TokenSettings:
+    """The identity provider's keys, issuer and audience; without `FHIR_AUTH_JWKS`, the local
+    development key of the data folder (`fhir-server dev-token`)."""
+    if settings.auth_jwks is None:
+        log.warning(
+            "FHIR_AUTH_JWKS is not set: trusting the development signing key in %s/auth "
+            "(fhir-server dev-token); never in production",
+            settings.data_dir,
+        )
+        return TokenSettings(
+            issuer=DEV_ISSUER,
+            audience=DEV_AUDIENCE,
+            jwks=str(ensure_dev_key(settings.data_dir)),
+            algorithms=("ES256",),
+            leeway_seconds=settings.auth_leeway_seconds,
+        )
+    if not settings.auth_issuer or not settings.auth_audience:
+        raise ValueError("`FHIR_AUTH_JWKS` needs `FHIR_AUTH_ISSUER` and `FHIR_AUTH_AUDIENCE` too")
+    return TokenSettings(
+        issuer=settings.auth_issuer,
+        audience=settings.auth_audience,
+        jwks=settings.auth_jwks,
+        algorithms=settings.auth_algorithms,
+        leeway_seconds=settings.auth_leeway_seconds,
+    )
+
+
+def load_policy_file(path: Path | None) -> tuple[Rule, ...]:
+    """The policy of `FHIR_POLICY_FILE`, or the shipped default; a bad file stops the server
+    with a message naming the rule and the field."""
+    if path is None:
+        return default_policy(resource_types())
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PolicyError(f"cannot read the policy file `{path}`: {exc}") from None
+    try:
+        return load_policy(document, resource_types())
+    except PolicyError as exc:
+        raise PolicyError(f"the policy file `{path}` is not valid: {exc}") from None
+
+
 def create_app(settings: Settings, database_url: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        verifier = TokenVerifier(token_settings(settings))
+        policy = Policy(load_policy_file(settings.policy_file))
         db = Database(database_url, pool_size=settings.db_pool_size)
         await db.open()
-        app.state.runtime = Runtime(settings, db, ResourceValidator())
-        log.warning("authentication is not enabled: every client can read and write every resource")
+        validator = ResourceValidator()
+        server = Context(settings=settings, validator=validator, base_url="")
+        audit = AuditTrail(db, server)
+        app.state.runtime = Runtime(settings, db, validator, verifier, policy, audit)
+        audit.start()
         try:
             yield
         finally:
+            await audit.close()
             await db.close()
 
     app = FastAPI(

@@ -36,6 +36,8 @@ class Issue:
     diagnostics: str
     severity: str = "error"
     expression: tuple[str, ...] = ()
+    # A stable reason as (system, code, display): OperationOutcome.issue.details.
+    details: tuple[str, str, str] | None = None
 
 
 class FhirError(Exception):
@@ -74,6 +76,23 @@ class Unauthorized(FhirError):
 class Forbidden(FhirError):
     status = 403
     code = "forbidden"
+
+
+REASON_SYSTEM = "urn:fhir-server:access-reason"
+
+
+class AccessDenied(Forbidden):
+    """The compartment engine or the token's scopes said no: the reason code is in the
+    OperationOutcome (`issue.details`), with its short message; never which resource exists."""
+
+    def __init__(
+        self, reason: str = "", message: str = "", *, issues: Sequence[Issue] | None = None
+    ) -> None:
+        if issues is None:
+            issues = [Issue("forbidden", message, details=(REASON_SYSTEM, reason, message))]
+        super().__init__(issues=issues)
+        details = self.issues[0].details if self.issues else None
+        self.reason = details[1] if details else reason
 
 
 class NotFound(FhirError):

@@ -36,6 +36,12 @@ class Settings:
     max_bundle_entries: int = 10_000
     db_pool_size: int = 10
     log_level: str = "info"
+    # Access control (docs/security.md): the policy file (the shipped default when unset), the
+    # age of majority, break-glass for practitioners, and the token role that makes an Admin.
+    policy_file: Path | None = None
+    majority_age: int = 18
+    emergency_bypass: bool = False
+    auth_admin_role: str = "fhir-admin"
     # Extra base URLs under which references count as local (e.g. behind a proxy).
     local_bases: tuple[str, ...] = field(default_factory=tuple)
     # Bearer tokens (docs/configuration.md). Without a JWKS, the development key in the data
@@ -86,6 +92,10 @@ class Settings:
             max_bundle_entries=num("FHIR_MAX_BUNDLE_ENTRIES", defaults.max_bundle_entries),
             db_pool_size=num("FHIR_DB_POOL_SIZE", defaults.db_pool_size),
             log_level=(get("LOG_LEVEL") or defaults.log_level).lower(),
+            policy_file=Path(policy) if (policy := get("FHIR_POLICY_FILE")) else None,
+            majority_age=num("MAJORITY_AGE", defaults.majority_age),
+            emergency_bypass=_bool(get("EMERGENCY_BYPASS") or "false"),
+            auth_admin_role=get("FHIR_AUTH_ADMIN_ROLE") or defaults.auth_admin_role,
             local_bases=tuple(
                 b.strip().rstrip("/")
                 for b in (get("FHIR_LOCAL_BASES") or "").split(",")

@@ -6,13 +6,18 @@ serving the app on a free loopback port in a background thread.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -22,6 +27,7 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from fhir_server.app import create_app
+from fhir_server.auth.devkeys import dev_token
 from fhir_server.settings import Settings
 from fhir_server.storage.database import migrate
 
@@ -77,9 +83,41 @@ def _free_port() -> int:
         return port
 
 
+# The development signing key every test server trusts (unless a test configures another
+# identity provider), and that `token()` signs with: real ES256 tokens, checked by the server.
+KEYS_DIR = Path(tempfile.mkdtemp(prefix="fhir-test-keys-"))
+atexit.register(shutil.rmtree, KEYS_DIR, ignore_errors=True)
+
+
+def token(
+    fhir_user: str | None = None,
+    scope: str = "system/*.cruds",
+    *,
+    patient: str | None = None,
+    lifetime_seconds: int = 3600,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """A signed access token, by default a System client's with every permission."""
+    return dev_token(
+        KEYS_DIR,
+        fhir_user=fhir_user,
+        scope=scope,
+        patient=patient,
+        lifetime_seconds=lifetime_seconds,
+        extra=extra,
+    )
+
+
+def auth(fhir_user: str | None = None, scope: str = "system/*.cruds", **kw: Any) -> dict[str, str]:
+    """The Authorization header of `token(...)`."""
+    return {"Authorization": f"Bearer {token(fhir_user, scope, **kw)}"}
+
+
 class LiveServer:
     def __init__(self, settings: Settings, url: str) -> None:
         self.port = _free_port()
+        if settings.auth_jwks is None:
+            settings = replace(settings, data_dir=KEYS_DIR)
         config = uvicorn.Config(
             create_app(settings, url),
             host="127.0.0.1",
@@ -116,7 +154,7 @@ def live_server(database_url: str) -> Iterator[LiveServer]:
 
 @pytest.fixture
 def client(live_server: LiveServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=f"{live_server.origin}/fhir", timeout=30) as c:
+    with httpx.Client(base_url=f"{live_server.origin}/fhir", timeout=30, headers=auth()) as c:
         yield c
 
 

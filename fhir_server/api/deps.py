@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
 from capability.definitions import resource_types
 from fhir_server.api.runtime import Runtime
+from fhir_server.auth.tokens import Principal, bearer
 from fhir_server.errors import NotAcceptable, NotSupported, PayloadTooLarge, UnsupportedMediaType
+from fhir_server.services.access import load_guard
 from fhir_server.services.context import Context
 from fhir_server.services.resources import parse_json
 from fhir_server.storage.database import Database
+from fhir_server.storage.sql import Connection
 
 JSON_TYPES = frozenset({"application/fhir+json", "application/json"})
 _FORMAT_ALIASES = {"json": "application/fhir+json", "application/json": "application/fhir+json"}
@@ -26,12 +31,38 @@ def runtime(request: Request) -> Runtime:
 
 @dataclass(frozen=True, slots=True)
 class Interaction:
-    """What a FHIR handler works with: the database, the request's context, `Prefer: return`."""
+    """What a FHIR handler works with: the database, the request's context, `Prefer: return`,
+    and the verified caller, whose guard `authorized(conn)` loads."""
 
     db: Database
     ctx: Context
     prefer: str
     lenient: bool  # `Prefer: handling=lenient`: unknown search parameters are ignored
+    runtime: Runtime
+    principal: Principal
+    purpose_of_use: str | None = None
+    reason: str | None = None
+
+    @asynccontextmanager
+    async def authorized(self, conn: Connection) -> AsyncIterator[Context]:
+        """The context with the caller's guard (identities and facts loaded on `conn`); every
+        decision made under it is audited when the block ends, denials before the response."""
+        settings = self.ctx.settings
+        guard = await load_guard(
+            conn,
+            self.principal,
+            self.runtime.policy,
+            today=self.ctx.clock().date(),
+            majority_age=settings.majority_age,
+            emergency_bypass=settings.emergency_bypass,
+            admin_role=settings.auth_admin_role,
+            purpose_of_use=self.purpose_of_use,
+            reason=self.reason,
+        )
+        try:
+            yield replace(self.ctx, guard=guard)
+        finally:
+            await self.runtime.audit.record(guard)
 
 
 def interaction(request: Request) -> Interaction:
@@ -46,9 +77,20 @@ def interaction(request: Request) -> Interaction:
     if type is not None and type not in resource_types():
         raise NotSupported(f"resource type `{type}` is not supported", code="not-supported")
     rt = runtime(request)
+    headers = request.headers
+    principal = rt.verifier.verify(bearer(headers.get("authorization")))
     ctx = Context(settings=rt.settings, validator=rt.validator, base_url=base_url(request, rt))
-    prefer = request.headers.get("prefer")
-    return Interaction(rt.db, ctx, prefer_return(prefer), _prefers(prefer, "handling", "lenient"))
+    prefer = headers.get("prefer")
+    return Interaction(
+        rt.db,
+        ctx,
+        prefer_return(prefer),
+        _prefers(prefer, "handling", "lenient"),
+        rt,
+        principal,
+        purpose_of_use=headers.get("x-purpose-of-use"),
+        reason=headers.get("x-break-glass-reason"),
+    )
 
 
 async def _interaction_dependency(request: Request) -> Interaction:

@@ -9,7 +9,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fhir_server.api.responses import outcome_response
-from fhir_server.errors import FhirError, Issue
+from fhir_server.errors import AccessDenied, FhirError, Issue, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,17 @@ _HTTP_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "
 
 async def fhir_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, FhirError)
-    return outcome_response(exc.status, list(exc.issues))
+    headers = None
+    if isinstance(exc, Unauthorized):
+        # RFC 6750 section 3: what the client must do is in the challenge
+        description = exc.issues[0].diagnostics.replace('"', "'") if exc.issues else ""
+        headers = {
+            "WWW-Authenticate": f'Bearer realm="fhir", error="invalid_token", '
+            f'error_description="{description}"'
+        }
+    elif isinstance(exc, AccessDenied) and exc.reason == "insufficient_scope":
+        headers = {"WWW-Authenticate": 'Bearer realm="fhir", error="insufficient_scope"'}
+    return outcome_response(exc.status, list(exc.issues), headers)
 
 
 async def http_error(request: Request, exc: Exception) -> Response:

@@ -16,9 +16,12 @@ from fhir_server.api.deps import (
     FhirInteraction,
     PatchBody,
     ResourceBody,
+    base_url,
     interaction,
     media_type,
+    negotiate,
     read_body,
+    runtime,
 )
 from fhir_server.api.responses import fhir_response, read_response, write_response
 from fhir_server.errors import NotSupported, UnsupportedMediaType
@@ -33,10 +36,13 @@ IfMatch = Annotated[str | None, Header(alias="If-Match")]
 IfNoneExist = Annotated[str | None, Header(alias="If-None-Exist")]
 
 
-async def metadata(fhir: FhirInteraction) -> Response:
-    settings = fhir.ctx.settings
+async def metadata(request: Request) -> Response:
+    """The CapabilityStatement: public, as SMART clients read it before they have a token."""
+    negotiate(request)
+    rt = runtime(request)
+    settings = rt.settings
     statement = capability_statement(
-        base_url=fhir.ctx.base_url,
+        base_url=base_url(request, rt),
         update_create=settings.update_create,
         date=datetime.now(UTC).date().isoformat(),
         search=search_capabilities,
@@ -52,19 +58,19 @@ async def metadata(fhir: FhirInteraction) -> Response:
 
 
 async def batch_or_transaction(fhir: FhirInteraction, body: ResourceBody) -> Response:
-    async with fhir.db.transaction() as conn:
-        result = await bundle.process(fhir.ctx, conn, body, prefer=fhir.prefer)
+    async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
+        result = await bundle.process(ctx, conn, body, prefer=fhir.prefer)
     return fhir_response(result)
 
 
 async def system_history(fhir: FhirInteraction, request: Request) -> Response:
-    async with fhir.db.transaction() as conn:
-        return fhir_response(await history.history(fhir.ctx, conn, request.query_params))
+    async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
+        return fhir_response(await history.history(ctx, conn, request.query_params))
 
 
 async def type_history(fhir: FhirInteraction, type: str, request: Request) -> Response:
-    async with fhir.db.transaction() as conn:
-        body = await history.history(fhir.ctx, conn, request.query_params, resource_type=type)
+    async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
+        body = await history.history(ctx, conn, request.query_params, resource_type=type)
     return fhir_response(body)
 
 
@@ -76,8 +82,8 @@ async def create_resource(
 ) -> Response:
     # A plain create is one statement, atomic on its own; a conditional one searches first.
     unit = fhir.db.transaction() if if_none_exist else fhir.db.connection()
-    async with unit as conn:
-        result = await create.create(fhir.ctx, conn, type, body, if_none_exist=if_none_exist)
+    async with unit as conn, fhir.authorized(conn) as ctx:
+        result = await create.create(ctx, conn, type, body, if_none_exist=if_none_exist)
     return write_response(fhir.ctx.base_url, result, fhir.prefer)
 
 
@@ -85,9 +91,9 @@ async def create_resource(
 # dependency it costs about a sixth of a read's CPU (docs/performance.md).
 async def read_resource(request: Request, type: str, id: str) -> Response:
     fhir = interaction(request)
-    async with fhir.db.connection() as conn:
-        found = await read.read(conn, type, id)
-    return read_response(found)
+    async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
+        found = await read.read(ctx, conn, type, id)
+    return read_response(found, emergency=ctx.guard.emergency)
 
 
 async def update_resource(
@@ -97,10 +103,8 @@ async def update_resource(
     body: ResourceBody,
     if_match: IfMatch = None,
 ) -> Response:
-    async with fhir.db.transaction() as conn:
-        result = await update.update(
-            fhir.ctx, conn, type, id, body, if_match=parse_if_match(if_match)
-        )
+    async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
+        result = await update.update(ctx, conn, type, id, body, if_match=parse_if_match(if_match))
     return write_response(fhir.ctx.base_url, result, fhir.prefer)
 
 
@@ -111,16 +115,14 @@ async def patch_resource(
     body: PatchBody,
     if_match: IfMatch = None,
 ) -> Response:
-    async with fhir.db.transaction() as conn:
-        result = await patch.patch(
-            fhir.ctx, conn, type, id, body, if_match=parse_if_match(if_match)
-        )
+    async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
+        result = await patch.patch(ctx, conn, type, id, body, if_match=parse_if_match(if_match))
     return write_response(fhir.ctx.base_url, result, fhir.prefer)
 
 
 async def delete_resource(fhir: FhirInteraction, type: str, id: str) -> Response:
-    async with fhir.db.transaction() as conn:
-        version = await delete.delete(fhir.ctx, conn, type, id)
+    async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
+        version = await delete.delete(ctx, conn, type, id)
     headers = {"ETag": f'W/"{version}"'} if version is not None else {}
     if fhir.prefer == "OperationOutcome":
         return fhir_response(information(f"`{type}/{id}` deleted"), 200, headers)
@@ -128,24 +130,22 @@ async def delete_resource(fhir: FhirInteraction, type: str, id: str) -> Response
 
 
 async def instance_history(fhir: FhirInteraction, type: str, id: str, request: Request) -> Response:
-    async with fhir.db.transaction() as conn:
-        body = await history.history(
-            fhir.ctx, conn, request.query_params, resource_type=type, id=id
-        )
-    return fhir_response(body)
+    async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
+        body = await history.history(ctx, conn, request.query_params, resource_type=type, id=id)
+    return fhir_response(body, emergency=ctx.guard.emergency)
 
 
 async def vread_resource(request: Request, type: str, id: str, vid: str) -> Response:
     fhir = interaction(request)
-    async with fhir.db.connection() as conn:
-        found = await read.vread(conn, type, id, vid)
-    return read_response(found)
+    async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
+        found = await read.vread(ctx, conn, type, id, vid)
+    return read_response(found, emergency=ctx.guard.emergency)
 
 
 async def search_type(fhir: FhirInteraction, type: str, request: Request) -> Response:
-    async with fhir.db.connection() as conn:
+    async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
         body = await search.search(
-            fhir.ctx, conn, type, request.query_params.multi_items(), strict=not fhir.lenient
+            ctx, conn, type, request.query_params.multi_items(), strict=not fhir.lenient
         )
     return fhir_response(body)
 
@@ -160,8 +160,8 @@ async def search_type_post(fhir: FhirInteraction, type: str, request: Request) -
         )
     form = parse_qsl((await read_body(request)).decode("utf-8", "replace"), keep_blank_values=True)
     params = [*request.query_params.multi_items(), *form]
-    async with fhir.db.connection() as conn:
-        body = await search.search(fhir.ctx, conn, type, params, strict=not fhir.lenient)
+    async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
+        body = await search.search(ctx, conn, type, params, strict=not fhir.lenient)
     return fhir_response(body)
 
 
@@ -173,9 +173,9 @@ async def search_compartment(
         raise NotSupported(f"`{compartment}` is not a compartment", code="not-supported")
     if member != "*" and member not in resource_types():
         raise NotSupported(f"resource type `{member}` is not supported", code="not-supported")
-    async with fhir.db.connection() as conn:
+    async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
         body = await search.search(
-            fhir.ctx,
+            ctx,
             conn,
             None if member == "*" else member,
             request.query_params.multi_items(),

@@ -11,11 +11,19 @@ from fhir_server.services.outcome_json import information, operation_outcome_byt
 from fhir_server.storage.repository import StoredVersion
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
+# Set on a response that an emergency (break-glass) access made possible.
+EMERGENCY_HEADER = "X-Emergency-Access"
 
 
 def fhir_response(
-    body: bytes | str, status: int = 200, headers: dict[str, str] | None = None
+    body: bytes | str,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+    *,
+    emergency: bool = False,
 ) -> Response:
+    if emergency:
+        headers = {**(headers or {}), EMERGENCY_HEADER: "break-glass; audited"}
     return Response(content=body, status_code=status, media_type=FHIR_JSON, headers=headers)
 
 
@@ -23,9 +31,9 @@ def version_headers(version: StoredVersion) -> dict[str, str]:
     return {"ETag": etag(version.version_id), "Last-Modified": http_date(version.last_updated)}
 
 
-def read_response(version: StoredVersion) -> Response:
+def read_response(version: StoredVersion, *, emergency: bool = False) -> Response:
     assert version.content is not None
-    return fhir_response(version.content, 200, version_headers(version))
+    return fhir_response(version.content, 200, version_headers(version), emergency=emergency)
 
 
 def write_response(base_url: str, result: Result, prefer: str) -> Response:

@@ -1,9 +1,13 @@
-"""What the application holds for its lifetime: settings, database pool, validator."""
+"""What the application holds for its lifetime: settings, database pool, validator, token
+verifier, access policy, audit trail."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from compartments.policy import Policy
+from fhir_server.audit.trail import AuditTrail
+from fhir_server.auth.tokens import TokenVerifier
 from fhir_server.settings import Settings
 from fhir_server.storage.database import Database
 from fhir_server.validation import ResourceValidator
@@ -14,3 +18,6 @@ class Runtime:
     settings: Settings
     db: Database
     validator: ResourceValidator
+    verifier: TokenVerifier
+    policy: Policy
+    audit: AuditTrail

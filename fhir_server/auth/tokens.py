@@ -10,6 +10,7 @@ reason a client can act on and nothing more.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from jwt import PyJWK, PyJWKClient, PyJWKSet
 from fhir_server.auth.scopes import Scope, ScopeError, parse_scopes
 from fhir_server.errors import Unauthorized
 
+MAX_REMEMBERED = 10_000
 ASYMMETRIC = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
@@ -66,6 +68,7 @@ class TokenVerifier:
     def __init__(self, settings: TokenSettings) -> None:
         self.settings = settings
         source = settings.jwks
+        self._verified: dict[str, tuple[Principal, float]] = {}
         self._client: PyJWKClient | None = None
         self._keys: PyJWKSet | None = None
         if source.startswith(("https://", "http://")):
@@ -96,6 +99,21 @@ class TokenVerifier:
         return keys[0]
 
     def verify(self, token: str) -> Principal:
+        """The principal of a valid token. A token verified once is remembered until it
+        expires (a signature check costs more than the rest of a read)."""
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, expires = cached
+            if time.time() <= expires + self.settings.leeway_seconds:
+                return principal
+            del self._verified[token]
+        principal = self._verify(token)
+        if len(self._verified) >= MAX_REMEMBERED:
+            self._verified.clear()
+        self._verified[token] = (principal, float(principal.claims["exp"]))
+        return principal
+
+    def _verify(self, token: str) -> Principal:
         key = self._key(token)
         try:
             claims: dict[str, Any] = jwt.decode(

@@ -23,7 +23,7 @@ from fhir_server.services.bundles import etag, raw
 from fhir_server.services.context import Context
 from fhir_server.services.outcome import Result
 from fhir_server.services.outcome_json import operation_outcome
-from fhir_server.services.resources import new_version, validated
+from fhir_server.services.resources import validated
 from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
 
@@ -163,9 +163,9 @@ async def _get(ctx: Context, conn: Connection, entry: Entry) -> dict[str, Any]:
         )
         return {"resource": orjson.Fragment(body), "response": {"status": "200 OK"}}
     if rtype is not None and id is not None and not tail:
-        found = await read.read(conn, rtype, id)
+        found = await read.read(ctx, conn, rtype, id)
     elif rtype is not None and id is not None and len(tail) == 2 and tail[0] == "_history":
-        found = await read.vread(conn, rtype, id, tail[1])
+        found = await read.vread(ctx, conn, rtype, id, tail[1])
     elif rtype is not None and id is None and not tail:
         pairs = parse_qsl(entry.query, keep_blank_values=True)
         body = await search.search(ctx, conn, rtype, pairs)
@@ -279,11 +279,9 @@ async def _transaction(
         assert entry.resource_type is not None and entry.id is not None
         try:
             resource = validated(ctx, entry.resource, resource_type=entry.resource_type)
+            version = create.creation(ctx, resource, entry.id, method="POST", last_updated=now)
         except FhirError as exc:
             raise _entry_error(entry.index, exc) from None
-        version = new_version(
-            ctx, resource, id=entry.id, version_id=1, last_updated=now, method="POST"
-        )
         versions.append(version)
         entry.response = _written(ctx, Result.written(201, version), prefer)
     await repository.insert_created(conn, versions)

@@ -27,5 +27,5 @@ async def matching_ids(
     if not [name for name, _ in pairs if name not in RESULT_PARAMETERS]:
         raise BadRequest("conditional criteria must not be empty")
     query = parse_search((resource_type,), [*pairs, ("_count", str(limit))], max_count=limit)
-    statement, _ = search_statement(query, ctx.access, local_bases=ctx.local_bases)
+    statement, _ = search_statement(query, ctx.guard.access("search"), local_bases=ctx.local_bases)
     return [row[1] for row in await fetch_all(conn, statement)][:limit]

@@ -6,13 +6,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from compartments.engine import Facts, Identity
+from compartments.policy import Policy, Rule
+from fhir_server.services.access import Guard
 from fhir_server.settings import Settings
-from fhir_server.storage.search_sql import AccessFilter, Everything
 from fhir_server.validation import ResourceValidator
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+SERVER = "System/fhir-server"
+_SERVER_POLICY = Policy([Rule("System", "*", "*", "allow", "the server's own work")])
+
+
+def server_guard() -> Guard:
+    """The guard of the server's own work (migrations, reindex, tests of the storage layer):
+    System, unrestricted."""
+    return Guard(
+        principal=None,
+        account=SERVER,
+        identities=(Identity(SERVER),),
+        facts=Facts(today=utc_now().date()),
+        policy=_SERVER_POLICY,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,10 +40,13 @@ class Context:
     # The FHIR base URL as the client sees it, e.g. "http://127.0.0.1:8080/fhir".
     base_url: str
     clock: Callable[[], datetime] = field(default=utc_now)
-    # The acting identity recorded as creator ("RelatedPerson/9"); None while unauthenticated.
-    actor: str | None = None
-    # What the caller may see; every search and read statement carries it in its WHERE.
-    access: AccessFilter = field(default_factory=Everything)
+    # Who calls and what they may do; every read, search and write asks it.
+    guard: Guard = field(default_factory=server_guard)
+
+    @property
+    def actor(self) -> str:
+        """The acting account, recorded as the creator of what it creates."""
+        return self.guard.account
 
     @property
     def local_bases(self) -> tuple[str, ...]:

@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 from fhir_server.errors import PreconditionFailed
 from fhir_server.services import conditional
+from fhir_server.services.access import check_result, protect_links, protect_meta
 from fhir_server.services.context import Context
 from fhir_server.services.outcome import Result
 from fhir_server.services.resources import new_version, validated
 from fhir_server.storage import repository
+from fhir_server.storage.repository import NewVersion
 from fhir_server.storage.sql import Connection
 
 
@@ -50,12 +53,33 @@ async def create(
         if existing is not None:
             return existing
     # The client's id is ignored on create (FHIR R4 3.1.0.4): the server assigns one.
-    version = new_version(
-        ctx, resource, id=new_id(), version_id=1, last_updated=ctx.clock(), method="POST"
-    )
+    version = creation(ctx, resource, new_id(), method="POST")
     inserted = await repository.insert_new(conn, version)
     assert inserted, "a fresh UUID collided"
     return Result.written(201, version)
+
+
+def creation(
+    ctx: Context,
+    resource: dict[str, Any],
+    id: str,
+    *,
+    method: str,
+    last_updated: datetime | None = None,
+) -> NewVersion:
+    """The first version of a new resource, once the caller may create it as it is."""
+    protect_meta(ctx.guard, resource, None)
+    protect_links(ctx.guard, resource, None)
+    version = new_version(
+        ctx,
+        resource,
+        id=id,
+        version_id=1,
+        last_updated=last_updated or ctx.clock(),
+        method=method,
+    )
+    check_result(ctx.guard, "create", version, ctx.actor)
+    return version
 
 
 async def find_existing(
@@ -70,6 +94,6 @@ async def find_existing(
         )
     if not ids:
         return None
-    current = await repository.read_current(conn, resource_type, ids[0])
+    current = await repository.read_current(conn, resource_type, ids[0], ctx.guard.access("search"))
     assert current is not None and not current.deleted
     return Result(200, current)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fhir_server.errors import NotFound
+from fhir_server.services.access import check_stored, hidden, unrestricted
 from fhir_server.services.context import Context
 from fhir_server.services.resources import deletion
 from fhir_server.storage import repository
@@ -11,9 +12,13 @@ from fhir_server.storage.sql import Connection
 
 async def delete(ctx: Context, conn: Connection, resource_type: str, id: str) -> int | None:
     """Delete the resource; return the deletion's version id, or None if it was already deleted."""
+    guard = ctx.guard
     locked = await repository.lock_current(conn, resource_type, id)
     if locked is None:
+        if not unrestricted(guard, "delete", resource_type):
+            raise hidden(guard, "delete", resource_type, id)
         raise NotFound(f"`{resource_type}/{id}` is not known")
+    check_stored(guard, "delete", resource_type, id, locked.compartments, locked.created_by)
     if locked.deleted:
         return None
     version = deletion(

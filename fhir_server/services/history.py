@@ -7,12 +7,16 @@ from collections.abc import Mapping
 from datetime import datetime
 from urllib.parse import urlencode
 
+from compartments.engine import Decision
 from fhir_server.errors import BadRequest, NotFound
+from fhir_server.services.access import check_type, hidden, unrestricted
 from fhir_server.services.bundles import bundle, history_entry
 from fhir_server.services.context import Context
+from fhir_server.services.read import break_glass
 from fhir_server.storage import repository
 from fhir_server.storage.cursors import decode_cursor, encode_cursor
 from fhir_server.storage.repository import HistoryCursor
+from fhir_server.storage.search_sql import AccessFilter
 from fhir_server.storage.sql import Connection
 
 SUPPORTED = frozenset({"_count", "_since", "_page", "_format", "_pretty"})
@@ -64,13 +68,38 @@ async def history(
         ):
             raise BadRequest("`_page` is not a cursor this server gave out", code="value")
         after = HistoryCursor(moment, resource_type_after, id_after, version)
+    guard = ctx.guard
+    access: AccessFilter | None = guard.access("history")
     if id is not None:
         assert resource_type is not None
-        if not await repository.exists(conn, resource_type, id):
-            raise NotFound(f"`{resource_type}/{id}` is not known")
+        # the resource as it is now decides whether its history may be seen at all
+        visible = await repository.read_current(conn, resource_type, id, access)
+        if visible is None:
+            if unrestricted(guard, "history", resource_type):
+                raise NotFound(f"`{resource_type}/{id}` is not known")
+            if not await break_glass(ctx, conn, "history", resource_type, id):
+                raise hidden(guard, "history", resource_type, id)
+            access = None
+        else:
+            guard.record(
+                "history",
+                resource_type,
+                f"{resource_type}/{id}",
+                guard.type_decision("history", resource_type),
+            )
+    elif resource_type is not None:
+        check_type(guard, "history", resource_type)
+    else:
+        guard.record("history", None, None, Decision(allowed=True, explanation="per type"))
     # One row more than asked tells whether there is a next page.
     versions = await repository.history(
-        conn, resource_type=resource_type, id=id, since=since, count=count + 1, after=after
+        conn,
+        resource_type=resource_type,
+        id=id,
+        since=since,
+        count=count + 1,
+        after=after,
+        access=access,
     )
     page, more = versions[:count], len(versions) > count
 
@@ -85,5 +114,5 @@ async def history(
         links.append({"relation": "next", "url": f"{url}?{urlencode({**kept, '_page': token})}"})
     fields: dict[str, object] = {"id": str(uuid.uuid4()), "link": links}
     if id is not None and resource_type is not None:
-        fields["total"] = await repository.history_total(conn, resource_type, id, since)
+        fields["total"] = await repository.history_total(conn, resource_type, id, since, access)
     return bundle("history", entries=[history_entry(ctx.base_url, v) for v in page], **fields)

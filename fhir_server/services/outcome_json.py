@@ -14,6 +14,12 @@ def operation_outcome(issues: Sequence[Issue]) -> dict[str, Any]:
     body: list[dict[str, Any]] = []
     for issue in issues:
         item: dict[str, Any] = {"severity": issue.severity, "code": issue.code}
+        if issue.details:
+            system, code, display = issue.details
+            item["details"] = {
+                "coding": [{"system": system, "code": code, "display": display}],
+                "text": display,
+            }
         if issue.diagnostics:
             item["diagnostics"] = issue.diagnostics
         if issue.expression:

@@ -6,10 +6,17 @@ from typing import Any
 
 import jsonpatch
 
-from fhir_server.errors import BadRequest, Unprocessable
+from fhir_server.errors import BadRequest, Gone, NotFound, Unprocessable
+from fhir_server.services.access import (
+    check_result,
+    check_stored,
+    hidden,
+    protect_links,
+    protect_meta,
+    unrestricted,
+)
 from fhir_server.services.context import Context
 from fhir_server.services.outcome import Result
-from fhir_server.services.read import read
 from fhir_server.services.resources import new_version, parse_json, validated
 from fhir_server.services.update import check_precondition
 from fhir_server.storage import repository
@@ -35,10 +42,19 @@ async def patch(
     if_match: int | None = None,
 ) -> Result:
     operations = _operations(body)
+    guard = ctx.guard
     locked = await repository.lock_current(conn, resource_type, id)
-    check_precondition(f"{resource_type}/{id}", locked.version_id if locked else None, if_match)
-    current = await read(conn, resource_type, id)
-    assert current.content is not None and locked is not None
+    if locked is None:
+        if not unrestricted(guard, "patch", resource_type):
+            raise hidden(guard, "patch", resource_type, id)
+        raise NotFound(f"`{resource_type}/{id}` is not known")
+    check_stored(guard, "patch", resource_type, id, locked.compartments, locked.created_by)
+    check_precondition(f"{resource_type}/{id}", locked.version_id, if_match)
+    current = await repository.read_current(conn, resource_type, id)
+    assert current is not None
+    if current.content is None:
+        raise Gone(f"`{resource_type}/{id}` was deleted")
+    stored = parse_json(current.content)
     try:
         patched = operations.apply(parse_json(current.content))
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
@@ -46,6 +62,8 @@ async def patch(
     if not isinstance(patched, dict) or patched.get("id") != id:
         raise Unprocessable("a patch may not change the resource's `id`", expression=["id"])
     resource = validated(ctx, patched, resource_type=resource_type)
+    protect_meta(guard, resource, stored)
+    protect_links(guard, resource, stored)
     version = new_version(
         ctx,
         resource,
@@ -54,5 +72,6 @@ async def patch(
         last_updated=ctx.clock(),
         method="PATCH",
     )
+    check_result(guard, "patch", version, locked.created_by)
     await repository.write_version(conn, version)
     return Result.written(200, version)

@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 import orjson
 
 from capability.definitions import summary_elements
+from compartments.engine import Decision
 from fhir_server.errors import BadRequest
 from fhir_server.search.query import (
     MAX_INCLUDE_DEPTH,
@@ -23,6 +24,7 @@ from fhir_server.search.query import (
     compartment_types,
     parse_search,
 )
+from fhir_server.services.access import check_type, unrestricted
 from fhir_server.services.bundles import bundle
 from fhir_server.services.context import Context
 from fhir_server.storage.cursors import encode_cursor
@@ -60,6 +62,11 @@ async def search(
         max_count=ctx.settings.max_count,
         compartment="/".join(compartment) if compartment else None,
     )
+    if len(types) == 1:
+        check_type(ctx.guard, "search", types[0])
+    else:
+        # every type is filtered by its own grant; types the caller may not see give nothing
+        ctx.guard.record("search", None, path, Decision(allowed=True, explanation="per type"))
     return await run(ctx, conn, query, path)
 
 
@@ -86,17 +93,20 @@ async def run(ctx: Context, conn: Connection, query: SearchQuery, path: str) -> 
     fields: dict[str, Any] = {"id": str(uuid.uuid4())}
     echo = [*query.echo]
     if query.summary == "count" or query.total == "accurate":
-        row = await fetch_one(conn, count_statement(query, ctx.access, local_bases=ctx.local_bases))
+        row = await fetch_one(
+            conn, count_statement(query, ctx.guard.access("search"), local_bases=ctx.local_bases)
+        )
         assert row is not None
         fields["total"] = int(row[0])
-    elif query.total == "estimate":
+    elif query.total == "estimate" and _sees_all(ctx, query):
+        # an estimate comes from table statistics, which know of rows the caller may not see
         fields["total"] = await _estimate(conn, query, ctx)
     links = [{"relation": "self", "url": _link(url, echo, query.cursor)}]
     fields["link"] = links
     if query.summary == "count":
         return bundle("searchset", entries=[], **fields)
 
-    statement, _ = search_statement(query, ctx.access, local_bases=ctx.local_bases)
+    statement, _ = search_statement(query, ctx.guard.access("search"), local_bases=ctx.local_bases)
     rows = await fetch_all(conn, statement)
     page = rows[: query.count]
     if len(rows) > query.count and page:
@@ -127,7 +137,9 @@ async def _included(
         for include in wanted:
             if not include.reverse and include.source_type not in {"*", *(t for t, _ in frontier)}:
                 continue
-            statement = include_statement(include, frontier, ctx.access).limit(MAX_INCLUDED)
+            statement = include_statement(include, frontier, ctx.guard.access("search")).limit(
+                MAX_INCLUDED
+            )
             for resource_type, id, content in await fetch_all(conn, statement):
                 if (resource_type, id) in seen:
                     continue
@@ -187,9 +199,15 @@ def _link(url: str, echo: list[tuple[str, str]], cursor: str | None) -> str:
     return f"{url}?{urlencode(params)}" if params else url
 
 
+def _sees_all(ctx: Context, query: SearchQuery) -> bool:
+    return all(unrestricted(ctx.guard, "search", t) for t in query.resource_types)
+
+
 async def _estimate(conn: Connection, query: SearchQuery, ctx: Context) -> int:
     """The planner's row estimate for the query: cheap, and R4's `_total=estimate`."""
-    sql, params = compile_query(count_statement(query, ctx.access, local_bases=ctx.local_bases))
+    sql, params = compile_query(
+        count_statement(query, ctx.guard.access("search"), local_bases=ctx.local_bases)
+    )
     cursor = await conn.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
     plan = await cursor.fetchone()
     assert plan is not None

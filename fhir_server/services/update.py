@@ -5,9 +5,16 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_server.errors import BadRequest, MethodNotAllowed, PreconditionFailed
+from fhir_server.services.access import (
+    check_result,
+    check_stored,
+    protect_links,
+    protect_meta,
+)
 from fhir_server.services.context import Context
+from fhir_server.services.create import creation
 from fhir_server.services.outcome import Result
-from fhir_server.services.resources import check_id, new_version, validated
+from fhir_server.services.resources import check_id, new_version, parse_json, validated
 from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
 
@@ -50,26 +57,46 @@ async def update(
             else f"the body's id `{body_id}` does not match `{id}` in the URL",
             expression=["id"],
         )
+    guard = ctx.guard
     for _ in range(2):
         locked = await repository.lock_current(conn, resource_type, id)
-        check_precondition(f"{resource_type}/{id}", locked.version_id if locked else None, if_match)
-        now = ctx.clock()
         if locked is None:
+            version = creation(ctx, resource, id, method="PUT")
+            check_precondition(f"{resource_type}/{id}", None, if_match)
             if not ctx.settings.update_create:
                 raise MethodNotAllowed(
                     f"`{resource_type}/{id}` does not exist and this server does not create "
                     "resources by update"
                 )
-            version = new_version(
-                ctx, resource, id=id, version_id=1, last_updated=now, method="PUT"
-            )
             if await repository.insert_new(conn, version):
                 return Result.written(201, version)
             # Someone created it between our lock attempt and insert: take the update path.
             continue
+        # the stored version first: nothing about it (not even its version) before that
+        check_stored(guard, "update", resource_type, id, locked.compartments, locked.created_by)
+        check_precondition(f"{resource_type}/{id}", locked.version_id, if_match)
+        if not guard.privileged:
+            stored = await stored_content(conn, resource_type, id)
+            protect_meta(guard, resource, stored)
+            protect_links(guard, resource, stored)
         version = new_version(
-            ctx, resource, id=id, version_id=locked.version_id + 1, last_updated=now, method="PUT"
+            ctx,
+            resource,
+            id=id,
+            version_id=locked.version_id + 1,
+            last_updated=ctx.clock(),
+            method="PUT",
         )
+        check_result(guard, "update", version, locked.created_by)
         await repository.write_version(conn, version)
         return Result.written(201 if locked.deleted else 200, version)
     raise PreconditionFailed(f"`{resource_type}/{id}` is being created concurrently; retry")
+
+
+async def stored_content(conn: Connection, resource_type: str, id: str) -> dict[str, Any] | None:
+    """The stored resource as JSON, for the fields a non-privileged write may not change."""
+    found = await repository.read_current(conn, resource_type, id)
+    if found is None or found.content is None:
+        return None
+    parsed: dict[str, Any] = parse_json(found.content)
+    return parsed

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    any_,
     bindparam,
     cast,
     func,
@@ -24,14 +25,21 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.sql import ClauseElement
 
 from fhir_server.search.index import IndexRows
 from fhir_server.storage.search_index import (
     copy_index,
     index_ctes,
     index_params,
+)
+from fhir_server.storage.search_sql import (
+    UNRESTRICTED,
+    AccessFilter,
+    Everything,
+    access_clause,
 )
 from fhir_server.storage.sql import (
     Connection,
@@ -90,24 +98,26 @@ _read_current = Statement(
         resources.c.resource_type == bindparam("t"), resources.c.id == bindparam("i")
     )
 )
-_lock_current = Statement(
-    select(resources.c.version_id, resources.c.deleted, resources.c.compartments)
-    .where(resources.c.resource_type == bindparam("t"), resources.c.id == bindparam("i"))
-    .with_for_update()
+_current_target = select(
+    resources.c.version_id,
+    resources.c.deleted,
+    resources.c.compartments,
+    resources.c.created_by,
+).where(resources.c.resource_type == bindparam("t"), resources.c.id == bindparam("i"))
+_lock_current = Statement(_current_target.with_for_update())
+_current_target_unlocked = Statement(_current_target)
+_read_version_query = select(
+    resource_history.c.version_id,
+    resource_history.c.last_updated,
+    resource_history.c.deleted,
+    cast(resource_history.c.content, Text).label("content"),
+    resource_history.c.method,
+).where(
+    resource_history.c.resource_type == bindparam("t"),
+    resource_history.c.id == bindparam("i"),
+    resource_history.c.version_id == bindparam("v"),
 )
-_read_version = Statement(
-    select(
-        resource_history.c.version_id,
-        resource_history.c.last_updated,
-        resource_history.c.deleted,
-        cast(resource_history.c.content, Text).label("content"),
-        resource_history.c.method,
-    ).where(
-        resource_history.c.resource_type == bindparam("t"),
-        resource_history.c.id == bindparam("i"),
-        resource_history.c.version_id == bindparam("v"),
-    )
-)
+_read_version = Statement(_read_version_query)
 
 _content_param = cast(bindparam("content", type_=Text), JSONB)
 
@@ -121,8 +131,9 @@ _VERSION_COLUMNS = (
     "deleted",
     "content",
     "compartments",
+    "created_by",
 )
-_CURRENT_COLUMNS = (*_VERSION_COLUMNS, "created_by")
+_CURRENT_COLUMNS = _VERSION_COLUMNS
 _HISTORY_COLUMNS = (*_VERSION_COLUMNS, "method")
 
 
@@ -188,8 +199,45 @@ def _params(version: NewVersion) -> dict[str, Any]:
     }
 
 
-async def read_current(conn: Connection, resource_type: str, id: str) -> StoredVersion | None:
-    row = await fetch_one(conn, _read_current, {"t": resource_type, "i": id})
+# A read restricted to what a caller may see (the common grant: compartments or creators).
+_read_granted = Statement(
+    select(*_current_cols).where(
+        resources.c.resource_type == bindparam("t"),
+        resources.c.id == bindparam("i"),
+        or_(
+            resources.c.compartments.overlap(bindparam("c", type_=ARRAY(Text))),
+            resources.c.created_by == any_(bindparam("cr", type_=ARRAY(Text))),
+        ),
+    )
+)
+
+
+async def read_current(
+    conn: Connection, resource_type: str, id: str, access: AccessFilter | None = None
+) -> StoredVersion | None:
+    """The current version, or None; with `access`, None also when the caller may not see it."""
+    grant = UNRESTRICTED if access is None else access.grant(resource_type)
+    if grant is None:
+        return None
+    if grant.unrestricted:
+        statement: Statement | ClauseElement = _read_current
+        params: dict[str, Any] = {"t": resource_type, "i": id}
+    elif grant.within is None and not grant.criteria:
+        statement = _read_granted
+        params = {
+            "t": resource_type,
+            "i": id,
+            "c": sorted(grant.compartments),
+            "cr": sorted(grant.creators),
+        }
+    else:
+        statement = select(*_current_cols).where(
+            resources.c.resource_type == resource_type,
+            resources.c.id == id,
+            access_clause(access or Everything(), resources, [resource_type]),
+        )
+        params = {}
+    row = await fetch_one(conn, statement, params)
     if row is None:
         return None
     version_id, last_updated, deleted, content = row
@@ -197,9 +245,20 @@ async def read_current(conn: Connection, resource_type: str, id: str) -> StoredV
 
 
 async def read_version(
-    conn: Connection, resource_type: str, id: str, version_id: int
+    conn: Connection,
+    resource_type: str,
+    id: str,
+    version_id: int,
+    access: AccessFilter | None = None,
 ) -> StoredVersion | None:
-    row = await fetch_one(conn, _read_version, {"t": resource_type, "i": id, "v": version_id})
+    """A version, or None; with `access`, None also when the caller may not see that version."""
+    params = {"t": resource_type, "i": id, "v": version_id}
+    if access is None or isinstance(access, Everything):
+        row = await fetch_one(conn, _read_version, params)
+    else:
+        h = resource_history
+        statement = _read_version_query.where(access_clause(access, h, [resource_type]))
+        row = await fetch_one(conn, statement, params)
     return None if row is None else StoredVersion(resource_type, id, *row)
 
 
@@ -210,11 +269,16 @@ class Locked:
     version_id: int
     deleted: bool
     compartments: list[str]
+    created_by: str | None
 
 
-async def lock_current(conn: Connection, resource_type: str, id: str) -> Locked | None:
-    """Lock the current row for the rest of the transaction, so concurrent writers queue."""
-    row = await fetch_one(conn, _lock_current, {"t": resource_type, "i": id})
+async def lock_current(
+    conn: Connection, resource_type: str, id: str, *, lock: bool = True
+) -> Locked | None:
+    """Lock the current row for the rest of the transaction, so concurrent writers queue
+    (`lock=False`: only read what access control needs of it)."""
+    statement = _lock_current if lock else _current_target_unlocked
+    row = await fetch_one(conn, statement, {"t": resource_type, "i": id})
     return None if row is None else Locked(*row)
 
 
@@ -242,7 +306,7 @@ async def insert_created(conn: Connection, versions: Sequence[NewVersion]) -> No
         for v in versions
     ]
     await copy_rows(conn, resources.name, _CURRENT_COLUMNS, current)
-    history = [(*row[:7], v.method) for row, v in zip(current, versions, strict=True)]
+    history = [(*row, v.method) for row, v in zip(current, versions, strict=True)]
     await copy_rows(conn, resource_history.name, _HISTORY_COLUMNS, history)
     await copy_index(conn, [(v.resource_type, v.id, v.index) for v in versions])
 
@@ -273,8 +337,10 @@ async def history(
     since: datetime | None,
     count: int,
     after: HistoryCursor | None,
+    access: AccessFilter | None = None,
 ) -> list[StoredVersion]:
-    """Versions newest first, for one resource, one type, or the whole system."""
+    """Versions newest first, for one resource, one type, or the whole system; with `access`,
+    only the versions the caller may see."""
     h = resource_history.c
     query = select(
         h.resource_type,
@@ -291,6 +357,12 @@ async def history(
         query = query.where(h.id == id)
     if since is not None:
         query = query.where(h.last_updated >= since)
+    if access is not None:
+        query = query.where(
+            access_clause(
+                access, resource_history, None if resource_type is None else [resource_type]
+            )
+        )
     if after is not None:
         # keyset: strictly after the cursor in (last_updated desc, type, id, version desc) order
         query = query.where(
@@ -310,10 +382,16 @@ async def history(
 
 
 async def history_total(
-    conn: Connection, resource_type: str, id: str, since: datetime | None
+    conn: Connection,
+    resource_type: str,
+    id: str,
+    since: datetime | None,
+    access: AccessFilter | None = None,
 ) -> int:
     h = resource_history.c
     query = select(func.count()).where(h.resource_type == resource_type, h.id == id)
+    if access is not None:
+        query = query.where(access_clause(access, resource_history, [resource_type]))
     if since is not None:
         query = query.where(h.last_updated >= since)
     row = await fetch_one(conn, query)

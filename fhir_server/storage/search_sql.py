@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 
+from capability.definitions import resource_types
 from fhir_server.errors import BadRequest
 from fhir_server.search.fhirpath import result_types
 from fhir_server.search.index import DATE_MAX, DATE_MIN, date_range, normalize_string, number_range
@@ -44,39 +45,64 @@ from fhir_server.storage.cursors import decode_cursor
 from fhir_server.storage.tables import SEARCH_TABLES, resources
 
 
-class AccessFilter(Protocol):
-    """What the caller may see, as a predicate on a `resources` row. Issue 4 fills it in."""
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """Which rows of one resource type the caller may see (DESIGN.md 5.5): everything, or those in
+    any of `compartments` or created by one of `creators`; then, if set, only those also in the
+    `within` compartment (a `patient/` scope's launch context) and matching one of `criteria`
+    (granular scopes such as `Observation.rs?category=laboratory`, each a conjunction)."""
 
-    def clause(self, row: FromClause) -> ColumnElement[bool]: ...
+    everything: bool = False
+    compartments: frozenset[str] = frozenset()
+    creators: frozenset[str] = frozenset()
+    within: str | None = None
+    criteria: tuple[tuple[Criterion, ...], ...] = ()
+
+    @property
+    def unrestricted(self) -> bool:
+        return self.everything and self.within is None and not self.criteria
+
+
+UNRESTRICTED = Grant(everything=True)
+
+
+class AccessFilter(Protocol):
+    """What the caller may see, type by type; `None` for a type it may see nothing of."""
+
+    def grant(self, resource_type: str) -> Grant | None: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Everything:
-    """No restriction: only for privileged callers (and, until authentication, everyone)."""
+    """No restriction: for System and Admin callers, and for the server's own work."""
 
-    def clause(self, row: FromClause) -> ColumnElement[bool]:
-        return true()
+    def grant(self, resource_type: str) -> Grant | None:
+        return UNRESTRICTED
 
 
 @dataclass(frozen=True, slots=True)
 class InCompartments:
-    """Resources in any of these compartments (`"Patient/1"`), or created by `creator`."""
+    """The same grant for every type: resources in these compartments or created by `creator`."""
 
     compartments: frozenset[str]
     creator: str | None = None
 
-    def clause(self, row: FromClause) -> ColumnElement[bool]:
-        allowed: ColumnElement[bool] = (
-            row.c.compartments.overlap(sorted(self.compartments)) if self.compartments else false()
-        )
-        if self.creator is not None:
-            allowed = or_(allowed, row.c.created_by == self.creator)
-        return allowed
+    def grant(self, resource_type: str) -> Grant | None:
+        creators = frozenset({self.creator}) if self.creator else frozenset()
+        return Grant(compartments=self.compartments, creators=creators)
+
+
+def access_clause(
+    access: AccessFilter, row: FromClause, types: Sequence[str] | None
+) -> ColumnElement[bool]:
+    """The access filter as a predicate on a `resources` or `resource_history` row that is one of
+    `types` (None: any type). Types with the same grant share one branch of the OR."""
+    return _Planner(access, ()).access(row, types)
 
 
 class _Planner:
     def __init__(self, access: AccessFilter, local_bases: Sequence[str]) -> None:
-        self.access = access
+        self.filter = access
         self.local_bases = tuple(b.rstrip("/") for b in local_bases)
         self.aliases = 0
 
@@ -93,7 +119,51 @@ class _Planner:
             if len(types) == 1
             else row.c.resource_type.in_(list(types))
         )
-        return [type_clause, row.c.deleted.is_(False), self.access.clause(row)]
+        return [type_clause, row.c.deleted.is_(False), self.access(row, types)]
+
+    def access(self, row: FromClause, types: Sequence[str] | None) -> ColumnElement[bool]:
+        if isinstance(self.filter, Everything):
+            return true()
+        groups: list[tuple[Grant, list[str]]] = []
+        for resource_type in resource_types() if types is None else types:
+            grant = self.filter.grant(resource_type)
+            if grant is None:
+                continue
+            for known, members in groups:
+                if known == grant:
+                    members.append(resource_type)
+                    break
+            else:
+                groups.append((grant, [resource_type]))
+        if types is not None and len(types) == 1:
+            # the caller's WHERE already names the type
+            return self.grant_clause(row, groups[0][0]) if groups else false()
+        branches = []
+        for grant, members in groups:
+            in_types = (
+                row.c.resource_type == members[0]
+                if len(members) == 1
+                else row.c.resource_type.in_(members)
+            )
+            branches.append(and_(in_types, self.grant_clause(row, grant)))
+        return or_(false(), *branches)
+
+    def grant_clause(self, row: FromClause, grant: Grant) -> ColumnElement[bool]:
+        conditions: list[ColumnElement[bool]] = []
+        if not grant.everything:
+            visible: list[ColumnElement[bool]] = []
+            if grant.compartments:
+                visible.append(row.c.compartments.overlap(sorted(grant.compartments)))
+            if grant.creators:
+                visible.append(row.c.created_by.in_(sorted(grant.creators)))
+            conditions.append(or_(false(), *visible))
+        if grant.within is not None:
+            conditions.append(row.c.compartments.contains([grant.within]))
+        if grant.criteria:
+            conditions.append(
+                or_(*(and_(*(self.criterion(row, c) for c in alt)) for alt in grant.criteria))
+            )
+        return and_(true(), *conditions)
 
     def criterion(self, row: FromClause, c: Criterion) -> ColumnElement[bool]:
         param = c.param
@@ -567,9 +637,11 @@ def include_statement(
             link.append(ref.c.code == include.param.code)
         if include.target_type:
             link.append(ref.c.target_type == include.target_type)
-        types = []
-    visible = [target.c.deleted.is_(False), access.clause(target)]
-    if types:
+        types = list(include.param.targets) if include.param is not None else []
+        if include.target_type:
+            types = [include.target_type]
+    visible = [target.c.deleted.is_(False), planner.access(target, types or None)]
+    if include.reverse:
         visible.append(target.c.resource_type == types[0])
     return (
         select(target.c.resource_type, target.c.id, cast(target.c.content, Text).label("content"))

@@ -14,6 +14,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
@@ -42,6 +43,11 @@ resources = Table(
     ),
     Index("resources_compartments_gin", "compartments", postgresql_using="gin"),
     Index("resources_type_updated", "resource_type", "last_updated", "id"),
+    Index(
+        "resources_created_by",
+        "created_by",
+        postgresql_where=text("created_by IS NOT NULL"),
+    ),
 )
 
 # Every version of every resource, including deletions (content null), written in the same
@@ -58,6 +64,8 @@ resource_history = Table(
     Column("method", String(8), nullable=False),
     Column("content", JSONB, nullable=True),
     Column("compartments", ARRAY(Text), nullable=False, server_default="{}"),
+    # The resource's creator, copied onto each version (migration 0003).
+    Column("created_by", Text, nullable=True),
     PrimaryKeyConstraint("resource_type", "id", "version_id", name="resource_history_pkey"),
     Index("resource_history_updated", "last_updated"),
     Index("resource_history_type_updated", "resource_type", "last_updated"),

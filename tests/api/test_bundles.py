@@ -12,8 +12,12 @@ import psycopg
 
 
 def table_counts(db: psycopg.Connection[Any]) -> tuple[int, int]:
-    current = db.execute("SELECT count(*) FROM resources").fetchone()
-    history = db.execute("SELECT count(*) FROM resource_history").fetchone()
+    current = db.execute(
+        "SELECT count(*) FROM resources WHERE resource_type <> 'AuditEvent'"
+    ).fetchone()
+    history = db.execute(
+        "SELECT count(*) FROM resource_history WHERE resource_type <> 'AuditEvent'"
+    ).fetchone()
     assert current is not None and history is not None
     return int(current[0]), int(history[0])
 

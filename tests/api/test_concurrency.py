@@ -8,14 +8,14 @@ from typing import Any
 import httpx
 import psycopg
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, auth
 
 
 def test_same_if_match_exactly_one_wins(
     live_server: LiveServer, db: psycopg.Connection[Any]
 ) -> None:
     base = f"{live_server.origin}/fhir"
-    created = httpx.post(f"{base}/Patient", json={"resourceType": "Patient"}).json()
+    created = httpx.post(f"{base}/Patient", json={"resourceType": "Patient"}, headers=auth()).json()
     id = created["id"]
     for round_ in range(5):
         version = round_ + 1
@@ -25,7 +25,7 @@ def test_same_if_match_exactly_one_wins(
             return httpx.put(
                 f"{base}/Patient/{id}",
                 json=body,
-                headers={"If-Match": f'W/"{version}"'},
+                headers={"If-Match": f'W/"{version}"', **auth()},
                 timeout=30,
             ).status_code
 
@@ -43,12 +43,12 @@ def test_without_if_match_every_update_lands(
     live_server: LiveServer, db: psycopg.Connection[Any]
 ) -> None:
     base = f"{live_server.origin}/fhir"
-    created = httpx.post(f"{base}/Patient", json={"resourceType": "Patient"}).json()
+    created = httpx.post(f"{base}/Patient", json={"resourceType": "Patient"}, headers=auth()).json()
     id = created["id"]
 
     def attempt(i: int) -> int:
         body = {**created, "name": [{"family": f"Writer{i}"}]}
-        return httpx.put(f"{base}/Patient/{id}", json=body, timeout=30).status_code
+        return httpx.put(f"{base}/Patient/{id}", json=body, timeout=30, headers=auth()).status_code
 
     with ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(attempt, range(24)))
@@ -61,7 +61,7 @@ def test_without_if_match_every_update_lands(
     assert [r[0] for r in rows] == list(range(1, 26))
     writers = {r[1] for r in rows[1:]}
     assert writers == {f"Writer{i}" for i in range(24)}
-    current = httpx.get(f"{base}/Patient/{id}").json()
+    current = httpx.get(f"{base}/Patient/{id}", headers=auth()).json()
     assert current["meta"]["versionId"] == "25"
 
 
@@ -73,7 +73,10 @@ def test_concurrent_update_as_create_makes_one_resource(
 
     def attempt(i: int) -> int:
         return httpx.put(
-            f"{base}/Patient/{id}", json={"resourceType": "Patient", "id": id}, timeout=30
+            f"{base}/Patient/{id}",
+            json={"resourceType": "Patient", "id": id},
+            timeout=30,
+            headers=auth(),
         ).status_code
 
     with ThreadPoolExecutor(6) as pool:

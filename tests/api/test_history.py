@@ -20,7 +20,7 @@ def follow(client: httpx.Client, url: str) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     seen = 0
     while url:
-        page = httpx.get(url).json()
+        page = client.get(url).json()
         assert page["type"] == "history"
         entries.extend(page.get("entry", []))
         url = next((link["url"] for link in page["link"] if link["relation"] == "next"), "")

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from fhir_server.settings import Settings
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, auth
 
 
 def count_patients(db: psycopg.Connection[Any]) -> int:
@@ -115,7 +115,7 @@ def test_non_object_body_is_400(client: httpx.Client) -> None:
 def test_body_over_the_limit_is_413(database_url: str) -> None:
     with (
         LiveServer(Settings(max_body_bytes=2000), database_url) as server,
-        httpx.Client(base_url=f"{server.origin}/fhir") as small,
+        httpx.Client(base_url=f"{server.origin}/fhir", headers=auth()) as small,
     ):
         big = {"resourceType": "Patient", "name": [{"family": "x" * 5000}]}
         response = small.post("/Patient", json=big)
@@ -146,7 +146,7 @@ def test_server_fault_is_500_without_internals(empty_database: str) -> None:
     # A server pointed at a database without our schema fails inside SQL: the client sees a plain 500.
     with (
         LiveServer(Settings(), empty_database) as server,
-        httpx.Client(base_url=f"{server.origin}/fhir") as c,
+        httpx.Client(base_url=f"{server.origin}/fhir", headers=auth()) as c,
     ):
         response = c.get("/Patient/1")
         assert response.status_code == 500

@@ -1,9 +1,9 @@
 """The search planner's access filter reaches every statement it builds.
 
-Until authentication lands the API runs with `Everything`, so these tests run the search service
-directly, on the real database, with a restricted filter: what the caller may not see must not
-come back from the main query, `_include`, `_revinclude`, chains, `_has`, compartment search or
-totals.
+These tests run the search service directly, on the real database, with a restricted filter
+(the engine's part is tested through HTTP in tests/api/test_access_*.py): what the caller may not
+see must not come back from the main query, `_include`, `_revinclude`, chains, `_has`,
+compartment search or totals.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ import psycopg
 import pytest
 
 from fhir_server.services import search
-from fhir_server.services.context import Context
+from fhir_server.services.access import Guard
+from fhir_server.services.context import Context, server_guard
 from fhir_server.settings import Settings
 from fhir_server.storage.search_sql import AccessFilter, Everything, InCompartments
 from fhir_server.validation import default_validator
+from tests.conftest import auth
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +110,20 @@ def world(client_module: httpx.Client) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def client_module(live_server: Any) -> Any:
-    with httpx.Client(base_url=f"{live_server.origin}/fhir", timeout=30) as c:
+    with httpx.Client(base_url=f"{live_server.origin}/fhir", timeout=30, headers=auth()) as c:
         yield c
+
+
+class FilterGuard(Guard):
+    """A guard that allows every search and filters it with a given AccessFilter."""
+
+    def __init__(self, access: AccessFilter) -> None:
+        base = server_guard()
+        super().__init__(base.principal, base.account, base.identities, base.facts, base.policy)
+        self._fixed = access
+
+    def access(self, operation: str) -> Any:
+        return self._fixed
 
 
 def run_search(
@@ -123,7 +137,7 @@ def run_search(
         settings=Settings(),
         validator=default_validator(),
         base_url="http://test/fhir",
-        access=access,
+        guard=FilterGuard(access),
     )
 
     async def go() -> bytes:

@@ -1,0 +1,1 @@
+"""AuditEvent records of access decisions (DESIGN.md 5.6)."""

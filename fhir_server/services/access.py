@@ -1,0 +1,614 @@
+"""The caller's access for one request: identities and facts loaded from the database, the
+engine's decisions, the token's scopes, and the SQL filter that carries them (DESIGN.md 5).
+
+Facts are loaded per request, in one statement, never cached: a revoked Consent, an ended
+RelatedPerson, a lowered assurance level or a child's 18th birthday count from the very next
+request. System and Admin callers load nothing (their policy rule is `allow`, narrowed by scopes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import orjson
+
+from compartments.engine import (
+    CONSENT_SCOPE_SYSTEM,
+    ConsentFact,
+    Decision,
+    Facts,
+    Identity,
+    RelatedPersonFact,
+    Request,
+    Target,
+    decide,
+)
+from compartments.policy import Policy, Reason
+from fhir_server.auth.scopes import Scope, granted
+from fhir_server.auth.tokens import Principal
+from fhir_server.errors import AccessDenied, BadRequest, Unauthorized
+from fhir_server.search.query import parse_search
+from fhir_server.storage.search_sql import UNRESTRICTED, Grant
+from fhir_server.storage.sql import Connection, Statement, fetch_all
+
+VERIFIED_ASSURANCE = frozenset({"level3", "level4"})
+# The SMART permission each engine operation needs (v2 letters; v1 read = "rs", write = "cud").
+PERMISSION = {
+    "read": "r",
+    "history": "r",
+    "search": "s",
+    "create": "c",
+    "update": "u",
+    "patch": "u",
+    "delete": "d",
+}
+PRIVILEGED_ROLES = frozenset({"System", "Admin"})
+_SERVER_SCOPE = Scope("system", "*", frozenset("cruds"))
+
+
+@dataclass(frozen=True, slots=True)
+class Audited:
+    """One decision, for the audit trail."""
+
+    operation: str
+    resource_type: str | None
+    resource: str | None  # "Observation/1", when one resource was concerned
+    decision: Decision
+
+
+@dataclass(slots=True)
+class Guard:
+    """Everything access control knows about the caller of one request."""
+
+    principal: Principal | None
+    account: str  # who acts: the fhirUser, "System/<client>" or "Admin/<subject>"
+    identities: tuple[Identity, ...]
+    facts: Facts
+    policy: Policy
+    purpose_of_use: str | None = None
+    reason: str | None = None
+    audited: list[Audited] = field(default_factory=list)
+    _filters: dict[str, AccessFilterForOperation] = field(default_factory=dict)
+    _decisions: dict[tuple[str, str], Decision] = field(default_factory=dict)
+
+    @property
+    def emergency(self) -> bool:
+        """Whether a break-glass decision let this request through."""
+        return any(a.decision.emergency for a in self.audited)
+
+    @property
+    def privileged(self) -> bool:
+        return any(i.role in PRIVILEGED_ROLES for i in self.identities)
+
+    def decide(self, operation: str, resource_type: str, target: Target | None = None) -> Decision:
+        """The policy decision AND the token's scopes."""
+        decision = decide(
+            Request(
+                self.identities,
+                operation,
+                resource_type,
+                target=target,
+                account=self.account,
+                purpose_of_use=self.purpose_of_use,
+                reason=self.reason,
+            ),
+            self.policy,
+            self.facts,
+        )
+        if decision.allowed and not self._scopes(resource_type, operation):
+            return Decision(
+                allowed=False,
+                rule=decision.rule,
+                reason=Reason.INSUFFICIENT_SCOPE,
+                explanation=f"no scope grants `{PERMISSION[operation]}` on {resource_type}",
+            )
+        return decision
+
+    def _scopes(self, resource_type: str, operation: str) -> list[Scope]:
+        if self.principal is None:
+            return [_SERVER_SCOPE]  # the server's own work
+        return granted(self.principal.scopes, resource_type, PERMISSION[operation])
+
+    def type_decision(self, operation: str, resource_type: str) -> Decision:
+        """The decision for a whole type (a search, or the filter of a read), once per request."""
+        key = (operation, resource_type)
+        found = self._decisions.get(key)
+        if found is None:
+            found = self._decisions[key] = self.decide(operation, resource_type)
+        return found
+
+    def grant(self, operation: str, resource_type: str) -> Grant | None:
+        """Which rows of a type this caller may see for `operation`, as the SQL filter."""
+        decision = self.type_decision(operation, resource_type)
+        if not decision.allowed:
+            return None
+        grant = (
+            UNRESTRICTED
+            if decision.everything
+            else Grant(compartments=decision.compartments, creators=decision.creators)
+        )
+        return self._narrow(grant, resource_type, self._scopes(resource_type, operation))
+
+    def _narrow(self, grant: Grant, resource_type: str, scopes: list[Scope]) -> Grant:
+        """Scopes narrow the policy's grant: `patient/` scopes to the launch context's
+        compartment, granular scopes to the resources that match their query. Mixed scopes are
+        narrowed conservatively: an unconditional `user/` or `system/` scope lifts both."""
+        unconditional = [s for s in scopes if s.context != "patient" and not s.query]
+        if unconditional:
+            return grant
+        within = None
+        if any(s.context == "patient" for s in scopes):
+            assert self.principal is not None and self.principal.patient
+            within = f"Patient/{self.principal.patient}"
+        criteria: tuple[Any, ...] = ()
+        if all(s.query for s in scopes):
+            criteria = tuple(_scope_criteria(resource_type, s) for s in scopes)
+        return Grant(
+            everything=grant.everything,
+            compartments=grant.compartments,
+            creators=grant.creators,
+            within=within,
+            criteria=criteria,
+        )
+
+    def access(self, operation: str) -> AccessFilterForOperation:
+        """The AccessFilter of searches, history and reads for this operation."""
+        found = self._filters.get(operation)
+        if found is None:
+            found = self._filters[operation] = AccessFilterForOperation(self, operation)
+        return found
+
+    def require(
+        self,
+        operation: str,
+        resource_type: str,
+        *,
+        target: Target | None = None,
+        resource: str | None = None,
+    ) -> Decision:
+        """The decision, recorded for audit; AccessDenied when it is a no."""
+        decision = self.decide(operation, resource_type, target)
+        self.audited.append(Audited(operation, resource_type, resource, decision))
+        if not decision.allowed:
+            raise denied(decision)
+        return decision
+
+    def record(
+        self, operation: str, resource_type: str | None, resource: str | None, decision: Decision
+    ) -> None:
+        self.audited.append(Audited(operation, resource_type, resource, decision))
+
+
+def denied(decision: Decision) -> AccessDenied:
+    reason = decision.reason or Reason.INVALID_ROLE
+    return AccessDenied(reason.value, reason.message)
+
+
+class AccessFilterForOperation:
+    """`AccessFilter` (storage/search_sql.py) for one operation: the grant of each type, decided
+    once per request."""
+
+    __slots__ = ("_grants", "guard", "operation")
+
+    def __init__(self, guard: Guard, operation: str) -> None:
+        self.guard = guard
+        self.operation = operation
+        self._grants: dict[str, Grant | None] = {}
+
+    def grant(self, resource_type: str) -> Grant | None:
+        try:
+            return self._grants[resource_type]
+        except KeyError:
+            found = self._grants[resource_type] = self.guard.grant(self.operation, resource_type)
+            return found
+
+
+def _scope_criteria(resource_type: str, scope: Scope) -> tuple[Any, ...]:
+    try:
+        return parse_search((resource_type,), list(scope.query)).criteria
+    except BadRequest:
+        # a granular scope this server cannot evaluate grants nothing
+        raise Unauthorized(
+            f"the scope filter `{scope.query}` is not a search this server supports",
+            code="login",
+        ) from None
+
+
+# --- building the guard ---------------------------------------------------------------------
+
+_FACTS = Statement(
+    """
+WITH persons AS (
+    SELECT r.id, r.content FROM resources r
+    WHERE r.resource_type = 'Person' AND NOT r.deleted AND (
+        r.id = %(person)s OR r.id IN (
+            SELECT x.id FROM search_reference x
+            WHERE x.resource_type = 'Person' AND x.code = 'link'
+              AND x.target_type = %(user_type)s AND x.target_id = %(user_id)s))
+),
+targets AS (
+    SELECT x.target_type AS type, x.target_id AS id FROM search_reference x
+    WHERE x.resource_type = 'Person' AND x.code = 'link' AND x.target_type IS NOT NULL
+      AND x.id IN (SELECT id FROM persons)
+    UNION SELECT %(user_type)s, %(user_id)s
+),
+related AS (
+    SELECT r.id, r.content FROM resources r
+    WHERE r.resource_type = 'RelatedPerson' AND NOT r.deleted
+      AND r.id IN (SELECT id FROM targets WHERE type = 'RelatedPerson')
+)
+SELECT 'Person', id, NULL, content::text FROM persons
+UNION ALL
+SELECT 'RelatedPerson', id, NULL, content::text FROM related
+UNION ALL
+SELECT 'Patient', p.id, NULL, jsonb_build_object('birthDate', p.content -> 'birthDate')::text
+FROM resources p
+WHERE p.resource_type = 'Patient' AND NOT p.deleted AND p.id IN (
+    SELECT x.target_id FROM search_reference x
+    WHERE x.resource_type = 'RelatedPerson' AND x.code = 'patient' AND x.target_type = 'Patient'
+      AND x.id IN (SELECT id FROM related))
+UNION ALL
+SELECT 'Consent', c.id, NULL, c.content::text FROM resources c
+WHERE c.resource_type = 'Consent' AND NOT c.deleted AND c.id IN (
+    SELECT x.id FROM search_reference x
+    WHERE x.resource_type = 'Consent' AND x.code = 'actor' AND x.target_type = 'RelatedPerson'
+      AND x.target_id IN (SELECT id FROM related))
+UNION ALL
+SELECT 'general-practitioner', x.id, x.target_id, NULL FROM search_reference x
+JOIN resources p ON p.resource_type = 'Patient' AND p.id = x.id AND NOT p.deleted
+WHERE x.resource_type = 'Patient' AND x.code = 'general-practitioner'
+  AND x.target_type = 'Practitioner'
+  AND x.target_id IN (SELECT id FROM targets WHERE type = 'Practitioner')
+UNION ALL
+SELECT 'CareTeam', c.id, NULL, c.content::text FROM resources c
+WHERE c.resource_type = 'CareTeam' AND NOT c.deleted AND c.id IN (
+    SELECT x.id FROM search_reference x
+    WHERE x.resource_type = 'CareTeam' AND x.code = 'participant'
+      AND x.target_type = 'Practitioner'
+      AND x.target_id IN (SELECT id FROM targets WHERE type = 'Practitioner'))
+"""
+)
+
+
+async def load_guard(
+    conn: Connection,
+    principal: Principal,
+    policy: Policy,
+    *,
+    today: date,
+    majority_age: int,
+    emergency_bypass: bool,
+    admin_role: str,
+    purpose_of_use: str | None = None,
+    reason: str | None = None,
+) -> Guard:
+    """The guard of a verified principal: its identities and the facts its decisions need."""
+
+    def guard(account: str, identities: tuple[Identity, ...], facts: Facts) -> Guard:
+        return Guard(
+            principal=principal,
+            account=account,
+            identities=identities,
+            facts=facts,
+            policy=policy,
+            purpose_of_use=purpose_of_use,
+            reason=reason,
+        )
+
+    no_facts = Facts(today=today, majority_age=majority_age, emergency_bypass=emergency_bypass)
+    if admin_role and admin_role in _roles(principal.claims):
+        account = f"Admin/{principal.subject}"
+        return guard(account, (Identity(account),), no_facts)
+    if principal.is_system:
+        account = f"System/{principal.client_id or principal.subject}"
+        return guard(account, (Identity(account),), no_facts)
+    if principal.fhir_user is None:
+        raise Unauthorized("the token names no user (`fhirUser`) and has no `system/` scope")
+    user_type, user_id = principal.fhir_user.split("/", 1)
+    rows = await fetch_all(
+        conn,
+        _FACTS,
+        {
+            "person": user_id if user_type == "Person" else None,
+            "user_type": user_type,
+            "user_id": user_id,
+        },
+    )
+    identities, facts = _facts(principal.fhir_user, rows, no_facts)
+    return guard(principal.fhir_user, identities, facts)
+
+
+def _roles(claims: Mapping[str, Any]) -> list[str]:
+    roles = claims.get("roles", [])
+    return [r for r in roles if isinstance(r, str)] if isinstance(roles, list) else []
+
+
+def _facts(
+    fhir_user: str, rows: Iterable[tuple[Any, ...]], base: Facts
+) -> tuple[tuple[Identity, ...], Facts]:
+    # the token's own user is verified by the identity provider; Person links carry a level
+    assurance: dict[str, bool] = {}
+    if not fhir_user.startswith("Person/"):
+        assurance[fhir_user] = True
+    related: dict[str, RelatedPersonFact] = {}
+    births: dict[str, date | None] = {}
+    consents: list[ConsentFact] = []
+    care: dict[str, set[str]] = {}
+    care_teams: list[dict[str, Any]] = []
+    for kind, id, extra, text in rows:
+        content = orjson.loads(text) if text is not None else {}
+        if kind == "Person":
+            if content.get("active") is False:
+                continue
+            for link in content.get("link", ()):
+                target = _reference(link.get("target"))
+                if target is None or target.split("/")[0] == "Person":
+                    continue
+                verified = link.get("assurance") in VERIFIED_ASSURANCE
+                assurance[target] = assurance.get(target, False) or verified
+        elif kind == "RelatedPerson":
+            related[f"RelatedPerson/{id}"] = _related_person(id, content)
+        elif kind == "Patient":
+            births[f"Patient/{id}"] = _earliest_date(content.get("birthDate"))
+        elif kind == "Consent":
+            consents.append(_consent(id, content))
+        elif kind == "general-practitioner":
+            care.setdefault(f"Practitioner/{extra}", set()).add(f"Patient/{id}")
+        elif kind == "CareTeam":
+            care_teams.append(content)
+    for team in care_teams:
+        _add_care_team(team, base.today, care)
+    identities = tuple(
+        Identity(reference, verified=verified)
+        for reference, verified in sorted(assurance.items())
+        if reference.split("/")[0] in {"Patient", "RelatedPerson", "Practitioner"}
+    )
+    facts = Facts(
+        today=base.today,
+        related_persons=related,
+        birth_dates=births,
+        consents=tuple(consents),
+        care={k: frozenset(v) for k, v in care.items()},
+        majority_age=base.majority_age,
+        emergency_bypass=base.emergency_bypass,
+    )
+    return identities, facts
+
+
+def _reference(value: Any) -> str | None:
+    """`Type/id` of a Reference (relative, or the last two segments of an absolute URL)."""
+    if not isinstance(value, dict) or not isinstance(value.get("reference"), str):
+        return None
+    parts = value["reference"].split("/_history")[0].rstrip("/").split("/")
+    if len(parts) < 2:
+        return None
+    return f"{parts[-2]}/{parts[-1]}"
+
+
+def _earliest_date(value: Any) -> date | None:
+    """The earliest day a FHIR date can mean (`2010` is 2010-01-01): the oldest the person can
+    be, so a partial birth date never makes anyone a minor for longer than they are."""
+    if not isinstance(value, str) or len(value) < 4:
+        return None
+    parts = [int(p) for p in value[:10].split("-")]
+    year, month, day = [*parts, 1, 1][:3]
+    return date(year, month, day)
+
+
+def _period(value: Any) -> tuple[date | None, date | None]:
+    if not isinstance(value, dict):
+        return None, None
+    start, end = value.get("start"), value.get("end")
+    return (
+        _earliest_date(start) if isinstance(start, str) else None,
+        _earliest_date(end) if isinstance(end, str) else None,
+    )
+
+
+def _codes(concepts: Any) -> frozenset[str]:
+    codes: set[str] = set()
+    for concept in concepts if isinstance(concepts, list) else [concepts]:
+        if isinstance(concept, dict):
+            for coding in concept.get("coding", ()):
+                if isinstance(coding, dict) and isinstance(coding.get("code"), str):
+                    codes.add(coding["code"])
+    return frozenset(codes)
+
+
+def _related_person(id: str, content: dict[str, Any]) -> RelatedPersonFact:
+    start, end = _period(content.get("period"))
+    return RelatedPersonFact(
+        reference=f"RelatedPerson/{id}",
+        patient=_reference(content.get("patient")) or "",
+        relationships=_codes(content.get("relationship", [])),
+        active=content.get("active") is not False,
+        start=start,
+        end=end,
+    )
+
+
+def _consent(id: str, content: dict[str, Any]) -> ConsentFact:
+    provision = content.get("provision") or {}
+    start, end = _period(provision.get("period"))
+    actors = frozenset(
+        ref
+        for actor in provision.get("actor", ())
+        if (ref := _reference(actor.get("reference"))) is not None
+    )
+    scopes = frozenset(
+        coding["code"]
+        for concept in provision.get("code", ())
+        for coding in concept.get("coding", ())
+        if coding.get("system") == CONSENT_SCOPE_SYSTEM and isinstance(coding.get("code"), str)
+    )
+    return ConsentFact(
+        reference=f"Consent/{id}",
+        patient=_reference(content.get("patient")) or "",
+        actors=actors,
+        scopes=scopes,
+        active=content.get("status") == "active" and provision.get("type", "permit") == "permit",
+        start=start,
+        end=end,
+    )
+
+
+def _add_care_team(team: dict[str, Any], today: date, care: dict[str, set[str]]) -> None:
+    if team.get("status") not in (None, "active"):
+        return
+    patient = _reference(team.get("subject"))
+    if patient is None or not patient.startswith("Patient/"):
+        return
+    for participant in team.get("participant", ()):
+        member = _reference(participant.get("member"))
+        start, end = _period(participant.get("period"))
+        if (
+            member is not None
+            and member.startswith("Practitioner/")
+            and (start is None or start <= today)
+            and (end is None or today <= end)
+        ):
+            care.setdefault(member, set()).add(patient)
+
+
+# --- checks the interactions make --------------------------------------------------------------
+
+
+def unrestricted(guard: Guard, operation: str, resource_type: str) -> bool:
+    """Whether the caller sees every resource of the type (System, Admin): it alone may learn
+    that a resource does not exist."""
+    grant = guard.access(operation).grant(resource_type)
+    return grant is not None and grant.unrestricted
+
+
+def hidden(guard: Guard, operation: str, resource_type: str, id: str) -> AccessDenied:
+    """The answer about a resource outside what the caller may see: the same 403 whether or not
+    it exists (DESIGN.md 5.5)."""
+    decision = guard.type_decision(operation, resource_type)
+    if decision.allowed:
+        decision = Decision(
+            allowed=False,
+            rule=decision.rule,
+            reason=Reason.INVALID_COMPARTMENT,
+            explanation="the resource is outside the permitted compartments",
+        )
+    guard.record(operation, resource_type, f"{resource_type}/{id}", decision)
+    return denied(decision)
+
+
+def check_type(guard: Guard, operation: str, resource_type: str) -> None:
+    """A search or type history: 403 when the caller may see nothing of the type."""
+    decision = guard.type_decision(operation, resource_type)
+    guard.record(operation, resource_type, None, decision)
+    if not decision.allowed:
+        raise denied(decision)
+
+
+def check_stored(
+    guard: Guard,
+    operation: str,
+    resource_type: str,
+    id: str,
+    compartments: Iterable[str],
+    created_by: str | None,
+) -> Decision:
+    """An update, patch or delete of the stored version: it must be permitted as it is."""
+    return guard.require(
+        operation,
+        resource_type,
+        target=Target(frozenset(compartments), created_by),
+        resource=f"{resource_type}/{id}",
+    )
+
+
+def check_result(
+    guard: Guard,
+    operation: str,
+    version: Any,
+    created_by: str | None,
+) -> Decision:
+    """The version a create, update or patch would write (a `NewVersion`): it must be permitted
+    too, so nobody moves a resource into or out of a compartment; scopes narrow as for reads."""
+    resource_type: str = version.resource_type
+    decision = guard.require(
+        operation,
+        resource_type,
+        target=Target(frozenset(version.compartments), created_by),
+        resource=f"{resource_type}/{version.id}",
+    )
+    grant = guard.grant(operation, resource_type)
+    outside_scope = grant is None or (
+        (grant.within is not None and grant.within not in version.compartments)
+        or (bool(grant.criteria) and not _index_matches(version.index, grant.criteria))
+    )
+    if outside_scope:
+        refused = Decision(
+            allowed=False,
+            rule=decision.rule,
+            reason=Reason.INSUFFICIENT_SCOPE,
+            explanation="the token's scopes do not cover this resource",
+        )
+        guard.record(operation, resource_type, f"{resource_type}/{version.id}", refused)
+        raise denied(refused)
+    return decision
+
+
+def _index_matches(index: Any, alternatives: tuple[tuple[Any, ...], ...]) -> bool:
+    """Whether a resource's token search values satisfy one of a granular scope's conjunctions
+    (`category=laboratory`); other kinds of criteria are not evaluated on writes and refuse."""
+    tokens = index.token if index is not None else []
+
+    def one(criterion: Any) -> bool:
+        if criterion.param.type != "token" or criterion.modifier or criterion.chain:
+            return False
+        for value in criterion.values:
+            system, bar, code = value.rpartition("|")
+            for row_code, row_system, row_value, _ in tokens:
+                if row_code != criterion.param.code or row_value != code:
+                    continue
+                if not bar or row_system in (system or None, None):
+                    return True
+        return False
+
+    return any(all(one(c) for c in alternative) for alternative in alternatives)
+
+
+def protect_meta(guard: Guard, resource: dict[str, Any], stored: dict[str, Any] | None) -> None:
+    """`meta.security` and `meta.tag` are labels that other systems act on: from a
+    non-privileged caller they are ignored, the stored labels kept (none on a create).
+    `meta.versionId` and `meta.lastUpdated` are always the server's."""
+    if guard.privileged:
+        return
+    meta = resource.get("meta")
+    if not isinstance(meta, dict):
+        meta = {}
+    kept = stored.get("meta", {}) if stored else {}
+    for name in ("security", "tag"):
+        meta.pop(name, None)
+        if name in kept:
+            meta[name] = kept[name]
+    resource["meta"] = meta
+    if not meta:
+        resource.pop("meta")
+
+
+# Fields that grant access (DESIGN.md 5.2) that a non-privileged caller may not change on a
+# resource it may otherwise write.
+_GRANTING_FIELDS = {"Patient": ("link",)}
+
+
+def protect_links(guard: Guard, resource: dict[str, Any], stored: dict[str, Any] | None) -> None:
+    if guard.privileged:
+        return
+    for name in _GRANTING_FIELDS.get(resource.get("resourceType", ""), ()):
+        before = stored.get(name) if stored else None
+        if resource.get(name) != before:
+            refused = Decision(
+                allowed=False,
+                reason=Reason.INVALID_ROLE,
+                explanation=f"`{resource['resourceType']}.{name}` is written by the family workflow",
+            )
+            guard.record("update", resource["resourceType"], None, refused)
+            raise denied(refused)
