@@ -26,7 +26,17 @@ from fhir_server.api.deps import (
 from fhir_server.api.responses import fhir_response, read_response, write_response
 from fhir_server.errors import NotSupported, UnsupportedMediaType
 from fhir_server.search.query import capabilities as search_capabilities
-from fhir_server.services import bundle, create, delete, history, patch, read, search, update
+from fhir_server.services import (
+    bundle,
+    create,
+    delete,
+    explain,
+    history,
+    patch,
+    read,
+    search,
+    update,
+)
 from fhir_server.services.outcome_json import information
 from fhir_server.services.update import parse_if_match
 
@@ -61,6 +71,13 @@ async def batch_or_transaction(fhir: FhirInteraction, body: ResourceBody) -> Res
     async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
         result = await bundle.process(ctx, conn, body, prefer=fhir.prefer)
     return fhir_response(result)
+
+
+async def explain_access(fhir: FhirInteraction, body: ResourceBody) -> Response:
+    """`POST [base]/$explain-access`: the engine's decision, explained, nothing done."""
+    async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
+        answer = await explain.explain(ctx, conn, body)
+    return fhir_response(orjson.dumps(answer))
 
 
 async def system_history(fhir: FhirInteraction, request: Request) -> Response:
@@ -208,6 +225,7 @@ def install(app: FastAPI) -> None:
     request, a measurable part of a read."""
     add = app.add_api_route
     add("/fhir/{type}/{id:fhir_id}", read_resource, methods=["GET"])
+    add("/fhir/$explain-access", explain_access, methods=["POST"])
     add("/fhir/{type}", create_resource, methods=["POST"])
     add("/fhir/{type}/{id}", update_resource, methods=["PUT"])
     add("/fhir/{type}/{id}", patch_resource, methods=["PATCH"])

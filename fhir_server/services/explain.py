@@ -1,0 +1,143 @@
+"""`POST [base]/$explain-access`: what the engine would decide, without doing it.
+
+The input is a Parameters resource: `operation` (read, search, history, create, update, patch,
+delete), then `resource` (`Observation/1`) or `resourceType`, and, for system callers only,
+`identity` (a fhirUser reference to evaluate as) with an optional `scope`. The answer is a
+Parameters resource with the Decision: `allowed`, `rule`, `reason`, `message`, `explanation`,
+`evidence`, `emergency`, and for a type the search filter (`compartment`, `creator`).
+
+A caller may ask only about itself, and about a resource it cannot see it learns no more than a
+read would tell it (403 `invalid_compartment`, whether or not the resource exists).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from compartments.engine import Decision, Target
+from compartments.policy import OPERATIONS, Reason
+from fhir_server.auth.tokens import Principal, principal_from_claims
+from fhir_server.errors import BadRequest, Forbidden, Unauthorized
+from fhir_server.services.access import Guard, load_guard
+from fhir_server.services.context import Context
+from fhir_server.storage import repository
+from fhir_server.storage.sql import Connection
+
+
+def _parameters(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise BadRequest("$explain-access takes a `Parameters` resource")
+    values: dict[str, Any] = {}
+    for index, parameter in enumerate(body.get("parameter", [])):
+        if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str):
+            raise BadRequest("a parameter needs a `name`", expression=[f"parameter[{index}]"])
+        value = next(
+            (v for k, v in parameter.items() if k.startswith("value")), parameter.get("resource")
+        )
+        values[parameter["name"]] = value
+    return values
+
+
+async def explain(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
+    values = _parameters(body)
+    operation = values.get("operation")
+    if operation not in OPERATIONS:
+        raise BadRequest(
+            f"`operation` must be one of {', '.join(OPERATIONS)}", expression=["operation"]
+        )
+    resource = values.get("resource")
+    resource_type = values.get("resourceType")
+    if isinstance(resource, str) and resource.count("/") == 1:
+        resource_type, id = resource.split("/")
+    elif isinstance(resource_type, str) and resource is None:
+        id = None
+    else:
+        raise BadRequest("give `resource` (`Type/id`) or `resourceType`", expression=["resource"])
+    guard = await _guard_for(ctx, conn, values)
+    if id is None:
+        decision = guard.decide(operation, resource_type)
+        return _answer(decision)
+    return _answer(await _instance_decision(guard, conn, operation, resource_type, id))
+
+
+async def _guard_for(ctx: Context, conn: Connection, values: dict[str, Any]) -> Guard:
+    caller = ctx.guard
+    identity = values.get("identity")
+    own = caller.principal.fhir_user if caller.principal else None
+    if identity is None or identity == own:
+        return caller
+    if not caller.privileged:
+        raise Forbidden("a caller may ask only about its own access", code="forbidden")
+    scope = values.get("scope") or "user/*.cruds"
+    try:
+        principal: Principal = principal_from_claims(
+            {"sub": str(identity), "fhirUser": identity, "scope": scope}
+        )
+    except Unauthorized as exc:
+        raise BadRequest(f"cannot evaluate as `{identity}`: {exc}") from None
+    return await load_guard(
+        conn,
+        principal,
+        caller.policy,
+        today=caller.facts.today,
+        majority_age=caller.facts.majority_age,
+        emergency_bypass=caller.facts.emergency_bypass,
+        admin_role="",
+        purpose_of_use=values.get("purposeOfUse"),
+        reason=values.get("reason"),
+    )
+
+
+async def _instance_decision(
+    guard: Guard, conn: Connection, operation: str, resource_type: str, id: str
+) -> Decision:
+    access = guard.access("read")
+    visible = await repository.read_current(conn, resource_type, id, access)
+    grant = access.grant(resource_type)
+    if visible is None and not (grant is not None and grant.unrestricted):
+        # what a read would say: nothing about whether the resource exists
+        decision = guard.type_decision(operation, resource_type)
+        if not decision.allowed:
+            return decision
+        return Decision(
+            allowed=False,
+            rule=decision.rule,
+            reason=Reason.INVALID_COMPARTMENT,
+            explanation="the resource is outside the permitted compartments",
+        )
+    stored = await repository.lock_current(conn, resource_type, id, lock=False)
+    if stored is None:
+        return guard.decide(operation, resource_type)
+    return guard.decide(
+        operation, resource_type, Target(frozenset(stored.compartments), stored.created_by)
+    )
+
+
+def _answer(decision: Decision) -> dict[str, Any]:
+    parameters: list[dict[str, Any]] = [{"name": "allowed", "valueBoolean": decision.allowed}]
+    if decision.rule is not None:
+        rule = decision.rule
+        parameters.append(
+            {
+                "name": "rule",
+                "valueString": (
+                    f"{rule.client_role} {rule.entity_name} {rule.operation} {rule.validator}"
+                ),
+            }
+        )
+        if rule.description:
+            parameters.append({"name": "ruleDescription", "valueString": rule.description})
+    if decision.reason is not None:
+        parameters.append({"name": "reason", "valueCode": decision.reason.value})
+    parameters.append({"name": "message", "valueString": decision.message})
+    if decision.explanation:
+        parameters.append({"name": "explanation", "valueString": decision.explanation})
+    parameters.extend({"name": "evidence", "valueString": e} for e in decision.evidence)
+    if decision.allowed:
+        parameters.append({"name": "everything", "valueBoolean": decision.everything})
+        parameters.extend(
+            {"name": "compartment", "valueString": c} for c in sorted(decision.compartments)
+        )
+        parameters.extend({"name": "creator", "valueString": c} for c in sorted(decision.creators))
+    parameters.append({"name": "emergency", "valueBoolean": decision.emergency})
+    return {"resourceType": "Parameters", "parameter": parameters}
