@@ -55,15 +55,20 @@ class Load:
             return f"wrk -t{self.threads} -c{self.connections} -d{self.duration:g}s --latency"
         return f"python asyncio keep-alive, {self.connections} connections, {self.duration:g}s"
 
-    def reads(self, base: str, ids_file: Path) -> LoadResult:
+    def reads(self, base: str, ids_file: Path, token: str | None = None) -> LoadResult:
+        """Random reads of the ids in `ids_file`: lines of `id`, sent with `token` if given, or
+        of `token id`, each sent with its own token."""
         if self.use_wrk:
-            return self._wrk(base, "read.lua", str(ids_file))
-        paths = [f"/fhir/Patient/{i}" for i in ids_file.read_text().split()]
-        return self._python(base, lambda: _request("GET", random.choice(paths)))
+            return self._wrk(base, "read.lua", str(ids_file), *([token] if token else []))
+        requests = []
+        for line in ids_file.read_text().splitlines():
+            own, _, id = line.rpartition(" ")
+            requests.append(_request("GET", f"/fhir/Patient/{id}", token=own or token))
+        return self._python(base, lambda: random.choice(requests))
 
-    def creates(self, base: str) -> LoadResult:
+    def creates(self, base: str, token: str | None = None) -> LoadResult:
         if self.use_wrk:
-            return self._wrk(base, "create.lua")
+            return self._wrk(base, "create.lua", *([token] if token else []))
         counter = iter(range(1 << 62))
 
         def create() -> bytes:
@@ -72,7 +77,7 @@ class Load:
                 f'"value":"py-{next(counter)}"}}],"name":[{{"family":"Bench","given":["Py"]}}],'
                 '"gender":"female","birthDate":"1990-04-01"}'
             ).encode()
-            return _request("POST", "/fhir/Patient", body)
+            return _request("POST", "/fhir/Patient", body, token=token)
 
         return self._python(base, create)
 
@@ -118,8 +123,10 @@ def parse_wrk(out: str) -> LoadResult:
     return LoadResult("wrk", int(done.group(1)), seconds, _ms(p50[1]), _ms(p99[1]), errors, out)
 
 
-def _request(method: str, path: str, body: bytes = b"") -> bytes:
+def _request(method: str, path: str, body: bytes = b"", *, token: str | None = None) -> bytes:
     head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nAccept: application/fhir+json\r\n"
+    if token:
+        head += f"Authorization: Bearer {token}\r\n"
     if body:
         head += f"Content-Type: application/fhir+json\r\nContent-Length: {len(body)}\r\n"
     return head.encode() + b"\r\n" + body

@@ -39,6 +39,7 @@ import psycopg
 from bench.load import Cpu, Load, LoadResult, wrk_available, wrk_version
 from bench.patients import transaction
 from fhir_server import embedded
+from fhir_server.auth.devkeys import dev_token
 from fhir_server.storage.database import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,7 +243,8 @@ def start_database(stack: ExitStack) -> tuple[Path, str, int]:
 
 @dataclass(frozen=True, slots=True)
 class Deployment:
-    """A fresh embedded PostgreSQL and `fhir-server serve` on it, its memory sampled."""
+    """A fresh embedded PostgreSQL and `fhir-server serve` on it, its memory sampled. The server
+    trusts the development key of its data folder, so `token()` signs real tokens for it."""
 
     tmp: Path
     url: str
@@ -251,11 +253,23 @@ class Deployment:
     base: str
     sampler: MemorySampler
 
+    def token(self, fhir_user: str | None = None, scope: str = "system/*.cruds") -> str:
+        return dev_token(
+            self.tmp / "data", fhir_user=fhir_user, scope=scope, lifetime_seconds=86400
+        )
+
+    def auth(self, fhir_user: str | None = None, scope: str = "system/*.cruds") -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(fhir_user, scope)}"}
+
 
 def start_server(stack: ExitStack) -> Deployment:
     tmp, url, postmaster = start_database(stack)
     exe = str(Path(sys.executable).parent / "fhir-server")
-    env = {"POSTGRES_URL": url, "FHIR_MIGRATE_ON_START": "false"}
+    env = {
+        "POSTGRES_URL": url,
+        "FHIR_MIGRATE_ON_START": "false",
+        "FHIR_DATA_DIR": str(tmp / "data"),
+    }
     server, base = serve(stack, [exe, "serve"], env, tmp)
     sampler = MemorySampler(server.pid).start()
     stack.callback(sampler.stop)
@@ -273,10 +287,11 @@ class Ingest:
         return self.resources / sum(self.seconds)
 
 
-def ingest(base: str, patients: int, batch: int, meter: CpuMeter) -> Ingest:
+def ingest(base: str, patients: int, batch: int, meter: CpuMeter, token: str) -> Ingest:
     rng = random.Random(20240401)
     times: list[float] = []
-    with httpx.Client(base_url=base, timeout=600) as client, meter:
+    headers = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=base, timeout=600, headers=headers) as client, meter:
         for start in range(0, patients, batch):
             body = orjson.dumps(transaction(rng, start, min(batch, patients - start)))
             t0 = time.perf_counter()
@@ -295,13 +310,65 @@ def ingest(base: str, patients: int, batch: int, meter: CpuMeter) -> Ingest:
     return Ingest(patients, times, meter.result)
 
 
+RELATED_PERSONS = 1000
+
+
+def related_persons(deployment: Deployment, patients: Sequence[str], out: Path) -> Path:
+    """A RelatedPerson (mother) for each of `RELATED_PERSONS` random Patients, and a file of
+    `token patient-id` lines: each read is made by the patient's own relative."""
+    chosen = random.Random(7).sample(list(patients), min(RELATED_PERSONS, len(patients)))
+    entries = [
+        {
+            "resource": {
+                "resourceType": "RelatedPerson",
+                "active": True,
+                "patient": {"reference": f"Patient/{id}"},
+                "relationship": [
+                    {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode",
+                                "code": "MTH",
+                            }
+                        ]
+                    }
+                ],
+            },
+            "request": {"method": "POST", "url": "RelatedPerson"},
+        }
+        for id in chosen
+    ]
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    r = httpx.post(f"{deployment.base}/fhir", json=bundle, headers=deployment.auth(), timeout=600)
+    if r.status_code != 200:
+        sys.exit(f"creating the RelatedPersons answered {r.status_code}: {r.text[:2000]}")
+    lines = []
+    for id, entry in zip(chosen, r.json()["entry"], strict=True):
+        related = "/".join(entry["response"]["location"].split("/")[:2])
+        token = deployment.token(related, "user/*.rs")
+        check = httpx.get(
+            f"{deployment.base}/fhir/Patient/{id}", headers={"Authorization": f"Bearer {token}"}
+        )
+        if check.status_code != 200:
+            sys.exit(f"{related} cannot read Patient/{id}: {check.status_code} {check.text[:500]}")
+        lines.append(f"{token} {id}")
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
 def measure(
-    load: Load, warmup: float, run: str, base: str, ids: Path, meter: CpuMeter
+    load: Load,
+    warmup: float,
+    run: str,
+    base: str,
+    ids: Path,
+    meter: CpuMeter,
+    token: str | None = None,
 ) -> LoadResult:
     """One load run after a warm-up, with the CPU use of the server and PostgreSQL over the run."""
 
     def once(lo: Load) -> LoadResult:
-        return lo.reads(base, ids) if run == "reads" else lo.creates(base)
+        return lo.reads(base, ids, token) if run == "reads" else lo.creates(base, token)
 
     if warmup > 0:
         once(Load(load.threads, load.connections, warmup, load.use_wrk))
@@ -317,7 +384,7 @@ def measure(
     return result
 
 
-def profile(meter: CpuMeter, load: Load, base: str, ids: Path) -> None:
+def profile(meter: CpuMeter, load: Load, base: str, ids: Path, token: str) -> None:
     """Record py-spy during one more read and create run: samples of the thread holding the GIL
     (where the server spends CPU), as collapsed stacks that speedscope.app or flamegraph.pl open."""
     spy = shutil.which(
@@ -334,7 +401,7 @@ def profile(meter: CpuMeter, load: Load, base: str, ids: Path) -> None:
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         ) as spy_proc:
             time.sleep(1)
-            measure(load, 0, run, base, ids, meter)
+            measure(load, 0, run, base, ids, meter, token)
             spy_proc.wait(60)
         print(f"  profile of the server during {run}: {out.relative_to(ROOT)}")
 
@@ -418,11 +485,13 @@ def report(
     ing: Ingest,
     creates: LoadResult,
     reads: LoadResult,
+    related: LoadResult,
     ref: LoadResult,
     mem: float,
     peak: float,
 ) -> str:
     ratio = reads.rps / ref.rps if ref.rps else 0.0
+    related_ratio = related.rps / ref.rps if ref.rps else 0.0
     cpu_ratio = per_request(reads) / per_request(ref) if per_request(ref) else 0.0
     median = statistics.median(ing.seconds)
     # fmt: off
@@ -431,6 +500,10 @@ def report(
         ("reads: latency p50 / p99, ms", f"{reads.p50_ms:.2f} / {reads.p99_ms:.2f}", f"{ref.p50_ms:.2f} / {ref.p99_ms:.2f}", "", "", ""),
         ("reads: CPU % of one core, server / PostgreSQL", cpu(reads.cpu), cpu(ref.cpu), "", "", ""),
         ("reads: server CPU per request, ms", f"{per_request(reads):.2f}", f"{per_request(ref):.2f}", f"{cpu_ratio:.2f}", "", ""),
+        (f"reads as a RelatedPerson ({RELATED_PERSONS:,} callers, own signed tokens), req/s", f"{related.rps:,.0f}", f"{ref.rps:,.0f}", f"{related_ratio:.2f}", ">= 0.6 of reference", met(related_ratio >= 0.6, related)),
+        ("reads as a RelatedPerson: latency p50 / p99, ms", f"{related.p50_ms:.2f} / {related.p99_ms:.2f}", f"{ref.p50_ms:.2f} / {ref.p99_ms:.2f}", "", "", ""),
+        ("reads as a RelatedPerson: CPU % of one core, server / PostgreSQL", cpu(related.cpu), cpu(ref.cpu), "", "", ""),
+        ("reads as a RelatedPerson: server CPU per request, ms", f"{per_request(related):.2f}", f"{per_request(ref):.2f}", "", "", ""),
         ("creates: POST /fhir/Patient, req/s", f"{creates.rps:,.0f}", "", "", ">= 500/s", met(creates.rps >= 500, creates)),
         ("creates: latency p50 / p99, ms", f"{creates.p50_ms:.2f} / {creates.p99_ms:.2f}", "", "", "", ""),
         ("creates: CPU % of one core, server / PostgreSQL", cpu(creates.cpu), "", "", "", ""),
@@ -470,7 +543,8 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
 
     print(f"ingest: {args.patients:,} Patients in transactions of {args.batch:,}", flush=True)
     meter = CpuMeter(server.pid, postmaster)
-    ing = ingest(base, args.patients, args.batch, meter)
+    system = deployment.token()
+    ing = ingest(base, args.patients, args.batch, meter, system)
     ids = tmp / "ids.txt"
     with psycopg.connect(url) as conn:
         rows = conn.execute("SELECT id FROM resources WHERE resource_type = 'Patient'").fetchall()
@@ -479,15 +553,20 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
     ids.write_text("\n".join(r[0] for r in rows) + "\n")
 
     print("creates and reads against the server", flush=True)
-    creates = measure(load, args.warmup, "creates", base, ids, meter)
-    reads = measure(load, args.warmup, "reads", base, ids, meter)
+    creates = measure(load, args.warmup, "creates", base, ids, meter, system)
+    reads = measure(load, args.warmup, "reads", base, ids, meter, system)
+    print(
+        f"reads as {RELATED_PERSONS:,} RelatedPersons, each with its own signed token", flush=True
+    )
+    callers = related_persons(deployment, [r[0] for r in rows], tmp / "related.txt")
+    related_reads = measure(load, args.warmup, "reads", base, callers, meter)
     mem = rss_mb(server.pid)
 
     ref_cmd = [sys.executable, "-m", "bench.reference_app"]
     ref, ref_base = serve(stack, ref_cmd, {"REFERENCE_POSTGRES_URL": url}, tmp)
     sample = ids.read_text().split()[0]
     for b in (base, ref_base):
-        r = httpx.get(f"{b}/fhir/Patient/{sample}")
+        r = httpx.get(f"{b}/fhir/Patient/{sample}", headers=deployment.auth())
         if r.status_code != 200 or r.json()["id"] != sample:
             sys.exit(f"{b} does not read Patient/{sample}: {r.status_code} {r.text[:500]}")
     print("the same reads against the reference app", flush=True)
@@ -495,15 +574,16 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
 
     RESULTS.mkdir(exist_ok=True)
     if args.profile:
-        profile(meter, load, base, ids)
+        profile(meter, load, base, ids, system)
 
-    out = report(args.batch, ing, creates, reads, ref_reads, mem, sampler.peak_mb)
+    out = report(args.batch, ing, creates, reads, related_reads, ref_reads, mem, sampler.peak_mb)
     conds = "\n".join(f"- **{k}**: {v}" for k, v in conditions(url, load, args))
     raw = "\n\n".join(
         f"{name}:\n\n```\n{r.raw.strip()}\n```"
         for name, r in (
             ("creates", creates),
-            ("reads (server)", reads),
+            ("reads (server, System token)", reads),
+            ("reads (server, RelatedPerson tokens)", related_reads),
             ("reads (reference)", ref_reads),
         )
     )

@@ -14,6 +14,7 @@ import argparse
 import math
 import os
 import random
+import re
 import shutil
 import statistics
 import sys
@@ -35,6 +36,7 @@ from bench.run import (
     RESULTS,
     ROOT,
     CpuMeter,
+    Deployment,
     conditions,
     rss_mb,
     start_server,
@@ -48,6 +50,7 @@ from bench.search_data import (
     Dataset,
     PatientFacts,
 )
+from compartments.engine import CONSENT_SCOPE_SYSTEM
 
 WARMUP = 20  # requests per query before measuring
 COUNT = 20  # _count of every query
@@ -157,10 +160,77 @@ QUERIES: tuple[tuple[str, Maker], ...] = (
 )
 
 
-def ingest(base: str, patients: int, meter: CpuMeter) -> Loaded:
+RELATIVES = 200
+RELATED_QUERIES: tuple[tuple[str, Maker], ...] = tuple(
+    (f"{label}, as the patient's RelatedPerson", make)
+    for label, make in QUERIES
+    if label.startswith("Observation?patient")
+)
+
+
+def relatives(
+    deployment: Deployment, patients: Sequence[PatientFacts]
+) -> tuple[list[PatientFacts], Callable[[str], dict[str, str]]]:
+    """For `RELATIVES` random patients, a RelatedPerson and the Consent (LAB_RESULTS) that lets
+    it see the patient's Observations; the patients, and each path's caller's token header."""
+    chosen = random.Random(SEED + 2).sample(list(patients), min(RELATIVES, len(patients)))
+    entries: list[dict[str, object]] = []
+    for n, p in enumerate(chosen):
+        related = f"urn:uuid:00000000-0000-4000-8000-{n:012d}"
+        entries.append(
+            {
+                "fullUrl": related,
+                "resource": {
+                    "resourceType": "RelatedPerson",
+                    "patient": {"reference": f"Patient/{p.id}"},
+                    "relationship": [{"coding": [{"code": "SPS"}]}],
+                },
+                "request": {"method": "POST", "url": "RelatedPerson"},
+            }
+        )
+        entries.append(
+            {
+                "resource": {
+                    "resourceType": "Consent",
+                    "status": "active",
+                    "scope": {"coding": [{"code": "patient-privacy"}]},
+                    "category": [{"coding": [{"code": "INFA"}]}],
+                    "patient": {"reference": f"Patient/{p.id}"},
+                    "provision": {
+                        "type": "permit",
+                        "actor": [
+                            {"role": {"text": "grantee"}, "reference": {"reference": related}}
+                        ],
+                        "code": [
+                            {"coding": [{"system": CONSENT_SCOPE_SYSTEM, "code": "LAB_RESULTS"}]}
+                        ],
+                    },
+                },
+                "request": {"method": "POST", "url": "Consent"},
+            }
+        )
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+    r = httpx.post(f"{deployment.base}/fhir", json=bundle, headers=deployment.auth(), timeout=600)
+    if r.status_code != 200:
+        sys.exit(f"creating the RelatedPersons answered {r.status_code}: {r.text[:2000]}")
+    answered = r.json()["entry"]
+    tokens = {}
+    for n, p in enumerate(chosen):
+        related = "/".join(answered[2 * n]["response"]["location"].split("/")[:2])
+        tokens[p.id] = {"Authorization": f"Bearer {deployment.token(related, 'user/*.rs')}"}
+
+    def caller(path: str) -> dict[str, str]:
+        match = re.search(r"Patient/([^/&?]+)", path)
+        assert match is not None, path
+        return tokens[match.group(1)]
+
+    return chosen, caller
+
+
+def ingest(base: str, patients: int, meter: CpuMeter, auth: dict[str, str]) -> Loaded:
     """Load the Practitioners, then the Patients' Bundles; exit if a transaction fails."""
     data = Dataset(SEED)
-    headers = {**FHIR_JSON, "Prefer": "return=minimal"}
+    headers = {**FHIR_JSON, "Prefer": "return=minimal", **auth}
     seconds: list[float] = []
     entries: list[int] = []
     counts: Counter[str] = Counter()
@@ -243,15 +313,19 @@ def time_query(
     rng: random.Random,
     requests: int,
     meter: CpuMeter,
+    caller: Callable[[str], dict[str, str]] | None = None,
 ) -> Timed:
+    """`caller`, if given, names the Authorization header of each request from its path (a
+    RelatedPerson's token for the patient the path names); else the client's own is sent."""
     result = Timed(label)
 
     def one(record: bool) -> None:
         path = make(rng, patients)
         sep = "&" if "?" in path else "?"
+        headers = caller(path) if caller else None
         t0 = time.perf_counter()
         try:
-            r = client.get(f"{path}{sep}_count={COUNT}")
+            r = client.get(f"{path}{sep}_count={COUNT}", headers=headers)
         except httpx.HTTPError as exc:
             if record:
                 result.errors[f"{type(exc).__name__}: {exc}"[:160]] += 1
@@ -289,13 +363,20 @@ def time_query(
 
 
 def run_queries(
-    base: str, patients: Sequence[PatientFacts], requests: int, meter: CpuMeter
+    base: str,
+    patients: Sequence[PatientFacts],
+    requests: int,
+    meter: CpuMeter,
+    auth: dict[str, str],
+    queries: Sequence[tuple[str, Maker]] = QUERIES,
+    caller: Callable[[str], dict[str, str]] | None = None,
 ) -> list[Timed]:
     rng = random.Random(SEED + 1)
     results = []
-    with httpx.Client(base_url=base, timeout=60, headers={"Accept": "application/fhir+json"}) as c:
-        for label, make in QUERIES:
-            t = time_query(c, label, make, patients, rng, requests, meter)
+    headers = {"Accept": "application/fhir+json", **auth}
+    with httpx.Client(base_url=base, timeout=60, headers=headers) as c:
+        for label, make in queries:
+            t = time_query(c, label, make, patients, rng, requests, meter, caller)
             errors = sum(t.errors.values())
             print(
                 f"  {label}: p50 {_ms(t.pct(0.5)) or '-'} ms, p95 {_ms(t.pct(0.95)) or '-'} ms, "
@@ -396,7 +477,8 @@ def run(args: argparse.Namespace, stack: ExitStack, *, append: bool) -> None:
         f"Patients with their resources, {PATIENTS_PER_BUNDLE} per transaction",
         flush=True,
     )
-    loaded = ingest(base, args.search_patients, meter)
+    system = deployment.auth()
+    loaded = ingest(base, args.search_patients, meter, system)
     stored = check_counts(url, loaded)
     print(
         f"  {loaded.resources:,} resources in {sum(loaded.seconds):.1f}s of requests: "
@@ -405,7 +487,12 @@ def run(args: argparse.Namespace, stack: ExitStack, *, append: bool) -> None:
     )
     vacuum = analyze(url)
     print(f"searches: {args.search_requests} requests per query, one client", flush=True)
-    results = run_queries(base, loaded.patients, args.search_requests, meter)
+    results = run_queries(base, loaded.patients, args.search_requests, meter, system)
+    print("the same patient searches as RelatedPersons with a LAB_RESULTS Consent", flush=True)
+    related, caller = relatives(deployment, loaded.patients)
+    results += run_queries(
+        base, related, args.search_requests, meter, system, RELATED_QUERIES, caller
+    )
     mem = rss_mb(server.pid)
     RESULTS.mkdir(exist_ok=True)
     log = RESULTS / "search-server.log"  # its warnings and tracebacks, to explain errors

@@ -17,6 +17,7 @@ from fhir_server.api.runtime import Runtime
 from fhir_server.audit.trail import AuditTrail
 from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_key
 from fhir_server.auth.tokens import TokenSettings, TokenVerifier
+from fhir_server.services.access import FactsCache
 from fhir_server.services.context import Context
 from fhir_server.settings import Settings
 from fhir_server.storage.database import Database
@@ -77,7 +78,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         validator = ResourceValidator()
         server = Context(settings=settings, validator=validator, base_url="")
         audit = AuditTrail(db, server)
-        app.state.runtime = Runtime(settings, db, validator, verifier, policy, audit)
+        app.state.runtime = Runtime(settings, db, validator, verifier, policy, audit, FactsCache())
         audit.start()
         try:
             yield

@@ -1,6 +1,8 @@
--- GET /fhir/Patient/{id} for ids drawn at random from a file of ids, one per line.
--- Usage: wrk ... -s read.lua http://host:port -- ids.txt
-local ids = {}
+-- GET /fhir/Patient/{id} for ids drawn at random from a file, one per line: either `id` (the
+-- request carries the token given as the second argument, if any) or `token id` (each request
+-- carries its own line's token: a different caller each time).
+-- Usage: wrk ... -s read.lua http://host:port -- ids.txt [token]
+local requests = {}
 local counter = 0
 
 function setup(thread)
@@ -9,13 +11,20 @@ function setup(thread)
 end
 
 function init(args)
+  local shared = args[2]
   for line in io.lines(args[1]) do
-    if #line > 0 then ids[#ids + 1] = "/fhir/Patient/" .. line end
+    local token, id = line:match("^(%S+)%s+(%S+)$")
+    if not token then token, id = shared, line end
+    if id and #id > 0 then
+      local headers = {["Accept"] = "application/fhir+json"}
+      if token then headers["Authorization"] = "Bearer " .. token end
+      requests[#requests + 1] = wrk.format("GET", "/fhir/Patient/" .. id, headers)
+    end
   end
-  assert(#ids > 0, "no ids in " .. tostring(args[1]))
+  assert(#requests > 0, "no ids in " .. tostring(args[1]))
   math.randomseed(os.time() * 1000 + seed)
 end
 
 function request()
-  return wrk.format("GET", ids[math.random(#ids)], {["Accept"] = "application/fhir+json"})
+  return requests[math.random(#requests)]
 end

@@ -58,6 +58,7 @@ class Interaction:
             admin_role=settings.auth_admin_role,
             purpose_of_use=self.purpose_of_use,
             reason=self.reason,
+            cache=self.runtime.facts,
         )
         try:
             yield replace(self.ctx, guard=guard)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from compartments.policy import Policy
 from fhir_server.audit.trail import AuditTrail
 from fhir_server.auth.tokens import TokenVerifier
+from fhir_server.services.access import FactsCache
 from fhir_server.settings import Settings
 from fhir_server.storage.database import Database
 from fhir_server.validation import ResourceValidator
@@ -21,3 +22,4 @@ class Runtime:
     verifier: TokenVerifier
     policy: Policy
     audit: AuditTrail
+    facts: FactsCache

@@ -1,15 +1,19 @@
 """The caller's access for one request: identities and facts loaded from the database, the
 engine's decisions, the token's scopes, and the SQL filter that carries them (DESIGN.md 5).
 
-Facts are loaded per request, in one statement, never cached: a revoked Consent, an ended
-RelatedPerson, a lowered assurance level or a child's 18th birthday count from the very next
-request. System and Admin callers load nothing (their policy rule is `allow`, narrowed by scopes).
+Facts are loaded in one statement together with the access epoch, a number that every write of a
+fact-bearing resource (Person, RelatedPerson, Consent, CareTeam, Patient) bumps in its own
+transaction. A server reuses the facts it loaded for a user while the epoch it reads at the start
+of each request is unchanged: a revoked Consent, an ended RelatedPerson or a lowered assurance
+level counts from the very next request, on every server. Today's date is never cached, so a
+child's 18th birthday counts the day it comes. System and Admin callers load nothing (their
+policy rule is `allow`, narrowed by scopes).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
 
@@ -31,6 +35,7 @@ from fhir_server.auth.scopes import Scope, granted
 from fhir_server.auth.tokens import Principal
 from fhir_server.errors import AccessDenied, BadRequest, Unauthorized
 from fhir_server.search.query import parse_search
+from fhir_server.storage import repository
 from fhir_server.storage.search_sql import UNRESTRICTED, Grant
 from fhir_server.storage.sql import Connection, Statement, fetch_all
 
@@ -263,6 +268,8 @@ WHERE x.resource_type = 'Patient' AND x.code = 'general-practitioner'
   AND x.target_type = 'Practitioner'
   AND x.target_id IN (SELECT id FROM targets WHERE type = 'Practitioner')
 UNION ALL
+SELECT 'epoch', NULL, value::text, NULL FROM access_epoch WHERE id = 1
+UNION ALL
 SELECT 'CareTeam', c.id, NULL, c.content::text FROM resources c
 WHERE c.resource_type = 'CareTeam' AND NOT c.deleted AND c.id IN (
     SELECT x.id FROM search_reference x
@@ -284,6 +291,7 @@ async def load_guard(
     admin_role: str,
     purpose_of_use: str | None = None,
     reason: str | None = None,
+    cache: FactsCache | None = None,
 ) -> Guard:
     """The guard of a verified principal: its identities and the facts its decisions need."""
 
@@ -307,18 +315,45 @@ async def load_guard(
         return guard(account, (Identity(account),), no_facts)
     if principal.fhir_user is None:
         raise Unauthorized("the token names no user (`fhirUser`) and has no `system/` scope")
-    user_type, user_id = principal.fhir_user.split("/", 1)
-    rows = await fetch_all(
-        conn,
-        _FACTS,
-        {
-            "person": user_id if user_type == "Person" else None,
-            "user_type": user_type,
-            "user_id": user_id,
-        },
+    user = principal.fhir_user
+    # CareTeam participant periods are read against the day the facts were loaded on
+    cached = cache.get(user, today) if cache is not None else None
+    if cached is not None and cached[0] == await repository.access_epoch(conn):
+        _, identities, facts = cached
+    else:
+        user_type, user_id = user.split("/", 1)
+        rows = await fetch_all(
+            conn,
+            _FACTS,
+            {
+                "person": user_id if user_type == "Person" else None,
+                "user_type": user_type,
+                "user_id": user_id,
+            },
+        )
+        epoch, identities, facts = _facts(user, rows, no_facts)
+        if cache is not None:
+            cache.put(user, today, (epoch, identities, facts))
+    facts = replace(
+        facts, today=today, majority_age=majority_age, emergency_bypass=emergency_bypass
     )
-    identities, facts = _facts(principal.fhir_user, rows, no_facts)
-    return guard(principal.fhir_user, identities, facts)
+    return guard(user, identities, facts)
+
+
+class FactsCache:
+    """Facts by user, with the access epoch they were loaded at (see the module's docstring)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._entries: dict[tuple[str, date], tuple[int, tuple[Identity, ...], Facts]] = {}
+
+    def get(self, user: str, today: date) -> tuple[int, tuple[Identity, ...], Facts] | None:
+        return self._entries.get((user, today))
+
+    def put(self, user: str, today: date, entry: tuple[int, tuple[Identity, ...], Facts]) -> None:
+        if len(self._entries) >= self.size:
+            self._entries.clear()
+        self._entries[(user, today)] = entry
 
 
 def _roles(claims: Mapping[str, Any]) -> list[str]:
@@ -328,7 +363,7 @@ def _roles(claims: Mapping[str, Any]) -> list[str]:
 
 def _facts(
     fhir_user: str, rows: Iterable[tuple[Any, ...]], base: Facts
-) -> tuple[tuple[Identity, ...], Facts]:
+) -> tuple[int, tuple[Identity, ...], Facts]:
     # the token's own user is verified by the identity provider; Person links carry a level
     assurance: dict[str, bool] = {}
     if not fhir_user.startswith("Person/"):
@@ -338,9 +373,12 @@ def _facts(
     consents: list[ConsentFact] = []
     care: dict[str, set[str]] = {}
     care_teams: list[dict[str, Any]] = []
+    epoch = 0
     for kind, id, extra, text in rows:
         content = orjson.loads(text) if text is not None else {}
-        if kind == "Person":
+        if kind == "epoch":
+            epoch = int(extra)
+        elif kind == "Person":
             if content.get("active") is False:
                 continue
             for link in content.get("link", ()):
@@ -375,7 +413,7 @@ def _facts(
         majority_age=base.majority_age,
         emergency_bypass=base.emergency_bypass,
     )
-    return identities, facts
+    return epoch, identities, facts
 
 
 def _reference(value: Any) -> str | None:

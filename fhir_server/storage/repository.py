@@ -137,6 +137,31 @@ _CURRENT_COLUMNS = _VERSION_COLUMNS
 _HISTORY_COLUMNS = (*_VERSION_COLUMNS, "method")
 
 
+# Writes that can change the facts of an access decision (services/access.py loads them): they
+# bump the access epoch in their own transaction, so no server keeps using facts they changed.
+FACT_TYPES = frozenset({"Person", "RelatedPerson", "Consent", "CareTeam", "Patient"})
+_BUMP = "UPDATE access_epoch SET value = value + 1 WHERE id = 1"
+_bump = Statement(_BUMP)
+_read_epoch = Statement("SELECT value FROM access_epoch WHERE id = 1")
+
+
+def changes_facts(version: NewVersion) -> bool:
+    """A Patient created by POST has a new id nothing can refer to yet: no fact changes."""
+    return version.resource_type in FACT_TYPES and not (
+        version.resource_type == "Patient" and version.method == "POST"
+    )
+
+
+async def access_epoch(conn: Connection) -> int:
+    row = await fetch_one(conn, _read_epoch)
+    assert row is not None, "migration 0003 creates the access epoch"
+    return int(row[0])
+
+
+async def bump_access_epoch(conn: Connection) -> None:
+    await execute(conn, _bump, {})
+
+
 def _with_history(written_row: Any, *, delete_old_index: bool) -> Statement:
     """One statement that writes the current row (`written_row`, an INSERT or UPDATE), the history
     row of that version and the search index: one round trip, atomic without a transaction block,
@@ -146,7 +171,8 @@ def _with_history(written_row: Any, *, delete_old_index: bool) -> Statement:
     return Statement(
         f"WITH written AS ({written}),\n"
         f"history AS (INSERT INTO {resource_history.name} ({columns}, method)"
-        f" SELECT {columns}, %(method)s FROM written)"
+        f" SELECT {columns}, %(method)s FROM written),\n"
+        f"epoch AS ({_BUMP} AND %(bump)s AND EXISTS (SELECT FROM written))"
         f",\n{index_ctes(delete_old=delete_old_index)}\n"
         "SELECT id FROM written"
     )
@@ -195,6 +221,7 @@ def _params(version: NewVersion) -> dict[str, Any]:
         "compartments": list(version.compartments),
         "created_by": version.created_by,
         "method": version.method,
+        "bump": changes_facts(version),
         **index_params(version.index),
     }
 
@@ -309,6 +336,8 @@ async def insert_created(conn: Connection, versions: Sequence[NewVersion]) -> No
     history = [(*row, v.method) for row, v in zip(current, versions, strict=True)]
     await copy_rows(conn, resource_history.name, _HISTORY_COLUMNS, history)
     await copy_index(conn, [(v.resource_type, v.id, v.index) for v in versions])
+    if any(changes_facts(v) for v in versions):
+        await bump_access_epoch(conn)
 
 
 async def write_version(conn: Connection, version: NewVersion) -> None:
@@ -437,3 +466,5 @@ async def replace_index(conn: Connection, entries: Sequence[tuple[str, str, Inde
     params = [{"resource_type": t, "id": i, **index_params(rows)} for t, i, rows in entries]
     if params:
         await execute_many(conn, _reindex, params)
+        # access facts are found through the reference index
+        await bump_access_epoch(conn)

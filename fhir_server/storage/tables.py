@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     Index,
@@ -11,6 +13,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -70,6 +73,18 @@ resource_history = Table(
     Index("resource_history_updated", "last_updated"),
     Index("resource_history_type_updated", "resource_type", "last_updated"),
     Index("resource_history_compartments_gin", "compartments", postgresql_using="gin"),
+)
+
+
+# One row: a number bumped in the same transaction as every write that can change the facts of
+# an access decision (repository.FACT_TYPES). A server may reuse facts it loaded while the epoch
+# is unchanged; any such write makes every server load them again (migration 0003).
+access_epoch = Table(
+    "access_epoch",
+    metadata,
+    Column("id", SmallInteger, primary_key=True),
+    Column("value", BigInteger, nullable=False),
+    CheckConstraint("id = 1", name="access_epoch_one_row"),
 )
 
 

@@ -1,4 +1,5 @@
-"""access control: the creator on every history row, an index for the creator filter
+"""access control: the creator on every history row, an index for the creator filter, and the
+epoch of the facts access decisions are made from
 
 Revision ID: 0003_access
 Revises: 0002_search_index
@@ -30,6 +31,18 @@ def upgrade() -> None:
     )
 
 
+    # Bumped in the same transaction as every write that can change an access decision's facts
+    # (Person, RelatedPerson, Consent, CareTeam, Patient): servers cache facts per epoch.
+    op.create_table(
+        "access_epoch",
+        sa.Column("id", sa.SmallInteger, primary_key=True),
+        sa.Column("value", sa.BigInteger, nullable=False),
+        sa.CheckConstraint("id = 1", name="access_epoch_one_row"),
+    )
+    op.execute("INSERT INTO access_epoch (id, value) VALUES (1, 1)")
+
+
 def downgrade() -> None:
+    op.drop_table("access_epoch")
     op.drop_index("resources_created_by", table_name="resources")
     op.drop_column("resource_history", "created_by")

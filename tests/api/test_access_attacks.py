@@ -661,3 +661,28 @@ def test_explain_access_answers_without_acting(world: World) -> None:
         identity=world.ref("parent"),
     )
     assert answer["allowed"] is False and answer["reason"] == "reference_mismatch"
+
+
+def test_a_revocation_on_one_server_counts_on_every_other(
+    world: World, emergency_server: LiveServer
+) -> None:
+    """Facts are cached per server while the access epoch is unchanged: a write through one
+    server must end the access that another server has cached."""
+    child = world.create({"resourceType": "Patient", "birthDate": years_ago(5)})
+    guardian = world.create(
+        {
+            "resourceType": "RelatedPerson",
+            "patient": {"reference": child},
+            "relationship": [{"coding": [{"code": "GUARD"}]}],
+        }
+    )
+    record = world.observation(child, "cached", {"text": "x"})
+    other = httpx.Client(
+        base_url=f"{emergency_server.origin}/fhir", timeout=30, headers=auth(guardian, "user/*.rs")
+    )
+    with other:
+        for _ in range(3):  # the second server now has the guardian's facts cached
+            assert other.get(f"/{record}").status_code == 200
+        ended = {**world.system.get(f"/{guardian}").json(), "active": False}
+        assert world.system.put(f"/{guardian}", json=ended).status_code == 200  # first server
+        assert reason(other.get(f"/{record}")) == "link_inactive"
