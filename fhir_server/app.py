@@ -20,7 +20,7 @@ from fhir_server.auth.tokens import TokenSettings, TokenVerifier
 from fhir_server.services.access import FactsCache
 from fhir_server.services.context import Context
 from fhir_server.settings import Settings
-from fhir_server.storage.database import Database
+from fhir_server.storage.database import Database, libpq_url
 from fhir_server.validation import ResourceValidator
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         await db.open()
         validator = ResourceValidator()
         server = Context(settings=settings, validator=validator, base_url="")
-        audit = AuditTrail(db, server)
+        audit = AuditTrail(db, server, database_url=libpq_url(database_url))
         app.state.runtime = Runtime(settings, db, validator, verifier, policy, audit, FactsCache())
         audit.start()
         try:

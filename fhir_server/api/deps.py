@@ -14,7 +14,7 @@ from fhir_server.api.runtime import Runtime
 from fhir_server.auth.tokens import Principal, bearer
 from fhir_server.errors import NotAcceptable, NotSupported, PayloadTooLarge, UnsupportedMediaType
 from fhir_server.services.access import load_guard
-from fhir_server.services.context import Context
+from fhir_server.services.context import Context, nobody
 from fhir_server.services.resources import parse_json
 from fhir_server.storage.database import Database
 from fhir_server.storage.sql import Connection
@@ -80,7 +80,12 @@ def interaction(request: Request) -> Interaction:
     rt = runtime(request)
     headers = request.headers
     principal = rt.verifier.verify(bearer(headers.get("authorization")))
-    ctx = Context(settings=rt.settings, validator=rt.validator, base_url=base_url(request, rt))
+    ctx = Context(
+        settings=rt.settings,
+        validator=rt.validator,
+        base_url=base_url(request, rt),
+        guard=nobody(),
+    )
     prefer = headers.get("prefer")
     return Interaction(
         rt.db,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from compartments.engine import Facts, Identity
 from compartments.policy import Policy, Rule
@@ -30,6 +30,18 @@ def server_guard() -> Guard:
         identities=(Identity(SERVER),),
         facts=Facts(today=utc_now().date()),
         policy=_SERVER_POLICY,
+    )
+
+
+_NOBODY_POLICY = Policy([])
+_NO_FACTS = Facts(today=date(1970, 1, 1))
+
+
+def nobody() -> Guard:
+    """The guard of a context whose caller is not known yet: no identity, so every decision is
+    a denial. A request's context gets its caller's guard from `Interaction.authorized`."""
+    return Guard(
+        principal=None, account="nobody", identities=(), facts=_NO_FACTS, policy=_NOBODY_POLICY
     )
 
 

@@ -43,7 +43,7 @@ class Database:
     """
 
     # Timestamps come back in UTC whatever the server's default zone.
-    _OPTIONS = "-c TimeZone=UTC"
+    OPTIONS = "-c TimeZone=UTC"
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self._url = libpq_url(url)
@@ -51,7 +51,7 @@ class Database:
             self._url,
             min_size=pool_size,
             max_size=pool_size,
-            kwargs={"autocommit": True, "options": self._OPTIONS},
+            kwargs={"autocommit": True, "options": self.OPTIONS},
             open=False,
             name="fhir",
         )
@@ -59,7 +59,7 @@ class Database:
     async def open(self) -> None:
         """Connect the pool. A database that refuses a first connection fails at once, with
         PostgreSQL's reason, rather than after the pool's retries."""
-        probe = await AsyncConnection.connect(self._url, connect_timeout=10, options=self._OPTIONS)
+        probe = await AsyncConnection.connect(self._url, connect_timeout=10, options=self.OPTIONS)
         await probe.close()
         await self._pool.open(wait=True, timeout=30)
 
