@@ -44,9 +44,13 @@ class Interaction:
     reason: str | None = None
 
     @asynccontextmanager
-    async def authorized(self, conn: Connection) -> AsyncIterator[Context]:
+    async def authorized(
+        self, conn: Connection, *, optimistic: bool = False
+    ) -> AsyncIterator[Context]:
         """The context with the caller's guard (identities and facts loaded on `conn`); every
-        decision made under it is audited when the block ends, denials before the response."""
+        decision made under it is audited when the block ends, denials before the response.
+        `optimistic` (read only): cached facts come unverified, and the read verifies them in
+        its own statement (services/read.py)."""
         settings = self.ctx.settings
         guard = await load_guard(
             conn,
@@ -59,6 +63,7 @@ class Interaction:
             purpose_of_use=self.purpose_of_use,
             reason=self.reason,
             cache=self.runtime.facts,
+            optimistic=optimistic,
         )
         try:
             yield replace(self.ctx, guard=guard)

@@ -108,7 +108,7 @@ async def create_resource(
 # dependency it costs about a sixth of a read's CPU (docs/performance.md).
 async def read_resource(request: Request, type: str, id: str) -> Response:
     fhir = interaction(request)
-    async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
+    async with fhir.db.connection() as conn, fhir.authorized(conn, optimistic=True) as ctx:
         found = await read.read(ctx, conn, type, id)
     return read_response(found, emergency=ctx.guard.emergency)
 

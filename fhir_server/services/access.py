@@ -12,7 +12,7 @@ policy rule is `allow`, narrowed by scopes).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
 from typing import Any
@@ -76,8 +76,30 @@ class Guard:
     purpose_of_use: str | None = None
     reason: str | None = None
     audited: list[Audited] = field(default_factory=list)
+    # Facts taken from the cache without reading the access epoch yet (`load_guard(...,
+    # optimistic=True)`): the epoch they were loaded at. The caller must `verify` them, or read
+    # the epoch in the same statement as its data (services/read.py), before answering.
+    pending_epoch: int | None = None
+    _reload: Callable[[Connection], Awaitable[Guard]] | None = None
     _filters: dict[str, AccessFilterForOperation] = field(default_factory=dict)
     _decisions: dict[tuple[str, str], Decision] = field(default_factory=dict)
+
+    async def verify(self, conn: Connection, epoch: int | None = None) -> bool:
+        """Make optimistic facts certain: compare the epoch they were loaded at with the
+        current one (`epoch`, if the caller read it with its data) and load them again if it
+        moved. True when they were current."""
+        if self.pending_epoch is None:
+            return True
+        current = epoch if epoch is not None else await repository.access_epoch(conn)
+        if current == self.pending_epoch:
+            self.pending_epoch = None
+            return True
+        assert self._reload is not None
+        fresh = await self._reload(conn)
+        self.identities, self.facts, self.pending_epoch = fresh.identities, fresh.facts, None
+        self._filters.clear()
+        self._decisions.clear()
+        return False
 
     @property
     def emergency(self) -> bool:
@@ -292,10 +314,27 @@ async def load_guard(
     purpose_of_use: str | None = None,
     reason: str | None = None,
     cache: FactsCache | None = None,
+    optimistic: bool = False,
 ) -> Guard:
-    """The guard of a verified principal: its identities and the facts its decisions need."""
+    """The guard of a verified principal: its identities and the facts its decisions need.
+    `optimistic`: cached facts are used without reading the access epoch; the guard's
+    `pending_epoch` says so, and the caller must verify them (Guard.verify)."""
 
-    def guard(account: str, identities: tuple[Identity, ...], facts: Facts) -> Guard:
+    def guard(
+        account: str, identities: tuple[Identity, ...], facts: Facts, pending: int | None = None
+    ) -> Guard:
+        def reload(conn: Connection) -> Awaitable[Guard]:
+            return load_guard(
+                conn,
+                principal,
+                policy,
+                today=today,
+                majority_age=majority_age,
+                emergency_bypass=emergency_bypass,
+                admin_role=admin_role,
+                cache=cache,
+            )
+
         return Guard(
             principal=principal,
             account=account,
@@ -304,6 +343,8 @@ async def load_guard(
             policy=policy,
             purpose_of_use=purpose_of_use,
             reason=reason,
+            pending_epoch=pending,
+            _reload=reload,
         )
 
     no_facts = Facts(today=today, majority_age=majority_age, emergency_bypass=emergency_bypass)
@@ -318,7 +359,10 @@ async def load_guard(
     user = principal.fhir_user
     # CareTeam participant periods are read against the day the facts were loaded on
     cached = cache.get(user, today) if cache is not None else None
-    if cached is not None and cached[0] == await repository.access_epoch(conn):
+    pending = None
+    if cached is not None and optimistic:
+        pending, identities, facts = cached
+    elif cached is not None and cached[0] == await repository.access_epoch(conn):
         _, identities, facts = cached
     else:
         user_type, user_id = user.split("/", 1)
@@ -337,7 +381,7 @@ async def load_guard(
     facts = replace(
         facts, today=today, majority_age=majority_age, emergency_bypass=emergency_bypass
     )
-    return guard(user, identities, facts)
+    return guard(user, identities, facts, pending)
 
 
 class FactsCache:

@@ -39,6 +39,7 @@ from fhir_server.storage.search_sql import (
     UNRESTRICTED,
     AccessFilter,
     Everything,
+    Grant,
     access_clause,
 )
 from fhir_server.storage.sql import (
@@ -227,16 +228,46 @@ def _params(version: NewVersion) -> dict[str, Any]:
 
 
 # A read restricted to what a caller may see (the common grant: compartments or creators).
-_read_granted = Statement(
-    select(*_current_cols).where(
-        resources.c.resource_type == bindparam("t"),
-        resources.c.id == bindparam("i"),
-        or_(
-            resources.c.compartments.overlap(bindparam("c", type_=ARRAY(Text))),
-            resources.c.created_by == any_(bindparam("cr", type_=ARRAY(Text))),
-        ),
-    )
+_read_granted_query = select(*_current_cols).where(
+    resources.c.resource_type == bindparam("t"),
+    resources.c.id == bindparam("i"),
+    or_(
+        resources.c.compartments.overlap(bindparam("c", type_=ARRAY(Text))),
+        resources.c.created_by == any_(bindparam("cr", type_=ARRAY(Text))),
+    ),
 )
+_read_granted = Statement(_read_granted_query)
+
+
+# The same, with the access epoch read in the same statement (one snapshot): a row, or the epoch
+# alone when the caller may not see the resource.
+_read_granted_epoch = Statement(
+    "SELECT e.value, r.* FROM access_epoch e LEFT JOIN LATERAL ("
+    + compile_fixed(_read_granted_query)
+    + ") r ON true WHERE e.id = 1"
+)
+
+
+async def read_granted(
+    conn: Connection, resource_type: str, id: str, grant: Grant
+) -> tuple[int, StoredVersion | None]:
+    """The access epoch and the current version, if `grant` (compartments and creators only)
+    lets the caller see it."""
+    params = {
+        "t": resource_type,
+        "i": id,
+        "c": sorted(grant.compartments),
+        "cr": sorted(grant.creators),
+    }
+    row = await fetch_one(conn, _read_granted_epoch, params)
+    assert row is not None, "migration 0003 creates the access epoch"
+    epoch, version_id, last_updated, deleted, content = row
+    found = (
+        None
+        if version_id is None
+        else StoredVersion(resource_type, id, version_id, last_updated, deleted, content)
+    )
+    return int(epoch), found
 
 
 async def read_current(
