@@ -149,7 +149,7 @@ class CpuMeter:
     def __enter__(self) -> CpuMeter:
         self._start = (
             time.monotonic(),
-            self._seconds(self.server, False),
+            self._seconds(self.server, True),
             self._seconds(self.postmaster, True),
         )
         return self
@@ -157,7 +157,7 @@ class CpuMeter:
     def __exit__(self, *exc: object) -> None:
         t0, s0, p0 = self._start
         wall = time.monotonic() - t0
-        server, postgres = self._seconds(self.server, False), self._seconds(self.postmaster, True)
+        server, postgres = self._seconds(self.server, True), self._seconds(self.postmaster, True)
         self.result = Cpu(100 * (server - s0) / wall, 100 * (postgres - p0) / wall)
 
 

@@ -60,6 +60,12 @@ async def _current(
 async def vread(
     ctx: Context, conn: Connection, resource_type: str, id: str, version: str
 ) -> StoredVersion:
+    if resource_type in repository.UNVERSIONED:
+        # written once: the current row is version 1, and there is no other
+        only = await read(ctx, conn, resource_type, id)
+        if version != "1":
+            raise NotFound(f"`{resource_type}/{id}` has no version `{version}`")
+        return only
     guard = ctx.guard
     number = int(version) if version.isdigit() and len(version) <= 9 else None
     found = (

@@ -138,6 +138,10 @@ _CURRENT_COLUMNS = _VERSION_COLUMNS
 _HISTORY_COLUMNS = (*_VERSION_COLUMNS, "method")
 
 
+# Types whose resources are written once and never changed (the policy denies every update and
+# delete): their only version is the current row, and no history row repeats it.
+UNVERSIONED = frozenset({"AuditEvent"})
+
 # Writes that can change the facts of an access decision (services/access.py loads them): they
 # bump the access epoch in their own transaction, so no server keeps using facts they changed.
 FACT_TYPES = frozenset({"Person", "RelatedPerson", "Consent", "CareTeam", "Patient"})
@@ -172,7 +176,7 @@ def _with_history(written_row: Any, *, delete_old_index: bool) -> Statement:
     return Statement(
         f"WITH written AS ({written}),\n"
         f"history AS (INSERT INTO {resource_history.name} ({columns}, method)"
-        f" SELECT {columns}, %(method)s FROM written),\n"
+        f" SELECT {columns}, %(method)s FROM written WHERE %(versioned)s),\n"
         f"epoch AS ({_BUMP} AND %(bump)s AND EXISTS (SELECT FROM written))"
         f",\n{index_ctes(delete_old=delete_old_index)}\n"
         "SELECT id FROM written"
@@ -223,6 +227,7 @@ def _params(version: NewVersion) -> dict[str, Any]:
         "created_by": version.created_by,
         "method": version.method,
         "bump": changes_facts(version),
+        "versioned": version.resource_type not in UNVERSIONED,
         **index_params(version.index),
     }
 
@@ -364,7 +369,11 @@ async def insert_created(conn: Connection, versions: Sequence[NewVersion]) -> No
         for v in versions
     ]
     await copy_rows(conn, resources.name, _CURRENT_COLUMNS, current)
-    history = [(*row, v.method) for row, v in zip(current, versions, strict=True)]
+    history = [
+        (*row, v.method)
+        for row, v in zip(current, versions, strict=True)
+        if v.resource_type not in UNVERSIONED
+    ]
     await copy_rows(conn, resource_history.name, _HISTORY_COLUMNS, history)
     await copy_index(conn, [(v.resource_type, v.id, v.index) for v in versions])
     if any(changes_facts(v) for v in versions):
