@@ -82,7 +82,9 @@ class Guard:
     pending_epoch: int | None = None
     _reload: Callable[[Connection], Awaitable[Guard]] | None = None
     _filters: dict[str, AccessFilterForOperation] = field(default_factory=dict)
-    _decisions: dict[tuple[str, str], Decision] = field(default_factory=dict)
+    # (operation, type, purpose, reason, scopes, patient) -> the decision and the grant. Shared
+    # by every request whose facts come from the same cache entry: they depend on nothing else.
+    _decisions: dict[tuple[Any, ...], tuple[Decision, Grant | None]] = field(default_factory=dict)
 
     async def verify(self, conn: Connection, epoch: int | None = None) -> bool:
         """Make optimistic facts certain: compare the epoch they were loaded at with the
@@ -98,7 +100,7 @@ class Guard:
         fresh = await self._reload(conn)
         self.identities, self.facts, self.pending_epoch = fresh.identities, fresh.facts, None
         self._filters.clear()
-        self._decisions.clear()
+        self._decisions = fresh._decisions
         return False
 
     @property
@@ -140,24 +142,36 @@ class Guard:
         return granted(self.principal.scopes, resource_type, PERMISSION[operation])
 
     def type_decision(self, operation: str, resource_type: str) -> Decision:
-        """The decision for a whole type (a search, or the filter of a read), once per request."""
-        key = (operation, resource_type)
-        found = self._decisions.get(key)
-        if found is None:
-            found = self._decisions[key] = self.decide(operation, resource_type)
-        return found
+        """The decision for a whole type (a search, or the filter of a read)."""
+        return self._decided(operation, resource_type)[0]
 
     def grant(self, operation: str, resource_type: str) -> Grant | None:
         """Which rows of a type this caller may see for `operation`, as the SQL filter."""
-        decision = self.type_decision(operation, resource_type)
-        if not decision.allowed:
-            return None
-        grant = (
-            UNRESTRICTED
-            if decision.everything
-            else Grant(compartments=decision.compartments, creators=decision.creators)
+        return self._decided(operation, resource_type)[1]
+
+    def _decided(self, operation: str, resource_type: str) -> tuple[Decision, Grant | None]:
+        principal = self.principal
+        key = (
+            operation,
+            resource_type,
+            self.purpose_of_use,
+            self.reason,
+            principal.scopes if principal else None,
+            principal.patient if principal else None,
         )
-        return self._narrow(grant, resource_type, self._scopes(resource_type, operation))
+        found = self._decisions.get(key)
+        if found is None:
+            decision = self.decide(operation, resource_type)
+            grant = None
+            if decision.allowed:
+                policy = (
+                    UNRESTRICTED
+                    if decision.everything
+                    else Grant(compartments=decision.compartments, creators=decision.creators)
+                )
+                grant = self._narrow(policy, resource_type, self._scopes(resource_type, operation))
+            found = self._decisions[key] = (decision, grant)
+        return found
 
     def _narrow(self, grant: Grant, resource_type: str, scopes: list[Scope]) -> Grant:
         """Scopes narrow the policy's grant: `patient/` scopes to the launch context's
@@ -321,7 +335,11 @@ async def load_guard(
     `pending_epoch` says so, and the caller must verify them (Guard.verify)."""
 
     def guard(
-        account: str, identities: tuple[Identity, ...], facts: Facts, pending: int | None = None
+        account: str,
+        identities: tuple[Identity, ...],
+        facts: Facts,
+        pending: int | None = None,
+        decisions: dict[tuple[Any, ...], tuple[Decision, Grant | None]] | None = None,
     ) -> Guard:
         def reload(conn: Connection) -> Awaitable[Guard]:
             return load_guard(
@@ -345,6 +363,7 @@ async def load_guard(
             reason=reason,
             pending_epoch=pending,
             _reload=reload,
+            _decisions={} if decisions is None else decisions,
         )
 
     no_facts = Facts(today=today, majority_age=majority_age, emergency_bypass=emergency_bypass)
@@ -361,9 +380,9 @@ async def load_guard(
     cached = cache.get(user, today) if cache is not None else None
     pending = None
     if cached is not None and optimistic:
-        pending, identities, facts = cached
+        pending, identities, facts, decisions = cached
     elif cached is not None and cached[0] == await repository.access_epoch(conn):
-        _, identities, facts = cached
+        _, identities, facts, decisions = cached
     else:
         user_type, user_id = user.split("/", 1)
         rows = await fetch_all(
@@ -376,12 +395,19 @@ async def load_guard(
             },
         )
         epoch, identities, facts = _facts(user, rows, no_facts)
+        facts = replace(
+            facts, today=today, majority_age=majority_age, emergency_bypass=emergency_bypass
+        )
+        decisions = {}
         if cache is not None:
-            cache.put(user, today, (epoch, identities, facts))
-    facts = replace(
-        facts, today=today, majority_age=majority_age, emergency_bypass=emergency_bypass
-    )
-    return guard(user, identities, facts, pending)
+            cache.put(user, today, (epoch, identities, facts, decisions))
+    return guard(user, identities, facts, pending, decisions)
+
+
+# (epoch, identities, facts, the decisions made from them)
+CacheEntry = tuple[
+    int, tuple[Identity, ...], Facts, dict[tuple[Any, ...], tuple[Decision, Grant | None]]
+]
 
 
 class FactsCache:
@@ -389,12 +415,12 @@ class FactsCache:
 
     def __init__(self, size: int = 10_000) -> None:
         self.size = size
-        self._entries: dict[tuple[str, date], tuple[int, tuple[Identity, ...], Facts]] = {}
+        self._entries: dict[tuple[str, date], CacheEntry] = {}
 
-    def get(self, user: str, today: date) -> tuple[int, tuple[Identity, ...], Facts] | None:
+    def get(self, user: str, today: date) -> CacheEntry | None:
         return self._entries.get((user, today))
 
-    def put(self, user: str, today: date, entry: tuple[int, tuple[Identity, ...], Facts]) -> None:
+    def put(self, user: str, today: date, entry: CacheEntry) -> None:
         if len(self._entries) >= self.size:
             self._entries.clear()
         self._entries[(user, today)] = entry
