@@ -214,6 +214,8 @@ def _within(decision: Decision, request: Request, rule: Rule) -> Decision:
         return decision
     if target.compartments & decision.compartments or (target.created_by in decision.creators):
         return decision
+    if decision.creators and not decision.compartments:
+        return deny(Reason.UNVERIFIED_LINK, "an unverified link sees only what it created", rule)
     return deny(
         Reason.INVALID_COMPARTMENT, "the resource is outside the permitted compartments", rule
     )

@@ -1,4 +1,4 @@
-"""The `fhir-server` command: serve, migrate."""
+"""The `fhir-server` command: serve, migrate, reindex, dev-token."""
 
 from __future__ import annotations
 
@@ -50,13 +50,16 @@ def cmd_dev_token(settings: Settings, args: argparse.Namespace) -> int:
     """Print a token signed with the local development key (never for production)."""
     from fhir_server.auth.devkeys import dev_token
 
+    scope = args.scope or ("user/*.cruds" if args.fhir_user else "system/*.cruds")
+    extra = {"roles": [settings.auth_admin_role]} if args.admin else None
     print(
         dev_token(
             settings.data_dir,
             fhir_user=args.fhir_user,
-            scope=args.scope,
+            scope=scope,
             patient=args.patient,
             lifetime_seconds=args.lifetime,
+            extra=extra,
         )
     )
     return 0
@@ -65,8 +68,16 @@ def cmd_dev_token(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
-    from fhir_server.app import create_app
+    from compartments.policy import PolicyError
+    from fhir_server.app import create_app, load_policy_file, token_settings
 
+    # a bad policy file or identity provider setting stops the server before it starts
+    try:
+        load_policy_file(settings.policy_file)
+        token_settings(settings)
+    except (PolicyError, ValueError) as exc:
+        log.error("%s", exc)
+        return 2
     url = database_url(settings)
     if settings.migrate_on_start:
         _migrate(settings, url)
@@ -93,7 +104,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dev-token", help="print a token signed with the local development key (not for production)"
     )
     token.add_argument("--fhir-user", help="e.g. RelatedPerson/123; omit for a system client")
-    token.add_argument("--scope", default="user/*.cruds", help="SMART scopes, space-separated")
+    token.add_argument(
+        "--scope",
+        help="SMART scopes, space-separated (default user/*.cruds, or system/*.cruds without a user)",
+    )
+    token.add_argument(
+        "--admin", action="store_true", help="carry the administrator role (FHIR_AUTH_ADMIN_ROLE)"
+    )
     token.add_argument("--patient", help="the patient launch context, for patient/ scopes")
     token.add_argument("--lifetime", type=int, default=3600, help="seconds (default 3600)")
     args = parser.parse_args(argv)

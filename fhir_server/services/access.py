@@ -596,14 +596,26 @@ def hidden(guard: Guard, operation: str, resource_type: str, id: str) -> AccessD
     it exists (DESIGN.md 5.5)."""
     decision = guard.type_decision(operation, resource_type)
     if decision.allowed:
-        decision = Decision(
-            allowed=False,
-            rule=decision.rule,
-            reason=Reason.INVALID_COMPARTMENT,
-            explanation="the resource is outside the permitted compartments",
-        )
+        decision = outside(decision)
     guard.record(operation, resource_type, f"{resource_type}/{id}", decision)
     return denied(decision)
+
+
+def outside(allowed: Decision) -> Decision:
+    """The denial for a resource outside an allowed decision's filter."""
+    if allowed.creators and not allowed.compartments and not allowed.everything:
+        return Decision(
+            allowed=False,
+            rule=allowed.rule,
+            reason=Reason.UNVERIFIED_LINK,
+            explanation="an unverified link sees only what it created",
+        )
+    return Decision(
+        allowed=False,
+        rule=allowed.rule,
+        reason=Reason.INVALID_COMPARTMENT,
+        explanation="the resource is outside the permitted compartments",
+    )
 
 
 def check_type(guard: Guard, operation: str, resource_type: str) -> None:

@@ -15,10 +15,10 @@ from __future__ import annotations
 from typing import Any
 
 from compartments.engine import Decision, Target
-from compartments.policy import OPERATIONS, Reason
+from compartments.policy import OPERATIONS
 from fhir_server.auth.tokens import Principal, principal_from_claims
 from fhir_server.errors import BadRequest, Forbidden, Unauthorized
-from fhir_server.services.access import Guard, load_guard
+from fhir_server.services.access import Guard, load_guard, outside
 from fhir_server.services.context import Context
 from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
@@ -97,14 +97,7 @@ async def _instance_decision(
     if visible is None and not (grant is not None and grant.unrestricted):
         # what a read would say: nothing about whether the resource exists
         decision = guard.type_decision(operation, resource_type)
-        if not decision.allowed:
-            return decision
-        return Decision(
-            allowed=False,
-            rule=decision.rule,
-            reason=Reason.INVALID_COMPARTMENT,
-            explanation="the resource is outside the permitted compartments",
-        )
+        return decision if not decision.allowed else outside(decision)
     stored = await repository.lock_current(conn, resource_type, id, lock=False)
     if stored is None:
         return guard.decide(operation, resource_type)

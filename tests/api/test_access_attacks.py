@@ -262,6 +262,22 @@ def test_no_caller_grants_itself_access(world: World, db: psycopg.Connection[Any
         # a Consent about someone else is outside the patient's compartment
         about_other = {**consent, "patient": {"reference": world.ref("other")}}
         assert reason(patient.post("/Consent", json=about_other)) == "invalid_compartment"
+    with as_(world, "doctor") as doctor:
+        # a Person linking the doctor to a patient would make the doctor act as that patient
+        person = {
+            "resourceType": "Person",
+            "link": [
+                {"target": {"reference": world.ref("doctor")}, "assurance": "level4"},
+                {"target": {"reference": world.ref("other")}, "assurance": "level4"},
+            ],
+        }
+        assert reason(doctor.post("/Person", json=person)) == "invalid_role"
+        mother = {
+            "resourceType": "RelatedPerson",
+            "patient": {"reference": world.ref("adult")},
+            "relationship": [{"coding": [{"code": "MTH"}]}],
+        }
+        assert reason(doctor.post("/RelatedPerson", json=mother)) == "invalid_role"
     assert snapshot(db) == before
 
 
@@ -465,8 +481,8 @@ def test_an_unverified_account_sees_only_what_it_created(
         assert unverified.get(f"/{mine}").status_code == 200
         cancelled = unverified.put(f"/{mine}", json={**created.json(), "status": "revoked"})
         assert cancelled.status_code == 200, cancelled.text
-        assert reason(unverified.get(f"/{world.ref('obs_other')}")) == "invalid_compartment"
-        assert reason(unverified.get(f"/{other}")) == "invalid_compartment"
+        assert reason(unverified.get(f"/{world.ref('obs_other')}")) == "unverified_link"
+        assert reason(unverified.get(f"/{other}")) == "unverified_link"
         found = ids(unverified.get("/ServiceRequest", params={"subject": other}).json())
         assert found == {mine}
         # the administrator verifies the link: the rest of the compartment opens
@@ -476,7 +492,7 @@ def test_an_unverified_account_sees_only_what_it_created(
         assert unverified.get(f"/{world.ref('obs_other')}").status_code == 200
         person["link"][0]["assurance"] = "level2"
         assert world.system.put(f"/{account}", json=person).status_code == 200
-        assert reason(unverified.get(f"/{world.ref('obs_other')}")) == "invalid_compartment"
+        assert reason(unverified.get(f"/{world.ref('obs_other')}")) == "unverified_link"
 
 
 # --- consent, and the 18th birthday ----------------------------------------------------------------------

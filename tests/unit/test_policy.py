@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -115,3 +116,19 @@ def test_reason_messages() -> None:
     assert Reason.INVALID_ROLE.message == "Invalid role"
     assert Reason.REFERENCE_MISMATCH.message == "Reference mismatch"
     assert Reason("consent_required") is Reason.CONSENT_REQUIRED
+
+
+def test_a_bad_policy_file_stops_the_server_before_it_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from fhir_server import cli
+
+    bad = tmp_path / "policy.json"
+    bad.write_text(
+        '[{"client_role": "Nurse", "entity_name": "Observation", "operation": "read",'
+        ' "validator": "allow"}]'
+    )
+    monkeypatch.setenv("FHIR_POLICY_FILE", str(bad))
+    monkeypatch.setenv("POSTGRES_URL", "postgresql://nobody@127.0.0.1:1/none")
+    assert cli.main(["serve"]) == 2
+    assert "rule 1, field `client_role`: 'Nurse' is not one of the allowed values" in caplog.text
