@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime
 from typing import Any
 
@@ -253,6 +254,15 @@ _read_granted_epoch = Statement(
 )
 
 
+@lru_cache(maxsize=4096)
+def array_literal(values: frozenset[str]) -> str:
+    """A PostgreSQL `text[]` literal of `values` (sorted, each quoted): the statement casts it.
+    The same few sets come back on every request of a caller, and a string costs psycopg less to
+    send than a list."""
+    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in sorted(values))
+    return "{" + ",".join(quoted) + "}"
+
+
 async def read_granted(
     conn: Connection, resource_type: str, id: str, grant: Grant
 ) -> tuple[int, StoredVersion | None]:
@@ -261,8 +271,8 @@ async def read_granted(
     params = {
         "t": resource_type,
         "i": id,
-        "c": sorted(grant.compartments),
-        "cr": sorted(grant.creators),
+        "c": array_literal(grant.compartments),
+        "cr": array_literal(grant.creators),
     }
     row = await fetch_one(conn, _read_granted_epoch, params)
     assert row is not None, "migration 0003 creates the access epoch"
@@ -290,8 +300,8 @@ async def read_current(
         params = {
             "t": resource_type,
             "i": id,
-            "c": sorted(grant.compartments),
-            "cr": sorted(grant.creators),
+            "c": array_literal(grant.compartments),
+            "cr": array_literal(grant.creators),
         }
     else:
         statement = select(*_current_cols).where(
