@@ -94,6 +94,10 @@ def security(
     return block
 
 
+# This server's own operation (POST [base]/$explain-access, docs/security.md).
+EXPLAIN_ACCESS = "urn:fhir-server:OperationDefinition/explain-access"
+
+
 def capability_statement(
     *,
     base_url: str,
@@ -140,6 +144,16 @@ def capability_statement(
                 "security": security(base_url, oauth),
                 "resource": resources,
                 "interaction": [{"code": code} for code in SYSTEM_INTERACTIONS],
+                "operation": [
+                    {
+                        "name": "explain-access",
+                        "definition": EXPLAIN_ACCESS,
+                        "documentation": (
+                            "What the access engine would decide for an operation on a resource "
+                            "or type, with the rule, reason and evidence, without doing it"
+                        ),
+                    }
+                ],
                 **({"documentation": SEARCH_RESULT_DOCUMENTATION} if search else {}),
             }
         ],

@@ -69,3 +69,9 @@ def test_capability_statement(client: httpx.Client) -> None:
     validator = jsonschema.Draft6Validator({"$ref": "#/definitions/CapabilityStatement", **schema})
     errors = [e.message for e in validator.iter_errors(statement)]
     assert errors == []
+
+
+def test_capability_statement_names_the_explain_operation(client: httpx.Client) -> None:
+    rest = client.get("/metadata").json()["rest"][0]
+    assert {"name": "explain-access"}.items() <= rest["operation"][0].items()
+    assert rest["security"]["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"

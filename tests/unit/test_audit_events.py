@@ -66,7 +66,7 @@ def test_stored_event_is_what_the_generic_write_path_stores(
     record = record_of(guard, Audited(operation, "Observation", resource, decision), now)
     event = audit_event(record, "s")
     CTX.validator.validate(dict(event), expected_type="AuditEvent")  # a valid R4 AuditEvent
-    fast = stored_event(dict(event), "id-1", now, created_by="System/fhir-server")
+    fast = stored_event(dict(event), "id-1", now)
     generic = new_version(
         CTX, dict(event), id="id-1", version_id=1, last_updated=now, method="POST"
     )
