@@ -55,6 +55,9 @@ class TokenSettings:
     jwks: str  # an https:// URL or a file path
     algorithms: tuple[str, ...] = ("RS256", "ES256")
     leeway_seconds: int = 30
+    # An unknown key id makes the verifier fetch the JWKS again (key rotation), at most once in
+    # this many seconds, so that tokens with made-up key ids cannot make it hammer the provider.
+    jwks_refresh_cooldown_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         unsafe = [a for a in self.algorithms if a not in ASYMMETRIC]
@@ -73,7 +76,12 @@ class TokenVerifier:
         self._keys: PyJWKSet | None = None
         if source.startswith(("https://", "http://")):
             # cached; a token with an unknown `kid` makes it fetch the set again (key rotation)
-            self._client = PyJWKClient(source, cache_keys=True, lifespan=300)
+            self._client = PyJWKClient(
+                source,
+                cache_keys=True,
+                lifespan=300,
+                cooldown_duration=settings.jwks_refresh_cooldown_seconds,
+            )
         else:
             self._keys = PyJWKSet.from_dict(json.loads(Path(source).read_text()))
 
