@@ -35,6 +35,8 @@ from fhir_server.storage.repository import NewVersion
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.5
+# How often the writer process tries to store a batch (waiting 1, 2, 4, 8 s between tries).
+WRITER_ATTEMPTS = 5
 # Patients named as entities of one event at most (a practitioner's filter can name hundreds).
 MAX_PATIENTS = 10
 _ACTIONS = {
@@ -354,7 +356,7 @@ async def _writer(queue: Any, url: str, endpoint: str) -> None:
         if batch is None:
             break
         versions = [stored_event(audit_event(r, endpoint), new_id(), r.recorded) for r in batch]
-        for attempt in range(5):
+        for attempt in range(WRITER_ATTEMPTS):
             try:
                 if conn is None or conn.closed:
                     conn = await AsyncConnection.connect(
@@ -367,5 +369,11 @@ async def _writer(queue: Any, url: str, endpoint: str) -> None:
                 log.exception("the audit writer could not store %d events", len(versions))
                 conn = None
                 await asyncio.sleep(min(2**attempt, 10))
+        else:
+            log.error(
+                "the audit writer gave up on %d events after %d attempts",
+                len(versions),
+                WRITER_ATTEMPTS,
+            )
     if conn is not None:
         await conn.close()

@@ -99,7 +99,6 @@ class Guard:
         assert self._reload is not None
         fresh = await self._reload(conn)
         self.identities, self.facts, self.pending_epoch = fresh.identities, fresh.facts, None
-        self._filters.clear()
         self._decisions = fresh._decisions
         return False
 
@@ -229,22 +228,16 @@ def denied(decision: Decision) -> AccessDenied:
 
 
 class AccessFilterForOperation:
-    """`AccessFilter` (storage/search_sql.py) for one operation: the grant of each type, decided
-    once per request."""
+    """`AccessFilter` (storage/search_sql.py) for one operation: the guard's grant of each type."""
 
-    __slots__ = ("_grants", "guard", "operation")
+    __slots__ = ("guard", "operation")
 
     def __init__(self, guard: Guard, operation: str) -> None:
         self.guard = guard
         self.operation = operation
-        self._grants: dict[str, Grant | None] = {}
 
     def grant(self, resource_type: str) -> Grant | None:
-        try:
-            return self._grants[resource_type]
-        except KeyError:
-            found = self._grants[resource_type] = self.guard.grant(self.operation, resource_type)
-            return found
+        return self.guard.grant(self.operation, resource_type)
 
 
 def _scope_criteria(resource_type: str, scope: Scope) -> tuple[Any, ...]:

@@ -44,7 +44,13 @@ resources = Table(
     PrimaryKeyConstraint(
         "resource_type", "id", name="resources_pkey", postgresql_include=["deleted"]
     ),
-    Index("resources_compartments_gin", "compartments", postgresql_using="gin"),
+    # no pending list: every restricted query scans this index (migration 0004)
+    Index(
+        "resources_compartments_gin",
+        "compartments",
+        postgresql_using="gin",
+        postgresql_with={"fastupdate": "off"},
+    ),
     Index("resources_type_updated", "resource_type", "last_updated", "id"),
     Index(
         "resources_created_by",
@@ -72,7 +78,12 @@ resource_history = Table(
     PrimaryKeyConstraint("resource_type", "id", "version_id", name="resource_history_pkey"),
     Index("resource_history_updated", "last_updated"),
     Index("resource_history_type_updated", "resource_type", "last_updated"),
-    Index("resource_history_compartments_gin", "compartments", postgresql_using="gin"),
+    Index(
+        "resource_history_compartments_gin",
+        "compartments",
+        postgresql_using="gin",
+        postgresql_with={"fastupdate": "off"},
+    ),
 )
 
 

@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from compartments.engine import CONSENT_SCOPE_SYSTEM
 from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER
 from tests.access_world import World, build_world, snapshot, years_ago
 from tests.conftest import KEYS_DIR, LiveServer, auth, token
@@ -38,6 +39,27 @@ def reason(response: httpx.Response) -> str:
     assert response.status_code == 403, response.text
     code: str = response.json()["issue"][0]["details"]["coding"][0]["code"]
     return code
+
+
+def lab_results_consent(world: World) -> dict[str, Any]:
+    """The adult's Consent that lets her relative see her lab results."""
+    return {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {"coding": [{"code": "patient-privacy"}]},
+        "category": [{"coding": [{"code": "INFA"}]}],
+        "patient": {"reference": world.ref("adult")},
+        "provision": {
+            "type": "permit",
+            "actor": [
+                {
+                    "role": {"coding": [{"code": "GRANTEE"}]},
+                    "reference": {"reference": world.ref("relative")},
+                }
+            ],
+            "code": [{"coding": [{"system": CONSENT_SCOPE_SYSTEM, "code": "LAB_RESULTS"}]}],
+        },
+    }
 
 
 def as_(world: World, key: str, scope: str = "user/*.cruds", **kw: Any) -> httpx.Client:
@@ -226,25 +248,7 @@ def test_patch_or_update_cannot_move_a_resource_out_of_or_into_a_compartment(
 
 def test_no_caller_grants_itself_access(world: World, db: psycopg.Connection[Any]) -> None:
     before = snapshot(db)
-    consent = {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {"coding": [{"code": "patient-privacy"}]},
-        "category": [{"coding": [{"code": "INFA"}]}],
-        "patient": {"reference": world.ref("adult")},
-        "provision": {
-            "type": "permit",
-            "actor": [
-                {
-                    "role": {"coding": [{"code": "GRANTEE"}]},
-                    "reference": {"reference": world.ref("relative")},
-                }
-            ],
-            "code": [
-                {"coding": [{"system": "urn:fhir-server:consent-scope", "code": "LAB_RESULTS"}]}
-            ],
-        },
-    }
+    consent = lab_results_consent(world)
     with as_(world, "relative") as relative:
         assert reason(relative.post("/Consent", json=consent)) == "invalid_role"
         me = world.system.get(f"/{world.ref('relative')}").json()
@@ -499,25 +503,7 @@ def test_an_unverified_account_sees_only_what_it_created(
 
 
 def test_consent_opens_its_scope_and_revocation_closes_it(world: World) -> None:
-    consent = {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {"coding": [{"code": "patient-privacy"}]},
-        "category": [{"coding": [{"code": "INFA"}]}],
-        "patient": {"reference": world.ref("adult")},
-        "provision": {
-            "type": "permit",
-            "actor": [
-                {
-                    "role": {"coding": [{"code": "GRANTEE"}]},
-                    "reference": {"reference": world.ref("relative")},
-                }
-            ],
-            "code": [
-                {"coding": [{"system": "urn:fhir-server:consent-scope", "code": "LAB_RESULTS"}]}
-            ],
-        },
-    }
+    consent = lab_results_consent(world)
     with as_(world, "relative") as relative:
         assert reason(relative.get(f"/{world.ref('obs_adult')}")) == "consent_required"
         granted = world.create(consent)
@@ -702,3 +688,25 @@ def test_a_revocation_on_one_server_counts_on_every_other(
         ended = {**world.system.get(f"/{guardian}").json(), "active": False}
         assert world.system.put(f"/{guardian}", json=ended).status_code == 200  # first server
         assert reason(other.get(f"/{record}")) == "link_inactive"
+
+
+def test_system_history_and_compartment_search_show_only_the_permitted_set(world: World) -> None:
+    with as_(world, "parent") as parent:
+        history = parent.get("/_history", params={"_count": "1000"}).json()
+        seen = ids(history)
+        assert world.ref("obs_minor") in seen
+        assert world.ref("obs_other") not in seen and world.ref("obs_adult") not in seen
+        # everything in it is in the minor's compartment (or the parent's own record)
+        for entry in history["entry"]:
+            resource = entry.get("resource")
+            if resource is None:
+                continue
+            reference = f"{resource['resourceType']}/{resource['id']}"
+            assert world.ref("minor") in str(resource) or reference in {
+                world.ref("minor"),
+                world.ref("parent"),
+            }, reference
+        everything = parent.get(f"/{world.ref('minor')}/*", params={"_count": "100"}).json()
+        assert world.ref("obs_minor") in ids(everything)
+        elsewhere = parent.get(f"/{world.ref('other')}/*").json()
+        assert ids(elsewhere) == set()
