@@ -163,6 +163,22 @@ class Decision:
         return self.reason.message if self.reason else "Allowed"
 
 
+# Denial reasons from the most to the least telling, to pick one when every identity says no.
+_SPECIFICITY = {
+    reason: rank
+    for rank, reason in enumerate(
+        (
+            Reason.LINK_INACTIVE,
+            Reason.CONSENT_REQUIRED,
+            Reason.UNVERIFIED_LINK,
+            Reason.REFERENCE_MISMATCH,
+            Reason.INVALID_COMPARTMENT,
+            Reason.INVALID_ROLE,
+        )
+    )
+}
+
+
 def deny(reason: Reason, explanation: str, rule: Rule | None = None) -> Decision:
     return Decision(allowed=False, rule=rule, reason=reason, explanation=explanation)
 
@@ -174,7 +190,11 @@ def decide(request: Request, policy: Policy, facts: Facts) -> Decision:
     decisions = [_decide_one(identity, request, policy, facts) for identity in request.identities]
     allowed = [d for d in decisions if d.allowed]
     if not allowed:
-        return decisions[0]
+        # the most telling reason: an identity that came close says more than one with no rule
+        return min(
+            decisions,
+            key=lambda d: _SPECIFICITY.get(d.reason, 0) if d.reason else len(_SPECIFICITY),
+        )
     first = allowed[0]
     return Decision(
         allowed=True,

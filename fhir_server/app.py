@@ -20,6 +20,7 @@ from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_key
 from fhir_server.auth.tokens import TokenSettings, TokenVerifier
 from fhir_server.services.access import FactsCache
 from fhir_server.services.context import Context
+from fhir_server.services.registry import ClientRegistry, RegistrySettings
 from fhir_server.settings import Settings
 from fhir_server.storage.database import Database, libpq_url
 from fhir_server.validation import ResourceValidator
@@ -79,7 +80,20 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         validator = ResourceValidator()
         server = Context(settings=settings, validator=validator, base_url="")
         audit = AuditTrail(db, server, database_url=libpq_url(database_url))
-        app.state.runtime = Runtime(settings, db, validator, verifier, policy, audit, FactsCache())
+        registry = (
+            ClientRegistry(
+                RegistrySettings(
+                    url=settings.client_registry_url,
+                    token=settings.client_registry_token,
+                    timeout_seconds=settings.client_registry_timeout_seconds,
+                )
+            )
+            if settings.client_registry_url
+            else None
+        )
+        app.state.runtime = Runtime(
+            settings, db, validator, verifier, policy, audit, FactsCache(), registry
+        )
         audit.start()
         # What is loaded by now (R4 schema, search parameters, policy) lives as long as the
         # process: keep it out of the cyclic garbage collector, whose full passes over it
@@ -90,6 +104,8 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
             yield
         finally:
             await audit.close()
+            if registry is not None:
+                await registry.close()
             await db.close()
 
     app = FastAPI(

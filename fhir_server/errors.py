@@ -140,6 +140,20 @@ class UnsupportedMediaType(FhirError):
     code = "not-supported"
 
 
+class BadGateway(FhirError):
+    """An upstream service (the Client Registry) failed or answered nonsense."""
+
+    status = 502
+    code = "transient"
+
+
+class GatewayTimeout(FhirError):
+    """An upstream service (the Client Registry) did not answer in time."""
+
+    status = 504
+    code = "timeout"
+
+
 class Unprocessable(FhirError):
     status = 422
     code = "business-rule"

@@ -17,6 +17,14 @@ def _bool(value: str) -> bool:
     raise ValueError(f"expected a boolean, got `{value}`")
 
 
+def _assurance(value: str) -> str:
+    if value not in {"level1", "level2", "level3", "level4"}:
+        raise ValueError(
+            f"`FAMILY_EXISTING_LINK_ASSURANCE` must be level1 to level4, got `{value}`"
+        )
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Every setting of the server. See docs/configuration.md."""
@@ -42,6 +50,13 @@ class Settings:
     majority_age: int = 18
     emergency_bypass: bool = False
     auth_admin_role: str = "fhir-admin"
+    # The family workflow (docs/family.md): the identifier system of national ids, the Client
+    # Registry looked up by national id, and the assurance of a link to a person already on record.
+    national_id_system: str = "http://nationalid.gov.ke"
+    client_registry_url: str | None = None
+    client_registry_token: str | None = None
+    client_registry_timeout_seconds: float = 5.0
+    family_existing_link_assurance: str = "level2"
     # Extra base URLs under which references count as local (e.g. behind a proxy).
     local_bases: tuple[str, ...] = field(default_factory=tuple)
     # Bearer tokens (docs/configuration.md). Without a JWKS, the development key in the data
@@ -96,6 +111,15 @@ class Settings:
             majority_age=num("MAJORITY_AGE", defaults.majority_age),
             emergency_bypass=_bool(get("EMERGENCY_BYPASS") or "false"),
             auth_admin_role=get("FHIR_AUTH_ADMIN_ROLE") or defaults.auth_admin_role,
+            national_id_system=get("NATIONAL_ID_SYSTEM") or defaults.national_id_system,
+            client_registry_url=get("CLIENT_REGISTRY_URL"),
+            client_registry_token=get("CLIENT_REGISTRY_TOKEN"),
+            client_registry_timeout_seconds=float(
+                get("CLIENT_REGISTRY_TIMEOUT_SECONDS") or defaults.client_registry_timeout_seconds
+            ),
+            family_existing_link_assurance=_assurance(
+                get("FAMILY_EXISTING_LINK_ASSURANCE") or defaults.family_existing_link_assurance
+            ),
             local_bases=tuple(
                 b.strip().rstrip("/")
                 for b in (get("FHIR_LOCAL_BASES") or "").split(",")

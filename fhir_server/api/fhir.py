@@ -9,6 +9,7 @@ from urllib.parse import parse_qsl
 import orjson
 from fastapi import FastAPI, Header, Request, Response
 from starlette.convertors import Convertor, register_url_convertor
+from starlette.routing import Route
 
 from capability.definitions import resource_types
 from capability.statement import capability_statement
@@ -31,6 +32,7 @@ from fhir_server.services import (
     create,
     delete,
     explain,
+    family,
     history,
     patch,
     read,
@@ -80,6 +82,36 @@ async def explain_access(fhir: FhirInteraction, body: ResourceBody) -> Response:
     return fhir_response(orjson.dumps(answer))
 
 
+async def add_dependent(fhir: FhirInteraction, id: str, body: ResourceBody) -> Response:
+    """`POST Patient/{id}/$add-dependent` (docs/family.md)."""
+    request = family.add_request(body)
+    registered = None
+    if fhir.runtime.registry is not None and request.national_id is not None:
+        # the Client Registry is asked before the transaction opens (and only for the primary)
+        async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
+            family.require_primary(ctx.guard, f"Patient/{id}")
+            registered = await family.registered_dependent(
+                ctx, conn, request, fhir.runtime.registry
+            )
+    async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
+        answer = await family.add_dependent(ctx, conn, id, request, registered=registered)
+    return fhir_response(orjson.dumps(answer), 201)
+
+
+async def remove_dependent(fhir: FhirInteraction, id: str, body: ResourceBody) -> Response:
+    """`POST Patient/{id}/$remove-dependent` (docs/family.md)."""
+    async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
+        answer = await family.remove_dependent(ctx, conn, id, body)
+    return fhir_response(orjson.dumps(answer))
+
+
+async def family_of(fhir: FhirInteraction, id: str) -> Response:
+    """`GET Patient/{id}/$family` (docs/family.md)."""
+    async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
+        answer = await family.family(ctx, conn, id)
+    return fhir_response(orjson.dumps(answer))
+
+
 async def system_history(fhir: FhirInteraction, request: Request) -> Response:
     async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
         return fhir_response(await history.history(ctx, conn, request.query_params))
@@ -107,8 +139,6 @@ async def create_resource(
 # read and vread, the most frequent requests, call interaction() themselves: as a FastAPI
 # dependency it costs about a sixth of a read's CPU (docs/performance.md).
 async def read_resource(request: Request) -> Response:
-    # the path parameters are read here, not declared: FastAPI's parameter machinery costs a
-    # measurable part of a read
     path = request.path_params
     fhir = interaction(request)
     async with fhir.db.connection() as conn, fhir.authorized(conn, optimistic=True) as ctx:
@@ -155,10 +185,11 @@ async def instance_history(fhir: FhirInteraction, type: str, id: str, request: R
     return fhir_response(body, emergency=ctx.guard.emergency)
 
 
-async def vread_resource(request: Request, type: str, id: str, vid: str) -> Response:
+async def vread_resource(request: Request) -> Response:
+    path = request.path_params
     fhir = interaction(request)
     async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
-        found = await read.vread(ctx, conn, type, id, vid)
+        found = await read.vread(ctx, conn, path["type"], path["id"], path["vid"])
     return read_response(found, emergency=ctx.guard.emergency)
 
 
@@ -227,13 +258,20 @@ def install(app: FastAPI) -> None:
     Not an included APIRouter: in FastAPI an included router costs a second route match on every
     request, a measurable part of a read."""
     add = app.add_api_route
-    add("/fhir/{type}/{id:fhir_id}", read_resource, methods=["GET"])
+    # read and vread as plain Starlette routes: FastAPI's parameter and dependency machinery,
+    # which they do not use, costs a measurable part of a read (docs/performance.md)
+    app.router.routes.append(Route("/fhir/{type}/{id:fhir_id}", read_resource, methods=["GET"]))
     add("/fhir/$explain-access", explain_access, methods=["POST"])
+    add("/fhir/Patient/{id:fhir_id}/$add-dependent", add_dependent, methods=["POST"])
+    add("/fhir/Patient/{id:fhir_id}/$remove-dependent", remove_dependent, methods=["POST"])
+    add("/fhir/Patient/{id:fhir_id}/$family", family_of, methods=["GET", "POST"])
     add("/fhir/{type}", create_resource, methods=["POST"])
     add("/fhir/{type}/{id}", update_resource, methods=["PUT"])
     add("/fhir/{type}/{id}", patch_resource, methods=["PATCH"])
     add("/fhir/{type}/{id}", delete_resource, methods=["DELETE"])
-    add("/fhir/{type}/{id:fhir_id}/_history/{vid}", vread_resource, methods=["GET"])
+    app.router.routes.append(
+        Route("/fhir/{type}/{id:fhir_id}/_history/{vid}", vread_resource, methods=["GET"])
+    )
     add("/fhir/metadata", metadata, methods=["GET"])
     add("/fhir", batch_or_transaction, methods=["POST"])
     add("/fhir/", batch_or_transaction, methods=["POST"])

@@ -9,6 +9,7 @@ from compartments.policy import Policy
 from fhir_server.audit.trail import AuditTrail
 from fhir_server.auth.tokens import TokenVerifier
 from fhir_server.services.access import FactsCache
+from fhir_server.services.registry import ClientRegistry
 from fhir_server.settings import Settings
 from fhir_server.storage.database import Database
 from fhir_server.validation import ResourceValidator
@@ -23,3 +24,4 @@ class Runtime:
     policy: Policy
     audit: AuditTrail
     facts: FactsCache
+    registry: ClientRegistry | None = None

@@ -445,7 +445,7 @@ def _facts(
             if content.get("active") is False:
                 continue
             for link in content.get("link", ()):
-                target = _reference(link.get("target"))
+                target = reference_of(link.get("target"))
                 if target is None or target.split("/")[0] == "Person":
                     continue
                 verified = link.get("assurance") in VERIFIED_ASSURANCE
@@ -453,7 +453,7 @@ def _facts(
         elif kind == "RelatedPerson":
             related[f"RelatedPerson/{id}"] = _related_person(id, content)
         elif kind == "Patient":
-            births[f"Patient/{id}"] = _earliest_date(content.get("birthDate"))
+            births[f"Patient/{id}"] = earliest_date(content.get("birthDate"))
         elif kind == "Consent":
             consents.append(_consent(id, content))
         elif kind == "general-practitioner":
@@ -479,7 +479,7 @@ def _facts(
     return epoch, identities, facts
 
 
-def _reference(value: Any) -> str | None:
+def reference_of(value: Any) -> str | None:
     """`Type/id` of a Reference (relative, or the last two segments of an absolute URL)."""
     if not isinstance(value, dict) or not isinstance(value.get("reference"), str):
         return None
@@ -489,7 +489,7 @@ def _reference(value: Any) -> str | None:
     return f"{parts[-2]}/{parts[-1]}"
 
 
-def _earliest_date(value: Any) -> date | None:
+def earliest_date(value: Any) -> date | None:
     """The earliest day a FHIR date can mean (`2010` is 2010-01-01): the oldest the person can
     be, so a partial birth date never makes anyone a minor for longer than they are."""
     if not isinstance(value, str) or len(value) < 4:
@@ -504,8 +504,8 @@ def _period(value: Any) -> tuple[date | None, date | None]:
         return None, None
     start, end = value.get("start"), value.get("end")
     return (
-        _earliest_date(start) if isinstance(start, str) else None,
-        _earliest_date(end) if isinstance(end, str) else None,
+        earliest_date(start) if isinstance(start, str) else None,
+        earliest_date(end) if isinstance(end, str) else None,
     )
 
 
@@ -523,7 +523,7 @@ def _related_person(id: str, content: dict[str, Any]) -> RelatedPersonFact:
     start, end = _period(content.get("period"))
     return RelatedPersonFact(
         reference=f"RelatedPerson/{id}",
-        patient=_reference(content.get("patient")) or "",
+        patient=reference_of(content.get("patient")) or "",
         relationships=_codes(content.get("relationship", [])),
         active=content.get("active") is not False,
         start=start,
@@ -537,7 +537,7 @@ def _consent(id: str, content: dict[str, Any]) -> ConsentFact:
     actors = frozenset(
         ref
         for actor in provision.get("actor", ())
-        if (ref := _reference(actor.get("reference"))) is not None
+        if (ref := reference_of(actor.get("reference"))) is not None
     )
     scopes = frozenset(
         coding["code"]
@@ -547,7 +547,7 @@ def _consent(id: str, content: dict[str, Any]) -> ConsentFact:
     )
     return ConsentFact(
         reference=f"Consent/{id}",
-        patient=_reference(content.get("patient")) or "",
+        patient=reference_of(content.get("patient")) or "",
         actors=actors,
         scopes=scopes,
         active=content.get("status") == "active" and provision.get("type", "permit") == "permit",
@@ -559,11 +559,11 @@ def _consent(id: str, content: dict[str, Any]) -> ConsentFact:
 def _add_care_team(team: dict[str, Any], today: date, care: dict[str, set[str]]) -> None:
     if team.get("status") not in (None, "active"):
         return
-    patient = _reference(team.get("subject"))
+    patient = reference_of(team.get("subject"))
     if patient is None or not patient.startswith("Patient/"):
         return
     for participant in team.get("participant", ()):
-        member = _reference(participant.get("member"))
+        member = reference_of(participant.get("member"))
         start, end = _period(participant.get("period"))
         if (
             member is not None

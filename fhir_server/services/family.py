@@ -1,0 +1,666 @@
+"""The family workflow: `$add-dependent`, `$remove-dependent` and `$family` on a primary Patient
+(docs/family.md).
+
+A family link is a RelatedPerson that stands for the primary in relation to the dependent
+(`RelatedPerson.patient` is the dependent, its relationship is the primary's role: a parent for a
+CHILD), and a link from the primary's Person to it: with that, the primary's token (fhirUser
+`Patient/primary`) acts as that RelatedPerson, and the compartment engine decides the rest
+(a minor's record fully, an adult's demographics, more by Consent). A spouse is linked both ways.
+Everything one request writes is in one transaction, written by the server itself (these are
+the fields that grant access: DESIGN.md 5.2) and audited in the caller's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+
+import orjson
+
+from compartments.engine import Decision, Request, Target, decide
+from fhir_server.errors import AccessDenied, BadRequest, Conflict, NotFound, Unprocessable
+from fhir_server.services import conditional, create
+from fhir_server.services.access import Audited, Guard, earliest_date, reference_of
+from fhir_server.services.context import Context, server_guard
+from fhir_server.services.registry import ClientRegistry
+from fhir_server.services.resources import new_version, parse_json
+from fhir_server.storage import repository
+from fhir_server.storage.sql import Connection, Statement, fetch_all
+
+V3 = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+V2_0131 = "http://terminology.hl7.org/CodeSystem/v2-0131"
+# The relationship as the primary asked for it ("CHILD": the dependent is my child), kept on the
+# RelatedPerson next to the standard code of the primary's own role.
+FAMILY_SYSTEM = "urn:fhir-server:family-relationship"
+# The primary Patient a family RelatedPerson stands for.
+PRIMARY_EXTENSION = "urn:fhir-server:StructureDefinition/family-primary"
+# relationship asked for -> the primary's role towards the dependent (system, code, display)
+ROLES: dict[str, tuple[str, str, str]] = {
+    "SPOUSE": (V3, "SPS", "spouse"),
+    "CHILD": (V3, "PRN", "parent"),
+    "PARENT": (V3, "CHILD", "child"),
+    "SIBLING": (V3, "SIB", "sibling"),
+    "GUARDIAN": (V3, "GUARD", "guardian"),  # the primary is the dependent's legal guardian
+    "OTHER": (V2_0131, "O", "Other"),
+}
+ADULT_AGE = 18
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyLink:
+    """A family RelatedPerson: `primary` stands in `relationship` to `dependent`."""
+
+    related_person: str
+    primary: str
+    dependent: str
+    relationship: str  # as asked: SPOUSE, CHILD, ...
+    active: bool
+
+
+def _server(ctx: Context) -> Context:
+    return Context(
+        settings=ctx.settings,
+        validator=ctx.validator,
+        base_url=ctx.base_url,
+        clock=ctx.clock,
+        guard=server_guard(),
+    )
+
+
+def _parameters(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
+        raise BadRequest("this operation takes a `Parameters` resource")
+    values: dict[str, Any] = {}
+    for index, parameter in enumerate(body.get("parameter", [])):
+        if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str):
+            raise BadRequest(
+                "a parameter needs a `name`", expression=[f"Parameters.parameter[{index}]"]
+            )
+        value = parameter.get("resource")
+        if value is None:
+            value = next((v for k, v in parameter.items() if k.startswith("value")), None)
+        values[parameter["name"]] = value
+    return values
+
+
+def require_primary(guard: Guard, primary: str) -> None:
+    """Only the primary patient (verified) or a System/Admin caller runs the family workflow."""
+    if guard.privileged:
+        return
+    if any(i.reference == primary and i.verified for i in guard.identities):
+        return
+    decision = Decision(
+        allowed=False,
+        explanation=f"only {primary} (or a system caller) manages {primary}'s family",
+    )
+    guard.record("update", "Patient", primary, decision)
+    raise AccessDenied("invalid_role", "Invalid role")
+
+
+def _age(born: date | None, today: date) -> int | None:
+    if born is None:
+        return None
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
+async def _patient(conn: Connection, reference: str) -> dict[str, Any]:
+    type_, _, id = reference.partition("/")
+    found = await repository.read_current(conn, type_, id)
+    if found is None or found.content is None:
+        raise NotFound(f"`{reference}` is not known")
+    content: dict[str, Any] = parse_json(found.content)
+    return content
+
+
+_FAMILY_LINKS = Statement(
+    """
+SELECT r.id, r.content::text FROM resources r
+WHERE r.resource_type = 'RelatedPerson' AND NOT r.deleted AND r.id IN (
+    SELECT t.id FROM search_token t
+    WHERE t.resource_type = 'RelatedPerson' AND t.code = 'relationship'
+      AND t.system = %(system)s)
+"""
+)
+
+
+async def family_links(conn: Connection) -> list[FamilyLink]:
+    """Every RelatedPerson the family workflow made (the parent-child graph is checked whole)."""
+    rows = await fetch_all(conn, _FAMILY_LINKS, {"system": FAMILY_SYSTEM})
+    links = []
+    for id, text in rows:
+        content = orjson.loads(text)
+        link = _link(id, content)
+        if link is not None:
+            links.append(link)
+    return links
+
+
+def _link(id: str, content: dict[str, Any]) -> FamilyLink | None:
+    primary = next(
+        (
+            reference_of(e.get("valueReference"))
+            for e in content.get("extension", ())
+            if e.get("url") == PRIMARY_EXTENSION
+        ),
+        None,
+    )
+    relationship = next(
+        (
+            c["code"]
+            for concept in content.get("relationship", ())
+            for c in concept.get("coding", ())
+            if c.get("system") == FAMILY_SYSTEM
+        ),
+        None,
+    )
+    dependent = reference_of(content.get("patient"))
+    if primary is None or relationship is None or dependent is None:
+        return None
+    end = (content.get("period") or {}).get("end")
+    return FamilyLink(
+        related_person=f"RelatedPerson/{id}",
+        primary=primary,
+        dependent=dependent,
+        relationship=relationship,
+        active=content.get("active") is not False and end is None,
+    )
+
+
+def parent_edges(links: Iterable[FamilyLink]) -> set[tuple[str, str]]:
+    """(parent, child) pairs the active family links state."""
+    edges = set()
+    for link in links:
+        if not link.active:
+            continue
+        if link.relationship == "CHILD":
+            edges.add((link.primary, link.dependent))
+        elif link.relationship == "PARENT":
+            edges.add((link.dependent, link.primary))
+    return edges
+
+
+def makes_cycle(edges: set[tuple[str, str]], parent: str, child: str) -> bool:
+    """Whether adding parent -> child closes a loop of parent-child links of any length."""
+    children: dict[str, set[str]] = {}
+    for p, c in edges:
+        children.setdefault(p, set()).add(c)
+    seen, frontier = {child}, [child]
+    while frontier:
+        node = frontier.pop()
+        if node == parent:
+            return True
+        for nxt in children.get(node, ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                frontier.append(nxt)
+    return False
+
+
+def check_rules(
+    relationship: str,
+    primary: str,
+    dependent: str,
+    primary_age: int | None,
+    dependent_age: int | None,
+    links: list[FamilyLink],
+) -> None:
+    """The rules of adding a dependent; each refusal names its rule (422)."""
+
+    def refuse(rule: str, message: str) -> Unprocessable:
+        return Unprocessable(f"{rule}: {message}", code="business-rule")
+
+    if primary == dependent:
+        raise refuse("no-self", "a patient cannot add themselves as a dependent")
+    if any(
+        link.active and link.primary == primary and link.dependent == dependent for link in links
+    ):
+        raise refuse("already-a-dependent", f"`{dependent}` is already a dependent of `{primary}`")
+    if relationship == "SPOUSE" and (
+        primary_age is None or dependent_age is None or min(primary_age, dependent_age) < ADULT_AGE
+    ):
+        raise refuse("spouse-age", "both spouses must be 18 or older (with a known birth date)")
+    if relationship in {"CHILD", "PARENT"}:
+        if primary_age is None or dependent_age is None:
+            raise refuse("birth-dates", "a parent and child both need a birth date")
+        if relationship == "CHILD" and dependent_age >= primary_age:
+            raise refuse("child-younger", "a child must be younger than the parent")
+        if relationship == "PARENT" and dependent_age <= primary_age:
+            raise refuse("parent-older", "a parent must be older than the child")
+        parent, child = (primary, dependent) if relationship == "CHILD" else (dependent, primary)
+        if makes_cycle(parent_edges(links), parent, child):
+            raise refuse("no-cycle", "this would make a circular chain of parents and children")
+
+
+def _related_person(
+    primary: str, primary_content: dict[str, Any], dependent: str, relationship: str, today: date
+) -> dict[str, Any]:
+    system, code, display = ROLES[relationship]
+    resource: dict[str, Any] = {
+        "resourceType": "RelatedPerson",
+        "extension": [{"url": PRIMARY_EXTENSION, "valueReference": {"reference": primary}}],
+        "active": True,
+        "patient": {"reference": dependent},
+        "relationship": [
+            {"coding": [{"system": system, "code": code, "display": display}]},
+            {"coding": [{"system": FAMILY_SYSTEM, "code": relationship}]},
+        ],
+        "period": {"start": today.isoformat()},
+    }
+    for name in ("name", "telecom", "gender", "birthDate", "address"):
+        if name in primary_content:
+            resource[name] = primary_content[name]
+    return resource
+
+
+_PERSONS_OF = Statement(
+    """
+SELECT r.id, r.content::text FROM resources r
+WHERE r.resource_type = 'Person' AND NOT r.deleted AND r.id IN (
+    SELECT x.id FROM search_reference x
+    WHERE x.resource_type = 'Person' AND x.code = 'link'
+      AND x.target_type = 'Patient' AND x.target_id = %(id)s)
+ORDER BY r.id
+LIMIT 1
+"""
+)
+
+
+async def _link_person(
+    server: Context, conn: Connection, patient: str, related_person: str, assurance: str
+) -> str:
+    """Add `related_person` to the Person of `patient` (made now if there is none)."""
+    rows = await fetch_all(conn, _PERSONS_OF, {"id": patient.split("/", 1)[1]})
+    link = {"target": {"reference": related_person}, "assurance": assurance}
+    if not rows:
+        person = {
+            "resourceType": "Person",
+            "active": True,
+            "link": [{"target": {"reference": patient}, "assurance": "level4"}, link],
+        }
+        version = create.creation(server, person, create.new_id(), method="POST")
+        await repository.insert_new(conn, version)
+        return f"Person/{version.id}"
+    id, text = rows[0]
+    person = orjson.loads(text)
+    person["link"] = [*person.get("link", []), link]
+    locked = await repository.lock_current(conn, "Person", id)
+    assert locked is not None
+    version = new_version(
+        server,
+        person,
+        id=id,
+        version_id=locked.version_id + 1,
+        last_updated=server.clock(),
+        method="PUT",
+    )
+    await repository.write_version(conn, version)
+    return f"Person/{id}"
+
+
+def _audit(guard: Guard, operation: str, resource: str, why: str) -> None:
+    guard.audited.append(
+        Audited(
+            operation,
+            resource.split("/", 1)[0],
+            resource,
+            Decision(
+                allowed=True, explanation=f"family workflow: {why}", evidence=(guard.account,)
+            ),
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AddRequest:
+    relationship: str
+    national_id: str | None
+    demographics: dict[str, Any] | None
+
+
+def add_request(body: Any) -> AddRequest:
+    """The parameters of `$add-dependent`, or 400."""
+    values = _parameters(body)
+    relationship = values.get("relationship")
+    if relationship not in ROLES:
+        raise BadRequest(
+            f"`relationship` must be one of {', '.join(ROLES)}", expression=["relationship"]
+        )
+    national_id = values.get("nationalId")
+    demographics = values.get("dependent")
+    if national_id is not None and not isinstance(national_id, str):
+        raise BadRequest("`nationalId` must be a string", expression=["nationalId"])
+    if demographics is not None and not (
+        isinstance(demographics, dict) and demographics.get("resourceType") == "Patient"
+    ):
+        raise BadRequest("`dependent` must be a Patient resource", expression=["dependent"])
+    if national_id is None and demographics is None:
+        raise BadRequest("give the dependent's `nationalId` or its demographics (`dependent`)")
+    return AddRequest(relationship, national_id, demographics)
+
+
+async def local_dependent(ctx: Context, conn: Connection, national_id: str | None) -> str | None:
+    """The Patient here with this national id (`Patient/id`), or None."""
+    if national_id is None:
+        return None
+    ids = await conditional.matching_ids(
+        _server(ctx),
+        conn,
+        "Patient",
+        f"identifier={ctx.settings.national_id_system}|{national_id}",
+        limit=2,
+    )
+    if len(ids) > 1:
+        raise Conflict(f"{len(ids)} Patients here have national id `{national_id}`")
+    return f"Patient/{ids[0]}" if ids else None
+
+
+async def registered_dependent(
+    ctx: Context, conn: Connection, request: AddRequest, registry: ClientRegistry | None
+) -> dict[str, Any] | None:
+    """The Client Registry's Patient with the national id, when nobody here has it: looked up
+    before the transaction opens, so that no database transaction waits on the network."""
+    if request.national_id is None or registry is None:
+        return None
+    if await local_dependent(ctx, conn, request.national_id) is not None:
+        return None
+    return await registry.find_patient(ctx.settings.national_id_system, request.national_id)
+
+
+async def add_dependent(
+    ctx: Context,
+    conn: Connection,
+    primary_id: str,
+    request: AddRequest,
+    *,
+    registered: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """`POST Patient/{primary}/$add-dependent`; the caller's transaction holds every write."""
+    primary = f"Patient/{primary_id}"
+    guard = ctx.guard
+    require_primary(guard, primary)
+    server = _server(ctx)
+    today = ctx.clock().date()
+    primary_content = await _patient(conn, primary)
+    relationship = request.relationship
+
+    dependent = await local_dependent(ctx, conn, request.national_id)
+    created_patient = False
+    if dependent is None:
+        source = registered if registered is not None else request.demographics
+        if source is None:
+            raise Unprocessable(
+                "dependent-unknown: nobody has this national id here or in the Client Registry; "
+                "give the dependent's demographics as a Patient in `dependent`",
+                code="not-found",
+            )
+        patient = {k: v for k, v in source.items() if k not in {"id", "meta"}}
+        if request.national_id is not None:
+            identifiers = list(patient.get("identifier", []))
+            system = ctx.settings.national_id_system
+            if not any(
+                i.get("system") == system and i.get("value") == request.national_id
+                for i in identifiers
+            ):
+                identifiers.append({"system": system, "value": request.national_id})
+            patient["identifier"] = identifiers
+        ctx.validator.validate(patient, expected_type="Patient")
+        version = create.creation(server, patient, create.new_id(), method="POST")
+        await repository.insert_new(conn, version)
+        dependent = f"Patient/{version.id}"
+        created_patient = True
+        _audit(guard, "create", dependent, f"{primary} added a new dependent")
+    dependent_content = await _patient(conn, dependent)
+
+    links = await family_links(conn)
+    check_rules(
+        relationship,
+        primary,
+        dependent,
+        _age(earliest_date(primary_content.get("birthDate")), today),
+        _age(earliest_date(dependent_content.get("birthDate")), today),
+        links,
+    )
+    # a person already on record is someone else's data: the link waits for verification
+    assurance = "level3" if created_patient else ctx.settings.family_existing_link_assurance
+    pairs = [(primary, primary_content, dependent, relationship)]
+    if relationship == "SPOUSE":
+        pairs.append((dependent, dependent_content, primary, "SPOUSE"))
+    made: list[dict[str, Any]] = []
+    for who, who_content, whom, as_ in pairs:
+        resource = _related_person(who, who_content, whom, as_, today)
+        version = create.creation(server, resource, create.new_id(), method="POST")
+        await repository.insert_new(conn, version)
+        related = f"RelatedPerson/{version.id}"
+        person = await _link_person(server, conn, who, related, assurance)
+        _audit(guard, "create", related, f"{who} is the {ROLES[as_][2]} of {whom}")
+        made.append(
+            {
+                "name": "link",
+                "part": [
+                    {"name": "relatedPerson", "valueReference": {"reference": related}},
+                    {"name": "person", "valueReference": {"reference": person}},
+                    {"name": "patient", "valueReference": {"reference": who}},
+                    {"name": "dependent", "valueReference": {"reference": whom}},
+                    {"name": "assurance", "valueCode": assurance},
+                ],
+            }
+        )
+    return {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "dependent", "valueReference": {"reference": dependent}},
+            {"name": "createdPatient", "valueBoolean": created_patient},
+            {"name": "relationship", "valueCode": relationship},
+            *made,
+        ],
+    }
+
+
+_COVERAGE_OF = Statement(
+    """
+SELECT r.id, r.version_id, r.content::text FROM resources r
+WHERE r.resource_type = 'Coverage' AND NOT r.deleted AND r.id IN (
+    SELECT x.id FROM search_reference x
+    WHERE x.resource_type = 'Coverage' AND x.code = 'beneficiary'
+      AND x.target_type = 'Patient' AND x.target_id = %(id)s)
+ORDER BY r.id
+"""
+)
+
+
+async def coverage_of(conn: Connection, patient: str) -> list[tuple[str, int, dict[str, Any]]]:
+    """The active Coverage resources whose beneficiary is `patient`."""
+    rows = await fetch_all(conn, _COVERAGE_OF, {"id": patient.split("/", 1)[1]})
+    found = []
+    for id, version_id, text in rows:
+        content = orjson.loads(text)
+        if content.get("status") == "active":
+            found.append((id, version_id, content))
+    return found
+
+
+def _scheme(coverage: dict[str, Any]) -> dict[str, Any]:
+    payor: dict[str, Any] = next(iter(coverage.get("payor", [])), {})
+    return {
+        "scheme": payor.get("display") or payor.get("reference") or "",
+        "memberNumber": coverage.get("subscriberId") or coverage.get("dependent") or "",
+        "status": coverage.get("status", ""),
+    }
+
+
+async def remove_dependent(
+    ctx: Context, conn: Connection, primary_id: str, body: Any
+) -> dict[str, Any]:
+    """`POST Patient/{primary}/$remove-dependent`: soft; 409 while the dependent has active
+    Coverage, unless `confirm` is true, which ends that coverage too."""
+    values = _parameters(body)
+    given = values.get("dependent")
+    dependent = reference_of(given) if isinstance(given, dict) else given
+    if not isinstance(dependent, str) or not dependent.startswith("Patient/"):
+        raise BadRequest("`dependent` must reference a Patient", expression=["dependent"])
+    confirm = values.get("confirm") is True
+    primary = f"Patient/{primary_id}"
+    guard = ctx.guard
+    require_primary(guard, primary)
+    server = _server(ctx)
+    today = ctx.clock().date().isoformat()
+    links = [
+        link
+        for link in await family_links(conn)
+        if link.active
+        and (
+            (link.primary == primary and link.dependent == dependent)
+            or (
+                link.relationship == "SPOUSE"
+                and link.primary == dependent
+                and link.dependent == primary
+            )
+        )
+    ]
+    if not any(link.primary == primary for link in links):
+        raise NotFound(f"`{dependent}` is not a dependent of `{primary}`")
+    coverage = await coverage_of(conn, dependent)
+    if coverage and not confirm:
+        schemes = ", ".join(
+            s["scheme"] or "(unnamed)" for _, _, c in coverage for s in [_scheme(c)]
+        )
+        raise Conflict(
+            f"coverage: `{dependent}` is a beneficiary of {len(coverage)} active coverage(s) "
+            f"({schemes}); send `confirm` = true to end them with the relationship",
+            code="conflict",
+        )
+    ended: list[str] = []
+    for id, _, content in coverage:
+        content["status"] = "cancelled"
+        content["period"] = {**content.get("period", {}), "end": today}
+        await _rewrite(server, conn, "Coverage", id, content)
+        ended.append(f"Coverage/{id}")
+        _audit(guard, "update", f"Coverage/{id}", f"{primary} removed {dependent}")
+    for link in links:
+        type_, id = link.related_person.split("/", 1)
+        found = await repository.read_current(conn, type_, id)
+        assert found is not None and found.content is not None
+        content = parse_json(found.content)
+        content["active"] = False
+        content["period"] = {**content.get("period", {}), "end": today}
+        await _rewrite(server, conn, type_, id, content)
+        _audit(guard, "update", link.related_person, f"{primary} removed {dependent}")
+    return {
+        "resourceType": "Parameters",
+        "parameter": [
+            {"name": "dependent", "valueReference": {"reference": dependent}},
+            *(
+                {"name": "ended", "valueReference": {"reference": link.related_person}}
+                for link in links
+            ),
+            *({"name": "endedCoverage", "valueReference": {"reference": c}} for c in ended),
+        ],
+    }
+
+
+async def _rewrite(
+    server: Context, conn: Connection, resource_type: str, id: str, content: dict[str, Any]
+) -> None:
+    locked = await repository.lock_current(conn, resource_type, id)
+    assert locked is not None
+    version = new_version(
+        server,
+        content,
+        id=id,
+        version_id=locked.version_id + 1,
+        last_updated=server.clock(),
+        method="PUT",
+    )
+    await repository.write_version(conn, version)
+
+
+async def family(ctx: Context, conn: Connection, primary_id: str) -> dict[str, Any]:
+    """`GET Patient/{primary}/$family`: each member, the relationship, whether a minor, whether
+    the caller can see clinical data and why, and the member's insurance coverage."""
+    primary = f"Patient/{primary_id}"
+    guard = ctx.guard
+    require_primary(guard, primary)
+    today = ctx.clock().date()
+    links = await family_links(conn)
+    mine = [link for link in links if link.active and link.primary == primary]
+    members: dict[str, tuple[str, str | None]] = {
+        link.dependent: (link.relationship, link.related_person) for link in mine
+    }
+    # a spouse's children and wards are family too (seen through the spouse's links)
+    spouses = {link.dependent for link in mine if link.relationship == "SPOUSE"}
+    for link in links:
+        if (
+            link.active
+            and link.primary in spouses
+            and link.relationship in {"CHILD", "GUARDIAN"}
+            and link.dependent not in members
+            and link.dependent != primary
+        ):
+            members[link.dependent] = (link.relationship, None)
+    parameters = []
+    for member, (relationship, related_person) in sorted(members.items()):
+        content = await _patient(conn, member)
+        age = _age(earliest_date(content.get("birthDate")), today)
+        decision = _clinical_access(guard, member, related_person)
+        coverage = await coverage_of(conn, member)
+        parameters.append(
+            {
+                "name": "member",
+                "part": [
+                    {"name": "patient", "valueReference": _display(member, content)},
+                    {"name": "relationship", "valueCode": relationship},
+                    *(
+                        [{"name": "relatedPerson", "valueReference": {"reference": related_person}}]
+                        if related_person
+                        else []
+                    ),
+                    {
+                        "name": "isMinor",
+                        "valueBoolean": age is not None and age < guard.facts.majority_age,
+                    },
+                    {"name": "canViewClinicalData", "valueBoolean": decision.allowed},
+                    {"name": "why", "valueString": decision.explanation or decision.message},
+                    *(
+                        {
+                            "name": "insuranceCoverage",
+                            "part": [
+                                {
+                                    "name": "coverage",
+                                    "valueReference": {"reference": f"Coverage/{id}"},
+                                },
+                                *({"name": k, "valueString": v} for k, v in _scheme(c).items()),
+                            ],
+                        }
+                        for id, _, c in coverage
+                    ),
+                ],
+            }
+        )
+    return {"resourceType": "Parameters", "parameter": parameters}
+
+
+def _display(reference: str, patient: dict[str, Any]) -> dict[str, Any]:
+    names = patient.get("name") or []
+    first = names[0] if names else {}
+    text = first.get("text") or " ".join([*first.get("given", []), first.get("family", "")]).strip()
+    return {"reference": reference, **({"display": text} if text else {})}
+
+
+def _clinical_access(guard: Guard, member: str, related_person: str | None) -> Decision:
+    """What the engine says of the caller, as the related person of its link to the member,
+    reading the member's clinical data (an Observation in the member's compartment)."""
+    identity = next((i for i in guard.identities if i.reference == related_person), None)
+    if identity is None:
+        return Decision(
+            allowed=False, explanation="family through a spouse's link, not a link of your own"
+        )
+    request = Request(
+        (identity,),
+        "read",
+        "Observation",
+        target=Target(frozenset({member, identity.reference})),
+        account=guard.account,
+    )
+    return decide(request, guard.policy, guard.facts)
