@@ -132,6 +132,8 @@ class Target:
 
     compartments: frozenset[str]
     created_by: str | None = None
+    # whom the resource grants access to: a Consent's `provision.actor` references
+    grants_to: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +287,8 @@ def _related_person(identity: Identity, request: Request, facts: Facts, rule: Ru
     if not identity.verified:
         return _within(_unverified(identity, request, rule), request, rule)
     patient = link.patient
+    if request.resource_type == "Consent" and request.operation in WRITES:
+        return _guardian_consent(identity, link, request, facts, rule)
     evidence = [identity.reference]
     if facts.is_minor(patient) and link.relationships & PARENT_OR_GUARDIAN:
         evidence.append(f"minor:{patient}")
@@ -332,6 +336,31 @@ def _related_person(identity: Identity, request: Request, facts: Facts, rule: Ru
             f"a write must reference both {patient} and {identity.reference}",
             rule,
         )
+    return _within(decision, request, rule)
+
+
+def _guardian_consent(
+    identity: Identity, link: RelatedPersonFact, request: Request, facts: Facts, rule: Rule
+) -> Decision:
+    """A Consent about a patient is written by the patient, by a parent or guardian while the
+    patient is a minor, or by a system caller; never by a relative for itself."""
+    patient = link.patient
+    if not (facts.is_minor(patient) and link.relationships & PARENT_OR_GUARDIAN):
+        return deny(
+            Reason.INVALID_ROLE,
+            "a Consent is written by the patient, or by a parent or guardian of a minor",
+            rule,
+        )
+    target = request.target
+    if target is not None and identity.reference in target.grants_to:
+        return deny(Reason.INVALID_ROLE, "a relative cannot grant itself access", rule)
+    decision = Decision(
+        allowed=True,
+        rule=rule,
+        explanation=f"{identity.reference}: guardian of the minor {patient}",
+        evidence=(identity.reference, f"minor:{patient}"),
+        compartments=frozenset({patient}),
+    )
     return _within(decision, request, rule)
 
 

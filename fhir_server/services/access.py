@@ -648,7 +648,7 @@ def check_result(
     decision = guard.require(
         operation,
         resource_type,
-        target=Target(frozenset(version.compartments), created_by),
+        target=Target(frozenset(version.compartments), created_by, _grants_to(version)),
         resource=f"{resource_type}/{version.id}",
     )
     grant = guard.grant(operation, resource_type)
@@ -666,6 +666,18 @@ def check_result(
         guard.record(operation, resource_type, f"{resource_type}/{version.id}", refused)
         raise denied(refused)
     return decision
+
+
+def _grants_to(version: Any) -> frozenset[str]:
+    """Whom a Consent grants access to: its `provision.actor` references."""
+    if version.resource_type != "Consent" or version.content is None:
+        return frozenset()
+    provision = orjson.loads(version.content).get("provision") or {}
+    return frozenset(
+        ref
+        for actor in provision.get("actor", ())
+        if (ref := reference_of(actor.get("reference"))) is not None
+    )
 
 
 def _index_matches(index: Any, alternatives: tuple[tuple[Any, ...], ...]) -> bool:

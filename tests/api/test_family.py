@@ -532,3 +532,66 @@ def test_at_18_the_parent_needs_the_childs_consent(fam: Family) -> None:
             granted = m.post("/Consent", json=consent)
             assert granted.status_code == 201, granted.text
         assert j.get(f"/Observation/{lab['id']}").status_code == 200
+
+
+def test_a_guardian_consents_for_a_minor_but_never_to_itself(
+    fam: Family, db: psycopg.Connection[Any]
+) -> None:
+    john = fam.patient("John", years_ago(40))
+    with fam.as_(john) as j:
+        added = add(j, john, relationship="CHILD", dependent=person("Doe", "Kim", years_ago(7)))
+        kid = values(added.json())["dependent"]["reference"]
+        mine = next(p for p in added.json()["parameter"] if p["name"] == "link")
+        own_link = next(
+            p["valueReference"]["reference"] for p in mine["part"] if p["name"] == "relatedPerson"
+        )
+        granny = fam.system.post(
+            "/RelatedPerson",
+            json={
+                "resourceType": "RelatedPerson",
+                "patient": {"reference": kid},
+                "relationship": [
+                    {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode",
+                                "code": "GRMTH",
+                            }
+                        ]
+                    }
+                ],
+            },
+        ).json()
+
+        def consent(actor: str) -> dict[str, Any]:
+            return {
+                "resourceType": "Consent",
+                "status": "active",
+                "scope": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                            "code": "patient-privacy",
+                        }
+                    ]
+                },
+                "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+                "patient": {"reference": kid},
+                "provision": {
+                    "type": "permit",
+                    "actor": [{"role": {"text": "grantee"}, "reference": {"reference": actor}}],
+                    "code": [
+                        {
+                            "coding": [
+                                {"system": "urn:fhir-server:consent-scope", "code": "APPOINTMENTS"}
+                            ]
+                        }
+                    ],
+                },
+            }
+
+        assert j.post("/Consent", json=consent(f"RelatedPerson/{granny['id']}")).status_code == 201
+        before = snapshot(db)
+        to_self = j.post("/Consent", json=consent(own_link))
+        assert to_self.status_code == 403
+        assert snapshot(db) == before

@@ -128,11 +128,29 @@ def test_an_unverified_link_sees_only_what_it_created() -> None:
 
 
 def test_deny_rules_win_for_access_granting_resources() -> None:
-    for resource_type in ("Consent", "RelatedPerson", "Person"):
+    for resource_type in ("RelatedPerson", "Person"):
         decision = decide(ask("update", resource_type, CHILD, PARENT.reference), POLICY, facts())
         assert (
             not decision.allowed and decision.rule is not None and decision.rule.validator == "deny"
         )
+
+
+def test_consents_about_a_minor_come_from_a_parent_never_for_itself() -> None:
+    grandma = "RelatedPerson/g"
+
+    def consent(*grantees: str, born: date = date(2015, 6, 1)) -> bool:
+        request = Request(
+            (PARENT,),
+            "create",
+            "Consent",
+            Target(frozenset({CHILD}), grants_to=frozenset(grantees)),
+        )
+        return decide(request, POLICY, facts(born)).allowed
+
+    assert consent(grandma)
+    assert not consent(PARENT.reference)
+    assert not consent(grandma, PARENT.reference)
+    assert not consent(grandma, born=date(2000, 1, 1))  # an adult consents for herself
 
 
 def test_patients_and_practitioners() -> None:

@@ -27,9 +27,11 @@ def test_the_default_policy_loads_and_documents_every_rule() -> None:
 def test_default_policy_denies_what_grants_access() -> None:
     rules = default_policy(resource_types())
     for role, entity in [
-        ("RelatedPerson", "Consent"),
         ("RelatedPerson", "Person"),
+        ("RelatedPerson", "RelatedPerson"),
         ("Patient", "RelatedPerson"),
+        ("Practitioner", "Consent"),
+        ("Practitioner", "Person"),
     ]:
         found = applicable(rules, role, entity, "update")
         assert any(rule.validator == "deny" for rule in found), (role, entity)
