@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from capability.definitions import resource_types
 from compartments.policy import Policy, PolicyError, Rule, default_policy, load_policy
-from fhir_server.api import errors, fhir, ops, smart
+from fhir_server.api import errors, fhir, ops, relationships, smart
 from fhir_server.api.runtime import Runtime
 from fhir_server.audit.trail import AuditTrail
 from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_key
@@ -92,7 +92,14 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
             else None
         )
         app.state.runtime = Runtime(
-            settings, db, validator, verifier, policy, audit, FactsCache(), registry
+            settings,
+            db,
+            validator,
+            verifier,
+            policy,
+            audit,
+            FactsCache(ttl_seconds=settings.relationship_ttl_seconds),
+            registry,
         )
         audit.start()
         # What is loaded by now (R4 schema, search parameters, policy) lives as long as the
@@ -120,4 +127,5 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     fhir.install(app)
     ops.install(app)
     smart.install(app)
+    relationships.install(app)
     return app

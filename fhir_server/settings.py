@@ -17,6 +17,12 @@ def _bool(value: str) -> bool:
     raise ValueError(f"expected a boolean, got `{value}`")
 
 
+def _approval(value: str) -> str:
+    if value not in {"auto", "manual"}:
+        raise ValueError(f"`DELEGATION_APPROVAL` must be `auto` or `manual`, got `{value}`")
+    return value
+
+
 def _assurance(value: str) -> str:
     if value not in {"level1", "level2", "level3", "level4"}:
         raise ValueError(
@@ -57,6 +63,10 @@ class Settings:
     client_registry_token: str | None = None
     client_registry_timeout_seconds: float = 5.0
     family_existing_link_assurance: str = "level2"
+    # Relationship service (docs/relationships.md): how long cached relationship facts may live
+    # at most (the access epoch ends them sooner), and whether delegations wait for approval.
+    relationship_ttl_seconds: int = 2_592_000
+    delegation_approval: str = "auto"
     # Extra base URLs under which references count as local (e.g. behind a proxy).
     local_bases: tuple[str, ...] = field(default_factory=tuple)
     # Bearer tokens (docs/configuration.md). Without a JWKS, the development key in the data
@@ -116,6 +126,10 @@ class Settings:
             client_registry_token=get("CLIENT_REGISTRY_TOKEN"),
             client_registry_timeout_seconds=float(
                 get("CLIENT_REGISTRY_TIMEOUT_SECONDS") or defaults.client_registry_timeout_seconds
+            ),
+            relationship_ttl_seconds=num("RELATIONSHIP_TTL", defaults.relationship_ttl_seconds),
+            delegation_approval=_approval(
+                get("DELEGATION_APPROVAL") or defaults.delegation_approval
             ),
             family_existing_link_assurance=_assurance(
                 get("FAMILY_EXISTING_LINK_ASSURANCE") or defaults.family_existing_link_assurance

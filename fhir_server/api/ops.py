@@ -7,6 +7,7 @@ from fastapi import FastAPI, Request, Response
 from fhir_server.api.deps import runtime
 from fhir_server.api.responses import outcome_response
 from fhir_server.errors import Issue
+from fhir_server.metrics import exposition
 from fhir_server.storage.database import head_revision, schema_revision
 
 
@@ -31,6 +32,12 @@ async def readyz(request: Request) -> Response:
     return Response(b'{"status":"ready"}', media_type="application/json")
 
 
+async def metrics() -> Response:
+    """Prometheus metrics of this process."""
+    return Response(exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
 def install(app: FastAPI) -> None:
+    app.add_api_route("/metrics", metrics, methods=["GET"])
     app.add_api_route("/healthz", healthz, methods=["GET"])
     app.add_api_route("/readyz", readyz, methods=["GET"])

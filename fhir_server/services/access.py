@@ -12,6 +12,7 @@ policy rule is `allow`, narrowed by scopes).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date
@@ -34,6 +35,7 @@ from compartments.policy import Policy, Reason
 from fhir_server.auth.scopes import Scope, granted
 from fhir_server.auth.tokens import Principal
 from fhir_server.errors import AccessDenied, BadRequest, Unauthorized
+from fhir_server.metrics import RELATIONSHIP_CACHE_HITS
 from fhir_server.search.query import parse_search
 from fhir_server.storage import repository
 from fhir_server.storage.search_sql import UNRESTRICTED, Grant
@@ -374,8 +376,10 @@ async def load_guard(
     pending = None
     if cached is not None and optimistic:
         pending, identities, facts, decisions = cached
+        RELATIONSHIP_CACHE_HITS.inc()
     elif cached is not None and cached[0] == await repository.access_epoch(conn):
         _, identities, facts, decisions = cached
+        RELATIONSHIP_CACHE_HITS.inc()
     else:
         user_type, user_id = user.split("/", 1)
         rows = await fetch_all(
@@ -404,19 +408,28 @@ CacheEntry = tuple[
 
 
 class FactsCache:
-    """Facts by user, with the access epoch they were loaded at (see the module's docstring)."""
+    """Facts by user, with the access epoch they were loaded at (see the module's docstring).
+    An entry also expires after `ttl_seconds` (`RELATIONSHIP_TTL`) whatever the epoch says."""
 
-    def __init__(self, size: int = 10_000) -> None:
+    def __init__(self, size: int = 10_000, ttl_seconds: float = 2_592_000) -> None:
         self.size = size
-        self._entries: dict[tuple[str, date], CacheEntry] = {}
+        self.ttl_seconds = ttl_seconds
+        self._entries: dict[tuple[str, date], tuple[float, CacheEntry]] = {}
 
     def get(self, user: str, today: date) -> CacheEntry | None:
-        return self._entries.get((user, today))
+        found = self._entries.get((user, today))
+        if found is None:
+            return None
+        loaded, entry = found
+        if time.monotonic() - loaded > self.ttl_seconds:
+            del self._entries[(user, today)]
+            return None
+        return entry
 
     def put(self, user: str, today: date, entry: CacheEntry) -> None:
         if len(self._entries) >= self.size:
             self._entries.clear()
-        self._entries[(user, today)] = entry
+        self._entries[(user, today)] = (time.monotonic(), entry)
 
 
 def _roles(claims: Mapping[str, Any]) -> list[str]:

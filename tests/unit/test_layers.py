@@ -13,6 +13,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "capability": ("capability",),
     "fhir_server.errors": (),
     "fhir_server.settings": (),
+    "fhir_server.metrics": (),
     "fhir_server.validation": ("capability", "fhir_server.errors"),
     "fhir_server.auth": ("fhir_server.auth", "fhir_server.errors"),
     "fhir_server.search": ("capability", "fhir_server.search", "fhir_server.errors"),
@@ -33,6 +34,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "fhir_server.validation",
         "fhir_server.errors",
         "fhir_server.settings",
+        "fhir_server.metrics",
     ),
 }
 WEB_AND_DB = ("fastapi", "starlette", "sqlalchemy", "psycopg", "uvicorn")

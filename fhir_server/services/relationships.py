@@ -1,0 +1,426 @@
+"""The relationship service API of the source specification (docs/relationships.md):
+`POST /api/v1/relationships/verify` and `POST /api/v1/relationships/delegate`, answered by the
+same compartment engine and the same FHIR resources as the FHIR API.
+
+Verification asks the engine, as the requesting user (its identities and facts, as a token of
+its own would give them), whether it may read each requested kind of data of the patient, and
+says through which relationship. A delegation is a Consent that the patient (or a guardian of a
+minor, or a system caller) grants to a RelatedPerson of the patient; a related person may ask for
+one, which then waits, `proposed`, until the patient approves it. With
+`DELEGATION_APPROVAL=manual` every delegation waits for that approval.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import date, datetime
+from typing import Any
+
+from compartments.engine import CONSENT_SCOPE_SYSTEM, Decision, Target
+from fhir_server.auth.tokens import principal_from_claims
+from fhir_server.metrics import DELEGATION_REQUESTS, RELATIONSHIP_VERIFICATIONS, VERIFICATION_TIME
+from fhir_server.services import create
+from fhir_server.services.access import Audited, Guard, load_guard, reference_of
+from fhir_server.services.context import Context, server_guard
+from fhir_server.services.resources import new_version, parse_json
+from fhir_server.storage import repository
+from fhir_server.storage.sql import Connection
+
+# The specification's data scopes -> the Consent scopes of the family specification.
+DATA_SCOPES = {
+    "demographics": "DEMOGRAPHICS",
+    "medical_history": "CLINICAL_SUMMARY",
+    "clinical_summary": "CLINICAL_SUMMARY",
+    "medication_list": "PRESCRIPTIONS",
+    "prescriptions": "PRESCRIPTIONS",
+    "lab_results": "LAB_RESULTS",
+    "encounters": "ENCOUNTERS",
+    "appointments": "APPOINTMENTS",
+}
+# The resource type whose read stands for each scope when the engine is asked.
+PROBES = {
+    "DEMOGRAPHICS": "Patient",
+    "CLINICAL_SUMMARY": "Condition",
+    "PRESCRIPTIONS": "MedicationRequest",
+    "LAB_RESULTS": "Observation",
+    "ENCOUNTERS": "Encounter",
+    "APPOINTMENTS": "Appointment",
+}
+ROLE_NAMES = {
+    "PRN": "parent",
+    "MTH": "mother",
+    "FTH": "father",
+    "GUARD": "guardian",
+    "SPS": "spouse",
+    "CHILD": "child",
+    "SIB": "sibling",
+}
+REQUESTER_TYPES = ("RelatedPerson", "Practitioner", "Patient", "Person")
+
+
+class RelationshipError(Exception):
+    """An answer of the relationship API other than 200: its status, code and message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise RelationshipError(400, "invalid_request", f"`{name}` is required (a string)")
+    return value.strip()
+
+
+def _scopes(body: dict[str, Any], name: str) -> list[str]:
+    value = body.get(name)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise RelationshipError(400, "invalid_request", f"`{name}` must be a non-empty list")
+    unknown = [v for v in value if v not in DATA_SCOPES]
+    if unknown:
+        raise RelationshipError(
+            400,
+            "invalid_request",
+            f"`{name}` has unknown scopes {unknown}; known: {', '.join(sorted(DATA_SCOPES))}",
+        )
+    return list(dict.fromkeys(value))
+
+
+async def _resolve(conn: Connection, value: str, types: tuple[str, ...]) -> str | None:
+    """`Type/id` of a resource named as `Type/id` or by its id alone."""
+    if "/" in value:
+        type_, _, id = value.partition("/")
+        candidates = [(type_, id)] if type_ in types else []
+    else:
+        candidates = [(t, value) for t in types]
+    for type_, id in candidates:
+        found = await repository.read_current(conn, type_, id)
+        if found is not None and not found.deleted:
+            return f"{type_}/{id}"
+    return None
+
+
+def _may_ask(guard: Guard, *about: str) -> bool:
+    """A service, or the requesting user or the patient asking about themselves."""
+    if guard.privileged or guard.account in about:
+        return True
+    return any(i.reference in about and i.verified for i in guard.identities)
+
+
+async def _guard_of(ctx: Context, conn: Connection, requester: str) -> Guard:
+    """The requester's guard, as a `user/*.rs` token of its own would give it."""
+    principal = principal_from_claims(
+        {"sub": requester, "fhirUser": requester, "scope": "user/*.rs"}
+    )
+    return await load_guard(
+        conn,
+        principal,
+        ctx.guard.policy,
+        today=ctx.clock().date(),
+        majority_age=ctx.settings.majority_age,
+        emergency_bypass=False,
+        admin_role="",
+    )
+
+
+async def verify(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        answer = await _verify(ctx, conn, body)
+    except RelationshipError:
+        RELATIONSHIP_VERIFICATIONS.labels(result="error").inc()
+        raise
+    finally:
+        VERIFICATION_TIME.observe(time.perf_counter() - started)
+    granted = len(answer["access_scope"])
+    result = "denied" if not granted else "granted" if answer["access_granted"] else "partial"
+    RELATIONSHIP_VERIFICATIONS.labels(result=result).inc()
+    return answer
+
+
+async def _verify(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise RelationshipError(400, "invalid_request", "the body must be a JSON object")
+    requester_id = _text(body, "requesting_user_id")
+    patient_id = _text(body, "patient_id")
+    requested = _scopes(body, "data_scope")
+    patient = await _resolve(conn, patient_id, ("Patient",))
+    requester = await _resolve(conn, requester_id, REQUESTER_TYPES)
+    if patient is None or requester is None:
+        raise RelationshipError(404, "not_found", "patient or requesting user not found")
+    if not _may_ask(ctx.guard, requester, patient):
+        raise RelationshipError(
+            403, "not_authorized", "only the requesting user, the patient or a service may ask"
+        )
+    guard = await _guard_of(ctx, conn, requester)
+    target = Target(frozenset({patient}))
+    decisions = {
+        scope: guard.decide("read", PROBES[DATA_SCOPES[scope]], target) for scope in requested
+    }
+    granted = [scope for scope, d in decisions.items() if d.allowed]
+    chain, kind, verified, expiration = _relationship(guard, patient)
+    return {
+        "relationship_verified": verified,
+        "relationship_type": kind or body.get("relationship_type") or "none",
+        "access_granted": len(granted) == len(requested),
+        "access_scope": granted,
+        "expiration": expiration,
+        "delegation_chain": chain
+        + [
+            {
+                "delegator_id": patient.split("/", 1)[1],
+                "delegated_to": requester.split("/", 1)[1],
+                "relationship": f"consent:{e}",
+            }
+            for d in decisions.values()
+            if d.allowed
+            for e in d.evidence
+            if e.startswith("Consent/")
+        ],
+        "reasons": {
+            scope: (d.reason.value if d.reason else "allowed") for scope, d in decisions.items()
+        },
+    }
+
+
+def _relationship(
+    guard: Guard, patient: str
+) -> tuple[list[dict[str, str]], str | None, bool, str | None]:
+    """How the requester's identities relate to the patient: the chain, the kind, whether a
+    verified one is in force, and when the first of them ends."""
+    chain: list[dict[str, str]] = []
+    kind: str | None = None
+    verified = False
+    ends: list[date] = []
+    facts = guard.facts
+    for identity in guard.identities:
+        if identity.reference == patient:
+            chain.append(_link(patient, identity.reference, "self"))
+            kind, verified = kind or "self", verified or identity.verified
+        link = facts.related_persons.get(identity.reference)
+        if link is not None and link.patient == patient and link.in_force(facts.today):
+            code = next(iter(sorted(link.relationships & set(ROLE_NAMES))), None)
+            name = ROLE_NAMES.get(code or "", "related_person")
+            chain.append(_link(patient, identity.reference, name))
+            kind, verified = kind or name, verified or identity.verified
+            if link.end is not None:
+                ends.append(link.end)
+        if patient in facts.care.get(identity.reference, frozenset()):
+            chain.append(_link(patient, identity.reference, "care_team"))
+            kind, verified = kind or "healthcare_provider", verified or identity.verified
+    expiration = f"{min(ends).isoformat()}T23:59:59Z" if ends else None
+    return chain, kind, verified, expiration
+
+
+def _link(patient: str, to: str, relationship: str) -> dict[str, str]:
+    return {
+        "delegator_id": patient.split("/", 1)[1],
+        "delegated_to": to.split("/", 1)[1],
+        "relationship": relationship,
+    }
+
+
+def _server(ctx: Context) -> Context:
+    return Context(
+        settings=ctx.settings,
+        validator=ctx.validator,
+        base_url=ctx.base_url,
+        clock=ctx.clock,
+        guard=server_guard(),
+    )
+
+
+def _expiry(body: dict[str, Any]) -> str | None:
+    value = body.get("expires_at")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RelationshipError(400, "invalid_request", "`expires_at` must be a date or instant")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise RelationshipError(400, "invalid_request", "`expires_at` is not a date") from None
+    return moment.date().isoformat()
+
+
+async def delegate(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
+    """Make the delegation Consent; the caller's transaction holds the write."""
+    try:
+        answer = await _delegate(ctx, conn, body)
+    except RelationshipError:
+        DELEGATION_REQUESTS.labels(status="refused").inc()
+        raise
+    DELEGATION_REQUESTS.labels(status=answer["status"]).inc()
+    return answer
+
+
+async def _delegate(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise RelationshipError(400, "invalid_request", "the body must be a JSON object")
+    patient_id = _text(body, "patient_id")
+    delegate_id = _text(body, "delegate_id")
+    scopes = _scopes(body, "delegation_scope")
+    expires = _expiry(body)
+    patient = await _resolve(conn, patient_id, ("Patient",))
+    delegate_ref = await _resolve(conn, delegate_id, ("RelatedPerson",))
+    if patient is None or delegate_ref is None:
+        raise RelationshipError(404, "not_found", "patient or delegate (RelatedPerson) not found")
+    stored = await repository.read_current(conn, "RelatedPerson", delegate_ref.split("/", 1)[1])
+    assert stored is not None and stored.content is not None
+    if reference_of(parse_json(stored.content).get("patient")) != patient:
+        raise RelationshipError(
+            400, "invalid_request", "the delegate must be a RelatedPerson of the patient"
+        )
+    guard = ctx.guard
+    consent = _consent(patient, delegate_ref, scopes, ctx.clock().date().isoformat(), expires)
+    as_grantor = guard.decide(
+        "create",
+        "Consent",
+        Target(frozenset({patient}), grants_to=frozenset({delegate_ref})),
+    )
+    asks_for_itself = any(i.reference == delegate_ref and i.verified for i in guard.identities)
+    if as_grantor.allowed:
+        status = "proposed" if ctx.settings.delegation_approval == "manual" else "active"
+    elif asks_for_itself:
+        status = "proposed"  # a relative never grants itself access: the patient approves it
+    else:
+        raise RelationshipError(
+            403, "not_authorized", "only the patient, a guardian of a minor or a service delegates"
+        )
+    consent["status"] = status
+    server = _server(ctx)
+    version = create.creation(server, consent, create.new_id(), method="POST")
+    await repository.insert_new(conn, version)
+    reference = f"Consent/{version.id}"
+    guard.audited.append(
+        Audited(
+            "create",
+            "Consent",
+            reference,
+            Decision(
+                allowed=True,
+                explanation=f"delegation to {delegate_ref} ({status})",
+                compartments=frozenset({patient}),
+            ),
+        )
+    )
+    return _delegation(reference, consent, patient, delegate_ref, scopes, expires)
+
+
+def _consent(
+    patient: str, delegate_ref: str, scopes: list[str], today: str, expires: str | None
+) -> dict[str, Any]:
+    period = {"start": today, **({"end": expires} if expires else {})}
+    return {
+        "resourceType": "Consent",
+        "status": "proposed",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": patient},
+        "dateTime": f"{today}T00:00:00Z",
+        "provision": {
+            "type": "permit",
+            "period": period,
+            "actor": [
+                {
+                    "role": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode",
+                                "code": "DELEGATEE",
+                            }
+                        ]
+                    },
+                    "reference": {"reference": delegate_ref},
+                }
+            ],
+            "code": [
+                {"coding": [{"system": CONSENT_SCOPE_SYSTEM, "code": DATA_SCOPES[s]}]}
+                for s in scopes
+            ],
+        },
+    }
+
+
+def _delegation(
+    reference: str,
+    consent: dict[str, Any],
+    patient: str,
+    delegate_ref: str,
+    scopes: list[str],
+    expires: str | None,
+) -> dict[str, Any]:
+    return {
+        "delegation_id": reference.split("/", 1)[1],
+        "status": consent["status"],
+        "delegator_id": patient.split("/", 1)[1],
+        "delegate_id": delegate_ref.split("/", 1)[1],
+        "delegation_scope": scopes,
+        "expires_at": f"{expires}T23:59:59Z" if expires else None,
+    }
+
+
+async def approve(ctx: Context, conn: Connection, delegation_id: str) -> dict[str, Any]:
+    """The patient (or a guardian of a minor, or a service) approves a proposed delegation."""
+    stored = await repository.read_current(conn, "Consent", delegation_id)
+    if stored is None or stored.content is None:
+        raise RelationshipError(404, "not_found", "delegation not found")
+    consent = parse_json(stored.content)
+    patient = reference_of(consent.get("patient"))
+    actors = frozenset(
+        ref
+        for actor in (consent.get("provision") or {}).get("actor", ())
+        if (ref := reference_of(actor.get("reference"))) is not None
+    )
+    assert patient is not None
+    decision = ctx.guard.decide("update", "Consent", Target(frozenset({patient}), grants_to=actors))
+    if not decision.allowed:
+        raise RelationshipError(403, "not_authorized", "only the patient approves a delegation")
+    if consent.get("status") != "proposed":
+        raise RelationshipError(
+            400, "invalid_request", "the delegation is not waiting for approval"
+        )
+    consent["status"] = "active"
+    server = _server(ctx)
+    locked = await repository.lock_current(conn, "Consent", delegation_id)
+    assert locked is not None
+    version = new_version(
+        server,
+        consent,
+        id=delegation_id,
+        version_id=locked.version_id + 1,
+        last_updated=ctx.clock(),
+        method="PUT",
+    )
+    await repository.write_version(conn, version)
+    ctx.guard.audited.append(
+        Audited(
+            "update",
+            "Consent",
+            f"Consent/{delegation_id}",
+            Decision(
+                allowed=True, explanation="delegation approved", compartments=frozenset({patient})
+            ),
+        )
+    )
+    DELEGATION_REQUESTS.labels(status="approved").inc()
+    codes = [
+        c["code"]
+        for concept in consent["provision"].get("code", ())
+        for c in concept.get("coding", ())
+    ]
+    scopes = [name for name, code in DATA_SCOPES.items() if code in codes]
+    end = (consent["provision"].get("period") or {}).get("end")
+    return _delegation(
+        f"Consent/{delegation_id}", consent, patient, next(iter(sorted(actors)), ""), scopes, end
+    )

@@ -1,0 +1,228 @@
+"""The relationship service API through HTTP with real tokens: verification answered by the
+engine, delegations as Consents (auto and manual approval), the statuses of the specification,
+and the metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from fhir_server.settings import Settings
+from tests.access_world import World, build_world, snapshot
+from tests.conftest import LiveServer, auth
+
+
+@pytest.fixture(scope="module")
+def world(live_server: LiveServer) -> Iterator[World]:
+    with httpx.Client(base_url=f"{live_server.origin}/fhir", timeout=30, headers=auth()) as system:
+        yield build_world(live_server.origin, system)
+
+
+def api(origin: str, who: str | None = None, scope: str = "user/*.cruds") -> httpx.Client:
+    headers = auth(who, scope) if who else auth()
+    return httpx.Client(base_url=f"{origin}/api/v1/relationships", timeout=30, headers=headers)
+
+
+def bare(reference: str) -> str:
+    return reference.split("/", 1)[1]
+
+
+def test_verify_answers_with_the_engine(world: World) -> None:
+    with api(world.origin) as service:
+        parent = service.post(
+            "/verify",
+            json={
+                "requesting_user_id": world.ref("parent"),
+                "patient_id": bare(world.ref("minor")),
+                "relationship_type": "family_member",
+                "access_purpose": "care_coordination",
+                "data_scope": ["medical_history", "lab_results"],
+            },
+        )
+        assert parent.status_code == 200, parent.text
+        body = parent.json()
+        assert body["relationship_verified"] is True
+        assert body["relationship_type"] == "mother"
+        assert body["access_granted"] is True
+        assert body["access_scope"] == ["medical_history", "lab_results"]
+        assert body["delegation_chain"][0] == {
+            "delegator_id": bare(world.ref("minor")),
+            "delegated_to": bare(world.ref("parent")),
+            "relationship": "mother",
+        }
+        relative = service.post(
+            "/verify",
+            json={
+                "requesting_user_id": bare(world.ref("relative")),
+                "patient_id": bare(world.ref("adult")),
+                "data_scope": ["demographics", "lab_results"],
+            },
+        ).json()
+        assert relative["relationship_verified"] is True
+        assert relative["access_granted"] is False
+        assert relative["access_scope"] == ["demographics"]
+        assert relative["reasons"]["lab_results"] == "consent_required"
+        doctor = service.post(
+            "/verify",
+            json={
+                "requesting_user_id": world.ref("doctor"),
+                "patient_id": bare(world.ref("adult")),
+                "data_scope": ["medication_list"],
+            },
+        ).json()
+        assert doctor["relationship_type"] == "healthcare_provider"
+        assert doctor["access_granted"] is True
+        stranger = service.post(
+            "/verify",
+            json={
+                "requesting_user_id": world.ref("stranger"),
+                "patient_id": bare(world.ref("adult")),
+                "data_scope": ["medication_list"],
+            },
+        ).json()
+        assert stranger["relationship_verified"] is False and stranger["access_scope"] == []
+
+
+def test_verify_statuses(world: World) -> None:
+    good = {
+        "requesting_user_id": world.ref("parent"),
+        "patient_id": bare(world.ref("minor")),
+        "data_scope": ["lab_results"],
+    }
+    with api(world.origin) as service:
+        assert service.post("/verify", json={**good, "data_scope": ["dna"]}).status_code == 400
+        assert service.post("/verify", json={"patient_id": "x"}).json()["code"] == "invalid_request"
+        missing = service.post("/verify", json={**good, "patient_id": "no-such-patient"})
+        assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    unauthenticated = httpx.post(f"{world.origin}/api/v1/relationships/verify", json=good)
+    assert unauthenticated.status_code == 401
+    assert unauthenticated.headers["WWW-Authenticate"].startswith("Bearer")
+    # a user may ask about itself; not about somebody else
+    with api(world.origin, world.ref("parent")) as parent:
+        assert parent.post("/verify", json=good).status_code == 200
+    with api(world.origin, world.ref("stranger")) as stranger:
+        refused = stranger.post("/verify", json=good)
+        assert refused.status_code == 403 and refused.json()["code"] == "not_authorized"
+
+
+def test_a_patient_delegates_and_the_delegate_gets_access(world: World) -> None:
+    with world.client(world.ref("relative"), "user/*.rs") as relative:
+        encounter = world.create(
+            {
+                "resourceType": "Encounter",
+                "status": "finished",
+                "class": {
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
+                    "code": "AMB",
+                },
+                "subject": {"reference": world.ref("adult")},
+            }
+        )
+        assert relative.get(f"/{encounter}").status_code == 403
+        with api(world.origin, world.ref("adult")) as patient:
+            made = patient.post(
+                "/delegate",
+                json={
+                    "patient_id": bare(world.ref("adult")),
+                    "delegate_id": bare(world.ref("relative")),
+                    "delegation_scope": ["encounters"],
+                    "expires_at": "2099-12-31",
+                },
+            )
+            assert made.status_code == 201, made.text
+            assert made.json()["status"] == "active"
+            assert made.json()["expires_at"] == "2099-12-31T23:59:59Z"
+        assert relative.get(f"/{encounter}").status_code == 200
+        consent = world.system.get(f"/Consent/{made.json()['delegation_id']}").json()
+        assert consent["provision"]["actor"][0]["reference"]["reference"] == world.ref("relative")
+
+
+def test_a_relative_only_asks_and_the_patient_approves(
+    world: World, db: psycopg.Connection[Any]
+) -> None:
+    appointment = world.create(
+        {
+            "resourceType": "Appointment",
+            "status": "booked",
+            "participant": [{"actor": {"reference": world.ref("adult")}, "status": "accepted"}],
+        }
+    )
+    with api(world.origin, world.ref("relative")) as relative_api:
+        asked = relative_api.post(
+            "/delegate",
+            json={
+                "patient_id": bare(world.ref("adult")),
+                "delegate_id": bare(world.ref("relative")),
+                "delegation_scope": ["appointments"],
+            },
+        )
+        assert asked.status_code == 201 and asked.json()["status"] == "proposed"
+        delegation = asked.json()["delegation_id"]
+        with world.client(world.ref("relative"), "user/*.rs") as relative:
+            assert relative.get(f"/{appointment}").status_code == 403
+            # nor can the relative approve its own request
+            before = snapshot(db)
+            assert relative_api.post(f"/delegate/{delegation}/approve").status_code == 403
+            assert snapshot(db) == before
+            with api(world.origin, world.ref("adult")) as patient:
+                approved = patient.post(f"/delegate/{delegation}/approve")
+                assert approved.status_code == 200 and approved.json()["status"] == "active"
+            assert relative.get(f"/{appointment}").status_code == 200
+    # a stranger delegates nothing
+    with api(world.origin, world.ref("stranger")) as stranger:
+        refused = stranger.post(
+            "/delegate",
+            json={
+                "patient_id": bare(world.ref("adult")),
+                "delegate_id": bare(world.ref("relative")),
+                "delegation_scope": ["appointments"],
+            },
+        )
+        assert refused.status_code == 403
+
+
+@pytest.fixture(scope="module")
+def manual(database_url: str) -> Iterator[LiveServer]:
+    with LiveServer(Settings(delegation_approval="manual"), database_url) as server:
+        yield server
+
+
+def test_manual_approval_makes_every_delegation_wait(world: World, manual: LiveServer) -> None:
+    with api(manual.origin, world.ref("adult")) as patient:
+        made = patient.post(
+            "/delegate",
+            json={
+                "patient_id": bare(world.ref("adult")),
+                "delegate_id": bare(world.ref("relative")),
+                "delegation_scope": ["prescriptions"],
+            },
+        )
+        assert made.status_code == 201 and made.json()["status"] == "proposed"
+        assert (
+            patient.post(f"/delegate/{made.json()['delegation_id']}/approve").json()["status"]
+            == "active"
+        )
+
+
+def test_metrics_count_verifications_and_delegations(world: World, live_server: LiveServer) -> None:
+    with api(world.origin) as service:
+        service.post(
+            "/verify",
+            json={
+                "requesting_user_id": world.ref("parent"),
+                "patient_id": bare(world.ref("minor")),
+                "data_scope": ["lab_results"],
+            },
+        )
+    text = httpx.get(f"{live_server.origin}/metrics").text
+    for name in (
+        'relationship_verifications_total{result="granted"}',
+        "delegation_requests_total",
+        "relationship_cache_hits_total",
+        "verification_response_time_seconds_count",
+    ):
+        assert name in text, name
