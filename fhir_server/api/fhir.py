@@ -112,6 +112,13 @@ async def family_of(fhir: FhirInteraction, id: str) -> Response:
     return fhir_response(orjson.dumps(answer))
 
 
+async def emergency_contacts(fhir: FhirInteraction, id: str) -> Response:
+    """`GET Patient/{id}/$emergency-contacts` (docs/family.md)."""
+    async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
+        answer = await family.emergency_contacts(ctx, conn, id)
+    return fhir_response(orjson.dumps(answer))
+
+
 async def system_history(fhir: FhirInteraction, request: Request) -> Response:
     async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
         return fhir_response(await history.history(ctx, conn, request.query_params))
@@ -265,6 +272,7 @@ def install(app: FastAPI) -> None:
     add("/fhir/Patient/{id:fhir_id}/$add-dependent", add_dependent, methods=["POST"])
     add("/fhir/Patient/{id:fhir_id}/$remove-dependent", remove_dependent, methods=["POST"])
     add("/fhir/Patient/{id:fhir_id}/$family", family_of, methods=["GET", "POST"])
+    add("/fhir/Patient/{id:fhir_id}/$emergency-contacts", emergency_contacts, methods=["GET"])
     add("/fhir/{type}", create_resource, methods=["POST"])
     add("/fhir/{type}/{id}", update_resource, methods=["PUT"])
     add("/fhir/{type}/{id}", patch_resource, methods=["PATCH"])

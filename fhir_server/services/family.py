@@ -664,3 +664,67 @@ def _clinical_access(guard: Guard, member: str, related_person: str | None) -> D
         account=guard.account,
     )
     return decide(request, guard.policy, guard.facts)
+
+
+EMERGENCY_CONTACT = ("http://terminology.hl7.org/CodeSystem/v2-0131", "C")
+
+_RELATED_OF = Statement(
+    """
+SELECT r.id, r.content::text FROM resources r
+WHERE r.resource_type = 'RelatedPerson' AND NOT r.deleted AND r.id IN (
+    SELECT x.id FROM search_reference x
+    WHERE x.resource_type = 'RelatedPerson' AND x.code = 'patient'
+      AND x.target_type = 'Patient' AND x.target_id = %(id)s)
+ORDER BY r.id
+"""
+)
+
+
+async def emergency_contacts(ctx: Context, conn: Connection, patient_id: str) -> dict[str, Any]:
+    """`GET Patient/{id}/$emergency-contacts`: the patient's active RelatedPersons whose
+    relationship is emergency contact (v2-0131 `C`), each with its preferred telecom. The caller
+    must be allowed to read the patient's RelatedPersons."""
+    patient = f"Patient/{patient_id}"
+    guard = ctx.guard
+    decision = guard.require(
+        "read", "RelatedPerson", target=Target(frozenset({patient})), resource=patient
+    )
+    assert decision.allowed
+    contacts = []
+    for id, text in await fetch_all(conn, _RELATED_OF, {"id": patient_id}):
+        content = orjson.loads(text)
+        codes = {
+            (c.get("system"), c.get("code"))
+            for concept in content.get("relationship", ())
+            for c in concept.get("coding", ())
+        }
+        if EMERGENCY_CONTACT not in codes or content.get("active") is False:
+            continue
+        if (content.get("period") or {}).get("end"):
+            continue
+        telecom = preferred_telecom(content.get("telecom", []))
+        contacts.append(
+            {
+                "name": "contact",
+                "part": [
+                    {
+                        "name": "relatedPerson",
+                        "valueReference": _display(f"RelatedPerson/{id}", content),
+                    },
+                    *([{"name": "telecom", "valueContactPoint": telecom}] if telecom else []),
+                ],
+            }
+        )
+    return {"resourceType": "Parameters", "parameter": contacts}
+
+
+def preferred_telecom(telecom: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The contact point to use first: the lowest `rank` (1 is preferred), phones before
+    others, ended ones never."""
+    usable = [t for t in telecom if not (t.get("period") or {}).get("end")]
+    if not usable:
+        return None
+    return min(
+        usable,
+        key=lambda t: (t.get("rank", 1_000_000), t.get("system") != "phone"),
+    )

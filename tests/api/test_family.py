@@ -595,3 +595,88 @@ def test_a_guardian_consents_for_a_minor_but_never_to_itself(
         to_self = j.post("/Consent", json=consent(own_link))
         assert to_self.status_code == 403
         assert snapshot(db) == before
+
+
+def test_emergency_contacts_are_listed_with_their_preferred_telecom(fam: Family) -> None:
+    patient = fam.patient("Eve", years_ago(70))
+
+    def contact(name: str, relationship: str, telecom: list[dict[str, Any]], **extra: Any) -> str:
+        response = fam.system.post(
+            "/RelatedPerson",
+            json={
+                "resourceType": "RelatedPerson",
+                "patient": {"reference": patient},
+                "name": [{"family": name}],
+                "relationship": [
+                    {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v2-0131",
+                                "code": relationship,
+                            }
+                        ]
+                    }
+                ],
+                "telecom": telecom,
+                **extra,
+            },
+        )
+        assert response.status_code == 201, response.text
+        return f"RelatedPerson/{response.json()['id']}"
+
+    neighbour = contact(
+        "Neighbour",
+        "C",
+        [
+            {"system": "email", "value": "n@example.org", "rank": 2},
+            {"system": "phone", "value": "+254700000001", "rank": 1},
+        ],
+    )
+    contact("Former", "C", [{"system": "phone", "value": "+254700000002"}], active=False)
+    contact("Employer", "E", [{"system": "phone", "value": "+254700000003"}])
+    with fam.as_(patient) as p:
+        listed = p.get(f"/{patient}/$emergency-contacts")
+        assert listed.status_code == 200, listed.text
+        contacts = [{part["name"]: part for part in c["part"]} for c in listed.json()["parameter"]]
+        assert [c["relatedPerson"]["valueReference"]["reference"] for c in contacts] == [neighbour]
+        assert contacts[0]["telecom"]["valueContactPoint"]["value"] == "+254700000001"
+    stranger = fam.patient("Stranger", years_ago(30))
+    with fam.as_(stranger) as s:
+        assert s.get(f"/{patient}/$emergency-contacts").status_code == 403
+
+
+def test_a_practitioner_loses_access_when_the_care_team_ends(fam: Family) -> None:
+    patient = fam.patient("Cara", years_ago(50))
+    doctor = fam.system.post("/Practitioner", json={"resourceType": "Practitioner"}).json()
+    team = fam.system.post(
+        "/CareTeam",
+        json={
+            "resourceType": "CareTeam",
+            "status": "active",
+            "subject": {"reference": patient},
+            "participant": [{"member": {"reference": f"Practitioner/{doctor['id']}"}}],
+        },
+    ).json()
+    record = fam.system.post(
+        "/Observation",
+        json={
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "x"},
+            "subject": {"reference": patient},
+        },
+    ).json()
+    with fam.as_(f"Practitioner/{doctor['id']}") as d:
+        assert d.get(f"/Observation/{record['id']}").status_code == 200
+        assert (
+            fam.system.put(
+                f"/CareTeam/{team['id']}", json={**team, "status": "inactive"}
+            ).status_code
+            == 200
+        )
+        assert d.get(f"/Observation/{record['id']}").status_code == 403
+        # a general-practitioner link gives it back
+        content = fam.system.get(f"/{patient}").json()
+        content["generalPractitioner"] = [{"reference": f"Practitioner/{doctor['id']}"}]
+        assert fam.system.put(f"/{patient}", json=content).status_code == 200
+        assert d.get(f"/Observation/{record['id']}").status_code == 200
