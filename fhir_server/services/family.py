@@ -105,7 +105,7 @@ def _age(born: date | None, today: date) -> int | None:
     return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
 
 
-async def _patient(conn: Connection, reference: str) -> dict[str, Any]:
+async def patient_content(conn: Connection, reference: str) -> dict[str, Any]:
     type_, _, id = reference.partition("/")
     found = await repository.read_current(conn, type_, id)
     if found is None or found.content is None:
@@ -382,7 +382,7 @@ async def add_dependent(
     require_primary(guard, primary)
     server = _server(ctx)
     today = ctx.clock().date()
-    primary_content = await _patient(conn, primary)
+    primary_content = await patient_content(conn, primary)
     relationship = request.relationship
 
     dependent = await local_dependent(ctx, conn, request.national_id)
@@ -411,7 +411,7 @@ async def add_dependent(
         dependent = f"Patient/{version.id}"
         created_patient = True
         _audit(guard, "create", dependent, f"{primary} added a new dependent")
-    dependent_content = await _patient(conn, dependent)
+    dependent_content = await patient_content(conn, dependent)
 
     links = await family_links(conn)
     check_rules(
@@ -576,75 +576,109 @@ async def _rewrite(
     await repository.write_version(conn, version)
 
 
-async def family(ctx: Context, conn: Connection, primary_id: str) -> dict[str, Any]:
-    """`GET Patient/{primary}/$family`: each member, the relationship, whether a minor, whether
-    the caller can see clinical data and why, and the member's insurance coverage."""
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One member of a primary's family, as `$family` and GraphQL show it."""
+
+    patient: str
+    content: dict[str, Any]  # the member's Patient resource
+    relationship: str
+    related_person: str | None  # the caller's own link to the member, if any
+    added: str | None  # the link's period.start
+    is_minor: bool
+    access: Decision  # reading the member's clinical data, as that link
+    coverage: list[tuple[str, dict[str, Any]]]  # (Coverage id, scheme, member number, status)
+
+
+async def family_members(ctx: Context, conn: Connection, primary_id: str) -> list[Member]:
+    """The primary's family: its own links, and its spouse's children and wards (seen through
+    the spouse's links)."""
     primary = f"Patient/{primary_id}"
     guard = ctx.guard
     require_primary(guard, primary)
     today = ctx.clock().date()
     links = await family_links(conn)
     mine = [link for link in links if link.active and link.primary == primary]
-    members: dict[str, tuple[str, str | None]] = {
+    found: dict[str, tuple[str, str | None]] = {
         link.dependent: (link.relationship, link.related_person) for link in mine
     }
-    # a spouse's children and wards are family too (seen through the spouse's links)
     spouses = {link.dependent for link in mine if link.relationship == "SPOUSE"}
     for link in links:
         if (
             link.active
             and link.primary in spouses
             and link.relationship in {"CHILD", "GUARDIAN"}
-            and link.dependent not in members
+            and link.dependent not in found
             and link.dependent != primary
         ):
-            members[link.dependent] = (link.relationship, None)
-    parameters = []
-    for member, (relationship, related_person) in sorted(members.items()):
-        content = await _patient(conn, member)
+            found[link.dependent] = (link.relationship, None)
+    members = []
+    for member, (relationship, related_person) in sorted(found.items()):
+        content = await patient_content(conn, member)
         age = _age(earliest_date(content.get("birthDate")), today)
-        decision = _clinical_access(guard, member, related_person)
-        coverage = await coverage_of(conn, member)
-        parameters.append(
-            {
-                "name": "member",
-                "part": [
-                    {"name": "patient", "valueReference": _display(member, content)},
-                    {"name": "relationship", "valueCode": relationship},
-                    *(
-                        [{"name": "relatedPerson", "valueReference": {"reference": related_person}}]
-                        if related_person
-                        else []
-                    ),
-                    {
-                        "name": "isMinor",
-                        "valueBoolean": age is not None and age < guard.facts.majority_age,
-                    },
-                    {"name": "canViewClinicalData", "valueBoolean": decision.allowed},
-                    {"name": "why", "valueString": decision.explanation or decision.message},
-                    *(
-                        {
-                            "name": "insuranceCoverage",
-                            "part": [
-                                {
-                                    "name": "coverage",
-                                    "valueReference": {"reference": f"Coverage/{id}"},
-                                },
-                                *({"name": k, "valueString": v} for k, v in _scheme(c).items()),
-                            ],
-                        }
-                        for id, _, c in coverage
-                    ),
-                ],
-            }
+        added = None
+        if related_person is not None:
+            stored = await repository.read_current(
+                conn, "RelatedPerson", related_person.split("/")[1]
+            )
+            if stored is not None and stored.content is not None:
+                added = (parse_json(stored.content).get("period") or {}).get("start")
+        members.append(
+            Member(
+                patient=member,
+                content=content,
+                relationship=relationship,
+                related_person=related_person,
+                added=added,
+                is_minor=age is not None and age < guard.facts.majority_age,
+                access=_clinical_access(guard, member, related_person),
+                coverage=[(id, _scheme(c)) for id, _, c in await coverage_of(conn, member)],
+            )
         )
+    return members
+
+
+async def family(ctx: Context, conn: Connection, primary_id: str) -> dict[str, Any]:
+    """`GET Patient/{primary}/$family`: each member, the relationship, whether a minor, whether
+    the caller can see clinical data and why, and the member's insurance coverage."""
+    parameters = []
+    for m in await family_members(ctx, conn, primary_id):
+        parts: list[dict[str, Any]] = [
+            {"name": "patient", "valueReference": _display(m.patient, m.content)},
+            {"name": "relationship", "valueCode": m.relationship},
+        ]
+        if m.related_person:
+            parts.append(
+                {"name": "relatedPerson", "valueReference": {"reference": m.related_person}}
+            )
+        parts += [
+            {"name": "isMinor", "valueBoolean": m.is_minor},
+            {"name": "canViewClinicalData", "valueBoolean": m.access.allowed},
+            {"name": "why", "valueString": m.access.explanation or m.access.message},
+        ]
+        for id, scheme in m.coverage:
+            parts.append(
+                {
+                    "name": "insuranceCoverage",
+                    "part": [
+                        {"name": "coverage", "valueReference": {"reference": f"Coverage/{id}"}},
+                        *({"name": k, "valueString": v} for k, v in scheme.items()),
+                    ],
+                }
+            )
+        parameters.append({"name": "member", "part": parts})
     return {"resourceType": "Parameters", "parameter": parameters}
 
 
-def _display(reference: str, patient: dict[str, Any]) -> dict[str, Any]:
+def display_name(patient: dict[str, Any]) -> str:
     names = patient.get("name") or []
     first = names[0] if names else {}
-    text = first.get("text") or " ".join([*first.get("given", []), first.get("family", "")]).strip()
+    text: str = first.get("text") or " ".join([*first.get("given", []), first.get("family", "")])
+    return text.strip()
+
+
+def _display(reference: str, patient: dict[str, Any]) -> dict[str, Any]:
+    text = display_name(patient)
     return {"reference": reference, **({"display": text} if text else {})}
 
 

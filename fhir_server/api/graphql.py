@@ -1,0 +1,218 @@
+"""`/graphql` for the patient portal (the family specification's `MyFamily` query and the
+`addDependent` / `removeDependent` mutations), with strawberry.
+
+Every resolver goes through the same services, engine and audit as the FHIR operations
+(`fhir_server/services/family.py`): there is no second path around access control. The caller is
+the token's `fhirUser` Patient. Queries are limited in depth, tokens and aliases, so that no
+query costs more than a page of the portal.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import strawberry
+from fastapi import FastAPI, Request
+from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.fastapi import GraphQLRouter
+from strawberry.types import Info
+
+from fhir_server.api.deps import Interaction, interaction
+from fhir_server.errors import FhirError
+from fhir_server.services import family
+from fhir_server.services.family import Member
+
+MAX_DEPTH = 6
+MAX_TOKENS = 1_000
+MAX_ALIASES = 10
+
+
+@strawberry.type
+class PatientInfo:
+    id: strawberry.ID
+    name: str | None
+    birth_date: str | None
+    gender: str | None
+
+
+@strawberry.type
+class Coverage:
+    scheme: str
+    member_number: str
+    status: str
+
+
+@strawberry.type
+class Dependent:
+    id: strawberry.ID  # the caller's RelatedPerson for the member (or the member's Patient id)
+    patient: PatientInfo
+    relationship: str
+    is_minor: bool
+    can_view_clinical_data: bool
+    why: str
+    added_date: str | None
+    insurance_coverage: list[Coverage]
+
+
+@strawberry.input
+class DependentInput:
+    relationship: str
+    national_id: str | None = None
+    given_name: str | None = None
+    family_name: str | None = None
+    birth_date: str | None = None
+    gender: str | None = None
+
+
+@strawberry.type
+class RemoveResult:
+    success: bool
+    message: str
+
+
+def _fhir(info: Info[Any, Any]) -> Interaction:
+    fhir: Interaction = info.context["fhir"]
+    return fhir
+
+
+def _me(fhir: Interaction) -> str:
+    user = fhir.principal.fhir_user
+    if user is None or not user.startswith("Patient/"):
+        raise PermissionError("the portal's `me` is the token's Patient (`fhirUser`)")
+    return user.split("/", 1)[1]
+
+
+def _patient(reference: str, content: dict[str, Any]) -> PatientInfo:
+    return PatientInfo(
+        id=strawberry.ID(reference.split("/", 1)[1]),
+        name=family.display_name(content) or None,
+        birth_date=content.get("birthDate"),
+        gender=content.get("gender"),
+    )
+
+
+def _dependent(m: Member) -> Dependent:
+    return Dependent(
+        id=strawberry.ID((m.related_person or m.patient).split("/", 1)[1]),
+        patient=_patient(m.patient, m.content),
+        relationship=m.relationship,
+        is_minor=m.is_minor,
+        can_view_clinical_data=m.access.allowed,
+        why=m.access.explanation or m.access.message,
+        added_date=m.added,
+        insurance_coverage=[
+            Coverage(scheme=c["scheme"], member_number=c["memberNumber"], status=c["status"])
+            for _, c in m.coverage
+        ],
+    )
+
+
+@strawberry.type
+class Me:
+    id: strawberry.ID
+    name: str | None
+
+    @strawberry.field
+    async def dependents(self, info: Info[Any, Any]) -> list[Dependent]:
+        fhir = _fhir(info)
+        async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
+            members = await family.family_members(ctx, conn, str(self.id))
+        return [_dependent(m) for m in members]
+
+
+@strawberry.type
+class Query:
+    @strawberry.field
+    async def me(self, info: Info[Any, Any]) -> Me:
+        fhir = _fhir(info)
+        me = _me(fhir)
+        async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
+            family.require_primary(ctx.guard, f"Patient/{me}")
+            content = await family.patient_content(conn, f"Patient/{me}")
+        return Me(id=strawberry.ID(me), name=family.display_name(content) or None)
+
+
+@strawberry.type
+class Mutation:
+    @strawberry.mutation
+    async def add_dependent(self, info: Info[Any, Any], input: DependentInput) -> Dependent:
+        fhir = _fhir(info)
+        me = _me(fhir)
+        demographics = None
+        if input.family_name or input.given_name or input.birth_date:
+            demographics = {
+                "resourceType": "Patient",
+                "name": [
+                    {
+                        **({"family": input.family_name} if input.family_name else {}),
+                        **({"given": [input.given_name]} if input.given_name else {}),
+                    }
+                ],
+                **({"birthDate": input.birth_date} if input.birth_date else {}),
+                **({"gender": input.gender} if input.gender else {}),
+            }
+        request = family.AddRequest(input.relationship, input.national_id, demographics)
+        if request.relationship not in family.ROLES:
+            raise ValueError(f"`relationship` must be one of {', '.join(family.ROLES)}")
+        registered = None
+        if fhir.runtime.registry is not None and request.national_id is not None:
+            async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
+                family.require_primary(ctx.guard, f"Patient/{me}")
+                registered = await family.registered_dependent(
+                    ctx, conn, request, fhir.runtime.registry
+                )
+        async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
+            answer = await family.add_dependent(ctx, conn, me, request, registered=registered)
+            dependent = next(
+                p["valueReference"]["reference"]
+                for p in answer["parameter"]
+                if p["name"] == "dependent"
+            )
+        async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
+            members = await family.family_members(ctx, conn, me)
+        return next(_dependent(m) for m in members if m.patient == dependent)
+
+    @strawberry.mutation
+    async def remove_dependent(
+        self, info: Info[Any, Any], dependent_id: strawberry.ID, confirm: bool = False
+    ) -> RemoveResult:
+        fhir = _fhir(info)
+        me = _me(fhir)
+        body = {
+            "resourceType": "Parameters",
+            "parameter": [
+                {"name": "dependent", "valueReference": {"reference": f"Patient/{dependent_id}"}},
+                {"name": "confirm", "valueBoolean": confirm},
+            ],
+        }
+        try:
+            async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
+                await family.remove_dependent(ctx, conn, me, body)
+        except FhirError as exc:
+            if exc.status == 409:
+                return RemoveResult(success=False, message=str(exc))
+            raise
+        return RemoveResult(success=True, message=f"Patient/{dependent_id} removed")
+
+
+schema = strawberry.Schema(
+    query=Query,
+    mutation=Mutation,
+    extensions=[
+        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+    ],
+)
+
+
+async def _context(request: Request) -> dict[str, Any]:
+    # the token is verified before any query runs: no token, no GraphQL
+    return {"fhir": interaction(request)}
+
+
+def install(app: FastAPI) -> None:
+    router: GraphQLRouter[dict[str, Any], None] = GraphQLRouter(
+        schema, context_getter=_context, graphql_ide=None
+    )
+    app.include_router(router, prefix="/graphql")

@@ -1,0 +1,114 @@
+"""`/graphql` for the portal: MyFamily, addDependent, removeDependent, through the same services,
+engine and audit as the FHIR operations, with depth and cost limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from tests.access_world import years_ago
+from tests.conftest import LiveServer, auth
+
+MY_FAMILY = """
+query MyFamily {
+  me {
+    id
+    name
+    dependents {
+      id
+      patient { id name birthDate gender }
+      relationship
+      isMinor
+      insuranceCoverage { scheme memberNumber status }
+      canViewClinicalData
+    }
+  }
+}
+"""
+ADD = """
+mutation Add($input: DependentInput!) {
+  addDependent(input: $input) { id patient { id name } relationship isMinor canViewClinicalData }
+}
+"""
+REMOVE = """
+mutation Remove($id: ID!, $confirm: Boolean!) {
+  removeDependent(dependentId: $id, confirm: $confirm) { success message }
+}
+"""
+
+
+def gql(server: LiveServer, who: str | None, query: str, **variables: Any) -> httpx.Response:
+    headers = auth(who, "user/*.cruds") if who else {}
+    return httpx.post(
+        f"{server.origin}/graphql",
+        json={"query": query, "variables": variables},
+        headers=headers,
+        timeout=30,
+    )
+
+
+def test_my_family_through_graphql(live_server: LiveServer, client: httpx.Client) -> None:
+    john = client.post(
+        "/Patient",
+        json={
+            "resourceType": "Patient",
+            "name": [{"family": "Gql", "given": ["John"]}],
+            "birthDate": years_ago(40),
+        },
+    ).json()
+    me = f"Patient/{john['id']}"
+    added = gql(
+        live_server,
+        me,
+        ADD,
+        input={
+            "relationship": "CHILD",
+            "givenName": "Mary",
+            "familyName": "Gql",
+            "birthDate": years_ago(9),
+            "gender": "female",
+        },
+    )
+    assert added.status_code == 200, added.text
+    assert "errors" not in added.json(), added.json()
+    mary = added.json()["data"]["addDependent"]
+    assert mary["relationship"] == "CHILD" and mary["isMinor"] is True
+    assert mary["canViewClinicalData"] is True and mary["patient"]["name"] == "Mary Gql"
+
+    family = gql(live_server, me, MY_FAMILY).json()
+    assert "errors" not in family, family
+    dependents = family["data"]["me"]["dependents"]
+    assert [d["patient"]["id"] for d in dependents] == [mary["patient"]["id"]]
+    # the same engine: the FHIR API agrees that John reads Mary's record
+    with httpx.Client(base_url=f"{live_server.origin}/fhir", headers=auth(me, "user/*.rs")) as j:
+        assert j.get(f"/Patient/{mary['patient']['id']}").status_code == 200
+
+    removed = gql(live_server, me, REMOVE, id=mary["patient"]["id"], confirm=False).json()
+    assert removed["data"]["removeDependent"]["success"] is True
+    assert gql(live_server, me, MY_FAMILY).json()["data"]["me"]["dependents"] == []
+
+
+def test_graphql_refuses_strangers_and_costly_queries(
+    live_server: LiveServer, client: httpx.Client
+) -> None:
+    assert gql(live_server, None, MY_FAMILY).status_code == 401
+    practitioner = client.post("/Practitioner", json={"resourceType": "Practitioner"}).json()
+    answer = gql(live_server, f"Practitioner/{practitioner['id']}", MY_FAMILY).json()
+    assert answer["data"] is None and answer["errors"]
+    patient = client.post(
+        "/Patient", json={"resourceType": "Patient", "birthDate": years_ago(30)}
+    ).json()
+    me = f"Patient/{patient['id']}"
+    aliases = "query { " + " ".join(f"a{i}: me {{ id }}" for i in range(20)) + " }"
+    costly = gql(live_server, me, aliases).json()
+    assert costly["errors"] and "alias" in costly["errors"][0]["message"].lower()
+    deep = "query { me { dependents { patient { id } } } }"
+    assert "errors" not in gql(live_server, me, deep).json()
+    bad = gql(
+        live_server,
+        me,
+        ADD,
+        input={"relationship": "CHILD", "givenName": "Old", "birthDate": years_ago(60)},
+    ).json()
+    assert bad["errors"] and "child-younger" in bad["errors"][0]["message"]
