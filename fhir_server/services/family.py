@@ -23,7 +23,7 @@ from compartments.engine import Decision, Request, Target, decide
 from fhir_server.errors import AccessDenied, BadRequest, Conflict, NotFound, Unprocessable
 from fhir_server.services import conditional, create
 from fhir_server.services.access import Audited, Guard, earliest_date, reference_of
-from fhir_server.services.context import Context, server_guard
+from fhir_server.services.context import Context
 from fhir_server.services.registry import ClientRegistry
 from fhir_server.services.resources import new_version, parse_json
 from fhir_server.storage import repository
@@ -57,16 +57,6 @@ class FamilyLink:
     dependent: str
     relationship: str  # as asked: SPOUSE, CHILD, ...
     active: bool
-
-
-def _server(ctx: Context) -> Context:
-    return Context(
-        settings=ctx.settings,
-        validator=ctx.validator,
-        base_url=ctx.base_url,
-        clock=ctx.clock,
-        guard=server_guard(),
-    )
 
 
 def _parameters(body: Any) -> dict[str, Any]:
@@ -285,17 +275,7 @@ async def _link_person(
     id, text = rows[0]
     person = orjson.loads(text)
     person["link"] = [*person.get("link", []), link]
-    locked = await repository.lock_current(conn, "Person", id)
-    assert locked is not None
-    version = new_version(
-        server,
-        person,
-        id=id,
-        version_id=locked.version_id + 1,
-        last_updated=server.clock(),
-        method="PUT",
-    )
-    await repository.write_version(conn, version)
+    await rewrite(server, conn, "Person", id, person)
     return f"Person/{id}"
 
 
@@ -345,7 +325,7 @@ async def local_dependent(ctx: Context, conn: Connection, national_id: str | Non
     if national_id is None:
         return None
     ids = await conditional.matching_ids(
-        _server(ctx),
+        ctx.as_server(),
         conn,
         "Patient",
         f"identifier={ctx.settings.national_id_system}|{national_id}",
@@ -380,7 +360,7 @@ async def add_dependent(
     primary = f"Patient/{primary_id}"
     guard = ctx.guard
     require_primary(guard, primary)
-    server = _server(ctx)
+    server = ctx.as_server()
     today = ctx.clock().date()
     primary_content = await patient_content(conn, primary)
     relationship = request.relationship
@@ -504,7 +484,7 @@ async def remove_dependent(
     primary = f"Patient/{primary_id}"
     guard = ctx.guard
     require_primary(guard, primary)
-    server = _server(ctx)
+    server = ctx.as_server()
     today = ctx.clock().date().isoformat()
     links = [
         link
@@ -535,7 +515,7 @@ async def remove_dependent(
     for id, _, content in coverage:
         content["status"] = "cancelled"
         content["period"] = {**content.get("period", {}), "end": today}
-        await _rewrite(server, conn, "Coverage", id, content)
+        await rewrite(server, conn, "Coverage", id, content)
         ended.append(f"Coverage/{id}")
         _audit(guard, "update", f"Coverage/{id}", f"{primary} removed {dependent}")
     for link in links:
@@ -545,7 +525,7 @@ async def remove_dependent(
         content = parse_json(found.content)
         content["active"] = False
         content["period"] = {**content.get("period", {}), "end": today}
-        await _rewrite(server, conn, type_, id, content)
+        await rewrite(server, conn, type_, id, content)
         _audit(guard, "update", link.related_person, f"{primary} removed {dependent}")
     return {
         "resourceType": "Parameters",
@@ -560,9 +540,10 @@ async def remove_dependent(
     }
 
 
-async def _rewrite(
+async def rewrite(
     server: Context, conn: Connection, resource_type: str, id: str, content: dict[str, Any]
 ) -> None:
+    """A new version of a stored resource, written by the server (`Context.as_server`)."""
     locked = await repository.lock_current(conn, resource_type, id)
     assert locked is not None
     version = new_version(

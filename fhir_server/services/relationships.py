@@ -21,8 +21,9 @@ from fhir_server.auth.tokens import principal_from_claims
 from fhir_server.metrics import DELEGATION_REQUESTS, RELATIONSHIP_VERIFICATIONS, VERIFICATION_TIME
 from fhir_server.services import create
 from fhir_server.services.access import Audited, Guard, load_guard, reference_of
-from fhir_server.services.context import Context, server_guard
-from fhir_server.services.resources import new_version, parse_json
+from fhir_server.services.context import Context
+from fhir_server.services.family import rewrite
+from fhir_server.services.resources import parse_json
 from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
 
@@ -223,16 +224,6 @@ def _link(patient: str, to: str, relationship: str) -> dict[str, str]:
     }
 
 
-def _server(ctx: Context) -> Context:
-    return Context(
-        settings=ctx.settings,
-        validator=ctx.validator,
-        base_url=ctx.base_url,
-        clock=ctx.clock,
-        guard=server_guard(),
-    )
-
-
 def _expiry(body: dict[str, Any]) -> str | None:
     value = body.get("expires_at")
     if value is None:
@@ -291,7 +282,7 @@ async def _delegate(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]
             403, "not_authorized", "only the patient, a guardian of a minor or a service delegates"
         )
     consent["status"] = status
-    server = _server(ctx)
+    server = ctx.as_server()
     version = create.creation(server, consent, create.new_id(), method="POST")
     await repository.insert_new(conn, version)
     reference = f"Consent/{version.id}"
@@ -391,18 +382,7 @@ async def approve(ctx: Context, conn: Connection, delegation_id: str) -> dict[st
             400, "invalid_request", "the delegation is not waiting for approval"
         )
     consent["status"] = "active"
-    server = _server(ctx)
-    locked = await repository.lock_current(conn, "Consent", delegation_id)
-    assert locked is not None
-    version = new_version(
-        server,
-        consent,
-        id=delegation_id,
-        version_id=locked.version_id + 1,
-        last_updated=ctx.clock(),
-        method="PUT",
-    )
-    await repository.write_version(conn, version)
+    await rewrite(ctx.as_server(), conn, "Consent", delegation_id, consent)
     ctx.guard.audited.append(
         Audited(
             "update",
