@@ -253,7 +253,7 @@ def _patient(identity: Identity, request: Request, facts: Facts, rule: Rule) -> 
     if identity.role != "Patient":
         return deny(Reason.INVALID_ROLE, "the patient_compartment rule is for patients", rule)
     if not identity.verified:
-        return _within(_unverified(identity, request, rule), request, rule)
+        return _unverified_within(identity, identity.reference, request, rule)
     decision = Decision(
         allowed=True,
         rule=rule,
@@ -276,6 +276,19 @@ def _unverified(identity: Identity, request: Request, rule: Rule) -> Decision:
     )
 
 
+def _unverified_within(identity: Identity, patient: str, request: Request, rule: Rule) -> Decision:
+    """An unverified link: only what its account created, and what it writes must be about the
+    linked patient (it cannot put data into anyone else's record)."""
+    target = request.target
+    if target is not None and request.operation in WRITES and patient not in target.compartments:
+        return deny(
+            Reason.UNVERIFIED_LINK,
+            f"an unverified link writes only about {patient}",
+            rule,
+        )
+    return _within(_unverified(identity, request, rule), request, rule)
+
+
 def _related_person(identity: Identity, request: Request, facts: Facts, rule: Rule) -> Decision:
     if identity.role != "RelatedPerson":
         return deny(
@@ -285,7 +298,7 @@ def _related_person(identity: Identity, request: Request, facts: Facts, rule: Ru
     if link is None or not link.in_force(facts.today):
         return deny(Reason.LINK_INACTIVE, f"{identity.reference} is not active", rule)
     if not identity.verified:
-        return _within(_unverified(identity, request, rule), request, rule)
+        return _unverified_within(identity, link.patient, request, rule)
     patient = link.patient
     if request.resource_type == "Consent" and request.operation in WRITES:
         return _guardian_consent(identity, link, request, facts, rule)

@@ -487,6 +487,9 @@ def test_an_unverified_account_sees_only_what_it_created(
         assert cancelled.status_code == 200, cancelled.text
         assert reason(unverified.get(f"/{world.ref('obs_other')}")) == "unverified_link"
         assert reason(unverified.get(f"/{other}")) == "unverified_link"
+        # nor does it put data into anyone else's record
+        elsewhere = {**request, "subject": {"reference": world.ref("adult")}}
+        assert reason(unverified.post("/ServiceRequest", json=elsewhere)) == "unverified_link"
         found = ids(unverified.get("/ServiceRequest", params={"subject": other}).json())
         assert found == {mine}
         # the administrator verifies the link: the rest of the compartment opens
