@@ -363,6 +363,9 @@ async def _writer(queue: Any, url: str, endpoint: str) -> None:
                         url, autocommit=True, options=Database.OPTIONS
                     )
                 async with conn.transaction():
+                    # allowed-read events are durable within a second by design (a crash can lose
+                    # the last ones): the writer does not wait for each commit's WAL flush
+                    await conn.execute("SET LOCAL synchronous_commit = off")
                     await repository.insert_created(conn, versions)
                 break
             except psycopg.Error:
