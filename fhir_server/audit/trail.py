@@ -3,7 +3,8 @@
 Denials and emergency (break-glass) accesses are written before the response is sent, in a
 transaction of their own (the request's own transaction is rolled back by the denial). Allowed
 decisions are queued and handed every `FLUSH_SECONDS` to a writer process that stores them in
-batches with COPY; the server hands over and waits for the rest when it shuts down. An AuditEvent names who acted (the token's user or client), for whom (the patients
+batches with COPY, committed without waiting for the WAL flush (durable within about a second);
+the server hands over and waits for the rest when it shuts down. An AuditEvent names who acted (the token's user or client), for whom (the patients
 whose compartment the decision concerned: they and their guardians can read it), what
 (interaction, resource), the outcome, the rule and reason, and the purpose of use. It holds
 references and codes only, never names or other demographics.
