@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 REGISTRY = CollectorRegistry()
 
@@ -18,7 +18,9 @@ DELEGATION_REQUESTS = Counter(
     ["status"],
     registry=REGISTRY,
 )
-RELATIONSHIP_CACHE_HITS = Counter(
+# The specification names it without `_total`, which the client library adds to every Counter:
+# a Gauge that only goes up keeps the name.
+RELATIONSHIP_CACHE_HITS = Gauge(
     "relationship_cache_hits",
     "Requests whose relationship facts came from the cache (the access epoch unchanged)",
     registry=REGISTRY,

@@ -222,7 +222,7 @@ def test_metrics_count_verifications_and_delegations(world: World, live_server: 
     for name in (
         'relationship_verifications_total{result="granted"}',
         "delegation_requests_total",
-        "relationship_cache_hits_total",
+        "\nrelationship_cache_hits ",
         "verification_response_time_seconds_count",
     ):
         assert name in text, name
