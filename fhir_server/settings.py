@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -15,6 +16,19 @@ def _bool(value: str) -> bool:
     if lowered in {"0", "false", "no", "off", ""}:
         return False
     raise ValueError(f"expected a boolean, got `{value}`")
+
+
+def _api_keys(value: str) -> tuple[tuple[str, str], ...]:
+    """`name:key,name2:key2` as (name, SHA-256 hex of the key): the keys themselves are not kept."""
+    keys = []
+    for item in value.split(","):
+        if not item.strip():
+            continue
+        name, sep, key = item.strip().partition(":")
+        if not sep or not name or not key:
+            raise ValueError("`PATIENT_API_KEYS` is a comma-separated list of `name:key`")
+        keys.append((name, hashlib.sha256(key.encode()).hexdigest()))
+    return tuple(keys)
 
 
 def _approval(value: str) -> str:
@@ -66,6 +80,8 @@ class Settings:
     # Relationship service (docs/relationships.md): how long cached relationship facts may live
     # at most (the access epoch ends them sooner), and whether delegations wait for approval.
     relationship_ttl_seconds: int = 2_592_000
+    # The Patient Service API's keys (`PATIENT_API_KEYS=name:key,...`), kept as SHA-256 digests.
+    patient_api_keys: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     delegation_approval: str = "auto"
     # Extra base URLs under which references count as local (e.g. behind a proxy).
     local_bases: tuple[str, ...] = field(default_factory=tuple)
@@ -128,6 +144,7 @@ class Settings:
                 get("CLIENT_REGISTRY_TIMEOUT_SECONDS") or defaults.client_registry_timeout_seconds
             ),
             relationship_ttl_seconds=num("RELATIONSHIP_TTL", defaults.relationship_ttl_seconds),
+            patient_api_keys=_api_keys(get("PATIENT_API_KEYS") or ""),
             delegation_approval=_approval(
                 get("DELEGATION_APPROVAL") or defaults.delegation_approval
             ),

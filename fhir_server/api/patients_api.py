@@ -1,0 +1,196 @@
+"""`/api/v1/patients`: the Phase 1 Patient Service API (docs/patient-api.md). JSON in and out,
+`ETag`/`If-Match` on the version, errors as `{code, message, details}`. Callers authenticate with
+`x-api-key` (`PATIENT_API_KEYS`) or a bearer token with `patient:read` / `patient:write` (or a
+SMART `system/Patient` scope); every change is audited like any FHIR write."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request, Response
+
+from compartments.engine import Decision, Facts, Identity
+from compartments.policy import Policy, Rule
+from fhir_server.api.deps import base_url, read_body, runtime
+from fhir_server.auth.scopes import granted
+from fhir_server.auth.tokens import bearer
+from fhir_server.errors import FhirError, Unauthorized
+from fhir_server.services import patients_api as service
+from fhir_server.services.access import Audited, Guard
+from fhir_server.services.context import Context
+from fhir_server.services.patients_api import PatientApiError
+from fhir_server.services.resources import parse_json
+
+log = logging.getLogger(__name__)
+_POLICY = Policy([Rule("System", "*", "*", "allow", "the Patient Service API's callers")])
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+
+
+def _error(exc: PatientApiError) -> Response:
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    if exc.details:
+        body["details"] = exc.details
+    headers = {"WWW-Authenticate": 'Bearer realm="fhir"'} if exc.status == 401 else None
+    return _json(body, exc.status, headers)
+
+
+def _caller(request: Request, write: bool) -> str:
+    """Who calls: an API key's name, or the token's subject with the needed scope."""
+    rt = runtime(request)
+    key = request.headers.get("x-api-key")
+    if key is not None:
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        for name, known in rt.settings.patient_api_keys:
+            if hmac.compare_digest(digest, known):
+                return f"System/api-key:{name}"
+        raise PatientApiError(401, "unauthorized", "the API key is not known")
+    try:
+        principal = rt.verifier.verify(bearer(request.headers.get("authorization")))
+    except Unauthorized as exc:
+        raise PatientApiError(401, "unauthorized", str(exc)) from None
+    needed = "patient:write" if write else "patient:read"
+    raw = principal.claims.get("scope", "")
+    words = raw.split() if isinstance(raw, str) else list(raw)
+    smart = granted(principal.scopes, "Patient", "u" if write else "r")
+    if needed not in words and not any(s.context == "system" for s in smart):
+        raise PatientApiError(403, "forbidden", f"the token needs the `{needed}` scope")
+    return f"System/patient-api:{principal.subject}"
+
+
+def _context(request: Request, account: str) -> Context:
+    rt = runtime(request)
+    guard = Guard(
+        principal=None,
+        account=account,
+        identities=(Identity(account),),
+        facts=Facts(today=datetime.now(UTC).date()),
+        policy=_POLICY,
+    )
+    return Context(
+        settings=rt.settings, validator=rt.validator, base_url=base_url(request, rt), guard=guard
+    )
+
+
+def _etag(version: int) -> dict[str, str]:
+    return {"ETag": f'W/"{version}"'}
+
+
+def _if_match(request: Request) -> int:
+    value = request.headers.get("if-match")
+    if value is None:
+        raise PatientApiError(
+            428, "precondition_required", "send `If-Match` with the ETag you read"
+        )
+    tag = value.strip().removeprefix("W/").strip('"')
+    if not tag.isdigit():
+        raise PatientApiError(412, "version_mismatch", f"`If-Match: {value}` is not a version")
+    return int(tag)
+
+
+async def _handle(request: Request, action: str, write: bool) -> Response:
+    rt = runtime(request)
+    guard: Guard | None = None
+    try:
+        account = _caller(request, write)
+        ctx = _context(request, account)
+        guard = ctx.guard
+        id = request.path_params.get("patient_id", "")
+        if action == "create":
+            body = parse_json(await read_body(request))
+            async with rt.db.transaction() as conn:
+                found = await service.create(ctx, conn, body)
+            _audit(guard, "create", found.id)
+            return _json(service.from_fhir(found), 201, _etag(found.version_id))
+        if action == "read":
+            async with rt.db.connection() as conn:
+                found = await service.read(conn, id)
+            _audit(guard, "read", id)
+            return _json(service.from_fhir(found), 200, _etag(found.version_id))
+        if action == "replace":
+            version = _if_match(request)
+            body = parse_json(await read_body(request))
+            async with rt.db.transaction() as conn:
+                found = await service.replace(ctx, conn, id, body, version)
+            _audit(guard, "update", id)
+            return _json(service.from_fhir(found), 200, _etag(found.version_id))
+        if action == "delete":
+            async with rt.db.transaction() as conn:
+                await service.delete(ctx, conn, id)
+            _audit(guard, "delete", id)
+            return Response(status_code=204)
+        if action == "restore":
+            tail = request.path_params["tail"]
+            if not tail.endswith(":restore"):
+                raise PatientApiError(404, "not_found", "no such operation")
+            id = tail.removesuffix(":restore")
+            async with rt.db.transaction() as conn:
+                found = await service.restore(ctx, conn, id)
+            _audit(guard, "update", id)
+            return _json(service.from_fhir(found), 200, _etag(found.version_id))
+        async with rt.db.connection() as conn:
+            answer = await service.list_patients(ctx, conn, dict(request.query_params))
+        _audit(guard, "search", None)
+        return _json(answer)
+    except PatientApiError as exc:
+        return _error(exc)
+    except FhirError as exc:
+        code = {400: "invalid_body", 404: "not_found", 413: "too_large"}.get(exc.status, "error")
+        return _error(PatientApiError(exc.status, code, str(exc)))
+    except Exception:
+        log.exception("patient service failure on %s", action)
+        return _error(PatientApiError(500, "internal_error", "internal error"))
+    finally:
+        if guard is not None:
+            await rt.audit.record(guard)
+
+
+def _audit(guard: Guard, operation: str, id: str | None) -> None:
+    resource = f"Patient/{id}" if id else None
+    decision = Decision(
+        allowed=True,
+        explanation=f"Patient Service API: {operation}",
+        compartments=frozenset({resource}) if resource else frozenset(),
+    )
+    guard.audited.append(Audited(operation, "Patient", resource, decision))
+
+
+async def create(request: Request) -> Response:
+    return await _handle(request, "create", True)
+
+
+async def listing(request: Request) -> Response:
+    return await _handle(request, "list", False)
+
+
+async def read(request: Request) -> Response:
+    return await _handle(request, "read", False)
+
+
+async def replace(request: Request) -> Response:
+    return await _handle(request, "replace", True)
+
+
+async def delete(request: Request) -> Response:
+    return await _handle(request, "delete", True)
+
+
+async def restore(request: Request) -> Response:
+    return await _handle(request, "restore", True)
+
+
+def install(app: FastAPI) -> None:
+    add = app.add_api_route
+    add("/api/v1/patients", create, methods=["POST"])
+    add("/api/v1/patients", listing, methods=["GET"])
+    add("/api/v1/patients/{tail}", restore, methods=["POST"])
+    add("/api/v1/patients/{patient_id}", read, methods=["GET"])
+    add("/api/v1/patients/{patient_id}", replace, methods=["PUT"])
+    add("/api/v1/patients/{patient_id}", delete, methods=["DELETE"])

@@ -1,0 +1,438 @@
+"""The Phase 1 Patient Service API (`/api/v1/patients`, docs/patient-api.md): its demographics,
+validation rules and errors, mapped onto the same FHIR Patient resources as `/fhir/Patient`.
+
+A patient created here is readable at `/fhir/Patient/{patient_id}` and the other way round.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+import uuid
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from fhir_server.services import search
+from fhir_server.services.context import Context
+from fhir_server.services.family import rewrite
+from fhir_server.services.resources import deletion, dump_json, new_version, parse_json
+from fhir_server.storage import repository
+from fhir_server.storage.repository import StoredVersion
+from fhir_server.storage.sql import Connection, Statement, fetch_all
+
+EXT = "urn:fhir-server:StructureDefinition/patient-service-"
+SEX_AT_BIRTH = ("female", "male", "intersex", "unknown", "undisclosed")
+GENDER_IDENTITY = {
+    "woman": "female",
+    "man": "male",
+    "nonbinary": "other",
+    "other": "other",
+    "undisclosed": "unknown",
+}
+FIELDS = frozenset(
+    {
+        "given_name",
+        "middle_name",
+        "family_name",
+        "date_of_birth",
+        "sex_at_birth",
+        "gender_identity",
+        "gender_identity_other",
+        "email",
+        "phone_e164",
+        "address",
+        "preferred_language",
+        "consent_to_contact",
+    }
+)
+ADDRESS_FIELDS = frozenset({"line1", "line2", "city", "state_province", "postal_code", "country"})
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+MAX_AGE = 120
+MAX_LIMIT = 100
+
+
+class PatientApiError(Exception):
+    """`{code, message, details}` with an HTTP status: the API's stable errors."""
+
+    def __init__(
+        self, status: int, code: str, message: str, details: list[dict[str, str]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.details = status, code, message, details
+
+
+def _name(value: Any, field: str, problems: list[dict[str, str]], *, required: bool) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip() and not required):
+        if required:
+            problems.append({"field": field, "issue": "required"})
+        return None
+    if not isinstance(value, str):
+        problems.append({"field": field, "issue": "must be a string"})
+        return None
+    text = " ".join(unicodedata.normalize("NFC", value).split())
+    if required and not text:
+        problems.append({"field": field, "issue": "required"})
+    elif len(text) > 100:
+        problems.append({"field": field, "issue": "at most 100 characters"})
+    elif any(c.isdigit() for c in text):
+        problems.append({"field": field, "issue": "digits are not allowed in names"})
+    return text or None
+
+
+@dataclass(frozen=True, slots=True)
+class Demographics:
+    fields: dict[str, Any]  # normalized
+
+
+def validate(body: Any, today: date) -> Demographics:
+    """The body as normalized demographics, or 400 `validation_error` listing every problem."""
+    if not isinstance(body, dict):
+        raise PatientApiError(400, "invalid_body", "the body must be a JSON object")
+    problems: list[dict[str, str]] = []
+    for unknown in sorted(set(body) - FIELDS):
+        problems.append({"field": unknown, "issue": "unknown field"})
+    out: dict[str, Any] = {
+        "given_name": _name(body.get("given_name"), "given_name", problems, required=True),
+        "middle_name": _name(body.get("middle_name"), "middle_name", problems, required=False),
+        "family_name": _name(body.get("family_name"), "family_name", problems, required=True),
+    }
+    dob = body.get("date_of_birth")
+    try:
+        born = date.fromisoformat(dob) if isinstance(dob, str) and len(dob) == 10 else None
+    except ValueError:
+        born = None
+    if born is None:
+        problems.append({"field": "date_of_birth", "issue": "required, YYYY-MM-DD"})
+    elif born >= today:
+        problems.append({"field": "date_of_birth", "issue": "must be in the past"})
+    elif today.year - born.year - ((today.month, today.day) < (born.month, born.day)) > MAX_AGE:
+        problems.append({"field": "date_of_birth", "issue": f"age at most {MAX_AGE}"})
+    out["date_of_birth"] = dob
+    sex = body.get("sex_at_birth")
+    if sex not in SEX_AT_BIRTH:
+        problems.append({"field": "sex_at_birth", "issue": f"one of {', '.join(SEX_AT_BIRTH)}"})
+    out["sex_at_birth"] = sex
+    gender = body.get("gender_identity")
+    if gender is not None and gender not in GENDER_IDENTITY:
+        problems.append(
+            {"field": "gender_identity", "issue": f"one of {', '.join(GENDER_IDENTITY)}"}
+        )
+    other = body.get("gender_identity_other")
+    if other is not None and (gender != "other" or not isinstance(other, str) or not other.strip()):
+        problems.append({"field": "gender_identity_other", "issue": "free text only with `other`"})
+    out["gender_identity"], out["gender_identity_other"] = gender, other
+    email = body.get("email")
+    if email is not None:
+        if not isinstance(email, str) or not _EMAIL.match(email.strip()) or len(email) > 254:
+            problems.append({"field": "email", "issue": "not an email address"})
+        else:
+            email = email.strip().lower()
+    out["email"] = email
+    phone = body.get("phone_e164")
+    if phone is not None and (not isinstance(phone, str) or not _E164.match(phone)):
+        problems.append({"field": "phone_e164", "issue": "E.164, e.g. +254700000000"})
+    out["phone_e164"] = phone
+    out["address"] = _address(body.get("address"), problems)
+    language = body.get("preferred_language")
+    if language is not None and (not isinstance(language, str) or not _LANGUAGE.match(language)):
+        problems.append({"field": "preferred_language", "issue": "a BCP 47 tag, e.g. en-KE"})
+    out["preferred_language"] = language
+    consent = body.get("consent_to_contact", False)
+    if not isinstance(consent, bool):
+        problems.append({"field": "consent_to_contact", "issue": "true or false"})
+    out["consent_to_contact"] = consent
+    if problems:
+        raise PatientApiError(400, "validation_error", "the patient is not valid", problems)
+    return Demographics(out)
+
+
+def _address(value: Any, problems: list[dict[str, str]]) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        problems.append({"field": "address", "issue": "must be an object"})
+        return None
+    for unknown in sorted(set(value) - ADDRESS_FIELDS):
+        problems.append({"field": f"address.{unknown}", "issue": "unknown field"})
+    clean = {k: " ".join(v.split()) if isinstance(v, str) else v for k, v in value.items()}
+    line1 = clean.get("line1")
+    if not isinstance(line1, str) or not 1 <= len(line1) <= 200:
+        problems.append({"field": "address.line1", "issue": "required, 1 to 200 characters"})
+    country = clean.get("country")
+    if clean.get("postal_code") and not country:
+        problems.append({"field": "address.country", "issue": "required with a postal code"})
+    if country is not None and (not isinstance(country, str) or not _COUNTRY.match(country)):
+        problems.append({"field": "address.country", "issue": "ISO 3166-1 alpha-2, e.g. KE"})
+    return clean
+
+
+def to_fhir(d: Demographics, id: str, created_at: str) -> dict[str, Any]:
+    f = d.fields
+    given = [g for g in (f["given_name"], f["middle_name"]) if g]
+    extension: list[dict[str, Any]] = [
+        {"url": EXT + "sex-at-birth", "valueCode": f["sex_at_birth"]},
+        {"url": EXT + "consent-to-contact", "valueBoolean": f["consent_to_contact"]},
+        {"url": EXT + "created-at", "valueDateTime": created_at},
+    ]
+    if f["gender_identity"]:
+        extension.append({"url": EXT + "gender-identity", "valueCode": f["gender_identity"]})
+    if f["gender_identity_other"]:
+        extension.append(
+            {"url": EXT + "gender-identity-other", "valueString": f["gender_identity_other"]}
+        )
+    resource: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": id,
+        "extension": extension,
+        "name": [{"use": "official", "family": f["family_name"], "given": given}],
+        "birthDate": f["date_of_birth"],
+    }
+    telecom = []
+    if f["email"]:
+        telecom.append({"system": "email", "value": f["email"]})
+    if f["phone_e164"]:
+        telecom.append({"system": "phone", "value": f["phone_e164"]})
+    if telecom:
+        resource["telecom"] = telecom
+    if f["gender_identity"]:
+        resource["gender"] = GENDER_IDENTITY[f["gender_identity"]]
+    a = f["address"]
+    if a:
+        address = {
+            "line": [x for x in (a.get("line1"), a.get("line2")) if x],
+            **({"city": a["city"]} if a.get("city") else {}),
+            **({"state": a["state_province"]} if a.get("state_province") else {}),
+            **({"postalCode": a["postal_code"]} if a.get("postal_code") else {}),
+            **({"country": a["country"]} if a.get("country") else {}),
+        }
+        resource["address"] = [address]
+    if f["preferred_language"]:
+        resource["communication"] = [
+            {
+                "language": {
+                    "coding": [{"system": "urn:ietf:bcp:47", "code": f["preferred_language"]}]
+                },
+                "preferred": True,
+            }
+        ]
+    return resource
+
+
+def from_fhir(found: StoredVersion) -> dict[str, Any]:
+    """The API's view of a stored FHIR Patient (made here or through `/fhir`)."""
+    assert found.content is not None
+    p = parse_json(found.content)
+    ext = {e.get("url"): e for e in p.get("extension", [])}
+
+    def value(name: str) -> Any:
+        e = ext.get(EXT + name)
+        return None if e is None else next((v for k, v in e.items() if k.startswith("value")), None)
+
+    name = (p.get("name") or [{}])[0]
+    given = name.get("given", [])
+    telecom = {t.get("system"): t.get("value") for t in p.get("telecom", [])}
+    a = (p.get("address") or [None])[0]
+    lines = (a or {}).get("line", [])
+    language = next(
+        (
+            c.get("code")
+            for com in p.get("communication", [])
+            for c in com.get("language", {}).get("coding", [])
+        ),
+        None,
+    )
+    return {
+        "patient_id": found.id,
+        "given_name": given[0] if given else None,
+        "middle_name": " ".join(given[1:]) or None,
+        "family_name": name.get("family"),
+        "date_of_birth": p.get("birthDate"),
+        "sex_at_birth": value("sex-at-birth"),
+        "gender_identity": value("gender-identity"),
+        "gender_identity_other": value("gender-identity-other"),
+        "email": telecom.get("email"),
+        "phone_e164": telecom.get("phone"),
+        "address": None
+        if a is None
+        else {
+            "line1": lines[0] if lines else None,
+            "line2": lines[1] if len(lines) > 1 else None,
+            "city": a.get("city"),
+            "state_province": a.get("state"),
+            "postal_code": a.get("postalCode"),
+            "country": a.get("country"),
+        },
+        "preferred_language": language,
+        "consent_to_contact": bool(value("consent-to-contact")),
+        "created_at": value("created-at") or found.last_updated.isoformat(),
+        "updated_at": found.last_updated.isoformat(),
+        "version": found.version_id,
+        "is_deleted": found.deleted,
+    }
+
+
+_LIVE_WITH_TOKEN = Statement(
+    """
+SELECT r.id FROM resources r
+WHERE r.resource_type = 'Patient' AND NOT r.deleted AND r.id IN (
+    SELECT t.id FROM search_token t
+    WHERE t.resource_type = 'Patient' AND t.code = %(code)s AND t.value = %(value)s)
+"""
+)
+
+
+async def _unique(conn: Connection, d: Demographics, own_id: str | None) -> None:
+    """Email and phone belong to one live patient; concurrent writers of the same value queue."""
+    for field, code in (("email", "email"), ("phone_e164", "phone")):
+        value = d.fields[field]
+        if not value:
+            continue
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"patient-{code}:{value}",)
+        )
+        rows = await fetch_all(conn, _LIVE_WITH_TOKEN, {"code": code, "value": value})
+        if any(id != own_id for (id,) in rows):
+            raise PatientApiError(409, f"duplicate_{code}", f"another patient has this {field}")
+
+
+async def create(ctx: Context, conn: Connection, body: Any) -> StoredVersion:
+    d = validate(body, ctx.clock().date())
+    await _unique(conn, d, None)
+    id = str(uuid.uuid4())
+    now = ctx.clock()
+    resource = to_fhir(d, id, now.isoformat())
+    ctx.validator.validate(resource, expected_type="Patient")
+    version = new_version(
+        ctx.as_server(), resource, id=id, version_id=1, last_updated=now, method="POST"
+    )
+    await repository.insert_new(conn, version)
+    return await _current(conn, id)
+
+
+async def _current(conn: Connection, id: str) -> StoredVersion:
+    found = await repository.read_current(conn, "Patient", id)
+    if found is None:
+        raise PatientApiError(404, "not_found", "no patient with this id")
+    return found
+
+
+async def read(conn: Connection, id: str) -> StoredVersion:
+    found = await _current(conn, id)
+    if found.deleted:
+        raise PatientApiError(404, "not_found", "the patient was deleted (it can be restored)")
+    return found
+
+
+async def replace(
+    ctx: Context, conn: Connection, id: str, body: Any, if_match: int
+) -> StoredVersion:
+    d = validate(body, ctx.clock().date())
+    locked = await repository.lock_current(conn, "Patient", id)
+    if locked is None or locked.deleted:
+        raise PatientApiError(404, "not_found", "no patient with this id")
+    if locked.version_id != if_match:
+        raise PatientApiError(
+            412,
+            "version_mismatch",
+            f"the patient is at version {locked.version_id}, not {if_match}",
+        )
+    await _unique(conn, d, id)
+    stored = from_fhir(await _current(conn, id))
+    resource = to_fhir(d, id, stored["created_at"])
+    ctx.validator.validate(resource, expected_type="Patient")
+    await rewrite(ctx.as_server(), conn, "Patient", id, resource)
+    return await _current(conn, id)
+
+
+async def delete(ctx: Context, conn: Connection, id: str) -> None:
+    locked = await repository.lock_current(conn, "Patient", id)
+    if locked is None or locked.deleted:
+        raise PatientApiError(404, "not_found", "no patient with this id")
+    version = deletion(
+        ctx.as_server(),
+        "Patient",
+        id,
+        version_id=locked.version_id + 1,
+        last_updated=ctx.clock(),
+        compartments=locked.compartments,
+    )
+    await repository.write_version(conn, version)
+
+
+async def restore(ctx: Context, conn: Connection, id: str) -> StoredVersion:
+    locked = await repository.lock_current(conn, "Patient", id)
+    if locked is None:
+        raise PatientApiError(404, "not_found", "no patient with this id")
+    if not locked.deleted:
+        raise PatientApiError(409, "not_deleted", "the patient is not deleted")
+    before = await repository.read_version(conn, "Patient", id, locked.version_id - 1)
+    assert before is not None and before.content is not None
+    content = parse_json(before.content)
+    # someone may have taken its email or phone while it was deleted
+    await _unique_raw(conn, content, id)
+    version = new_version(
+        ctx.as_server(),
+        content,
+        id=id,
+        version_id=locked.version_id + 1,
+        last_updated=ctx.clock(),
+        method="PUT",
+    )
+    await repository.write_version(conn, version)
+    return await _current(conn, id)
+
+
+async def _unique_raw(conn: Connection, content: dict[str, Any], id: str) -> None:
+    telecom = {t.get("system"): t.get("value") for t in content.get("telecom", [])}
+    fields = {"email": telecom.get("email"), "phone_e164": telecom.get("phone")}
+    await _unique(conn, Demographics({**dict.fromkeys(FIELDS), **fields}), id)
+
+
+async def list_patients(ctx: Context, conn: Connection, query: dict[str, str]) -> dict[str, Any]:
+    params: list[tuple[str, str]] = []
+    known = {"family_name", "dob", "email", "phone", "limit", "cursor"}
+    unknown = sorted(set(query) - known)
+    if unknown:
+        raise PatientApiError(400, "invalid_query", f"unknown parameters: {', '.join(unknown)}")
+    if "family_name" in query:
+        params.append(("family:exact", query["family_name"]))
+    if "dob" in query:
+        params.append(("birthdate", f"eq{query['dob']}"))
+    if "email" in query:
+        params.append(("email", query["email"].strip().lower()))
+    if "phone" in query:
+        params.append(("phone", query["phone"]))
+    limit = query.get("limit", "20")
+    if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
+        raise PatientApiError(400, "invalid_query", f"`limit` must be 1 to {MAX_LIMIT}")
+    params.append(("_count", limit))
+    if "cursor" in query:
+        params.append(("_page", query["cursor"]))
+    try:
+        bundle = parse_json(await search.search(ctx, conn, "Patient", params))
+    except Exception as exc:  # a bad cursor or date is the caller's
+        if getattr(exc, "status", 500) == 400:
+            raise PatientApiError(400, "invalid_query", str(exc)) from None
+        raise
+    items = []
+    for entry in bundle.get("entry", []):
+        resource = entry["resource"]
+        found = StoredVersion(
+            "Patient",
+            resource["id"],
+            int(resource["meta"]["versionId"]),
+            datetime.fromisoformat(resource["meta"]["lastUpdated"]),
+            False,
+            dump_json(resource),
+        )
+        items.append(from_fhir(found))
+    next_link = next(
+        (link["url"] for link in bundle.get("link", []) if link["relation"] == "next"), None
+    )
+    cursor = parse_qs(urlparse(next_link).query).get("_page", [None])[0] if next_link else None
+    return {"items": items, "next_cursor": cursor}

@@ -1,0 +1,184 @@
+"""The Phase 1 Patient Service API (`/api/v1/patients`) through HTTP against real PostgreSQL:
+the specification's acceptance list, its validation rules and errors, and the mapping onto FHIR
+Patient in both directions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from fhir_server.settings import Settings
+from tests.conftest import LiveServer, auth, token
+
+KEY = "test-key-" + uuid.uuid4().hex
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str) -> Iterator[LiveServer]:
+    with LiveServer(
+        Settings(
+            patient_api_keys=Settings.from_env(
+                {"PATIENT_API_KEYS": f"tests:{KEY}"}
+            ).patient_api_keys
+        ),
+        database_url,
+    ) as s:
+        yield s
+
+
+@pytest.fixture
+def api(server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=f"{server.origin}/api/v1", headers={"x-api-key": KEY}, timeout=30
+    ) as c:
+        yield c
+
+
+def jane(**overrides: Any) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:8]
+    body: dict[str, Any] = {
+        "given_name": "  Jane ",
+        "middle_name": "Wanjiru",
+        "family_name": f"Doe   Kamau{''.join(c for c in tag if c.isalpha())}",
+        "date_of_birth": "1990-04-01",
+        "sex_at_birth": "female",
+        "gender_identity": "woman",
+        "email": f"Jane.{tag}@Example.org",
+        "phone_e164": f"+2547{int(tag, 16) % 10**8:08d}",
+        "address": {
+            "line1": "1 Main St",
+            "city": "Nairobi",
+            "state_province": "Nairobi",
+            "postal_code": "00100",
+            "country": "KE",
+        },
+        "preferred_language": "en-KE",
+        "consent_to_contact": True,
+    }
+    body.update(overrides)
+    return body
+
+
+def test_the_acceptance_list(api: httpx.Client, server: LiveServer) -> None:
+    created = api.post("/patients", json=jane())
+    assert created.status_code == 201, created.text
+    patient = created.json()
+    assert created.headers["ETag"] == 'W/"1"'
+    uuid.UUID(patient["patient_id"], version=4)
+    assert patient["given_name"] == "Jane" and patient["email"].islower()
+    assert patient["version"] == 1 and patient["is_deleted"] is False
+    id = patient["patient_id"]
+    got = api.get(f"/patients/{id}")
+    assert got.status_code == 200 and got.headers["ETag"] == 'W/"1"'
+    # the same Patient through FHIR
+    fhir = httpx.get(f"{server.origin}/fhir/Patient/{id}", headers=auth()).json()
+    assert fhir["birthDate"] == "1990-04-01" and fhir["gender"] == "female"
+    # PUT needs If-Match, and the current one
+    changed = {
+        **jane(family_name=patient["family_name"]),
+        "email": patient["email"],
+        "phone_e164": patient["phone_e164"],
+        "given_name": "Janet",
+    }
+    assert api.put(f"/patients/{id}", json=changed).status_code == 428
+    stale = api.put(f"/patients/{id}", json=changed, headers={"If-Match": 'W/"7"'})
+    assert stale.status_code == 412 and stale.json()["code"] == "version_mismatch"
+    updated = api.put(f"/patients/{id}", json=changed, headers={"If-Match": 'W/"1"'})
+    assert updated.status_code == 200 and updated.json()["given_name"] == "Janet"
+    assert (
+        updated.headers["ETag"] == 'W/"2"' and updated.json()["created_at"] == patient["created_at"]
+    )
+    # search
+    found = api.get(
+        "/patients", params={"family_name": patient["family_name"], "dob": "1990-04-01"}
+    ).json()
+    assert [p["patient_id"] for p in found["items"]] == [id]
+    assert (
+        api.get("/patients", params={"email": patient["email"].upper()}).json()["items"][0][
+            "patient_id"
+        ]
+        == id
+    )
+    # soft delete and restore
+    assert api.delete(f"/patients/{id}").status_code == 204
+    assert api.get(f"/patients/{id}").status_code == 404
+    assert (
+        httpx.get(f"{server.origin}/fhir/Patient/{id}/_history", headers=auth()).json()["total"]
+        == 3
+    )
+    restored = api.post(f"/patients/{id}:restore")
+    assert restored.status_code == 200 and restored.json()["given_name"] == "Janet"
+    assert api.get(f"/patients/{id}").status_code == 200
+
+
+def test_validation_rules(api: httpx.Client) -> None:
+    bad = api.post(
+        "/patients",
+        json=jane(
+            given_name="J4ne",
+            date_of_birth="2999-01-01",
+            sex_at_birth="f",
+            email="not-an-email",
+            phone_e164="0712345678",
+            address={"line1": "x", "postal_code": "00100"},
+            colour="blue",
+        ),
+    )
+    assert bad.status_code == 400, bad.text
+    body = bad.json()
+    assert body["code"] == "validation_error"
+    fields = {d["field"] for d in body["details"]}
+    assert {
+        "given_name",
+        "date_of_birth",
+        "sex_at_birth",
+        "email",
+        "phone_e164",
+        "address.country",
+        "colour",
+    } <= fields
+    too_old = api.post("/patients", json=jane(date_of_birth="1890-01-01"))
+    assert {"field": "date_of_birth", "issue": "age at most 120"} in too_old.json()["details"]
+    other = api.post("/patients", json=jane(gender_identity="man", gender_identity_other="x"))
+    assert other.status_code == 400
+
+
+def test_email_and_phone_are_unique(api: httpx.Client) -> None:
+    first = api.post("/patients", json=jane()).json()
+    twin = api.post("/patients", json=jane(email=first["email"].upper()))
+    assert twin.status_code == 409 and twin.json()["code"] == "duplicate_email"
+    twin = api.post("/patients", json=jane(phone_e164=first["phone_e164"]))
+    assert twin.status_code == 409 and twin.json()["code"] == "duplicate_phone"
+
+
+def test_authentication(server: LiveServer) -> None:
+    url = f"{server.origin}/api/v1/patients"
+    assert httpx.post(url, json=jane()).status_code == 401
+    assert httpx.post(url, json=jane(), headers={"x-api-key": "wrong"}).status_code == 401
+    reader = {"Authorization": f"Bearer {token(scope='patient:read system/Observation.rs')}"}
+    assert httpx.post(url, json=jane(), headers=reader).status_code == 403
+    assert httpx.get(url, headers=reader).status_code == 200
+    writer = {
+        "Authorization": f"Bearer {token(scope='patient:read patient:write system/Observation.rs')}"
+    }
+    assert httpx.post(url, json=jane(), headers=writer).status_code == 201
+
+
+def test_a_fhir_patient_is_readable_here(api: httpx.Client, server: LiveServer) -> None:
+    made = httpx.post(
+        f"{server.origin}/fhir/Patient",
+        headers=auth(),
+        json={
+            "resourceType": "Patient",
+            "name": [{"family": "Fhir", "given": ["Made", "Here"]}],
+            "birthDate": "1980-02-03",
+            "telecom": [{"system": "phone", "value": "+254711111111"}],
+        },
+    ).json()
+    seen = api.get(f"/patients/{made['id']}").json()
+    assert seen["given_name"] == "Made" and seen["middle_name"] == "Here"
+    assert seen["family_name"] == "Fhir" and seen["phone_e164"] == "+254711111111"
