@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -22,6 +24,7 @@ from fhir_server.services.access import FactsCache
 from fhir_server.services.context import Context
 from fhir_server.services.registry import ClientRegistry, RegistrySettings
 from fhir_server.settings import Settings
+from fhir_server.storage import idempotency
 from fhir_server.storage.database import Database, libpq_url
 from fhir_server.validation import ResourceValidator
 
@@ -70,6 +73,17 @@ def load_policy_file(path: Path | None) -> tuple[Rule, ...]:
         raise PolicyError(f"the policy file `{path}` is not valid: {exc}") from None
 
 
+async def _purge_idempotency_keys(db: Database, every_seconds: float = 600) -> None:
+    """Forget expired idempotency keys now and then (a reused expired key is replaced anyway)."""
+    while True:
+        try:
+            async with db.connection() as conn:
+                await idempotency.purge(conn, datetime.now(UTC))
+        except Exception:
+            log.exception("purging expired idempotency keys failed")
+        await asyncio.sleep(every_seconds)
+
+
 def create_app(settings: Settings, database_url: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -102,6 +116,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
             registry,
         )
         audit.start()
+        purger = asyncio.create_task(_purge_idempotency_keys(db))
         # What is loaded by now (R4 schema, search parameters, policy) lives as long as the
         # process: keep it out of the cyclic garbage collector, whose full passes over it
         # otherwise stall requests for tens of milliseconds.
@@ -110,6 +125,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         try:
             yield
         finally:
+            purger.cancel()
             await audit.close()
             if registry is not None:
                 await registry.close()

@@ -80,6 +80,8 @@ class Settings:
     # Relationship service (docs/relationships.md): how long cached relationship facts may live
     # at most (the access epoch ends them sooner), and whether delegations wait for approval.
     relationship_ttl_seconds: int = 2_592_000
+    # How long an `Idempotency-Key` replays its first response.
+    idempotency_ttl_seconds: int = 86_400
     # The Patient Service API's keys (`PATIENT_API_KEYS=name:key,...`), kept as SHA-256 digests.
     patient_api_keys: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     delegation_approval: str = "auto"
@@ -144,6 +146,9 @@ class Settings:
                 get("CLIENT_REGISTRY_TIMEOUT_SECONDS") or defaults.client_registry_timeout_seconds
             ),
             relationship_ttl_seconds=num("RELATIONSHIP_TTL", defaults.relationship_ttl_seconds),
+            idempotency_ttl_seconds=num(
+                "IDEMPOTENCY_TTL_SECONDS", defaults.idempotency_ttl_seconds
+            ),
             patient_api_keys=_api_keys(get("PATIENT_API_KEYS") or ""),
             delegation_approval=_approval(
                 get("DELEGATION_APPROVAL") or defaults.delegation_approval

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Annotated
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
 import orjson
@@ -25,7 +25,7 @@ from fhir_server.api.deps import (
     runtime,
 )
 from fhir_server.api.responses import fhir_response, read_response, write_response
-from fhir_server.errors import NotSupported, UnsupportedMediaType
+from fhir_server.errors import Conflict, NotSupported, UnsupportedMediaType
 from fhir_server.search.query import capabilities as search_capabilities
 from fhir_server.services import (
     bundle,
@@ -39,13 +39,17 @@ from fhir_server.services import (
     search,
     update,
 )
+from fhir_server.services.context import Context
 from fhir_server.services.outcome_json import information
 from fhir_server.services.update import parse_if_match
+from fhir_server.storage import idempotency
+from fhir_server.storage.sql import Connection
 
 COMPARTMENTS = frozenset({"Patient", "Encounter", "RelatedPerson", "Practitioner", "Device"})
 
 IfMatch = Annotated[str | None, Header(alias="If-Match")]
 IfNoneExist = Annotated[str | None, Header(alias="If-None-Exist")]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 
 async def metadata(request: Request) -> Response:
@@ -69,10 +73,52 @@ async def metadata(request: Request) -> Response:
     return fhir_response(orjson.dumps(statement))
 
 
-async def batch_or_transaction(fhir: FhirInteraction, body: ResourceBody) -> Response:
+async def batch_or_transaction(
+    fhir: FhirInteraction, body: ResourceBody, idempotency_key: IdempotencyKey = None
+) -> Response:
     async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
+        key = Idempotent(ctx, conn, "POST /fhir", idempotency_key, body)
+        if (replay := await key.replay()) is not None:
+            return replay
         result = await bundle.process(ctx, conn, body, prefer=fhir.prefer)
-    return fhir_response(result)
+        return await key.keep(fhir_response(result))
+
+
+class Idempotent:
+    """`Idempotency-Key` on a POST (docs/patient-api.md): the first response is kept with the key, in
+    the request's transaction, and replayed to the same caller for the same body; another body
+    with the key is a 409."""
+
+    def __init__(
+        self, ctx: Context, conn: Connection, where: str, key: str | None, body: Any
+    ) -> None:
+        self.ctx, self.conn, self.key = ctx, conn, key
+        self.scope = f"{ctx.actor} {where}"
+        self.body = orjson.dumps(body) if key else b""
+
+    async def replay(self) -> Response | None:
+        if not self.key:
+            return None
+        ttl = timedelta(seconds=self.ctx.settings.idempotency_ttl_seconds)
+        try:
+            found = await idempotency.claim(
+                self.conn, self.scope, self.key, self.body, self.ctx.clock(), ttl
+            )
+        except idempotency.KeyConflict:
+            raise Conflict(
+                f"the Idempotency-Key `{self.key}` was used with another request body"
+            ) from None
+        if found is None:
+            return None
+        return Response(found.body, found.status, found.headers)
+
+    async def keep(self, response: Response) -> Response:
+        if self.key:
+            headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
+            await idempotency.store(
+                self.conn, self.scope, self.key, response.status_code, headers, bytes(response.body)
+            )
+        return response
 
 
 async def explain_access(fhir: FhirInteraction, body: ResourceBody) -> Response:
@@ -135,16 +181,19 @@ async def create_resource(
     type: str,
     body: ResourceBody,
     if_none_exist: IfNoneExist = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    # A plain create is one statement, atomic on its own; a conditional one searches first.
-    unit = fhir.db.transaction() if if_none_exist else fhir.db.connection()
+    # A plain create is one statement, atomic on its own; a conditional one searches first, and
+    # one with an Idempotency-Key claims the key in the same transaction.
+    unit = fhir.db.transaction() if if_none_exist or idempotency_key else fhir.db.connection()
     async with unit as conn, fhir.authorized(conn) as ctx:
+        key = Idempotent(ctx, conn, f"POST /fhir/{type}", idempotency_key, body)
+        if (replay := await key.replay()) is not None:
+            return replay
         result = await create.create(ctx, conn, type, body, if_none_exist=if_none_exist)
-    return write_response(fhir.ctx.base_url, result, fhir.prefer)
+        return await key.keep(write_response(fhir.ctx.base_url, result, fhir.prefer))
 
 
-# read and vread, the most frequent requests, call interaction() themselves: as a FastAPI
-# dependency it costs about a sixth of a read's CPU (docs/performance.md).
 async def read_resource(request: Request) -> Response:
     path = request.path_params
     fhir = interaction(request)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -25,6 +25,7 @@ from fhir_server.services.access import Audited, Guard
 from fhir_server.services.context import Context
 from fhir_server.services.patients_api import PatientApiError
 from fhir_server.services.resources import parse_json
+from fhir_server.storage import idempotency
 
 log = logging.getLogger(__name__)
 _POLICY = Policy([Rule("System", "*", "*", "allow", "the Patient Service API's callers")])
@@ -104,11 +105,23 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
         guard = ctx.guard
         id = request.path_params.get("patient_id", "")
         if action == "create":
-            body = parse_json(await read_body(request))
+            raw = await read_body(request)
+            body = parse_json(raw)
+            key = request.headers.get("idempotency-key")
+            scope = f"{account} POST /api/v1/patients"
+            ttl = timedelta(seconds=rt.settings.idempotency_ttl_seconds)
             async with rt.db.transaction() as conn:
+                if key:
+                    replay = await idempotency.claim(conn, scope, key, raw, ctx.clock(), ttl)
+                    if replay is not None:
+                        return Response(replay.body, replay.status, replay.headers)
                 found = await service.create(ctx, conn, body)
+                payload = orjson.dumps(service.from_fhir(found))
+                headers = {**_etag(found.version_id), "Content-Type": "application/json"}
+                if key:
+                    await idempotency.store(conn, scope, key, 201, headers, payload)
             _audit(guard, "create", found.id)
-            return _json(service.from_fhir(found), 201, _etag(found.version_id))
+            return Response(payload, 201, headers)
         if action == "read":
             async with rt.db.connection() as conn:
                 found = await service.read(conn, id)
@@ -141,6 +154,10 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
         return _json(answer)
     except PatientApiError as exc:
         return _error(exc)
+    except idempotency.KeyConflict:
+        return _error(
+            PatientApiError(409, "idempotency_key_reused", "the key was used with another body")
+        )
     except FhirError as exc:
         code = {400: "invalid_body", 404: "not_found", 413: "too_large"}.get(exc.status, "error")
         return _error(PatientApiError(exc.status, code, str(exc)))

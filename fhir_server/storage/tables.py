@@ -10,6 +10,7 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
@@ -96,6 +97,23 @@ access_epoch = Table(
     Column("id", SmallInteger, primary_key=True),
     Column("value", BigInteger, nullable=False),
     CheckConstraint("id = 1", name="access_epoch_one_row"),
+)
+
+
+# The first response to a POST with an `Idempotency-Key` (migration 0005): replayed for the same
+# caller, path, key and body until it expires.
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("scope", Text, nullable=False),
+    Column("key", Text, nullable=False),
+    Column("fingerprint", Text, nullable=False),
+    Column("status", Integer, nullable=False),
+    Column("headers", JSONB, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("scope", "key", name="idempotency_keys_pkey"),
+    Index("idempotency_keys_expires", "expires_at"),
 )
 
 
