@@ -82,6 +82,8 @@ class Settings:
     relationship_ttl_seconds: int = 2_592_000
     # How long an `Idempotency-Key` replays its first response.
     idempotency_ttl_seconds: int = 86_400
+    # The write kill-switch: every write answers 503 while reads go on (docs/configuration.md).
+    writes_disabled: bool = False
     # The Patient Service API's keys (`PATIENT_API_KEYS=name:key,...`), kept as SHA-256 digests.
     patient_api_keys: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     delegation_approval: str = "auto"
@@ -146,6 +148,7 @@ class Settings:
                 get("CLIENT_REGISTRY_TIMEOUT_SECONDS") or defaults.client_registry_timeout_seconds
             ),
             relationship_ttl_seconds=num("RELATIONSHIP_TTL", defaults.relationship_ttl_seconds),
+            writes_disabled=_bool(get("FHIR_WRITES_DISABLED") or "false"),
             idempotency_ttl_seconds=num(
                 "IDEMPOTENCY_TTL_SECONDS", defaults.idempotency_ttl_seconds
             ),

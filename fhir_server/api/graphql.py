@@ -75,6 +75,11 @@ def _fhir(info: Info[Any, Any]) -> Interaction:
     return fhir
 
 
+def _writable(fhir: Interaction) -> None:
+    if fhir.ctx.settings.writes_disabled:
+        raise PermissionError("writes are switched off for maintenance; reads go on")
+
+
 def _me(fhir: Interaction) -> str:
     user = fhir.principal.fhir_user
     if user is None or not user.startswith("Patient/"):
@@ -137,6 +142,7 @@ class Mutation:
     @strawberry.mutation
     async def add_dependent(self, info: Info[Any, Any], input: DependentInput) -> Dependent:
         fhir = _fhir(info)
+        _writable(fhir)
         me = _me(fhir)
         demographics = None
         if input.family_name or input.given_name or input.birth_date:
@@ -177,6 +183,7 @@ class Mutation:
         self, info: Info[Any, Any], dependent_id: strawberry.ID, confirm: bool = False
     ) -> RemoveResult:
         fhir = _fhir(info)
+        _writable(fhir)
         me = _me(fhir)
         body = {
             "resourceType": "Parameters",
