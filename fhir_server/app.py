@@ -17,6 +17,7 @@ from capability.definitions import resource_types
 from compartments.policy import Policy, PolicyError, Rule, default_policy, load_policy
 from fhir_server.api import errors, fhir, graphql, ops, patients_api, relationships, smart
 from fhir_server.api.killswitch import WritesDisabled
+from fhir_server.api.observability import RequestObservation
 from fhir_server.api.runtime import Runtime
 from fhir_server.audit.trail import AuditTrail
 from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_key
@@ -148,5 +149,6 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     graphql.install(app)
     if settings.writes_disabled:
         app.add_middleware(WritesDisabled)
+    app.add_middleware(RequestObservation)  # outermost: it also sees the kill-switch's answers
     patients_api.install(app)
     return app

@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from fhir_server.api.observability import JsonFormatter
 from fhir_server.settings import Settings
 
 log = logging.getLogger("fhir_server")
@@ -90,6 +91,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         access_log=False,
         proxy_headers=True,
+        log_config=None,  # uvicorn's loggers go through the JSON handler too
     )
     return 0
 
@@ -115,9 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--lifetime", type=int, default=3600, help="seconds (default 3600)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
     commands = {
         "serve": cmd_serve,
         "migrate": cmd_migrate,

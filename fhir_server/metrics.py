@@ -33,6 +33,27 @@ VERIFICATION_TIME = Histogram(
 )
 
 
+REQUESTS = Counter(
+    "http_requests",
+    "HTTP requests, by method, route template and status",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
+REQUEST_DURATION = Histogram(
+    "http_request_duration_seconds",
+    "HTTP request latency, by method and route template",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1.0, 2.5),
+    registry=REGISTRY,
+)
+DB_POOL = Gauge(
+    "db_pool_connections",
+    "Database pool figures at the last scrape (size, available, requests_waiting)",
+    ["figure"],
+    registry=REGISTRY,
+)
+
+
 def exposition() -> bytes:
     """The metrics in the Prometheus text format."""
     return generate_latest(REGISTRY)

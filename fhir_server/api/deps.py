@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from capability.definitions import resource_types
+from fhir_server.api.observability import ACTOR
 from fhir_server.api.runtime import Runtime
 from fhir_server.auth.tokens import Principal, bearer
 from fhir_server.errors import NotAcceptable, NotSupported, PayloadTooLarge, UnsupportedMediaType
@@ -98,6 +99,7 @@ def interaction(request: Request) -> Interaction:
     rt = runtime(request)
     headers = request.headers
     principal = rt.verifier.verify(bearer(headers.get("authorization")))
+    ACTOR.set(principal.fhir_user or f"System/{principal.client_id or principal.subject}")
     ctx = Context(
         settings=rt.settings,
         validator=rt.validator,

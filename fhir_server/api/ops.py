@@ -7,7 +7,7 @@ from fastapi import FastAPI, Request, Response
 from fhir_server.api.deps import runtime
 from fhir_server.api.responses import outcome_response
 from fhir_server.errors import Issue
-from fhir_server.metrics import exposition
+from fhir_server.metrics import DB_POOL, exposition
 from fhir_server.storage.database import head_revision, schema_revision
 
 
@@ -32,8 +32,10 @@ async def readyz(request: Request) -> Response:
     return Response(b'{"status":"ready"}', media_type="application/json")
 
 
-async def metrics() -> Response:
+async def metrics(request: Request) -> Response:
     """Prometheus metrics of this process."""
+    for figure, value in runtime(request).db.stats().items():
+        DB_POOL.labels(figure).set(value)
     return Response(exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

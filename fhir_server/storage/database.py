@@ -66,6 +66,15 @@ class Database:
     async def close(self) -> None:
         await self._pool.close()
 
+    def stats(self) -> dict[str, int]:
+        """The pool's size, idle connections and waiting requests, for /metrics."""
+        stats = self._pool.get_stats()
+        return {
+            "size": stats.get("pool_size", 0),
+            "available": stats.get("pool_available", 0),
+            "requests_waiting": stats.get("requests_waiting", 0),
+        }
+
     def connection(self, wait: float | None = None) -> AbstractAsyncContextManager[sql.Connection]:
         """A connection for reads: each statement sees the data committed when it starts.
 

@@ -1,0 +1,98 @@
+"""Request metrics and structured request logs, as one pure ASGI middleware (cheaper per request
+than Starlette's BaseHTTPMiddleware).
+
+Per request: Prometheus `http_requests_total{method, route, status}` and
+`http_request_duration_seconds{method, route}`, and, at INFO, one JSON log line with the request
+id (`X-Request-ID`, made up when absent and returned), the W3C trace id (from `traceparent`), the
+acting account, the route template, status and duration. Never a body, a query string or a
+concrete path: the route template (`/fhir/{type}/{id}`) carries no PHI.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import time
+import uuid
+
+import orjson
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fhir_server.metrics import REQUEST_DURATION, REQUESTS
+
+log = logging.getLogger("fhir_server.requests")
+# The acting account of the current request, set once the token is verified (api/deps.py).
+ACTOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("actor", default=None)
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestObservation:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        headers = dict(scope["headers"])
+        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        status = 500
+        token = ACTOR.set(None)
+
+        async def observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"]
+            REQUESTS.labels(method, route, str(status)).inc()
+            REQUEST_DURATION.labels(method, route).observe(elapsed)
+            if log.isEnabledFor(logging.INFO):
+                match = _TRACEPARENT.match(headers.get(b"traceparent", b"").decode("latin-1"))
+                log.info(
+                    "request",
+                    extra={
+                        "request_id": request_id,
+                        "trace_id": match.group(1) if match else None,
+                        "actor": ACTOR.get(),
+                        "method": method,
+                        "route": route,
+                        "status": status,
+                        "duration_ms": round(elapsed * 1000, 2),
+                    },
+                )
+            ACTOR.reset(token)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line: time, level, logger, message, and the request fields."""
+
+    FIELDS = ("request_id", "trace_id", "actor", "method", "route", "status", "duration_ms")
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in self.FIELDS:
+            if hasattr(record, name):
+                entry[name] = getattr(record, name)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
