@@ -11,10 +11,12 @@ concrete path: the route template (`/fhir/{type}/{id}`) carries no PHI.
 from __future__ import annotations
 
 import contextvars
+import itertools
 import logging
 import re
 import time
 import uuid
+from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -24,6 +26,9 @@ from fhir_server.metrics import REQUEST_DURATION, REQUESTS
 log = logging.getLogger("fhir_server.requests")
 # The acting account of the current request, set once the token is verified (api/deps.py).
 ACTOR: contextvars.ContextVar[str | None] = contextvars.ContextVar("actor", default=None)
+# Request ids made here: a random prefix per process and a counter (cheaper than a UUID each).
+_PROCESS = uuid.uuid4().hex[:12]
+_COUNT = itertools.count(1)
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -37,9 +42,16 @@ class RequestObservation:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        headers = dict(scope["headers"])
-        given = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        given = traceparent = b""
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                given = value
+            elif name == b"traceparent":
+                traceparent = value
+        request_id = given.decode("latin-1") if given else ""
+        if not _REQUEST_ID.match(request_id):
+            request_id = f"{_PROCESS}-{next(_COUNT):x}"
+        echo = (b"x-request-id", request_id.encode())
         status = 500
         token = ACTOR.set(None)
 
@@ -47,10 +59,7 @@ class RequestObservation:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"x-request-id", request_id.encode()),
-                ]
+                message["headers"] = [*message.get("headers", ()), echo]
             await send(message)
 
         try:
@@ -59,10 +68,9 @@ class RequestObservation:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             method = scope["method"]
-            REQUESTS.labels(method, route, str(status)).inc()
-            REQUEST_DURATION.labels(method, route).observe(elapsed)
+            _observe(method, route, status, elapsed)
             if log.isEnabledFor(logging.INFO):
-                match = _TRACEPARENT.match(headers.get(b"traceparent", b"").decode("latin-1"))
+                match = _TRACEPARENT.match(traceparent.decode("latin-1"))
                 log.info(
                     "request",
                     extra={
@@ -76,6 +84,22 @@ class RequestObservation:
                     },
                 )
             ACTOR.reset(token)
+
+
+# The metric children by their labels: `labels()` costs more than the observation itself.
+_COUNTERS: dict[tuple[str, str, int], Any] = {}
+_HISTOGRAMS: dict[tuple[str, str], Any] = {}
+
+
+def _observe(method: str, route: str, status: int, elapsed: float) -> None:
+    counter = _COUNTERS.get((method, route, status))
+    if counter is None:
+        counter = _COUNTERS[(method, route, status)] = REQUESTS.labels(method, route, str(status))
+    counter.inc()
+    histogram = _HISTOGRAMS.get((method, route))
+    if histogram is None:
+        histogram = _HISTOGRAMS[(method, route)] = REQUEST_DURATION.labels(method, route)
+    histogram.observe(elapsed)
 
 
 class JsonFormatter(logging.Formatter):
