@@ -149,6 +149,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     graphql.install(app)
     if settings.writes_disabled:
         app.add_middleware(WritesDisabled)
-    app.add_middleware(RequestObservation)  # outermost: it also sees the kill-switch's answers
+    if settings.request_observation:
+        app.add_middleware(RequestObservation)  # outermost: it also sees the kill-switch's answers
     patients_api.install(app)
     return app

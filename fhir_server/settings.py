@@ -84,6 +84,8 @@ class Settings:
     idempotency_ttl_seconds: int = 86_400
     # The write kill-switch: every write answers 503 while reads go on (docs/configuration.md).
     writes_disabled: bool = False
+    # Per-request metrics and JSON request logs (docs/configuration.md#logs-and-metrics).
+    request_observation: bool = True
     # The Patient Service API's keys (`PATIENT_API_KEYS=name:key,...`), kept as SHA-256 digests.
     patient_api_keys: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     delegation_approval: str = "auto"
@@ -149,6 +151,7 @@ class Settings:
             ),
             relationship_ttl_seconds=num("RELATIONSHIP_TTL", defaults.relationship_ttl_seconds),
             writes_disabled=_bool(get("FHIR_WRITES_DISABLED") or "false"),
+            request_observation=_bool(get("FHIR_REQUEST_OBSERVATION") or "true"),
             idempotency_ttl_seconds=num(
                 "IDEMPOTENCY_TTL_SECONDS", defaults.idempotency_ttl_seconds
             ),
