@@ -10,12 +10,14 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY fhir_server ./fhir_server
 COPY capability ./capability
+COPY compartments ./compartments
 COPY migrations ./migrations
 RUN pip install .
 
 FROM python:3.11-slim AS runtime
 RUN groupadd --system --gid 10001 fhir \
-    && useradd --system --uid 10001 --gid fhir --home-dir /app --create-home fhir
+    && useradd --system --uid 10001 --gid fhir --home-dir /app --create-home fhir \
+    && mkdir -p /app/data && chown fhir:fhir /app/data
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run migrate test test-pg check bench clean
+.PHONY: install run migrate test test-pg check bench clean up down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,3 +38,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# docker compose: PostgreSQL, the migrations job and the API on :8080 (needs POSTGRES_PASSWORD, .env)
+up:
+	docker compose up --build -d
+
+down:
+	docker compose down
+

@@ -39,8 +39,14 @@ def test_dockerfile_copies_everything_the_package_needs() -> None:
         for line in lines
         if line.startswith("COPY ") and "--from" not in line
     }
-    for needed in ("fhir_server", "capability", "migrations", "pyproject.toml"):
-        assert any(needed in c for c in copied), needed
+    # every package pyproject.toml installs (compartments was once missing: the image could not
+    # have started)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    include = re.search(r"include = \[([^\]]*)\]", pyproject)
+    assert include is not None
+    packages = [p.strip().strip('"').rstrip("*") for p in include.group(1).split(",")]
+    for needed in (*packages, "pyproject.toml"):
+        assert any(needed == c or c.startswith(f"{needed}/") for c in copied), needed
         assert (ROOT / needed).exists()
 
 
@@ -58,6 +64,17 @@ def test_compose_has_api_postgres_and_a_migrations_job() -> None:
     text = (ROOT / "docker-compose.yml").read_text()
     assert re.search(r"POSTGRES_PASSWORD: \$\{POSTGRES_PASSWORD", text)
     assert "change-me" not in text
+
+
+def test_the_api_keeps_its_data_in_a_volume_it_owns() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    api = compose["services"]["api"]
+    data = api["environment"]["FHIR_DATA_DIR"]
+    assert any(volume.endswith(f":{data}") for volume in api["volumes"])
+    assert any("chown" in line and data in line for line in dockerfile_lines())
+    makefile = (ROOT / "Makefile").read_text()
+    assert "\nup:" in makefile and "docker compose up" in makefile
+    assert "\ndown:" in makefile and "docker compose down" in makefile
 
 
 def test_env_example_and_gitignore_keep_secrets_out() -> None:
