@@ -1,0 +1,137 @@
+"""Two `fhir-server serve` processes on one database serve the same clients correctly: the API
+keeps no state between requests that the other process would miss (docs/scaling.md). ETag
+conflicts, idempotency keys and the invalidation of cached access facts cross processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.access_world import years_ago
+from tests.conftest import KEYS_DIR, auth
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture(scope="module")
+def servers(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
+    exe = str(Path(sys.executable).parent / "fhir-server")
+    logs = tmp_path_factory.mktemp("two-processes")
+    procs, bases, files = [], [], []
+    for n in range(2):
+        port = _free_port()
+        env = {
+            **os.environ,
+            "POSTGRES_URL": database_url,
+            "FHIR_MIGRATE_ON_START": "false",
+            "FHIR_DATA_DIR": str(KEYS_DIR),  # the key the tests sign with
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "LOG_LEVEL": "warning",
+        }
+        log = (logs / f"server-{n}.log").open("wb")
+        files.append(log)
+        procs.append(
+            subprocess.Popen([exe, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        )
+        bases.append(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 60
+        for base, proc in zip(bases, procs, strict=True):
+            while True:
+                assert proc.poll() is None, (logs / "server-0.log").read_text()[-2000:]
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "the servers did not start"
+                time.sleep(0.2)
+        yield bases
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(20)
+        for log in files:
+            log.close()
+
+
+def test_etag_conflicts_cross_processes(servers: list[str]) -> None:
+    a, b = servers
+    created = httpx.post(
+        f"{a}/fhir/Patient", json={"resourceType": "Patient"}, headers=auth()
+    ).json()
+    url = f"/fhir/Patient/{created['id']}"
+    first = httpx.put(
+        f"{a}{url}", json={**created, "gender": "male"}, headers={**auth(), "If-Match": 'W/"1"'}
+    )
+    assert first.status_code == 200
+    stale = httpx.put(
+        f"{b}{url}", json={**created, "gender": "female"}, headers={**auth(), "If-Match": 'W/"1"'}
+    )
+    assert stale.status_code == 412
+    assert httpx.get(f"{b}{url}", headers=auth()).json()["gender"] == "male"
+
+
+def test_idempotency_keys_cross_processes(servers: list[str]) -> None:
+    a, b = servers
+    headers = {**auth(), "Idempotency-Key": uuid.uuid4().hex}
+    body = {"resourceType": "Patient", "name": [{"family": "TwoProcs"}]}
+    one = httpx.post(f"{a}/fhir/Patient", json=body, headers=headers)
+    two = httpx.post(f"{b}/fhir/Patient", json=body, headers=headers)
+    assert one.status_code == two.status_code == 201
+    assert one.json()["id"] == two.json()["id"]
+
+
+def test_revoking_on_one_process_ends_access_on_the_other(servers: list[str]) -> None:
+    a, b = servers
+    child = httpx.post(
+        f"{a}/fhir/Patient",
+        json={"resourceType": "Patient", "birthDate": years_ago(6)},
+        headers=auth(),
+    ).json()
+    guardian = httpx.post(
+        f"{a}/fhir/RelatedPerson",
+        headers=auth(),
+        json={
+            "resourceType": "RelatedPerson",
+            "patient": {"reference": f"Patient/{child['id']}"},
+            "relationship": [{"coding": [{"code": "GUARD"}]}],
+        },
+    ).json()
+    record = httpx.post(
+        f"{a}/fhir/Observation",
+        headers=auth(),
+        json={
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "x"},
+            "subject": {"reference": f"Patient/{child['id']}"},
+        },
+    ).json()
+    reader = auth(f"RelatedPerson/{guardian['id']}", "user/*.rs")
+    for _ in range(3):  # process B now has the guardian's facts cached
+        assert httpx.get(f"{b}/fhir/Observation/{record['id']}", headers=reader).status_code == 200
+    ended = {**guardian, "active": False}
+    assert (
+        httpx.put(
+            f"{a}/fhir/RelatedPerson/{guardian['id']}", json=ended, headers=auth()
+        ).status_code
+        == 200
+    )
+    assert httpx.get(f"{b}/fhir/Observation/{record['id']}", headers=reader).status_code == 403
