@@ -31,6 +31,12 @@ def _api_keys(value: str) -> tuple[tuple[str, str], ...]:
     return tuple(keys)
 
 
+def _profile(value: str | None) -> str | None:
+    if value not in (None, "phase1"):
+        raise ValueError(f"`FHIR_PATIENT_PROFILE` may be `phase1` or unset, not `{value}`")
+    return value
+
+
 def _approval(value: str) -> str:
     if value not in {"auto", "manual"}:
         raise ValueError(f"`DELEGATION_APPROVAL` must be `auto` or `manual`, got `{value}`")
@@ -86,6 +92,8 @@ class Settings:
     writes_disabled: bool = False
     # Per-request metrics and JSON request logs (docs/configuration.md#logs-and-metrics).
     request_observation: bool = True
+    # `phase1`: FHIR Patient writes follow the Patient Service's validation rules too.
+    patient_profile: str | None = None
     # The Patient Service API's keys (`PATIENT_API_KEYS=name:key,...`), kept as SHA-256 digests.
     patient_api_keys: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     delegation_approval: str = "auto"
@@ -152,6 +160,7 @@ class Settings:
             relationship_ttl_seconds=num("RELATIONSHIP_TTL", defaults.relationship_ttl_seconds),
             writes_disabled=_bool(get("FHIR_WRITES_DISABLED") or "false"),
             request_observation=_bool(get("FHIR_REQUEST_OBSERVATION") or "true"),
+            patient_profile=_profile(get("FHIR_PATIENT_PROFILE")),
             idempotency_ttl_seconds=num(
                 "IDEMPOTENCY_TTL_SECONDS", defaults.idempotency_ttl_seconds
             ),

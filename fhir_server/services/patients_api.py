@@ -14,7 +14,7 @@ from datetime import date, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from fhir_server.services import search
+from fhir_server.services import patient_profile, search
 from fhir_server.services.context import Context
 from fhir_server.services.family import rewrite
 from fhir_server.services.resources import deletion, dump_json, new_version, parse_json
@@ -48,11 +48,8 @@ FIELDS = frozenset(
     }
 )
 ADDRESS_FIELDS = frozenset({"line1", "line2", "city", "state_province", "postal_code", "country"})
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
-_COUNTRY = re.compile(r"^[A-Z]{2}$")
+_EMAIL, _E164, _COUNTRY = patient_profile.EMAIL, patient_profile.E164, patient_profile.COUNTRY
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
-MAX_AGE = 120
 MAX_LIMIT = 100
 
 
@@ -77,10 +74,8 @@ def _name(value: Any, field: str, problems: list[dict[str, str]], *, required: b
     text = " ".join(unicodedata.normalize("NFC", value).split())
     if required and not text:
         problems.append({"field": field, "issue": "required"})
-    elif len(text) > 100:
-        problems.append({"field": field, "issue": "at most 100 characters"})
-    elif any(c.isdigit() for c in text):
-        problems.append({"field": field, "issue": "digits are not allowed in names"})
+    elif why := patient_profile.name_problem(text):
+        problems.append({"field": field, "issue": why})
     return text or None
 
 
@@ -108,10 +103,8 @@ def validate(body: Any, today: date) -> Demographics:
         born = None
     if born is None:
         problems.append({"field": "date_of_birth", "issue": "required, YYYY-MM-DD"})
-    elif born >= today:
-        problems.append({"field": "date_of_birth", "issue": "must be in the past"})
-    elif today.year - born.year - ((today.month, today.day) < (born.month, born.day)) > MAX_AGE:
-        problems.append({"field": "date_of_birth", "issue": f"age at most {MAX_AGE}"})
+    elif why := patient_profile.age_problem(born, today):
+        problems.append({"field": "date_of_birth", "issue": why})
     out["date_of_birth"] = dob
     sex = body.get("sex_at_birth")
     if sex not in SEX_AT_BIRTH:

@@ -10,9 +10,10 @@ from typing import Any
 
 import orjson
 
-from fhir_server.errors import BadRequest
+from fhir_server.errors import BadRequest, Unprocessable
 from fhir_server.search.index import index_rows
 from fhir_server.search.membership import compartment_membership
+from fhir_server.services import patient_profile
 from fhir_server.services.context import Context
 from fhir_server.storage.repository import NewVersion
 
@@ -141,4 +142,8 @@ def validated(ctx: Context, body: Any, *, resource_type: str) -> dict[str, Any]:
             )
     ctx.validator.validate(body, expected_type=resource_type)
     assert isinstance(body, dict)
+    if resource_type == "Patient" and ctx.settings.patient_profile == "phase1":
+        issues = patient_profile.check(body, ctx.clock().date())
+        if issues:
+            raise Unprocessable(issues=issues)
     return body

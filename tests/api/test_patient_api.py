@@ -182,3 +182,43 @@ def test_a_fhir_patient_is_readable_here(api: httpx.Client, server: LiveServer) 
     seen = api.get(f"/patients/{made['id']}").json()
     assert seen["given_name"] == "Made" and seen["middle_name"] == "Here"
     assert seen["family_name"] == "Fhir" and seen["phone_e164"] == "+254711111111"
+
+
+@pytest.fixture(scope="module")
+def profiled(database_url: str) -> Iterator[LiveServer]:
+    with LiveServer(Settings(patient_profile="phase1"), database_url) as s:
+        yield s
+
+
+def test_the_rules_as_a_profile_for_fhir_patient_writes(
+    profiled: LiveServer, server: LiveServer
+) -> None:
+    bad = {
+        "resourceType": "Patient",
+        "name": [{"family": "D0e", "given": ["Ann"]}],
+        "birthDate": "2999-01-01",
+        "telecom": [{"system": "email", "value": "nope"}, {"system": "phone", "value": "0712"}],
+        "address": [{"postalCode": "00100"}],
+    }
+    refused = httpx.post(f"{profiled.origin}/fhir/Patient", json=bad, headers=auth())
+    assert refused.status_code == 422, refused.text
+    where = {i["expression"][0] for i in refused.json()["issue"]}
+    assert where == {
+        "Patient.name[0].family",
+        "Patient.birthDate",
+        "Patient.telecom[0].value",
+        "Patient.telecom[1].value",
+        "Patient.address[0].country",
+    }
+    good = {
+        **bad,
+        "name": [{"family": "Doe"}],
+        "birthDate": "1990-01-01",
+        "telecom": [{"system": "phone", "value": "+254700000009"}],
+        "address": [{"postalCode": "00100", "country": "KE"}],
+    }
+    assert (
+        httpx.post(f"{profiled.origin}/fhir/Patient", json=good, headers=auth()).status_code == 201
+    )
+    # without the profile, FHIR writes follow R4 alone
+    assert httpx.post(f"{server.origin}/fhir/Patient", json=bad, headers=auth()).status_code == 201
