@@ -15,6 +15,7 @@ from capability.definitions import resource_types
 from capability.statement import capability_statement
 from fhir_server.api.deps import (
     FhirInteraction,
+    Interaction,
     PatchBody,
     ResourceBody,
     base_url,
@@ -130,18 +131,25 @@ async def explain_access(fhir: FhirInteraction, body: ResourceBody) -> Response:
 
 async def add_dependent(fhir: FhirInteraction, id: str, body: ResourceBody) -> Response:
     """`POST Patient/{id}/$add-dependent` (docs/family.md)."""
-    request = family.add_request(body)
+    answer = await run_add_dependent(fhir, id, family.add_request(body))
+    return fhir_response(orjson.dumps(answer), 201)
+
+
+async def run_add_dependent(
+    fhir: Interaction, primary_id: str, request: family.AddRequest
+) -> dict[str, Any]:
+    """Add a dependent (FHIR operation and GraphQL mutation alike). The Client Registry is asked
+    before the transaction opens, so no transaction waits on the network, and only for the
+    primary."""
     registered = None
     if fhir.runtime.registry is not None and request.national_id is not None:
-        # the Client Registry is asked before the transaction opens (and only for the primary)
         async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
-            family.require_primary(ctx.guard, f"Patient/{id}")
+            family.require_primary(ctx.guard, f"Patient/{primary_id}")
             registered = await family.registered_dependent(
                 ctx, conn, request, fhir.runtime.registry
             )
     async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
-        answer = await family.add_dependent(ctx, conn, id, request, registered=registered)
-    return fhir_response(orjson.dumps(answer), 201)
+        return await family.add_dependent(ctx, conn, primary_id, request, registered=registered)
 
 
 async def remove_dependent(fhir: FhirInteraction, id: str, body: ResourceBody) -> Response:

@@ -18,6 +18,7 @@ from strawberry.fastapi import GraphQLRouter
 from strawberry.types import Info
 
 from fhir_server.api.deps import Interaction, interaction
+from fhir_server.api.fhir import run_add_dependent
 from fhir_server.errors import FhirError
 from fhir_server.services import family
 from fhir_server.services.family import Member
@@ -160,20 +161,12 @@ class Mutation:
         request = family.AddRequest(input.relationship, input.national_id, demographics)
         if request.relationship not in family.ROLES:
             raise ValueError(f"`relationship` must be one of {', '.join(family.ROLES)}")
-        registered = None
-        if fhir.runtime.registry is not None and request.national_id is not None:
-            async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
-                family.require_primary(ctx.guard, f"Patient/{me}")
-                registered = await family.registered_dependent(
-                    ctx, conn, request, fhir.runtime.registry
-                )
-        async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
-            answer = await family.add_dependent(ctx, conn, me, request, registered=registered)
-            dependent = next(
-                p["valueReference"]["reference"]
-                for p in answer["parameter"]
-                if p["name"] == "dependent"
-            )
+        answer = await run_add_dependent(fhir, me, request)
+        dependent = next(
+            p["valueReference"]["reference"]
+            for p in answer["parameter"]
+            if p["name"] == "dependent"
+        )
         async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
             members = await family.family_members(ctx, conn, me)
         return next(_dependent(m) for m in members if m.patient == dependent)

@@ -8,31 +8,25 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, Response
 
-from compartments.engine import Decision, Facts, Identity
-from compartments.policy import Policy, Rule
 from fhir_server.api.deps import base_url, read_body, runtime
+from fhir_server.api.responses import json_response
 from fhir_server.auth.scopes import granted
 from fhir_server.auth.tokens import bearer
 from fhir_server.errors import FhirError, Unauthorized
 from fhir_server.services import patients_api as service
-from fhir_server.services.access import Audited, Guard
-from fhir_server.services.context import Context
+from fhir_server.services.access import Guard
+from fhir_server.services.context import Context, server_guard
 from fhir_server.services.patients_api import PatientApiError
 from fhir_server.services.resources import parse_json
 from fhir_server.storage import idempotency
 
 log = logging.getLogger(__name__)
-_POLICY = Policy([Rule("System", "*", "*", "allow", "the Patient Service API's callers")])
-
-
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status, headers, media_type="application/json")
 
 
 def _error(exc: PatientApiError) -> Response:
@@ -40,7 +34,7 @@ def _error(exc: PatientApiError) -> Response:
     if exc.details:
         body["details"] = exc.details
     headers = {"WWW-Authenticate": 'Bearer realm="fhir"'} if exc.status == 401 else None
-    return _json(body, exc.status, headers)
+    return json_response(body, exc.status, headers)
 
 
 def _caller(request: Request, write: bool) -> str:
@@ -68,15 +62,11 @@ def _caller(request: Request, write: bool) -> str:
 
 def _context(request: Request, account: str) -> Context:
     rt = runtime(request)
-    guard = Guard(
-        principal=None,
-        account=account,
-        identities=(Identity(account),),
-        facts=Facts(today=datetime.now(UTC).date()),
-        policy=_POLICY,
-    )
     return Context(
-        settings=rt.settings, validator=rt.validator, base_url=base_url(request, rt), guard=guard
+        settings=rt.settings,
+        validator=rt.validator,
+        base_url=base_url(request, rt),
+        guard=server_guard(account),
     )
 
 
@@ -126,14 +116,14 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
             async with rt.db.connection() as conn:
                 found = await service.read(conn, id)
             _audit(guard, "read", id)
-            return _json(service.from_fhir(found), 200, _etag(found.version_id))
+            return json_response(service.from_fhir(found), 200, _etag(found.version_id))
         if action == "replace":
             version = _if_match(request)
             body = parse_json(await read_body(request))
             async with rt.db.transaction() as conn:
                 found = await service.replace(ctx, conn, id, body, version)
             _audit(guard, "update", id)
-            return _json(service.from_fhir(found), 200, _etag(found.version_id))
+            return json_response(service.from_fhir(found), 200, _etag(found.version_id))
         if action == "delete":
             async with rt.db.transaction() as conn:
                 await service.delete(ctx, conn, id)
@@ -147,11 +137,11 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
             async with rt.db.transaction() as conn:
                 found = await service.restore(ctx, conn, id)
             _audit(guard, "update", id)
-            return _json(service.from_fhir(found), 200, _etag(found.version_id))
+            return json_response(service.from_fhir(found), 200, _etag(found.version_id))
         async with rt.db.connection() as conn:
             answer = await service.list_patients(ctx, conn, dict(request.query_params))
         _audit(guard, "search", None)
-        return _json(answer)
+        return json_response(answer)
     except PatientApiError as exc:
         return _error(exc)
     except idempotency.KeyConflict:
@@ -171,12 +161,9 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
 
 def _audit(guard: Guard, operation: str, id: str | None) -> None:
     resource = f"Patient/{id}" if id else None
-    decision = Decision(
-        allowed=True,
-        explanation=f"Patient Service API: {operation}",
-        compartments=frozenset({resource}) if resource else frozenset(),
+    guard.record_workflow(
+        operation, resource, f"Patient Service API: {operation}", [resource] if resource else []
     )
-    guard.audited.append(Audited(operation, "Patient", resource, decision))
 
 
 async def create(request: Request) -> Response:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 
-import orjson
 from fastapi import FastAPI, Request, Response
 
 from fhir_server.api.deps import interaction, read_body
+from fhir_server.api.responses import json_response
 from fhir_server.errors import FhirError, Unauthorized
 from fhir_server.services import relationships
 from fhir_server.services.relationships import RelationshipError
@@ -17,13 +17,9 @@ from fhir_server.services.resources import parse_json
 log = logging.getLogger(__name__)
 
 
-def _json(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status, headers, media_type="application/json")
-
-
 def _error(status: int, code: str, message: str) -> Response:
     headers = {"WWW-Authenticate": 'Bearer realm="fhir"'} if status == 401 else None
-    return _json({"code": code, "message": message}, status, headers)
+    return json_response({"code": code, "message": message}, status, headers)
 
 
 async def _run(request: Request, transaction: bool, action: str) -> Response:
@@ -38,7 +34,7 @@ async def _run(request: Request, transaction: bool, action: str) -> Response:
                 answer = await relationships.delegate(ctx, conn, body)
             else:
                 answer = await relationships.approve(ctx, conn, request.path_params["id"])
-        return _json(answer, 201 if action == "delegate" else 200)
+        return json_response(answer, 201 if action == "delegate" else 200)
     except RelationshipError as exc:
         return _error(exc.status, exc.code, exc.message)
     except Unauthorized as exc:

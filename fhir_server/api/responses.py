@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 from fastapi import Response
 
 from fhir_server.errors import Issue
@@ -25,6 +26,13 @@ def fhir_response(
     if emergency:
         headers = {**(headers or {}), EMERGENCY_HEADER: "break-glass; audited"}
     return Response(content=body, status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+def json_response(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A plain JSON answer (the non-FHIR APIs)."""
+    return Response(orjson.dumps(body), status, headers, media_type="application/json")
 
 
 def version_headers(version: StoredVersion) -> dict[str, str]:

@@ -232,6 +232,11 @@ def stored_event(event: dict[str, Any], id: str, now: datetime) -> NewVersion:
     )
 
 
+def stored_record(record: Record, endpoint: str) -> NewVersion:
+    """The AuditEvent of a record, ready to store."""
+    return stored_event(audit_event(record, endpoint), new_id(), record.recorded)
+
+
 def _final(audited: Iterable[Audited]) -> list[Audited]:
     """One record per resource (or per type for searches): the last decision made about it,
     which is the denial when there was one (a denial ends the request)."""
@@ -311,8 +316,7 @@ class AuditTrail:
             await self._write(urgent)
 
     def _version(self, record: Record) -> NewVersion:
-        event = audit_event(record, self.endpoint)
-        return stored_event(event, new_id(), record.recorded)
+        return stored_record(record, self.endpoint)
 
     async def _run(self) -> None:
         while True:
@@ -356,7 +360,7 @@ async def _writer(queue: Any, url: str, endpoint: str) -> None:
         batch = await loop.run_in_executor(None, queue.get)
         if batch is None:
             break
-        versions = [stored_event(audit_event(r, endpoint), new_id(), r.recorded) for r in batch]
+        versions = [stored_record(r, endpoint) for r in batch]
         for attempt in range(WRITER_ATTEMPTS):
             try:
                 if conn is None or conn.closed:

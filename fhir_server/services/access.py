@@ -33,7 +33,7 @@ from compartments.engine import (
 )
 from compartments.policy import Policy, Reason
 from fhir_server.auth.scopes import Scope, granted
-from fhir_server.auth.tokens import Principal
+from fhir_server.auth.tokens import Principal, principal_from_claims
 from fhir_server.errors import AccessDenied, BadRequest, Unauthorized
 from fhir_server.metrics import RELATIONSHIP_CACHE_HITS
 from fhir_server.search.query import parse_search
@@ -223,6 +223,15 @@ class Guard:
     ) -> None:
         self.audited.append(Audited(operation, resource_type, resource, decision))
 
+    def record_workflow(
+        self, operation: str, resource: str | None, why: str, patients: Iterable[str] = ()
+    ) -> None:
+        """A write or read a workflow made as the server, after deciding it may: audited in the
+        caller's name (the patients named make it readable in their compartments)."""
+        resource_type = resource.split("/", 1)[0] if resource else None
+        decision = Decision(allowed=True, explanation=why, compartments=frozenset(patients))
+        self.audited.append(Audited(operation, resource_type, resource, decision))
+
 
 def denied(decision: Decision) -> AccessDenied:
     reason = decision.reason or Reason.INVALID_ROLE
@@ -405,6 +414,32 @@ async def load_guard(
 CacheEntry = tuple[
     int, tuple[Identity, ...], Facts, dict[tuple[Any, ...], tuple[Decision, Grant | None]]
 ]
+
+
+async def as_user(
+    conn: Connection,
+    caller: Guard,
+    user: str,
+    scope: str,
+    *,
+    purpose_of_use: str | None = None,
+    reason: str | None = None,
+) -> Guard:
+    """The guard `user` would have with a token of its own carrying `scope`: for answering what
+    it may do ($explain-access, relationship verification). Its facts are loaded fresh."""
+    principal = principal_from_claims({"sub": user, "fhirUser": user, "scope": scope})
+    facts = caller.facts
+    return await load_guard(
+        conn,
+        principal,
+        caller.policy,
+        today=facts.today,
+        majority_age=facts.majority_age,
+        emergency_bypass=facts.emergency_bypass,
+        admin_role="",
+        purpose_of_use=purpose_of_use,
+        reason=reason,
+    )
 
 
 class FactsCache:

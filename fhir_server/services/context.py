@@ -21,13 +21,13 @@ SERVER = "System/fhir-server"
 _SERVER_POLICY = Policy([Rule("System", "*", "*", "allow", "the server's own work")])
 
 
-def server_guard() -> Guard:
-    """The guard of the server's own work (migrations, reindex, tests of the storage layer):
-    System, unrestricted."""
+def server_guard(account: str = SERVER) -> Guard:
+    """The guard of the server's own work (migrations, reindex, tests of the storage layer), or
+    of a caller trusted like it (an API key of the Patient Service API): System, unrestricted."""
     return Guard(
         principal=None,
-        account=SERVER,
-        identities=(Identity(SERVER),),
+        account=account,
+        identities=(Identity(account),),
         facts=Facts(today=utc_now().date()),
         policy=_SERVER_POLICY,
     )

@@ -16,30 +16,16 @@ from typing import Any
 
 from compartments.engine import Decision, Target
 from compartments.policy import OPERATIONS
-from fhir_server.auth.tokens import Principal, principal_from_claims
 from fhir_server.errors import BadRequest, Forbidden, Unauthorized
-from fhir_server.services.access import Guard, load_guard, outside
+from fhir_server.services.access import Guard, as_user, outside
 from fhir_server.services.context import Context
+from fhir_server.services.fhir_parameters import parameter_values
 from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
 
 
-def _parameters(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-        raise BadRequest("$explain-access takes a `Parameters` resource")
-    values: dict[str, Any] = {}
-    for index, parameter in enumerate(body.get("parameter", [])):
-        if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str):
-            raise BadRequest("a parameter needs a `name`", expression=[f"parameter[{index}]"])
-        value = next(
-            (v for k, v in parameter.items() if k.startswith("value")), parameter.get("resource")
-        )
-        values[parameter["name"]] = value
-    return values
-
-
 async def explain(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
-    values = _parameters(body)
+    values = parameter_values(body, "$explain-access")
     operation = values.get("operation")
     if operation not in OPERATIONS:
         raise BadRequest(
@@ -68,24 +54,17 @@ async def _guard_for(ctx: Context, conn: Connection, values: dict[str, Any]) -> 
         return caller
     if not caller.privileged:
         raise Forbidden("a caller may ask only about its own access", code="forbidden")
-    scope = values.get("scope") or "user/*.cruds"
     try:
-        principal: Principal = principal_from_claims(
-            {"sub": str(identity), "fhirUser": identity, "scope": scope}
+        return await as_user(
+            conn,
+            caller,
+            str(identity),
+            values.get("scope") or "user/*.cruds",
+            purpose_of_use=values.get("purposeOfUse"),
+            reason=values.get("reason"),
         )
     except Unauthorized as exc:
         raise BadRequest(f"cannot evaluate as `{identity}`: {exc}") from None
-    return await load_guard(
-        conn,
-        principal,
-        caller.policy,
-        today=caller.facts.today,
-        majority_age=caller.facts.majority_age,
-        emergency_bypass=caller.facts.emergency_bypass,
-        admin_role="",
-        purpose_of_use=values.get("purposeOfUse"),
-        reason=values.get("reason"),
-    )
 
 
 async def _instance_decision(

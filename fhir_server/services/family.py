@@ -21,12 +21,15 @@ import orjson
 
 from compartments.engine import Decision, Request, Target, decide
 from fhir_server.errors import AccessDenied, BadRequest, Conflict, NotFound, Unprocessable
+from fhir_server.search.query import parse_search
 from fhir_server.services import conditional, create
-from fhir_server.services.access import Audited, Guard, earliest_date, reference_of
+from fhir_server.services.access import Guard, earliest_date, reference_of
 from fhir_server.services.context import Context
+from fhir_server.services.fhir_parameters import parameter_values
 from fhir_server.services.registry import ClientRegistry
 from fhir_server.services.resources import new_version, parse_json
 from fhir_server.storage import repository
+from fhir_server.storage.search_sql import search_statement
 from fhir_server.storage.sql import Connection, Statement, fetch_all
 
 V3 = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
@@ -57,22 +60,6 @@ class FamilyLink:
     dependent: str
     relationship: str  # as asked: SPOUSE, CHILD, ...
     active: bool
-
-
-def _parameters(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict) or body.get("resourceType") != "Parameters":
-        raise BadRequest("this operation takes a `Parameters` resource")
-    values: dict[str, Any] = {}
-    for index, parameter in enumerate(body.get("parameter", [])):
-        if not isinstance(parameter, dict) or not isinstance(parameter.get("name"), str):
-            raise BadRequest(
-                "a parameter needs a `name`", expression=[f"Parameters.parameter[{index}]"]
-            )
-        value = parameter.get("resource")
-        if value is None:
-            value = next((v for k, v in parameter.items() if k.startswith("value")), None)
-        values[parameter["name"]] = value
-    return values
 
 
 def require_primary(guard: Guard, primary: str) -> None:
@@ -279,19 +266,6 @@ async def _link_person(
     return f"Person/{id}"
 
 
-def _audit(guard: Guard, operation: str, resource: str, why: str) -> None:
-    guard.audited.append(
-        Audited(
-            operation,
-            resource.split("/", 1)[0],
-            resource,
-            Decision(
-                allowed=True, explanation=f"family workflow: {why}", evidence=(guard.account,)
-            ),
-        )
-    )
-
-
 @dataclass(frozen=True, slots=True)
 class AddRequest:
     relationship: str
@@ -301,7 +275,7 @@ class AddRequest:
 
 def add_request(body: Any) -> AddRequest:
     """The parameters of `$add-dependent`, or 400."""
-    values = _parameters(body)
+    values = parameter_values(body, "this operation")
     relationship = values.get("relationship")
     if relationship not in ROLES:
         raise BadRequest(
@@ -390,7 +364,9 @@ async def add_dependent(
         await repository.insert_new(conn, version)
         dependent = f"Patient/{version.id}"
         created_patient = True
-        _audit(guard, "create", dependent, f"{primary} added a new dependent")
+        guard.record_workflow(
+            "create", dependent, f"family workflow: {primary} added a new dependent"
+        )
     dependent_content = await patient_content(conn, dependent)
 
     links = await family_links(conn)
@@ -414,7 +390,9 @@ async def add_dependent(
         await repository.insert_new(conn, version)
         related = f"RelatedPerson/{version.id}"
         person = await _link_person(server, conn, who, related, assurance)
-        _audit(guard, "create", related, f"{who} is the {ROLES[as_][2]} of {whom}")
+        guard.record_workflow(
+            "create", related, f"family workflow: {who} is the {ROLES[as_][2]} of {whom}"
+        )
         made.append(
             {
                 "name": "link",
@@ -475,7 +453,7 @@ async def remove_dependent(
 ) -> dict[str, Any]:
     """`POST Patient/{primary}/$remove-dependent`: soft; 409 while the dependent has active
     Coverage, unless `confirm` is true, which ends that coverage too."""
-    values = _parameters(body)
+    values = parameter_values(body, "this operation")
     given = values.get("dependent")
     dependent = reference_of(given) if isinstance(given, dict) else given
     if not isinstance(dependent, str) or not dependent.startswith("Patient/"):
@@ -517,7 +495,9 @@ async def remove_dependent(
         content["period"] = {**content.get("period", {}), "end": today}
         await rewrite(server, conn, "Coverage", id, content)
         ended.append(f"Coverage/{id}")
-        _audit(guard, "update", f"Coverage/{id}", f"{primary} removed {dependent}")
+        guard.record_workflow(
+            "update", f"Coverage/{id}", f"family workflow: {primary} removed {dependent}"
+        )
     for link in links:
         type_, id = link.related_person.split("/", 1)
         found = await repository.read_current(conn, type_, id)
@@ -526,7 +506,9 @@ async def remove_dependent(
         content["active"] = False
         content["period"] = {**content.get("period", {}), "end": today}
         await rewrite(server, conn, type_, id, content)
-        _audit(guard, "update", link.related_person, f"{primary} removed {dependent}")
+        guard.record_workflow(
+            "update", link.related_person, f"family workflow: {primary} removed {dependent}"
+        )
     return {
         "resourceType": "Parameters",
         "parameter": [
@@ -683,39 +665,31 @@ def _clinical_access(guard: Guard, member: str, related_person: str | None) -> D
 
 EMERGENCY_CONTACT = ("http://terminology.hl7.org/CodeSystem/v2-0131", "C")
 
-_RELATED_OF = Statement(
-    """
-SELECT r.id, r.content::text FROM resources r
-WHERE r.resource_type = 'RelatedPerson' AND NOT r.deleted AND r.id IN (
-    SELECT x.id FROM search_reference x
-    WHERE x.resource_type = 'RelatedPerson' AND x.code = 'patient'
-      AND x.target_type = 'Patient' AND x.target_id = %(id)s)
-ORDER BY r.id
-"""
-)
+MAX_CONTACTS = 100
 
 
 async def emergency_contacts(ctx: Context, conn: Connection, patient_id: str) -> dict[str, Any]:
     """`GET Patient/{id}/$emergency-contacts`: the patient's active RelatedPersons whose
-    relationship is emergency contact (v2-0131 `C`), each with its preferred telecom. The caller
-    must be allowed to read the patient's RelatedPersons."""
+    relationship is emergency contact (v2-0131 `C`), each with its preferred telecom. A caller
+    who may not read the patient's RelatedPersons gets 403; the search itself carries the
+    caller's access filter, like any other."""
     patient = f"Patient/{patient_id}"
     guard = ctx.guard
-    decision = guard.require(
-        "read", "RelatedPerson", target=Target(frozenset({patient})), resource=patient
+    guard.require("read", "RelatedPerson", target=Target(frozenset({patient})), resource=patient)
+    query = parse_search(
+        ("RelatedPerson",),
+        [
+            ("patient", patient),
+            ("relationship", "|".join(EMERGENCY_CONTACT)),
+            ("_count", str(MAX_CONTACTS)),
+        ],
+        max_count=MAX_CONTACTS,
     )
-    assert decision.allowed
+    statement, _ = search_statement(query, guard.access("read"), local_bases=ctx.local_bases)
     contacts = []
-    for id, text in await fetch_all(conn, _RELATED_OF, {"id": patient_id}):
+    for _, id, text, *_ in await fetch_all(conn, statement):
         content = orjson.loads(text)
-        codes = {
-            (c.get("system"), c.get("code"))
-            for concept in content.get("relationship", ())
-            for c in concept.get("coding", ())
-        }
-        if EMERGENCY_CONTACT not in codes or content.get("active") is False:
-            continue
-        if (content.get("period") or {}).get("end"):
+        if content.get("active") is False or (content.get("period") or {}).get("end"):
             continue
         telecom = preferred_telecom(content.get("telecom", []))
         contacts.append(

@@ -279,10 +279,12 @@ WHERE r.resource_type = 'Patient' AND NOT r.deleted AND r.id IN (
 )
 
 
-async def _unique(conn: Connection, d: Demographics, own_id: str | None) -> None:
-    """Email and phone belong to one live patient; concurrent writers of the same value queue."""
+async def _unique(conn: Connection, patient: dict[str, Any], own_id: str | None) -> None:
+    """Email and phone (of a FHIR Patient's telecom) belong to one live patient; concurrent
+    writers of the same value queue."""
+    telecom = {t.get("system"): t.get("value") for t in patient.get("telecom", [])}
     for field, code in (("email", "email"), ("phone_e164", "phone")):
-        value = d.fields[field]
+        value = telecom.get(code)
         if not value:
             continue
         await conn.execute(
@@ -295,10 +297,10 @@ async def _unique(conn: Connection, d: Demographics, own_id: str | None) -> None
 
 async def create(ctx: Context, conn: Connection, body: Any) -> StoredVersion:
     d = validate(body, ctx.clock().date())
-    await _unique(conn, d, None)
     id = str(uuid.uuid4())
     now = ctx.clock()
     resource = to_fhir(d, id, now.isoformat())
+    await _unique(conn, resource, None)
     ctx.validator.validate(resource, expected_type="Patient")
     version = new_version(
         ctx.as_server(), resource, id=id, version_id=1, last_updated=now, method="POST"
@@ -334,9 +336,9 @@ async def replace(
             "version_mismatch",
             f"the patient is at version {locked.version_id}, not {if_match}",
         )
-    await _unique(conn, d, id)
     stored = from_fhir(await _current(conn, id))
     resource = to_fhir(d, id, stored["created_at"])
+    await _unique(conn, resource, id)
     ctx.validator.validate(resource, expected_type="Patient")
     await rewrite(ctx.as_server(), conn, "Patient", id, resource)
     return await _current(conn, id)
@@ -367,7 +369,7 @@ async def restore(ctx: Context, conn: Connection, id: str) -> StoredVersion:
     assert before is not None and before.content is not None
     content = parse_json(before.content)
     # someone may have taken its email or phone while it was deleted
-    await _unique_raw(conn, content, id)
+    await _unique(conn, content, id)
     version = new_version(
         ctx.as_server(),
         content,
@@ -378,12 +380,6 @@ async def restore(ctx: Context, conn: Connection, id: str) -> StoredVersion:
     )
     await repository.write_version(conn, version)
     return await _current(conn, id)
-
-
-async def _unique_raw(conn: Connection, content: dict[str, Any], id: str) -> None:
-    telecom = {t.get("system"): t.get("value") for t in content.get("telecom", [])}
-    fields = {"email": telecom.get("email"), "phone_e164": telecom.get("phone")}
-    await _unique(conn, Demographics({**dict.fromkeys(FIELDS), **fields}), id)
 
 
 async def list_patients(ctx: Context, conn: Connection, query: dict[str, str]) -> dict[str, Any]:

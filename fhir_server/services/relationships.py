@@ -16,11 +16,10 @@ import time
 from datetime import date, datetime
 from typing import Any
 
-from compartments.engine import CONSENT_SCOPE_SYSTEM, Decision, Target
-from fhir_server.auth.tokens import principal_from_claims
+from compartments.engine import CONSENT_SCOPE_SYSTEM, Target
 from fhir_server.metrics import DELEGATION_REQUESTS, RELATIONSHIP_VERIFICATIONS, VERIFICATION_TIME
 from fhir_server.services import create
-from fhir_server.services.access import Audited, Guard, load_guard, reference_of
+from fhir_server.services.access import Guard, as_user, reference_of
 from fhir_server.services.context import Context
 from fhir_server.services.family import rewrite
 from fhir_server.services.resources import parse_json
@@ -111,22 +110,6 @@ def _may_ask(guard: Guard, *about: str) -> bool:
     return any(i.reference in about and i.verified for i in guard.identities)
 
 
-async def _guard_of(ctx: Context, conn: Connection, requester: str) -> Guard:
-    """The requester's guard, as a `user/*.rs` token of its own would give it."""
-    principal = principal_from_claims(
-        {"sub": requester, "fhirUser": requester, "scope": "user/*.rs"}
-    )
-    return await load_guard(
-        conn,
-        principal,
-        ctx.guard.policy,
-        today=ctx.clock().date(),
-        majority_age=ctx.settings.majority_age,
-        emergency_bypass=False,
-        admin_role="",
-    )
-
-
 async def verify(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
     started = time.perf_counter()
     try:
@@ -156,7 +139,7 @@ async def _verify(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
         raise RelationshipError(
             403, "not_authorized", "only the requesting user, the patient or a service may ask"
         )
-    guard = await _guard_of(ctx, conn, requester)
+    guard = await as_user(conn, ctx.guard, requester, "user/*.rs")
     target = Target(frozenset({patient}))
     decisions = {
         scope: guard.decide("read", PROBES[DATA_SCOPES[scope]], target) for scope in requested
@@ -286,17 +269,8 @@ async def _delegate(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]
     version = create.creation(server, consent, create.new_id(), method="POST")
     await repository.insert_new(conn, version)
     reference = f"Consent/{version.id}"
-    guard.audited.append(
-        Audited(
-            "create",
-            "Consent",
-            reference,
-            Decision(
-                allowed=True,
-                explanation=f"delegation to {delegate_ref} ({status})",
-                compartments=frozenset({patient}),
-            ),
-        )
+    guard.record_workflow(
+        "create", reference, f"delegation to {delegate_ref} ({status})", [patient]
     )
     return _delegation(reference, consent, patient, delegate_ref, scopes, expires)
 
@@ -383,15 +357,8 @@ async def approve(ctx: Context, conn: Connection, delegation_id: str) -> dict[st
         )
     consent["status"] = "active"
     await rewrite(ctx.as_server(), conn, "Consent", delegation_id, consent)
-    ctx.guard.audited.append(
-        Audited(
-            "update",
-            "Consent",
-            f"Consent/{delegation_id}",
-            Decision(
-                allowed=True, explanation="delegation approved", compartments=frozenset({patient})
-            ),
-        )
+    ctx.guard.record_workflow(
+        "update", f"Consent/{delegation_id}", "delegation approved", [patient]
     )
     DELEGATION_REQUESTS.labels(status="approved").inc()
     codes = [

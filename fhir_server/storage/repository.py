@@ -263,18 +263,21 @@ def array_literal(values: frozenset[str]) -> str:
     return "{" + ",".join(quoted) + "}"
 
 
-async def read_granted(
-    conn: Connection, resource_type: str, id: str, grant: Grant
-) -> tuple[int, StoredVersion | None]:
-    """The access epoch and the current version, if `grant` (compartments and creators only)
-    lets the caller see it."""
-    params = {
+def _granted(resource_type: str, id: str, grant: Grant) -> dict[str, Any]:
+    return {
         "t": resource_type,
         "i": id,
         "c": array_literal(grant.compartments),
         "cr": array_literal(grant.creators),
     }
-    row = await fetch_one(conn, _read_granted_epoch, params)
+
+
+async def read_granted(
+    conn: Connection, resource_type: str, id: str, grant: Grant
+) -> tuple[int, StoredVersion | None]:
+    """The access epoch and the current version, if `grant` (compartments and creators only)
+    lets the caller see it."""
+    row = await fetch_one(conn, _read_granted_epoch, _granted(resource_type, id, grant))
     assert row is not None, "migration 0003 creates the access epoch"
     epoch, version_id, last_updated, deleted, content = row
     found = (
@@ -297,12 +300,7 @@ async def read_current(
         params: dict[str, Any] = {"t": resource_type, "i": id}
     elif grant.within is None and not grant.criteria:
         statement = _read_granted
-        params = {
-            "t": resource_type,
-            "i": id,
-            "c": array_literal(grant.compartments),
-            "cr": array_literal(grant.creators),
-        }
+        params = _granted(resource_type, id, grant)
     else:
         statement = select(*_current_cols).where(
             resources.c.resource_type == resource_type,
