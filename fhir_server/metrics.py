@@ -31,6 +31,11 @@ VERIFICATION_TIME = Histogram(
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
     registry=REGISTRY,
 )
+EMERGENCY_ACCESSES = Counter(
+    "emergency_accesses",
+    "Break-glass (emergency bypass) accesses granted, each also audited as an AuditEvent",
+    registry=REGISTRY,
+)
 
 
 REQUESTS = Counter(

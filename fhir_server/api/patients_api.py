@@ -136,8 +136,15 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
             id = tail.removesuffix(":restore")
             async with rt.db.transaction() as conn:
                 found = await service.restore(ctx, conn, id)
-            _audit(guard, "update", id)
+            _audit(guard, "restore", id)
             return json_response(service.from_fhir(found), 200, _etag(found.version_id))
+        if action == "audit":
+            async with rt.db.connection() as conn:
+                answer = await service.changes(conn, id, dict(request.query_params))
+            guard.record_workflow(
+                "search", None, "Patient Service API: audit trail", [f"Patient/{id}"]
+            )
+            return json_response(answer)
         async with rt.db.connection() as conn:
             answer = await service.list_patients(ctx, conn, dict(request.query_params))
         _audit(guard, "search", None)
@@ -190,11 +197,16 @@ async def restore(request: Request) -> Response:
     return await _handle(request, "restore", True)
 
 
+async def audit_trail(request: Request) -> Response:
+    return await _handle(request, "audit", False)
+
+
 def install(app: FastAPI) -> None:
     add = app.add_api_route
     add("/api/v1/patients", create, methods=["POST"])
     add("/api/v1/patients", listing, methods=["GET"])
     add("/api/v1/patients/{tail}", restore, methods=["POST"])
     add("/api/v1/patients/{patient_id}", read, methods=["GET"])
+    add("/api/v1/patients/{patient_id}/audit", audit_trail, methods=["GET"])
     add("/api/v1/patients/{patient_id}", replace, methods=["PUT"])
     add("/api/v1/patients/{patient_id}", delete, methods=["DELETE"])

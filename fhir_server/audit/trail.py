@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg import AsyncConnection
 
+from fhir_server.metrics import EMERGENCY_ACCESSES
 from fhir_server.search.index import IndexRows, date_range, normalize_string
 from fhir_server.services.access import Audited, Guard
 from fhir_server.services.context import Context
@@ -48,6 +49,7 @@ _ACTIONS = {
     "update": "U",
     "patch": "U",
     "delete": "D",
+    "restore": "U",
 }
 _INTERACTIONS = {"history": "history-instance", "search": "search-type"}
 
@@ -68,6 +70,10 @@ class Record(NamedTuple):
     patients: tuple[str, ...]
     purpose_of_use: str | None
     purpose_text: str | None
+    diff: str | None  # a write's value-less JSON Patch (services/changes.py)
+
+
+WRITES = frozenset({"create", "update", "patch", "delete", "restore"})
 
 
 def record_of(guard: Guard, audited: Audited, recorded: datetime) -> Record:
@@ -92,6 +98,11 @@ def record_of(guard: Guard, audited: Audited, recorded: datetime) -> Record:
         ],
         purpose_of_use=guard.purpose_of_use,
         purpose_text=guard.reason,
+        diff=(
+            guard.changes.get(audited.resource)
+            if decision.allowed and audited.operation in WRITES and audited.resource
+            else None
+        ),
     )
 
 
@@ -105,7 +116,10 @@ def audit_event(record: Record, endpoint: str) -> dict[str, Any]:
         who = {"reference": record.account}
     entities: list[dict[str, Any]] = []
     if record.resource is not None:
-        entities.append({"what": {"reference": record.resource}})
+        entity: dict[str, Any] = {"what": {"reference": record.resource}}
+        if record.diff is not None:
+            entity["detail"] = [{"type": "diff", "valueString": record.diff}]
+        entities.append(entity)
     for patient in record.patients:
         if patient != record.resource:
             entities.append(
@@ -311,6 +325,7 @@ class AuditTrail:
                 continue
             urgent.append(self._version(record))
             if record.emergency:
+                EMERGENCY_ACCESSES.inc()
                 log.warning("emergency access by %s to %s", record.account, record.resource)
         if urgent:
             await self._write(urgent)

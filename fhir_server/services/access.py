@@ -37,6 +37,7 @@ from fhir_server.auth.tokens import Principal, principal_from_claims
 from fhir_server.errors import AccessDenied, BadRequest, Unauthorized
 from fhir_server.metrics import RELATIONSHIP_CACHE_HITS
 from fhir_server.search.query import parse_search
+from fhir_server.services import changes
 from fhir_server.storage import repository
 from fhir_server.storage.search_sql import UNRESTRICTED, Grant
 from fhir_server.storage.sql import Connection, Statement, fetch_all
@@ -78,6 +79,8 @@ class Guard:
     purpose_of_use: str | None = None
     reason: str | None = None
     audited: list[Audited] = field(default_factory=list)
+    # "Patient/1" -> what this request's write of it changed (services/changes.py), for the audit
+    changes: dict[str, str] = field(default_factory=dict)
     # Facts taken from the cache without reading the access epoch yet (`load_guard(...,
     # optimistic=True)`): the epoch they were loaded at. The caller must `verify` them, or read
     # the epoch in the same statement as its data (services/read.py), before answering.
@@ -222,6 +225,12 @@ class Guard:
         self, operation: str, resource_type: str | None, resource: str | None, decision: Decision
     ) -> None:
         self.audited.append(Audited(operation, resource_type, resource, decision))
+
+    def changed(
+        self, resource: str, before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
+    ) -> None:
+        """Note what a write of `resource` changed (paths, no values) for its AuditEvent."""
+        self.changes[resource] = changes.encode(changes.diff(before, after))
 
     def record_workflow(
         self, operation: str, resource: str | None, why: str, patients: Iterable[str] = ()

@@ -56,6 +56,7 @@ async def create(
     version = creation(ctx, resource, new_id(), method="POST")
     inserted = await repository.insert_new(conn, version)
     assert inserted, "a fresh UUID collided"
+    ctx.guard.changed(f"{resource_type}/{version.id}", None, resource)
     return Result.written(201, version)
 
 

@@ -30,4 +30,5 @@ async def delete(ctx: Context, conn: Connection, resource_type: str, id: str) ->
         compartments=locked.compartments,
     )
     await repository.write_version(conn, version)
+    guard.changed(f"{resource_type}/{id}", {}, None)
     return version.version_id

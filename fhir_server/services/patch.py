@@ -74,4 +74,5 @@ async def patch(
     )
     check_result(guard, "patch", version, locked.created_by)
     await repository.write_version(conn, version)
+    guard.changed(f"{resource_type}/{id}", stored, resource)
     return Result.written(200, version)

@@ -14,11 +14,13 @@ from datetime import date, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from fhir_server.errors import FhirError
 from fhir_server.services import patient_profile, search
 from fhir_server.services.context import Context
 from fhir_server.services.family import rewrite
 from fhir_server.services.resources import deletion, dump_json, new_version, parse_json
 from fhir_server.storage import repository
+from fhir_server.storage.cursors import decode_cursor, encode_cursor
 from fhir_server.storage.repository import StoredVersion
 from fhir_server.storage.sql import Connection, Statement, fetch_all
 
@@ -306,7 +308,15 @@ async def create(ctx: Context, conn: Connection, body: Any) -> StoredVersion:
         ctx.as_server(), resource, id=id, version_id=1, last_updated=now, method="POST"
     )
     await repository.insert_new(conn, version)
-    return await _current(conn, id)
+    found = await _current(conn, id)
+    ctx.guard.changed(f"Patient/{id}", None, _demographics(from_fhir(found), present=True))
+    return found
+
+
+def _demographics(view: dict[str, Any], *, present: bool = False) -> dict[str, Any]:
+    """The demographic fields of the API's view (what a write's audit diff compares), without
+    the bookkeeping; `present`: only those with a value."""
+    return {k: v for k, v in view.items() if k in FIELDS and (v is not None or not present)}
 
 
 async def _current(conn: Connection, id: str) -> StoredVersion:
@@ -341,7 +351,9 @@ async def replace(
     await _unique(conn, resource, id)
     ctx.validator.validate(resource, expected_type="Patient")
     await rewrite(ctx.as_server(), conn, "Patient", id, resource)
-    return await _current(conn, id)
+    found = await _current(conn, id)
+    ctx.guard.changed(f"Patient/{id}", _demographics(stored), _demographics(from_fhir(found)))
+    return found
 
 
 async def delete(ctx: Context, conn: Connection, id: str) -> None:
@@ -357,6 +369,7 @@ async def delete(ctx: Context, conn: Connection, id: str) -> None:
         compartments=locked.compartments,
     )
     await repository.write_version(conn, version)
+    ctx.guard.changed(f"Patient/{id}", {"is_deleted": False}, {"is_deleted": True})
 
 
 async def restore(ctx: Context, conn: Connection, id: str) -> StoredVersion:
@@ -379,6 +392,7 @@ async def restore(ctx: Context, conn: Connection, id: str) -> StoredVersion:
         method="PUT",
     )
     await repository.write_version(conn, version)
+    ctx.guard.changed(f"Patient/{id}", {"is_deleted": True}, {"is_deleted": False})
     return await _current(conn, id)
 
 
@@ -424,4 +438,49 @@ async def list_patients(ctx: Context, conn: Connection, query: dict[str, str]) -
         (link["url"] for link in bundle.get("link", []) if link["relation"] == "next"), None
     )
     cursor = parse_qs(urlparse(next_link).query).get("_page", [None])[0] if next_link else None
+    return {"items": items, "next_cursor": cursor}
+
+
+_CHANGE_ACTIONS = {"C": "create", "U": "update", "D": "delete"}
+
+
+async def changes(conn: Connection, id: str, query: dict[str, str]) -> dict[str, Any]:
+    """`GET /api/v1/patients/{id}/audit`: the audit trail of the patient's changes, newest
+    first, as the specification's AuditLog (`audit_id, actor, action, patient_id, diff,
+    occurred_at`); `diff` names the fields changed, never their values."""
+    unknown = sorted(set(query) - {"limit", "cursor"})
+    if unknown:
+        raise PatientApiError(400, "invalid_query", f"unknown parameters: {', '.join(unknown)}")
+    limit = query.get("limit", "20")
+    if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
+        raise PatientApiError(400, "invalid_query", f"`limit` must be 1 to {MAX_LIMIT}")
+    before = None
+    if "cursor" in query:
+        try:
+            before = decode_cursor(query["cursor"], 2)
+        except FhirError:
+            raise PatientApiError(400, "invalid_query", "`cursor` was not given out here") from None
+    await _current(conn, id)  # 404 for a patient never known (a deleted one has its trail)
+    events = await repository.change_events(conn, f"Patient/{id}", int(limit), before)
+    items = []
+    for event in events:
+        agent = event["agent"][0]["who"]
+        subtype = event.get("subtype", [{}])[0].get("code")
+        detail = next(
+            (d["valueString"] for d in event["entity"][0].get("detail", ()) if d["type"] == "diff"),
+            None,
+        )
+        items.append(
+            {
+                "audit_id": event["id"],
+                "actor": agent.get("reference") or agent.get("identifier", {}).get("value"),
+                "action": "restore" if subtype == "restore" else _CHANGE_ACTIONS[event["action"]],
+                "patient_id": id,
+                "diff": None if detail is None else parse_json(detail),
+                "occurred_at": event["recorded"],
+            }
+        )
+    cursor = None
+    if len(events) == int(limit):
+        cursor = encode_cursor((events[-1]["recorded"], events[-1]["id"]))
     return {"items": items, "next_cursor": cursor}

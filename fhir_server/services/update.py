@@ -69,14 +69,15 @@ async def update(
                     "resources by update"
                 )
             if await repository.insert_new(conn, version):
+                guard.changed(f"{resource_type}/{id}", None, resource)
                 return Result.written(201, version)
             # Someone created it between our lock attempt and insert: take the update path.
             continue
         # the stored version first: nothing about it (not even its version) before that
         check_stored(guard, "update", resource_type, id, locked.compartments, locked.created_by)
         check_precondition(f"{resource_type}/{id}", locked.version_id, if_match)
+        stored = await stored_content(conn, resource_type, id)
         if not guard.privileged:
-            stored = await stored_content(conn, resource_type, id)
             protect_meta(guard, resource, stored)
             protect_links(guard, resource, stored)
         version = new_version(
@@ -89,6 +90,7 @@ async def update(
         )
         check_result(guard, "update", version, locked.created_by)
         await repository.write_version(conn, version)
+        guard.changed(f"{resource_type}/{id}", stored, resource)
         return Result.written(201 if locked.deleted else 200, version)
     raise PreconditionFailed(f"`{resource_type}/{id}` is being created concurrently; retry")
 

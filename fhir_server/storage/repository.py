@@ -516,3 +516,28 @@ async def replace_index(conn: Connection, entries: Sequence[tuple[str, str, Inde
         await execute_many(conn, _reindex, params)
         # access facts are found through the reference index
         await bump_access_epoch(conn)
+
+
+_change_events = Statement(
+    """
+SELECT id, content FROM resources
+WHERE resource_type = 'AuditEvent' AND compartments @> ARRAY[%(ref)s]::text[]
+  AND content->'entity'->0->'what'->>'reference' = %(ref)s
+  AND content->>'action' IN ('C', 'U', 'D') AND content->>'outcome' = '0'
+  AND (%(recorded)s::text IS NULL OR (content->>'recorded', id) < (%(recorded)s, %(id)s))
+ORDER BY content->>'recorded' DESC, id DESC
+LIMIT %(n)s
+"""
+)
+
+
+async def change_events(
+    conn: Connection, reference: str, limit: int, before: tuple[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """The AuditEvents of the writes made to `reference` ("Patient/1"), newest first: those
+    recorded before `before` ((recorded, event id), the last of a previous page) when given."""
+    recorded, id = before if before is not None else (None, None)
+    rows = await fetch_all(
+        conn, _change_events, {"ref": reference, "recorded": recorded, "id": id, "n": limit}
+    )
+    return [content for _, content in rows]

@@ -6,6 +6,7 @@ followed by proof that nothing changed.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -588,6 +589,13 @@ def emergency_server(database_url: str) -> Iterator[LiveServer]:
         yield server
 
 
+def emergency_accesses(server: LiveServer) -> float:
+    text = httpx.get(f"{server.origin}/metrics").text
+    found = re.search(r"^emergency_accesses_total (\S+)$", text, re.M)
+    assert found is not None
+    return float(found.group(1))
+
+
 def test_break_glass_is_allowed_flagged_and_audited(
     world: World, emergency_server: LiveServer, db: psycopg.Connection[Any]
 ) -> None:
@@ -600,9 +608,12 @@ def test_break_glass_is_allowed_flagged_and_audited(
         "invalid_compartment"
     )
     emergency = {**headers, "X-Purpose-Of-Use": "BTG", "X-Break-Glass-Reason": "unconscious"}
+    before = emergency_accesses(emergency_server)
     response = httpx.get(url, headers=emergency)
     assert response.status_code == 200, response.text
     assert response.headers["X-Emergency-Access"].startswith("break-glass")
+    # counted for the alert on any emergency bypass (deploy/prometheus/alerts.yml)
+    assert emergency_accesses(emergency_server) == before + 1
     # written before the response: no waiting for the batch
     event = db.execute(
         "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"

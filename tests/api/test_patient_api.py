@@ -4,11 +4,13 @@ Patient in both directions."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from fhir_server.settings import Settings
@@ -222,3 +224,82 @@ def test_the_rules_as_a_profile_for_fhir_patient_writes(
     )
     # without the profile, FHIR writes follow R4 alone
     assert httpx.post(f"{server.origin}/fhir/Patient", json=bad, headers=auth()).status_code == 201
+
+
+def wait_for_trail(api: httpx.Client, id: str, count: int, **params: Any) -> dict[str, Any]:
+    """The audit trail once `count` changes are in it (the writer process stores allowed
+    events within about half a second)."""
+    deadline = time.monotonic() + 15
+    while True:
+        trail = api.get(f"/patients/{id}/audit", params=params)
+        assert trail.status_code == 200, trail.text
+        body: dict[str, Any] = trail.json()
+        if len(body["items"]) >= count or time.monotonic() > deadline:
+            return body
+        time.sleep(0.2)
+
+
+def test_every_change_is_in_the_audit_trail_with_a_diff_and_no_values(
+    api: httpx.Client, server: LiveServer
+) -> None:
+    patient = api.post("/patients", json=jane()).json()
+    id = patient["patient_id"]
+    changed = {
+        **jane(family_name=patient["family_name"], phone_e164=patient["phone_e164"]),
+        "email": patient["email"],
+        "given_name": "Janelle",
+        "address": {**jane()["address"], "city": "Mombasa"},
+    }
+    assert api.put(f"/patients/{id}", json=changed, headers={"If-Match": 'W/"1"'}).is_success
+    assert api.delete(f"/patients/{id}").status_code == 204
+    assert api.post(f"/patients/{id}:restore").status_code == 200
+    # a change through FHIR is in the same trail, in FHIR's terms
+    fhir = httpx.get(f"{server.origin}/fhir/Patient/{id}", headers=auth()).json()
+    fhir["birthDate"] = "1991-05-02"
+    # a denied write is no change
+    assert (
+        httpx.put(
+            f"{server.origin}/fhir/Patient/{id}", json=fhir, headers=auth("Practitioner/p1")
+        ).status_code
+        == 403
+    )
+    system_put = httpx.put(f"{server.origin}/fhir/Patient/{id}", json=fhir, headers=auth())
+    assert system_put.status_code == 200, system_put.text
+
+    trail = wait_for_trail(api, id, 5)["items"]
+    assert [e["action"] for e in trail] == ["update", "restore", "delete", "update", "create"]
+    assert all(e["patient_id"] == id and e["occurred_at"] for e in trail)
+    assert trail[1]["actor"] == trail[4]["actor"] == "System/api-key:tests"
+    assert trail[0]["actor"].startswith("System/") and trail[0]["actor"] != trail[1]["actor"]
+    assert trail[0]["diff"] == [{"op": "replace", "path": "/birthDate"}]
+    assert trail[1]["diff"] == [{"op": "replace", "path": "/is_deleted"}]
+    assert trail[2]["diff"] == [{"op": "replace", "path": "/is_deleted"}]
+    assert trail[3]["diff"] == [
+        {"op": "replace", "path": "/given_name"},
+        {"op": "replace", "path": "/address/city"},
+    ]
+    assert {"op": "add", "path": "/email"} in trail[4]["diff"]
+    # never a value: not in the answer, not in the stored events
+    text = orjson.dumps(trail).decode()
+    events = httpx.get(
+        f"{server.origin}/fhir/AuditEvent", params={"entity": f"Patient/{id}"}, headers=auth()
+    ).text
+    for phi in ("Janelle", "Jane", "Mombasa", "Nairobi", "1990-04-01", "1991-05-02"):
+        assert phi not in text and phi not in events
+    assert patient["email"] not in events and patient["phone_e164"] not in events
+
+    # paging, newest first
+    first = api.get(f"/patients/{id}/audit", params={"limit": 2}).json()
+    assert [e["action"] for e in first["items"]] == ["update", "restore"]
+    rest = api.get(f"/patients/{id}/audit", params={"cursor": first["next_cursor"]}).json()
+    assert [e["action"] for e in rest["items"]] == ["delete", "update", "create"]
+    assert rest["next_cursor"] is None
+
+
+def test_the_audit_trail_errors(api: httpx.Client) -> None:
+    missing = api.get(f"/patients/{uuid.uuid4()}/audit")
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+    id = api.post("/patients", json=jane()).json()["patient_id"]
+    for params in ({"limit": "0"}, {"cursor": "nonsense"}, {"actor": "x"}):
+        bad = api.get(f"/patients/{id}/audit", params=params)
+        assert bad.status_code == 400 and bad.json()["code"] == "invalid_query", params
