@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+import fhir_server.tracing as tracing
 from capability.definitions import resource_types
 from compartments.policy import Policy, PolicyError, Rule, default_policy, load_policy
 from fhir_server.api import errors, fhir, graphql, ops, patients_api, relationships, smart
@@ -89,6 +90,7 @@ async def _purge_idempotency_keys(db: Database, every_seconds: float = 600) -> N
 def create_app(settings: Settings, database_url: str) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing.configure()  # before the pool: its connections trace their statements
         verifier = TokenVerifier(token_settings(settings))
         policy = Policy(load_policy_file(settings.policy_file))
         db = Database(database_url, pool_size=settings.db_pool_size)
@@ -132,6 +134,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
             if registry is not None:
                 await registry.close()
             await db.close()
+            tracing.shutdown()
 
     app = FastAPI(
         title="FHIR R4 server",
@@ -140,6 +143,10 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # FastAPI's own OpenTelemetry spans record `url.path` and `url.query`, and a FHIR
+        # search's query is PHI (`Patient?family=...&birthdate=...`): the server's spans are
+        # fhir_server/tracing.py's, which carry the route template only.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     errors.install(app)
     fhir.install(app)

@@ -53,7 +53,7 @@ REQUEST_DURATION = Histogram(
 )
 DB_POOL = Gauge(
     "db_pool_connections",
-    "Database pool figures at the last scrape (size, available, requests_waiting)",
+    "Database pool figures at the last scrape (max, size, available, requests_waiting)",
     ["figure"],
     registry=REGISTRY,
 )

@@ -7,9 +7,12 @@ serving the app on a free loopback port in a background thread.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -144,6 +147,54 @@ class LiveServer:
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+@contextlib.contextmanager
+def server_processes(
+    database_url: str, logs: Path, count: int = 1, env: dict[str, str] | None = None
+) -> Iterator[list[str]]:
+    """`count` real `fhir-server serve` processes on the database (their logs in `logs`): the
+    base URLs, once every one is ready."""
+    exe = str(Path(sys.executable).parent / "fhir-server")
+    procs, bases, files = [], [], []
+    try:
+        for n in range(count):
+            port = _free_port()
+            log = (logs / f"server-{n}.log").open("wb")
+            files.append(log)
+            settings = {
+                **os.environ,
+                "POSTGRES_URL": database_url,
+                "FHIR_MIGRATE_ON_START": "false",
+                "FHIR_DATA_DIR": str(KEYS_DIR),  # the key the tests sign with
+                "HOST": "127.0.0.1",
+                "PORT": str(port),
+                "LOG_LEVEL": os.environ.get("TEST_SERVER_LOG_LEVEL", "warning"),
+                **(env or {}),
+            }
+            procs.append(
+                subprocess.Popen([exe, "serve"], env=settings, stdout=log, stderr=subprocess.STDOUT)
+            )
+            bases.append(f"http://127.0.0.1:{port}")
+        deadline = time.monotonic() + 60
+        for n, (base, proc) in enumerate(zip(bases, procs, strict=True)):
+            while True:
+                assert proc.poll() is None, (logs / f"server-{n}.log").read_text()[-2000:]
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                assert time.monotonic() < deadline, "the servers did not start"
+                time.sleep(0.2)
+        yield bases
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(20)
+        for log in files:
+            log.close()
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,9 @@ than Starlette's BaseHTTPMiddleware).
 
 Per request: Prometheus `http_requests_total{method, route, status}` and
 `http_request_duration_seconds{method, route}`, and, at INFO, one JSON log line with the request
-id (`X-Request-ID`, made up when absent and returned), the W3C trace id (from `traceparent`), the
-acting account, the route template, status and duration. Never a body, a query string or a
+id (`X-Request-ID`, made up when absent and returned), the W3C trace id (from `traceparent`, or
+the request's own trace when tracing is on), the acting account, the route template, status and
+duration; with tracing on (fhir_server/tracing.py), the request's server span. Never a body, a query string or a
 concrete path: the route template (`/fhir/{type}/{id}`) carries no PHI.
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import fhir_server.tracing as tracing
 from fhir_server.metrics import REQUEST_DURATION, REQUESTS
 
 log = logging.getLogger("fhir_server.requests")
@@ -42,12 +44,18 @@ class RequestObservation:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        given = traceparent = b""
+        given = traceparent = tracestate = b""
         for name, value in scope["headers"]:
             if name == b"x-request-id":
                 given = value
             elif name == b"traceparent":
                 traceparent = value
+            elif name == b"tracestate":
+                tracestate = value
+        method = scope["method"]
+        span = None
+        if tracing.enabled():
+            span, span_token = tracing.start_request(method, traceparent, tracestate)
         request_id = given.decode("latin-1") if given else ""
         if not _REQUEST_ID.match(request_id):
             request_id = f"{_PROCESS}-{next(_COUNT):x}"
@@ -67,15 +75,20 @@ class RequestObservation:
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            method = scope["method"]
             _observe(method, route, status, elapsed)
+            if span is not None:
+                tracing.end_request(span, span_token, method, route, status)
             if log.isEnabledFor(logging.INFO):
-                match = _TRACEPARENT.match(traceparent.decode("latin-1"))
+                if span is not None:
+                    trace_id: str | None = tracing.trace_id(span)
+                else:
+                    match = _TRACEPARENT.match(traceparent.decode("latin-1"))
+                    trace_id = match.group(1) if match else None
                 log.info(
                     "request",
                     extra={
                         "request_id": request_id,
-                        "trace_id": match.group(1) if match else None,
+                        "trace_id": trace_id,
                         "actor": ACTOR.get(),
                         "method": method,
                         "route": route,

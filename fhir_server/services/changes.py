@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 # Bookkeeping that changes on every write and says nothing about what the writer changed.
-IGNORED = frozenset({"/meta/versionId", "/meta/lastUpdated"})
+BOOKKEEPING = frozenset({"versionId", "lastUpdated"})
 # A change touching more paths is told with shorter paths (AuditEvent details stay small).
 MAX_OPERATIONS = 50
 
@@ -52,8 +52,18 @@ def diff(before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> l
             if key not in {"resourceType", "id", "meta"}
         ]
     out: list[dict[str, str]] = []
-    _walk(before, after, "", out)
-    return [o for o in out if o["path"] not in IGNORED]
+    _walk(_written(before), _written(after), "", out)
+    return out
+
+
+def _written(document: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The document without the server's bookkeeping: a client that sends no `meta` changes
+    nothing of it."""
+    meta = document.get("meta")
+    if not isinstance(meta, Mapping) or not BOOKKEEPING.intersection(meta):
+        return document
+    rest = {k: v for k, v in meta.items() if k not in BOOKKEEPING}
+    return {k: v for k, v in document.items() if k != "meta"} | ({"meta": rest} if rest else {})
 
 
 def encode(operations: list[dict[str, str]]) -> str:

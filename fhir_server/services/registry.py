@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from opentelemetry.trace import SpanKind
 
+import fhir_server.tracing as tracing
 from fhir_server.errors import BadGateway, GatewayTimeout
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,10 @@ class ClientRegistry:
 
     async def find_patient(self, system: str, value: str) -> dict[str, Any] | None:
         """The registry's one Patient with this identifier, or None; 502 when it has several."""
-        bundle = await self._get("/Patient", {"identifier": f"{system}|{value}"})
+        with tracing.tracer.start_as_current_span(
+            "Client Registry GET /Patient", kind=SpanKind.CLIENT
+        ):
+            bundle = await self._get("/Patient", {"identifier": f"{system}|{value}"})
         patients = [
             e["resource"]
             for e in bundle.get("entry", [])
@@ -70,7 +75,7 @@ class ClientRegistry:
         for attempt in range(attempts):
             last = attempt == attempts - 1
             try:
-                response = await self._client.get(path, params=params)
+                response = await self._client.get(path, params=params, headers=tracing.inject({}))
             except httpx.TimeoutException:
                 if last:
                     raise GatewayTimeout("the Client Registry did not answer in time") from None

@@ -6,16 +6,18 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import cache
 from importlib import resources
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Connection, create_engine, pool
 from sqlalchemy.engine import make_url
 
+import fhir_server.tracing as tracing
 from fhir_server.storage import sql
 
 
@@ -35,6 +37,19 @@ def libpq_url(url: str) -> str:
     return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
+class TracedCursor(AsyncCursor[Any]):
+    """psycopg's cursor, with a span around each statement (used only when tracing is on)."""
+
+    async def execute(self, query: Any, params: Any = None, **kw: Any) -> TracedCursor:
+        with tracing.statement_span(str(query)):
+            await super().execute(query, params, **kw)
+        return self
+
+    async def executemany(self, query: Any, params_seq: Any, **kw: Any) -> None:
+        with tracing.statement_span(str(query)):
+            await super().executemany(query, params_seq, **kw)
+
+
 class Database:
     """The server's pool of PostgreSQL connections.
 
@@ -51,7 +66,11 @@ class Database:
             self._url,
             min_size=pool_size,
             max_size=pool_size,
-            kwargs={"autocommit": True, "options": self.OPTIONS},
+            kwargs={
+                "autocommit": True,
+                "options": self.OPTIONS,
+                **({"cursor_factory": TracedCursor} if tracing.enabled() else {}),
+            },
             open=False,
             name="fhir",
         )
@@ -67,9 +86,10 @@ class Database:
         await self._pool.close()
 
     def stats(self) -> dict[str, int]:
-        """The pool's size, idle connections and waiting requests, for /metrics."""
+        """The pool's size and its limit, idle connections and waiting requests, for /metrics."""
         stats = self._pool.get_stats()
         return {
+            "max": stats.get("pool_max", 0),
             "size": stats.get("pool_size", 0),
             "available": stats.get("pool_available", 0),
             "requests_waiting": stats.get("requests_waiting", 0),

@@ -69,7 +69,13 @@ def test_no_phi_reaches_the_logs(live_server: LiveServer, caplog: pytest.LogCapt
 
 def test_metrics_have_requests_latency_and_the_pool(live_server: LiveServer) -> None:
     httpx.get(f"{live_server.origin}/fhir/metadata")
+    # reads are plain Starlette routes: labelled by their template too, never `unmatched`
+    assert httpx.get(f"{live_server.origin}/fhir/Patient/nobody", headers=auth()).is_error
     text = httpx.get(f"{live_server.origin}/metrics").text
     assert 'http_requests_total{method="GET",route="/fhir/metadata",status="200"}' in text
+    assert 'route="/fhir/{type}/{id:fhir_id}",status="404"' in text
+    # `unmatched` is for paths no route serves (404), never for an answered request
+    assert 'route="unmatched",status="2' not in text
+    assert 'db_pool_connections{figure="max"}' in text
     assert "http_request_duration_seconds_bucket" in text
     assert 'db_pool_connections{figure="size"}' in text

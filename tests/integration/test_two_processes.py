@@ -4,71 +4,20 @@ conflicts, idempotency keys and the invalidation of cached access facts cross pr
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.access_world import years_ago
-from tests.conftest import KEYS_DIR, auth
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.conftest import auth, server_processes
 
 
 @pytest.fixture(scope="module")
 def servers(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
-    exe = str(Path(sys.executable).parent / "fhir-server")
-    logs = tmp_path_factory.mktemp("two-processes")
-    procs, bases, files = [], [], []
-    for n in range(2):
-        port = _free_port()
-        env = {
-            **os.environ,
-            "POSTGRES_URL": database_url,
-            "FHIR_MIGRATE_ON_START": "false",
-            "FHIR_DATA_DIR": str(KEYS_DIR),  # the key the tests sign with
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "LOG_LEVEL": "warning",
-        }
-        log = (logs / f"server-{n}.log").open("wb")
-        files.append(log)
-        procs.append(
-            subprocess.Popen([exe, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
-        )
-        bases.append(f"http://127.0.0.1:{port}")
-    try:
-        deadline = time.monotonic() + 60
-        for base, proc in zip(bases, procs, strict=True):
-            while True:
-                assert proc.poll() is None, (logs / "server-0.log").read_text()[-2000:]
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "the servers did not start"
-                time.sleep(0.2)
+    with server_processes(database_url, tmp_path_factory.mktemp("two-processes"), 2) as bases:
         yield bases
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(20)
-        for log in files:
-            log.close()
 
 
 def test_etag_conflicts_cross_processes(servers: list[str]) -> None:

@@ -40,6 +40,14 @@ def test_an_update_names_the_paths_it_changed_and_none_of_the_values() -> None:
         assert value not in text
 
 
+def test_the_servers_bookkeeping_is_no_change() -> None:
+    """A client that sends no `meta` (or the stored one) changes nothing; a tag it adds is."""
+    without_meta = {k: v for k, v in BEFORE.items() if k != "meta"}
+    assert diff(BEFORE, without_meta) == []
+    tagged = {**without_meta, "meta": {"tag": [{"code": "x"}]}}
+    assert diff(BEFORE, tagged) == [{"op": "add", "path": "/meta"}]
+
+
 def test_create_and_delete() -> None:
     assert diff(None, BEFORE) == [
         {"op": "add", "path": "/name"},

@@ -14,6 +14,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "fhir_server.errors": (),
     "fhir_server.settings": (),
     "fhir_server.metrics": (),
+    "fhir_server.tracing": (),
     "fhir_server.validation": ("capability", "fhir_server.errors"),
     "fhir_server.auth": ("fhir_server.auth", "fhir_server.errors"),
     "fhir_server.search": ("capability", "fhir_server.search", "fhir_server.errors"),
@@ -23,6 +24,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "fhir_server.storage",
         "fhir_server.errors",
         "fhir_server.settings",
+        "fhir_server.tracing",
     ),
     "fhir_server.services": (
         "capability",
@@ -35,6 +37,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "fhir_server.errors",
         "fhir_server.settings",
         "fhir_server.metrics",
+        "fhir_server.tracing",
     ),
 }
 WEB_AND_DB = ("fastapi", "starlette", "sqlalchemy", "psycopg", "uvicorn")
