@@ -80,3 +80,14 @@ def test_the_api_keeps_its_data_in_a_volume_it_owns() -> None:
 def test_env_example_and_gitignore_keep_secrets_out() -> None:
     assert "POSTGRES_PASSWORD=" in (ROOT / ".env.example").read_text()
     assert ".env" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_compose_prometheus_loads_the_shipped_alerting_rules() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    prometheus = compose["services"]["prometheus"]
+    assert prometheus["profiles"] == ["tools"]
+    source, target = prometheus["volumes"][0].split(":")[:2]
+    assert (ROOT / source / "alerts.yml").exists() and target == "/etc/prometheus"
+    scrape = yaml.safe_load((ROOT / source / "prometheus.yml").read_text())["scrape_configs"]
+    api_port = compose["services"]["api"]["environment"]["PORT"]
+    assert scrape[0]["static_configs"][0]["targets"] == [f"api:{api_port}"]
