@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run migrate test test-pg check bench clean up down
+.PHONY: install run migrate test test-pg check bench load infra-check clean up down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,18 @@ check: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.run
 
+# The Patient Service load scenario: 50 requests/s, then the highest rate the machine sustains;
+# p50/p95/p99 per route against the specification's targets (docs/load.md).
+load: $(STAMP)
+	$(PY) -m bench.loadtest
+
+# Offline checks of infra/terraform, deploy/kubernetes and the Dockerfile (checkov) and the SBOM
+# build/sbom.cdx.json; the tools install into .venv-tools on first use (docs/infrastructure.md).
+infra-check: $(STAMP)
+	infra/check
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-tools build .pytest_cache .mypy_cache .ruff_cache
 
 # docker compose: PostgreSQL, the migrations job and the API on :8080 (needs POSTGRES_PASSWORD, .env)
 up:

@@ -8,7 +8,7 @@ from fhir_server.api.deps import runtime
 from fhir_server.api.responses import outcome_response
 from fhir_server.errors import Issue
 from fhir_server.metrics import DB_POOL, exposition
-from fhir_server.storage.database import head_revision, schema_revision
+from fhir_server.storage.database import head_revision, known_revisions, schema_revision
 
 
 async def healthz() -> Response:
@@ -16,7 +16,9 @@ async def healthz() -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when the database answers and its schema is at the newest migration."""
+    """Ready when the database answers and its schema is at this code's newest migration, or at
+    a newer one this code does not know: during a rollout the migrations run first, and the
+    previous version keeps serving on the newer schema (migrations only add)."""
     try:
         async with runtime(request).db.connection(wait=5) as conn:
             current = await schema_revision(conn)
@@ -25,7 +27,7 @@ async def readyz(request: Request) -> Response:
             503, [Issue("transient", f"database unreachable: {type(exc).__name__}")]
         )
     head = head_revision()
-    if current != head:
+    if current != head and (current is None or current in known_revisions()):
         return outcome_response(
             503, [Issue("transient", f"database schema at `{current}`, expected `{head}`")]
         )

@@ -133,6 +133,13 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(_alembic_config()).get_current_head()
 
 
+@cache
+def known_revisions() -> frozenset[str]:
+    """Every migration this code knows."""
+    script = ScriptDirectory.from_config(_alembic_config())
+    return frozenset(r.revision for r in script.walk_revisions())
+
+
 async def schema_revision(conn: sql.Connection) -> str | None:
     """The migration the database is at; None before the first."""
     exists = await (await conn.execute("SELECT to_regclass('alembic_version')")).fetchone()

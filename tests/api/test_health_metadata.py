@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import jsonschema
+import psycopg
 
 from capability.definitions import json_schema, resource_types
 from fhir_server.settings import Settings
@@ -23,8 +24,19 @@ def test_readyz_is_503_until_migrated(empty_database: str) -> None:
         response = httpx.get(f"{server.origin}/readyz")
         assert response.status_code == 503
         assert "schema" in response.json()["issue"][0]["diagnostics"]
+        migrate(empty_database, "0003_access")  # an older migration than this code's
+        older = httpx.get(f"{server.origin}/readyz")
+        assert older.status_code == 503 and "0003_access" in older.json()["issue"][0]["diagnostics"]
         migrate(empty_database)
         assert httpx.get(f"{server.origin}/readyz").status_code == 200
+        # a rollout migrates first: this (previous) version stays ready on a newer schema
+        with psycopg.connect(empty_database, autocommit=True) as conn:
+            (head,) = conn.execute("SELECT version_num FROM alembic_version").fetchone() or ("",)
+            conn.execute("UPDATE alembic_version SET version_num = '9999_from_the_future'")
+            try:
+                assert httpx.get(f"{server.origin}/readyz").status_code == 200
+            finally:
+                conn.execute("UPDATE alembic_version SET version_num = %s", (head,))
 
 
 def test_capability_statement(client: httpx.Client) -> None:
