@@ -12,9 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import strawberry
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from fastapi import FastAPI, Request
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry.fastapi import GraphQLRouter
+from strawberry.http import GraphQLRequestData
+from strawberry.http.parse_content_type import parse_content_type
 from strawberry.types import Info
 
 from fhir_server.api.deps import Interaction, interaction
@@ -211,10 +214,30 @@ async def _context(request: Request) -> dict[str, Any]:
     return {"fhir": interaction(request)}
 
 
+class _Router(GraphQLRouter[dict[str, Any], None]):
+    """strawberry's router, answering 400 where strawberry fails with a server error: a body
+    that is not UTF-8, or JSON that is neither an object nor a batch."""
+
+    def parse_json(self, data: str | bytes) -> Any:
+        try:
+            return super().parse_json(data)
+        except UnicodeDecodeError:
+            raise HTTPException(400, "Unable to parse request body as JSON") from None
+
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        if request.method == "POST":
+            media, _ = parse_content_type(request.content_type or "")
+            if "application/json" in media:
+                body = self.parse_json(await request.get_body())
+                if not isinstance(body, dict | list):
+                    raise HTTPException(400, "the body must be a JSON object")
+        return await super().parse_http_body(request)
+
+
 def install(app: FastAPI) -> None:
-    router: GraphQLRouter[dict[str, Any], None] = GraphQLRouter(
-        schema, path="/graphql", context_getter=_context, graphql_ide=None
-    )
+    router = _Router(schema, path="/graphql", context_getter=_context, graphql_ide=None)
     # its routes on the application itself, not an included router: FastAPI names only its own
     # top-level routes in the scope, and the request metrics and logs label by that name
     app.router.routes.extend(router.routes)

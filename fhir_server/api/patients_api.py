@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 from datetime import timedelta
 from typing import Any
 
@@ -23,10 +24,12 @@ from fhir_server.services import patients_api as service
 from fhir_server.services.access import Guard
 from fhir_server.services.context import Context, server_guard
 from fhir_server.services.patients_api import PatientApiError
-from fhir_server.services.resources import parse_json
+from fhir_server.services.resources import ID_PATTERN, parse_json
 from fhir_server.storage import idempotency
 
 log = logging.getLogger(__name__)
+_VERSION = re.compile(r"[0-9]{1,18}")
+MAX_IDEMPOTENCY_KEY = 255
 
 
 def _error(exc: PatientApiError) -> Response:
@@ -81,7 +84,7 @@ def _if_match(request: Request) -> int:
             428, "precondition_required", "send `If-Match` with the ETag you read"
         )
     tag = value.strip().removeprefix("W/").strip('"')
-    if not tag.isdigit():
+    if not _VERSION.fullmatch(tag):
         raise PatientApiError(412, "version_mismatch", f"`If-Match: {value}` is not a version")
     return int(tag)
 
@@ -94,10 +97,23 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
         ctx = _context(request, account)
         guard = ctx.guard
         id = request.path_params.get("patient_id", "")
+        if action == "restore":
+            tail = request.path_params["tail"]
+            if not tail.endswith(":restore"):
+                raise PatientApiError(404, "not_found", "no such operation")
+            id = tail.removesuffix(":restore")
+        if action not in ("create", "list") and not ID_PATTERN.fullmatch(id):
+            raise PatientApiError(404, "not_found", "no patient with this id")
         if action == "create":
             raw = await read_body(request)
             body = parse_json(raw)
             key = request.headers.get("idempotency-key")
+            if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
+                raise PatientApiError(
+                    400,
+                    "invalid_idempotency_key",
+                    f"`Idempotency-Key` has at most {MAX_IDEMPOTENCY_KEY} characters",
+                )
             scope = f"{account} POST /api/v1/patients"
             ttl = timedelta(seconds=rt.settings.idempotency_ttl_seconds)
             async with rt.db.transaction() as conn:
@@ -130,10 +146,6 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
             _audit(guard, "delete", id)
             return Response(status_code=204)
         if action == "restore":
-            tail = request.path_params["tail"]
-            if not tail.endswith(":restore"):
-                raise PatientApiError(404, "not_found", "no such operation")
-            id = tail.removesuffix(":restore")
             async with rt.db.transaction() as conn:
                 found = await service.restore(ctx, conn, id)
             _audit(guard, "restore", id)

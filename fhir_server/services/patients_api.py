@@ -52,6 +52,7 @@ FIELDS = frozenset(
 ADDRESS_FIELDS = frozenset({"line1", "line2", "city", "state_province", "postal_code", "country"})
 _EMAIL, _E164, _COUNTRY = patient_profile.EMAIL, patient_profile.E164, patient_profile.COUNTRY
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
+_LIMIT = re.compile(r"[0-9]{1,3}")
 MAX_LIMIT = 100
 
 
@@ -93,6 +94,9 @@ def validate(body: Any, today: date) -> Demographics:
     problems: list[dict[str, str]] = []
     for unknown in sorted(set(body) - FIELDS):
         problems.append({"field": unknown, "issue": "unknown field"})
+    for field in sorted(FIELDS & set(body)):
+        if _has_nul(body[field]):  # PostgreSQL text cannot hold it
+            problems.append({"field": field, "issue": "NUL characters are not allowed"})
     out: dict[str, Any] = {
         "given_name": _name(body.get("given_name"), "given_name", problems, required=True),
         "middle_name": _name(body.get("middle_name"), "middle_name", problems, required=False),
@@ -113,7 +117,7 @@ def validate(body: Any, today: date) -> Demographics:
         problems.append({"field": "sex_at_birth", "issue": f"one of {', '.join(SEX_AT_BIRTH)}"})
     out["sex_at_birth"] = sex
     gender = body.get("gender_identity")
-    if gender is not None and gender not in GENDER_IDENTITY:
+    if gender is not None and (not isinstance(gender, str) or gender not in GENDER_IDENTITY):
         problems.append(
             {"field": "gender_identity", "issue": f"one of {', '.join(GENDER_IDENTITY)}"}
         )
@@ -144,6 +148,21 @@ def validate(body: Any, today: date) -> Demographics:
     if problems:
         raise PatientApiError(400, "validation_error", "the patient is not valid", problems)
     return Demographics(out)
+
+
+def _has_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    return isinstance(value, list) and any(_has_nul(v) for v in value)
+
+
+def _limit(query: dict[str, str]) -> int:
+    limit = query.get("limit", "20")
+    if not _LIMIT.fullmatch(limit) or not 1 <= int(limit) <= MAX_LIMIT:
+        raise PatientApiError(400, "invalid_query", f"`limit` must be 1 to {MAX_LIMIT}")
+    return int(limit)
 
 
 def _address(value: Any, problems: list[dict[str, str]]) -> dict[str, Any] | None:
@@ -402,6 +421,8 @@ async def list_patients(ctx: Context, conn: Connection, query: dict[str, str]) -
     unknown = sorted(set(query) - known)
     if unknown:
         raise PatientApiError(400, "invalid_query", f"unknown parameters: {', '.join(unknown)}")
+    if any("\x00" in value for value in query.values()):
+        raise PatientApiError(400, "invalid_query", "NUL characters are not allowed")
     if "family_name" in query:
         params.append(("family:exact", query["family_name"]))
     if "dob" in query:
@@ -410,10 +431,7 @@ async def list_patients(ctx: Context, conn: Connection, query: dict[str, str]) -
         params.append(("email", query["email"].strip().lower()))
     if "phone" in query:
         params.append(("phone", query["phone"]))
-    limit = query.get("limit", "20")
-    if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
-        raise PatientApiError(400, "invalid_query", f"`limit` must be 1 to {MAX_LIMIT}")
-    params.append(("_count", limit))
+    params.append(("_count", str(_limit(query))))
     if "cursor" in query:
         params.append(("_page", query["cursor"]))
     try:
@@ -451,9 +469,7 @@ async def changes(conn: Connection, id: str, query: dict[str, str]) -> dict[str,
     unknown = sorted(set(query) - {"limit", "cursor"})
     if unknown:
         raise PatientApiError(400, "invalid_query", f"unknown parameters: {', '.join(unknown)}")
-    limit = query.get("limit", "20")
-    if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
-        raise PatientApiError(400, "invalid_query", f"`limit` must be 1 to {MAX_LIMIT}")
+    limit = _limit(query)
     before = None
     if "cursor" in query:
         try:
@@ -461,7 +477,7 @@ async def changes(conn: Connection, id: str, query: dict[str, str]) -> dict[str,
         except FhirError:
             raise PatientApiError(400, "invalid_query", "`cursor` was not given out here") from None
     await _current(conn, id)  # 404 for a patient never known (a deleted one has its trail)
-    events = await repository.change_events(conn, f"Patient/{id}", int(limit), before)
+    events = await repository.change_events(conn, f"Patient/{id}", limit, before)
     items = []
     for event in events:
         agent = event["agent"][0]["who"]
@@ -481,6 +497,6 @@ async def changes(conn: Connection, id: str, query: dict[str, str]) -> dict[str,
             }
         )
     cursor = None
-    if len(events) == int(limit):
+    if len(events) == limit:
         cursor = encode_cursor((events[-1]["recorded"], events[-1]["id"]))
     return {"items": items, "next_cursor": cursor}

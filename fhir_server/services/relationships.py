@@ -22,7 +22,7 @@ from fhir_server.services import create
 from fhir_server.services.access import Guard, as_user, reference_of
 from fhir_server.services.context import Context
 from fhir_server.services.family import rewrite
-from fhir_server.services.resources import parse_json
+from fhir_server.services.resources import ID_PATTERN, parse_json
 from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
 
@@ -97,6 +97,8 @@ async def _resolve(conn: Connection, value: str, types: tuple[str, ...]) -> str 
     else:
         candidates = [(t, value) for t in types]
     for type_, id in candidates:
+        if not ID_PATTERN.fullmatch(id):
+            continue  # no resource has it (and PostgreSQL text cannot hold a NUL)
         found = await repository.read_current(conn, type_, id)
         if found is not None and not found.deleted:
             return f"{type_}/{id}"
@@ -131,6 +133,9 @@ async def _verify(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
     requester_id = _text(body, "requesting_user_id")
     patient_id = _text(body, "patient_id")
     requested = _scopes(body, "data_scope")
+    asked = body.get("relationship_type")
+    if asked is not None and not isinstance(asked, str):
+        raise RelationshipError(400, "invalid_request", "`relationship_type` must be a string")
     patient = await _resolve(conn, patient_id, ("Patient",))
     requester = await _resolve(conn, requester_id, REQUESTER_TYPES)
     if patient is None or requester is None:
@@ -148,7 +153,7 @@ async def _verify(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
     chain, kind, verified, expiration = _relationship(guard, patient)
     return {
         "relationship_verified": verified,
-        "relationship_type": kind or body.get("relationship_type") or "none",
+        "relationship_type": kind or asked or "none",
         "access_granted": len(granted) == len(requested),
         "access_scope": granted,
         "expiration": expiration,
@@ -337,17 +342,21 @@ def _delegation(
 
 async def approve(ctx: Context, conn: Connection, delegation_id: str) -> dict[str, Any]:
     """The patient (or a guardian of a minor, or a service) approves a proposed delegation."""
-    stored = await repository.read_current(conn, "Consent", delegation_id)
+    stored = None
+    if ID_PATTERN.fullmatch(delegation_id):
+        stored = await repository.read_current(conn, "Consent", delegation_id)
     if stored is None or stored.content is None:
         raise RelationshipError(404, "not_found", "delegation not found")
     consent = parse_json(stored.content)
     patient = reference_of(consent.get("patient"))
+    provision = consent.get("provision") or {}
     actors = frozenset(
         ref
-        for actor in (consent.get("provision") or {}).get("actor", ())
+        for actor in provision.get("actor", ())
         if (ref := reference_of(actor.get("reference"))) is not None
     )
-    assert patient is not None
+    if patient is None:  # a Consent made through FHIR, not a delegation
+        raise RelationshipError(404, "not_found", "delegation not found")
     decision = ctx.guard.decide("update", "Consent", Target(frozenset({patient}), grants_to=actors))
     if not decision.allowed:
         raise RelationshipError(403, "not_authorized", "only the patient approves a delegation")
@@ -362,12 +371,12 @@ async def approve(ctx: Context, conn: Connection, delegation_id: str) -> dict[st
     )
     DELEGATION_REQUESTS.labels(status="approved").inc()
     codes = [
-        c["code"]
-        for concept in consent["provision"].get("code", ())
+        c.get("code")
+        for concept in provision.get("code", ())
         for c in concept.get("coding", ())
     ]
     scopes = [name for name, code in DATA_SCOPES.items() if code in codes]
-    end = (consent["provision"].get("period") or {}).get("end")
+    end = (provision.get("period") or {}).get("end")
     return _delegation(
         f"Consent/{delegation_id}", consent, patient, next(iter(sorted(actors)), ""), scopes, end
     )
