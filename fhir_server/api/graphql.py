@@ -215,8 +215,9 @@ async def _context(request: Request) -> dict[str, Any]:
 
 
 class _Router(GraphQLRouter[dict[str, Any], None]):
-    """strawberry's router, answering 400 where strawberry fails with a server error: a body
-    that is not UTF-8, or JSON that is neither an object nor a batch."""
+    """strawberry's router, answering 400 where strawberry fails with a server error (a body
+    that is not UTF-8, JSON that is neither an object nor a batch) or takes a malformed request
+    (an `operationName` that is not a string)."""
 
     def parse_json(self, data: str | bytes) -> Any:
         try:
@@ -233,6 +234,8 @@ class _Router(GraphQLRouter[dict[str, Any], None]):
                 body = self.parse_json(await request.get_body())
                 if not isinstance(body, dict | list):
                     raise HTTPException(400, "the body must be a JSON object")
+                if isinstance(body, dict) and not isinstance(body.get("operationName"), str | None):
+                    raise HTTPException(400, "`operationName` must be a string or null")
         return await super().parse_http_body(request)
 
 

@@ -29,7 +29,6 @@ from fhir_server.storage import idempotency
 
 log = logging.getLogger(__name__)
 _VERSION = re.compile(r"[0-9]{1,18}")
-MAX_IDEMPOTENCY_KEY = 255
 
 
 def _error(exc: PatientApiError) -> Response:
@@ -108,11 +107,11 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
             raw = await read_body(request)
             body = parse_json(raw)
             key = request.headers.get("idempotency-key")
-            if key is not None and len(key) > MAX_IDEMPOTENCY_KEY:
+            if key is not None and len(key) > idempotency.MAX_KEY_LENGTH:
                 raise PatientApiError(
                     400,
                     "invalid_idempotency_key",
-                    f"`Idempotency-Key` has at most {MAX_IDEMPOTENCY_KEY} characters",
+                    f"`Idempotency-Key` has at most {idempotency.MAX_KEY_LENGTH} characters",
                 )
             scope = f"{account} POST /api/v1/patients"
             ttl = timedelta(seconds=rt.settings.idempotency_ttl_seconds)

@@ -191,6 +191,10 @@ class _Parser:
         seen = 0
         for name, value in params:
             seen += 1
+            if "\x00" in name or "\x00" in value:
+                raise BadRequest(
+                    f"search parameter `{name[:50]!r}` holds a NUL character", code="value"
+                )
             if seen > MAX_VALUES:
                 raise BadRequest(
                     f"a search takes at most {MAX_VALUES} parameters", code="too-costly"

@@ -94,9 +94,6 @@ def validate(body: Any, today: date) -> Demographics:
     problems: list[dict[str, str]] = []
     for unknown in sorted(set(body) - FIELDS):
         problems.append({"field": unknown, "issue": "unknown field"})
-    for field in sorted(FIELDS & set(body)):
-        if _has_nul(body[field]):  # PostgreSQL text cannot hold it
-            problems.append({"field": field, "issue": "NUL characters are not allowed"})
     out: dict[str, Any] = {
         "given_name": _name(body.get("given_name"), "given_name", problems, required=True),
         "middle_name": _name(body.get("middle_name"), "middle_name", problems, required=False),
@@ -148,14 +145,6 @@ def validate(body: Any, today: date) -> Demographics:
     if problems:
         raise PatientApiError(400, "validation_error", "the patient is not valid", problems)
     return Demographics(out)
-
-
-def _has_nul(value: Any) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    return isinstance(value, list) and any(_has_nul(v) for v in value)
 
 
 def _limit(query: dict[str, str]) -> int:
@@ -421,8 +410,6 @@ async def list_patients(ctx: Context, conn: Connection, query: dict[str, str]) -
     unknown = sorted(set(query) - known)
     if unknown:
         raise PatientApiError(400, "invalid_query", f"unknown parameters: {', '.join(unknown)}")
-    if any("\x00" in value for value in query.values()):
-        raise PatientApiError(400, "invalid_query", "NUL characters are not allowed")
     if "family_name" in query:
         params.append(("family:exact", query["family_name"]))
     if "dob" in query:

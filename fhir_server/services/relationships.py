@@ -371,9 +371,7 @@ async def approve(ctx: Context, conn: Connection, delegation_id: str) -> dict[st
     )
     DELEGATION_REQUESTS.labels(status="approved").inc()
     codes = [
-        c.get("code")
-        for concept in provision.get("code", ())
-        for c in concept.get("coding", ())
+        c.get("code") for concept in provision.get("code", ()) for c in concept.get("coding", ())
     ]
     scopes = [name for name, code in DATA_SCOPES.items() if code in codes]
     end = (provision.get("period") or {}).get("end")

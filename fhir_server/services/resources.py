@@ -51,10 +51,25 @@ def parse_json(body: bytes | str) -> Any:
         raise BadRequest("the request body is empty", code="invalid")
     try:
         if _LOSSY_NUMBER.search(raw):
-            return json.loads(raw, parse_float=DecimalText, parse_int=_big_int)
-        return orjson.loads(raw)
+            parsed = json.loads(raw, parse_float=DecimalText, parse_int=_big_int)
+        else:
+            parsed = orjson.loads(raw)
     except (orjson.JSONDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadRequest(f"the request body is not valid JSON: {exc}", code="structure") from None
+    # PostgreSQL's JSON cannot hold a NUL character; `\u0000` is rare enough to look closer
+    if b"\\u0000" in raw and _holds_nul(parsed):
+        raise BadRequest("NUL characters are not allowed (`\\u0000` in a string)", code="value")
+    return parsed
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def _serialize_default(value: Any) -> Any:

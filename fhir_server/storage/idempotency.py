@@ -16,7 +16,11 @@ from typing import Any
 
 import orjson
 
+from fhir_server.errors import BadRequest
 from fhir_server.storage.sql import Connection, Statement, execute, fetch_one
+
+# Longer keys would not fit a btree index entry; clients use UUIDs (36 characters).
+MAX_KEY_LENGTH = 255
 
 _CLAIM = Statement(
     "INSERT INTO idempotency_keys (scope, key, fingerprint, status, headers, body, expires_at)"
@@ -55,7 +59,9 @@ async def claim(
 ) -> Replay | None:
     """Claim the key for this request (None: go ahead, then `store` the response), or the
     response to replay. Raises KeyConflict for another body. Run inside the request's
-    transaction."""
+    transaction. A key longer than MAX_KEY_LENGTH is a 400."""
+    if len(key) > MAX_KEY_LENGTH:
+        raise BadRequest(f"`Idempotency-Key` has at most {MAX_KEY_LENGTH} characters", code="value")
     params: dict[str, Any] = {
         "scope": scope,
         "key": key,

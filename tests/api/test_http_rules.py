@@ -155,3 +155,51 @@ def test_server_fault_is_500_without_internals(empty_database: str) -> None:
             {"severity": "error", "code": "exception", "diagnostics": "internal server error"}
         ]
         assert "postgres" not in response.text.lower()
+
+
+def test_nul_characters_are_400_and_store_nothing(
+    client: httpx.Client, db: psycopg.Connection[Any]
+) -> None:
+    """PostgreSQL text and JSON cannot hold NUL: a body, search or key with one is the client's
+    error, never a server fault (schemathesis found these on the JSON APIs)."""
+    before = count_patients(db)
+    body = {"resourceType": "Patient", "name": [{"family": "Nul\x00son"}]}
+    for response in (
+        client.post("/Patient", json=body),
+        client.post(
+            "/",
+            json={
+                "resourceType": "Bundle",
+                "type": "batch",
+                "entry": [{"resource": body, "request": {"method": "POST", "url": "Patient"}}],
+            },
+        ),
+    ):
+        assert response.status_code == 400, response.text
+        outcome = response.json()
+        assert outcome["resourceType"] == "OperationOutcome"
+        assert "NUL" in outcome["issue"][0]["diagnostics"]
+    # a string that merely reads `\u0000` (an escaped backslash) is fine
+    fine = client.post("/Patient", json={"resourceType": "Patient", "name": [{"text": "\\u0000"}]})
+    assert fine.status_code == 201, fine.text
+    assert count_patients(db) == before + 1
+    for params in ({"family": "Nul\x00son"}, {"na\x00me": "x"}):
+        search = client.get("/Patient", params=params)
+        assert search.status_code == 400, search.text
+        assert search.json()["issue"][0]["code"] == "value"
+
+
+def test_an_overlong_idempotency_key_is_400(
+    client: httpx.Client, db: psycopg.Connection[Any]
+) -> None:
+    before = count_patients(db)
+    response = client.post(
+        "/Patient", json={"resourceType": "Patient"}, headers={"Idempotency-Key": "k" * 256}
+    )
+    assert response.status_code == 400, response.text
+    assert "Idempotency-Key" in response.json()["issue"][0]["diagnostics"]
+    assert count_patients(db) == before
+    ok = client.post(
+        "/Patient", json={"resourceType": "Patient"}, headers={"Idempotency-Key": "k" * 255}
+    )
+    assert ok.status_code == 201
