@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM = ROOT / "infra" / "terraform"
 ENVS = ("dev", "staging", "prod")
 ENV_FILES = ("main.tf", "providers.tf", "variables.tf", "backend.tf", "terraform.tfvars")
-MODULES = ("network", "database", "app", "observability", "secrets")
+MODULES = ("network", "database", "app", "observability", "secrets", "stack")
 SECRET_VARIABLES = ("POSTGRES_URL", "PATIENT_API_KEYS", "CLIENT_REGISTRY_TOKEN")
 
 BLOCK_HEADER = re.compile(r'^(resource|data|module|variable|output)\s+((?:"[^"]*"\s*)+)\{', re.M)
@@ -102,6 +102,21 @@ def all_terraform_text() -> list[tuple[Path, str]]:
     return [(path, path.read_text()) for path in paths]
 
 
+def local_values(directory: Path) -> dict[str, str]:
+    """The locals of a directory: name -> expression."""
+    text = "\n".join(strip_comments(p.read_text()) for p in tf_files(directory))
+    return {
+        name: value
+        for match in re.finditer(r"^locals\s*\{", text, re.M)
+        for name, value in top_level_attributes(block_body(text, match.end() - 1)).items()
+    }
+
+
+def stack_inputs(env: str) -> dict[str, str]:
+    """The inputs envs/<env>/main.tf gives modules/stack."""
+    return top_level_attributes(blocks(TERRAFORM / "envs" / env / "main.tf")[("module", "stack")])
+
+
 @pytest.mark.parametrize("env", ENVS)
 def test_every_environment_has_its_files_and_an_encrypted_locked_remote_state(env: str) -> None:
     directory = TERRAFORM / "envs" / env
@@ -112,17 +127,32 @@ def test_every_environment_has_its_files_and_an_encrypted_locked_remote_state(en
     assert re.search(r"^\s*encrypt\s*=\s*true\s*$", backend, re.M)
     assert re.search(r'^\s*dynamodb_table\s*=\s*"[^"]+"', backend, re.M)
     assert re.search(rf'^\s*key\s*=\s*"[^"]*/{env}/terraform\.tfstate"', backend, re.M)
-    tfvars = (directory / "terraform.tfvars").read_text()
-    assert re.search(rf'^environment\s*=\s*"{env}"', tfvars, re.M)
+    assert local_values(directory)["environment"] == f'"{env}"'
 
 
-def test_environments_share_one_wiring_and_differ_in_tfvars_only() -> None:
+def test_environments_are_one_stack_call_each_and_share_the_rest() -> None:
+    """The wiring is modules/stack; an environment is its values, its state key and its account."""
+
     def wiring(env: str, name: str) -> list[str]:
         text = strip_comments((TERRAFORM / "envs" / env / name).read_text())
         return [line for line in text.splitlines() if line.strip()]
 
-    for name in ("main.tf", "providers.tf", "variables.tf", "outputs.tf"):
+    for name in ("providers.tf", "variables.tf"):
         assert wiring("dev", name) == wiring("staging", name) == wiring("prod", name), name
+    for env in ENVS:
+        directory = TERRAFORM / "envs" / env
+        assert [path.name for path in tf_files(directory)] == sorted(ENV_FILES[:-1])
+        main = blocks(directory / "main.tf")
+        assert set(main) == {("module", "stack"), ("output", "stack")}, env
+        assert top_level_attributes(main[("output", "stack")])["value"] == "module.stack"
+        assert set(local_values(directory)) == {"environment"}
+        call = top_level_attributes(main[("module", "stack")])
+        assert call["source"] == '"../../modules/stack"'
+        assert call["environment"] == "local.environment"
+        assert call["image_tag"] == "var.image_tag"
+        call.pop("source")
+        # every input, so that no environment silently takes a default another one overrides
+        assert set(call) == names_of(TERRAFORM / "modules" / "stack", "variable"), env
 
 
 def test_provider_and_terraform_versions_are_pinned() -> None:
@@ -133,33 +163,52 @@ def test_provider_and_terraform_versions_are_pinned() -> None:
         assert re.search(r'required_version\s*=\s*">=\s*1\.\d+', text), path
 
 
-@pytest.mark.parametrize("env", ENVS)
-def test_module_calls_match_the_modules(env: str) -> None:
+def module_calls(directory: Path) -> dict[str, tuple[Path, dict[str, str]]]:
+    """module blocks of a directory: name -> (directory of its source, its inputs)."""
+    calls = {}
+    for key, body in all_blocks(directory).items():
+        if key[0] == "module":
+            attributes = top_level_attributes(body)
+            source = attributes.pop("source")
+            assert source.startswith('"../') and source.endswith('"'), (directory, source)
+            target = (directory / source.strip('"')).resolve()
+            assert target.parent == TERRAFORM / "modules", (directory, source)
+            calls[key[1]] = (target, attributes)
+    return calls
+
+
+@pytest.mark.parametrize("directory", [*(f"envs/{env}" for env in ENVS), "modules/stack"])
+def test_module_calls_match_the_modules(directory: str) -> None:
     """What `terraform validate` would catch: unknown or missing inputs, unknown outputs."""
-    directory = TERRAFORM / "envs" / env
-    main = blocks(directory / "main.tf")
-    calls = {key[1]: body for key, body in main.items() if key[0] == "module"}
-    assert set(calls) == set(MODULES)
-    for name, body in calls.items():
-        attributes = top_level_attributes(body)
-        assert attributes.pop("source") == f'"../../modules/{name}"'
-        module_dir = TERRAFORM / "modules" / name
+    caller = TERRAFORM / directory
+    calls = module_calls(caller)
+    expected = set(MODULES) - {"stack"} if directory == "modules/stack" else {"stack"}
+    assert set(calls) == expected
+    for name, (target, attributes) in calls.items():
+        assert target.name == name, f"module {name} calls {target.name}"
         variables = {
-            key[1]: var_body
-            for key, var_body in all_blocks(module_dir).items()
-            if key[0] == "variable"
+            key[1]: var_body for key, var_body in all_blocks(target).items() if key[0] == "variable"
         }
         assert set(attributes) <= set(variables), f"{name}: unknown inputs"
         required = {v for v, var_body in variables.items() if "default" not in var_body}
         assert required <= set(attributes), f"{name}: required inputs not set"
 
-    text = "\n".join(strip_comments(p.read_text()) for p in tf_files(directory))
+    text = "\n".join(strip_comments(p.read_text()) for p in tf_files(caller))
     for module, output in re.findall(r"\bmodule\.(\w+)\.(\w+)", text):
-        assert output in names_of(TERRAFORM / "modules" / module, "output"), (module, output)
-    declared = names_of(directory, "variable")
+        assert output in names_of(calls[module][0], "output"), (module, output)
+    declared = names_of(caller, "variable")
     assert set(re.findall(r"\bvar\.(\w+)", text)) <= declared
-    tfvars = (directory / "terraform.tfvars").read_text()
-    assert set(re.findall(r"^(\w+)\s*=", tfvars, re.M)) <= declared
+    assert set(re.findall(r"\blocal\.(\w+)", text)) <= set(local_values(caller))
+    if directory.startswith("envs/"):
+        # variables.tf declares what terraform.tfvars sets, and nothing else
+        tfvars = (caller / "terraform.tfvars").read_text()
+        assert set(re.findall(r"^(\w+)\s*=", tfvars, re.M)) == declared
+
+
+def test_the_stack_outputs_endpoints_database_and_secrets() -> None:
+    outputs = names_of(TERRAFORM / "modules" / "stack", "output")
+    assert {"url", "alb_dns_name", "db_endpoint", "secret_arns"} <= outputs
+    assert {"ecr_repository_url", "migrate_task_definition_arn", "cluster_name"} <= outputs
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -174,12 +223,7 @@ def test_modules_use_only_declared_variables_and_locals(module: str) -> None:
             assert re.search(r"^\s*description\s*=", body, re.M), key
         if key[0] == "variable":
             assert re.search(r"^\s*type\s*=", body, re.M), key
-    local_names = {
-        name
-        for match in re.finditer(r"^locals\s*\{", text, re.M)
-        for name in top_level_attributes(block_body(text, match.end() - 1))
-    }
-    assert set(re.findall(r"\blocal\.(\w+)", text)) <= local_names
+    assert set(re.findall(r"\blocal\.(\w+)", text)) <= set(local_values(directory))
 
 
 def test_the_database_is_private_encrypted_and_protected() -> None:
@@ -205,10 +249,23 @@ def test_the_database_is_private_encrypted_and_protected() -> None:
 
 @pytest.mark.parametrize("env", ["staging", "prod"])
 def test_production_like_environments_are_multi_az_and_keep_logs_six_years(env: str) -> None:
+    inputs = stack_inputs(env)
+    assert inputs["db_multi_az"] == "true"
+    assert inputs["deletion_protection"] == "true"
+    assert inputs["log_retention_days"] == "2192"
     tfvars = (TERRAFORM / "envs" / env / "terraform.tfvars").read_text()
-    assert re.search(r"^db_multi_az\s*=\s*true", tfvars, re.M)
-    assert re.search(r"^deletion_protection\s*=\s*true", tfvars, re.M)
-    assert re.search(r"^log_retention_days\s*=\s*2192", tfvars, re.M)
+    assert re.search(r'^data_classification\s*=\s*"phi"', tfvars, re.M)
+
+
+@pytest.mark.parametrize("env", ENVS)
+def test_only_a_single_az_environment_skips_the_multi_az_check(env: str) -> None:
+    """The skip sits on the environment's stack call, so it covers that environment alone."""
+    main = (TERRAFORM / "envs" / env / "main.tf").read_text()
+    skipped = re.search(r'module\s+"stack"\s*\{\s*#checkov:skip=CKV_AWS_157:', main) is not None
+    assert skipped == (stack_inputs(env)["db_multi_az"] == "false"), env
+    for path, text in all_terraform_text():
+        if "CKV_AWS_157" in text:
+            assert path.parent.parent.name == "envs", path
 
 
 def test_log_retention_defaults_to_six_years() -> None:

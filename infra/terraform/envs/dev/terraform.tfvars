@@ -1,36 +1,6 @@
-# dev: single-AZ database, one NAT gateway, small tasks, shorter log retention (no real PHI).
-environment         = "dev"
+# dev: the account and region of the environment and the image to run; everything else is in
+# main.tf. No real patient data: resources are tagged DataClass = synthetic.
 aws_region          = "eu-west-1"
 aws_account_id      = "111111111111"
 data_classification = "synthetic"
-domain_name         = "fhir.dev.example.org"
-certificate_arn     = "arn:aws:acm:eu-west-1:111111111111:certificate/00000000-0000-0000-0000-000000000001"
-
-vpc_cidr           = "10.40.0.0/16"
-availability_zones = ["eu-west-1a", "eu-west-1b"]
-single_nat_gateway = true
-
-log_retention_days          = 400
-kms_deletion_window_days    = 7
-secret_recovery_window_days = 7
-deletion_protection         = true
-
-db_instance_class              = "db.t4g.medium"
-db_allocated_storage_gb        = 20
-db_max_allocated_storage_gb    = 100
-db_multi_az                    = false
-db_backup_retention_days       = 7
-db_connections_alarm_threshold = 300
-
-image_tag     = "0.1.0" # CI passes the release tag: -var image_tag=<git sha>
-task_cpu      = 512
-task_memory   = 1024
-desired_count = 1
-min_count     = 1
-max_count     = 2
-
-server_settings = {
-  FHIR_AUTH_JWKS     = "https://idp.dev.example.org/.well-known/jwks.json"
-  FHIR_AUTH_ISSUER   = "https://idp.dev.example.org"
-  FHIR_AUTH_AUDIENCE = "https://fhir.dev.example.org/fhir"
-}
+image_tag           = "0.1.0" # CI passes the release tag: -var image_tag=<git sha>

@@ -1,94 +1,54 @@
-# One environment of the FHIR server: the same wiring in dev, staging and prod; what differs
-# (sizes, Multi-AZ, retention, counts) is in terraform.tfvars.
+# prod: Multi-AZ database with 35 days of point-in-time recovery, three zones with a NAT gateway
+# each, six-year log retention (HIPAA policy of the specification).
+# The account, region, DataClass tag and image tag are in terraform.tfvars; the wiring is
+# modules/stack.
 
 locals {
-  name_prefix = "fhir-${var.environment}"
-  # Named here so that the app (which logs there) does not depend on observability (which creates
-  # the group and watches the app): the two modules would otherwise refer to each other.
-  app_log_group_name = "/ecs/${local.name_prefix}/fhir-server"
+  environment = "prod" # also the Environment tag of every resource (providers.tf)
 }
 
-module "secrets" {
-  source = "../../modules/secrets"
+module "stack" {
+  source = "../../modules/stack"
 
-  name_prefix                 = local.name_prefix
-  kms_deletion_window_days    = var.kms_deletion_window_days
-  secret_recovery_window_days = var.secret_recovery_window_days
+  environment = local.environment
+  image_tag   = var.image_tag
+
+  domain_name         = "fhir.example.org"
+  certificate_arn     = "arn:aws:acm:eu-west-1:333333333333:certificate/00000000-0000-0000-0000-000000000003"
+  route53_zone_id     = ""            # the DNS record of domain_name is managed elsewhere
+  ingress_cidr_blocks = ["0.0.0.0/0"] # public API: clients authenticate at the server
+  alarm_email         = "fhir-oncall@example.org"
+
+  vpc_cidr           = "10.42.0.0/16"
+  availability_zones = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+  single_nat_gateway = false
+
+  log_retention_days          = 2192
+  kms_deletion_window_days    = 30
+  secret_recovery_window_days = 30
+  deletion_protection         = true
+
+  db_instance_class              = "db.m6g.xlarge"
+  db_allocated_storage_gb        = 100
+  db_max_allocated_storage_gb    = 1000
+  db_multi_az                    = true
+  db_backup_retention_days       = 35
+  db_connections_alarm_threshold = 1300
+
+  task_cpu      = 1024
+  task_memory   = 2048
+  desired_count = 3
+  min_count     = 3
+  max_count     = 12
+
+  server_settings = {
+    FHIR_AUTH_JWKS     = "https://idp.example.org/.well-known/jwks.json"
+    FHIR_AUTH_ISSUER   = "https://idp.example.org"
+    FHIR_AUTH_AUDIENCE = "https://fhir.example.org/fhir"
+  }
 }
 
-module "network" {
-  source = "../../modules/network"
-
-  name_prefix             = local.name_prefix
-  cidr_block              = var.vpc_cidr
-  availability_zones      = var.availability_zones
-  single_nat_gateway      = var.single_nat_gateway
-  kms_key_arn             = module.secrets.logs_kms_key_arn
-  flow_log_retention_days = var.log_retention_days
-}
-
-module "database" {
-  source = "../../modules/database"
-
-  name_prefix                = local.name_prefix
-  vpc_id                     = module.network.vpc_id
-  subnet_ids                 = module.network.database_subnet_ids
-  allowed_security_group_ids = [module.app.tasks_security_group_id]
-  kms_key_arn                = module.secrets.data_kms_key_arn
-  logs_kms_key_arn           = module.secrets.logs_kms_key_arn
-  log_retention_days         = var.log_retention_days
-  instance_class             = var.db_instance_class
-  allocated_storage_gb       = var.db_allocated_storage_gb
-  max_allocated_storage_gb   = var.db_max_allocated_storage_gb
-  multi_az                   = var.db_multi_az
-  backup_retention_days      = var.db_backup_retention_days
-  deletion_protection        = var.deletion_protection
-}
-
-module "observability" {
-  source = "../../modules/observability"
-
-  name_prefix              = local.name_prefix
-  app_log_group_name       = local.app_log_group_name
-  kms_key_arn              = module.secrets.logs_kms_key_arn
-  log_retention_days       = var.log_retention_days
-  alarm_email              = var.alarm_email
-  alb_arn_suffix           = module.app.alb_arn_suffix
-  target_group_arn_suffix  = module.app.target_group_arn_suffix
-  ecs_cluster_name         = module.app.cluster_name
-  ecs_service_name         = module.app.service_name
-  db_instance_identifier   = module.database.instance_identifier
-  db_connections_threshold = var.db_connections_alarm_threshold
-}
-
-module "app" {
-  source = "../../modules/app"
-
-  name_prefix               = local.name_prefix
-  vpc_id                    = module.network.vpc_id
-  public_subnet_ids         = module.network.public_subnet_ids
-  private_subnet_ids        = module.network.private_subnet_ids
-  database_subnet_cidrs     = module.network.database_subnet_cidrs
-  ingress_cidr_blocks       = var.ingress_cidr_blocks
-  certificate_arn           = var.certificate_arn
-  domain_name               = var.domain_name
-  route53_zone_id           = var.route53_zone_id
-  alb_deletion_protection   = var.deletion_protection
-  access_log_retention_days = var.log_retention_days
-  waf_log_retention_days    = var.log_retention_days
-  kms_key_arn               = module.secrets.data_kms_key_arn
-  logs_kms_key_arn          = module.secrets.logs_kms_key_arn
-  log_group_name            = local.app_log_group_name
-  secret_arns               = module.secrets.secret_arns
-  read_secrets_policy_arn   = module.secrets.read_secrets_policy_arn
-  image_tag                 = var.image_tag
-  task_cpu                  = var.task_cpu
-  task_memory               = var.task_memory
-  desired_count             = var.desired_count
-  min_count                 = var.min_count
-  max_count                 = var.max_count
-
-  environment = merge(var.server_settings, {
-    FHIR_BASE_URL = "https://${var.domain_name}/fhir"
-  })
+output "stack" {
+  description = "Endpoints, database, secret ARNs and ECS names of the environment (modules/stack/outputs.tf)."
+  value       = module.stack
 }

@@ -16,7 +16,7 @@ provider "aws" {
   default_tags {
     tags = {
       Service     = "fhir-server"
-      Environment = var.environment
+      Environment = local.environment
       ManagedBy   = "terraform"
       DataClass   = var.data_classification
     }

@@ -1,37 +1,6 @@
-# prod: Multi-AZ database with 35 days of point-in-time recovery, three zones with a NAT gateway
-# each, six-year log retention (HIPAA policy of the specification).
-environment     = "prod"
-aws_region      = "eu-west-1"
-aws_account_id  = "333333333333"
-domain_name     = "fhir.example.org"
-certificate_arn = "arn:aws:acm:eu-west-1:333333333333:certificate/00000000-0000-0000-0000-000000000003"
-alarm_email     = "fhir-oncall@example.org"
-
-vpc_cidr           = "10.42.0.0/16"
-availability_zones = ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
-single_nat_gateway = false
-
-log_retention_days          = 2192
-kms_deletion_window_days    = 30
-secret_recovery_window_days = 30
-deletion_protection         = true
-
-db_instance_class              = "db.m6g.xlarge"
-db_allocated_storage_gb        = 100
-db_max_allocated_storage_gb    = 1000
-db_multi_az                    = true
-db_backup_retention_days       = 35
-db_connections_alarm_threshold = 1300
-
-image_tag     = "0.1.0" # CI passes the release tag: -var image_tag=<git sha>
-task_cpu      = 1024
-task_memory   = 2048
-desired_count = 3
-min_count     = 3
-max_count     = 12
-
-server_settings = {
-  FHIR_AUTH_JWKS     = "https://idp.example.org/.well-known/jwks.json"
-  FHIR_AUTH_ISSUER   = "https://idp.example.org"
-  FHIR_AUTH_AUDIENCE = "https://fhir.example.org/fhir"
-}
+# prod: the account and region of the environment and the image to run; everything else is in
+# main.tf.
+aws_region          = "eu-west-1"
+aws_account_id      = "333333333333"
+data_classification = "phi"
+image_tag           = "0.1.0" # CI passes the release tag: -var image_tag=<git sha>
