@@ -18,7 +18,7 @@ from fhir_server.errors import FhirError
 from fhir_server.services import patient_profile, search
 from fhir_server.services.context import Context
 from fhir_server.services.family import rewrite
-from fhir_server.services.resources import deletion, dump_json, new_version, parse_json
+from fhir_server.services.resources import deletion, new_version, parse_json
 from fhir_server.storage import repository
 from fhir_server.storage.cursors import decode_cursor, encode_cursor
 from fhir_server.storage.repository import StoredVersion
@@ -229,7 +229,12 @@ def to_fhir(d: Demographics, id: str, created_at: str) -> dict[str, Any]:
 def from_fhir(found: StoredVersion) -> dict[str, Any]:
     """The API's view of a stored FHIR Patient (made here or through `/fhir`)."""
     assert found.content is not None
-    p = parse_json(found.content)
+    return _view(parse_json(found.content), found.version_id, found.last_updated, found.deleted)
+
+
+def _view(
+    p: dict[str, Any], version_id: int, last_updated: datetime, deleted: bool
+) -> dict[str, Any]:
     ext = {e.get("url"): e for e in p.get("extension", [])}
 
     def value(name: str) -> Any:
@@ -250,7 +255,7 @@ def from_fhir(found: StoredVersion) -> dict[str, Any]:
         None,
     )
     return {
-        "patient_id": found.id,
+        "patient_id": p["id"],
         "given_name": given[0] if given else None,
         "middle_name": " ".join(given[1:]) or None,
         "family_name": name.get("family"),
@@ -272,10 +277,10 @@ def from_fhir(found: StoredVersion) -> dict[str, Any]:
         },
         "preferred_language": language,
         "consent_to_contact": bool(value("consent-to-contact")),
-        "created_at": value("created-at") or found.last_updated.isoformat(),
-        "updated_at": found.last_updated.isoformat(),
-        "version": found.version_id,
-        "is_deleted": found.deleted,
+        "created_at": value("created-at") or last_updated.isoformat(),
+        "updated_at": last_updated.isoformat(),
+        "version": version_id,
+        "is_deleted": deleted,
     }
 
 
@@ -430,15 +435,9 @@ async def list_patients(ctx: Context, conn: Connection, query: dict[str, str]) -
     items = []
     for entry in bundle.get("entry", []):
         resource = entry["resource"]
-        found = StoredVersion(
-            "Patient",
-            resource["id"],
-            int(resource["meta"]["versionId"]),
-            datetime.fromisoformat(resource["meta"]["lastUpdated"]),
-            False,
-            dump_json(resource),
-        )
-        items.append(from_fhir(found))
+        meta = resource["meta"]
+        last_updated = datetime.fromisoformat(meta["lastUpdated"])
+        items.append(_view(resource, int(meta["versionId"]), last_updated, False))
     next_link = next(
         (link["url"] for link in bundle.get("link", []) if link["relation"] == "next"), None
     )
