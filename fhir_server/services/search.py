@@ -33,7 +33,7 @@ from fhir_server.storage.search_sql import (
     include_statement,
     search_statement,
 )
-from fhir_server.storage.sql import Connection, compile_query, fetch_all, fetch_one
+from fhir_server.storage.sql import Connection, fetch_all, fetch_one
 
 SUBSETTED = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -137,8 +137,8 @@ async def _included(
         for include in wanted:
             if not include.reverse and include.source_type not in {"*", *(t for t, _ in frontier)}:
                 continue
-            statement = include_statement(include, frontier, ctx.guard.access("search")).limit(
-                MAX_INCLUDED
+            statement = include_statement(
+                include, frontier, ctx.guard.access("search"), limit=MAX_INCLUDED
             )
             for resource_type, id, content in await fetch_all(conn, statement):
                 if (resource_type, id) in seen:
@@ -205,10 +205,9 @@ def _sees_all(ctx: Context, query: SearchQuery) -> bool:
 
 async def _estimate(conn: Connection, query: SearchQuery, ctx: Context) -> int:
     """The planner's row estimate for the query: cheap, and R4's `_total=estimate`."""
-    sql, params = compile_query(
-        count_statement(query, ctx.guard.access("search"), local_bases=ctx.local_bases)
-    )
-    cursor = await conn.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
+    count = count_statement(query, ctx.guard.access("search"), local_bases=ctx.local_bases)
+    # planned for its values, as the search itself would be (storage/sql.py `_server_side`)
+    cursor = await conn.execute(f"EXPLAIN (FORMAT JSON) {count.sql}", count.params, prepare=False)
     plan = await cursor.fetchone()
     assert plan is not None
     document = plan[0] if not isinstance(plan[0], str) else orjson.loads(plan[0])

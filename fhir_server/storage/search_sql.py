@@ -4,36 +4,55 @@ Every query the planner builds carries the caller's `AccessFilter` in its WHERE:
 each chained and `_has` sub-query, `_include` and `_revinclude`, and totals. There is no way to
 build a search statement without one (`Everything` is an explicit choice for privileged callers).
 Values are always bound parameters.
+
+The planner works in two steps, because building a SQLAlchemy statement and compiling it cost
+2 to 3 ms per search, more than the rest of a search request together:
+
+1. A walk of the query and the caller's grants (`_Planner`, plain Python) gives the statement's
+   *shape*: a tree of tuples that says which conditions on which columns, with every value
+   replaced by the name of a parameter (`p0`, `p1`, ...), and the values by name.
+2. The SQL text is built from the shape alone (`_Builder`, SQLAlchemy Core) and kept in a bounded
+   LRU cache keyed by the shape. Searches of the same shape with other values get the same text
+   and their own values, sent to PostgreSQL as parameters of an unprepared statement, so each
+   search is still planned for its values (`sql._server_side`).
+
+The builder never sees a value, and every parameter of the SQL it compiles must be one the shape
+names, so one request's values cannot reach another's SQL. Lists of values (`_id`, the
+compartments and creators of a grant, the page's ids of an `_include`) are one array parameter
+(`= ANY(...)`, `&&`), so their length is not part of the shape.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from functools import cache
-from typing import Any, Protocol
+from functools import cache, lru_cache
+from typing import Any, Protocol, TypeAlias
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     FromClause,
-    Select,
+    Integer,
+    Interval,
     String,
     Text,
     and_,
     any_,
+    bindparam,
     cast,
     exists,
     false,
     func,
-    literal,
     not_,
     or_,
     select,
     true,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.types import NULLTYPE, TypeEngine
 
 from capability.definitions import resource_types
 from fhir_server.errors import BadRequest
@@ -42,6 +61,7 @@ from fhir_server.search.index import DATE_MAX, DATE_MIN, date_range, normalize_s
 from fhir_server.search.parameters import SearchParam
 from fhir_server.search.query import Criterion, Include, SearchQuery, split_prefix, split_unescaped
 from fhir_server.storage.cursors import decode_cursor
+from fhir_server.storage.sql import Query, compile_named
 from fhir_server.storage.tables import SEARCH_TABLES, resources
 
 
@@ -92,38 +112,94 @@ class InCompartments:
         return Grant(compartments=self.compartments, creators=creators)
 
 
+# --- shapes ----------------------------------------------------------------------------------
+#
+# A shape is a tree of tuples, each starting with its operator:
+#   ("col", alias, column)           a column of a table alias ("r", "t", "tok2", "res3", ...)
+#   ("value", name, kind)            a parameter; kind None: typed like what it is compared with,
+#                                    else a key of _TYPES
+#   ("true",) ("false",)             constants
+#   ("and"|"or", node...) ("not", node)
+#   ("=" | "<" | "<=" | ">" | ">=", left, right)
+#   ("null"|"not null"|"is false", node)
+#   ("any", node, value)             node = ANY(value)
+#   ("overlap"|"contains", node, value)   arrays: && and @>
+#   ("like contains"|"like prefix", node, value)   LIKE with `/` as the escape character
+#   ("starts_with", value, node)     the SQL function starts_with(value, node)
+#   ("+", node, value)
+#   ("exists", condition...)
+#   ("aggregate", "min"|"max", column, condition...)   a scalar subquery
+# and the statements: ("search", conditions, sort keys, keyset condition, limit),
+# ("count", conditions), ("include", link conditions, visibility conditions, limit).
+
+Node: TypeAlias = tuple[Any, ...]
+TRUE: Node = ("true",)
+FALSE: Node = ("false",)
+_ESCAPE = "/"  # LIKE's escape character, as SQLAlchemy's `autoescape` uses it
+
+
+def _col(alias: str, column: str) -> Node:
+    return ("col", alias, column)
+
+
+def _like_escaped(text: str) -> str:
+    """`text` matched literally by LIKE with `/` as the escape character."""
+    return (
+        text.replace(_ESCAPE, _ESCAPE * 2).replace("%", _ESCAPE + "%").replace("_", _ESCAPE + "_")
+    )
+
+
 def access_clause(
     access: AccessFilter, row: FromClause, types: Sequence[str] | None
 ) -> ColumnElement[bool]:
     """The access filter as a predicate on a `resources` or `resource_history` row that is one of
-    `types` (None: any type). Types with the same grant share one branch of the OR."""
-    return _Planner(access, ()).access(row, types)
+    `types` (None: any type). Types with the same grant share one branch of the OR. Its values
+    are bound to it (it goes into statements built elsewhere)."""
+    planner = _Planner(access, ())
+    shape = planner.access("row", types)
+    clause: ColumnElement[bool] = _Builder(_bound_values(planner.values), {"row": row}).expression(
+        shape
+    )
+    return clause
 
 
 class _Planner:
+    """The shape of a statement for one query and caller, and its values by parameter name."""
+
     def __init__(self, access: AccessFilter, local_bases: Sequence[str]) -> None:
         self.filter = access
         self.local_bases = tuple(b.rstrip("/") for b in local_bases)
         self.aliases = 0
+        self.values: dict[str, Any] = {}
 
-    def alias(self, kind: str) -> FromClause:
+    def alias(self, kind: str) -> str:
         self.aliases += 1
-        table = resources if kind == "resources" else SEARCH_TABLES[kind]
-        return table.alias(f"{kind[:3]}{self.aliases}")
+        return f"{kind[:3]}{self.aliases}"
+
+    def value(self, value: Any, kind: str | None = None) -> Node:
+        name = f"p{len(self.values)}"
+        self.values[name] = value
+        return ("value", name, kind)
+
+    def query(self, shape: Node) -> Query:
+        """The statement of `shape` with this planner's values."""
+        if len(self.values) > MAX_CACHED_VALUES:
+            return Query(_compile(shape), self.values)  # rare and huge: not worth a cache entry
+        return Query(_compile_cached(shape), self.values)
 
     # --- criteria -------------------------------------------------------------------------
 
-    def visible(self, row: FromClause, types: Sequence[str]) -> list[ColumnElement[bool]]:
+    def visible(self, row: str, types: Sequence[str]) -> list[Node]:
         type_clause = (
-            row.c.resource_type == types[0]
+            ("=", _col(row, "resource_type"), self.value(types[0]))
             if len(types) == 1
-            else row.c.resource_type.in_(list(types))
+            else ("any", _col(row, "resource_type"), self.value(list(types), "varchar[]"))
         )
-        return [type_clause, row.c.deleted.is_(False), self.access(row, types)]
+        return [type_clause, ("is false", _col(row, "deleted")), self.access(row, types)]
 
-    def access(self, row: FromClause, types: Sequence[str] | None) -> ColumnElement[bool]:
+    def access(self, row: str, types: Sequence[str] | None) -> Node:
         if isinstance(self.filter, Everything):
-            return true()
+            return TRUE
         groups: list[tuple[Grant, list[str]]] = []
         hidden = False
         for resource_type in resource_types() if types is None else types:
@@ -139,140 +215,145 @@ class _Planner:
                 groups.append((grant, [resource_type]))
         if types is not None and len(types) == 1:
             # the caller's WHERE already names the type
-            return self.grant_clause(row, groups[0][0]) if groups else false()
+            return self.grant_clause(row, groups[0][0]) if groups else FALSE
         if not hidden and len(groups) == 1 and groups[0][0].unrestricted:
-            return true()  # every type, unrestricted: a System or Admin caller
+            return TRUE  # every type, unrestricted: a System or Admin caller
         branches = []
         for grant, members in groups:
             in_types = (
-                row.c.resource_type == members[0]
+                ("=", _col(row, "resource_type"), self.value(members[0]))
                 if len(members) == 1
-                else row.c.resource_type.in_(members)
+                else ("any", _col(row, "resource_type"), self.value(members, "varchar[]"))
             )
-            branches.append(and_(in_types, self.grant_clause(row, grant)))
-        return or_(false(), *branches)
+            branches.append(("and", in_types, self.grant_clause(row, grant)))
+        return ("or", FALSE, *branches)
 
-    def grant_clause(self, row: FromClause, grant: Grant) -> ColumnElement[bool]:
-        conditions: list[ColumnElement[bool]] = []
+    def grant_clause(self, row: str, grant: Grant) -> Node:
+        conditions: list[Node] = []
         if not grant.everything:
-            visible: list[ColumnElement[bool]] = []
+            visible: list[Node] = []
             if grant.compartments:
-                visible.append(row.c.compartments.overlap(sorted(grant.compartments)))
+                compartments = self.value(sorted(grant.compartments))
+                visible.append(("overlap", _col(row, "compartments"), compartments))
             if grant.creators:
-                visible.append(row.c.created_by.in_(sorted(grant.creators)))
-            conditions.append(or_(false(), *visible))
+                creators = self.value(sorted(grant.creators), "text[]")
+                visible.append(("any", _col(row, "created_by"), creators))
+            conditions.append(("or", FALSE, *visible))
         if grant.within is not None:
-            conditions.append(row.c.compartments.contains([grant.within]))
+            conditions.append(("contains", _col(row, "compartments"), self.value([grant.within])))
         if grant.criteria:
             conditions.append(
-                or_(*(and_(*(self.criterion(row, c) for c in alt)) for alt in grant.criteria))
+                ("or", *(("and", *(self.criterion(row, c) for c in alt)) for alt in grant.criteria))
             )
-        return and_(true(), *conditions)
+        return ("and", TRUE, *conditions)
 
-    def criterion(self, row: FromClause, c: Criterion) -> ColumnElement[bool]:
+    def criterion(self, row: str, c: Criterion) -> Node:
         param = c.param
         if c.parts:
-            return or_(*(and_(*(self.criterion(row, p) for p in part)) for part in c.parts))
+            return ("or", *(("and", *(self.criterion(row, p) for p in part)) for part in c.parts))
         if c.has_type is not None:
             return self.has(row, c)
         if c.chain:
             return self.chain(row, c)
         if c.modifier == "missing":
-            present = self.index_exists(row, param, true())
-            return not_(present) if c.values[0] == "true" else present
+            present = self.index_exists(row, param, TRUE)
+            return ("not", present) if c.values[0] == "true" else present
         if c.modifier == "not":
             # R4: `:not` also matches resources that have no value at all
-            return not_(self.index_exists_any(row, param, _without_modifier(c)))
+            return ("not", self.index_exists_any(row, param, _without_modifier(c)))
         return self.index_exists_any(row, param, c)
 
     def index_exists(
-        self,
-        row: FromClause,
-        param: SearchParam,
-        condition: ColumnElement[bool],
-        index: FromClause | None = None,
-    ) -> ColumnElement[bool]:
+        self, row: str, param: SearchParam, condition: Node, index: str | None = None
+    ) -> Node:
         index = index if index is not None else self.alias(param.type)
-        return exists().where(
-            index.c.resource_type == row.c.resource_type,
-            index.c.id == row.c.id,
-            index.c.code == param.code,
+        return (
+            "exists",
+            ("=", _col(index, "resource_type"), _col(row, "resource_type")),
+            ("=", _col(index, "id"), _col(row, "id")),
+            ("=", _col(index, "code"), self.value(param.code)),
             condition,
         )
 
-    def index_exists_any(
-        self, row: FromClause, param: SearchParam, c: Criterion
-    ) -> ColumnElement[bool]:
+    def index_exists_any(self, row: str, param: SearchParam, c: Criterion) -> Node:
         index = self.alias(param.type)
         build = getattr(self, param.type)
         alternatives = [build(value, c.modifier, index, param) for value in c.values]
-        return self.index_exists(row, param, or_(*alternatives), index)
+        return self.index_exists(row, param, ("or", *alternatives), index)
 
     # One method per parameter type: the condition on one index row for one value of `param`.
 
-    def string(
-        self, value: str, modifier: str | None, ix: FromClause, param: SearchParam
-    ) -> ColumnElement[bool]:
+    def string(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         normalized = normalize_string(value)
         if modifier == "exact":
-            return and_(ix.c.value == normalized, ix.c.exact == value)
+            return (
+                "and",
+                ("=", _col(ix, "value"), self.value(normalized)),
+                ("=", _col(ix, "exact"), self.value(value)),
+            )
         if modifier == "contains":
-            return ix.c.value.contains(normalized, autoescape=True)
-        return starts_with(ix.c.value, normalized)
+            return ("like contains", _col(ix, "value"), self.value(_like_escaped(normalized)))
+        return self.starts_with(_col(ix, "value"), normalized)
 
-    def token(
-        self, value: str, modifier: str | None, ix: FromClause, param: SearchParam
-    ) -> ColumnElement[bool]:
+    def token(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         if modifier == "text":
-            return starts_with(ix.c.text, normalize_string(value))
+            return self.starts_with(_col(ix, "text"), normalize_string(value))
         parts = split_unescaped(value, "|")
         if len(parts) == 1:
-            return ix.c.value == parts[0]
+            return ("=", _col(ix, "value"), self.value(parts[0]))
         system, code = parts[0], "|".join(parts[1:])
         if system == "":
-            return and_(ix.c.value == code, ix.c.system.is_(None))
+            return ("and", ("=", _col(ix, "value"), self.value(code)), ("null", _col(ix, "system")))
         if code == "":
-            return ix.c.system == system
+            return ("=", _col(ix, "system"), self.value(system))
         if _implicit_system(param):
             # a plain `code` element is indexed without the system its binding implies
-            return and_(ix.c.value == code, or_(ix.c.system == system, ix.c.system.is_(None)))
-        return and_(ix.c.value == code, ix.c.system == system)
+            return (
+                "and",
+                ("=", _col(ix, "value"), self.value(code)),
+                ("or", ("=", _col(ix, "system"), self.value(system)), ("null", _col(ix, "system"))),
+            )
+        return (
+            "and",
+            ("=", _col(ix, "value"), self.value(code)),
+            ("=", _col(ix, "system"), self.value(system)),
+        )
 
-    def uri(
-        self, value: str, modifier: str | None, ix: FromClause, param: SearchParam
-    ) -> ColumnElement[bool]:
+    def uri(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         if modifier == "below":
-            return starts_with(ix.c.value, value)
+            return self.starts_with(_col(ix, "value"), value)
         if modifier == "above":
-            return func.starts_with(literal(value), ix.c.value)
-        return ix.c.value == value
+            return ("starts_with", self.value(value, "str"), _col(ix, "value"))
+        return ("=", _col(ix, "value"), self.value(value))
 
-    def reference(
-        self, value: str, modifier: str | None, ix: FromClause, param: SearchParam
-    ) -> ColumnElement[bool]:
+    def reference(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         if modifier == "identifier":
             parts = split_unescaped(value, "|")
             if len(parts) == 1:
-                return ix.c.identifier_value == parts[0]
+                return ("=", _col(ix, "identifier_value"), self.value(parts[0]))
             system, code = parts[0], "|".join(parts[1:])
-            conditions = []
+            conditions: list[Node] = []
             if system:
-                conditions.append(ix.c.identifier_system == system)
+                conditions.append(("=", _col(ix, "identifier_system"), self.value(system)))
             else:
-                conditions.append(ix.c.identifier_system.is_(None))
+                conditions.append(("null", _col(ix, "identifier_system")))
             if code:
-                conditions.append(ix.c.identifier_value == code)
-            return and_(*conditions)
+                conditions.append(("=", _col(ix, "identifier_value"), self.value(code)))
+            return ("and", *conditions)
         local = self.local_reference(value)
         if local is not None:
             target_type, target_id = local
             if modifier is not None and target_type is not None and target_type != modifier:
-                return false()
+                return FALSE
             target_type = target_type or modifier
             if target_type is None:
-                return ix.c.target_id == target_id
-            return and_(ix.c.target_id == target_id, ix.c.target_type == target_type)
-        return ix.c.url == value.split("|")[0]
+                return ("=", _col(ix, "target_id"), self.value(target_id))
+            return (
+                "and",
+                ("=", _col(ix, "target_id"), self.value(target_id)),
+                ("=", _col(ix, "target_type"), self.value(target_type)),
+            )
+        return ("=", _col(ix, "url"), self.value(value.split("|")[0]))
 
     def local_reference(self, value: str) -> tuple[str | None, str] | None:
         """`Type/id`, `id`, or `<this server's base>/Type/id` (a version suffix is ignored)."""
@@ -293,93 +374,165 @@ class _Planner:
             return parts[0], parts[1]
         return None
 
-    def date(
-        self, value: str, modifier: str | None, ix: FromClause, param: SearchParam
-    ) -> ColumnElement[bool]:
+    def date(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         prefix, text = split_prefix(value)
         found = date_range(text)
         if found is None:
             raise BadRequest(f"`{text}` is not a FHIR date", code="value")
         low, high = found
-        return range_condition(
-            prefix, low, high, ix.c.low, ix.c.high, approximate=_date_slack(low, high)
+        return self.range_condition(
+            prefix,
+            low,
+            high,
+            _col(ix, "low"),
+            _col(ix, "high"),
+            approximate=_date_slack(low, high),
         )
 
-    def number(
-        self, value: str, modifier: str | None, ix: FromClause, param: SearchParam
-    ) -> ColumnElement[bool]:
+    def number(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         prefix, text = split_prefix(value)
         found = number_range(text)
         if found is None:
             raise BadRequest(f"`{text}` is not a number", code="value")
         exact, low, high = found
-        return number_condition(prefix, exact, low, high, ix.c.value)
+        return self.number_condition(prefix, exact, low, high, _col(ix, "value"))
 
-    def quantity(
-        self, value: str, modifier: str | None, ix: FromClause, param: SearchParam
-    ) -> ColumnElement[bool]:
+    def quantity(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         prefix, text = split_prefix(value)
         parts = split_unescaped(text, "|")
         found = number_range(parts[0])
         if found is None:
             raise BadRequest(f"`{parts[0]}` is not a number", code="value")
         exact, low, high = found
-        conditions = [number_condition(prefix, exact, low, high, ix.c.value)]
+        conditions = [self.number_condition(prefix, exact, low, high, _col(ix, "value"))]
         system = parts[1] if len(parts) > 1 else ""
         code = "|".join(parts[2:]) if len(parts) > 2 else ""
         if system:
-            conditions.append(ix.c.system == system)
+            conditions.append(("=", _col(ix, "system"), self.value(system)))
         if code:
+            unit_code = ("=", _col(ix, "unit_code"), self.value(code))
             conditions.append(
-                ix.c.unit_code == code if system else or_(ix.c.unit_code == code, ix.c.unit == code)
+                unit_code
+                if system
+                else ("or", unit_code, ("=", _col(ix, "unit"), self.value(code)))
             )
-        return and_(*conditions)
+        return ("and", *conditions)
+
+    def starts_with(self, column: Node, prefix: str) -> Node:
+        """`column` starts with `prefix`, as a range a B-tree serves even in a generic plan."""
+        if prefix == "":
+            return ("not null", column)
+        last = ord(prefix[-1])
+        if last >= 0x10FFFF:
+            return ("like prefix", column, self.value(_like_escaped(prefix)))
+        return (
+            "and",
+            (">=", column, self.value(prefix)),
+            ("<", column, self.value(prefix[:-1] + chr(last + 1))),
+        )
+
+    def range_condition(
+        self, prefix: str, low: Any, high: Any, r_low: Node, r_high: Node, *, approximate: Any
+    ) -> Node:
+        """R4 search prefixes on ranges: the parameter is [low, high), the resource
+        [r_low, r_high)."""
+        if prefix == "ap":
+            # the ranges overlap once the parameter's is widened by the slack
+            return (
+                "and",
+                ("<", r_low, self.value(high + approximate)),
+                (">", r_high, self.value(low - approximate)),
+            )
+        if prefix in {"gt", "lt", "sa", "eb"}:
+            column, operator, bound = {
+                "gt": (r_high, ">", high),
+                "lt": (r_low, "<", low),
+                "sa": (r_low, ">=", high),
+                "eb": (r_high, "<=", low),
+            }[prefix]
+            return (operator, column, self.value(bound))
+        low_value, high_value = self.value(low), self.value(high)
+        equal = ("and", (">=", r_low, low_value), ("<=", r_high, high_value))
+        if prefix == "ne":
+            return ("not", equal)
+        if prefix == "ge":
+            return ("or", (">", r_high, high_value), equal)
+        if prefix == "le":
+            return ("or", ("<", r_low, low_value), equal)
+        return equal  # eq
+
+    def number_condition(
+        self, prefix: str, exact: Decimal, low: Decimal, high: Decimal, value: Node
+    ) -> Node:
+        """R4 number prefixes: `eq` means within the precision of the value given."""
+        if prefix == "eq":
+            return ("and", (">=", value, self.value(low)), ("<", value, self.value(high)))
+        if prefix == "ne":
+            return ("or", ("<", value, self.value(low)), (">=", value, self.value(high)))
+        if prefix in {"gt", "sa"}:
+            return (">", value, self.value(exact))
+        if prefix in {"lt", "eb"}:
+            return ("<", value, self.value(exact))
+        if prefix == "ge":
+            return (">=", value, self.value(exact))
+        if prefix == "le":
+            return ("<=", value, self.value(exact))
+        slack = abs(exact) / 10
+        return (
+            "and",
+            (">=", value, self.value(exact - slack)),
+            ("<=", value, self.value(exact + slack)),
+        )
 
     # --- chains, reverse chains -----------------------------------------------------------
 
-    def chain(self, row: FromClause, c: Criterion) -> ColumnElement[bool]:
+    def chain(self, row: str, c: Criterion) -> Node:
         ref = self.alias("reference")
         alternatives = []
         for inner in c.chain:
             target = self.alias("resources")
             alternatives.append(
-                exists().where(
-                    target.c.resource_type == ref.c.target_type,
-                    target.c.id == ref.c.target_id,
+                (
+                    "exists",
+                    ("=", _col(target, "resource_type"), _col(ref, "target_type")),
+                    ("=", _col(target, "id"), _col(ref, "target_id")),
                     *self.visible(target, [inner.resource_type]),
                     self.criterion(target, inner),
                 )
             )
-        return exists().where(
-            ref.c.resource_type == row.c.resource_type,
-            ref.c.id == row.c.id,
-            ref.c.code == c.param.code,
-            or_(*alternatives),
+        return (
+            "exists",
+            ("=", _col(ref, "resource_type"), _col(row, "resource_type")),
+            ("=", _col(ref, "id"), _col(row, "id")),
+            ("=", _col(ref, "code"), self.value(c.param.code)),
+            ("or", *alternatives),
         )
 
-    def has(self, row: FromClause, c: Criterion) -> ColumnElement[bool]:
+    def has(self, row: str, c: Criterion) -> Node:
         assert c.has_type is not None
         ref = self.alias("reference")
         source = self.alias("resources")
-        return exists().where(
-            ref.c.resource_type == c.has_type,
-            ref.c.code == c.param.code,
-            ref.c.target_type == row.c.resource_type,
-            ref.c.target_id == row.c.id,
-            source.c.resource_type == ref.c.resource_type,
-            source.c.id == ref.c.id,
+        return (
+            "exists",
+            ("=", _col(ref, "resource_type"), self.value(c.has_type)),
+            ("=", _col(ref, "code"), self.value(c.param.code)),
+            ("=", _col(ref, "target_type"), _col(row, "resource_type")),
+            ("=", _col(ref, "target_id"), _col(row, "id")),
+            ("=", _col(source, "resource_type"), _col(ref, "resource_type")),
+            ("=", _col(source, "id"), _col(ref, "id")),
             *self.visible(source, [c.has_type]),
             self.criterion(source, c.chain[0]),
         )
 
     # --- the main query ---------------------------------------------------------------------
 
-    def where(self, row: FromClause, query: SearchQuery) -> list[ColumnElement[bool]]:
+    def where(self, row: str, query: SearchQuery) -> list[Node]:
         conditions = self.visible(row, query.resource_types)
         if query.compartment is not None:
-            conditions.append(row.c.compartments.contains([query.compartment]))
+            compartment = self.value([query.compartment])
+            conditions.append(("contains", _col(row, "compartments"), compartment))
         for ids in query.ids:
-            conditions.append(row.c.id.in_(list(ids)))
+            conditions.append(("any", _col(row, "id"), self.value(list(ids), "varchar[]")))
         for values in query.last_updated:
             alternatives = []
             for value in values:
@@ -387,53 +540,65 @@ class _Planner:
                 found = date_range(text)
                 assert found is not None  # the parser checked it
                 low, high = found
+                moment = _col(row, "last_updated")
+                # the end of the resource's range; `lt` and `sa` compare only its start, and a
+                # value bound but not in the SQL would fail the check in `query`
+                end = (
+                    moment
+                    if prefix in {"lt", "sa"}
+                    else ("+", moment, self.value(timedelta(microseconds=1), "interval"))
+                )
                 alternatives.append(
-                    range_condition(
-                        prefix,
-                        low,
-                        high,
-                        row.c.last_updated,
-                        row.c.last_updated + timedelta(microseconds=1),
-                        approximate=_date_slack(low, high),
+                    self.range_condition(
+                        prefix, low, high, moment, end, approximate=_date_slack(low, high)
                     )
                 )
-            conditions.append(or_(*alternatives))
+            conditions.append(("or", *alternatives))
         conditions.extend(self.criterion(row, c) for c in query.criteria)
         return conditions
 
-    def sort_expressions(
-        self, row: FromClause, query: SearchQuery
-    ) -> list[tuple[ColumnElement[Any], bool]]:
-        keys: list[tuple[ColumnElement[Any], bool]] = []
+    def sort_expressions(self, row: str, query: SearchQuery) -> list[tuple[Node, bool]]:
+        keys: list[tuple[Node, bool]] = []
         for key in query.sort:
             code, descending = key.param.code, key.descending
             if code == "_id":
-                keys.append((row.c.id, descending))
+                keys.append((_col(row, "id"), descending))
                 continue
             if code == "_lastUpdated":
-                keys.append((row.c.last_updated, descending))
+                keys.append((_col(row, "last_updated"), descending))
                 continue
             ix = self.alias(key.param.type)
             if key.param.type == "date":
-                column = ix.c.high if descending else ix.c.low
+                column = _col(ix, "high" if descending else "low")
             elif key.param.type == "reference":
-                column = ix.c.target_id
+                column = _col(ix, "target_id")
             else:
-                column = ix.c.value
-            aggregate = func.max(column) if descending else func.min(column)
-            keys.append(
-                (
-                    select(aggregate)
-                    .where(
-                        ix.c.resource_type == row.c.resource_type,
-                        ix.c.id == row.c.id,
-                        ix.c.code == code,
-                    )
-                    .scalar_subquery(),
-                    descending,
-                )
+                column = _col(ix, "value")
+            aggregate = (
+                "aggregate",
+                "max" if descending else "min",
+                column,
+                ("=", _col(ix, "resource_type"), _col(row, "resource_type")),
+                ("=", _col(ix, "id"), _col(row, "id")),
+                ("=", _col(ix, "code"), self.value(code)),
             )
+            keys.append((aggregate, descending))
         return keys
+
+    def after(self, keys: Sequence[tuple[Node, bool]], last: Sequence[Any]) -> Node:
+        """Rows strictly after `last` in the order of `keys` (NULLs last in both directions)."""
+        alternatives = []
+        for i, (expression, descending) in enumerate(keys):
+            prior = [self.same(keys[j][0], last[j]) for j in range(i)]
+            value = last[i]
+            if value is None:
+                continue  # nothing sorts after NULL at this position
+            later = ("<" if descending else ">", expression, self.value(value))
+            alternatives.append(("and", *prior, ("or", later, ("null", expression))))
+        return ("or", *alternatives) if alternatives else FALSE
+
+    def same(self, expression: Node, value: Any) -> Node:
+        return ("null", expression) if value is None else ("=", expression, self.value(value))
 
 
 @cache
@@ -444,72 +609,6 @@ def _implicit_system(param: SearchParam) -> bool:
         "code",
         "boolean",
     }
-
-
-def starts_with(column: ColumnElement[Any], prefix: str) -> ColumnElement[bool]:
-    """`column` starts with `prefix`, as a range a B-tree serves even in a generic plan."""
-    if prefix == "":
-        return column.is_not(None)
-    last = ord(prefix[-1])
-    if last >= 0x10FFFF:
-        return column.startswith(prefix, autoescape=True)
-    return and_(column >= prefix, column < prefix[:-1] + chr(last + 1))
-
-
-def range_condition(
-    prefix: str,
-    low: Any,
-    high: Any,
-    r_low: ColumnElement[Any],
-    r_high: ColumnElement[Any],
-    *,
-    approximate: Any,
-) -> ColumnElement[bool]:
-    """R4 search prefixes on ranges: the parameter is [low, high), the resource [r_low, r_high)."""
-    result: ColumnElement[bool]
-    equal = and_(r_low >= low, r_high <= high)
-    if prefix == "eq":
-        return equal
-    if prefix == "ne":
-        return not_(equal)
-    if prefix == "gt":
-        result = r_high > high
-        return result
-    if prefix == "lt":
-        result = r_low < low
-        return result
-    if prefix == "ge":
-        return or_(r_high > high, equal)
-    if prefix == "le":
-        return or_(r_low < low, equal)
-    if prefix == "sa":
-        result = r_low >= high
-        return result
-    if prefix == "eb":
-        result = r_high <= low
-        return result
-    # ap: the ranges overlap once the parameter's is widened by the slack
-    return and_(r_low < high + approximate, r_high > low - approximate)
-
-
-def number_condition(
-    prefix: str, exact: Decimal, low: Decimal, high: Decimal, value: ColumnElement[Any]
-) -> ColumnElement[bool]:
-    """R4 number prefixes: `eq` means within the precision of the value given."""
-    if prefix == "eq":
-        return and_(value >= low, value < high)
-    if prefix == "ne":
-        return or_(value < low, value >= high)
-    if prefix in {"gt", "sa"}:
-        return value > exact
-    if prefix in {"lt", "eb"}:
-        return value < exact
-    if prefix == "ge":
-        return value >= exact
-    if prefix == "le":
-        return value <= exact
-    slack = abs(exact) / 10
-    return and_(value >= exact - slack, value <= exact + slack)
 
 
 def _date_slack(low: datetime, high: datetime) -> timedelta:
@@ -523,23 +622,210 @@ def _without_modifier(c: Criterion) -> Criterion:
     return Criterion(c.resource_type, c.param, None, c.values)
 
 
-def _after(
-    keys: Sequence[tuple[ColumnElement[Any], bool]], last: Sequence[Any]
-) -> ColumnElement[bool]:
-    """Rows strictly after `last` in the order of `keys` (NULLs last in both directions)."""
-    alternatives = []
-    for i, (expression, descending) in enumerate(keys):
-        prior = [_same(keys[j][0], last[j]) for j in range(i)]
-        value = last[i]
-        if value is None:
-            continue  # nothing sorts after NULL at this position
-        later = expression < value if descending else expression > value
-        alternatives.append(and_(*prior, or_(later, expression.is_(None))))
-    return or_(*alternatives) if alternatives else false()
+# --- from a shape to SQL ------------------------------------------------------------------------
+
+# Shapes whose SQL is kept; a shape with more values than MAX_CACHED_VALUES is compiled each time,
+# so a cached entry stays small (its SQL is a few kB) whatever a client sends.
+STATEMENT_CACHE_SIZE = 1024
+MAX_CACHED_VALUES = 100
+
+_TABLES: Mapping[str, FromClause] = {
+    "r": resources,
+    "t": resources,
+    "res": resources,
+    **{kind[:3]: table for kind, table in SEARCH_TABLES.items()},
+}
+_TYPES: Mapping[str, TypeEngine[Any]] = {
+    "str": String(),
+    "varchar[]": ARRAY(String),
+    "text[]": ARRAY(Text),
+    "interval": Interval(),
+    "int": Integer(),
+}
+_COMPARE: Mapping[str, Callable[[Any, Any], ColumnElement[bool]]] = {
+    "=": lambda a, b: a == b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+
+Binder: TypeAlias = Callable[[str, TypeEngine[Any]], BindParameter[Any]]
 
 
-def _same(expression: ColumnElement[Any], value: Any) -> ColumnElement[bool]:
-    return expression.is_(None) if value is None else expression == value
+def _placeholder(name: str, type_: TypeEngine[Any]) -> BindParameter[Any]:
+    return bindparam(name, type_=type_)
+
+
+def _bound_values(values: Mapping[str, Any]) -> Binder:
+    """Parameters that carry their values, for a clause that goes into another statement."""
+
+    def bind(name: str, type_: TypeEngine[Any]) -> BindParameter[Any]:
+        return bindparam(name, values[name], type_=type_, unique=True)
+
+    return bind
+
+
+class _Builder:
+    """SQLAlchemy Core for a shape. It sees parameter names only, never values."""
+
+    def __init__(self, bind: Binder, froms: Mapping[str, FromClause] | None = None) -> None:
+        self.bind = bind
+        self.froms: dict[str, FromClause] = dict(froms or {})
+        self.params: dict[str, BindParameter[Any]] = {}
+
+    def table(self, alias: str) -> FromClause:
+        found = self.froms.get(alias)
+        if found is None:
+            table = _TABLES[alias if alias in _TABLES else alias.rstrip("0123456789")]
+            found = self.froms[alias] = table.alias(alias)
+        return found
+
+    def value(self, name: str, kind: str | None) -> BindParameter[Any]:
+        found = self.params.get(name)
+        if found is None:
+            found = self.params[name] = self.bind(name, NULLTYPE if kind is None else _TYPES[kind])
+        return found
+
+    def expression(self, node: Node) -> Any:
+        op = node[0]
+        if op == "col":
+            return self.table(node[1]).c[node[2]]
+        if op == "value":
+            return self.value(node[1], node[2])
+        if op == "true":
+            return true()
+        if op == "false":
+            return false()
+        if op == "and":
+            return and_(*self.all(node[1:]))
+        if op == "or":
+            return or_(*self.all(node[1:]))
+        if op == "not":
+            return not_(self.expression(node[1]))
+        if op in _COMPARE:
+            return _COMPARE[op](self.expression(node[1]), self.expression(node[2]))
+        if op == "null":
+            return self.expression(node[1]).is_(None)
+        if op == "not null":
+            return self.expression(node[1]).is_not(None)
+        if op == "is false":
+            return self.expression(node[1]).is_(False)
+        if op == "any":
+            return self.expression(node[1]) == any_(self.expression(node[2]))
+        if op == "overlap":
+            return self.expression(node[1]).overlap(self.expression(node[2]))
+        if op == "contains":
+            return self.expression(node[1]).contains(self.expression(node[2]))
+        if op == "like contains":
+            return self.expression(node[1]).contains(self.expression(node[2]), escape=_ESCAPE)
+        if op == "like prefix":
+            return self.expression(node[1]).startswith(self.expression(node[2]), escape=_ESCAPE)
+        if op == "starts_with":
+            return func.starts_with(self.expression(node[1]), self.expression(node[2]))
+        if op == "+":
+            return self.expression(node[1]) + self.expression(node[2])
+        if op == "exists":
+            return exists().where(*self.all(node[1:]))
+        if op == "aggregate":
+            column = self.expression(node[2])
+            aggregate = func.max(column) if node[1] == "max" else func.min(column)
+            return select(aggregate).where(*self.all(node[3:])).scalar_subquery()
+        raise AssertionError(f"no such shape: {op!r}")
+
+    def all(self, nodes: Sequence[Node]) -> list[Any]:
+        return [self.expression(n) for n in nodes]
+
+    def statement(self, shape: Node) -> Any:
+        kind = shape[0]
+        if kind == "search":
+            return self.search(*shape[1:])
+        if kind == "count":
+            row = self.table("r")
+            return select(func.count()).select_from(row).where(*self.all(shape[1]))
+        assert kind == "include"
+        _, link, visible, limit = shape
+        target = self.table("t")
+        statement = (
+            select(
+                target.c.resource_type, target.c.id, cast(target.c.content, Text).label("content")
+            )
+            .where(exists().where(*self.all(link)), *self.all(visible))
+            .order_by(target.c.resource_type, target.c.id)
+        )
+        return statement if limit is None else statement.limit(self.expression(limit))
+
+    def search(
+        self,
+        conditions: Sequence[Node],
+        sort: Sequence[tuple[Node, bool]],
+        after: Node | None,
+        limit: Node,
+    ) -> Any:
+        row = self.table("r")
+        keys = [
+            *((self.expression(k), descending) for k, descending in sort),
+            (row.c.resource_type, False),
+            (row.c.id, False),
+        ]
+        columns = [expression.label(f"k{i}") for i, (expression, _) in enumerate(keys)]
+        matches = (
+            select(row.c.resource_type, row.c.id, *columns)
+            .where(*self.all(conditions))
+            .subquery("matches")
+        )
+        self.froms["matches"] = matches
+        keyed = [(matches.c[f"k{i}"], descending) for i, (_, descending) in enumerate(keys)]
+        page = select(*matches.c)
+        if after is not None:
+            page = page.where(self.expression(after))
+        page_keys = page.order_by(*_order(keyed)).limit(self.expression(limit)).subquery("page")
+        # The content of the page's rows only: turning jsonb into text is the costly part of a row.
+        content = resources.alias("content")
+        paged = [(page_keys.c[f"k{i}"], descending) for i, (_, descending) in enumerate(keys)]
+        return (
+            select(
+                page_keys.c.resource_type,
+                page_keys.c.id,
+                cast(content.c.content, Text).label("content"),
+                *(k for k, _ in paged),
+            )
+            .join(
+                content,
+                and_(
+                    content.c.resource_type == page_keys.c.resource_type,
+                    content.c.id == page_keys.c.id,
+                ),
+            )
+            .order_by(*_order(paged))
+        )
+
+
+def _order(keys: Sequence[tuple[ColumnElement[Any], bool]]) -> list[Any]:
+    return [k.desc().nulls_last() if descending else k.asc().nulls_last() for k, descending in keys]
+
+
+def _compile(shape: Node) -> str:
+    """The SQL of a shape. Every parameter in it must be one the shape names: a value that got
+    into the statement any other way would be cached with it and serve other requests."""
+    builder = _Builder(_placeholder)
+    sql, names = compile_named(builder.statement(shape))
+    stray = names - builder.params.keys()
+    if stray:
+        raise AssertionError(f"values outside the search's shape: {sorted(stray)}")
+    return sql
+
+
+_compile_cached = lru_cache(maxsize=STATEMENT_CACHE_SIZE)(_compile)
+
+
+def clear_statement_cache() -> None:
+    _compile_cached.cache_clear()
+
+
+def statement_cache_info() -> Any:
+    """Hits, misses and size of the statement cache (`functools` cache info)."""
+    return _compile_cached.cache_info()
 
 
 # --- entry points ----------------------------------------------------------------------------
@@ -547,108 +833,91 @@ def _same(expression: ColumnElement[Any], value: Any) -> ColumnElement[bool]:
 
 def search_statement(
     query: SearchQuery, access: AccessFilter, *, local_bases: Sequence[str] = ()
-) -> tuple[Select[Any], int]:
+) -> tuple[Query, int]:
     """The page query: rows of (resource_type, id, content, sort keys...), `count + 1` of them
     so the caller knows whether there is a next page. Returns it and the number of keys."""
     planner = _Planner(access, local_bases)
-    row = resources.alias("r")
-    conditions = planner.where(row, query)
-    sort = planner.sort_expressions(row, query)
-    keys = [*sort, (row.c.resource_type, False), (row.c.id, False)]
-    columns = [expression.label(f"k{i}") for i, (expression, _) in enumerate(keys)]
-    matches = select(row.c.resource_type, row.c.id, *columns).where(*conditions).subquery("matches")
-    keyed = [(matches.c[f"k{i}"], descending) for i, (_, descending) in enumerate(keys)]
-    page = select(*matches.c)
+    conditions = planner.where("r", query)
+    sort = planner.sort_expressions("r", query)
+    keys = len(sort) + 2  # then type and id
+    after = None
     if query.cursor is not None:
-        page = page.where(_after(keyed, decode_cursor(query.cursor, len(keyed))))
-    page_keys = page.order_by(*_order(keyed)).limit(query.count + 1).subquery("page")
-    # The content of the page's rows only: turning jsonb into text is the costly part of a row.
-    content = resources.alias("content")
-    paged = [(page_keys.c[f"k{i}"], descending) for i, (_, descending) in enumerate(keys)]
-    statement = (
-        select(
-            page_keys.c.resource_type,
-            page_keys.c.id,
-            cast(content.c.content, Text).label("content"),
-            *(k for k, _ in paged),
-        )
-        .join(
-            content,
-            and_(
-                content.c.resource_type == page_keys.c.resource_type,
-                content.c.id == page_keys.c.id,
-            ),
-        )
-        .order_by(*_order(paged))
-    )
-    return statement, len(keyed)
-
-
-def _order(keys: Sequence[tuple[ColumnElement[Any], bool]]) -> list[Any]:
-    return [k.desc().nulls_last() if descending else k.asc().nulls_last() for k, descending in keys]
+        last = decode_cursor(query.cursor, keys)
+        descending = [d for _, d in sort] + [False, False]
+        keyed = [(_col("matches", f"k{i}"), d) for i, d in enumerate(descending)]
+        after = planner.after(keyed, last)
+    limit = planner.value(query.count + 1, "int")
+    return planner.query(("search", tuple(conditions), tuple(sort), after, limit)), keys
 
 
 def count_statement(
     query: SearchQuery, access: AccessFilter, *, local_bases: Sequence[str] = ()
-) -> Select[Any]:
+) -> Query:
     planner = _Planner(access, local_bases)
-    row = resources.alias("r")
-    return select(func.count()).select_from(row).where(*planner.where(row, query))
+    return planner.query(("count", tuple(planner.where("r", query))))
 
 
 def include_statement(
     include: Include,
     sources: Sequence[tuple[str, str]],
     access: AccessFilter,
-) -> Select[Any]:
+    *,
+    limit: int | None = None,
+) -> Query:
     """Resources the page's resources refer to (`_include`) or that refer to them
-    (`_revinclude`), visible to the caller."""
+    (`_revinclude`), visible to the caller; at most `limit` of them."""
     planner = _Planner(access, ())
     ref = planner.alias("reference")
-    target = resources.alias("t")
+    target = "t"
     by_type: dict[str, list[str]] = {}
     for resource_type, id in sources:
         by_type.setdefault(resource_type, []).append(id)
+    link: list[Node]
     if include.reverse:
         assert include.param is not None
         # the page's resources, as targets of the source type's reference parameter
         pages = [
-            and_(ref.c.target_type == t, ref.c.target_id == any_(literal(ids, ARRAY(String))))
+            (
+                "and",
+                ("=", _col(ref, "target_type"), planner.value(t)),
+                ("any", _col(ref, "target_id"), planner.value(ids, "varchar[]")),
+            )
             for t, ids in by_type.items()
         ]
         link = [
-            ref.c.resource_type == include.source_type,
-            ref.c.code == include.param.code,
-            or_(*pages),
-            target.c.resource_type == ref.c.resource_type,
-            target.c.id == ref.c.id,
+            ("=", _col(ref, "resource_type"), planner.value(include.source_type)),
+            ("=", _col(ref, "code"), planner.value(include.param.code)),
+            ("or", *pages),
+            ("=", _col(target, "resource_type"), _col(ref, "resource_type")),
+            ("=", _col(target, "id"), _col(ref, "id")),
         ]
         if include.target_type:
-            link.append(ref.c.target_type == include.target_type)
+            link.append(("=", _col(ref, "target_type"), planner.value(include.target_type)))
         types = [include.source_type]
     else:
         pages = [
-            and_(ref.c.resource_type == t, ref.c.id == any_(literal(ids, ARRAY(String))))
+            (
+                "and",
+                ("=", _col(ref, "resource_type"), planner.value(t)),
+                ("any", _col(ref, "id"), planner.value(ids, "varchar[]")),
+            )
             for t, ids in by_type.items()
             if include.param is None or t == include.source_type
         ]
         link = [
-            or_(*pages),
-            target.c.resource_type == ref.c.target_type,
-            target.c.id == ref.c.target_id,
+            ("or", *pages),
+            ("=", _col(target, "resource_type"), _col(ref, "target_type")),
+            ("=", _col(target, "id"), _col(ref, "target_id")),
         ]
         if include.param is not None:
-            link.append(ref.c.code == include.param.code)
+            link.append(("=", _col(ref, "code"), planner.value(include.param.code)))
         if include.target_type:
-            link.append(ref.c.target_type == include.target_type)
+            link.append(("=", _col(ref, "target_type"), planner.value(include.target_type)))
         types = list(include.param.targets) if include.param is not None else []
         if include.target_type:
             types = [include.target_type]
-    visible = [target.c.deleted.is_(False), planner.access(target, types or None)]
+    visible = [("is false", _col(target, "deleted")), planner.access(target, types or None)]
     if include.reverse:
-        visible.append(target.c.resource_type == types[0])
-    return (
-        select(target.c.resource_type, target.c.id, cast(target.c.content, Text).label("content"))
-        .where(exists().where(*link), *visible)
-        .order_by(target.c.resource_type, target.c.id)
-    )
+        visible.append(("=", _col(target, "resource_type"), planner.value(types[0])))
+    bound = None if limit is None else planner.value(limit, "int")
+    return planner.query(("include", tuple(link), tuple(visible), bound))

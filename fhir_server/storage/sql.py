@@ -3,7 +3,8 @@
 Statements are built with SQLAlchemy Core against `tables.py` and compiled to psycopg's SQL; the
 request then runs that SQL on a pooled psycopg connection, one round trip per statement. SQLAlchemy's
 async execution layer (greenlet hand-offs, result wrapping, pool events) cost more CPU than the whole
-rest of a read, so requests do not go through it. Fixed statements are compiled once, at import.
+rest of a read, so requests do not go through it. Fixed statements are compiled once, at import;
+searches are compiled once per shape (`search_sql.py`) and run as a `Query`.
 
 Values go to psycopg as they are: str, int, bool, datetime and lists of str adapt natively. A JSON
 value must be sent as text and cast in the statement (`cast(bindparam(..., Text), JSONB)`).
@@ -33,9 +34,27 @@ class Statement:
         self.sql = statement if isinstance(statement, str) else compile_fixed(statement)
 
 
+class Query:
+    """SQL and values of a statement built for one request (a search): planned by PostgreSQL for
+    these values each time it runs, never prepared (see `_server_side`). The SQL text may be
+    shared by other requests; the values are this request's own."""
+
+    __slots__ = ("params", "sql")
+
+    def __init__(self, sql: str, params: dict[str, Any]) -> None:
+        self.sql = sql
+        self.params = params
+
+
 def compile_fixed(statement: ClauseElement) -> str:
     """SQL of a statement whose values are all named bind parameters."""
     return str(statement.compile(dialect=_DIALECT))
+
+
+def compile_named(statement: ClauseElement) -> tuple[str, frozenset[str]]:
+    """SQL of a statement whose values are all named bind parameters, and the names it uses."""
+    compiled = statement.compile(dialect=_DIALECT)
+    return str(compiled), frozenset(compiled.params)
 
 
 def compile_query(statement: ClauseElement) -> tuple[str, dict[str, Any]]:
@@ -45,7 +64,7 @@ def compile_query(statement: ClauseElement) -> tuple[str, dict[str, Any]]:
 
 
 async def fetch_all(
-    conn: Connection, statement: Statement | ClauseElement, params: Params | None = None
+    conn: Connection, statement: Statement | Query | ClauseElement, params: Params | None = None
 ) -> list[tuple[Any, ...]]:
     sql, bound = _prepare(statement, params)
     cursor = await conn.execute(sql, bound, prepare=_server_side(statement))
@@ -53,19 +72,21 @@ async def fetch_all(
 
 
 async def fetch_one(
-    conn: Connection, statement: Statement | ClauseElement, params: Params | None = None
+    conn: Connection, statement: Statement | Query | ClauseElement, params: Params | None = None
 ) -> tuple[Any, ...] | None:
     sql, bound = _prepare(statement, params)
     cursor = await conn.execute(sql, bound, prepare=_server_side(statement))
     return await cursor.fetchone()
 
 
-def _server_side(statement: Statement | ClauseElement) -> bool | None:
+def _server_side(statement: Statement | Query | ClauseElement) -> bool | None:
     """Fixed statements may be prepared on the server (psycopg does it after a few runs: no
-    planning per request). Statements built for one request (searches) are always planned for
-    their values: a prepared search drifts to PostgreSQL's generic plan, which cannot tell a
-    rare compartment from a common one and at two million rows read thousands of rows instead
-    of twenty (a RelatedPerson's search went from 1 to 23 ms of PostgreSQL CPU)."""
+    planning per request). Statements built for one request (searches, a `Query`) are always
+    planned for their values: a prepared search drifts to PostgreSQL's generic plan, which cannot
+    tell a rare compartment from a common one and at two million rows read thousands of rows
+    instead of twenty (a RelatedPerson's search went from 1 to 23 ms of PostgreSQL CPU). Their
+    values still go as parameters: an unnamed statement is planned with the values it is bound to,
+    so a search's SQL text can be the same for every request of its shape."""
     return None if isinstance(statement, Statement) else False
 
 
@@ -82,10 +103,12 @@ async def execute_many(conn: Connection, statement: Statement, params: Sequence[
 
 
 def _prepare(
-    statement: Statement | ClauseElement, params: Params | None
+    statement: Statement | Query | ClauseElement, params: Params | None
 ) -> tuple[str, Mapping[str, Any]]:
     if isinstance(statement, Statement):
         return statement.sql, params or {}
+    if isinstance(statement, Query):
+        return statement.sql, {**statement.params, **params} if params else statement.params
     sql, bound = compile_query(statement)
     if params:
         bound.update(params)
