@@ -23,9 +23,10 @@ from compartments.engine import (
 from compartments.policy import Policy, default_policy
 
 
-def main() -> None:
-    policy = Policy(default_policy(resource_types()))
-    facts = Facts(
+def family_facts() -> Facts:
+    """A mother (RelatedPerson/9) of a child (Patient/c), and a spouse (RelatedPerson/8) of an
+    adult (Patient/a) with a LAB_RESULTS Consent: the callers of the engine and search benchmarks."""
+    return Facts(
         today=date(2026, 11, 23),
         related_persons={
             "RelatedPerson/9": RelatedPersonFact(
@@ -42,6 +43,11 @@ def main() -> None:
             )
         ],
     )
+
+
+def main() -> None:
+    policy = Policy(default_policy(resource_types()))
+    facts = family_facts()
     cases = {
         "parent reads a minor's Observation": Request(
             (Identity("RelatedPerson/9"),), "read", "Observation", Target(frozenset({"Patient/c"}))

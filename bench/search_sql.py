@@ -19,12 +19,12 @@ import subprocess
 import sys
 import timeit
 from collections.abc import Callable, Sequence
-from datetime import date
 from functools import partial
 from typing import Any
 
+from bench.engine import family_facts
 from capability.definitions import resource_types
-from compartments.engine import ConsentFact, Facts, Identity, RelatedPersonFact
+from compartments.engine import Identity
 from compartments.policy import Policy, default_policy
 from fhir_server.auth.tokens import principal_from_claims
 from fhir_server.search.query import SearchQuery, parse_search
@@ -42,23 +42,7 @@ def guards() -> dict[str, Guard]:
     """System (unrestricted), a parent (RelatedPerson of a minor, `user/*.rs`), a spouse with a
     LAB_RESULTS Consent, and a patient with `patient/*.rs` and its launch context."""
     policy = Policy(default_policy(resource_types()))
-    facts = Facts(
-        today=date(2026, 11, 23),
-        related_persons={
-            "RelatedPerson/9": RelatedPersonFact(
-                "RelatedPerson/9", "Patient/c", frozenset({"MTH"})
-            ),
-            "RelatedPerson/8": RelatedPersonFact(
-                "RelatedPerson/8", "Patient/a", frozenset({"SPS"})
-            ),
-        },
-        birth_dates={"Patient/c": date(2015, 1, 1), "Patient/a": date(1980, 1, 1)},
-        consents=[
-            ConsentFact(
-                "Consent/1", "Patient/a", frozenset({"RelatedPerson/8"}), frozenset({"LAB_RESULTS"})
-            )
-        ],
-    )
+    facts = family_facts()
 
     def guard(user: str, scope: str, patient: str | None = None) -> Guard:
         claims: dict[str, Any] = {"sub": user, "fhirUser": user, "scope": scope}
