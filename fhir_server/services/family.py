@@ -29,6 +29,7 @@ from fhir_server.services.fhir_parameters import parameter_values
 from fhir_server.services.registry import ClientRegistry
 from fhir_server.services.resources import new_version, parse_json
 from fhir_server.storage import repository
+from fhir_server.storage.repository import NewVersion
 from fhir_server.storage.search_sql import search_statement
 from fhir_server.storage.sql import Connection, Statement, fetch_all
 
@@ -523,20 +524,25 @@ async def remove_dependent(
 
 
 async def rewrite(
-    server: Context, conn: Connection, resource_type: str, id: str, content: dict[str, Any]
-) -> None:
-    """A new version of a stored resource, written by the server (`Context.as_server`)."""
-    locked = await repository.lock_current(conn, resource_type, id)
-    assert locked is not None
+    server: Context,
+    conn: Connection,
+    resource_type: str,
+    id: str,
+    content: dict[str, Any],
+    *,
+    after: int | None = None,
+) -> NewVersion:
+    """A new version of a stored resource, written by the server (`Context.as_server`). `after`:
+    the version it follows, when the caller already holds the row's lock."""
+    if after is None:
+        locked = await repository.lock_current(conn, resource_type, id)
+        assert locked is not None
+        after = locked.version_id
     version = new_version(
-        server,
-        content,
-        id=id,
-        version_id=locked.version_id + 1,
-        last_updated=server.clock(),
-        method="PUT",
+        server, content, id=id, version_id=after + 1, last_updated=server.clock(), method="PUT"
     )
     await repository.write_version(conn, version)
+    return version
 
 
 @dataclass(frozen=True, slots=True)

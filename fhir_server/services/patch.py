@@ -50,13 +50,11 @@ async def patch(
         raise NotFound(f"`{resource_type}/{id}` is not known")
     check_stored(guard, "patch", resource_type, id, locked.compartments, locked.created_by)
     check_precondition(f"{resource_type}/{id}", locked.version_id, if_match)
-    current = await repository.read_current(conn, resource_type, id)
-    assert current is not None
-    if current.content is None:
+    if locked.content is None:
         raise Gone(f"`{resource_type}/{id}` was deleted")
-    stored = parse_json(current.content)
+    stored = parse_json(locked.content)
     try:
-        patched = operations.apply(parse_json(current.content))
+        patched = operations.apply(parse_json(locked.content))
     except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
         raise Unprocessable(f"the patch cannot be applied: {exc}", code="processing") from None
     if not isinstance(patched, dict) or patched.get("id") != id:

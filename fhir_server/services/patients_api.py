@@ -321,7 +321,7 @@ async def create(ctx: Context, conn: Connection, body: Any) -> StoredVersion:
         ctx.as_server(), resource, id=id, version_id=1, last_updated=now, method="POST"
     )
     await repository.insert_new(conn, version)
-    found = await _current(conn, id)
+    found = version.stored()
     ctx.guard.changed(f"Patient/{id}", None, _demographics(from_fhir(found), present=True))
     return found
 
@@ -359,12 +359,13 @@ async def replace(
             "version_mismatch",
             f"the patient is at version {locked.version_id}, not {if_match}",
         )
-    stored = from_fhir(await _current(conn, id))
+    assert locked.content is not None
+    stored = _view(parse_json(locked.content), locked.version_id, locked.last_updated, False)
     resource = to_fhir(d, id, stored["created_at"])
     await _unique(conn, resource, id)
     ctx.validator.validate(resource, expected_type="Patient")
-    await rewrite(ctx.as_server(), conn, "Patient", id, resource)
-    found = await _current(conn, id)
+    version = await rewrite(ctx.as_server(), conn, "Patient", id, resource, after=if_match)
+    found = version.stored()
     ctx.guard.changed(f"Patient/{id}", _demographics(stored), _demographics(from_fhir(found)))
     return found
 
@@ -396,17 +397,9 @@ async def restore(ctx: Context, conn: Connection, id: str) -> StoredVersion:
     content = parse_json(before.content)
     # someone may have taken its email or phone while it was deleted
     await _unique(conn, content, id)
-    version = new_version(
-        ctx.as_server(),
-        content,
-        id=id,
-        version_id=locked.version_id + 1,
-        last_updated=ctx.clock(),
-        method="PUT",
-    )
-    await repository.write_version(conn, version)
+    version = await rewrite(ctx.as_server(), conn, "Patient", id, content, after=locked.version_id)
     ctx.guard.changed(f"Patient/{id}", {"is_deleted": True}, {"is_deleted": False})
-    return await _current(conn, id)
+    return version.stored()
 
 
 async def list_patients(ctx: Context, conn: Connection, query: dict[str, str]) -> dict[str, Any]:

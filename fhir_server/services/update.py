@@ -76,7 +76,7 @@ async def update(
         # the stored version first: nothing about it (not even its version) before that
         check_stored(guard, "update", resource_type, id, locked.compartments, locked.created_by)
         check_precondition(f"{resource_type}/{id}", locked.version_id, if_match)
-        stored = await stored_content(conn, resource_type, id)
+        stored = None if locked.content is None else parse_json(locked.content)
         if not guard.privileged:
             protect_meta(guard, resource, stored)
             protect_links(guard, resource, stored)
@@ -93,12 +93,3 @@ async def update(
         guard.changed(f"{resource_type}/{id}", stored, resource)
         return Result.written(201 if locked.deleted else 200, version)
     raise PreconditionFailed(f"`{resource_type}/{id}` is being created concurrently; retry")
-
-
-async def stored_content(conn: Connection, resource_type: str, id: str) -> dict[str, Any] | None:
-    """The stored resource as JSON, for the fields a non-privileged write may not change."""
-    found = await repository.read_current(conn, resource_type, id)
-    if found is None or found.content is None:
-        return None
-    parsed: dict[str, Any] = parse_json(found.content)
-    return parsed

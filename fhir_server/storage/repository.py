@@ -87,6 +87,18 @@ class NewVersion:
     def deleted(self) -> bool:
         return self.content is None
 
+    def stored(self) -> StoredVersion:
+        """The version as reading it back once written would give it."""
+        return StoredVersion(
+            self.resource_type,
+            self.id,
+            self.version_id,
+            self.last_updated,
+            self.deleted,
+            self.content,
+            self.method,
+        )
+
 
 _current_cols = (
     resources.c.version_id,
@@ -105,6 +117,8 @@ _current_target = select(
     resources.c.deleted,
     resources.c.compartments,
     resources.c.created_by,
+    resources.c.last_updated,
+    cast(resources.c.content, Text).label("content"),
 ).where(resources.c.resource_type == bindparam("t"), resources.c.id == bindparam("i"))
 _lock_current = Statement(_current_target.with_for_update())
 _current_target_unlocked = Statement(_current_target)
@@ -341,13 +355,16 @@ class Locked:
     deleted: bool
     compartments: list[str]
     created_by: str | None
+    last_updated: datetime
+    content: str | None  # JSON text, None for a deletion
 
 
 async def lock_current(
     conn: Connection, resource_type: str, id: str, *, lock: bool = True
 ) -> Locked | None:
-    """Lock the current row for the rest of the transaction, so concurrent writers queue
-    (`lock=False`: only read what access control needs of it)."""
+    """Lock the current row for the rest of the transaction, so concurrent writers queue; it
+    comes with its content, which a write compares with or builds on (`lock=False`: read it
+    without locking)."""
     statement = _lock_current if lock else _current_target_unlocked
     row = await fetch_one(conn, statement, {"t": resource_type, "i": id})
     return None if row is None else Locked(*row)
