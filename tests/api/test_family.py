@@ -15,12 +15,36 @@ import httpx
 import psycopg
 import pytest
 
+from compartments.engine import CONSENT_SCOPE_SYSTEM
 from fhir_server.settings import Settings
 from fhir_server.storage.database import migrate
 from tests.access_world import snapshot, years_ago
 from tests.conftest import LiveServer, _drop_database, _fresh_database, auth, token
 
 NATIONAL = "http://nationalid.gov.ke"
+
+
+def scope_consent(patient: str, actor: str, scope: str) -> dict[str, Any]:
+    """An active Consent of `patient` granting `actor` one of the server's data scopes."""
+    return {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                    "code": "patient-privacy",
+                }
+            ]
+        },
+        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
+        "patient": {"reference": patient},
+        "provision": {
+            "type": "permit",
+            "actor": [{"role": {"text": "grantee"}, "reference": {"reference": actor}}],
+            "code": [{"coding": [{"system": CONSENT_SCOPE_SYSTEM, "code": scope}]}],
+        },
+    }
 
 
 def params(**values: Any) -> dict[str, Any]:
@@ -499,36 +523,7 @@ def test_at_18_the_parent_needs_the_childs_consent(fam: Family) -> None:
         with fam.as_(mary) as m:
             links = m.get("/RelatedPerson", params={"patient": mary}).json()
             father = next(e["resource"] for e in links["entry"])
-            consent = {
-                "resourceType": "Consent",
-                "status": "active",
-                "scope": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                            "code": "patient-privacy",
-                        }
-                    ]
-                },
-                "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-                "patient": {"reference": mary},
-                "provision": {
-                    "type": "permit",
-                    "actor": [
-                        {
-                            "role": {"text": "grantee"},
-                            "reference": {"reference": f"RelatedPerson/{father['id']}"},
-                        }
-                    ],
-                    "code": [
-                        {
-                            "coding": [
-                                {"system": "urn:fhir-server:consent-scope", "code": "LAB_RESULTS"}
-                            ]
-                        }
-                    ],
-                },
-            }
+            consent = scope_consent(mary, f"RelatedPerson/{father['id']}", "LAB_RESULTS")
             granted = m.post("/Consent", json=consent)
             assert granted.status_code == 201, granted.text
         assert j.get(f"/Observation/{lab['id']}").status_code == 200
@@ -564,31 +559,7 @@ def test_a_guardian_consents_for_a_minor_but_never_to_itself(
         ).json()
 
         def consent(actor: str) -> dict[str, Any]:
-            return {
-                "resourceType": "Consent",
-                "status": "active",
-                "scope": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                            "code": "patient-privacy",
-                        }
-                    ]
-                },
-                "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-                "patient": {"reference": kid},
-                "provision": {
-                    "type": "permit",
-                    "actor": [{"role": {"text": "grantee"}, "reference": {"reference": actor}}],
-                    "code": [
-                        {
-                            "coding": [
-                                {"system": "urn:fhir-server:consent-scope", "code": "APPOINTMENTS"}
-                            ]
-                        }
-                    ],
-                },
-            }
+            return scope_consent(kid, actor, "APPOINTMENTS")
 
         assert j.post("/Consent", json=consent(f"RelatedPerson/{granny['id']}")).status_code == 201
         before = snapshot(db)
