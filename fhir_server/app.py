@@ -18,6 +18,7 @@ from capability.definitions import resource_types
 from compartments.policy import Policy, PolicyError, Rule, default_policy, load_policy
 from fhir_server.api import errors, fhir, graphql, ops, patients_api, relationships, smart
 from fhir_server.api.killswitch import WritesDisabled
+from fhir_server.api.lastresort import LastResort
 from fhir_server.api.observability import RequestObservation
 from fhir_server.api.runtime import Runtime
 from fhir_server.audit.trail import AuditTrail
@@ -153,7 +154,13 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     ops.install(app)
     smart.install(app)
     relationships.install(app)
-    graphql.install(app)
+    graphql.install(app, settings)
+    # innermost: it answers what escaped every handler, so the outer ones see a status
+    app.add_middleware(
+        LastResort,
+        max_body_bytes=settings.max_body_bytes,
+        max_parameters=settings.max_search_parameters,
+    )
     if settings.writes_disabled:
         app.add_middleware(WritesDisabled)
     if settings.request_observation:

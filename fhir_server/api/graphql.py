@@ -25,6 +25,9 @@ from fhir_server.api.fhir import run_add_dependent
 from fhir_server.errors import FhirError
 from fhir_server.services import family
 from fhir_server.services.family import Member
+from fhir_server.services.limits import InputLimits, input_limits
+from fhir_server.services.resources import parse_json
+from fhir_server.settings import Settings
 
 MAX_DEPTH = 6
 MAX_TOKENS = 1_000
@@ -219,11 +222,11 @@ class _Router(GraphQLRouter[dict[str, Any], None]):
     that is not UTF-8, JSON that is neither an object nor a batch) or takes a malformed request
     (an `operationName` that is not a string)."""
 
+    limits = InputLimits()
+
     def parse_json(self, data: str | bytes) -> Any:
-        try:
-            return super().parse_json(data)
-        except UnicodeDecodeError:
-            raise HTTPException(400, "Unable to parse request body as JSON") from None
+        # the server's own parser: the input limits (docs/limits.md) hold for GraphQL too
+        return parse_json(data, self.limits)
 
     async def parse_http_body(
         self, request: AsyncHTTPRequestAdapter
@@ -239,8 +242,9 @@ class _Router(GraphQLRouter[dict[str, Any], None]):
         return await super().parse_http_body(request)
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, settings: Settings) -> None:
     router = _Router(schema, path="/graphql", context_getter=_context, graphql_ide=None)
+    router.limits = input_limits(settings)
     # its routes on the application itself, not an included router: FastAPI names only its own
     # top-level routes in the scope, and the request metrics and logs label by that name
     app.router.routes.extend(router.routes)

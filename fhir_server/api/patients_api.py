@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request, Response
 
-from fhir_server.api.deps import base_url, read_body, runtime
+from fhir_server.api.deps import base_url, client_json, json_body, read_body, runtime
 from fhir_server.api.responses import json_response
 from fhir_server.auth.scopes import granted
 from fhir_server.auth.tokens import bearer
@@ -24,7 +24,7 @@ from fhir_server.services import patients_api as service
 from fhir_server.services.access import Guard
 from fhir_server.services.context import Context, server_guard
 from fhir_server.services.patients_api import PatientApiError
-from fhir_server.services.resources import ID_PATTERN, parse_json
+from fhir_server.services.resources import ID_PATTERN
 from fhir_server.storage import idempotency
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
             raise PatientApiError(404, "not_found", "no patient with this id")
         if action == "create":
             raw = await read_body(request)
-            body = parse_json(raw)
+            body = await client_json(request, raw)
             key = request.headers.get("idempotency-key")
             if key is not None and len(key) > idempotency.MAX_KEY_LENGTH:
                 raise PatientApiError(
@@ -134,7 +134,7 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
             return json_response(service.from_fhir(found), 200, _etag(found.version_id))
         if action == "replace":
             version = _if_match(request)
-            body = parse_json(await read_body(request))
+            body = await json_body(request)
             async with rt.db.transaction() as conn:
                 found = await service.replace(ctx, conn, id, body, version)
             _audit(guard, "update", id)

@@ -7,12 +7,11 @@ import logging
 
 from fastapi import FastAPI, Request, Response
 
-from fhir_server.api.deps import interaction, read_body
+from fhir_server.api.deps import interaction, json_body
 from fhir_server.api.responses import json_response
 from fhir_server.errors import FhirError, Unauthorized
 from fhir_server.services import relationships
 from fhir_server.services.relationships import RelationshipError
-from fhir_server.services.resources import parse_json
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +24,7 @@ def _error(status: int, code: str, message: str) -> Response:
 async def _run(request: Request, transaction: bool, action: str) -> Response:
     try:
         fhir = interaction(request)
-        body = parse_json(await read_body(request)) if action != "approve" else None
+        body = await json_body(request) if action != "approve" else None
         unit = fhir.db.transaction() if transaction else fhir.db.connection()
         async with unit as conn, fhir.authorized(conn) as ctx:
             if action == "verify":

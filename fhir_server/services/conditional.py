@@ -26,6 +26,11 @@ async def matching_ids(
         raise BadRequest(f"cannot parse the conditional criteria `{criteria}`") from None
     if not [name for name, _ in pairs if name not in RESULT_PARAMETERS]:
         raise BadRequest("conditional criteria must not be empty")
-    query = parse_search((resource_type,), [*pairs, ("_count", str(limit))], max_count=limit)
+    query = parse_search(
+        (resource_type,),
+        [*pairs, ("_count", str(limit))],
+        max_count=limit,
+        max_parameters=ctx.settings.max_search_parameters + 1,  # and the `_count` added here
+    )
     statement, _ = search_statement(query, ctx.guard.access("search"), local_bases=ctx.local_bases)
     return [row[1] for row in await fetch_all(conn, statement)][:limit]

@@ -12,6 +12,7 @@ from fhir_server.errors import PreconditionFailed
 from fhir_server.services import conditional
 from fhir_server.services.access import check_result, protect_links, protect_meta
 from fhir_server.services.context import Context
+from fhir_server.services.offload import cpu
 from fhir_server.services.outcome import Result
 from fhir_server.services.resources import new_version, validated
 from fhir_server.storage import repository
@@ -47,13 +48,13 @@ async def create(
     *,
     if_none_exist: str | None = None,
 ) -> Result:
-    resource = validated(ctx, body, resource_type=resource_type)
+    resource = await cpu(validated, ctx, body, resource_type=resource_type)
     if if_none_exist:
         existing = await find_existing(ctx, conn, resource_type, if_none_exist)
         if existing is not None:
             return existing
     # The client's id is ignored on create (FHIR R4 3.1.0.4): the server assigns one.
-    version = creation(ctx, resource, new_id(), method="POST")
+    version = await cpu(creation, ctx, resource, new_id(), method="POST")
     inserted = await repository.insert_new(conn, version)
     assert inserted, "a fresh UUID collided"
     ctx.guard.changed(f"{resource_type}/{version.id}", None, resource)

@@ -61,6 +61,7 @@ async def search(
         default_count=ctx.settings.default_count,
         max_count=ctx.settings.max_count,
         compartment="/".join(compartment) if compartment else None,
+        max_parameters=ctx.settings.max_search_parameters,
     )
     if len(types) == 1:
         check_type(ctx.guard, "search", types[0])

@@ -13,6 +13,7 @@ from fhir_server.services.access import (
 )
 from fhir_server.services.context import Context
 from fhir_server.services.create import creation
+from fhir_server.services.offload import cpu
 from fhir_server.services.outcome import Result
 from fhir_server.services.resources import check_id, new_version, parse_json, validated
 from fhir_server.storage import repository
@@ -48,7 +49,7 @@ async def update(
     if_match: int | None = None,
 ) -> Result:
     check_id(id)
-    resource = validated(ctx, body, resource_type=resource_type)
+    resource = await cpu(validated, ctx, body, resource_type=resource_type)
     body_id = resource.get("id")
     if body_id != id:
         raise BadRequest(
@@ -61,7 +62,7 @@ async def update(
     for _ in range(2):
         locked = await repository.lock_current(conn, resource_type, id)
         if locked is None:
-            version = creation(ctx, resource, id, method="PUT")
+            version = await cpu(creation, ctx, resource, id, method="PUT")
             check_precondition(f"{resource_type}/{id}", None, if_match)
             if not ctx.settings.update_create:
                 raise MethodNotAllowed(
@@ -80,7 +81,8 @@ async def update(
         if not guard.privileged:
             protect_meta(guard, resource, stored)
             protect_links(guard, resource, stored)
-        version = new_version(
+        version = await cpu(
+            new_version,
             ctx,
             resource,
             id=id,

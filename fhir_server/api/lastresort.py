@@ -1,0 +1,149 @@
+"""The innermost middleware: what no handler answered is answered here, and hostile requests are
+stopped before any route sees them (docs/limits.md).
+
+- The request body is held to `FHIR_MAX_BODY_BYTES` on every route (the FHIR API checks it while
+  reading too; this also covers GraphQL and anything else that reads a body): a larger declared
+  `Content-Length` gets 413 at once, a longer chunked body 413 once it passes the limit.
+- A NUL character in the path or the query string (`%00`) gets 400: no id, search value or
+  parameter of this server may hold one, and PostgreSQL text cannot.
+- A query string of more than `FHIR_MAX_SEARCH_PARAMETERS` parameters gets 400 before it is
+  parsed.
+- An exception that escaped every handler becomes an OperationOutcome without internals: 400
+  where the request itself was beyond what the server or its database can take (nesting that
+  exhausts the stack, a value the database refuses as data, a number or date out of range), 500
+  otherwise, logged with its type and the route template. The connection stays open (an
+  exception that reached the server would make it drop the connection).
+- A client that went away mid-request is logged at INFO, not as an error.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+import psycopg.errors
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fhir_server.errors import Issue, PayloadTooLarge
+from fhir_server.services.outcome_json import operation_outcome_bytes
+
+log = logging.getLogger("fhir_server.api.errors")
+
+_FHIR_JSON = b"application/fhir+json; charset=utf-8"
+
+
+class LastResort:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_parameters: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_parameters = max_parameters
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        refusal = self._refusal(scope)
+        if refusal is not None:
+            await _answer(send, *refusal)
+            return
+        started = False
+        limit = self.max_body_bytes
+        received = 0
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise PayloadTooLarge(f"the body exceeds {limit} bytes")
+            return message
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, counted, tracked)
+        except ClientDisconnect:
+            log.info("the client disconnected before its request was read")
+        except PayloadTooLarge as exc:
+            if not started:
+                await _answer(send, 413, list(exc.issues))
+        except Exception as exc:
+            status, issue = _classify(exc)
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            if status == 500:
+                log.error("unhandled error on %s %s", scope["method"], route, exc_info=exc)
+            else:
+                log.info("refused on %s %s: %s", scope["method"], route, type(exc).__name__)
+            if not started:
+                await _answer(send, status, [issue])
+
+    def _refusal(self, scope: Scope) -> tuple[int, list[Issue]] | None:
+        query: bytes = scope["query_string"]
+        if "\x00" in scope["path"] or b"%00" in query:
+            return 400, [Issue("value", "NUL characters (`%00`) are not allowed in a URL")]
+        if query.count(b"&") >= self.max_parameters:
+            count = len([p for p in query.split(b"&") if p])
+            if count > self.max_parameters:
+                return 400, [
+                    Issue(
+                        "too-costly",
+                        f"the query has {count} parameters; at most {self.max_parameters} "
+                        "are accepted",
+                    )
+                ]
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self.max_body_bytes:
+                    return 413, [
+                        Issue(
+                            "too-costly",
+                            f"the body is {value.decode()} bytes; at most "
+                            f"{self.max_body_bytes} are accepted",
+                        )
+                    ]
+                break
+        return None
+
+
+def _classify(exc: BaseException) -> tuple[int, Issue]:
+    """What the client is told about an exception no handler answered: never its text."""
+    for cause in _chain(exc):
+        if isinstance(cause, RecursionError):
+            return 400, Issue("too-costly", "the request nests too deeply to be processed")
+        if isinstance(cause, psycopg.DataError | psycopg.errors.ProgramLimitExceeded):
+            return 400, Issue("value", "a value in the request cannot be stored or searched")
+        if isinstance(cause, OverflowError):
+            return 400, Issue("value", "a number or date in the request is out of range")
+        if isinstance(cause, UnicodeError):
+            return 400, Issue("value", "the request holds text that is not valid Unicode")
+    return 500, Issue("exception", "internal server error")
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 10:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+async def _answer(send: Send, status: int, issues: list[Issue]) -> None:
+    body = operation_outcome_bytes(issues)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", _FHIR_JSON),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
