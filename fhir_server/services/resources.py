@@ -45,6 +45,9 @@ def _big_int(text: str) -> int | DecimalText:
     return DecimalText(text) if len(text) > 15 else int(text)
 
 
+_TOO_DEEP = "the request body nests too deeply to be read"
+
+
 def parse_json(body: bytes | str, limits: InputLimits | None = None) -> Any:
     """The request body as JSON, or 400 naming where the syntax broke; with `limits` (a
     client's body), also 400 for a body beyond them (services/limits.py)."""
@@ -58,11 +61,11 @@ def parse_json(body: bytes | str, limits: InputLimits | None = None) -> Any:
         else:
             parsed = orjson.loads(raw)
     except (orjson.JSONDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if "depth limit" in str(exc) or "recursion" in str(exc):  # orjson stops at 1024 levels
+            raise BadRequest(_TOO_DEEP, code="too-costly") from None
         raise BadRequest(f"the request body is not valid JSON: {exc}", code="structure") from None
-    except RecursionError:  # `json` recurses per level; orjson stops at 1024 by itself
-        raise BadRequest(
-            "the request body nests too deeply to be read", code="too-costly"
-        ) from None
+    except RecursionError:  # `json` recurses per level, into the interpreter's stack limit
+        raise BadRequest(_TOO_DEEP, code="too-costly") from None
     if limits is not None:
         # `json` accepts lone surrogates (`"\\ud800"`, or their bytes) that no encoder can
         # write back; orjson refuses them itself
