@@ -76,6 +76,9 @@ class Settings:
     max_patch_operations: int = 1_000
     # A patched resource may not grow beyond this (estimated while the operations apply).
     max_patch_result_bytes: int = 16 * 1024 * 1024
+    # The resources one searchset page may carry: matches stop there (a next link goes on),
+    # included resources beyond it are left out with a warning entry.
+    max_result_bytes: int = 32 * 1024 * 1024
     db_pool_size: int = 10
     log_level: str = "info"
     # Access control (docs/security.md): the policy file (the shipped default when unset), the
@@ -161,6 +164,7 @@ class Settings:
             max_patch_result_bytes=num(
                 "FHIR_MAX_PATCH_RESULT_BYTES", defaults.max_patch_result_bytes
             ),
+            max_result_bytes=num("FHIR_MAX_RESULT_BYTES", defaults.max_result_bytes),
             db_pool_size=num("FHIR_DB_POOL_SIZE", defaults.db_pool_size),
             log_level=(get("LOG_LEVEL") or defaults.log_level).lower(),
             policy_file=Path(policy) if (policy := get("FHIR_POLICY_FILE")) else None,

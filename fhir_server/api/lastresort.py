@@ -14,12 +14,16 @@ stopped before any route sees them (docs/limits.md).
   otherwise, logged with its type and the route template. The connection stays open (an
   exception that reached the server would make it drop the connection).
 - A client that went away mid-request is logged at INFO, not as an error.
+
+Under `/api/` (the Patient and relationship APIs) the answers take those APIs' own error format,
+`{"code", "message"}`.
 """
 
 from __future__ import annotations
 
 import logging
 
+import orjson
 import psycopg
 import psycopg.errors
 from starlette.requests import ClientDisconnect
@@ -45,7 +49,7 @@ class LastResort:
             return
         refusal = self._refusal(scope)
         if refusal is not None:
-            await _answer(send, *refusal)
+            await _answer(send, scope, *refusal)
             return
         started = False
         limit = self.max_body_bytes
@@ -72,7 +76,7 @@ class LastResort:
             log.info("the client disconnected before its request was read")
         except PayloadTooLarge as exc:
             if not started:
-                await _answer(send, 413, list(exc.issues))
+                await _answer(send, scope, 413, list(exc.issues))
         except Exception as exc:
             status, issue = _classify(exc)
             route = getattr(scope.get("route"), "path", None) or "unmatched"
@@ -81,7 +85,7 @@ class LastResort:
             else:
                 log.info("refused on %s %s: %s", scope["method"], route, type(exc).__name__)
             if not started:
-                await _answer(send, status, [issue])
+                await _answer(send, scope, status, [issue])
 
     def _refusal(self, scope: Scope) -> tuple[int, list[Issue]] | None:
         query: bytes = scope["query_string"]
@@ -134,16 +138,23 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-async def _answer(send: Send, status: int, issues: list[Issue]) -> None:
-    body = operation_outcome_bytes(issues)
+# The JSON APIs answer errors in their own format (docs/patient-api.md, docs/relationships.md).
+_API_CODES = {400: "invalid_request", 413: "too_large", 500: "internal_error"}
+
+
+async def _answer(send: Send, scope: Scope, status: int, issues: list[Issue]) -> None:
+    if scope["path"].startswith("/api/"):
+        body = orjson.dumps(
+            {"code": _API_CODES.get(status, "error"), "message": issues[0].diagnostics}
+        )
+        media = b"application/json"
+    else:
+        body, media = operation_outcome_bytes(issues), _FHIR_JSON
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [
-                (b"content-type", _FHIR_JSON),
-                (b"content-length", str(len(body)).encode()),
-            ],
+            "headers": [(b"content-type", media), (b"content-length", str(len(body)).encode())],
         }
     )
     await send({"type": "http.response.body", "body": body})

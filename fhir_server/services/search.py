@@ -16,7 +16,7 @@ import orjson
 
 from capability.definitions import summary_elements
 from compartments.engine import Decision
-from fhir_server.errors import BadRequest
+from fhir_server.errors import BadRequest, Issue
 from fhir_server.search.query import (
     MAX_INCLUDE_DEPTH,
     Include,
@@ -27,6 +27,7 @@ from fhir_server.search.query import (
 from fhir_server.services.access import check_type, unrestricted
 from fhir_server.services.bundles import bundle
 from fhir_server.services.context import Context
+from fhir_server.services.outcome_json import operation_outcome
 from fhir_server.storage.cursors import encode_cursor
 from fhir_server.storage.search_sql import (
     count_statement,
@@ -109,14 +110,53 @@ async def run(ctx: Context, conn: Connection, query: SearchQuery, path: str) -> 
 
     statement, _ = search_statement(query, ctx.guard.access("search"), local_bases=ctx.local_bases)
     rows = await fetch_all(conn, statement)
-    page = rows[: query.count]
-    if len(rows) > query.count and page:
+    budget = Budget(ctx.settings.max_result_bytes)
+    page = budget.page(rows[: query.count])
+    if (len(rows) > query.count or len(page) < min(len(rows), query.count)) and page:
         links.append({"relation": "next", "url": _link(url, echo, encode_cursor(page[-1][3:]))})
 
     entries = [_entry(ctx, query, r[0], r[1], r[2], "match") for r in page]
     seen = {(r[0], r[1]) for r in page}
-    entries += await _included(ctx, conn, query, [(r[0], r[1]) for r in page], seen)
+    entries += await _included(ctx, conn, query, [(r[0], r[1]) for r in page], seen, budget)
+    if budget.left_out:
+        entries.append(_left_out(budget))
     return bundle("searchset", entries=entries, **fields)
+
+
+class Budget:
+    """How many bytes of resources one searchset page may carry (`FHIR_MAX_RESULT_BYTES`): the
+    matches stop where it is spent (the next link goes on from there; at least one match is
+    always given), included resources beyond it are left out and the page says so."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.left_out = 0
+
+    def page(self, rows: list[Any]) -> list[Any]:
+        for index, row in enumerate(rows):
+            self.used += len(row[2])
+            if self.used > self.limit and index > 0:
+                return rows[:index]
+        return rows
+
+    def admits(self, content: str) -> bool:
+        if self.used + len(content) > self.limit:
+            self.left_out += 1
+            return False
+        self.used += len(content)
+        return True
+
+
+def _left_out(budget: Budget) -> dict[str, Any]:
+    text = (
+        f"{budget.left_out} included resources were left out: the page would have exceeded "
+        f"{budget.limit} bytes; ask for fewer matches per page (`_count`)"
+    )
+    return {
+        "resource": operation_outcome([Issue("too-costly", text, severity="warning")]),
+        "search": {"mode": "outcome"},
+    }
 
 
 async def _included(
@@ -125,6 +165,7 @@ async def _included(
     query: SearchQuery,
     sources: list[tuple[str, str]],
     seen: set[tuple[str, str]],
+    budget: Budget,
 ) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     direct = [i for i in query.includes if not i.iterate]
@@ -142,7 +183,7 @@ async def _included(
                 include, frontier, ctx.guard.access("search"), limit=MAX_INCLUDED
             )
             for resource_type, id, content in await fetch_all(conn, statement):
-                if (resource_type, id) in seen:
+                if (resource_type, id) in seen or not budget.admits(content):
                     continue
                 seen.add((resource_type, id))
                 found.append((resource_type, id))
