@@ -723,3 +723,15 @@ def test_refused_requests_keep_the_connection_open(live_server: LiveServer) -> N
         assert connection.getresponse().status == 200
     finally:
         connection.close()
+
+
+def test_unusual_http_methods_share_one_metrics_label(live_server: LiveServer) -> None:
+    """Any token is a valid HTTP method (uvicorn's parser knows some thirty, h11 takes any); a
+    label per method would let clients grow the metrics without bound."""
+    with httpx.Client(base_url=live_server.origin, timeout=30) as http:
+        for method in ("PROPFIND", "LOCK", "PURGE", "MKCOL"):
+            response = http.request(method, "/fhir/Patient")
+            assert response.status_code in {400, 401, 405}
+        metrics = http.get("/metrics").text
+    assert 'method="PROPFIND"' not in metrics and 'method="PURGE"' not in metrics
+    assert 'method="OTHER"' in metrics
