@@ -629,6 +629,28 @@ def test_a_search_page_is_held_to_the_result_size_and_pages_on(small_limits: Liv
     assert max(sizes) < 10  # 3000 bytes hold fewer than 10 of these
 
 
+def test_a_history_page_is_held_to_the_result_size_and_pages_on(small_limits: LiveServer) -> None:
+    with httpx.Client(base_url=f"{small_limits.origin}/fhir", headers=auth(), timeout=30) as http:
+        body: dict[str, Any] = {"resourceType": "Patient", "name": [{"given": ["g" * 90] * 5}]}
+        id = http.post("/Patient", json=body).json()["id"]
+        for n in range(9):
+            body = {**body, "id": id, "gender": ["male", "female"][n % 2]}
+            assert http.put(f"/Patient/{id}", json=body).status_code == 200
+        versions: list[str] = []
+        sizes = []
+        page = http.get(f"/Patient/{id}/_history", params={"_count": "10"}).json()
+        while True:
+            entries = page.get("entry", [])
+            sizes.append(len(entries))
+            versions += [e["resource"]["meta"]["versionId"] for e in entries]
+            following = [link["url"] for link in page["link"] if link["relation"] == "next"]
+            if not following:
+                break
+            page = http.get(following[0]).json()
+    assert sorted(versions, key=int) == [str(n) for n in range(1, 11)]
+    assert max(sizes) < 10
+
+
 def test_included_resources_beyond_the_result_size_are_left_out_with_a_warning(
     small_limits: LiveServer,
 ) -> None:
