@@ -26,6 +26,7 @@ from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_key
 from fhir_server.auth.tokens import TokenSettings, TokenVerifier
 from fhir_server.services.access import FactsCache
 from fhir_server.services.context import Context
+from fhir_server.services.limits import InputLimits
 from fhir_server.services.registry import ClientRegistry, RegistrySettings
 from fhir_server.settings import Settings
 from fhir_server.storage import idempotency
@@ -119,6 +120,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
             audit,
             FactsCache(ttl_seconds=settings.relationship_ttl_seconds),
             registry,
+            InputLimits.of(settings),
         )
         audit.start()
         purger = asyncio.create_task(_purge_idempotency_keys(db))

@@ -14,7 +14,6 @@ from fhir_server.auth.tokens import Principal, bearer
 from fhir_server.errors import NotAcceptable, NotSupported, PayloadTooLarge, UnsupportedMediaType
 from fhir_server.services.access import Guard, load_guard
 from fhir_server.services.context import Context, nobody
-from fhir_server.services.limits import input_limits
 from fhir_server.services.offload import HEAVY, HEAVY_BYTES, in_thread
 from fhir_server.services.resources import parse_json
 from fhir_server.storage.database import Database
@@ -206,7 +205,7 @@ async def json_body(request: Request) -> Any:
 
 async def client_json(request: Request, raw: bytes) -> Any:
     """`raw`, a client's JSON, parsed and held to the input limits; off the event loop when large."""
-    limits = input_limits(runtime(request).settings)
+    limits = runtime(request).limits
     if len(raw) >= HEAVY_BYTES:
         return await in_thread(parse_json, raw, limits)
     return parse_json(raw, limits)

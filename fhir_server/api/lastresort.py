@@ -35,6 +35,8 @@ from fhir_server.services.outcome_json import operation_outcome_bytes
 log = logging.getLogger("fhir_server.api.errors")
 
 _FHIR_JSON = b"application/fhir+json; charset=utf-8"
+# Requests that carry no body here: their receive needs no counting.
+_BODILESS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class LastResort:
@@ -51,7 +53,9 @@ class LastResort:
         if refusal is not None:
             await _answer(send, scope, *refusal)
             return
-        started = False
+        if scope["method"] in _BODILESS:
+            await self._guarded(scope, receive, send)
+            return
         limit = self.max_body_bytes
         received = 0
 
@@ -64,6 +68,11 @@ class LastResort:
                     raise PayloadTooLarge(f"the body exceeds {limit} bytes")
             return message
 
+        await self._guarded(scope, counted, send)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
         async def tracked(message: Message) -> None:
             nonlocal started
             if message["type"] == "http.response.start":
@@ -71,7 +80,7 @@ class LastResort:
             await send(message)
 
         try:
-            await self.app(scope, counted, tracked)
+            await self.app(scope, receive, tracked)
         except ClientDisconnect:
             log.info("the client disconnected before its request was read")
         except PayloadTooLarge as exc:
@@ -101,6 +110,8 @@ class LastResort:
                         "are accepted",
                     )
                 ]
+        if scope["method"] in _BODILESS:
+            return None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if value.isdigit() and int(value) > self.max_body_bytes:
