@@ -757,3 +757,17 @@ def test_unusual_http_methods_share_one_metrics_label(live_server: LiveServer) -
         metrics = http.get("/metrics").text
     assert 'method="PROPFIND"' not in metrics and 'method="PURGE"' not in metrics
     assert 'method="OTHER"' in metrics
+
+
+def test_a_search_of_a_thousand_values_is_answered(client: httpx.Client) -> None:
+    """Planned off the event loop (services/search.py): still the right answer."""
+    created = client.post(
+        "/Patient", json={"resourceType": "Patient", "identifier": [{"value": "needle-999"}]}
+    ).json()
+    values = ",".join(f"needle-{n}" for n in range(1000))
+    response = client.get("/Patient", params={"identifier": values, "_total": "accurate"})
+    assert response.status_code == 200
+    assert [e["resource"]["id"] for e in response.json()["entry"]] == [created["id"]]
+    assert response.json()["total"] == 1
+    response = client.get("/Patient", params={"identifier": values + ",one-more"})
+    assert "more than 1000 values" in outcome(response, 400)
