@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request, Response
+from starlette.requests import ClientDisconnect
 
 from fhir_server.api.deps import base_url, client_json, json_body, read_body, runtime
 from fhir_server.api.responses import json_response
@@ -169,6 +170,8 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
     except FhirError as exc:
         code = {400: "invalid_body", 404: "not_found", 413: "too_large"}.get(exc.status, "error")
         return _error(PatientApiError(exc.status, code, str(exc)))
+    except ClientDisconnect:
+        raise  # nobody to answer: logged quietly by the last-resort middleware
     except Exception:
         log.exception("patient service failure on %s", action)
         return _error(PatientApiError(500, "internal_error", "internal error"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request, Response
+from starlette.requests import ClientDisconnect
 
 from fhir_server.api.deps import interaction, json_body
 from fhir_server.api.responses import json_response
@@ -41,6 +42,8 @@ async def _run(request: Request, transaction: bool, action: str) -> Response:
     except FhirError as exc:
         code = {400: "invalid_request", 403: "not_authorized", 404: "not_found"}
         return _error(exc.status, code.get(exc.status, "error"), str(exc))
+    except ClientDisconnect:
+        raise  # nobody to answer: logged quietly by the last-resort middleware
     except Exception:
         log.exception("relationship service failure")
         return _error(500, "relationship_service_failure", "relationship service failure")

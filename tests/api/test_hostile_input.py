@@ -11,6 +11,7 @@ import http.client
 import json
 import logging
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -705,19 +706,35 @@ def test_the_body_limit_holds_for_graphql_and_chunked_bodies(small_limits: LiveS
 # --- the connection and the log ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "media"),
+    [
+        ("POST", "/fhir/Patient", "application/fhir+json"),
+        ("POST", "/fhir", "application/fhir+json"),
+        ("PATCH", "/fhir/Patient/x", "application/json-patch+json"),
+        ("POST", "/graphql", "application/json"),
+        ("POST", "/api/v1/patients", "application/json"),
+        ("POST", "/api/v1/relationships/verify", "application/json"),
+    ],
+)
 def test_a_client_that_disconnects_mid_body_is_logged_quietly(
-    live_server: LiveServer, caplog: pytest.LogCaptureFixture
+    live_server: LiveServer,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    path: str,
+    media: str,
 ) -> None:
-    bearer = f"Bearer {token()}"
+    bearer = f"Bearer {token(scope='system/*.cruds patient:write')}"
     with caplog.at_level(logging.INFO):
         for _ in range(3):
             with socket.create_connection(("127.0.0.1", live_server.port)) as sock:
                 sock.sendall(
-                    b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\n"
-                    b"Content-Type: application/fhir+json\r\nContent-Length: 100000\r\n"
+                    f"{method} {path} HTTP/1.1\r\nHost: x\r\n".encode()
+                    + f"Content-Type: {media}\r\nContent-Length: 100000\r\n".encode()
                     + f"Authorization: {bearer}\r\n\r\n".encode()
                     + b'{"resourceType": "Pat'
                 )
+        time.sleep(0.3)  # the server notices the closed connections
         # the server goes on serving, and has said nothing worse than INFO about it
         assert httpx.get(f"{live_server.origin}/fhir/metadata").status_code == 200
         assert httpx.get(f"{live_server.origin}/fhir/Patient", headers=auth()).status_code == 200
