@@ -22,7 +22,7 @@ from strawberry.types import Info
 
 from fhir_server.api.deps import Interaction, interaction
 from fhir_server.api.fhir import run_add_dependent
-from fhir_server.errors import FhirError
+from fhir_server.errors import BadRequest, FhirError
 from fhir_server.services import family
 from fhir_server.services.family import Member
 from fhir_server.services.limits import InputLimits, input_limits
@@ -226,7 +226,10 @@ class _Router(GraphQLRouter[dict[str, Any], None]):
 
     def parse_json(self, data: str | bytes) -> Any:
         # the server's own parser: the input limits (docs/limits.md) hold for GraphQL too
-        return parse_json(data, self.limits)
+        try:
+            return parse_json(data, self.limits)
+        except BadRequest as exc:
+            raise HTTPException(400, str(exc)) from None
 
     async def parse_http_body(
         self, request: AsyncHTTPRequestAdapter

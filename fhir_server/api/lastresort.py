@@ -4,8 +4,9 @@ stopped before any route sees them (docs/limits.md).
 - The request body is held to `FHIR_MAX_BODY_BYTES` on every route (the FHIR API checks it while
   reading too; this also covers GraphQL and anything else that reads a body): a larger declared
   `Content-Length` gets 413 at once, a longer chunked body 413 once it passes the limit.
-- A NUL character in the path or the query string (`%00`) gets 400: no id, search value or
-  parameter of this server may hold one, and PostgreSQL text cannot.
+- A NUL character in the query string (`%00`) gets 400: no search value or parameter of this
+  server may hold one, and PostgreSQL text cannot. (A path segment with one names no resource:
+  the routes answer 404, or 400 where an id is being given.)
 - A query string of more than `FHIR_MAX_SEARCH_PARAMETERS` parameters gets 400 before it is
   parsed.
 - An exception that escaped every handler becomes an OperationOutcome without internals: 400
@@ -16,7 +17,8 @@ stopped before any route sees them (docs/limits.md).
 - A client that went away mid-request is logged at INFO, not as an error.
 
 Under `/api/` (the Patient and relationship APIs) the answers take those APIs' own error format,
-`{"code", "message"}`.
+`{"code", "message"}`, with their codes (openapi.yaml); under `/graphql`, plain text as
+strawberry answers.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ class LastResort:
             return
         refusal = self._refusal(scope)
         if refusal is not None:
-            await _answer(send, scope, *refusal)
+            status, issues = refusal
+            await _answer(send, scope, status, issues, url=status == 400)
             return
         if scope["method"] in _BODILESS:
             await self._guarded(scope, receive, send)
@@ -98,8 +101,8 @@ class LastResort:
 
     def _refusal(self, scope: Scope) -> tuple[int, list[Issue]] | None:
         query: bytes = scope["query_string"]
-        if "\x00" in scope["path"] or b"%00" in query:
-            return 400, [Issue("value", "NUL characters (`%00`) are not allowed in a URL")]
+        if b"%00" in query:
+            return 400, [Issue("value", "NUL characters (`%00`) are not allowed in a query")]
         if query.count(b"&") >= self.max_parameters:
             count = len([p for p in query.split(b"&") if p])
             if count > self.max_parameters:
@@ -149,16 +152,30 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-# The JSON APIs answer errors in their own format (docs/patient-api.md, docs/relationships.md).
-_API_CODES = {400: "invalid_request", 413: "too_large", 500: "internal_error"}
+# The JSON APIs answer errors in their own format and codes (openapi.yaml): a refusal of the
+# URL (400 before any route) is the Patient Service's `invalid_query`, of the body `invalid_body`.
+_PATIENT_CODES = {413: "too_large", 500: "internal_error"}
+_RELATIONSHIP_CODES = {400: "invalid_request", 500: "relationship_service_failure"}
 
 
-async def _answer(send: Send, scope: Scope, status: int, issues: list[Issue]) -> None:
-    if scope["path"].startswith("/api/"):
-        body = orjson.dumps(
-            {"code": _API_CODES.get(status, "error"), "message": issues[0].diagnostics}
-        )
+def _api_code(path: str, status: int, url: bool) -> str:
+    if path.startswith("/api/v1/patients"):
+        if status == 400:
+            return "invalid_query" if url else "invalid_body"
+        return _PATIENT_CODES.get(status, "error")
+    return _RELATIONSHIP_CODES.get(status, "error")
+
+
+async def _answer(
+    send: Send, scope: Scope, status: int, issues: list[Issue], *, url: bool = False
+) -> None:
+    path: str = scope["path"]
+    if path.startswith("/api/"):
+        code = _api_code(path, status, url)
+        body = orjson.dumps({"code": code, "message": issues[0].diagnostics})
         media = b"application/json"
+    elif path.startswith("/graphql"):  # strawberry's own errors are plain text
+        body, media = issues[0].diagnostics.encode(), b"text/plain; charset=utf-8"
     else:
         body, media = operation_outcome_bytes(issues), _FHIR_JSON
     await send(

@@ -233,16 +233,43 @@ def test_a_nul_in_a_post_search_a_history_or_conditional_request_is_400(
 
 
 @pytest.mark.parametrize(
-    "path", ["/api/v1/patients?name=a%00b", "/api/v1/patients/a%00b", "/fhir/Patient/a%00b"]
+    "path",
+    [
+        "/api/v1/patients?family_name=a%00b",
+        "/api/v1/patients/x/audit?limit=%00",
+        "/fhir/Patient?name=a%00b",
+        "/fhir/Patient/x/_history?_since=%00",
+    ],
 )
-def test_a_nul_anywhere_in_a_url_is_400(live_server: LiveServer, path: str) -> None:
+def test_a_nul_anywhere_in_a_query_is_400(live_server: LiveServer, path: str) -> None:
     response = httpx.get(f"{live_server.origin}{path}", headers=auth())
     assert response.status_code == 400
     if path.startswith("/api/"):  # that API's own error format
-        assert response.json()["code"] == "invalid_request"
+        assert response.json()["code"] == "invalid_query"
         assert "NUL" in response.json()["message"]
     else:
         assert "NUL" in outcome(response, 400)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/fhir/Patient/a%00b/_history/1", 404),
+        ("PUT", "/fhir/Patient/a%00b", 400),
+        ("DELETE", "/fhir/Patient/a%00b", 400),
+        ("GET", "/api/v1/patients/a%00b", 404),
+    ],
+)
+def test_a_nul_in_a_path_names_no_resource(
+    live_server: LiveServer, method: str, path: str, status: int
+) -> None:
+    response = httpx.request(
+        method,
+        f"{live_server.origin}{path}",
+        headers=auth(),
+        json={"resourceType": "Patient", "id": "a"} if method == "PUT" else None,
+    )
+    assert response.status_code == status, response.text
 
 
 def test_a_nul_in_a_graphql_argument_is_refused(live_server: LiveServer) -> None:
