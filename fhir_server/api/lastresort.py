@@ -12,7 +12,8 @@ stopped before any route sees them (docs/limits.md).
 - An exception that escaped every handler becomes an OperationOutcome without internals: 400
   where the request itself was beyond what the server or its database can take (nesting that
   exhausts the stack, a value the database refuses as data, a number or date out of range), 500
-  otherwise, logged with its type and the route template. The connection stays open (an
+  otherwise, logged with its type, the route template and the innermost frames of its traceback
+  (never its message, which may hold a value of the request). The connection stays open (an
   exception that reached the server would make it drop the connection).
 - A client that went away mid-request is logged at INFO, not as an error.
 
@@ -24,6 +25,8 @@ strawberry answers.
 from __future__ import annotations
 
 import logging
+import traceback
+from pathlib import Path
 
 import orjson
 import psycopg
@@ -93,7 +96,14 @@ class LastResort:
             status, issue = _classify(exc)
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             if status == 500:
-                log.error("unhandled error on %s %s", scope["method"], route, exc_info=exc)
+                # the type and where, never the message: it may hold a value of the request
+                log.error(
+                    "unhandled error on %s %s: %s at %s",
+                    scope["method"],
+                    route,
+                    type(exc).__name__,
+                    _frames(exc),
+                )
             else:
                 log.info("refused on %s %s: %s", scope["method"], route, type(exc).__name__)
             if not started:
@@ -141,6 +151,12 @@ def _classify(exc: BaseException) -> tuple[int, Issue]:
         if isinstance(cause, UnicodeError):
             return 400, Issue("value", "the request holds text that is not valid Unicode")
     return 500, Issue("exception", "internal server error")
+
+
+def _frames(exc: BaseException, count: int = 8) -> str:
+    """The innermost frames of `exc`'s traceback, as `file:line function`, innermost last."""
+    frames = traceback.extract_tb(exc.__traceback__)[-count:]
+    return " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames))
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

@@ -121,6 +121,9 @@ def test_escaped_errors_become_outcomes_on_a_connection_that_stays_open(
     assert bool(errors) == (status == 500)
     for record in errors:
         assert "unhandled error on GET" in record.getMessage()
+        assert "KeyError at test_last_resort.py" in record.getMessage()
+    # the exception's text may hold a value of the request: never in the log
+    assert "hunter2" not in caplog.text
 
 
 def test_the_body_limit_holds_for_declared_and_streamed_bodies(port: int) -> None:
