@@ -8,7 +8,7 @@ the compartments (and the creator) that the SQL filter must restrict to.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date
 
@@ -257,11 +257,19 @@ def foreign_compartment(
     writable: set[str] = set()
     for identity in request.identities:
         writable |= writes_for(identity, request, policy, facts)
-    for compartment in sorted(target.compartments):
+    return first_foreign(target.compartments, writable, facts.relatives)
+
+
+def first_foreign(
+    compartments: Iterable[str], writable: Collection[str], relatives: Mapping[str, str]
+) -> str | None:
+    """The first Patient or RelatedPerson compartment (in sorted order) that is neither in
+    `writable` nor the compartment of a RelatedPerson of a patient in `writable`."""
+    for compartment in sorted(compartments):
         kind = compartment.split("/", 1)[0]
         if kind not in PERSONAL_COMPARTMENTS or compartment in writable:
             continue
-        if kind == "RelatedPerson" and facts.relatives.get(compartment) in writable:
+        if kind == "RelatedPerson" and relatives.get(compartment) in writable:
             continue
         return compartment
     return None
