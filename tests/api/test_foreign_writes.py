@@ -178,12 +178,13 @@ def test_a_parent_cannot_send_a_message_into_a_strangers_record(
         assert not found.get("entry")
 
 
-def test_absolute_and_versioned_references_name_the_stranger_too(
+def test_absolute_versioned_and_unknown_references_are_strangers_too(
     world: World, db: psycopg.Connection[Any]
 ) -> None:
     other = world.ref("other")
     with as_(world, "parent") as parent:
-        for spelled in (f"{world.origin}/fhir/{other}", f"{other}/_history/1"):
+        nobody = f"Patient/{uuid.uuid4()}"  # refused alike: the answer tells nothing of existence
+        for spelled in (f"{world.origin}/fhir/{other}", f"{other}/_history/1", nobody):
             body = communication(world, spelled)
             refused(db, lambda body=body: parent.post("/Communication", json=body))
 
