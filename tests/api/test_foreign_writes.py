@@ -492,6 +492,13 @@ def test_add_dependent_cannot_file_the_new_dependent_in_another_record(
         path = f"/{primary_ref}/$add-dependent"
         with world.client(primary_ref) as primary:
             refused(db, lambda body=body, path=path: primary.post(path, json=body))
+    denial = db.execute(
+        "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
+        " AND content->>'outcome' = '4' AND content->'agent'->0->'who'->>'reference' = %s"
+        " ORDER BY last_updated DESC LIMIT 1",
+        (primary_ref,),
+    ).fetchone()
+    assert denial is not None and denial[0]["outcomeDesc"].startswith("foreign_compartment")
     # the same dependent without the link is added
     dependent = {
         "resourceType": "Patient",
@@ -545,3 +552,31 @@ def test_the_patient_service_api_refuses_a_persons_token(
     # a service's token still works
     service = auth(scope="patient:read")
     assert httpx.get(f"{api}/{other_id}", headers=service).status_code == 200
+
+
+def test_graphql_add_dependent_carries_no_reference_to_file_elsewhere(
+    world: World, db: psycopg.Connection[Any]
+) -> None:
+    # the mutation shares `$add-dependent`'s service; its input has no field that could name
+    # another record, and an attempt to smuggle one is refused before anything is written
+    primary_ref = world.create(
+        {"resourceType": "Patient", "name": [{"family": "Gql"}], "birthDate": years_ago(40)}
+    )
+    mutation = """
+mutation Add($input: DependentInput!) { addDependent(input: $input) { id } }
+"""
+    smuggled = {
+        "relationship": "CHILD",
+        "familyName": "Newborn",
+        "birthDate": years_ago(1),
+        "link": world.ref("other"),
+    }
+    before = snapshot(db)
+    answer = httpx.post(
+        f"{world.origin}/graphql",
+        json={"query": mutation, "variables": {"input": smuggled}},
+        headers=auth(primary_ref, "user/*.cruds"),
+        timeout=30,
+    )
+    assert answer.json().get("errors") and not answer.json().get("data")
+    assert snapshot(db) == before
