@@ -8,11 +8,11 @@ the compartments (and the creator) that the SQL filter must restrict to.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date
 
-from compartments.policy import WRITES, Policy, Reason, Rule
+from compartments.policy import RESULTS, WRITES, Policy, Reason, Rule
 
 # v3 RoleCode parents (natural, adoptive, step) and guardian, and the seed's own codes.
 PARENT_OR_GUARDIAN = frozenset(
@@ -110,6 +110,9 @@ class Facts:
     birth_dates: Mapping[str, date | None] = field(default_factory=dict)  # "Patient/1" -> date
     consents: Sequence[ConsentFact] = ()
     care: Mapping[str, frozenset[str]] = field(default_factory=dict)  # practitioner -> patients
+    # "RelatedPerson/4" -> "Patient/1": the RelatedPersons of the patients the identities are or
+    # are related to, so a write may name a patient's own relatives (see `foreign_compartment`)
+    relatives: Mapping[str, str] = field(default_factory=dict)
     majority_age: int = 18
     emergency_bypass: bool = False
 
@@ -174,6 +177,7 @@ _SPECIFICITY = {
             Reason.CONSENT_REQUIRED,
             Reason.UNVERIFIED_LINK,
             Reason.REFERENCE_MISMATCH,
+            Reason.FOREIGN_COMPARTMENT,
             Reason.INVALID_COMPARTMENT,
             Reason.INVALID_ROLE,
         )
@@ -190,7 +194,8 @@ def decide(request: Request, policy: Policy, facts: Facts) -> Decision:
     if not request.identities:
         return deny(Reason.INVALID_ROLE, "no identity")
     decisions = [_decide_one(identity, request, policy, facts) for identity in request.identities]
-    allowed = [d for d in decisions if d.allowed]
+    pairs = [(i, d) for i, d in zip(request.identities, decisions, strict=True) if d.allowed]
+    allowed = [d for _, d in pairs]
     if not allowed:
         # the most telling reason: an identity that came close says more than one with no rule
         return min(
@@ -198,6 +203,14 @@ def decide(request: Request, policy: Policy, facts: Facts) -> Decision:
             key=lambda d: _SPECIFICITY.get(d.reason, 0) if d.reason else len(_SPECIFICITY),
         )
     first = allowed[0]
+    stranger = foreign_compartment(request, policy, facts, pairs)
+    if stranger is not None:
+        return deny(
+            Reason.FOREIGN_COMPARTMENT,
+            f"the write touches the compartment of `{stranger}`, whom this caller may not "
+            "write for",
+            first.rule,
+        )
     return Decision(
         allowed=True,
         rule=first.rule,
@@ -208,6 +221,73 @@ def decide(request: Request, policy: Policy, facts: Facts) -> Decision:
         creators=frozenset().union(*(d.creators for d in allowed)),
         emergency=any(d.emergency for d in allowed),
     )
+
+
+# The compartments that are someone's record: a restricted caller's write may land only in those
+# of people it may write for. Practitioner, Device and Encounter compartments are not records of
+# a person the caller could be a stranger to (an Appointment names its practitioner freely).
+PERSONAL_COMPARTMENTS = ("Patient", "RelatedPerson")
+
+
+def restricted(identity: Identity) -> bool:
+    """Whether the identity's writes must stay inside the records of those it may write for:
+    a patient, a related person, or any identity reached only through an unverified link."""
+    return identity.role in PERSONAL_COMPARTMENTS or not identity.verified
+
+
+def foreign_compartment(
+    request: Request,
+    policy: Policy,
+    facts: Facts,
+    allowed: Sequence[tuple[Identity, Decision]],
+) -> str | None:
+    """The first Patient or RelatedPerson compartment of a write's result (or, for update and
+    patch, of the stored version) that belongs to nobody the caller may write for; None when
+    there is none, or when the write is allowed by an identity the rule does not restrict
+    (System, Admin, a verified practitioner).
+
+    What the caller may write for is the union over all its identities (a Person's links): the
+    patients whose records each may write this type into, each identity itself, and the
+    RelatedPersons of those patients (another parent of the same child)."""
+    target = request.target
+    if target is None or request.operation not in RESULTS:
+        return None
+    if any(d.everything or not restricted(i) for i, d in allowed):
+        return None
+    writable: set[str] = set()
+    for identity in request.identities:
+        writable |= writes_for(identity, request, policy, facts)
+    return first_foreign(target.compartments, writable, facts.relatives)
+
+
+def first_foreign(
+    compartments: Iterable[str], writable: Collection[str], relatives: Mapping[str, str]
+) -> str | None:
+    """The first Patient or RelatedPerson compartment (in sorted order) that is neither in
+    `writable` nor the compartment of a RelatedPerson of a patient in `writable`."""
+    for compartment in sorted(compartments):
+        kind = compartment.split("/", 1)[0]
+        if kind not in PERSONAL_COMPARTMENTS or compartment in writable:
+            continue
+        if kind == "RelatedPerson" and relatives.get(compartment) in writable:
+            continue
+        return compartment
+    return None
+
+
+def writes_for(
+    identity: Identity, request: Request, policy: Policy, facts: Facts
+) -> frozenset[str]:
+    """The Patient and RelatedPerson compartments this identity may put a resource of the
+    request's type in, by the request's operation: nothing when the policy denies it the type."""
+    typed = _decide_one(identity, replace(request, target=None), policy, facts)
+    if not typed.allowed:
+        return frozenset()
+    own = {identity.reference}
+    link = facts.related_persons.get(identity.reference)
+    if link is not None:
+        own.add(link.patient)  # also through an unverified link, which filters by creator only
+    return typed.compartments | own
 
 
 def _decide_one(identity: Identity, request: Request, policy: Policy, facts: Facts) -> Decision:

@@ -317,6 +317,16 @@ WHERE x.resource_type = 'Patient' AND x.code = 'general-practitioner'
   AND x.target_type = 'Practitioner'
   AND x.target_id IN (SELECT id FROM targets WHERE type = 'Practitioner')
 UNION ALL
+SELECT 'relative', x.id, x.target_id, NULL FROM search_reference x
+JOIN resources r ON r.resource_type = 'RelatedPerson' AND r.id = x.id AND NOT r.deleted
+WHERE x.resource_type = 'RelatedPerson' AND x.code = 'patient' AND x.target_type = 'Patient'
+  AND x.target_id IN (
+    SELECT id FROM targets WHERE type = 'Patient'
+    UNION
+    SELECT y.target_id FROM search_reference y
+    WHERE y.resource_type = 'RelatedPerson' AND y.code = 'patient' AND y.target_type = 'Patient'
+      AND y.id IN (SELECT id FROM related))
+UNION ALL
 SELECT 'epoch', NULL, value::text, NULL FROM access_epoch WHERE id = 1
 UNION ALL
 SELECT 'CareTeam', c.id, NULL, c.content::text FROM resources c
@@ -493,6 +503,7 @@ def _facts(
     consents: list[ConsentFact] = []
     care: dict[str, set[str]] = {}
     care_teams: list[dict[str, Any]] = []
+    relatives: dict[str, str] = {}
     epoch = 0
     for kind, id, extra, text in rows:
         content = orjson.loads(text) if text is not None else {}
@@ -517,6 +528,8 @@ def _facts(
             care.setdefault(f"Practitioner/{extra}", set()).add(f"Patient/{id}")
         elif kind == "CareTeam":
             care_teams.append(content)
+        elif kind == "relative":
+            relatives[f"RelatedPerson/{id}"] = f"Patient/{extra}"
     for team in care_teams:
         _add_care_team(team, base.today, care)
     identities = tuple(
@@ -530,6 +543,7 @@ def _facts(
         birth_dates=births,
         consents=tuple(consents),
         care={k: frozenset(v) for k, v in care.items()},
+        relatives=relatives,
         majority_age=base.majority_age,
         emergency_bypass=base.emergency_bypass,
     )

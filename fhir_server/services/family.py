@@ -19,11 +19,12 @@ from typing import Any
 
 import orjson
 
-from compartments.engine import Decision, Request, Target, decide
+from compartments.engine import Decision, Request, Target, decide, first_foreign
+from compartments.policy import Reason
 from fhir_server.errors import AccessDenied, BadRequest, Conflict, NotFound, Unprocessable
 from fhir_server.search.query import parse_search
 from fhir_server.services import conditional, create
-from fhir_server.services.access import Guard, earliest_date, reference_of
+from fhir_server.services.access import Guard, denied, earliest_date, reference_of
 from fhir_server.services.context import Context
 from fhir_server.services.fhir_parameters import parameter_values
 from fhir_server.services.registry import ClientRegistry
@@ -75,6 +76,26 @@ def require_primary(guard: Guard, primary: str) -> None:
     )
     guard.record("update", "Patient", primary, decision)
     raise AccessDenied("invalid_role", "Invalid role")
+
+
+def check_new_dependent(guard: Guard, version: NewVersion) -> None:
+    """The new dependent is written by the server, but its content comes from the caller (or
+    the Client Registry on its behalf): like any write of a non-privileged caller, it may not
+    land in anyone else's record (`Patient.link` would put it in the Patient or RelatedPerson
+    compartment of whomever it names, the primary included)."""
+    if guard.privileged:
+        return
+    dependent = f"Patient/{version.id}"
+    stranger = first_foreign(version.compartments, {dependent}, {})
+    if stranger is None:
+        return
+    decision = Decision(
+        allowed=False,
+        reason=Reason.FOREIGN_COMPARTMENT,
+        explanation=f"the new dependent would be in the compartment of `{stranger}`",
+    )
+    guard.record("create", "Patient", dependent, decision)
+    raise denied(decision)
 
 
 def _age(born: date | None, today: date) -> int | None:
@@ -362,6 +383,7 @@ async def add_dependent(
             patient["identifier"] = identifiers
         ctx.validator.validate(patient, expected_type="Patient")
         version = create.creation(server, patient, create.new_id(), method="POST")
+        check_new_dependent(guard, version)
         await repository.insert_new(conn, version)
         dependent = f"Patient/{version.id}"
         created_patient = True
