@@ -239,8 +239,8 @@ def test_a_deny_applies_to_an_actor_named_in_any_role() -> None:
         {"securityLabel": [coding(f"{TERMINOLOGY}/v3-Confidentiality", "R")]},
         {"dataPeriod": {"start": "2020-01-01"}},
         {"modifierExtension": [{"url": "urn:x", "valueBoolean": True}]},
-        {"action": action("access") + [concept("urn:example:actions", "print")]},
-        {"class": klass("Observation") + [coding("urn:example:classes", "labs")]},
+        {"action": [*action("access"), concept("urn:example:actions", "print")]},
+        {"class": [*klass("Observation"), coding("urn:example:classes", "labs")]},
         {"code": [concept("http://loinc.org", "2345-7")]},
         {"data": [{"meaning": "related", "reference": {"reference": "Encounter/1"}}]},
         {
