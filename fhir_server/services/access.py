@@ -448,18 +448,20 @@ async def as_user(
     user: str,
     scope: str,
     *,
+    now: datetime,
     purpose_of_use: str | None = None,
     reason: str | None = None,
 ) -> Guard:
-    """The guard `user` would have with a token of its own carrying `scope`: for answering what
-    it may do ($explain-access, relationship verification). Its facts are loaded fresh."""
+    """The guard `user` would have with a token of its own carrying `scope` at `now`: for
+    answering what it may do ($explain-access, relationship verification). Its facts are
+    loaded fresh (the caller's cached facts may have been loaded earlier: never their `now`)."""
     principal = principal_from_claims({"sub": user, "fhirUser": user, "scope": scope})
     facts = caller.facts
     return await load_guard(
         conn,
         principal,
         caller.policy,
-        now=facts.now,
+        now=now,
         majority_age=facts.majority_age,
         emergency_bypass=facts.emergency_bypass,
         admin_role="",

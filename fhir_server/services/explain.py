@@ -62,6 +62,7 @@ async def _guard_for(ctx: Context, conn: Connection, values: dict[str, Any]) -> 
             caller,
             str(identity),
             values.get("scope") or "user/*.cruds",
+            now=ctx.clock(),
             purpose_of_use=values.get("purposeOfUse"),
             reason=values.get("reason"),
         )

@@ -145,7 +145,7 @@ async def _verify(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
         raise RelationshipError(
             403, "not_authorized", "only the requesting user, the patient or a service may ask"
         )
-    guard = await as_user(conn, ctx.guard, requester, "user/*.rs")
+    guard = await as_user(conn, ctx.guard, requester, "user/*.rs", now=ctx.clock())
     target = Target(frozenset({patient}))
     decisions = {
         scope: guard.decide("read", PROBES[DATA_SCOPES[scope]], target) for scope in requested
