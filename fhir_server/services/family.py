@@ -104,19 +104,20 @@ WHERE r.resource_type = 'RelatedPerson' AND NOT r.deleted AND r.id IN (
 )
 
 
-async def family_links(conn: Connection) -> list[FamilyLink]:
-    """Every RelatedPerson the family workflow made (the parent-child graph is checked whole)."""
+async def family_links(conn: Connection, now: datetime) -> list[FamilyLink]:
+    """Every RelatedPerson the family workflow made (the parent-child graph is checked whole);
+    a link is active until its `period` ends (as an instant, at `now`)."""
     rows = await fetch_all(conn, _FAMILY_LINKS, {"system": FAMILY_SYSTEM})
     links = []
     for id, text in rows:
         content = orjson.loads(text)
-        link = _link(id, content)
+        link = _link(id, content, now)
         if link is not None:
             links.append(link)
     return links
 
 
-def _link(id: str, content: dict[str, Any]) -> FamilyLink | None:
+def _link(id: str, content: dict[str, Any], now: datetime) -> FamilyLink | None:
     primary = next(
         (
             reference_of(e.get("valueReference"))
@@ -137,13 +138,14 @@ def _link(id: str, content: dict[str, Any]) -> FamilyLink | None:
     dependent = reference_of(content.get("patient"))
     if primary is None or relationship is None or dependent is None:
         return None
-    end = (content.get("period") or {}).get("end")
+    # not yet ended counts (a link that starts later still binds the family rules)
+    end = window(content.get("period")).end
     return FamilyLink(
         related_person=f"RelatedPerson/{id}",
         primary=primary,
         dependent=dependent,
         relationship=relationship,
-        active=content.get("active") is not False and end is None,
+        active=content.get("active") is not False and (end is None or now < end),
     )
 
 
@@ -337,7 +339,8 @@ async def add_dependent(
     guard = ctx.guard
     require_primary(guard, primary)
     server = ctx.as_server()
-    today = ctx.clock().date()
+    now = ctx.clock()
+    today = now.date()
     primary_content = await patient_content(conn, primary)
     relationship = request.relationship
 
@@ -371,7 +374,7 @@ async def add_dependent(
         )
     dependent_content = await patient_content(conn, dependent)
 
-    links = await family_links(conn)
+    links = await family_links(conn, now)
     check_rules(
         relationship,
         primary,
@@ -473,7 +476,7 @@ async def remove_dependent(
     ended_at = format_instant(now)
     links = [
         link
-        for link in await family_links(conn)
+        for link in await family_links(conn, now)
         if link.active
         and (
             (link.primary == primary and link.dependent == dependent)
@@ -573,7 +576,7 @@ async def family_members(ctx: Context, conn: Connection, primary_id: str) -> lis
     require_primary(guard, primary)
     now = ctx.clock()
     today = now.date()
-    links = await family_links(conn)
+    links = await family_links(conn, now)
     mine = [link for link in links if link.active and link.primary == primary]
     found: dict[str, tuple[str, str | None]] = {
         link.dependent: (link.relationship, link.related_person) for link in mine

@@ -200,6 +200,36 @@ def test_coverage_that_ended_an_hour_ago_is_not_active(fam: Family) -> None:
         assert "T" in end and end.endswith("Z")
 
 
+def test_a_family_link_that_ends_later_today_is_still_family(fam: Family) -> None:
+    primary = fam.patient("Lee", years_ago(40))
+    with fam.as_(primary) as p:
+        ash = {"relationship": "CHILD", "nationalId": fam.nid("ash")}
+        added = add(p, primary, **ash, dependent=person("Doe", "Ash", years_ago(9)))
+        assert added.status_code == 201, added.text
+        kid = values(added.json())["dependent"]["reference"]
+        link = values(added.json())["link"]
+        own = next(x["valueReference"]["reference"] for x in link if x["name"] == "relatedPerson")
+        stored = fam.system.get(f"/{own}").json()
+        stored["period"] = {**stored["period"], "end": at(HOUR)}
+        assert fam.system.put(f"/{own}", json=stored).status_code == 200
+        members = p.get(f"/{primary}/$family").json()["parameter"]
+        listed = {
+            part["valueReference"]["reference"]: member
+            for member in members
+            for part in member["part"]
+            if part["name"] == "patient"
+        }
+        assert kid in listed
+        view = next(x for x in listed[kid]["part"] if x["name"] == "canViewClinicalData")
+        assert view["valueBoolean"] is True
+        # and adding the same child again is refused while the link lasts
+        again = add(p, primary, **ash)
+        assert again.status_code == 422 and "already-a-dependent" in again.text, again.text
+        stored["period"]["end"] = at(-HOUR)
+        assert fam.system.put(f"/{own}", json=stored).status_code == 200
+        assert p.get(f"/{primary}/$family").json()["parameter"] == []
+
+
 def test_emergency_contacts_use_instants(fam: Family) -> None:
     patient = fam.patient("Eve", years_ago(70))
 
