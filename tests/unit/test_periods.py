@@ -122,7 +122,27 @@ def test_a_period_covers_exactly_the_instants_between_its_bounds(
     text: str, moment: datetime
 ) -> None:
     found = span(text)
-    assert found is not None
+    if found is None:  # `1000-02-30`: no such day, so the period covers nothing
+        assert not window({"start": text}).covers(moment)
+        assert not window({"end": text}).covers(moment)
+        return
     low, high = found
     assert window({"start": text}).covers(moment) == (moment >= low)
     assert window({"end": text}).covers(moment) == (moment < high)
+
+
+def test_cached_facts_end_at_the_first_boundary_of_their_periods() -> None:
+    """The facts cache (services/access.py) never outlives a period that ends within the day."""
+    from compartments.engine import Facts
+    from fhir_server.services.access import FactsCache
+
+    cache = FactsCache()
+    entry = (1, (), Facts(now=NOW), {})
+    ends = NOW + timedelta(minutes=30)
+    cache.put("RelatedPerson/9", NOW, entry, ends)
+    assert cache.get("RelatedPerson/9", NOW + timedelta(minutes=29)) is entry
+    assert cache.get("RelatedPerson/9", ends) is None
+    assert cache.get("RelatedPerson/9", NOW) is None  # gone, not only hidden
+    cache.put("RelatedPerson/9", NOW, entry)
+    assert cache.get("RelatedPerson/9", NOW + timedelta(hours=9)) is entry
+    assert cache.get("RelatedPerson/9", NOW + timedelta(hours=10)) is None  # the next UTC day
