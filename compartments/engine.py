@@ -10,9 +10,20 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import date, datetime
 
+from compartments.consent import (
+    CONSENT_SCOPE_SYSTEM,
+    CONSENT_SCOPES,
+    NOTHING,
+    ConsentFact,
+    Query,
+    Selection,
+)
+from compartments.periods import ALWAYS, Window
 from compartments.policy import RESULTS, WRITES, Policy, Reason, Rule
+
+__all__ = ["CONSENT_SCOPES", "CONSENT_SCOPE_SYSTEM", "ConsentFact", "Selection", "Window"]
 
 # v3 RoleCode parents (natural, adoptive, step) and guardian, and the seed's own codes.
 PARENT_OR_GUARDIAN = frozenset(
@@ -21,34 +32,6 @@ PARENT_OR_GUARDIAN = frozenset(
         "STPPRN", "STPMTH", "STPFTH", "GUARD", "PARENT", "GUARDIAN",
     }
 )  # fmt: skip
-# Consent scopes of the family specification, and the resource types each opens.
-CONSENT_SCOPES: Mapping[str, frozenset[str]] = {
-    "DEMOGRAPHICS": frozenset({"Patient"}),
-    "CLINICAL_SUMMARY": frozenset(
-        {
-            "Condition",
-            "AllergyIntolerance",
-            "Procedure",
-            "CarePlan",
-            "Immunization",
-            "FamilyMemberHistory",
-            "ClinicalImpression",
-        }
-    ),
-    "ENCOUNTERS": frozenset({"Encounter", "EpisodeOfCare"}),
-    "PRESCRIPTIONS": frozenset(
-        {
-            "MedicationRequest",
-            "MedicationStatement",
-            "MedicationDispense",
-            "MedicationAdministration",
-        }
-    ),
-    "LAB_RESULTS": frozenset({"Observation", "DiagnosticReport", "Specimen"}),
-    "APPOINTMENTS": frozenset({"Appointment", "AppointmentResponse"}),
-}
-# The CodeSystem of those scopes in `Consent.provision.code`.
-CONSENT_SCOPE_SYSTEM = "urn:fhir-server:consent-scope"
 # What a related person of an adult sees without a Consent.
 DEMOGRAPHICS = CONSENT_SCOPES["DEMOGRAPHICS"]
 
@@ -71,41 +54,17 @@ class RelatedPersonFact:
     patient: str  # "Patient/1"
     relationships: frozenset[str] = frozenset()
     active: bool = True
-    start: date | None = None
-    end: date | None = None
+    period: Window = ALWAYS  # RelatedPerson.period, as instants (compartments/periods.py)
 
-    def in_force(self, today: date) -> bool:
-        return (
-            self.active
-            and (self.start is None or self.start <= today)
-            and (self.end is None or today <= self.end)
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ConsentFact:
-    reference: str  # "Consent/3"
-    patient: str
-    actors: frozenset[str]
-    scopes: frozenset[str]
-    active: bool = True  # status active and provision.type permit
-    start: date | None = None
-    end: date | None = None
-
-    def grants(self, actor: str, patient: str, resource_type: str, today: date) -> bool:
-        return (
-            self.active
-            and self.patient == patient
-            and actor in self.actors
-            and (self.start is None or self.start <= today)
-            and (self.end is None or today <= self.end)
-            and any(resource_type in CONSENT_SCOPES.get(s, frozenset()) for s in self.scopes)
-        )
+    def in_force(self, now: datetime) -> bool:
+        return self.active and self.period.covers(now)
 
 
 @dataclass(frozen=True, slots=True)
 class Facts:
-    today: date
+    # The moment of the request (timezone-aware): periods are compared with it as instants,
+    # birthdays with its UTC date. The engine has no clock: the caller passes it.
+    now: datetime
     related_persons: Mapping[str, RelatedPersonFact] = field(default_factory=dict)
     birth_dates: Mapping[str, date | None] = field(default_factory=dict)  # "Patient/1" -> date
     consents: Sequence[ConsentFact] = ()
@@ -116,15 +75,16 @@ class Facts:
     majority_age: int = 18
     emergency_bypass: bool = False
 
+    @property
+    def today(self) -> date:
+        return self.now.date()
+
     def is_minor(self, patient: str) -> bool:
         born = self.birth_dates.get(patient)
         if born is None:
             return False  # no birthDate counts as adult
-        years = (
-            self.today.year
-            - born.year
-            - ((self.today.month, self.today.day) < (born.month, born.day))
-        )
+        today = self.today
+        years = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
         return years < self.majority_age
 
 
@@ -137,6 +97,16 @@ class Target:
     created_by: str | None = None
     # whom the resource grants access to: a Consent's `provision.actor` references
     grants_to: frozenset[str] = frozenset()
+    id: str | None = None  # the resource's id, when a Consent grants single resources
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """Part of a compartment a Consent opens: the resources of the decided type in
+    `compartment` that `selection` admits (ids: `provision.data` references)."""
+
+    compartment: str
+    selection: Selection
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +131,7 @@ class Decision:
     everything: bool = False  # the filter is "all resources" (allow validator)
     compartments: frozenset[str] = frozenset()  # the search filter
     creators: frozenset[str] = frozenset()  # resources these identities created
+    parts: frozenset[Part] = frozenset()  # parts of compartments (a Consent's data or denies)
     emergency: bool = False
 
     @property
@@ -219,6 +190,7 @@ def decide(request: Request, policy: Policy, facts: Facts) -> Decision:
         everything=any(d.everything for d in allowed),
         compartments=frozenset().union(*(d.compartments for d in allowed)),
         creators=frozenset().union(*(d.creators for d in allowed)),
+        parts=frozenset().union(*(d.parts for d in allowed)),
         emergency=any(d.emergency for d in allowed),
     )
 
@@ -316,6 +288,11 @@ def _within(decision: Decision, request: Request, rule: Rule) -> Decision:
         return decision
     if target.compartments & decision.compartments or (target.created_by in decision.creators):
         return decision
+    if any(
+        p.compartment in target.compartments and p.selection.admits(target.id)
+        for p in decision.parts
+    ):
+        return decision
     if decision.creators and not decision.compartments:
         return deny(Reason.UNVERIFIED_LINK, "an unverified link sees only what it created", rule)
     return deny(
@@ -375,7 +352,7 @@ def _related_person(identity: Identity, request: Request, facts: Facts, rule: Ru
             Reason.INVALID_ROLE, "the relatedperson_compartment rule is for related persons", rule
         )
     link = facts.related_persons.get(identity.reference)
-    if link is None or not link.in_force(facts.today):
+    if link is None or not link.in_force(facts.now):
         return deny(Reason.LINK_INACTIVE, f"{identity.reference} is not active", rule)
     if not identity.verified:
         return _unverified_within(identity, link.patient, request, rule)
@@ -388,15 +365,8 @@ def _related_person(identity: Identity, request: Request, facts: Facts, rule: Ru
     elif request.resource_type in DEMOGRAPHICS and request.operation not in WRITES:
         evidence.append(f"demographics:{patient}")
     else:
-        consent = next(
-            (
-                c
-                for c in facts.consents
-                if c.grants(identity.reference, patient, request.resource_type, facts.today)
-            ),
-            None,
-        )
-        if consent is None:
+        selection, used = consented(identity.reference, patient, request, facts)
+        if selection.empty:
             if request.resource_type == "RelatedPerson" and request.operation not in WRITES:
                 # a related person always sees its own record
                 own = Decision(
@@ -410,7 +380,19 @@ def _related_person(identity: Identity, request: Request, facts: Facts, rule: Ru
             return deny(
                 Reason.CONSENT_REQUIRED, f"{patient} is an adult: a Consent must permit this", rule
             )
-        evidence.append(consent.reference)
+        evidence.extend(used)
+        if not selection.whole:
+            decision = Decision(
+                allowed=True,
+                rule=rule,
+                explanation=(
+                    f"{identity.reference} for {patient}: {request.resource_type} "
+                    f"{selection.describe()} by consent"
+                ),
+                evidence=tuple(evidence),
+                parts=frozenset({Part(patient, selection)}),
+            )
+            return _related_write(decision, identity, patient, request, rule)
     decision = Decision(
         allowed=True,
         rule=rule,
@@ -418,6 +400,34 @@ def _related_person(identity: Identity, request: Request, facts: Facts, rule: Ru
         evidence=tuple(evidence),
         compartments=frozenset({patient}),
     )
+    return _related_write(decision, identity, patient, request, rule)
+
+
+def consented(
+    actor: str, patient: str, request: Request, facts: Facts
+) -> tuple[Selection, tuple[str, ...]]:
+    """What the patient's Consents let `actor` do for this request: the union of what they
+    permit, less what any Consent whose root is a deny denies; and the Consents that decided."""
+    query = Query(
+        actor, request.operation, request.resource_type, facts.now, request.purpose_of_use
+    )
+    permitted, denied, used = NOTHING, NOTHING, []
+    for consent in facts.consents:
+        if consent.patient != patient:
+            continue
+        allows, denies = consent.evaluate(query)
+        if not allows.empty:
+            permitted = permitted | allows
+            used.append(consent.reference)
+        if not denies.empty:
+            denied = denied | denies
+            used.append(f"deny:{consent.reference}")
+    return permitted - denied, tuple(used)
+
+
+def _related_write(
+    decision: Decision, identity: Identity, patient: str, request: Request, rule: Rule
+) -> Decision:
     target = request.target
     if (
         target is not None

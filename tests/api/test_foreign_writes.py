@@ -55,7 +55,14 @@ def world(live_server: LiveServer) -> Iterator[World]:
                     "type": "permit",
                     "actor": [
                         {
-                            "role": {"coding": [{"code": "GRANTEE"}]},
+                            "role": {
+                                "coding": [
+                                    {
+                                        "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode",
+                                        "code": "GRANTEE",
+                                    }
+                                ]
+                            },
                             "reference": {"reference": ids["relative"]},
                         }
                     ],

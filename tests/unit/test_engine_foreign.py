@@ -5,7 +5,7 @@ compartment of anyone the caller may not write for. Each test tries to break it.
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from hypothesis import given
@@ -25,7 +25,7 @@ from compartments.engine import (
 from compartments.policy import Policy, Reason, default_policy
 
 POLICY = Policy(default_policy(resource_types()))
-TODAY = date(2026, 11, 23)
+NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 CHILD, ADULT, ME, STRANGER = "Patient/child", "Patient/adult", "Patient/me", "Patient/stranger"
 PARENT = "RelatedPerson/parent"  # the caller's link to the child (mother)
 OTHER_PARENT = "RelatedPerson/father"  # the child's other parent: a relative of the child
@@ -35,14 +35,14 @@ THEIR_RELATIVE = "RelatedPerson/theirs"  # a RelatedPerson of the stranger
 
 def facts(**overrides: Any) -> Facts:
     base: dict[str, Any] = {
-        "today": TODAY,
+        "now": NOW,
         "related_persons": {
             PARENT: RelatedPersonFact(PARENT, CHILD, frozenset({"MTH"})),
             SPOUSE: RelatedPersonFact(SPOUSE, ADULT, frozenset({"SPS"})),
         },
         "birth_dates": {CHILD: date(2018, 1, 1), ADULT: date(1990, 1, 1)},
         "consents": (
-            ConsentFact("Consent/1", ADULT, frozenset({SPOUSE}), frozenset({"LAB_RESULTS"})),
+            ConsentFact.scoped("Consent/1", ADULT, {SPOUSE}, {"LAB_RESULTS"}),
         ),
         "relatives": {
             PARENT: CHILD,
