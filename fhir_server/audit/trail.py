@@ -88,8 +88,9 @@ BOUNDED_TAG = {
     "display": "a value was bounded to be stored",
 }
 BOUNDED_EXTENSION = "urn:fhir-server:audit-bounded"
-# NUL, which PostgreSQL text and jsonb cannot hold, and lone surrogates, which UTF-8 cannot
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# NUL, which PostgreSQL text and jsonb cannot hold; lone surrogates, which UTF-8 cannot; and
+# whitespace other than space, tab, CR and LF, which an R4 string cannot
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]|[^\S \t\r\n]")
 _ELLIPSIS = "\u2026"
 _ACTIONS = {
     "create": "C",
@@ -183,6 +184,14 @@ def _text(value: object, limit: int) -> tuple[str, bool]:
     return text, changed
 
 
+def _code(value: object) -> tuple[str | None, bool]:
+    """A code (the purpose of use): bounded text whose whitespace runs are single spaces, none
+    at either end (R4 `code`); none at all if nothing is left."""
+    text, changed = _text(value, CODE_MAX)
+    code = " ".join(text.split())
+    return code or None, changed or code != text
+
+
 def _reference(value: object, id_limit: int = ID_MAX) -> tuple[str, bool]:
     """`Type/id` with each part bounded; a bounded id ends in an ellipsis, which no R4 id
     holds, so a shortened reference can never name a real resource (nor put the event in its
@@ -229,11 +238,10 @@ def bound(record: Record) -> Record:
     if any(touched for _, touched in outcome):
         changed.add("outcomeDesc")
     purpose = [
-        _text(value, limit) if value is not None else (None, False)
-        for value, limit in (
-            (record.purpose_of_use, CODE_MAX),
-            (record.purpose_text, PURPOSE_TEXT_MAX),
-        )
+        _code(record.purpose_of_use) if record.purpose_of_use is not None else (None, False),
+        _text(record.purpose_text, PURPOSE_TEXT_MAX)
+        if record.purpose_text is not None
+        else (None, False),
     ]
     if any(touched for _, touched in purpose):
         changed.add("purposeOfEvent")
