@@ -64,6 +64,10 @@ SHUTDOWN_SECONDS = 60.0
 RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
 # Tries of an urgent (denial, break-glass) write in the request before it is queued instead.
 URGENT_ATTEMPTS = 3
+# Connections of the audit trail's own (denials and emergencies written before the response):
+# a request holds one of the server's pool while its decisions are written, so writing them on
+# that pool too could leave every request waiting for a connection another one holds.
+AUDIT_CONNECTIONS = 2
 # Patients named as entities of one event at most (a practitioner's filter can name hundreds).
 MAX_PATIENTS = 10
 
@@ -639,6 +643,9 @@ class AuditTrail:
         self._acks: Any = None
         self._process: Any = None
         self._orphaned_logged = False
+        self._own: Database | None = None  # the trail's own connections (AUDIT_CONNECTIONS)
+        self._own_opened = False
+        self._opening = asyncio.Lock()
 
     @property
     def buffered(self) -> int:
@@ -651,6 +658,7 @@ class AuditTrail:
 
     def start(self) -> None:
         if self._url is not None:
+            self._own = Database(self._url, pool_size=AUDIT_CONNECTIONS)
             context = multiprocessing.get_context("spawn")
             self._queue = context.Queue()
             self._acks = context.Queue()
@@ -685,17 +693,21 @@ class AuditTrail:
             # what the writer did not acknowledge is stored here (once, whatever it committed)
             self._pending[:0] = [r for batch in self._handed.values() for r in batch]
             self._handed.clear()
+            # what is left in the queue was taken over above: do not wait to send it at exit
+            self._queue.cancel_join_thread()
             self._queue.close()
             self._acks.close()
             self._process = None
         pending, self._pending = self._pending, []
-        if pending:
-            try:
+        try:
+            if pending:
                 await self._store(pending, attempts=len(RETRY_SECONDS), retried=True)
-            except Exception:
-                log.exception("%d audit events could not be stored before the stop", len(pending))
-                return
-        self._buffered = 0
+            self._buffered = 0
+        except Exception:
+            log.exception("%d audit events could not be stored before the stop", len(pending))
+        finally:
+            if self._own is not None and self._own_opened:
+                await self._own.close()
 
     async def record(self, guard: Guard) -> None:
         """The decisions a request made: urgent ones written now, the rest queued."""
@@ -792,10 +804,12 @@ class AuditTrail:
         self._buffered -= len(pending)
 
     async def _store(self, records: list[Record], *, attempts: int, retried: bool = False) -> None:
-        """Store here, on a pool connection, trying `attempts` times (then the failure raises)."""
+        """Store here, on the trail's own connections, trying `attempts` times (then the
+        failure raises)."""
+        db = await self._database()
         for attempt in range(1, attempts + 1):
             try:
-                async with self.db.connection() as conn:
+                async with db.connection() as conn:
                     await store(conn, records, self.endpoint, retried=retried or attempt > 1)
                 return
             except Exception:
@@ -803,6 +817,16 @@ class AuditTrail:
                     raise
                 log.warning("storing %d audit events failed (try %d)", len(records), attempt)
                 await asyncio.sleep(RETRY_SECONDS[attempt - 1])
+
+    async def _database(self) -> Database:
+        if self._own is None:
+            return self.db  # no URL of its own (a test's trail): the server's pool
+        if not self._own_opened:
+            async with self._opening:
+                if not self._own_opened:
+                    await self._own.open()
+                    self._own_opened = True
+        return self._own
 
 
 def _writer_main(queue: Any, acks: Any, url: str, endpoint: str) -> None:
