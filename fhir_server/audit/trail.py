@@ -39,7 +39,7 @@ import psycopg
 from psycopg import AsyncConnection
 
 from fhir_server.errors import FhirError
-from fhir_server.metrics import EMERGENCY_ACCESSES
+from fhir_server.metrics import AUDIT_BOUNDED, AUDIT_BUFFERED, EMERGENCY_ACCESSES
 from fhir_server.search.fhirpath import is_id
 from fhir_server.search.index import IndexRows, date_range, normalize_string
 from fhir_server.services.access import Audited, Guard
@@ -717,6 +717,8 @@ class AuditTrail:
         urgent: list[Record] = []
         for audited in _final(guard.audited):
             record = record_of(guard, audited, now)
+            if record.bounded:
+                AUDIT_BOUNDED.inc()
             if record.allowed and not record.emergency:
                 self._pending.append(record)
                 self._buffered += 1
@@ -778,6 +780,7 @@ class AuditTrail:
 
     async def flush(self) -> None:
         self._take_acks()
+        AUDIT_BUFFERED.set(self._buffered)
         if self._process is not None and self._process.is_alive():
             pending, self._pending = self._pending, []
             if pending:
