@@ -207,9 +207,31 @@ def _reference(value: object, id_limit: int = ID_MAX) -> tuple[str, bool]:
     return f"{kind}{slash}{id}", kind_changed or id_changed or text is not value
 
 
+def _plain(value: object, limit: int) -> bool:
+    """Whether `value` needs no bounding at a glance: short printable ASCII (the usual case,
+    checked in C; anything else takes the exact path)."""
+    return value is None or (
+        type(value) is str and len(value) <= limit and value.isascii() and value.isprintable()
+    )
+
+
 def bound(record: Record) -> Record:
     """The record with every value the database could refuse bounded, and the elements that
     were bounded named in `bounded`."""
+    if (
+        _plain(record.account, ID_MAX)  # a reference this short has both parts within bounds
+        and _plain(record.operation, CODE_MAX)
+        and _plain(record.resource, ID_MAX)
+        and all(_plain(p, ID_MAX) for p in record.patients)
+        and _plain(record.reason, CODE_MAX)
+        and _plain(record.explanation, EXPLANATION_MAX)
+        and _plain(record.rule, RULE_MAX)
+        and _plain(record.purpose_of_use, CODE_MAX)
+        and (record.purpose_of_use is None or " " not in record.purpose_of_use)
+        and _plain(record.purpose_text, PURPOSE_TEXT_MAX)
+        and _plain(record.diff, DIFF_MAX)
+    ):
+        return record
     changed: set[str] = set(record.bounded)
     role = record.account.partition("/")[0] if isinstance(record.account, str) else ""
     account, touched = _reference(
@@ -809,9 +831,9 @@ class AuditTrail:
     async def _store(self, records: list[Record], *, attempts: int, retried: bool = False) -> None:
         """Store here, on the trail's own connections, trying `attempts` times (then the
         failure raises)."""
-        db = await self._database()
         for attempt in range(1, attempts + 1):
             try:
+                db = await self._database()
                 async with db.connection() as conn:
                     await store(conn, records, self.endpoint, retried=retried or attempt > 1)
                 return
