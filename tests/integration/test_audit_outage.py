@@ -92,3 +92,51 @@ def _create(admin_url: str, name: str, url: str) -> None:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     migrate(url)
+
+
+def test_denials_and_emergencies_during_an_outage_are_queued_not_lost(admin_url: str) -> None:
+    name = f"fhir_test_{uuid.uuid4().hex[:12]}"
+    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    tag = uuid.uuid4().hex[:8]
+    server = Context(settings=Settings(), validator=default_validator(), base_url="")
+
+    def guard(n: int, decision: Decision) -> Any:
+        caller = server_guard(f"Practitioner/{tag}")
+        caller.audited.append(Audited("read", "Patient", f"Patient/{tag}-{n}", decision))
+        return caller
+
+    async def go() -> None:
+        audit = AuditTrail(Database(url), server, database_url=url)
+        audit.start()
+        try:
+            # a denial cannot be written before its 403: it is queued, and the 403 stands
+            await audit.record(guard(0, Decision(allowed=False, explanation="no")))
+            assert audit.buffered == 1
+            # an emergency access cannot be written before its response: no response (503),
+            # and its event is queued all the same
+            with pytest.raises(AuditUnavailable):
+                await audit.record(
+                    guard(1, Decision(allowed=True, explanation="btg", emergency=True))
+                )
+            assert audit.buffered == 2
+            await asyncio.to_thread(_create, admin_url, name, url)
+            deadline = time.monotonic() + 90
+            while audit.buffered > 0:
+                assert time.monotonic() < deadline, "the queued events were not stored"
+                await asyncio.sleep(0.2)
+        finally:
+            await audit.close()
+
+    try:
+        asyncio.run(go())
+        with psycopg.connect(url) as db:
+            rows = db.execute(
+                "SELECT content->'entity'->0->'what'->>'reference', content->>'outcome'"
+                " FROM resources WHERE resource_type = 'AuditEvent'"
+            ).fetchall()
+        assert sorted(rows) == [(f"Patient/{tag}-0", "4"), (f"Patient/{tag}-1", "0")]
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
