@@ -299,8 +299,10 @@ def reduced(record: Record) -> Record:
     decision is never dropped; at worst it is stored in this form."""
 
     def ascii_text(value: object, limit: int = ID_MAX) -> str:
+        # cut with a mark no R4 id holds (`.` is an id character, so not "..."): a reduced
+        # reference never names a real resource either
         escaped = ascii(value if isinstance(value, str) else str(value))[1:-1]
-        return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
+        return escaped if len(escaped) <= limit else escaped[: limit - 5] + "[...]"
 
     role, slash, who = (
         record.account if isinstance(record.account, str) else str(record.account)

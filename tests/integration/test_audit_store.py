@@ -90,7 +90,7 @@ def test_an_event_the_database_refuses_costs_no_other_event_of_its_batch(
         assert [t["code"] for t in content["meta"]["tag"]] == ["bounded"]
         assert content["agent"][0]["who"] == {"reference": record.account}
         assert content["outcome"] == "0"
-    assert stored[refused[1].id]["subtype"][0]["code"].endswith("...")
+    assert stored[refused[1].id]["subtype"][0]["code"].endswith("[...]")
     assert len(stored[refused[1].id]["subtype"][0]["code"]) <= 64
 
 
