@@ -56,6 +56,8 @@ PERMISSION = {
     "delete": "d",
 }
 PRIVILEGED_ROLES = frozenset({"System", "Admin"})
+# Decisions remembered per cached set of facts (see Guard._decisions).
+MAX_DECISIONS = 1024
 _SERVER_SCOPE = Scope("system", "*", frozenset("cruds"))
 
 
@@ -180,6 +182,10 @@ class Guard:
                     )
                 )
                 grant = self._narrow(policy, resource_type, self._scopes(resource_type, operation))
+            if len(self._decisions) >= MAX_DECISIONS:
+                # the key holds what the caller sends (purpose of use, break-glass reason,
+                # scopes): a caller varying them must not grow the shared cache without bound
+                self._decisions.clear()
             found = self._decisions[key] = (decision, grant)
         return found
 
