@@ -1,14 +1,17 @@
 """batch and transaction Bundles posted to the base URL.
 
 A transaction is all or nothing, processed in the order R4 prescribes (DELETE, POST, PUT/PATCH,
-GET), with `urn:uuid:` full URLs of created resources resolved into real references before anything
-is validated or stored. A batch answers each entry on its own, each in its own savepoint.
+GET), with the full URLs of created resources (`urn:uuid:`, or a URL carrying the client's id)
+resolved into real references before anything is validated or stored. A batch answers each entry
+on its own, each in its own savepoint. Conditional entries (`ifNoneExist`, `PUT Type?criteria`,
+`DELETE Type?criteria`) search only what the caller may see (services/conditional.py).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -17,8 +20,17 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from fhir_server.errors import BadRequest, FhirError, NotSupported
-from fhir_server.services import create, delete, history, patch, read, search, update
+from fhir_server.errors import BadRequest, FhirError, NotSupported, PreconditionFailed
+from fhir_server.services import (
+    conditional,
+    create,
+    delete,
+    history,
+    patch,
+    read,
+    search,
+    update,
+)
 from fhir_server.services.bundles import etag, raw
 from fhir_server.services.context import Context
 from fhir_server.services.outcome import Result
@@ -45,6 +57,10 @@ class Entry:
     if_none_exist: str | None
     if_match: int | None
     response: dict[str, Any] = field(default_factory=dict)
+    # a conditional update or delete: `PUT Type?criteria`, `DELETE Type?criteria`
+    conditional: bool = False
+    # a conditional PUT that matched nothing and is created with the POSTs, under a new id
+    creates: bool = False
 
 
 def _entry_error(index: int, error: FhirError) -> FhirError:
@@ -82,32 +98,110 @@ def _parse_entry(ctx: Context, index: int, raw_entry: Any) -> Entry:
     segments = [s for s in parts.path.split("/") if s]
     resource_type = segments[0] if segments and not segments[0].startswith("_") else None
     if_match = update.parse_if_match(request["ifMatch"]) if "ifMatch" in request else None
+    id = segments[1] if len(segments) > 1 and resource_type else None
     return Entry(
         index=index,
         method=method,
         url=url,
         resource_type=resource_type,
-        id=segments[1] if len(segments) > 1 and resource_type else None,
+        id=id,
         tail=segments[2:] if resource_type else segments,
         query=parts.query,
         resource=raw_entry.get("resource"),
         full_url=raw_entry.get("fullUrl") if isinstance(raw_entry.get("fullUrl"), str) else None,
         if_none_exist=request.get("ifNoneExist"),
         if_match=if_match,
+        conditional=method in {"PUT", "DELETE"} and id is None and bool(parts.query),
     )
 
 
-def _rewrite_references(value: Any, mapping: dict[str, str]) -> None:
-    """Replace every `reference` naming a full URL of this Bundle by the resource it became."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "reference" and isinstance(item, str) and item in mapping:
-                value[key] = mapping[item]
-            else:
-                _rewrite_references(item, mapping)
-    elif isinstance(value, list):
-        for item in value:
-            _rewrite_references(item, mapping)
+# A RESTful resource URL: `[base/]Type/id`, the base absent in a relative one.
+_RESTFUL = re.compile(r"(?:(?P<base>.+)/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})")
+
+
+def _restful(url: str, server_base: str) -> tuple[str, str, str] | None:
+    """(base, type, id) of a RESTful URL; a relative one is on the server's base."""
+    found = _RESTFUL.fullmatch(url)
+    if found is None or "/_history" in url:
+        return None
+    base = found["base"]
+    if base is not None and "://" not in base:
+        return None
+    return (base or server_base).rstrip("/"), found["type"], found["id"]
+
+
+class References:
+    """What the references of a transaction become (R4 bundle.html, resolving references in
+    Bundles): a reference that is an entry's full URL, or a relative `Type/id` that the
+    referring entry's base (its own full URL's, else the server's) turns into one, names the
+    resource that entry became, whatever id the client had given it."""
+
+    def __init__(self, server_base: str) -> None:
+        self.server_base = server_base
+        self.exact: dict[str, str] = {}
+        self.restful: dict[tuple[str, str, str], str] = {}
+
+    def add(self, full_url: str, target: str, *, replace: bool = True) -> None:
+        if replace or full_url not in self.exact:
+            self.exact[full_url] = target
+        where = _restful(full_url, self.server_base)
+        if where is not None and (replace or where not in self.restful):
+            self.restful[where] = target
+
+    def __bool__(self) -> bool:
+        return bool(self.exact)
+
+    def rewrite(self, entry: Entry) -> None:
+        base = self.server_base
+        if entry.full_url is not None and (own := _restful(entry.full_url, base)) is not None:
+            base = own[0]
+        self._rewrite(entry.resource, base)
+
+    def _resolve(self, reference: str, base: str) -> str | None:
+        found = self.exact.get(reference)
+        if found is not None:
+            return found
+        where = _restful(reference, base)
+        return None if where is None else self.restful.get(where)
+
+    def _rewrite(self, value: Any, base: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key == "reference" and isinstance(item, str):
+                    target = self._resolve(item, base)
+                    if target is not None:
+                        value[key] = target
+                else:
+                    self._rewrite(item, base)
+        elif isinstance(value, list):
+            for item in value:
+                self._rewrite(item, base)
+
+
+def check_full_urls(raw_entries: list[Any]) -> None:
+    """bdl-7: a full URL names one resource (version) of a Bundle; bdl-8: never a version."""
+    seen: dict[tuple[str, Any], int] = {}
+    for index, raw_entry in enumerate(raw_entries):
+        if not isinstance(raw_entry, dict) or not isinstance(raw_entry.get("fullUrl"), str):
+            continue
+        full_url = raw_entry["fullUrl"]
+        where = f"Bundle.entry[{index}].fullUrl"
+        if "/_history/" in full_url:
+            raise BadRequest(
+                f"entry {index}: the fullUrl `{full_url}` names a version; it must not (bdl-8)",
+                expression=[where],
+            )
+        resource = raw_entry.get("resource")
+        meta = resource.get("meta") if isinstance(resource, dict) else None
+        version = meta.get("versionId") if isinstance(meta, dict) else None
+        key = (full_url, version if isinstance(version, str) else None)
+        if key in seen:
+            raise BadRequest(
+                f"entries {seen[key]} and {index} have the same fullUrl `{full_url}`; full URLs "
+                "must be unique in a Bundle (bdl-7)",
+                expression=[where],
+            )
+        seen[key] = index
 
 
 def _written(ctx: Context, result: Result, prefer: str) -> dict[str, Any]:
@@ -147,11 +241,19 @@ def _patch_operations(entry: Entry) -> Any:
 def _need_instance(entry: Entry) -> tuple[str, str]:
     if entry.resource_type is None or entry.id is None or entry.query:
         raise BadRequest(
-            f"`{entry.method} {entry.url}`: conditional and type-level {entry.method} are not supported"
-            " in Bundles yet; name the resource as `Type/id`",
+            f"`{entry.method} {entry.url}`: name the resource as `Type/id`, or (PUT and DELETE) "
+            "give search criteria as `Type?criteria`",
             code="not-supported",
         )
     return entry.resource_type, entry.id
+
+
+def _need_type(entry: Entry) -> str:
+    if entry.resource_type is None or entry.tail:
+        raise BadRequest(
+            f"`{entry.method} {entry.url}`: a conditional {entry.method} is `Type?criteria`"
+        )
+    return entry.resource_type
 
 
 async def _get(ctx: Context, conn: Connection, entry: Entry) -> dict[str, Any]:
@@ -195,6 +297,11 @@ async def _run_one(ctx: Context, conn: Connection, entry: Entry, prefer: str) ->
             ctx, conn, entry.resource_type, entry.resource, if_none_exist=entry.if_none_exist
         )
         return _written(ctx, result, prefer)
+    if entry.method == "PUT" and entry.conditional:
+        result = await update.conditional_update(
+            ctx, conn, _need_type(entry), entry.query, entry.resource, if_match=entry.if_match
+        )
+        return _written(ctx, result, prefer)
     if entry.method == "PUT":
         rtype, id = _need_instance(entry)
         result = await update.update(ctx, conn, rtype, id, entry.resource, if_match=entry.if_match)
@@ -205,6 +312,9 @@ async def _run_one(ctx: Context, conn: Connection, entry: Entry, prefer: str) ->
             ctx, conn, rtype, id, _patch_operations(entry), if_match=entry.if_match
         )
         return _written(ctx, result, prefer)
+    if entry.method == "DELETE" and entry.conditional:
+        await delete.conditional_delete(ctx, conn, _need_type(entry), entry.query)
+        return {"response": {"status": "204 No Content"}}
     if entry.method == "DELETE":
         rtype, id = _need_instance(entry)
         await delete.delete(ctx, conn, rtype, id)
@@ -219,6 +329,23 @@ def _check_types(entry: Entry) -> None:
         raise NotSupported(f"resource type `{entry.resource_type}` is not supported")
 
 
+class Identities:
+    """R4 transaction rule: the resources that the DELETE, POST and PUT/PATCH entries write
+    (conditional ones as resolved) must not overlap; a resource written twice is a 400."""
+
+    def __init__(self) -> None:
+        self.writers: dict[tuple[str, str], int] = {}
+
+    def claim(self, entry: Entry, resource_type: str, id: str) -> None:
+        first = self.writers.setdefault((resource_type, id), entry.index)
+        if first != entry.index:
+            raise BadRequest(
+                f"entries {first} and {entry.index} both write `{resource_type}/{id}`; a "
+                "transaction writes each resource at most once",
+                code="business-rule",
+            )
+
+
 async def _transaction(
     ctx: Context, conn: Connection, entries: list[Entry], prefer: str
 ) -> list[dict[str, Any]]:
@@ -228,6 +355,7 @@ async def _transaction(
         except FhirError as exc:
             raise _entry_error(entry.index, exc) from None
     ordered = sorted(entries, key=lambda e: _ORDER[e.method])
+    written = Identities()
 
     async def guarded(entry: Entry, step: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -238,12 +366,20 @@ async def _transaction(
     for entry in (e for e in ordered if e.method == "DELETE"):
 
         async def do_delete(entry: Entry = entry) -> None:
-            entry.response = await _run_one(ctx, conn, entry, prefer)
+            if entry.conditional:
+                rtype = _need_type(entry)
+                id, _ = await delete.conditional_delete(ctx, conn, rtype, entry.query)
+            else:
+                rtype, id = _need_instance(entry)
+                await delete.delete(ctx, conn, rtype, id)
+            if id is not None:
+                written.claim(entry, rtype, id)
+            entry.response = {"response": {"status": "204 No Content"}}
 
         await guarded(entry, do_delete)
 
     # Give every created resource its id first, so references between entries resolve.
-    mapping: dict[str, str] = {}
+    references = References(ctx.base_url)
     creates: list[Entry] = []
     for entry in (e for e in ordered if e.method == "POST"):
 
@@ -259,27 +395,67 @@ async def _transaction(
                 entry.response = _written(ctx, existing, prefer)
                 entry.id = existing.version.id
             else:
+                # the client's id, if any, is ignored (R4 http.html#create)
                 entry.id = create.new_id()
                 creates.append(entry)
             if entry.full_url:
-                mapping[entry.full_url] = f"{entry.resource_type}/{entry.id}"
+                references.add(entry.full_url, f"{entry.resource_type}/{entry.id}")
 
         await guarded(entry, plan_create)
-    for entry in entries:
-        if entry.method == "PUT" and entry.full_url and entry.resource_type and entry.id:
-            mapping.setdefault(entry.full_url, f"{entry.resource_type}/{entry.id}")
-    if mapping:
+    for entry in (e for e in ordered if e.method == "PUT" and e.conditional):
+
+        async def plan_conditional_update(entry: Entry = entry) -> None:
+            rtype = _need_type(entry)
+            resource = validated(ctx, entry.resource, resource_type=rtype)
+            match = await conditional.single_match(
+                ctx, conn, rtype, entry.query, interaction="conditional update"
+            )
+            body_id = resource.get("id")
+            if match is not None and body_id is not None and body_id != match:
+                raise BadRequest(
+                    f"the body's id `{body_id}` is not the id of the resource the criteria match",
+                    expression=["id"],
+                )
+            if match is None and body_id is None:
+                if entry.if_match is not None:
+                    raise PreconditionFailed(
+                        f"If-Match asks for version {entry.if_match} but no `{rtype}` matches"
+                    )
+                entry.id, entry.creates = create.new_id(), True
+                creates.append(entry)
+            else:
+                entry.id = match or str(body_id)
+            if entry.full_url:
+                references.add(entry.full_url, f"{rtype}/{entry.id}")
+
+        await guarded(entry, plan_conditional_update)
+    for entry in (e for e in ordered if e.method in {"PUT", "PATCH"}):
+        if entry.full_url and entry.resource_type and entry.id:
+            references.add(entry.full_url, f"{entry.resource_type}/{entry.id}", replace=False)
+        if entry.resource_type and entry.id and not entry.creates:
+            try:
+                written.claim(entry, entry.resource_type, entry.id)
+            except FhirError as exc:
+                raise _entry_error(entry.index, exc) from None
+    if references:
         for entry in entries:
             if entry.resource is not None:
-                _rewrite_references(entry.resource, mapping)
+                references.rewrite(entry)
 
     now = ctx.clock()
     versions = []
     for entry in creates:
         assert entry.resource_type is not None and entry.id is not None
         try:
-            resource = validated(ctx, entry.resource, resource_type=entry.resource_type)
-            version = create.creation(ctx, resource, entry.id, method="POST", last_updated=now)
+            body = entry.resource if entry.creates else create.ignoring_id(entry.resource)
+            resource = validated(ctx, body, resource_type=entry.resource_type)
+            version = create.creation(
+                ctx,
+                resource,
+                entry.id,
+                method="PUT" if entry.creates else "POST",
+                last_updated=now,
+            )
         except FhirError as exc:
             raise _entry_error(entry.index, exc) from None
         versions.append(version)
@@ -287,9 +463,20 @@ async def _transaction(
     await repository.insert_created(conn, versions)
 
     for entry in (e for e in ordered if e.method in {"PUT", "PATCH", "GET", "HEAD"}):
+        if entry.creates:
+            continue
 
         async def run(entry: Entry = entry) -> None:
-            entry.response = await _run_one(ctx, conn, entry, prefer)
+            if entry.conditional:
+                # resolved above: the match, or the body's id (update-as-create)
+                assert entry.resource_type is not None and entry.id is not None
+                resource = {**entry.resource, "id": entry.id}
+                result = await update.update(
+                    ctx, conn, entry.resource_type, entry.id, resource, if_match=entry.if_match
+                )
+                entry.response = _written(ctx, result, prefer)
+            else:
+                entry.response = await _run_one(ctx, conn, entry, prefer)
 
         await guarded(entry, run)
     return [e.response for e in entries]
@@ -328,6 +515,22 @@ _REASONS = {
 }
 
 
+def _lock_slots(entries: list[Entry]) -> list[int]:
+    """The advisory-lock slots of every conditional write of a Bundle, all taken before the
+    first entry runs (services/conditional.py). Criteria that do not parse lock nothing: their
+    entry fails on its own."""
+    slots = []
+    for entry in entries:
+        criteria = entry.query if entry.conditional else entry.if_none_exist
+        if entry.resource_type is None or not isinstance(criteria, str) or not criteria:
+            continue
+        try:
+            slots.append(conditional.lock_slot(entry.resource_type, criteria))
+        except FhirError:
+            continue
+    return slots
+
+
 async def process(ctx: Context, conn: Connection, body: Any, *, prefer: str) -> bytes:
     """Run a batch or transaction Bundle; return the response Bundle."""
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
@@ -347,8 +550,10 @@ async def process(ctx: Context, conn: Connection, body: Any, *, prefer: str) -> 
             f"{ctx.settings.max_bundle_entries} are accepted",
             code="too-costly",
         )
+    check_full_urls(raw_entries)
     if kind == "transaction":
         entries = [_parse_entry(ctx, i, e) for i, e in enumerate(raw_entries)]
+        await conditional.serialize(conn, _lock_slots(entries))
         responses = await _transaction(ctx, conn, entries, prefer)
     else:
         responses = []
@@ -365,6 +570,7 @@ async def process(ctx: Context, conn: Connection, body: Any, *, prefer: str) -> 
                     }
                 }
         valid = [e for e in entries if e.method != "INVALID"]
+        await conditional.serialize(conn, _lock_slots(valid))
         answered = iter(await _batch(ctx, conn, valid, prefer))
         responses = [e.response if e.method == "INVALID" else next(answered) for e in entries]
     result = {
