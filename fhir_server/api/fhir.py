@@ -259,6 +259,21 @@ async def delete_resource(fhir: FhirInteraction, type: str, id: str) -> Response
     return Response(status_code=204, headers=headers)
 
 
+async def conditional_patch(
+    fhir: FhirInteraction,
+    type: str,
+    body: PatchBody,
+    request: Request,
+    if_match: IfMatch = None,
+) -> Response:
+    """`PATCH [base]/{type}?criteria` (R4 conditional patch)."""
+    async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
+        result = await patch.conditional_patch(
+            ctx, conn, type, request.url.query, body, if_match=parse_if_match(if_match)
+        )
+    return write_response(fhir.ctx.base_url, result, fhir.prefer)
+
+
 async def conditional_delete(fhir: FhirInteraction, type: str, request: Request) -> Response:
     """`DELETE [base]/{type}?criteria` (R4 conditional delete): no match is a success too."""
     async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
@@ -344,8 +359,8 @@ register_url_convertor("fhir_id", FhirId())
 
 
 class FhirType(Convertor[str]):
-    """A path segment that may be a resource type (capitalised), so that the conditional update
-    and delete at `[base]/{type}` leave `PUT` or `DELETE [base]/metadata` a 405."""
+    """A path segment that may be a resource type (capitalised), so that the conditional update,
+    patch and delete at `[base]/{type}` leave `PUT`, `PATCH` or `DELETE [base]/metadata` a 405."""
 
     regex = r"[A-Z][A-Za-z]{0,63}"
 
@@ -386,6 +401,7 @@ def install(app: FastAPI) -> None:
     add("/fhir/Patient/{id:fhir_id}/$emergency-contacts", emergency_contacts, methods=["GET"])
     add("/fhir/{type}", create_resource, methods=["POST"])
     add("/fhir/{type:fhir_type}", conditional_update, methods=["PUT"])
+    add("/fhir/{type:fhir_type}", conditional_patch, methods=["PATCH"])
     add("/fhir/{type:fhir_type}", conditional_delete, methods=["DELETE"])
     add("/fhir/{type}/{id}", update_resource, methods=["PUT"])
     add("/fhir/{type}/{id}", patch_resource, methods=["PATCH"])

@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from fhir_server.errors import BadRequest, FhirError, NotSupported, PreconditionFailed
+from fhir_server.errors import BadRequest, FhirError, NotFound, NotSupported, PreconditionFailed
 from fhir_server.services import (
     conditional,
     create,
@@ -57,7 +57,7 @@ class Entry:
     if_none_exist: str | None
     if_match: int | None
     response: dict[str, Any] = field(default_factory=dict)
-    # a conditional update or delete: `PUT Type?criteria`, `DELETE Type?criteria`
+    # a conditional update, patch or delete: `PUT Type?criteria`, `PATCH ...`, `DELETE ...`
     conditional: bool = False
     # a conditional PUT that matched nothing and is created with the POSTs, under a new id
     creates: bool = False
@@ -111,7 +111,7 @@ def _parse_entry(ctx: Context, index: int, raw_entry: Any) -> Entry:
         full_url=raw_entry.get("fullUrl") if isinstance(raw_entry.get("fullUrl"), str) else None,
         if_none_exist=request.get("ifNoneExist"),
         if_match=if_match,
-        conditional=method in {"PUT", "DELETE"} and id is None and bool(parts.query),
+        conditional=method in {"PUT", "PATCH", "DELETE"} and id is None and bool(parts.query),
     )
 
 
@@ -241,8 +241,8 @@ def _patch_operations(entry: Entry) -> Any:
 def _need_instance(entry: Entry) -> tuple[str, str]:
     if entry.resource_type is None or entry.id is None or entry.query:
         raise BadRequest(
-            f"`{entry.method} {entry.url}`: name the resource as `Type/id`, or (PUT and DELETE) "
-            "give search criteria as `Type?criteria`",
+            f"`{entry.method} {entry.url}`: name the resource as `Type/id`, or (PUT, PATCH and "
+            "DELETE) give search criteria as `Type?criteria`",
             code="not-supported",
         )
     return entry.resource_type, entry.id
@@ -305,6 +305,16 @@ async def _run_one(ctx: Context, conn: Connection, entry: Entry, prefer: str) ->
     if entry.method == "PUT":
         rtype, id = _need_instance(entry)
         result = await update.update(ctx, conn, rtype, id, entry.resource, if_match=entry.if_match)
+        return _written(ctx, result, prefer)
+    if entry.method == "PATCH" and entry.conditional:
+        result = await patch.conditional_patch(
+            ctx,
+            conn,
+            _need_type(entry),
+            entry.query,
+            _patch_operations(entry),
+            if_match=entry.if_match,
+        )
         return _written(ctx, result, prefer)
     if entry.method == "PATCH":
         rtype, id = _need_instance(entry)
@@ -429,6 +439,20 @@ async def _transaction(
                 references.add(entry.full_url, f"{rtype}/{entry.id}")
 
         await guarded(entry, plan_conditional_update)
+    for entry in (e for e in ordered if e.method == "PATCH" and e.conditional):
+
+        async def plan_conditional_patch(entry: Entry = entry) -> None:
+            rtype = _need_type(entry)
+            match = await conditional.single_match(
+                ctx, conn, rtype, entry.query, interaction="conditional patch"
+            )
+            if match is None:
+                raise NotFound(
+                    f"no `{rtype}` matches the conditional patch criteria `{entry.query}`"
+                )
+            entry.id = match
+
+        await guarded(entry, plan_conditional_patch)
     for entry in (e for e in ordered if e.method in {"PUT", "PATCH"}):
         if entry.full_url and entry.resource_type and entry.id:
             references.add(entry.full_url, f"{entry.resource_type}/{entry.id}", replace=False)
@@ -467,7 +491,18 @@ async def _transaction(
             continue
 
         async def run(entry: Entry = entry) -> None:
-            if entry.conditional:
+            if entry.conditional and entry.method == "PATCH":
+                assert entry.resource_type is not None and entry.id is not None
+                result = await patch.patch(
+                    ctx,
+                    conn,
+                    entry.resource_type,
+                    entry.id,
+                    _patch_operations(entry),
+                    if_match=entry.if_match,
+                )
+                entry.response = _written(ctx, result, prefer)
+            elif entry.conditional:
                 # resolved above: the match, or the body's id (update-as-create)
                 assert entry.resource_type is not None and entry.id is not None
                 resource = {**entry.resource, "id": entry.id}

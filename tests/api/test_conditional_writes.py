@@ -5,6 +5,8 @@ written), with proof that refused requests change nothing."""
 
 from __future__ import annotations
 
+import base64
+import json
 import threading
 import uuid
 from collections.abc import Iterator
@@ -509,3 +511,79 @@ def test_conditional_delete_never_deletes_a_match_the_caller_may_not_see(
         assert lab_only.post("", json=bundle).status_code == 200
     assert snapshot(db) == before
     assert observation_row(db, world.ref("vitals_adult")) == vitals
+
+
+# --- conditional patch -------------------------------------------------------------------------
+
+ACTIVATE = [{"op": "add", "path": "/active", "value": True}]
+JSON_PATCH = {"Content-Type": "application/json-patch+json"}
+
+
+def test_conditional_patch_outcomes(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
+    one, twice = mrn(), mrn()
+    existing = client.post("/Patient", json=patient(one)).json()
+    client.post("/Patient", json=patient(twice))
+    client.post("/Patient", json=patient(twice))
+    before = snapshot(db)
+    none = client.patch(f"/Patient?{criteria(mrn())}", json=ACTIVATE, headers=JSON_PATCH)
+    assert none.status_code == 404
+    several = client.patch(f"/Patient?{criteria(twice)}", json=ACTIVATE, headers=JSON_PATCH)
+    assert several.status_code == 412
+    assert snapshot(db) == before
+    patched = client.patch(f"/Patient?{criteria(one)}", json=ACTIVATE, headers=JSON_PATCH)
+    assert patched.status_code == 200, patched.text
+    assert patched.json()["id"] == existing["id"]
+    assert patched.json()["active"] is True
+
+
+def test_conditional_patch_entries_in_bundles(
+    client: httpx.Client, db: psycopg.Connection[Any]
+) -> None:
+    ident = mrn()
+    existing = client.post("/Patient", json=patient(ident)).json()
+    binary = {
+        "resourceType": "Binary",
+        "contentType": "application/json-patch+json",
+        "data": base64.b64encode(json.dumps(ACTIVATE).encode()).decode(),
+    }
+    entry = {
+        "resource": binary,
+        "request": {"method": "PATCH", "url": f"Patient?{criteria(ident)}"},
+    }
+    response = client.post("", json=transaction(entry))
+    assert response.status_code == 200, response.text
+    assert response.json()["entry"][0]["response"]["location"].startswith(
+        f"Patient/{existing['id']}/_history/2"
+    )
+    # a transaction that patches and updates the same resource writes it twice: refused
+    before = snapshot(db)
+    current = client.get(f"/Patient/{existing['id']}").json()
+    twice = transaction(
+        entry,
+        {"resource": current, "request": {"method": "PUT", "url": f"Patient/{existing['id']}"}},
+    )
+    assert client.post("", json=twice).status_code == 400
+    missing = {
+        "resource": binary,
+        "request": {"method": "PATCH", "url": f"Patient?{criteria(mrn())}"},
+    }
+    assert client.post("", json=transaction(missing)).status_code == 404
+    batch = client.post("", json=transaction(missing, entry, kind="batch")).json()
+    assert [e["response"]["status"][:3] for e in batch["entry"]] == ["404", "200"]
+    assert snapshot(db) != before  # the batch's second entry patched
+    assert client.get(f"/Patient/{existing['id']}").json()["meta"]["versionId"] == "3"
+
+
+def test_conditional_patch_never_reaches_a_hidden_match(
+    world: World, db: psycopg.Connection[Any]
+) -> None:
+    hidden = observation_row(db, world.ref("obs_other"))
+    before = snapshot(db)
+    amend = [{"op": "replace", "path": "/status", "value": "amended"}]
+    with world.client(world.ref("adult")) as adult:
+        response = adult.patch(
+            f"/Observation?{hidden_criteria(world)}", json=amend, headers=JSON_PATCH
+        )
+    assert response.status_code == 404
+    assert snapshot(db) == before
+    assert observation_row(db, world.ref("obs_other")) == hidden
