@@ -140,6 +140,8 @@ class References:
         self.server_base = server_base
         self.exact: dict[str, str] = {}
         self.restful: dict[tuple[str, str, str], str] = {}
+        # the Reference objects whose `reference` is conditional, with the entry's index
+        self.conditional: list[tuple[int, dict[str, Any]]] = []
 
     def add(self, full_url: str, target: str, *, replace: bool = True) -> None:
         if replace or full_url not in self.exact:
@@ -148,14 +150,12 @@ class References:
         if where is not None and (replace or where not in self.restful):
             self.restful[where] = target
 
-    def __bool__(self) -> bool:
-        return bool(self.exact)
-
     def rewrite(self, entry: Entry) -> None:
+        """Rewrite the entry's references, and note its conditional ones, in one walk."""
         base = self.server_base
         if entry.full_url is not None and (own := _restful(entry.full_url, base)) is not None:
             base = own[0]
-        self._rewrite(entry.resource, base)
+        self._rewrite(entry.resource, base, entry.index)
 
     def _resolve(self, reference: str, base: str) -> str | None:
         found = self.exact.get(reference)
@@ -164,18 +164,52 @@ class References:
         where = _restful(reference, base)
         return None if where is None else self.restful.get(where)
 
-    def _rewrite(self, value: Any, base: str) -> None:
+    def _rewrite(self, value: Any, base: str, index: int) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
                 if key == "reference" and isinstance(item, str):
-                    target = self._resolve(item, base)
+                    target = self._resolve(item, base) if self.exact else None
                     if target is not None:
                         value[key] = target
+                    elif "?" in item and _CONDITIONAL_REFERENCE.fullmatch(item):
+                        self.conditional.append((index, value))
                 else:
-                    self._rewrite(item, base)
+                    self._rewrite(item, base, index)
         elif isinstance(value, list):
             for item in value:
-                self._rewrite(item, base)
+                self._rewrite(item, base, index)
+
+
+# A conditional reference (R4 http.html#trules): `Type?criteria` in place of `Type/id`.
+_CONDITIONAL_REFERENCE = re.compile(r"(?P<type>[A-Z][A-Za-z]+)\?(?P<criteria>.+)")
+
+
+async def _resolve_conditional_references(
+    ctx: Context, conn: Connection, references: References
+) -> None:
+    """Replace each conditional reference by the one resource it matches among those the caller
+    may see; no match or several fail the transaction (412): R4 lets a server refuse them, never
+    store them as they are. Each distinct reference is searched once."""
+    resolved: dict[str, str] = {}
+    for index, holder in references.conditional:
+        reference = holder["reference"]
+        if reference not in resolved:
+            parts = _CONDITIONAL_REFERENCE.fullmatch(reference)
+            assert parts is not None
+            try:
+                _check_type(parts["type"])
+                match = await conditional.single_match(
+                    ctx, conn, parts["type"], parts["criteria"], interaction="reference"
+                )
+                if match is None:
+                    raise PreconditionFailed(
+                        f"the conditional reference `{reference}` matches no `{parts['type']}`",
+                        code="not-found",
+                    )
+            except FhirError as exc:
+                raise _entry_error(index, exc) from None
+            resolved[reference] = f"{parts['type']}/{match}"
+        holder["reference"] = resolved[reference]
 
 
 def check_full_urls(raw_entries: list[Any]) -> None:
@@ -333,10 +367,15 @@ async def _run_one(ctx: Context, conn: Connection, entry: Entry, prefer: str) ->
 
 
 def _check_types(entry: Entry) -> None:
+    if entry.resource_type is not None:
+        _check_type(entry.resource_type)
+
+
+def _check_type(resource_type: str) -> None:
     from capability.definitions import resource_types
 
-    if entry.resource_type is not None and entry.resource_type not in resource_types():
-        raise NotSupported(f"resource type `{entry.resource_type}` is not supported")
+    if resource_type not in resource_types():
+        raise NotSupported(f"resource type `{resource_type}` is not supported")
 
 
 class Identities:
@@ -461,10 +500,10 @@ async def _transaction(
                 written.claim(entry, entry.resource_type, entry.id)
             except FhirError as exc:
                 raise _entry_error(entry.index, exc) from None
-    if references:
-        for entry in entries:
-            if entry.resource is not None:
-                references.rewrite(entry)
+    for entry in entries:
+        if entry.resource is not None and entry.method in {"POST", "PUT"}:
+            references.rewrite(entry)
+    await _resolve_conditional_references(ctx, conn, references)
 
     now = ctx.clock()
     versions = []

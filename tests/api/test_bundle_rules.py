@@ -12,6 +12,7 @@ import httpx
 import psycopg
 
 from tests.access_world import snapshot
+from tests.conftest import LiveServer, auth
 
 
 def transaction(*entries: dict[str, Any], kind: str = "transaction") -> dict[str, Any]:
@@ -276,3 +277,75 @@ def test_transaction_writing_one_resource_twice_is_refused(
         assert response.status_code == 400, response.text
         assert f"`{ref}`" in response.json()["issue"][0]["diagnostics"]
         assert snapshot(db) == before
+
+
+# --- conditional references (Synthea names practitioners and organizations this way) ----------
+
+
+def test_transaction_resolves_conditional_references(
+    client: httpx.Client, db: psycopg.Connection[Any]
+) -> None:
+    npi = uuid.uuid4().hex
+    doctor = client.post(
+        "/Practitioner",
+        json={"resourceType": "Practitioner", "identifier": [{"system": "urn:npi", "value": npi}]},
+    ).json()
+    patient = uuid.uuid4()
+    reference = f"Practitioner?identifier=urn:npi|{npi}"
+    bundle = transaction(
+        post({"resourceType": "Patient", "id": str(patient)}, f"urn:uuid:{patient}"),
+        post(observation(f"urn:uuid:{patient}", performer=[{"reference": reference}])),
+        post(observation(f"urn:uuid:{patient}", performer=[{"reference": reference}])),
+    )
+    response = client.post("", json=bundle)
+    assert response.status_code == 200, response.text
+    for entry in response.json()["entry"][1:]:
+        stored = client.get(f"/Observation/{location_id(entry)}").json()
+        assert stored["performer"] == [{"reference": f"Practitioner/{doctor['id']}"}]
+
+
+def test_unresolvable_conditional_reference_fails_the_transaction(
+    client: httpx.Client, db: psycopg.Connection[Any]
+) -> None:
+    twice = uuid.uuid4().hex
+    for _ in range(2):
+        client.post(
+            "/Practitioner",
+            json={
+                "resourceType": "Practitioner",
+                "identifier": [{"system": "urn:npi", "value": twice}],
+            },
+        )
+    before = snapshot(db)
+    for reference in (
+        f"Practitioner?identifier=urn:npi|{uuid.uuid4().hex}",
+        f"Practitioner?identifier=urn:npi|{twice}",
+    ):
+        bundle = transaction(
+            post({"resourceType": "Patient"}),
+            post(observation("Patient/x", performer=[{"reference": reference}])),
+        )
+        response = client.post("", json=bundle)
+        assert response.status_code == 412, response.text
+        assert response.json()["issue"][0]["expression"] == ["Bundle.entry[1]"]
+    assert snapshot(db) == before
+
+
+def test_conditional_reference_never_resolves_to_a_hidden_resource(
+    live_server: LiveServer, client: httpx.Client, db: psycopg.Connection[Any]
+) -> None:
+    mine = client.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+    theirs = client.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+    headers = auth(f"Patient/{mine}", "user/*.cruds")
+    before = snapshot(db)
+    with httpx.Client(base_url=f"{live_server.origin}/fhir", headers=headers) as me:
+        hidden = transaction(post(observation(f"Patient?_id={theirs}")))
+        response = me.post("", json=hidden)
+        assert response.status_code == 412, response.text
+        assert snapshot(db) == before
+        own = me.post("", json=transaction(post(observation(f"Patient?_id={mine}"))))
+        assert own.status_code == 200, own.text
+        [entry] = own.json()["entry"]
+        assert me.get(f"/Observation/{location_id(entry)}").json()["subject"] == {
+            "reference": f"Patient/{mine}"
+        }
