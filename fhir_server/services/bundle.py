@@ -159,7 +159,7 @@ class References:
 
     def _resolve(self, reference: str, base: str) -> str | None:
         found = self.exact.get(reference)
-        if found is not None:
+        if found is not None or not self.restful:
             return found
         where = _restful(reference, base)
         return None if where is None else self.restful.get(where)
