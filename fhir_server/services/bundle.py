@@ -157,27 +157,24 @@ class References:
             base = own[0]
         self._rewrite(entry.resource, base, entry.index)
 
-    def _resolve(self, reference: str, base: str) -> str | None:
-        found = self.exact.get(reference)
-        if found is not None or not self.restful:
-            return found
-        where = _restful(reference, base)
-        return None if where is None else self.restful.get(where)
-
     def _rewrite(self, value: Any, base: str, index: int) -> None:
         if isinstance(value, dict):
             for key, item in value.items():
                 if key == "reference" and isinstance(item, str):
-                    target = self._resolve(item, base) if self.exact else None
+                    target = self.exact.get(item)
+                    if target is None and self.restful:
+                        where = _restful(item, base)
+                        target = None if where is None else self.restful.get(where)
                     if target is not None:
                         value[key] = target
                     elif "?" in item and _CONDITIONAL_REFERENCE.fullmatch(item):
                         self.conditional.append((index, value))
-                else:
+                elif isinstance(item, (dict, list)):
                     self._rewrite(item, base, index)
         elif isinstance(value, list):
             for item in value:
-                self._rewrite(item, base, index)
+                if isinstance(item, (dict, list)):
+                    self._rewrite(item, base, index)
 
 
 # A conditional reference (R4 http.html#trules): `Type?criteria` in place of `Type/id`.
