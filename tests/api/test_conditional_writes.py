@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from fhirpy import SyncFHIRClient
 
 from tests.access_world import LAB, World, build_world, snapshot
-from tests.conftest import LiveServer, auth
+from tests.conftest import LiveServer, auth, token
 
 
 def mrn() -> dict[str, str]:
@@ -587,3 +588,20 @@ def test_conditional_patch_never_reaches_a_hidden_match(
     assert response.status_code == 404
     assert snapshot(db) == before
     assert observation_row(db, world.ref("obs_other")) == hidden
+
+
+def test_fhirpy_conditional_update_and_delete(
+    live_server: LiveServer, db: psycopg.Connection[Any]
+) -> None:
+    ident = mrn()
+    fhir = SyncFHIRClient(f"{live_server.origin}/fhir", authorization=f"Bearer {token()}")
+    search = fhir.resources("Patient").search(identifier=f"{ident['system']}|{ident['value']}")
+    created, was_created = search.update(fhir.resource("Patient", identifier=[ident]))
+    assert was_created and created.id
+    updated, was_created = search.update(
+        fhir.resource("Patient", identifier=[ident], gender="female")
+    )
+    assert not was_created and updated.id == created.id
+    assert live(db, ident) == [(created.id, 2, False)]
+    search.delete()
+    assert live(db, ident) == []
