@@ -185,6 +185,26 @@ def test_racing_conditional_updates_create_one_resource(
     assert len(live(db, ident)) == 1
 
 
+def test_racing_conditional_creates_create_one_resource(
+    live_server: LiveServer, db: psycopg.Connection[Any]
+) -> None:
+    ident = mrn()
+    statuses: list[int] = []
+
+    def create() -> None:
+        with httpx.Client(base_url=f"{live_server.origin}/fhir", headers=auth()) as c:
+            headers = {"If-None-Exist": criteria(ident)}
+            statuses.append(c.post("/Patient", json=patient(ident), headers=headers).status_code)
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses) == [200] * 5 + [201]
+    assert len(live(db, ident)) == 1
+
+
 def test_method_on_metadata_is_still_405(client: httpx.Client) -> None:
     assert client.put("/metadata", json={}).status_code == 405
     assert client.delete("/metadata").status_code == 405
