@@ -456,21 +456,12 @@ async def _transaction(
             match = await conditional.single_match(
                 ctx, conn, rtype, entry.query, interaction="conditional update"
             )
-            body_id = resource.get("id")
-            if match is not None and body_id is not None and body_id != match:
-                raise BadRequest(
-                    f"the body's id `{body_id}` is not the id of the resource the criteria match",
-                    expression=["id"],
-                )
-            if match is None and body_id is None:
-                if entry.if_match is not None:
-                    raise PreconditionFailed(
-                        f"If-Match asks for version {entry.if_match} but no `{rtype}` matches"
-                    )
+            target = update.conditional_target(rtype, match, resource, entry.if_match)
+            if target is None:
                 entry.id, entry.creates = create.new_id(), True
                 creates.append(entry)
             else:
-                entry.id = match or str(body_id)
+                entry.id = target
             if entry.full_url:
                 references.add(entry.full_url, f"{rtype}/{entry.id}")
 

@@ -1,5 +1,6 @@
-"""The search behind conditional interactions: create (If-None-Exist), update (`PUT [type]?...`)
-and delete (`DELETE [type]?...`); any search the server supports.
+"""The search behind conditional interactions: create (If-None-Exist), update (`PUT [type]?...`),
+patch, delete (`DELETE [type]?...`) and a transaction's conditional references; any search the
+server supports.
 
 Criteria are parsed strictly: an unknown parameter is a 400, never ignored, because ignoring a
 criterion would match too much. Result parameters (`_count`, `_page`, `_include`, ...) would change
@@ -57,6 +58,8 @@ async def matching_ids(
 # a transaction Bundle full of conditional entries holds (PostgreSQL's shared lock table is
 # `max_locks_per_transaction` x connections), at the price of rare waits between unrelated criteria.
 LOCK_SLOTS = 256
+# The first key of the two-key advisory locks: this module's own space.
+_LOCK_SPACE = 0x46484952  # "FHIR"
 
 
 def lock_slot(resource_type: str, criteria: str) -> int:
@@ -76,10 +79,6 @@ async def serialize(conn: Connection, slots: Iterable[int]) -> None:
     cycle."""
     for slot in sorted(set(slots)):
         await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_SPACE, slot))
-
-
-# The first key of the two-key advisory locks above: this module's own space.
-_LOCK_SPACE = 0x46484952  # "FHIR"
 
 
 async def single_match(

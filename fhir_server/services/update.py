@@ -120,6 +120,28 @@ async def conditional_update(
     )
 
 
+def conditional_target(
+    resource_type: str, match: str | None, resource: dict[str, Any], if_match: int | None
+) -> str | None:
+    """The id a conditional update writes once its criteria resolved to `match` (None: no
+    match): the match; with no match, the body's id (an update, or update-as-create); None for a
+    create under a new server id. A body id that is not the match's is a 400; If-Match with
+    nothing to match, a 412."""
+    body_id = resource.get("id")
+    if match is None:
+        if body_id is None and if_match is not None:
+            raise PreconditionFailed(
+                f"If-Match asks for version {if_match} but no `{resource_type}` matches"
+            )
+        return None if body_id is None else str(body_id)
+    if body_id is not None and body_id != match:
+        raise BadRequest(
+            f"the body's id `{body_id}` is not the id of the resource the criteria match",
+            expression=["id"],
+        )
+    return match
+
+
 async def apply_conditional_update(
     ctx: Context,
     conn: Connection,
@@ -129,21 +151,10 @@ async def apply_conditional_update(
     *,
     if_match: int | None = None,
 ) -> Result:
-    """A conditional update once its criteria were resolved to `match` (None: no match)."""
-    body_id = resource.get("id")
-    if match is None:
-        if body_id is None:
-            if if_match is not None:
-                raise PreconditionFailed(
-                    f"If-Match asks for version {if_match} but no `{resource_type}` matches"
-                )
-            return await create(ctx, conn, resource_type, resource, method="PUT")
-        return await update(ctx, conn, resource_type, str(body_id), resource, if_match=if_match)
-    if body_id is not None and body_id != match:
-        raise BadRequest(
-            f"the body's id `{body_id}` is not the id of the resource the criteria match",
-            expression=["id"],
-        )
+    """A conditional update once its criteria resolved to `match` (None: no match)."""
+    target = conditional_target(resource_type, match, resource, if_match)
+    if target is None:
+        return await create(ctx, conn, resource_type, resource, method="PUT")
     return await update(
-        ctx, conn, resource_type, match, {**resource, "id": match}, if_match=if_match
+        ctx, conn, resource_type, target, {**resource, "id": target}, if_match=if_match
     )
