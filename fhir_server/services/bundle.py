@@ -460,8 +460,9 @@ async def _transaction(
             if target is None:
                 entry.id, entry.creates = create.new_id(), True
                 creates.append(entry)
-            else:
-                entry.id = target
+            else:  # from here on, the plain `PUT Type/target` it resolved to
+                entry.id, entry.query, entry.conditional = target, "", False
+                entry.resource = {**resource, "id": target}
             if entry.full_url:
                 references.add(entry.full_url, f"{rtype}/{entry.id}")
 
@@ -477,7 +478,8 @@ async def _transaction(
                 raise NotFound(
                     f"no `{rtype}` matches the conditional patch criteria `{entry.query}`"
                 )
-            entry.id = match
+            # from here on, the plain `PATCH Type/match` it resolved to
+            entry.id, entry.query, entry.conditional = match, "", False
 
         await guarded(entry, plan_conditional_patch)
     for entry in (e for e in ordered if e.method in {"PUT", "PATCH"}):
@@ -518,27 +520,7 @@ async def _transaction(
             continue
 
         async def run(entry: Entry = entry) -> None:
-            if entry.conditional and entry.method == "PATCH":
-                assert entry.resource_type is not None and entry.id is not None
-                result = await patch.patch(
-                    ctx,
-                    conn,
-                    entry.resource_type,
-                    entry.id,
-                    _patch_operations(entry),
-                    if_match=entry.if_match,
-                )
-                entry.response = _written(ctx, result, prefer)
-            elif entry.conditional:
-                # resolved above: the match, or the body's id (update-as-create)
-                assert entry.resource_type is not None and entry.id is not None
-                resource = {**entry.resource, "id": entry.id}
-                result = await update.update(
-                    ctx, conn, entry.resource_type, entry.id, resource, if_match=entry.if_match
-                )
-                entry.response = _written(ctx, result, prefer)
-            else:
-                entry.response = await _run_one(ctx, conn, entry, prefer)
+            entry.response = await _run_one(ctx, conn, entry, prefer)
 
         await guarded(entry, run)
     return [e.response for e in entries]
