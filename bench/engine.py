@@ -7,7 +7,7 @@ Decision, so the ratio shows what the rules cost beyond Python's call and alloca
 from __future__ import annotations
 
 import timeit
-from datetime import date
+from datetime import UTC, date, datetime
 
 from capability.definitions import resource_types
 from compartments.engine import (
@@ -27,7 +27,7 @@ def family_facts() -> Facts:
     """A mother (RelatedPerson/9) of a child (Patient/c), and a spouse (RelatedPerson/8) of an
     adult (Patient/a) with a LAB_RESULTS Consent: the callers of the engine and search benchmarks."""
     return Facts(
-        today=date(2026, 11, 23),
+        now=datetime(2026, 11, 23, 12, tzinfo=UTC),
         related_persons={
             "RelatedPerson/9": RelatedPersonFact(
                 "RelatedPerson/9", "Patient/c", frozenset({"MTH"})
@@ -38,7 +38,7 @@ def family_facts() -> Facts:
         },
         birth_dates={"Patient/c": date(2015, 1, 1), "Patient/a": date(1980, 1, 1)},
         consents=[
-            ConsentFact(
+            ConsentFact.scoped(
                 "Consent/1", "Patient/a", frozenset({"RelatedPerson/8"}), frozenset({"LAB_RESULTS"})
             )
         ],

@@ -199,7 +199,17 @@ def relatives(
                     "provision": {
                         "type": "permit",
                         "actor": [
-                            {"role": {"text": "grantee"}, "reference": {"reference": related}}
+                            {
+                                "role": {
+                                    "coding": [
+                                        {
+                                            "system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType",
+                                            "code": "IRCP",
+                                        }
+                                    ]
+                                },
+                                "reference": {"reference": related},
+                            }
                         ],
                         "code": [
                             {"coding": [{"system": CONSENT_SCOPE_SYSTEM, "code": "LAB_RESULTS"}]}

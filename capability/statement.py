@@ -118,8 +118,9 @@ def capability_statement(
             "updateCreate": update_create,
             "conditionalCreate": True,
             "conditionalRead": "not-supported",
-            "conditionalUpdate": False,
-            "conditionalDelete": "not-supported",
+            "conditionalUpdate": True,
+            # several matches are a 412, never a delete of them all (docs/architecture.md)
+            "conditionalDelete": "single",
             **(search(name) if search else {}),
         }
         for name in sorted(resource_types())

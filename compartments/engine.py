@@ -8,11 +8,22 @@ the compartments (and the creator) that the SQL filter must restrict to.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import date
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime
 
-from compartments.policy import WRITES, Policy, Reason, Rule
+from compartments.consent import (
+    CONSENT_SCOPE_SYSTEM,
+    CONSENT_SCOPES,
+    NOTHING,
+    ConsentFact,
+    Query,
+    Selection,
+)
+from compartments.periods import ALWAYS, Window
+from compartments.policy import RESULTS, WRITES, Policy, Reason, Rule
+
+__all__ = ["CONSENT_SCOPES", "CONSENT_SCOPE_SYSTEM", "ConsentFact", "Selection", "Window"]
 
 # v3 RoleCode parents (natural, adoptive, step) and guardian, and the seed's own codes.
 PARENT_OR_GUARDIAN = frozenset(
@@ -21,34 +32,6 @@ PARENT_OR_GUARDIAN = frozenset(
         "STPPRN", "STPMTH", "STPFTH", "GUARD", "PARENT", "GUARDIAN",
     }
 )  # fmt: skip
-# Consent scopes of the family specification, and the resource types each opens.
-CONSENT_SCOPES: Mapping[str, frozenset[str]] = {
-    "DEMOGRAPHICS": frozenset({"Patient"}),
-    "CLINICAL_SUMMARY": frozenset(
-        {
-            "Condition",
-            "AllergyIntolerance",
-            "Procedure",
-            "CarePlan",
-            "Immunization",
-            "FamilyMemberHistory",
-            "ClinicalImpression",
-        }
-    ),
-    "ENCOUNTERS": frozenset({"Encounter", "EpisodeOfCare"}),
-    "PRESCRIPTIONS": frozenset(
-        {
-            "MedicationRequest",
-            "MedicationStatement",
-            "MedicationDispense",
-            "MedicationAdministration",
-        }
-    ),
-    "LAB_RESULTS": frozenset({"Observation", "DiagnosticReport", "Specimen"}),
-    "APPOINTMENTS": frozenset({"Appointment", "AppointmentResponse"}),
-}
-# The CodeSystem of those scopes in `Consent.provision.code`.
-CONSENT_SCOPE_SYSTEM = "urn:fhir-server:consent-scope"
 # What a related person of an adult sees without a Consent.
 DEMOGRAPHICS = CONSENT_SCOPES["DEMOGRAPHICS"]
 
@@ -71,57 +54,37 @@ class RelatedPersonFact:
     patient: str  # "Patient/1"
     relationships: frozenset[str] = frozenset()
     active: bool = True
-    start: date | None = None
-    end: date | None = None
+    period: Window = ALWAYS  # RelatedPerson.period, as instants (compartments/periods.py)
 
-    def in_force(self, today: date) -> bool:
-        return (
-            self.active
-            and (self.start is None or self.start <= today)
-            and (self.end is None or today <= self.end)
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ConsentFact:
-    reference: str  # "Consent/3"
-    patient: str
-    actors: frozenset[str]
-    scopes: frozenset[str]
-    active: bool = True  # status active and provision.type permit
-    start: date | None = None
-    end: date | None = None
-
-    def grants(self, actor: str, patient: str, resource_type: str, today: date) -> bool:
-        return (
-            self.active
-            and self.patient == patient
-            and actor in self.actors
-            and (self.start is None or self.start <= today)
-            and (self.end is None or today <= self.end)
-            and any(resource_type in CONSENT_SCOPES.get(s, frozenset()) for s in self.scopes)
-        )
+    def in_force(self, now: datetime) -> bool:
+        return self.active and self.period.covers(now)
 
 
 @dataclass(frozen=True, slots=True)
 class Facts:
-    today: date
+    # The moment of the request (timezone-aware): periods are compared with it as instants,
+    # birthdays with its UTC date. The engine has no clock: the caller passes it.
+    now: datetime
     related_persons: Mapping[str, RelatedPersonFact] = field(default_factory=dict)
     birth_dates: Mapping[str, date | None] = field(default_factory=dict)  # "Patient/1" -> date
     consents: Sequence[ConsentFact] = ()
     care: Mapping[str, frozenset[str]] = field(default_factory=dict)  # practitioner -> patients
+    # "RelatedPerson/4" -> "Patient/1": the RelatedPersons of the patients the identities are or
+    # are related to, so a write may name a patient's own relatives (see `foreign_compartment`)
+    relatives: Mapping[str, str] = field(default_factory=dict)
     majority_age: int = 18
     emergency_bypass: bool = False
+
+    @property
+    def today(self) -> date:
+        return self.now.date()
 
     def is_minor(self, patient: str) -> bool:
         born = self.birth_dates.get(patient)
         if born is None:
             return False  # no birthDate counts as adult
-        years = (
-            self.today.year
-            - born.year
-            - ((self.today.month, self.today.day) < (born.month, born.day))
-        )
+        today = self.today
+        years = today.year - born.year - ((today.month, today.day) < (born.month, born.day))
         return years < self.majority_age
 
 
@@ -134,6 +97,16 @@ class Target:
     created_by: str | None = None
     # whom the resource grants access to: a Consent's `provision.actor` references
     grants_to: frozenset[str] = frozenset()
+    id: str | None = None  # the resource's id, when a Consent grants single resources
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """Part of a compartment a Consent opens: the resources of the decided type in
+    `compartment` that `selection` admits (ids: `provision.data` references)."""
+
+    compartment: str
+    selection: Selection
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +131,7 @@ class Decision:
     everything: bool = False  # the filter is "all resources" (allow validator)
     compartments: frozenset[str] = frozenset()  # the search filter
     creators: frozenset[str] = frozenset()  # resources these identities created
+    parts: frozenset[Part] = frozenset()  # parts of compartments (a Consent's data or denies)
     emergency: bool = False
 
     @property
@@ -174,6 +148,7 @@ _SPECIFICITY = {
             Reason.CONSENT_REQUIRED,
             Reason.UNVERIFIED_LINK,
             Reason.REFERENCE_MISMATCH,
+            Reason.FOREIGN_COMPARTMENT,
             Reason.INVALID_COMPARTMENT,
             Reason.INVALID_ROLE,
         )
@@ -190,7 +165,8 @@ def decide(request: Request, policy: Policy, facts: Facts) -> Decision:
     if not request.identities:
         return deny(Reason.INVALID_ROLE, "no identity")
     decisions = [_decide_one(identity, request, policy, facts) for identity in request.identities]
-    allowed = [d for d in decisions if d.allowed]
+    pairs = [(i, d) for i, d in zip(request.identities, decisions, strict=True) if d.allowed]
+    allowed = [d for _, d in pairs]
     if not allowed:
         # the most telling reason: an identity that came close says more than one with no rule
         return min(
@@ -198,6 +174,14 @@ def decide(request: Request, policy: Policy, facts: Facts) -> Decision:
             key=lambda d: _SPECIFICITY.get(d.reason, 0) if d.reason else len(_SPECIFICITY),
         )
     first = allowed[0]
+    stranger = foreign_compartment(request, policy, facts, pairs)
+    if stranger is not None:
+        return deny(
+            Reason.FOREIGN_COMPARTMENT,
+            f"the write touches the compartment of `{stranger}`, whom this caller may not "
+            "write for",
+            first.rule,
+        )
     return Decision(
         allowed=True,
         rule=first.rule,
@@ -206,8 +190,76 @@ def decide(request: Request, policy: Policy, facts: Facts) -> Decision:
         everything=any(d.everything for d in allowed),
         compartments=frozenset().union(*(d.compartments for d in allowed)),
         creators=frozenset().union(*(d.creators for d in allowed)),
+        parts=frozenset().union(*(d.parts for d in allowed)),
         emergency=any(d.emergency for d in allowed),
     )
+
+
+# The compartments that are someone's record: a restricted caller's write may land only in those
+# of people it may write for. Practitioner, Device and Encounter compartments are not records of
+# a person the caller could be a stranger to (an Appointment names its practitioner freely).
+PERSONAL_COMPARTMENTS = ("Patient", "RelatedPerson")
+
+
+def restricted(identity: Identity) -> bool:
+    """Whether the identity's writes must stay inside the records of those it may write for:
+    a patient, a related person, or any identity reached only through an unverified link."""
+    return identity.role in PERSONAL_COMPARTMENTS or not identity.verified
+
+
+def foreign_compartment(
+    request: Request,
+    policy: Policy,
+    facts: Facts,
+    allowed: Sequence[tuple[Identity, Decision]],
+) -> str | None:
+    """The first Patient or RelatedPerson compartment of a write's result (or, for update and
+    patch, of the stored version) that belongs to nobody the caller may write for; None when
+    there is none, or when the write is allowed by an identity the rule does not restrict
+    (System, Admin, a verified practitioner).
+
+    What the caller may write for is the union over all its identities (a Person's links): the
+    patients whose records each may write this type into, each identity itself, and the
+    RelatedPersons of those patients (another parent of the same child)."""
+    target = request.target
+    if target is None or request.operation not in RESULTS:
+        return None
+    if any(d.everything or not restricted(i) for i, d in allowed):
+        return None
+    writable: set[str] = set()
+    for identity in request.identities:
+        writable |= writes_for(identity, request, policy, facts)
+    return first_foreign(target.compartments, writable, facts.relatives)
+
+
+def first_foreign(
+    compartments: Iterable[str], writable: Collection[str], relatives: Mapping[str, str]
+) -> str | None:
+    """The first Patient or RelatedPerson compartment (in sorted order) that is neither in
+    `writable` nor the compartment of a RelatedPerson of a patient in `writable`."""
+    for compartment in sorted(compartments):
+        kind = compartment.split("/", 1)[0]
+        if kind not in PERSONAL_COMPARTMENTS or compartment in writable:
+            continue
+        if kind == "RelatedPerson" and relatives.get(compartment) in writable:
+            continue
+        return compartment
+    return None
+
+
+def writes_for(
+    identity: Identity, request: Request, policy: Policy, facts: Facts
+) -> frozenset[str]:
+    """The Patient and RelatedPerson compartments this identity may put a resource of the
+    request's type in, by the request's operation: nothing when the policy denies it the type."""
+    typed = _decide_one(identity, replace(request, target=None), policy, facts)
+    if not typed.allowed:
+        return frozenset()
+    own = {identity.reference}
+    link = facts.related_persons.get(identity.reference)
+    if link is not None:
+        own.add(link.patient)  # also through an unverified link, which filters by creator only
+    return typed.compartments | own
 
 
 def _decide_one(identity: Identity, request: Request, policy: Policy, facts: Facts) -> Decision:
@@ -235,6 +287,11 @@ def _within(decision: Decision, request: Request, rule: Rule) -> Decision:
     if target is None or decision.everything:
         return decision
     if target.compartments & decision.compartments or (target.created_by in decision.creators):
+        return decision
+    if any(
+        p.compartment in target.compartments and p.selection.admits(target.id)
+        for p in decision.parts
+    ):
         return decision
     if decision.creators and not decision.compartments:
         return deny(Reason.UNVERIFIED_LINK, "an unverified link sees only what it created", rule)
@@ -295,7 +352,7 @@ def _related_person(identity: Identity, request: Request, facts: Facts, rule: Ru
             Reason.INVALID_ROLE, "the relatedperson_compartment rule is for related persons", rule
         )
     link = facts.related_persons.get(identity.reference)
-    if link is None or not link.in_force(facts.today):
+    if link is None or not link.in_force(facts.now):
         return deny(Reason.LINK_INACTIVE, f"{identity.reference} is not active", rule)
     if not identity.verified:
         return _unverified_within(identity, link.patient, request, rule)
@@ -308,15 +365,8 @@ def _related_person(identity: Identity, request: Request, facts: Facts, rule: Ru
     elif request.resource_type in DEMOGRAPHICS and request.operation not in WRITES:
         evidence.append(f"demographics:{patient}")
     else:
-        consent = next(
-            (
-                c
-                for c in facts.consents
-                if c.grants(identity.reference, patient, request.resource_type, facts.today)
-            ),
-            None,
-        )
-        if consent is None:
+        selection, used = consented(identity.reference, patient, request, facts)
+        if selection.empty:
             if request.resource_type == "RelatedPerson" and request.operation not in WRITES:
                 # a related person always sees its own record
                 own = Decision(
@@ -330,7 +380,19 @@ def _related_person(identity: Identity, request: Request, facts: Facts, rule: Ru
             return deny(
                 Reason.CONSENT_REQUIRED, f"{patient} is an adult: a Consent must permit this", rule
             )
-        evidence.append(consent.reference)
+        evidence.extend(used)
+        if not selection.whole:
+            decision = Decision(
+                allowed=True,
+                rule=rule,
+                explanation=(
+                    f"{identity.reference} for {patient}: {request.resource_type} "
+                    f"{selection.describe()} by consent"
+                ),
+                evidence=tuple(evidence),
+                parts=frozenset({Part(patient, selection)}),
+            )
+            return _related_write(decision, identity, patient, request, rule)
     decision = Decision(
         allowed=True,
         rule=rule,
@@ -338,6 +400,34 @@ def _related_person(identity: Identity, request: Request, facts: Facts, rule: Ru
         evidence=tuple(evidence),
         compartments=frozenset({patient}),
     )
+    return _related_write(decision, identity, patient, request, rule)
+
+
+def consented(
+    actor: str, patient: str, request: Request, facts: Facts
+) -> tuple[Selection, tuple[str, ...]]:
+    """What the patient's Consents let `actor` do for this request: the union of what they
+    permit, less what any Consent whose root is a deny denies; and the Consents that decided."""
+    query = Query(
+        actor, request.operation, request.resource_type, facts.now, request.purpose_of_use
+    )
+    permitted, denied, used = NOTHING, NOTHING, []
+    for consent in facts.consents:
+        if consent.patient != patient:
+            continue
+        allows, denies = consent.evaluate(query)
+        if not allows.empty:
+            permitted = permitted | allows
+            used.append(consent.reference)
+        if not denies.empty:
+            denied = denied | denies
+            used.append(f"deny:{consent.reference}")
+    return permitted - denied, tuple(used)
+
+
+def _related_write(
+    decision: Decision, identity: Identity, patient: str, request: Request, rule: Rule
+) -> Decision:
     target = request.target
     if (
         target is not None

@@ -25,6 +25,8 @@ VALIDATORS = (
     "deny",
 )
 WRITES = frozenset({"create", "update", "patch", "delete"})
+# The writes that leave a resource behind: what they write is checked, not only what they touch.
+RESULTS = frozenset({"create", "update", "patch"})
 
 
 class Reason(StrEnum):
@@ -37,6 +39,7 @@ class Reason(StrEnum):
     INSUFFICIENT_SCOPE = "insufficient_scope"
     UNVERIFIED_LINK = "unverified_link"
     LINK_INACTIVE = "link_inactive"
+    FOREIGN_COMPARTMENT = "foreign_compartment"
 
     @property
     def message(self) -> str:

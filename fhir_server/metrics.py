@@ -36,6 +36,16 @@ EMERGENCY_ACCESSES = Counter(
     "Break-glass (emergency bypass) accesses granted, each also audited as an AuditEvent",
     registry=REGISTRY,
 )
+AUDIT_BUFFERED = Gauge(
+    "audit_events_buffered",
+    "Audit events recorded and not yet known to be stored (above 100,000, requests wait)",
+    registry=REGISTRY,
+)
+AUDIT_BOUNDED = Counter(
+    "audit_events_bounded",
+    "Audit events stored with a value bounded (too long, NUL, unpaired surrogate), and flagged",
+    registry=REGISTRY,
+)
 
 
 REQUESTS = Counter(

@@ -70,7 +70,7 @@ class Authorized:
             self.conn,
             fhir.principal,
             fhir.runtime.policy,
-            today=fhir.ctx.clock().date(),
+            now=fhir.ctx.clock(),
             majority_age=settings.majority_age,
             emergency_bypass=settings.emergency_bypass,
             admin_role=settings.auth_admin_role,

@@ -223,6 +223,21 @@ async def update_resource(
     return write_response(fhir.ctx.base_url, result, fhir.prefer)
 
 
+async def conditional_update(
+    fhir: FhirInteraction,
+    type: str,
+    body: ResourceBody,
+    request: Request,
+    if_match: IfMatch = None,
+) -> Response:
+    """`PUT [base]/{type}?criteria` (R4 conditional update)."""
+    async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
+        result = await update.conditional_update(
+            ctx, conn, type, request.url.query, body, if_match=parse_if_match(if_match)
+        )
+    return write_response(fhir.ctx.base_url, result, fhir.prefer)
+
+
 async def patch_resource(
     fhir: FhirInteraction,
     type: str,
@@ -241,6 +256,32 @@ async def delete_resource(fhir: FhirInteraction, type: str, id: str) -> Response
     headers = {"ETag": f'W/"{version}"'} if version is not None else {}
     if fhir.prefer == "OperationOutcome":
         return fhir_response(information(f"`{type}/{id}` deleted"), 200, headers)
+    return Response(status_code=204, headers=headers)
+
+
+async def conditional_patch(
+    fhir: FhirInteraction,
+    type: str,
+    body: PatchBody,
+    request: Request,
+    if_match: IfMatch = None,
+) -> Response:
+    """`PATCH [base]/{type}?criteria` (R4 conditional patch)."""
+    async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
+        result = await patch.conditional_patch(
+            ctx, conn, type, request.url.query, body, if_match=parse_if_match(if_match)
+        )
+    return write_response(fhir.ctx.base_url, result, fhir.prefer)
+
+
+async def conditional_delete(fhir: FhirInteraction, type: str, request: Request) -> Response:
+    """`DELETE [base]/{type}?criteria` (R4 conditional delete): no match is a success too."""
+    async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
+        id, version = await delete.conditional_delete(ctx, conn, type, request.url.query)
+    headers = {"ETag": f'W/"{version}"'} if version is not None else {}
+    if fhir.prefer == "OperationOutcome":
+        said = f"`{type}/{id}` deleted" if id else f"no `{type}` matched; nothing was deleted"
+        return fhir_response(information(said), 200, headers)
     return Response(status_code=204, headers=headers)
 
 
@@ -317,6 +358,22 @@ class FhirId(Convertor[str]):
 register_url_convertor("fhir_id", FhirId())
 
 
+class FhirType(Convertor[str]):
+    """A path segment that may be a resource type (capitalised), so that the conditional update,
+    patch and delete at `[base]/{type}` leave `PUT`, `PATCH` or `DELETE [base]/metadata` a 405."""
+
+    regex = r"[A-Z][A-Za-z]{0,63}"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("fhir_type", FhirType())
+
+
 class NamedRoute(Route):
     """A plain Starlette route that puts itself in the scope, as FastAPI does only for its own
     routes: request metrics, logs and spans label it by its template, not as `unmatched`."""
@@ -343,6 +400,9 @@ def install(app: FastAPI) -> None:
     add("/fhir/Patient/{id:fhir_id}/$family", family_of, methods=["GET", "POST"])
     add("/fhir/Patient/{id:fhir_id}/$emergency-contacts", emergency_contacts, methods=["GET"])
     add("/fhir/{type}", create_resource, methods=["POST"])
+    add("/fhir/{type:fhir_type}", conditional_update, methods=["PUT"])
+    add("/fhir/{type:fhir_type}", conditional_patch, methods=["PATCH"])
+    add("/fhir/{type:fhir_type}", conditional_delete, methods=["DELETE"])
     add("/fhir/{type}/{id}", update_resource, methods=["PUT"])
     add("/fhir/{type}/{id}", patch_resource, methods=["PATCH"])
     add("/fhir/{type}/{id}", delete_resource, methods=["DELETE"])

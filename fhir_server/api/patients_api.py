@@ -16,6 +16,8 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from starlette.requests import ClientDisconnect
 
+from compartments.engine import Decision
+from compartments.policy import Reason
 from fhir_server.api.deps import base_url, client_json, json_body, read_body, runtime
 from fhir_server.api.responses import json_response
 from fhir_server.auth.scopes import granted
@@ -40,8 +42,15 @@ def _error(exc: PatientApiError) -> Response:
     return json_response(body, exc.status, headers)
 
 
+# A token that names one of these as its user is a person's, not a service's (see `_caller`).
+PERSONS = frozenset({"Patient", "RelatedPerson", "Person"})
+
+
 def _caller(request: Request, write: bool) -> str:
-    """Who calls: an API key's name, or the token's subject with the needed scope."""
+    """Who calls: an API key's name, or the token's subject with the needed scope. The API
+    writes as a trusted service (no compartment rules), so a person's token (its `fhirUser` a
+    Patient, RelatedPerson or Person) is refused, whatever its scopes: a patient or relative
+    changes demographics through `/fhir/Patient`, under the engine (docs/patient-api.md)."""
     rt = runtime(request)
     key = request.headers.get("x-api-key")
     if key is not None:
@@ -60,7 +69,18 @@ def _caller(request: Request, write: bool) -> str:
     smart = granted(principal.scopes, "Patient", "u" if write else "r")
     if needed not in words and not any(s.context == "system" for s in smart):
         raise PatientApiError(403, "forbidden", f"the token needs the `{needed}` scope")
+    user = principal.fhir_user
+    if user is not None and user.split("/", 1)[0] in PERSONS:
+        raise PersonRefused(user)
     return f"System/patient-api:{principal.subject}"
+
+
+class PersonRefused(Exception):
+    """A person's token at the service API: refused, and audited in the person's name."""
+
+    def __init__(self, user: str) -> None:
+        super().__init__(user)
+        self.user = user
 
 
 def _context(request: Request, account: str) -> Context:
@@ -161,6 +181,26 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
             answer = await service.list_patients(ctx, conn, dict(request.query_params))
         _audit(guard, "search", None)
         return json_response(answer)
+    except PersonRefused as exc:
+        guard = server_guard(exc.user)
+        id = request.path_params.get("patient_id")
+        guard.record(
+            _OPERATIONS.get(action, action),
+            "Patient",
+            f"Patient/{id}" if id else None,
+            Decision(
+                allowed=False,
+                reason=Reason.INVALID_ROLE,
+                explanation="the Patient Service API is for services, not a person's token",
+            ),
+        )
+        return _error(
+            PatientApiError(
+                403,
+                "forbidden",
+                "the Patient Service API is for services; a person's token uses `/fhir/Patient`",
+            )
+        )
     except PatientApiError as exc:
         return _error(exc)
     except idempotency.KeyConflict:
@@ -178,6 +218,10 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
     finally:
         if guard is not None:
             await rt.audit.record(guard)
+
+
+# The FHIR operation each action is audited as.
+_OPERATIONS = {"list": "search", "replace": "update", "restore": "update", "audit": "search"}
 
 
 def _audit(guard: Guard, operation: str, id: str | None) -> None:

@@ -1,4 +1,4 @@
-"""Every access decision becomes a FHIR AuditEvent (DESIGN.md 5.6).
+"""Every access decision becomes a FHIR AuditEvent (DESIGN.md 5.6), and none is ever lost.
 
 Denials and emergency (break-glass) accesses are written before the response is sent, in a
 transaction of their own (the request's own transaction is rolled back by the denial). Allowed
@@ -8,6 +8,17 @@ the server hands over and waits for the rest when it shuts down. An AuditEvent n
 whose compartment the decision concerned: they and their guardians can read it), what
 (interaction, resource), the outcome, the rule and reason, and the purpose of use. It holds
 references and codes only, never names or other demographics.
+
+What the database could refuse never reaches it: each decision is bounded when it is recorded,
+before it joins a batch (`bound`: no NUL, no lone surrogate, every value within the length its
+column and index take), and an event that was bounded says so (`meta.tag` `bounded`, and an
+extension naming the elements). Should the database still refuse a batch, the writer splits it
+until the refused event stands alone, stores that one reduced to plain ASCII, and stores the
+rest as they were (`store`). Every event has its id before it is first written, so a batch
+retried after a lost connection, or taken over from a writer process that died, is stored
+exactly once. Transient failures are retried without end, never dropped; while the writer is
+behind by more than `MAX_BUFFERED` events, requests wait for it, and fail with 503 rather than
+let the buffer grow without bound.
 """
 
 from __future__ import annotations
@@ -16,15 +27,20 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import queue as queues
+import re
 import signal
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
 import psycopg
 from psycopg import AsyncConnection
 
-from fhir_server.metrics import EMERGENCY_ACCESSES
+from fhir_server.errors import FhirError
+from fhir_server.metrics import AUDIT_BOUNDED, AUDIT_BUFFERED, EMERGENCY_ACCESSES
+from fhir_server.search.fhirpath import is_id
 from fhir_server.search.index import IndexRows, date_range, normalize_string
 from fhir_server.services.access import Audited, Guard
 from fhir_server.services.context import Context
@@ -33,14 +49,53 @@ from fhir_server.services.resources import dump_json, format_instant
 from fhir_server.storage import repository
 from fhir_server.storage.database import Database
 from fhir_server.storage.repository import NewVersion
+from fhir_server.storage.sql import Connection
 
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.5
-# How often the writer process tries to store a batch (waiting 1, 2, 4, 8 s between tries).
-WRITER_ATTEMPTS = 5
+# Events recorded but not yet stored (queued, or handed to the writer and not yet committed)
+# beyond which a request waits for the writer, at most `BACKPRESSURE_SECONDS`, then gets 503.
+MAX_BUFFERED = 100_000
+BACKPRESSURE_SECONDS = 10.0
+# How long a stopping server waits for its writer process to store what it was handed.
+SHUTDOWN_SECONDS = 60.0
+# Pauses between tries of a write that failed for a transient reason (then 10 s each time).
+RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
+# Tries of an urgent (denial, break-glass) write in the request before it is queued instead.
+URGENT_ATTEMPTS = 3
+# Connections of the audit trail's own (denials and emergencies written before the response):
+# a request holds one of the server's pool while its decisions are written, so writing them on
+# that pool too could leave every request waiting for a connection another one holds.
+AUDIT_CONNECTIONS = 2
 # Patients named as entities of one event at most (a practitioner's filter can name hundreds).
 MAX_PATIENTS = 10
+
+# The bounds of what an AuditEvent takes from a request, in characters. A reference's type and
+# id: the search index keeps them in varchar(64) columns (an id longer than 64 characters names
+# nothing on an R4 server anyway). A System or Admin client's name (`client_id`, `sub`).
+# Codes; the explanation and the rule, which together make `outcomeDesc` (at most 1,000); the
+# break-glass reason; a write's diff (paths only, but a write can change many).
+TYPE_MAX = 64
+ID_MAX = 64
+CLIENT_MAX = 256
+CODE_MAX = 64
+EXPLANATION_MAX = 600
+RULE_MAX = 300
+PURPOSE_TEXT_MAX = 200
+DIFF_MAX = 65_536
+# How a bounded event says so: a tag (searchable: `_tag=urn:fhir-server:audit|bounded`) and an
+# extension naming the elements whose values were bounded.
+BOUNDED_TAG = {
+    "system": "urn:fhir-server:audit",
+    "code": "bounded",
+    "display": "a value was bounded to be stored",
+}
+BOUNDED_EXTENSION = "urn:fhir-server:audit-bounded"
+# NUL, which PostgreSQL text and jsonb cannot hold; lone surrogates, which UTF-8 cannot; and
+# whitespace other than space, tab, CR and LF, which an R4 string cannot
+_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]|[^\S \t\r\n]")
+_ELLIPSIS = "\u2026"
 _ACTIONS = {
     "create": "C",
     "read": "R",
@@ -54,9 +109,16 @@ _ACTIONS = {
 _INTERACTIONS = {"history": "history-instance", "search": "search-type"}
 
 
+class AuditUnavailable(FhirError):
+    """503: the audit trail cannot take the decision now, so the request is not answered."""
+
+    status = 503
+    code = "transient"
+
+
 class Record(NamedTuple):
     """One decision as the audit trail keeps it until it is written: plain values, cheap to
-    hand to the writer process."""
+    hand to the writer process, and bounded (`bound`) so that the database takes them."""
 
     recorded: datetime
     account: str
@@ -71,6 +133,10 @@ class Record(NamedTuple):
     purpose_of_use: str | None
     purpose_text: str | None
     diff: str | None  # a write's value-less JSON Patch (services/changes.py)
+    # the AuditEvent's id, given when the decision is recorded: a retried write stores it once
+    id: str = ""
+    # the elements whose values `bound` shortened or cleaned ("agent", "entity", ...)
+    bounded: tuple[str, ...] = ()
 
 
 WRITES = frozenset({"create", "update", "patch", "delete", "restore"})
@@ -79,30 +145,186 @@ WRITES = frozenset({"create", "update", "patch", "delete", "restore"})
 def record_of(guard: Guard, audited: Audited, recorded: datetime) -> Record:
     decision = audited.decision
     rule = decision.rule
-    return Record(
-        recorded=recorded,
-        account=guard.account,
-        operation=audited.operation,
-        resource=audited.resource,
-        allowed=decision.allowed,
-        reason=decision.reason.value if decision.reason else None,
-        explanation=decision.explanation,
-        rule=(
-            f"{rule.client_role} {rule.entity_name} {rule.operation} {rule.validator}"
-            if rule is not None
-            else None
+    return bound(
+        Record(
+            recorded=recorded,
+            account=guard.account,
+            operation=audited.operation,
+            resource=audited.resource,
+            allowed=decision.allowed,
+            reason=decision.reason.value if decision.reason else None,
+            explanation=decision.explanation,
+            rule=(
+                f"{rule.client_role} {rule.entity_name} {rule.operation} {rule.validator}"
+                if rule is not None
+                else None
+            ),
+            emergency=decision.emergency,
+            patients=tuple(sorted(c for c in decision.compartments if c.startswith("Patient/")))[
+                :MAX_PATIENTS
+            ],
+            purpose_of_use=guard.purpose_of_use,
+            purpose_text=guard.reason,
+            diff=(
+                guard.changes.get(audited.resource)
+                if decision.allowed and audited.operation in WRITES and audited.resource
+                else None
+            ),
+            id=new_id(),
+        )
+    )
+
+
+def _text(value: object, limit: int) -> tuple[str, bool]:
+    """`value` as text the database takes: NUL and lone surrogates become U+FFFD, and a value
+    longer than `limit` keeps its first `limit - 1` characters and an ellipsis. True when it
+    had to change (a value of another type than text counts as changed)."""
+    text = value if isinstance(value, str) else str(value)
+    changed = text is not value
+    if _UNSTORABLE.search(text) is not None:
+        text, changed = _UNSTORABLE.sub("\ufffd", text), True
+    if len(text) > limit:
+        text, changed = text[: limit - 1] + _ELLIPSIS, True
+    return text, changed
+
+
+def _code(value: object) -> tuple[str | None, bool]:
+    """A code (the purpose of use): bounded text whose whitespace runs are single spaces, none
+    at either end (R4 `code`); none at all if nothing is left."""
+    text, changed = _text(value, CODE_MAX)
+    code = " ".join(text.split())
+    return code or None, changed or code != text
+
+
+def _reference(value: object, id_limit: int = ID_MAX) -> tuple[str, bool]:
+    """`Type/id` with each part bounded; a bounded id ends in an ellipsis, which no R4 id
+    holds, so a shortened reference can never name a real resource (nor put the event in its
+    compartment)."""
+    text = value if isinstance(value, str) else str(value)
+    kind, slash, id = text.partition("/")
+    kind, kind_changed = _text(kind, TYPE_MAX)
+    id, id_changed = _text(id, id_limit)
+    return f"{kind}{slash}{id}", kind_changed or id_changed or text is not value
+
+
+def _plain(value: object, limit: int) -> bool:
+    """Whether `value` needs no bounding at a glance: short printable ASCII (the usual case,
+    checked in C; anything else takes the exact path)."""
+    return value is None or (
+        type(value) is str and len(value) <= limit and value.isascii() and value.isprintable()
+    )
+
+
+def bound(record: Record) -> Record:
+    """The record with every value the database could refuse bounded, and the elements that
+    were bounded named in `bounded`."""
+    if (
+        _plain(record.account, ID_MAX)  # a reference this short has both parts within bounds
+        and _plain(record.operation, CODE_MAX)
+        and _plain(record.resource, ID_MAX)
+        and all(_plain(p, ID_MAX) for p in record.patients)
+        and _plain(record.reason, CODE_MAX)
+        and _plain(record.explanation, EXPLANATION_MAX)
+        and _plain(record.rule, RULE_MAX)
+        and _plain(record.purpose_of_use, CODE_MAX)
+        and (record.purpose_of_use is None or " " not in record.purpose_of_use)
+        and _plain(record.purpose_text, PURPOSE_TEXT_MAX)
+        and _plain(record.diff, DIFF_MAX)
+    ):
+        return record
+    changed: set[str] = set(record.bounded)
+    role = record.account.partition("/")[0] if isinstance(record.account, str) else ""
+    account, touched = _reference(
+        record.account, CLIENT_MAX if role in {"System", "Admin"} else ID_MAX
+    )
+    if touched:
+        changed.add("agent")
+    operation, touched = _text(record.operation, CODE_MAX)
+    if touched:
+        changed.add("subtype")
+    resource = None
+    if record.resource is not None:
+        resource, touched = _reference(record.resource)
+        if touched:
+            changed.add("entity")
+    patients = []
+    for patient in record.patients:
+        patient, touched = _reference(patient)
+        patients.append(patient)
+        if touched:
+            changed.add("entity")
+    outcome = [
+        _text(value, limit) if value is not None else (None, False)
+        for value, limit in (
+            (record.reason, CODE_MAX),
+            (record.explanation, EXPLANATION_MAX),
+            (record.rule, RULE_MAX),
+        )
+    ]
+    if any(touched for _, touched in outcome):
+        changed.add("outcomeDesc")
+    purpose = [
+        _code(record.purpose_of_use) if record.purpose_of_use is not None else (None, False),
+        _text(record.purpose_text, PURPOSE_TEXT_MAX)
+        if record.purpose_text is not None
+        else (None, False),
+    ]
+    if any(touched for _, touched in purpose):
+        changed.add("purposeOfEvent")
+    diff = None
+    if record.diff is not None:
+        diff, touched = _text(record.diff, DIFF_MAX)
+        if touched:
+            changed.add("entity")
+    if not changed:
+        return record  # the usual case: nothing to bound
+    return record._replace(
+        account=account,
+        operation=operation,
+        resource=resource,
+        reason=outcome[0][0],
+        explanation=outcome[1][0] or "",
+        rule=outcome[2][0],
+        patients=tuple(patients),
+        purpose_of_use=purpose[0][0],
+        purpose_text=purpose[1][0],
+        diff=diff,
+        bounded=tuple(sorted(changed)),
+    )
+
+
+def reduced(record: Record) -> Record:
+    """The last resort for an event the database refused although it was bounded: every value
+    reduced to printable ASCII (escapes for the rest), short, and flagged as all bounded. A
+    decision is never dropped; at worst it is stored in this form."""
+
+    def ascii_text(value: object, limit: int = ID_MAX) -> str:
+        # cut with a mark no R4 id holds (`.` is an id character, so not "..."): a reduced
+        # reference never names a real resource either
+        escaped = ascii(value if isinstance(value, str) else str(value))[1:-1]
+        return escaped if len(escaped) <= limit else escaped[: limit - 5] + "[...]"
+
+    role, slash, who = (
+        record.account if isinstance(record.account, str) else str(record.account)
+    ).partition("/")
+    return record._replace(
+        account=f"{ascii_text(role)}{slash}{ascii_text(who)}",
+        operation=ascii_text(record.operation),
+        resource=None if record.resource is None else ascii_text(record.resource, 2 * ID_MAX),
+        reason=None if record.reason is None else ascii_text(record.reason),
+        explanation="the database refused this event; its values were reduced to ascii",
+        rule=None if record.rule is None else ascii_text(record.rule, RULE_MAX),
+        patients=tuple(ascii_text(p, 2 * ID_MAX) for p in record.patients),
+        purpose_of_use=(
+            None if record.purpose_of_use is None else ascii_text(record.purpose_of_use)
         ),
-        emergency=decision.emergency,
-        patients=tuple(sorted(c for c in decision.compartments if c.startswith("Patient/")))[
-            :MAX_PATIENTS
-        ],
-        purpose_of_use=guard.purpose_of_use,
-        purpose_text=guard.reason,
-        diff=(
-            guard.changes.get(audited.resource)
-            if decision.allowed and audited.operation in WRITES and audited.resource
-            else None
+        purpose_text=(
+            None
+            if record.purpose_text is None
+            else ascii_text(record.purpose_text, PURPOSE_TEXT_MAX)
         ),
+        diff=None,
+        bounded=("agent", "entity", "outcomeDesc", "purposeOfEvent", "subtype"),
     )
 
 
@@ -136,26 +358,31 @@ def audit_event(record: Record, endpoint: str) -> dict[str, Any]:
     description = f"{reason}: {record.explanation}" if record.explanation else reason
     if record.rule is not None:
         description += f" (rule {record.rule})"
-    event: dict[str, Any] = {
-        "resourceType": "AuditEvent",
-        "type": {
-            "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
-            "code": "rest",
-            "display": "RESTful Operation",
-        },
-        "subtype": [
-            {
-                "system": "http://hl7.org/fhir/restful-interaction",
-                "code": _INTERACTIONS.get(record.operation, record.operation),
-            }
-        ],
-        "action": _ACTIONS.get(record.operation, "E"),
-        "recorded": record.recorded.isoformat(timespec="microseconds"),
-        "outcome": "0" if record.allowed else "4",
-        "outcomeDesc": description[:1000],
-        "agent": [{"who": who, "requestor": True}],
-        "source": {"observer": {"display": endpoint}},
-    }
+    event: dict[str, Any] = {"resourceType": "AuditEvent"}
+    if record.bounded:
+        event["meta"] = {"tag": [dict(BOUNDED_TAG)]}
+        event["extension"] = [{"url": BOUNDED_EXTENSION, "valueString": " ".join(record.bounded)}]
+    event.update(
+        {
+            "type": {
+                "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+                "code": "rest",
+                "display": "RESTful Operation",
+            },
+            "subtype": [
+                {
+                    "system": "http://hl7.org/fhir/restful-interaction",
+                    "code": _INTERACTIONS.get(record.operation, record.operation),
+                }
+            ],
+            "action": _ACTIONS.get(record.operation, "E"),
+            "recorded": record.recorded.isoformat(timespec="microseconds"),
+            "outcome": "0" if record.allowed else "4",
+            "outcomeDesc": description,
+            "agent": [{"who": who, "requestor": True}],
+            "source": {"observer": {"display": endpoint}},
+        }
+    )
     if record.purpose_of_use or record.emergency:
         event["purposeOfEvent"] = [
             {
@@ -165,7 +392,7 @@ def audit_event(record: Record, endpoint: str) -> dict[str, Any]:
                         "code": record.purpose_of_use or "BTG",
                     }
                 ],
-                **({"text": record.purpose_text[:200]} if record.purpose_text else {}),
+                **({"text": record.purpose_text} if record.purpose_text else {}),
             }
         ]
     if record.emergency:
@@ -175,29 +402,44 @@ def audit_event(record: Record, endpoint: str) -> dict[str, Any]:
     return event
 
 
+def _local(reference: str) -> tuple[str, str] | None:
+    """`(type, id)` of a relative reference to a resource this server could hold."""
+    kind, slash, id = reference.partition("/")
+    return (kind, id) if slash and kind and is_id(id) else None
+
+
 def stored_event(event: dict[str, Any], id: str, now: datetime) -> NewVersion:
     """What `resources.new_version` would make of an `audit_event` (a test holds them equal),
     built directly: an AuditEvent per read must cost little. Its compartments: the patients
-    (`patient`: agent and entities that are Patients) and a Practitioner or Device agent."""
+    (`patient`: agent and entities that are Patients) and a Practitioner or Device agent. A
+    reference whose id is not an R4 id (a bounded one) is indexed by its text and puts the
+    event in no compartment."""
+    meta = event.get("meta")
     content = {
         "resourceType": "AuditEvent",
         "id": id,
-        "meta": {"versionId": "1", "lastUpdated": format_instant(now)},
+        "meta": {**(meta or {}), "versionId": "1", "lastUpdated": format_instant(now)},
     }
-    content.update((k, v) for k, v in event.items() if k != "resourceType")
+    content.update((k, v) for k, v in event.items() if k not in {"resourceType", "meta"})
     who = event["agent"][0]["who"]
     agent = who.get("reference")
     entities = [e["what"]["reference"] for e in event.get("entity", ())]
     patients = list(
         dict.fromkeys(r for r in ([agent] if agent else []) + entities if r.startswith("Patient/"))
     )
-    compartments = set(patients)
-    if agent is not None and agent.split("/", 1)[0] in {"Practitioner", "Device"}:
+    compartments = {p for p in patients if _local(p) is not None}
+    if (
+        agent is not None
+        and agent.split("/", 1)[0] in {"Practitioner", "Device"}
+        and _local(agent) is not None
+    ):
         compartments.add(agent)
 
     def reference(code: str, ref: str) -> tuple[Any, ...]:
-        kind, _, target = ref.partition("/")
-        return (code, kind, target, None, None, None)
+        local = _local(ref)
+        if local is None:
+            return (code, None, None, ref, None, None)
+        return (code, *local, None, None, None)
 
     references = [
         reference("agent", agent)
@@ -219,6 +461,10 @@ def stored_event(event: dict[str, Any], id: str, now: datetime) -> NewVersion:
         ("outcome", None, event["outcome"], None),
         ("subtype", subtype["system"], subtype["code"], None),
         ("type", kind["system"], kind["code"], normalize_string(kind["display"])),
+    ]
+    tokens += [
+        ("_tag", tag["system"], tag["code"], normalize_string(tag["display"]))
+        for tag in (meta or {}).get("tag", ())
     ]
     recorded = date_range(event["recorded"])
     assert recorded is not None
@@ -247,8 +493,13 @@ def stored_event(event: dict[str, Any], id: str, now: datetime) -> NewVersion:
 
 
 def stored_record(record: Record, endpoint: str) -> NewVersion:
-    """The AuditEvent of a record, ready to store."""
-    return stored_event(audit_event(record, endpoint), new_id(), record.recorded)
+    """The AuditEvent of a record, ready to store; the reduced form if it cannot be built."""
+    try:
+        return stored_event(audit_event(record, endpoint), record.id or new_id(), record.recorded)
+    except Exception:
+        log.exception("audit event %s could not be built; storing it reduced", record.id)
+        record = reduced(record)
+        return stored_event(audit_event(record, endpoint), record.id or new_id(), record.recorded)
 
 
 def _final(audited: Iterable[Audited]) -> list[Audited]:
@@ -260,13 +511,139 @@ def _final(audited: Iterable[Audited]) -> list[Audited]:
     return list(last.values())
 
 
+# --- storing ---------------------------------------------------------------------------------
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failed write may succeed as it is when tried again (a lost connection, a
+    server shutting down, a full disk), rather than the database refusing what it was given."""
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError) and not isinstance(
+        exc, psycopg.errors.ProgramLimitExceeded
+    )
+
+
+async def store(
+    conn: Connection,
+    records: Sequence[Record],
+    endpoint: str,
+    *,
+    wait_for_flush: bool = True,
+    retried: bool = False,
+) -> int:
+    """Store the AuditEvents of `records` on `conn` (autocommit), each exactly once: one COPY
+    for the batch; if the database refuses it, the batch is split in halves until the refused
+    event stands alone, which is then stored reduced (`reduced`), and the rest as they are. An
+    event already stored by an earlier try is not stored again. Transient failures raise: the
+    caller tries again, and what was committed before is recognised then. How many events
+    were refused and stored reduced. `retried`: some of them may be stored already (a try
+    whose answer was lost, a batch taken over from a writer that died): those are left out
+    first, in one query."""
+    if retried and records:
+        cursor = await conn.execute(
+            "SELECT id FROM resources WHERE resource_type = 'AuditEvent' AND id = ANY(%s)",
+            ([r.id for r in records],),
+        )
+        done = {id for (id,) in await cursor.fetchall()}
+        records = [r for r in records if r.id not in done]
+    pairs = [(r, stored_record(r, endpoint)) for r in records]
+    return await _store(conn, pairs, endpoint, wait_for_flush)
+
+
+async def _store(
+    conn: Connection,
+    pairs: Sequence[tuple[Record, NewVersion]],
+    endpoint: str,
+    wait_for_flush: bool,
+) -> int:
+    if not pairs:
+        return 0
+    try:
+        await _insert(conn, [v for _, v in pairs], wait_for_flush)
+        return 0
+    except Exception as exc:
+        if transient(exc) or conn.broken or conn.closed:
+            raise
+        refusal = exc
+    if len(pairs) > 1:
+        half = len(pairs) // 2
+        return await _store(conn, pairs[:half], endpoint, wait_for_flush) + await _store(
+            conn, pairs[half:], endpoint, wait_for_flush
+        )
+    record, version = pairs[0]
+    if isinstance(refusal, psycopg.errors.UniqueViolation) and await _stored(conn, version.id):
+        return 0  # committed by an earlier try whose answer was lost
+    log.error(
+        "the database refused audit event %s (%s); storing it reduced",
+        version.id,
+        type(refusal).__name__,
+    )
+    fallback = reduced(record)
+    await _insert(conn, [stored_record(fallback, endpoint)], wait_for_flush)
+    return 1
+
+
+async def _insert(conn: Connection, versions: Sequence[NewVersion], wait_for_flush: bool) -> None:
+    async with conn.transaction():
+        if not wait_for_flush:
+            # allowed-read events are durable within a second by design (a crash can lose the
+            # last ones): the writer does not wait for each commit's WAL flush
+            await conn.execute("SET LOCAL synchronous_commit = off")
+        await repository.insert_created(conn, versions)
+
+
+async def _stored(conn: Connection, id: str) -> bool:
+    cursor = await conn.execute(
+        "SELECT 1 FROM resources WHERE resource_type = 'AuditEvent' AND id = %s", (id,)
+    )
+    return await cursor.fetchone() is not None
+
+
+async def store_until_stored(
+    connect: Callable[[], Awaitable[Connection]],
+    records: Sequence[Record],
+    endpoint: str,
+    *,
+    conn: Connection | None = None,
+    wait_for_flush: bool = True,
+    attempts: int | None = None,
+    retried: bool = False,
+) -> Connection | None:
+    """`store`, tried again after transient failures (on a new connection, after a pause)
+    until it succeeds, or `attempts` times when given (then the last failure raises). The
+    connection it ends with, for the next batch."""
+    attempt = 0
+    while True:
+        try:
+            if conn is None or conn.closed or conn.broken:
+                conn = await connect()
+            await store(
+                conn,
+                records,
+                endpoint,
+                wait_for_flush=wait_for_flush,
+                retried=retried or attempt > 0,
+            )
+            return conn
+        except Exception:
+            attempt += 1
+            if attempts is not None and attempt >= attempts:
+                raise
+            log.exception(
+                "storing %d audit events failed (try %d); trying again", len(records), attempt
+            )
+            if conn is not None and (conn.closed or conn.broken):
+                conn = None
+            await asyncio.sleep(RETRY_SECONDS[min(attempt, len(RETRY_SECONDS)) - 1])
+
+
 class AuditTrail:
     """The writer of AuditEvents for one server process.
 
     With a database URL, batches of allowed decisions go to a writer process of their own (it
-    builds and stores the AuditEvents on the machine's other core, off the request path); if that
-    process is gone, this one writes them itself. Denials and emergencies are always written
-    here, before the response.
+    builds and stores the AuditEvents on the machine's other core, off the request path), which
+    acknowledges each batch it committed; the server keeps a batch until then, so if that
+    process dies, the server stores what it had not acknowledged, and everything after, itself.
+    Denials and emergencies are written here, before the response.
     """
 
     def __init__(
@@ -281,17 +658,37 @@ class AuditTrail:
         self.endpoint = endpoint
         self._url = database_url
         self._pending: list[Record] = []
+        # batches handed to the writer process and not yet acknowledged, by sequence number
+        self._handed: dict[int, list[Record]] = {}
+        self._sequence = 0
+        self._buffered = 0  # events in `_pending` and `_handed`
         self._task: asyncio.Task[None] | None = None
         self._queue: Any = None
+        self._acks: Any = None
         self._process: Any = None
+        self._orphaned_logged = False
+        self._own: Database | None = None  # the trail's own connections (AUDIT_CONNECTIONS)
+        self._own_opened = False
+        self._opening = asyncio.Lock()
+
+    @property
+    def buffered(self) -> int:
+        """Events recorded and not yet known to be stored."""
+        return self._buffered
+
+    @property
+    def writer_pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def start(self) -> None:
         if self._url is not None:
+            self._own = Database(self._url, pool_size=AUDIT_CONNECTIONS)
             context = multiprocessing.get_context("spawn")
             self._queue = context.Queue()
+            self._acks = context.Queue()
             self._process = context.Process(
                 target=_writer_main,
-                args=(self._queue, self._url, self.endpoint),
+                args=(self._queue, self._acks, self._url, self.endpoint),
                 name="fhir-audit-writer",
                 daemon=True,
             )
@@ -304,34 +701,86 @@ class AuditTrail:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        await self.flush()
+        with contextlib.suppress(Exception):
+            await self.flush()
         if self._process is not None:
-            self._queue.put(None)
-            await asyncio.to_thread(self._process.join, 60)
-            if self._process.exitcode != 0:
+            if self._process.is_alive():
+                self._queue.put(None)
+                await asyncio.to_thread(self._process.join, SHUTDOWN_SECONDS)
+            if self._process.is_alive():
+                log.error("the audit writer did not finish in %s s; stopping it", SHUTDOWN_SECONDS)
+                self._process.terminate()
+                await asyncio.to_thread(self._process.join, 10)
+            elif self._process.exitcode != 0:
                 log.error("the audit writer ended with %s", self._process.exitcode)
+            self._take_acks()
+            # what the writer did not acknowledge is stored here (once, whatever it committed)
+            self._pending[:0] = [r for batch in self._handed.values() for r in batch]
+            self._handed.clear()
+            # what is left in the queue was taken over above: do not wait to send it at exit
+            self._queue.cancel_join_thread()
             self._queue.close()
+            self._acks.close()
+            self._process = None
+        pending, self._pending = self._pending, []
+        try:
+            if pending:
+                await self._store(pending, attempts=len(RETRY_SECONDS), retried=True)
+            self._buffered = 0
+        except Exception:
+            log.exception("%d audit events could not be stored before the stop", len(pending))
+        finally:
+            if self._own is not None and self._own_opened:
+                await self._own.close()
 
     async def record(self, guard: Guard) -> None:
         """The decisions a request made: urgent ones written now, the rest queued."""
         if not guard.audited:
             return
         now = self.server.clock()
-        urgent: list[NewVersion] = []
+        urgent: list[Record] = []
         for audited in _final(guard.audited):
             record = record_of(guard, audited, now)
+            if record.bounded:
+                AUDIT_BOUNDED.inc()
             if record.allowed and not record.emergency:
                 self._pending.append(record)
+                self._buffered += 1
                 continue
-            urgent.append(self._version(record))
+            urgent.append(record)
             if record.emergency:
                 EMERGENCY_ACCESSES.inc()
                 log.warning("emergency access by %s to %s", record.account, record.resource)
         if urgent:
-            await self._write(urgent)
+            await self._write_urgent(urgent)
+        if self._buffered > MAX_BUFFERED:
+            await self._wait_for_writer()
 
-    def _version(self, record: Record) -> NewVersion:
-        return stored_record(record, self.endpoint)
+    async def _write_urgent(self, records: list[Record]) -> None:
+        """Denials and break-glass accesses, before the response. If the database cannot take
+        them now, they join the queue (retried until stored, never dropped): a denial is still
+        answered 403, but an emergency access is not answered at all (503)."""
+        try:
+            await self._store(records, attempts=URGENT_ATTEMPTS)
+        except Exception:
+            log.exception("urgent audit events could not be written now; queued")
+            self._pending.extend(records)
+            self._buffered += len(records)
+            if any(r.emergency for r in records):
+                raise AuditUnavailable(
+                    "the emergency access could not be audited now: try again shortly"
+                ) from None
+
+    async def _wait_for_writer(self) -> None:
+        """Backpressure: too many events wait to be stored (a slow or unreachable database).
+        The request waits for the writer; if it does not catch up, it gets 503 (its events
+        stay queued)."""
+        deadline = time.monotonic() + BACKPRESSURE_SECONDS
+        while self._buffered > MAX_BUFFERED:
+            self._take_acks()
+            if time.monotonic() > deadline:
+                raise AuditUnavailable("the audit trail is behind: try again shortly")
+            await asyncio.sleep(0.05)
 
     async def _run(self) -> None:
         while True:
@@ -341,62 +790,94 @@ class AuditTrail:
             except Exception:  # a failed flush keeps its events for the next one
                 log.exception("writing audit events failed; retrying")
 
+    def _take_acks(self) -> None:
+        if self._acks is None:
+            return
+        while True:
+            try:
+                sequence = self._acks.get_nowait()
+            except (queues.Empty, OSError, ValueError):
+                return
+            batch = self._handed.pop(sequence, None)
+            if batch is not None:
+                self._buffered -= len(batch)
+
     async def flush(self) -> None:
+        self._take_acks()
+        AUDIT_BUFFERED.set(self._buffered)
+        if self._process is not None and self._process.is_alive():
+            pending, self._pending = self._pending, []
+            if pending:
+                self._sequence += 1
+                self._handed[self._sequence] = pending
+                self._queue.put((self._sequence, pending))
+            return
+        if self._process is not None and self._handed:
+            # the writer died: what it did not acknowledge is stored here (once, whatever it
+            # committed before it died), and from now on everything
+            if not self._orphaned_logged:
+                log.error("the audit writer process is gone; writing audit events in the server")
+                self._orphaned_logged = True
+            self._pending[:0] = [r for batch in self._handed.values() for r in batch]
+            self._handed.clear()
         pending, self._pending = self._pending, []
         if not pending:
             return
-        if self._process is not None and self._process.is_alive():
-            self._queue.put(pending)
-            return
-        if self._process is not None:
-            log.error("the audit writer process is gone; writing audit events in the server")
         try:
-            await self._write([self._version(r) for r in pending])
+            await self._store(pending, attempts=1, retried=True)
         except Exception:
             self._pending[:0] = pending
             raise
+        self._buffered -= len(pending)
 
-    async def _write(self, versions: list[NewVersion]) -> None:
-        async with self.db.transaction() as conn:
-            await repository.insert_created(conn, versions)
+    async def _store(self, records: list[Record], *, attempts: int, retried: bool = False) -> None:
+        """Store here, on the trail's own connections, trying `attempts` times (then the
+        failure raises)."""
+        for attempt in range(1, attempts + 1):
+            try:
+                db = await self._database()
+                async with db.connection() as conn:
+                    await store(conn, records, self.endpoint, retried=retried or attempt > 1)
+                return
+            except Exception:
+                if attempt == attempts:
+                    raise
+                log.warning("storing %d audit events failed (try %d)", len(records), attempt)
+                await asyncio.sleep(RETRY_SECONDS[attempt - 1])
+
+    async def _database(self) -> Database:
+        if self._own is None:
+            return self.db  # no URL of its own (a test's trail): the server's pool
+        if not self._own_opened:
+            async with self._opening:
+                if not self._own_opened:
+                    await self._own.open()
+                    self._own_opened = True
+        return self._own
 
 
-def _writer_main(queue: Any, url: str, endpoint: str) -> None:
+def _writer_main(queue: Any, acks: Any, url: str, endpoint: str) -> None:
     """The writer process: batches of records in, AuditEvents stored, until `None` comes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when it stops
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_writer(queue, url, endpoint))
+    asyncio.run(_writer(queue, acks, url, endpoint))
 
 
-async def _writer(queue: Any, url: str, endpoint: str) -> None:
+async def _writer(queue: Any, acks: Any, url: str, endpoint: str) -> None:
     loop = asyncio.get_running_loop()
-    conn: AsyncConnection[Any] | None = None
+    conn: Connection | None = None
+
+    async def connect() -> Connection:
+        return await AsyncConnection.connect(url, autocommit=True, options=Database.OPTIONS)
+
     while True:
-        batch = await loop.run_in_executor(None, queue.get)
-        if batch is None:
+        item = await loop.run_in_executor(None, queue.get)
+        if item is None:
             break
-        versions = [stored_record(r, endpoint) for r in batch]
-        for attempt in range(WRITER_ATTEMPTS):
-            try:
-                if conn is None or conn.closed:
-                    conn = await AsyncConnection.connect(
-                        url, autocommit=True, options=Database.OPTIONS
-                    )
-                async with conn.transaction():
-                    # allowed-read events are durable within a second by design (a crash can lose
-                    # the last ones): the writer does not wait for each commit's WAL flush
-                    await conn.execute("SET LOCAL synchronous_commit = off")
-                    await repository.insert_created(conn, versions)
-                break
-            except psycopg.Error:
-                log.exception("the audit writer could not store %d events", len(versions))
-                conn = None
-                await asyncio.sleep(min(2**attempt, 10))
-        else:
-            log.error(
-                "the audit writer gave up on %d events after %d attempts",
-                len(versions),
-                WRITER_ATTEMPTS,
-            )
+        sequence, batch = item
+        # tried until stored: a batch is never given up (the server waits at most
+        # SHUTDOWN_SECONDS for it when it stops)
+        conn = await store_until_stored(connect, batch, endpoint, conn=conn, wait_for_flush=False)
+        acks.put(sequence)
     if conn is not None:
         await conn.close()

@@ -10,6 +10,7 @@ reason a client can act on and nothing more.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ ASYMMETRIC = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
 )
 IDENTITY_TYPES = frozenset({"Patient", "RelatedPerson", "Practitioner", "Person"})
+# Claims that name the caller (they reach SQL and the audit trail), and what text cannot hold there.
+_IDENTITY_CLAIMS = ("sub", "fhirUser", "client_id", "azp", "patient")
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 # Claims only an ID token carries: presented as an access token, it is refused.
 _ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash")
 
@@ -155,6 +159,8 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     """Read the principal from verified claims; 401 where they are unusable."""
     if any(name in claims for name in _ID_TOKEN_CLAIMS):
         raise Unauthorized("an ID token is not an access token", code="login")
+    for name in _IDENTITY_CLAIMS:
+        _check_identity_claim(name, claims.get(name))
     scope = claims.get("scope", "")
     if not isinstance(scope, str) and not (
         isinstance(scope, list) and all(isinstance(s, str) for s in scope)
@@ -186,6 +192,19 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
         client_id=client_id,
         claims=dict(claims),
     )
+
+
+def _check_identity_claim(name: str, value: Any) -> None:
+    """A claim that names the caller goes into SQL and the audit trail: it must be text that
+    PostgreSQL and UTF-8 can hold (no NUL, no lone surrogate)."""
+    if value is None:
+        return
+    if name in {"client_id", "azp"} and not isinstance(value, str):
+        raise Unauthorized(f"the `{name}` claim must be a string", code="login")
+    if isinstance(value, str) and _UNSTORABLE.search(value) is not None:
+        raise Unauthorized(
+            f"the `{name}` claim holds a NUL or an unpaired surrogate character", code="login"
+        )
 
 
 def _fhir_user(value: Any) -> str | None:

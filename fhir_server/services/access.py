@@ -5,8 +5,10 @@ Facts are loaded in one statement together with the access epoch, a number that 
 fact-bearing resource (Person, RelatedPerson, Consent, CareTeam, Patient) bumps in its own
 transaction. A server reuses the facts it loaded for a user while the epoch it reads at the start
 of each request is unchanged: a revoked Consent, an ended RelatedPerson or a lowered assurance
-level counts from the very next request, on every server. Today's date is never cached, so a
-child's 18th birthday counts the day it comes. System and Admin callers load nothing (their
+level counts from the very next request, on every server. Cached facts also expire at the first
+instant one of their periods starts or ends (a Consent's `provision.period.end` an hour from
+now ends the entry in an hour), and at the end of the UTC day, so a child's 18th birthday
+counts the day it comes. System and Admin callers load nothing (their
 policy rule is `allow`, narrowed by scopes).
 """
 
@@ -14,15 +16,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from datetime import date
+from dataclasses import dataclass, field
+from datetime import date, datetime
 from typing import Any
 
 import orjson
 
+from compartments.consent import ConsentFact, read_consent
 from compartments.engine import (
-    CONSENT_SCOPE_SYSTEM,
-    ConsentFact,
     Decision,
     Facts,
     Identity,
@@ -31,6 +32,7 @@ from compartments.engine import (
     Target,
     decide,
 )
+from compartments.periods import Window, next_change, window
 from compartments.policy import Policy, Reason
 from fhir_server.auth.scopes import Scope, granted
 from fhir_server.auth.tokens import Principal, principal_from_claims
@@ -39,7 +41,7 @@ from fhir_server.metrics import RELATIONSHIP_CACHE_HITS
 from fhir_server.search.query import parse_search
 from fhir_server.services import changes
 from fhir_server.storage import repository
-from fhir_server.storage.search_sql import UNRESTRICTED, Grant
+from fhir_server.storage.search_sql import UNRESTRICTED, Grant, GrantPart
 from fhir_server.storage.sql import Connection, Statement, fetch_all
 
 VERIFIED_ASSURANCE = frozenset({"level3", "level4"})
@@ -54,6 +56,8 @@ PERMISSION = {
     "delete": "d",
 }
 PRIVILEGED_ROLES = frozenset({"System", "Admin"})
+# Decisions remembered per cached set of facts (see Guard._decisions).
+MAX_DECISIONS = 1024
 _SERVER_SCOPE = Scope("system", "*", frozenset("cruds"))
 
 
@@ -171,9 +175,17 @@ class Guard:
                 policy = (
                     UNRESTRICTED
                     if decision.everything
-                    else Grant(compartments=decision.compartments, creators=decision.creators)
+                    else Grant(
+                        compartments=decision.compartments,
+                        creators=decision.creators,
+                        parts=_parts(decision, resource_type),
+                    )
                 )
                 grant = self._narrow(policy, resource_type, self._scopes(resource_type, operation))
+            if len(self._decisions) >= MAX_DECISIONS:
+                # the key holds what the caller sends (purpose of use, break-glass reason,
+                # scopes): a caller varying them must not grow the shared cache without bound
+                self._decisions.clear()
             found = self._decisions[key] = (decision, grant)
         return found
 
@@ -195,6 +207,7 @@ class Guard:
             everything=grant.everything,
             compartments=grant.compartments,
             creators=grant.creators,
+            parts=grant.parts,
             within=within,
             criteria=criteria,
         )
@@ -240,6 +253,16 @@ class Guard:
         resource_type = resource.split("/", 1)[0] if resource else None
         decision = Decision(allowed=True, explanation=why, compartments=frozenset(patients))
         self.audited.append(Audited(operation, resource_type, resource, decision))
+
+
+def _parts(decision: Decision, resource_type: str) -> tuple[GrantPart, ...]:
+    """The parts of compartments a Consent opens, as the SQL filter holds them."""
+    return tuple(
+        sorted(
+            GrantPart(p.compartment, p.selection.every, tuple(sorted(p.selection.ids)))
+            for p in decision.parts
+        )
+    )
 
 
 def denied(decision: Decision) -> AccessDenied:
@@ -308,14 +331,27 @@ UNION ALL
 SELECT 'Consent', c.id, NULL, c.content::text FROM resources c
 WHERE c.resource_type = 'Consent' AND NOT c.deleted AND c.id IN (
     SELECT x.id FROM search_reference x
-    WHERE x.resource_type = 'Consent' AND x.code = 'actor' AND x.target_type = 'RelatedPerson'
-      AND x.target_id IN (SELECT id FROM related))
+    WHERE x.resource_type = 'Consent' AND x.code = 'patient' AND x.target_type = 'Patient'
+      AND x.target_id IN (
+        SELECT y.target_id FROM search_reference y
+        WHERE y.resource_type = 'RelatedPerson' AND y.code = 'patient'
+          AND y.target_type = 'Patient' AND y.id IN (SELECT id FROM related)))
 UNION ALL
 SELECT 'general-practitioner', x.id, x.target_id, NULL FROM search_reference x
 JOIN resources p ON p.resource_type = 'Patient' AND p.id = x.id AND NOT p.deleted
 WHERE x.resource_type = 'Patient' AND x.code = 'general-practitioner'
   AND x.target_type = 'Practitioner'
   AND x.target_id IN (SELECT id FROM targets WHERE type = 'Practitioner')
+UNION ALL
+SELECT 'relative', x.id, x.target_id, NULL FROM search_reference x
+JOIN resources r ON r.resource_type = 'RelatedPerson' AND r.id = x.id AND NOT r.deleted
+WHERE x.resource_type = 'RelatedPerson' AND x.code = 'patient' AND x.target_type = 'Patient'
+  AND x.target_id IN (
+    SELECT id FROM targets WHERE type = 'Patient'
+    UNION
+    SELECT y.target_id FROM search_reference y
+    WHERE y.resource_type = 'RelatedPerson' AND y.code = 'patient' AND y.target_type = 'Patient'
+      AND y.id IN (SELECT id FROM related))
 UNION ALL
 SELECT 'epoch', NULL, value::text, NULL FROM access_epoch WHERE id = 1
 UNION ALL
@@ -334,7 +370,7 @@ async def load_guard(
     principal: Principal,
     policy: Policy,
     *,
-    today: date,
+    now: datetime,
     majority_age: int,
     emergency_bypass: bool,
     admin_role: str,
@@ -359,7 +395,7 @@ async def load_guard(
                 conn,
                 principal,
                 policy,
-                today=today,
+                now=now,
                 majority_age=majority_age,
                 emergency_bypass=emergency_bypass,
                 admin_role=admin_role,
@@ -379,7 +415,7 @@ async def load_guard(
             _decisions={} if decisions is None else decisions,
         )
 
-    no_facts = Facts(today=today, majority_age=majority_age, emergency_bypass=emergency_bypass)
+    no_facts = Facts(now=now, majority_age=majority_age, emergency_bypass=emergency_bypass)
     if admin_role and admin_role in _roles(principal.claims):
         account = f"Admin/{principal.subject}"
         return guard(account, (Identity(account),), no_facts)
@@ -389,8 +425,8 @@ async def load_guard(
     if principal.fhir_user is None:
         raise Unauthorized("the token names no user (`fhirUser`) and has no `system/` scope")
     user = principal.fhir_user
-    # CareTeam participant periods are read against the day the facts were loaded on
-    cached = cache.get(user, today) if cache is not None else None
+    # cached facts hold until one of their periods starts or ends (FactsCache.get)
+    cached = cache.get(user, now) if cache is not None else None
     pending = None
     if cached is not None and optimistic:
         pending, identities, facts, decisions = cached
@@ -409,13 +445,10 @@ async def load_guard(
                 "user_id": user_id,
             },
         )
-        epoch, identities, facts = _facts(user, rows, no_facts)
-        facts = replace(
-            facts, today=today, majority_age=majority_age, emergency_bypass=emergency_bypass
-        )
+        epoch, identities, facts, changes_at = _facts(user, rows, no_facts)
         decisions = {}
         if cache is not None:
-            cache.put(user, today, (epoch, identities, facts, decisions))
+            cache.put(user, now, (epoch, identities, facts, decisions), changes_at)
     return guard(user, identities, facts, pending, decisions)
 
 
@@ -431,18 +464,20 @@ async def as_user(
     user: str,
     scope: str,
     *,
+    now: datetime,
     purpose_of_use: str | None = None,
     reason: str | None = None,
 ) -> Guard:
-    """The guard `user` would have with a token of its own carrying `scope`: for answering what
-    it may do ($explain-access, relationship verification). Its facts are loaded fresh."""
+    """The guard `user` would have with a token of its own carrying `scope` at `now`: for
+    answering what it may do ($explain-access, relationship verification). Its facts are
+    loaded fresh (the caller's cached facts may have been loaded earlier: never their `now`)."""
     principal = principal_from_claims({"sub": user, "fhirUser": user, "scope": scope})
     facts = caller.facts
     return await load_guard(
         conn,
         principal,
         caller.policy,
-        today=facts.today,
+        now=now,
         majority_age=facts.majority_age,
         emergency_bypass=facts.emergency_bypass,
         admin_role="",
@@ -452,28 +487,36 @@ async def as_user(
 
 
 class FactsCache:
-    """Facts by user, with the access epoch they were loaded at (see the module's docstring).
-    An entry also expires after `ttl_seconds` (`RELATIONSHIP_TTL`) whatever the epoch says."""
+    """Facts by user and UTC day, with the access epoch they were loaded at (see the module's
+    docstring). An entry expires at the first instant after its load at which one of its
+    periods (RelatedPerson, Consent provisions, CareTeam and participants) starts or ends, so
+    the decisions made from it, which depend on nothing else, stay right while it lives; and
+    after `ttl_seconds` (`RELATIONSHIP_TTL`) whatever the epoch says."""
 
     def __init__(self, size: int = 10_000, ttl_seconds: float = 2_592_000) -> None:
         self.size = size
         self.ttl_seconds = ttl_seconds
-        self._entries: dict[tuple[str, date], tuple[float, CacheEntry]] = {}
+        self._entries: dict[tuple[str, date], tuple[float, datetime | None, CacheEntry]] = {}
 
-    def get(self, user: str, today: date) -> CacheEntry | None:
-        found = self._entries.get((user, today))
+    def get(self, user: str, now: datetime) -> CacheEntry | None:
+        key = (user, now.date())
+        found = self._entries.get(key)
         if found is None:
             return None
-        loaded, entry = found
-        if time.monotonic() - loaded > self.ttl_seconds:
-            del self._entries[(user, today)]
+        loaded, changes_at, entry = found
+        if time.monotonic() - loaded > self.ttl_seconds or (
+            changes_at is not None and now >= changes_at
+        ):
+            del self._entries[key]
             return None
         return entry
 
-    def put(self, user: str, today: date, entry: CacheEntry) -> None:
+    def put(
+        self, user: str, now: datetime, entry: CacheEntry, changes_at: datetime | None = None
+    ) -> None:
         if len(self._entries) >= self.size:
             self._entries.clear()
-        self._entries[(user, today)] = (time.monotonic(), entry)
+        self._entries[(user, now.date())] = (time.monotonic(), changes_at, entry)
 
 
 def _roles(claims: Mapping[str, Any]) -> list[str]:
@@ -483,7 +526,9 @@ def _roles(claims: Mapping[str, Any]) -> list[str]:
 
 def _facts(
     fhir_user: str, rows: Iterable[tuple[Any, ...]], base: Facts
-) -> tuple[int, tuple[Identity, ...], Facts]:
+) -> tuple[int, tuple[Identity, ...], Facts, datetime | None]:
+    """The epoch, identities and facts of the rows, and the first instant after `base.now` at
+    which one of their periods starts or ends (the facts' decisions hold until then)."""
     # the token's own user is verified by the identity provider; Person links carry a level
     assurance: dict[str, bool] = {}
     if not fhir_user.startswith("Person/"):
@@ -493,6 +538,8 @@ def _facts(
     consents: list[ConsentFact] = []
     care: dict[str, set[str]] = {}
     care_teams: list[dict[str, Any]] = []
+    relatives: dict[str, str] = {}
+    windows: list[Window] = []
     epoch = 0
     for kind, id, extra, text in rows:
         content = orjson.loads(text) if text is not None else {}
@@ -508,32 +555,38 @@ def _facts(
                 verified = link.get("assurance") in VERIFIED_ASSURANCE
                 assurance[target] = assurance.get(target, False) or verified
         elif kind == "RelatedPerson":
-            related[f"RelatedPerson/{id}"] = _related_person(id, content)
+            link = related[f"RelatedPerson/{id}"] = _related_person(id, content)
+            windows.append(link.period)
         elif kind == "Patient":
             births[f"Patient/{id}"] = earliest_date(content.get("birthDate"))
         elif kind == "Consent":
-            consents.append(_consent(id, content))
+            consent = read_consent(id, content)
+            consents.append(consent)
+            windows.extend(consent.windows)
         elif kind == "general-practitioner":
             care.setdefault(f"Practitioner/{extra}", set()).add(f"Patient/{id}")
         elif kind == "CareTeam":
             care_teams.append(content)
+        elif kind == "relative":
+            relatives[f"RelatedPerson/{id}"] = f"Patient/{extra}"
     for team in care_teams:
-        _add_care_team(team, base.today, care)
+        _add_care_team(team, base.now, care, windows)
     identities = tuple(
         Identity(reference, verified=verified)
         for reference, verified in sorted(assurance.items())
         if reference.split("/")[0] in {"Patient", "RelatedPerson", "Practitioner"}
     )
     facts = Facts(
-        today=base.today,
+        now=base.now,
         related_persons=related,
         birth_dates=births,
         consents=tuple(consents),
         care={k: frozenset(v) for k, v in care.items()},
+        relatives=relatives,
         majority_age=base.majority_age,
         emergency_bypass=base.emergency_bypass,
     )
-    return epoch, identities, facts
+    return epoch, identities, facts, next_change(windows, base.now)
 
 
 def reference_of(value: Any) -> str | None:
@@ -556,16 +609,6 @@ def earliest_date(value: Any) -> date | None:
     return date(year, month, day)
 
 
-def _period(value: Any) -> tuple[date | None, date | None]:
-    if not isinstance(value, dict):
-        return None, None
-    start, end = value.get("start"), value.get("end")
-    return (
-        earliest_date(start) if isinstance(start, str) else None,
-        earliest_date(end) if isinstance(end, str) else None,
-    )
-
-
 def _codes(concepts: Any) -> frozenset[str]:
     codes: set[str] = set()
     for concept in concepts if isinstance(concepts, list) else [concepts]:
@@ -577,57 +620,36 @@ def _codes(concepts: Any) -> frozenset[str]:
 
 
 def _related_person(id: str, content: dict[str, Any]) -> RelatedPersonFact:
-    start, end = _period(content.get("period"))
     return RelatedPersonFact(
         reference=f"RelatedPerson/{id}",
         patient=reference_of(content.get("patient")) or "",
         relationships=_codes(content.get("relationship", [])),
         active=content.get("active") is not False,
-        start=start,
-        end=end,
+        period=window(content.get("period")),
     )
 
 
-def _consent(id: str, content: dict[str, Any]) -> ConsentFact:
-    provision = content.get("provision") or {}
-    start, end = _period(provision.get("period"))
-    actors = frozenset(
-        ref
-        for actor in provision.get("actor", ())
-        if (ref := reference_of(actor.get("reference"))) is not None
-    )
-    scopes = frozenset(
-        coding["code"]
-        for concept in provision.get("code", ())
-        for coding in concept.get("coding", ())
-        if coding.get("system") == CONSENT_SCOPE_SYSTEM and isinstance(coding.get("code"), str)
-    )
-    return ConsentFact(
-        reference=f"Consent/{id}",
-        patient=reference_of(content.get("patient")) or "",
-        actors=actors,
-        scopes=scopes,
-        active=content.get("status") == "active" and provision.get("type", "permit") == "permit",
-        start=start,
-        end=end,
-    )
-
-
-def _add_care_team(team: dict[str, Any], today: date, care: dict[str, set[str]]) -> None:
+def _add_care_team(
+    team: dict[str, Any], now: datetime, care: dict[str, set[str]], windows: list[Window]
+) -> None:
+    """The practitioners a CareTeam gives its patient to now: an active team (its own
+    `period` covering now), participants whose `period` covers now."""
     if team.get("status") not in (None, "active"):
         return
     patient = reference_of(team.get("subject"))
     if patient is None or not patient.startswith("Patient/"):
         return
+    period = window(team.get("period"))
+    windows.append(period)
+    if not period.covers(now):
+        return
     for participant in team.get("participant", ()):
         member = reference_of(participant.get("member"))
-        start, end = _period(participant.get("period"))
-        if (
-            member is not None
-            and member.startswith("Practitioner/")
-            and (start is None or start <= today)
-            and (end is None or today <= end)
-        ):
+        if member is None or not member.startswith("Practitioner/"):
+            continue
+        joined = window(participant.get("period"))
+        windows.append(joined)
+        if joined.covers(now):
             care.setdefault(member, set()).add(patient)
 
 
@@ -688,7 +710,7 @@ def check_stored(
     return guard.require(
         operation,
         resource_type,
-        target=Target(frozenset(compartments), created_by),
+        target=Target(frozenset(compartments), created_by, id=id),
         resource=f"{resource_type}/{id}",
     )
 
@@ -705,7 +727,9 @@ def check_result(
     decision = guard.require(
         operation,
         resource_type,
-        target=Target(frozenset(version.compartments), created_by, _grants_to(version)),
+        target=Target(
+            frozenset(version.compartments), created_by, _grants_to(version), id=version.id
+        ),
         resource=f"{resource_type}/{version.id}",
     )
     grant = guard.grant(operation, resource_type)
@@ -726,15 +750,28 @@ def check_result(
 
 
 def _grants_to(version: Any) -> frozenset[str]:
-    """Whom a Consent grants access to: its `provision.actor` references."""
+    """Whom a Consent may grant access to: the `actor` references of every provision, nested
+    ones included (a relative may not name itself anywhere in a Consent it writes)."""
     if version.resource_type != "Consent" or version.content is None:
         return frozenset()
-    provision = orjson.loads(version.content).get("provision") or {}
-    return frozenset(
-        ref
-        for actor in provision.get("actor", ())
-        if (ref := reference_of(actor.get("reference"))) is not None
-    )
+    return consent_actors(orjson.loads(version.content).get("provision"))
+
+
+def consent_actors(provision: Any) -> frozenset[str]:
+    """The actor references of a Consent provision and all its nested provisions."""
+    found: set[str] = set()
+    pending = [provision]
+    while pending:
+        item = pending.pop()
+        if not isinstance(item, dict):
+            continue
+        for actor in item.get("actor", ()) if isinstance(item.get("actor"), list) else ():
+            if isinstance(actor, dict) and (ref := reference_of(actor.get("reference"))):
+                found.add(ref)
+        nested = item.get("provision")
+        if isinstance(nested, list):
+            pending.extend(nested)
+    return frozenset(found)
 
 
 def _index_matches(index: Any, alternatives: tuple[tuple[Any, ...], ...]) -> bool:

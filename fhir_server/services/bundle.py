@@ -1,14 +1,17 @@
 """batch and transaction Bundles posted to the base URL.
 
 A transaction is all or nothing, processed in the order R4 prescribes (DELETE, POST, PUT/PATCH,
-GET), with `urn:uuid:` full URLs of created resources resolved into real references before anything
-is validated or stored. A batch answers each entry on its own, each in its own savepoint.
+GET), with the full URLs of created resources (`urn:uuid:`, or a URL carrying the client's id)
+resolved into real references before anything is validated or stored. A batch answers each entry
+on its own, each in its own savepoint. Conditional entries (`ifNoneExist`, `PUT Type?criteria`,
+`DELETE Type?criteria`) search only what the caller may see (services/conditional.py).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -18,8 +21,17 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
-from fhir_server.errors import BadRequest, FhirError, NotSupported
-from fhir_server.services import create, delete, history, patch, read, search, update
+from fhir_server.errors import BadRequest, FhirError, NotFound, NotSupported, PreconditionFailed
+from fhir_server.services import (
+    conditional,
+    create,
+    delete,
+    history,
+    patch,
+    read,
+    search,
+    update,
+)
 from fhir_server.services.bundles import etag, raw
 from fhir_server.services.context import Context
 from fhir_server.services.offload import cpu
@@ -48,6 +60,10 @@ class Entry:
     if_none_exist: str | None
     if_match: int | None
     response: dict[str, Any] = field(default_factory=dict)
+    # a conditional update, patch or delete: `PUT Type?criteria`, `PATCH ...`, `DELETE ...`
+    conditional: bool = False
+    # a conditional PUT that matched nothing and is created with the POSTs, under a new id
+    creates: bool = False
 
 
 def _entry_error(index: int, error: FhirError) -> FhirError:
@@ -91,32 +107,141 @@ def _parse_entry(ctx: Context, index: int, raw_entry: Any) -> Entry:
                 expression=[f"{where}.request.{name}"],
             )
     if_match = update.parse_if_match(request["ifMatch"]) if "ifMatch" in request else None
+    id = segments[1] if len(segments) > 1 and resource_type else None
     return Entry(
         index=index,
         method=method,
         url=url,
         resource_type=resource_type,
-        id=segments[1] if len(segments) > 1 and resource_type else None,
+        id=id,
         tail=segments[2:] if resource_type else segments,
         query=parts.query,
         resource=raw_entry.get("resource"),
         full_url=raw_entry.get("fullUrl") if isinstance(raw_entry.get("fullUrl"), str) else None,
         if_none_exist=request.get("ifNoneExist"),
         if_match=if_match,
+        conditional=method in {"PUT", "PATCH", "DELETE"} and id is None and bool(parts.query),
     )
 
 
-def _rewrite_references(value: Any, mapping: dict[str, str]) -> None:
-    """Replace every `reference` naming a full URL of this Bundle by the resource it became."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if key == "reference" and isinstance(item, str) and item in mapping:
-                value[key] = mapping[item]
-            else:
-                _rewrite_references(item, mapping)
-    elif isinstance(value, list):
-        for item in value:
-            _rewrite_references(item, mapping)
+# A RESTful resource URL: `[base/]Type/id`, the base absent in a relative one.
+_RESTFUL = re.compile(r"(?:(?P<base>.+)/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})")
+
+
+def _restful(url: str, server_base: str) -> tuple[str, str, str] | None:
+    """(base, type, id) of a RESTful URL; a relative one is on the server's base."""
+    found = _RESTFUL.fullmatch(url)
+    if found is None or "/_history" in url:
+        return None
+    base = found["base"]
+    if base is not None and "://" not in base:
+        return None
+    return (base or server_base).rstrip("/"), found["type"], found["id"]
+
+
+class References:
+    """What the references of a transaction become (R4 bundle.html, resolving references in
+    Bundles): a reference that is an entry's full URL, or a relative `Type/id` that the
+    referring entry's base (its own full URL's, else the server's) turns into one, names the
+    resource that entry became, whatever id the client had given it."""
+
+    def __init__(self, server_base: str) -> None:
+        self.server_base = server_base
+        self.exact: dict[str, str] = {}
+        self.restful: dict[tuple[str, str, str], str] = {}
+        # the Reference objects whose `reference` is conditional, with the entry's index
+        self.conditional: list[tuple[int, dict[str, Any]]] = []
+
+    def add(self, full_url: str, target: str, *, replace: bool = True) -> None:
+        if replace or full_url not in self.exact:
+            self.exact[full_url] = target
+        where = _restful(full_url, self.server_base)
+        if where is not None and (replace or where not in self.restful):
+            self.restful[where] = target
+
+    def rewrite(self, entry: Entry) -> None:
+        """Rewrite the entry's references, and note its conditional ones, in one walk."""
+        base = self.server_base
+        if entry.full_url is not None and (own := _restful(entry.full_url, base)) is not None:
+            base = own[0]
+        self._rewrite(entry.resource, base, entry.index)
+
+    def _rewrite(self, value: Any, base: str, index: int) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key == "reference" and isinstance(item, str):
+                    target = self.exact.get(item)
+                    if target is None and self.restful:
+                        where = _restful(item, base)
+                        target = None if where is None else self.restful.get(where)
+                    if target is not None:
+                        value[key] = target
+                    elif "?" in item and _CONDITIONAL_REFERENCE.fullmatch(item):
+                        self.conditional.append((index, value))
+                elif isinstance(item, (dict, list)):
+                    self._rewrite(item, base, index)
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, (dict, list)):
+                    self._rewrite(item, base, index)
+
+
+# A conditional reference (R4 http.html#trules): `Type?criteria` in place of `Type/id`.
+_CONDITIONAL_REFERENCE = re.compile(r"(?P<type>[A-Z][A-Za-z]+)\?(?P<criteria>.+)")
+
+
+async def _resolve_conditional_references(
+    ctx: Context, conn: Connection, references: References
+) -> None:
+    """Replace each conditional reference by the one resource it matches among those the caller
+    may see; no match or several fail the transaction (412): R4 lets a server refuse them, never
+    store them as they are. Each distinct reference is searched once."""
+    resolved: dict[str, str] = {}
+    for index, holder in references.conditional:
+        reference = holder["reference"]
+        if reference not in resolved:
+            parts = _CONDITIONAL_REFERENCE.fullmatch(reference)
+            assert parts is not None
+            try:
+                _check_type(parts["type"])
+                match = await conditional.single_match(
+                    ctx, conn, parts["type"], parts["criteria"], interaction="reference"
+                )
+                if match is None:
+                    raise PreconditionFailed(
+                        f"the conditional reference `{reference}` matches no `{parts['type']}`",
+                        code="not-found",
+                    )
+            except FhirError as exc:
+                raise _entry_error(index, exc) from None
+            resolved[reference] = f"{parts['type']}/{match}"
+        holder["reference"] = resolved[reference]
+
+
+def check_full_urls(raw_entries: list[Any]) -> None:
+    """bdl-7: a full URL names one resource (version) of a Bundle; bdl-8: never a version."""
+    seen: dict[tuple[str, Any], int] = {}
+    for index, raw_entry in enumerate(raw_entries):
+        if not isinstance(raw_entry, dict) or not isinstance(raw_entry.get("fullUrl"), str):
+            continue
+        full_url = raw_entry["fullUrl"]
+        where = f"Bundle.entry[{index}].fullUrl"
+        if "/_history/" in full_url:
+            raise BadRequest(
+                f"entry {index}: the fullUrl `{full_url}` names a version; it must not (bdl-8)",
+                expression=[where],
+            )
+        resource = raw_entry.get("resource")
+        meta = resource.get("meta") if isinstance(resource, dict) else None
+        version = meta.get("versionId") if isinstance(meta, dict) else None
+        key = (full_url, version if isinstance(version, str) else None)
+        if key in seen:
+            raise BadRequest(
+                f"entries {seen[key]} and {index} have the same fullUrl `{full_url}`; full URLs "
+                "must be unique in a Bundle (bdl-7)",
+                expression=[where],
+            )
+        seen[key] = index
 
 
 def _written(ctx: Context, result: Result, prefer: str) -> dict[str, Any]:
@@ -156,11 +281,19 @@ def _patch_operations(entry: Entry) -> Any:
 def _need_instance(entry: Entry) -> tuple[str, str]:
     if entry.resource_type is None or entry.id is None or entry.query:
         raise BadRequest(
-            f"`{entry.method} {entry.url}`: conditional and type-level {entry.method} are not supported"
-            " in Bundles yet; name the resource as `Type/id`",
+            f"`{entry.method} {entry.url}`: name the resource as `Type/id`, or (PUT, PATCH and "
+            "DELETE) give search criteria as `Type?criteria`",
             code="not-supported",
         )
     return entry.resource_type, entry.id
+
+
+def _need_type(entry: Entry) -> str:
+    if entry.resource_type is None or entry.tail:
+        raise BadRequest(
+            f"`{entry.method} {entry.url}`: a conditional {entry.method} is `Type?criteria`"
+        )
+    return entry.resource_type
 
 
 async def _get(ctx: Context, conn: Connection, entry: Entry) -> dict[str, Any]:
@@ -204,9 +337,24 @@ async def _run_one(ctx: Context, conn: Connection, entry: Entry, prefer: str) ->
             ctx, conn, entry.resource_type, entry.resource, if_none_exist=entry.if_none_exist
         )
         return _written(ctx, result, prefer)
+    if entry.method == "PUT" and entry.conditional:
+        result = await update.conditional_update(
+            ctx, conn, _need_type(entry), entry.query, entry.resource, if_match=entry.if_match
+        )
+        return _written(ctx, result, prefer)
     if entry.method == "PUT":
         rtype, id = _need_instance(entry)
         result = await update.update(ctx, conn, rtype, id, entry.resource, if_match=entry.if_match)
+        return _written(ctx, result, prefer)
+    if entry.method == "PATCH" and entry.conditional:
+        result = await patch.conditional_patch(
+            ctx,
+            conn,
+            _need_type(entry),
+            entry.query,
+            _patch_operations(entry),
+            if_match=entry.if_match,
+        )
         return _written(ctx, result, prefer)
     if entry.method == "PATCH":
         rtype, id = _need_instance(entry)
@@ -214,6 +362,9 @@ async def _run_one(ctx: Context, conn: Connection, entry: Entry, prefer: str) ->
             ctx, conn, rtype, id, _patch_operations(entry), if_match=entry.if_match
         )
         return _written(ctx, result, prefer)
+    if entry.method == "DELETE" and entry.conditional:
+        await delete.conditional_delete(ctx, conn, _need_type(entry), entry.query)
+        return {"response": {"status": "204 No Content"}}
     if entry.method == "DELETE":
         rtype, id = _need_instance(entry)
         await delete.delete(ctx, conn, rtype, id)
@@ -222,10 +373,32 @@ async def _run_one(ctx: Context, conn: Connection, entry: Entry, prefer: str) ->
 
 
 def _check_types(entry: Entry) -> None:
+    if entry.resource_type is not None:
+        _check_type(entry.resource_type)
+
+
+def _check_type(resource_type: str) -> None:
     from capability.definitions import resource_types
 
-    if entry.resource_type is not None and entry.resource_type not in resource_types():
-        raise NotSupported(f"resource type `{entry.resource_type}` is not supported")
+    if resource_type not in resource_types():
+        raise NotSupported(f"resource type `{resource_type}` is not supported")
+
+
+class Identities:
+    """R4 transaction rule: the resources that the DELETE, POST and PUT/PATCH entries write
+    (conditional ones as resolved) must not overlap; a resource written twice is a 400."""
+
+    def __init__(self) -> None:
+        self.writers: dict[tuple[str, str], int] = {}
+
+    def claim(self, entry: Entry, resource_type: str, id: str) -> None:
+        first = self.writers.setdefault((resource_type, id), entry.index)
+        if first != entry.index:
+            raise BadRequest(
+                f"entries {first} and {entry.index} both write `{resource_type}/{id}`; a "
+                "transaction writes each resource at most once",
+                code="business-rule",
+            )
 
 
 async def _transaction(
@@ -237,6 +410,7 @@ async def _transaction(
         except FhirError as exc:
             raise _entry_error(entry.index, exc) from None
     ordered = sorted(entries, key=lambda e: _ORDER[e.method])
+    written = Identities()
 
     async def guarded(entry: Entry, step: Callable[[], Awaitable[None]]) -> None:
         try:
@@ -247,12 +421,20 @@ async def _transaction(
     for entry in (e for e in ordered if e.method == "DELETE"):
 
         async def do_delete(entry: Entry = entry) -> None:
-            entry.response = await _run_one(ctx, conn, entry, prefer)
+            if entry.conditional:
+                rtype = _need_type(entry)
+                id, _ = await delete.conditional_delete(ctx, conn, rtype, entry.query)
+            else:
+                rtype, id = _need_instance(entry)
+                await delete.delete(ctx, conn, rtype, id)
+            if id is not None:
+                written.claim(entry, rtype, id)
+            entry.response = {"response": {"status": "204 No Content"}}
 
         await guarded(entry, do_delete)
 
     # Give every created resource its id first, so references between entries resolve.
-    mapping: dict[str, str] = {}
+    references = References(ctx.base_url)
     creates: list[Entry] = []
     for entry in (e for e in ordered if e.method == "POST"):
 
@@ -268,24 +450,66 @@ async def _transaction(
                 entry.response = _written(ctx, existing, prefer)
                 entry.id = existing.version.id
             else:
+                # the client's id, if any, is ignored (R4 http.html#create)
                 entry.id = create.new_id()
                 creates.append(entry)
             if entry.full_url:
-                mapping[entry.full_url] = f"{entry.resource_type}/{entry.id}"
+                references.add(entry.full_url, f"{entry.resource_type}/{entry.id}")
 
         await guarded(entry, plan_create)
+    for entry in (e for e in ordered if e.method == "PUT" and e.conditional):
+
+        async def plan_conditional_update(entry: Entry = entry) -> None:
+            rtype = _need_type(entry)
+            resource = validated(ctx, entry.resource, resource_type=rtype)
+            match = await conditional.single_match(
+                ctx, conn, rtype, entry.query, interaction="conditional update"
+            )
+            target = update.conditional_target(rtype, match, resource, entry.if_match)
+            if target is None:
+                entry.id, entry.creates = create.new_id(), True
+                creates.append(entry)
+            else:  # from here on, the plain `PUT Type/target` it resolved to
+                entry.id, entry.query, entry.conditional = target, "", False
+                entry.resource = {**resource, "id": target}
+            if entry.full_url:
+                references.add(entry.full_url, f"{rtype}/{entry.id}")
+
+        await guarded(entry, plan_conditional_update)
+    for entry in (e for e in ordered if e.method == "PATCH" and e.conditional):
+
+        async def plan_conditional_patch(entry: Entry = entry) -> None:
+            rtype = _need_type(entry)
+            match = await conditional.single_match(
+                ctx, conn, rtype, entry.query, interaction="conditional patch"
+            )
+            if match is None:
+                raise NotFound(
+                    f"no `{rtype}` matches the conditional patch criteria `{entry.query}`"
+                )
+            # from here on, the plain `PATCH Type/match` it resolved to
+            entry.id, entry.query, entry.conditional = match, "", False
+
+        await guarded(entry, plan_conditional_patch)
+    for entry in (e for e in ordered if e.method in {"PUT", "PATCH"}):
+        if entry.full_url and entry.resource_type and entry.id:
+            references.add(entry.full_url, f"{entry.resource_type}/{entry.id}", replace=False)
+        if entry.resource_type and entry.id and not entry.creates:
+            try:
+                written.claim(entry, entry.resource_type, entry.id)
+            except FhirError as exc:
+                raise _entry_error(entry.index, exc) from None
     for entry in entries:
-        if entry.method == "PUT" and entry.full_url and entry.resource_type and entry.id:
-            mapping.setdefault(entry.full_url, f"{entry.resource_type}/{entry.id}")
-    if mapping:
-        for entry in entries:
-            if entry.resource is not None:
-                _rewrite_references(entry.resource, mapping)
+        if entry.resource is not None and entry.method in {"POST", "PUT"}:
+            references.rewrite(entry)
+    await _resolve_conditional_references(ctx, conn, references)
 
     versions = await cpu(_created, ctx, creates, prefer, ctx.clock())
     await repository.insert_created(conn, versions)
 
     for entry in (e for e in ordered if e.method in {"PUT", "PATCH", "GET", "HEAD"}):
+        if entry.creates:
+            continue
 
         async def run(entry: Entry = entry) -> None:
             entry.response = await _run_one(ctx, conn, entry, prefer)
@@ -300,8 +524,15 @@ def _created(ctx: Context, creates: list[Entry], prefer: str, now: datetime) -> 
     for entry in creates:
         assert entry.resource_type is not None and entry.id is not None
         try:
-            resource = validated(ctx, entry.resource, resource_type=entry.resource_type)
-            version = create.creation(ctx, resource, entry.id, method="POST", last_updated=now)
+            body = entry.resource if entry.creates else create.ignoring_id(entry.resource)
+            resource = validated(ctx, body, resource_type=entry.resource_type)
+            version = create.creation(
+                ctx,
+                resource,
+                entry.id,
+                method="PUT" if entry.creates else "POST",
+                last_updated=now,
+            )
         except FhirError as exc:
             raise _entry_error(entry.index, exc) from None
         versions.append(version)
@@ -342,6 +573,22 @@ _REASONS = {
 }
 
 
+def _lock_slots(entries: list[Entry]) -> list[int]:
+    """The advisory-lock slots of every conditional write of a Bundle, all taken before the
+    first entry runs (services/conditional.py). Criteria that do not parse lock nothing: their
+    entry fails on its own."""
+    slots = []
+    for entry in entries:
+        criteria = entry.query if entry.conditional else entry.if_none_exist
+        if entry.resource_type is None or not isinstance(criteria, str) or not criteria:
+            continue
+        try:
+            slots.append(conditional.lock_slot(entry.resource_type, criteria))
+        except FhirError:
+            continue
+    return slots
+
+
 async def process(ctx: Context, conn: Connection, body: Any, *, prefer: str) -> bytes:
     """Run a batch or transaction Bundle; return the response Bundle."""
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
@@ -361,8 +608,10 @@ async def process(ctx: Context, conn: Connection, body: Any, *, prefer: str) -> 
             f"{ctx.settings.max_bundle_entries} are accepted",
             code="too-costly",
         )
+    check_full_urls(raw_entries)
     if kind == "transaction":
         entries = [_parse_entry(ctx, i, e) for i, e in enumerate(raw_entries)]
+        await conditional.serialize(conn, _lock_slots(entries))
         responses = await _transaction(ctx, conn, entries, prefer)
     else:
         responses = []
@@ -379,6 +628,7 @@ async def process(ctx: Context, conn: Connection, body: Any, *, prefer: str) -> 
                     }
                 }
         valid = [e for e in entries if e.method != "INVALID"]
+        await conditional.serialize(conn, _lock_slots(valid))
         answered = iter(await _batch(ctx, conn, valid, prefer))
         responses = [e.response if e.method == "INVALID" else next(answered) for e in entries]
     result = {

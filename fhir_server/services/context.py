@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 
 from compartments.engine import Facts, Identity
 from compartments.policy import Policy, Rule
@@ -28,13 +28,13 @@ def server_guard(account: str = SERVER) -> Guard:
         principal=None,
         account=account,
         identities=(Identity(account),),
-        facts=Facts(today=utc_now().date()),
+        facts=Facts(now=utc_now()),
         policy=_SERVER_POLICY,
     )
 
 
 _NOBODY_POLICY = Policy([])
-_NO_FACTS = Facts(today=date(1970, 1, 1))
+_NO_FACTS = Facts(now=datetime(1970, 1, 1, tzinfo=UTC))
 
 
 def nobody() -> Guard:

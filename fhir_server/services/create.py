@@ -8,7 +8,6 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from fhir_server.errors import PreconditionFailed
 from fhir_server.services import conditional
 from fhir_server.services.access import check_result, protect_links, protect_meta
 from fhir_server.services.context import Context
@@ -40,6 +39,15 @@ def new_id() -> str:
     return str(uuid.UUID(int=value))
 
 
+def ignoring_id(body: Any) -> Any:
+    """A create's body without the client's `id`: R4 (http.html#create) has the server ignore
+    it, so it is not even validated (a Synthea id or an over-long one alike); the server
+    assigns its own."""
+    if isinstance(body, dict) and "id" in body:
+        return {name: value for name, value in body.items() if name != "id"}
+    return body
+
+
 async def create(
     ctx: Context,
     conn: Connection,
@@ -47,14 +55,16 @@ async def create(
     body: Any,
     *,
     if_none_exist: str | None = None,
+    method: str = "POST",
 ) -> Result:
-    resource = await cpu(validated, ctx, body, resource_type=resource_type)
+    """A create (`POST [type]`), and the create of a conditional update that matched nothing."""
+    resource = await cpu(validated, ctx, ignoring_id(body), resource_type=resource_type)
     if if_none_exist:
+        await conditional.serialize(conn, [conditional.lock_slot(resource_type, if_none_exist)])
         existing = await find_existing(ctx, conn, resource_type, if_none_exist)
         if existing is not None:
             return existing
-    # The client's id is ignored on create (FHIR R4 3.1.0.4): the server assigns one.
-    version = await cpu(creation, ctx, resource, new_id(), method="POST")
+    version = await cpu(creation, ctx, resource, new_id(), method=method)
     inserted = await repository.insert_new(conn, version)
     assert inserted, "a fresh UUID collided"
     ctx.guard.changed(f"{resource_type}/{version.id}", None, resource)
@@ -88,14 +98,11 @@ async def find_existing(
     ctx: Context, conn: Connection, resource_type: str, query: str
 ) -> Result | None:
     """The single resource an If-None-Exist query matches; None for no match; 412 for several."""
-    ids = await conditional.matching_ids(ctx, conn, resource_type, query, limit=2)
-    if len(ids) > 1:
-        raise PreconditionFailed(
-            f"the If-None-Exist criteria `{query}` match more than one `{resource_type}`",
-            code="duplicate",
-        )
-    if not ids:
+    id = await conditional.single_match(
+        ctx, conn, resource_type, query, interaction="If-None-Exist"
+    )
+    if id is None:
         return None
-    current = await repository.read_current(conn, resource_type, ids[0], ctx.guard.access("search"))
+    current = await repository.read_current(conn, resource_type, id, ctx.guard.access("search"))
     assert current is not None and not current.deleted
     return Result(200, current)

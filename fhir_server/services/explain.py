@@ -4,7 +4,9 @@ The input is a Parameters resource: `operation` (read, search, history, create, 
 delete), then `resource` (`Observation/1`) or `resourceType`, and, for system callers only,
 `identity` (a fhirUser reference to evaluate as) with an optional `scope`. The answer is a
 Parameters resource with the Decision: `allowed`, `rule`, `reason`, `message`, `explanation`,
-`evidence`, `emergency`, and for a type the search filter (`compartment`, `creator`).
+`evidence`, `emergency`, for a type the search filter (`compartment`, `creator`, `part`), and a
+`consent` part per Consent that names the caller's identities: how the server reads it
+(`interpretation`, one line per provision, and what it does not understand).
 
 A caller may ask only about itself, and about a resource it cannot see it learns no more than a
 read would tell it (403 `invalid_compartment`, whether or not the resource exists).
@@ -42,8 +44,8 @@ async def explain(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
     guard = await _guard_for(ctx, conn, values)
     if id is None:
         decision = guard.decide(operation, resource_type)
-        return _answer(decision)
-    return _answer(await _instance_decision(guard, conn, operation, resource_type, id))
+        return _answer(decision, guard)
+    return _answer(await _instance_decision(guard, conn, operation, resource_type, id), guard)
 
 
 async def _guard_for(ctx: Context, conn: Connection, values: dict[str, Any]) -> Guard:
@@ -60,6 +62,7 @@ async def _guard_for(ctx: Context, conn: Connection, values: dict[str, Any]) -> 
             caller,
             str(identity),
             values.get("scope") or "user/*.cruds",
+            now=ctx.clock(),
             purpose_of_use=values.get("purposeOfUse"),
             reason=values.get("reason"),
         )
@@ -81,11 +84,13 @@ async def _instance_decision(
     if stored is None:
         return guard.decide(operation, resource_type)
     return guard.decide(
-        operation, resource_type, Target(frozenset(stored.compartments), stored.created_by)
+        operation,
+        resource_type,
+        Target(frozenset(stored.compartments), stored.created_by, id=id),
     )
 
 
-def _answer(decision: Decision) -> dict[str, Any]:
+def _answer(decision: Decision, guard: Guard) -> dict[str, Any]:
     parameters: list[dict[str, Any]] = [{"name": "allowed", "valueBoolean": decision.allowed}]
     if decision.rule is not None:
         rule = decision.rule
@@ -111,5 +116,24 @@ def _answer(decision: Decision) -> dict[str, Any]:
             {"name": "compartment", "valueString": c} for c in sorted(decision.compartments)
         )
         parameters.extend({"name": "creator", "valueString": c} for c in sorted(decision.creators))
+        parameters.extend(
+            {"name": "part", "valueString": f"{p.compartment}: {p.selection.describe()}"}
+            for p in sorted(decision.parts, key=lambda p: p.compartment)
+        )
     parameters.append({"name": "emergency", "valueBoolean": decision.emergency})
+    identities = [i.reference for i in guard.identities]
+    for consent in guard.facts.consents:
+        if consent.names(identities):
+            parameters.append(
+                {
+                    "name": "consent",
+                    "part": [
+                        {"name": "reference", "valueReference": {"reference": consent.reference}},
+                        *(
+                            {"name": "interpretation", "valueString": line}
+                            for line in consent.describe()
+                        ),
+                    ],
+                }
+            )
     return {"resourceType": "Parameters", "parameter": parameters}

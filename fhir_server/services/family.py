@@ -14,16 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 
 import orjson
 
-from compartments.engine import Decision, Request, Target, decide
+from compartments.engine import Decision, Request, Target, decide, first_foreign
+from compartments.periods import format_instant, window
+from compartments.policy import Reason
 from fhir_server.errors import AccessDenied, BadRequest, Conflict, NotFound, Unprocessable
 from fhir_server.search.query import parse_search
 from fhir_server.services import conditional, create
-from fhir_server.services.access import Guard, earliest_date, reference_of
+from fhir_server.services.access import Guard, denied, earliest_date, reference_of
 from fhir_server.services.context import Context
 from fhir_server.services.fhir_parameters import parameter_values
 from fhir_server.services.registry import ClientRegistry
@@ -77,6 +79,26 @@ def require_primary(guard: Guard, primary: str) -> None:
     raise AccessDenied("invalid_role", "Invalid role")
 
 
+def check_new_dependent(guard: Guard, version: NewVersion) -> None:
+    """The new dependent is written by the server, but its content comes from the caller (or
+    the Client Registry on its behalf): like any write of a non-privileged caller, it may not
+    land in anyone else's record (`Patient.link` would put it in the Patient or RelatedPerson
+    compartment of whomever it names, the primary included)."""
+    if guard.privileged:
+        return
+    dependent = f"Patient/{version.id}"
+    stranger = first_foreign(version.compartments, {dependent}, {})
+    if stranger is None:
+        return
+    decision = Decision(
+        allowed=False,
+        reason=Reason.FOREIGN_COMPARTMENT,
+        explanation=f"the new dependent would be in the compartment of `{stranger}`",
+    )
+    guard.record("create", "Patient", dependent, decision)
+    raise denied(decision)
+
+
 def _age(born: date | None, today: date) -> int | None:
     if born is None:
         return None
@@ -103,19 +125,20 @@ WHERE r.resource_type = 'RelatedPerson' AND NOT r.deleted AND r.id IN (
 )
 
 
-async def family_links(conn: Connection) -> list[FamilyLink]:
-    """Every RelatedPerson the family workflow made (the parent-child graph is checked whole)."""
+async def family_links(conn: Connection, now: datetime) -> list[FamilyLink]:
+    """Every RelatedPerson the family workflow made (the parent-child graph is checked whole);
+    a link is active until its `period` ends (as an instant, at `now`)."""
     rows = await fetch_all(conn, _FAMILY_LINKS, {"system": FAMILY_SYSTEM})
     links = []
     for id, text in rows:
         content = orjson.loads(text)
-        link = _link(id, content)
+        link = _link(id, content, now)
         if link is not None:
             links.append(link)
     return links
 
 
-def _link(id: str, content: dict[str, Any]) -> FamilyLink | None:
+def _link(id: str, content: dict[str, Any], now: datetime) -> FamilyLink | None:
     primary = next(
         (
             reference_of(e.get("valueReference"))
@@ -136,13 +159,14 @@ def _link(id: str, content: dict[str, Any]) -> FamilyLink | None:
     dependent = reference_of(content.get("patient"))
     if primary is None or relationship is None or dependent is None:
         return None
-    end = (content.get("period") or {}).get("end")
+    # not yet ended counts (a link that starts later still binds the family rules)
+    end = window(content.get("period")).end
     return FamilyLink(
         related_person=f"RelatedPerson/{id}",
         primary=primary,
         dependent=dependent,
         relationship=relationship,
-        active=content.get("active") is not False and end is None,
+        active=content.get("active") is not False and (end is None or now < end),
     )
 
 
@@ -336,7 +360,8 @@ async def add_dependent(
     guard = ctx.guard
     require_primary(guard, primary)
     server = ctx.as_server()
-    today = ctx.clock().date()
+    now = ctx.clock()
+    today = now.date()
     primary_content = await patient_content(conn, primary)
     relationship = request.relationship
 
@@ -362,6 +387,7 @@ async def add_dependent(
             patient["identifier"] = identifiers
         ctx.validator.validate(patient, expected_type="Patient")
         version = create.creation(server, patient, create.new_id(), method="POST")
+        check_new_dependent(guard, version)
         await repository.insert_new(conn, version)
         dependent = f"Patient/{version.id}"
         created_patient = True
@@ -370,7 +396,7 @@ async def add_dependent(
         )
     dependent_content = await patient_content(conn, dependent)
 
-    links = await family_links(conn)
+    links = await family_links(conn, now)
     check_rules(
         relationship,
         primary,
@@ -429,13 +455,16 @@ ORDER BY r.id
 )
 
 
-async def coverage_of(conn: Connection, patient: str) -> list[tuple[str, int, dict[str, Any]]]:
-    """The active Coverage resources whose beneficiary is `patient`."""
+async def coverage_of(
+    conn: Connection, patient: str, now: datetime
+) -> list[tuple[str, int, dict[str, Any]]]:
+    """The active Coverage resources whose beneficiary is `patient`: status active and a
+    `period` (if any) covering `now` as instants (compartments/periods.py)."""
     rows = await fetch_all(conn, _COVERAGE_OF, {"id": patient.split("/", 1)[1]})
     found = []
     for id, version_id, text in rows:
         content = orjson.loads(text)
-        if content.get("status") == "active":
+        if content.get("status") == "active" and window(content.get("period")).covers(now):
             found.append((id, version_id, content))
     return found
 
@@ -464,10 +493,12 @@ async def remove_dependent(
     guard = ctx.guard
     require_primary(guard, primary)
     server = ctx.as_server()
-    today = ctx.clock().date().isoformat()
+    now = ctx.clock()
+    # ended now, to the second: an end date would last until midnight (periods.py)
+    ended_at = format_instant(now)
     links = [
         link
-        for link in await family_links(conn)
+        for link in await family_links(conn, now)
         if link.active
         and (
             (link.primary == primary and link.dependent == dependent)
@@ -480,7 +511,7 @@ async def remove_dependent(
     ]
     if not any(link.primary == primary for link in links):
         raise NotFound(f"`{dependent}` is not a dependent of `{primary}`")
-    coverage = await coverage_of(conn, dependent)
+    coverage = await coverage_of(conn, dependent, now)
     if coverage and not confirm:
         schemes = ", ".join(
             s["scheme"] or "(unnamed)" for _, _, c in coverage for s in [_scheme(c)]
@@ -493,7 +524,7 @@ async def remove_dependent(
     ended: list[str] = []
     for id, _, content in coverage:
         content["status"] = "cancelled"
-        content["period"] = {**content.get("period", {}), "end": today}
+        content["period"] = {**content.get("period", {}), "end": ended_at}
         await rewrite(server, conn, "Coverage", id, content)
         ended.append(f"Coverage/{id}")
         guard.record_workflow(
@@ -505,7 +536,7 @@ async def remove_dependent(
         assert found is not None and found.content is not None
         content = parse_json(found.content)
         content["active"] = False
-        content["period"] = {**content.get("period", {}), "end": today}
+        content["period"] = {**content.get("period", {}), "end": ended_at}
         await rewrite(server, conn, type_, id, content)
         guard.record_workflow(
             "update", link.related_person, f"family workflow: {primary} removed {dependent}"
@@ -565,8 +596,9 @@ async def family_members(ctx: Context, conn: Connection, primary_id: str) -> lis
     primary = f"Patient/{primary_id}"
     guard = ctx.guard
     require_primary(guard, primary)
-    today = ctx.clock().date()
-    links = await family_links(conn)
+    now = ctx.clock()
+    today = now.date()
+    links = await family_links(conn, now)
     mine = [link for link in links if link.active and link.primary == primary]
     found: dict[str, tuple[str, str | None]] = {
         link.dependent: (link.relationship, link.related_person) for link in mine
@@ -601,7 +633,7 @@ async def family_members(ctx: Context, conn: Connection, primary_id: str) -> lis
                 added=added,
                 is_minor=age is not None and age < guard.facts.majority_age,
                 access=_clinical_access(guard, member, related_person),
-                coverage=[(id, _scheme(c)) for id, _, c in await coverage_of(conn, member)],
+                coverage=[(id, _scheme(c)) for id, _, c in await coverage_of(conn, member, now)],
             )
         )
     return members
@@ -693,11 +725,12 @@ async def emergency_contacts(ctx: Context, conn: Connection, patient_id: str) ->
     )
     statement, _ = search_statement(query, guard.access("read"), local_bases=ctx.local_bases)
     contacts = []
+    now = ctx.clock()
     for _, id, text, *_ in await fetch_all(conn, statement):
         content = orjson.loads(text)
-        if content.get("active") is False or (content.get("period") or {}).get("end"):
+        if content.get("active") is False or not window(content.get("period")).covers(now):
             continue
-        telecom = preferred_telecom(content.get("telecom", []))
+        telecom = preferred_telecom(content.get("telecom", []), now)
         contacts.append(
             {
                 "name": "contact",
@@ -713,10 +746,10 @@ async def emergency_contacts(ctx: Context, conn: Connection, patient_id: str) ->
     return {"resourceType": "Parameters", "parameter": contacts}
 
 
-def preferred_telecom(telecom: list[dict[str, Any]]) -> dict[str, Any] | None:
+def preferred_telecom(telecom: list[dict[str, Any]], now: datetime) -> dict[str, Any] | None:
     """The contact point to use first: the lowest `rank` (1 is preferred), phones before
-    others, ended ones never."""
-    usable = [t for t in telecom if not (t.get("period") or {}).get("end")]
+    others, only those whose `period` covers `now` (as instants)."""
+    usable = [t for t in telecom if window(t.get("period")).covers(now)]
     if not usable:
         return None
     return min(

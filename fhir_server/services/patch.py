@@ -1,4 +1,4 @@
-"""patch with JSON Patch (RFC 6902); the result is validated like any write."""
+"""patch with JSON Patch (RFC 6902); the result is validated like any write. Conditional patch."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import jsonpatch
 import jsonpointer
 
 from fhir_server.errors import BadRequest, Gone, NotFound, Unprocessable
+from fhir_server.services import conditional
 from fhir_server.services.access import (
     check_result,
     check_stored,
@@ -126,3 +127,23 @@ async def patch(
     await repository.write_version(conn, version)
     guard.changed(f"{resource_type}/{id}", stored, resource)
     return Result.written(200, version)
+
+
+async def conditional_patch(
+    ctx: Context,
+    conn: Connection,
+    resource_type: str,
+    criteria: str,
+    body: Any,
+    *,
+    if_match: int | None = None,
+) -> Result:
+    """`PATCH [type]?criteria` (R4 http.html#patch), among the resources the caller may see: the
+    patch of the one match; no match, 404 (a patch creates nothing); several, 412."""
+    _operations(body, ctx.settings.max_patch_operations)
+    match = await conditional.single_match(
+        ctx, conn, resource_type, criteria, interaction="conditional patch"
+    )
+    if match is None:
+        raise NotFound(f"no `{resource_type}` matches the conditional patch criteria `{criteria}`")
+    return await patch(ctx, conn, resource_type, match, body, if_match=if_match)

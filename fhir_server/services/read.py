@@ -48,6 +48,7 @@ async def _current(
             and not grant.everything
             and grant.within is None
             and not grant.criteria
+            and not grant.parts
         ):
             epoch, found = await repository.read_granted(conn, resource_type, id, grant)
             if await guard.verify(conn, epoch):

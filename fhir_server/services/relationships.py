@@ -13,10 +13,11 @@ one, which then waits, `proposed`, until the patient approves it. With
 from __future__ import annotations
 
 import time
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 from compartments.engine import CONSENT_SCOPE_SYSTEM, Target
+from compartments.periods import format_instant, span, window
 from fhir_server.metrics import DELEGATION_REQUESTS, RELATIONSHIP_VERIFICATIONS, VERIFICATION_TIME
 from fhir_server.services import create
 from fhir_server.services.access import Guard, as_user, reference_of
@@ -144,7 +145,7 @@ async def _verify(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
         raise RelationshipError(
             403, "not_authorized", "only the requesting user, the patient or a service may ask"
         )
-    guard = await as_user(conn, ctx.guard, requester, "user/*.rs")
+    guard = await as_user(conn, ctx.guard, requester, "user/*.rs", now=ctx.clock())
     target = Target(frozenset({patient}))
     decisions = {
         scope: guard.decide("read", PROBES[DATA_SCOPES[scope]], target) for scope in requested
@@ -183,24 +184,24 @@ def _relationship(
     chain: list[dict[str, str]] = []
     kind: str | None = None
     verified = False
-    ends: list[date] = []
+    ends: list[datetime] = []
     facts = guard.facts
     for identity in guard.identities:
         if identity.reference == patient:
             chain.append(_link(patient, identity.reference, "self"))
             kind, verified = kind or "self", verified or identity.verified
         link = facts.related_persons.get(identity.reference)
-        if link is not None and link.patient == patient and link.in_force(facts.today):
+        if link is not None and link.patient == patient and link.in_force(facts.now):
             code = next(iter(sorted(link.relationships & set(ROLE_NAMES))), None)
             name = ROLE_NAMES.get(code or "", "related_person")
             chain.append(_link(patient, identity.reference, name))
             kind, verified = kind or name, verified or identity.verified
-            if link.end is not None:
-                ends.append(link.end)
+            if (last := link.period.last_instant) is not None:
+                ends.append(last)
         if patient in facts.care.get(identity.reference, frozenset()):
             chain.append(_link(patient, identity.reference, "care_team"))
             kind, verified = kind or "healthcare_provider", verified or identity.verified
-    expiration = f"{min(ends).isoformat()}T23:59:59Z" if ends else None
+    expiration = format_instant(min(ends)) if ends else None
     return chain, kind, verified, expiration
 
 
@@ -212,17 +213,25 @@ def _link(patient: str, to: str, relationship: str) -> dict[str, str]:
     }
 
 
-def _expiry(body: dict[str, Any]) -> str | None:
+def _expiry(body: dict[str, Any], now: datetime) -> str | None:
+    """`expires_at` as the Consent's `provision.period.end`, to the precision it was given:
+    a date lasts to the end of that (UTC) day, an instant (with its zone) to that second."""
     value = body.get("expires_at")
     if value is None:
         return None
     if not isinstance(value, str):
         raise RelationshipError(400, "invalid_request", "`expires_at` must be a date or instant")
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise RelationshipError(400, "invalid_request", "`expires_at` is not a date") from None
-    return moment.date().isoformat()
+    covered = span(value)
+    if covered is None or not (len(value) == 10 or "T" in value):
+        raise RelationshipError(
+            400,
+            "invalid_request",
+            f"`expires_at` `{value[:40]}` is not a date (`2026-12-31`) or an instant with a "
+            "time zone (`2026-12-31T18:00:00Z`)",
+        )
+    if covered[1] <= now:
+        raise RelationshipError(400, "invalid_request", "`expires_at` is in the past")
+    return value
 
 
 async def delegate(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
@@ -242,7 +251,8 @@ async def _delegate(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]
     patient_id = _text(body, "patient_id")
     delegate_id = _text(body, "delegate_id")
     scopes = _scopes(body, "delegation_scope")
-    expires = _expiry(body)
+    now = ctx.clock()
+    expires = _expiry(body, now)
     patient = await _resolve(conn, patient_id, ("Patient",))
     delegate_ref = await _resolve(conn, delegate_id, ("RelatedPerson",))
     if patient is None or delegate_ref is None:
@@ -254,7 +264,7 @@ async def _delegate(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]
             400, "invalid_request", "the delegate must be a RelatedPerson of the patient"
         )
     guard = ctx.guard
-    consent = _consent(patient, delegate_ref, scopes, ctx.clock().date().isoformat(), expires)
+    consent = _consent(patient, delegate_ref, scopes, format_instant(now), expires)
     as_grantor = guard.decide(
         "create",
         "Consent",
@@ -281,9 +291,9 @@ async def _delegate(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]
 
 
 def _consent(
-    patient: str, delegate_ref: str, scopes: list[str], today: str, expires: str | None
+    patient: str, delegate_ref: str, scopes: list[str], now: str, expires: str | None
 ) -> dict[str, Any]:
-    period = {"start": today, **({"end": expires} if expires else {})}
+    period = {"start": now, **({"end": expires} if expires else {})}
     return {
         "resourceType": "Consent",
         "status": "proposed",
@@ -297,7 +307,7 @@ def _consent(
         },
         "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
         "patient": {"reference": patient},
-        "dateTime": f"{today}T00:00:00Z",
+        "dateTime": now,
         "provision": {
             "type": "permit",
             "period": period,
@@ -336,8 +346,14 @@ def _delegation(
         "delegator_id": patient.split("/", 1)[1],
         "delegate_id": delegate_ref.split("/", 1)[1],
         "delegation_scope": scopes,
-        "expires_at": f"{expires}T23:59:59Z" if expires else None,
+        "expires_at": _last_instant(expires),
     }
+
+
+def _last_instant(end: str | None) -> str | None:
+    """The last second a `provision.period.end` covers (`2026-12-31` -> `...T23:59:59Z`)."""
+    last = window({"end": end}).last_instant if end else None
+    return format_instant(last) if last is not None else None
 
 
 async def approve(ctx: Context, conn: Connection, delegation_id: str) -> dict[str, Any]:

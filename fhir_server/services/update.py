@@ -1,10 +1,11 @@
-"""update (PUT), with If-Match and update-as-create."""
+"""update (PUT), with If-Match and update-as-create; conditional update (`PUT [type]?criteria`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from fhir_server.errors import BadRequest, MethodNotAllowed, PreconditionFailed
+from fhir_server.services import conditional
 from fhir_server.services.access import (
     check_result,
     check_stored,
@@ -12,7 +13,7 @@ from fhir_server.services.access import (
     protect_meta,
 )
 from fhir_server.services.context import Context
-from fhir_server.services.create import creation
+from fhir_server.services.create import create, creation
 from fhir_server.services.offload import cpu
 from fhir_server.services.outcome import Result
 from fhir_server.services.resources import check_id, new_version, parse_json, validated
@@ -95,3 +96,67 @@ async def update(
         guard.changed(f"{resource_type}/{id}", stored, resource)
         return Result.written(201 if locked.deleted else 200, version)
     raise PreconditionFailed(f"`{resource_type}/{id}` is being created concurrently; retry")
+
+
+async def conditional_update(
+    ctx: Context,
+    conn: Connection,
+    resource_type: str,
+    criteria: str,
+    body: Any,
+    *,
+    if_match: int | None = None,
+) -> Result:
+    """`PUT [type]?criteria` (R4 http.html#cond-update), among the resources the caller may see:
+    no match and no `id` in the body, a create with a server id (through the same create as a
+    POST); no match and an `id`, the update (or update-as-create) of that id, exactly as `PUT
+    [type]/id`; one match, its update (a different `id` in the body is a 400); several, 412. A
+    match the caller may not see is no match (docs/architecture.md, conditional interactions)."""
+    resource = await cpu(validated, ctx, body, resource_type=resource_type)
+    await conditional.serialize(conn, [conditional.lock_slot(resource_type, criteria)])
+    match = await conditional.single_match(
+        ctx, conn, resource_type, criteria, interaction="conditional update"
+    )
+    return await apply_conditional_update(
+        ctx, conn, resource_type, match, resource, if_match=if_match
+    )
+
+
+def conditional_target(
+    resource_type: str, match: str | None, resource: dict[str, Any], if_match: int | None
+) -> str | None:
+    """The id a conditional update writes once its criteria resolved to `match` (None: no
+    match): the match; with no match, the body's id (an update, or update-as-create); None for a
+    create under a new server id. A body id that is not the match's is a 400; If-Match with
+    nothing to match, a 412."""
+    body_id = resource.get("id")
+    if match is None:
+        if body_id is None and if_match is not None:
+            raise PreconditionFailed(
+                f"If-Match asks for version {if_match} but no `{resource_type}` matches"
+            )
+        return None if body_id is None else str(body_id)
+    if body_id is not None and body_id != match:
+        raise BadRequest(
+            f"the body's id `{body_id}` is not the id of the resource the criteria match",
+            expression=["id"],
+        )
+    return match
+
+
+async def apply_conditional_update(
+    ctx: Context,
+    conn: Connection,
+    resource_type: str,
+    match: str | None,
+    resource: dict[str, Any],
+    *,
+    if_match: int | None = None,
+) -> Result:
+    """A conditional update once its criteria resolved to `match` (None: no match)."""
+    target = conditional_target(resource_type, match, resource, if_match)
+    if target is None:
+        return await create(ctx, conn, resource_type, resource, method="PUT")
+    return await update(
+        ctx, conn, resource_type, target, {**resource, "id": target}, if_match=if_match
+    )

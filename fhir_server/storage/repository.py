@@ -289,8 +289,8 @@ def _granted(resource_type: str, id: str, grant: Grant) -> dict[str, Any]:
 async def read_granted(
     conn: Connection, resource_type: str, id: str, grant: Grant
 ) -> tuple[int, StoredVersion | None]:
-    """The access epoch and the current version, if `grant` (compartments and creators only)
-    lets the caller see it."""
+    """The access epoch and the current version, if `grant` (compartments and creators only,
+    no parts) lets the caller see it."""
     row = await fetch_one(conn, _read_granted_epoch, _granted(resource_type, id, grant))
     assert row is not None, "migration 0003 creates the access epoch"
     epoch, version_id, last_updated, deleted, content = row
@@ -312,7 +312,7 @@ async def read_current(
     if grant.unrestricted:
         statement: Statement | ClauseElement = _read_current
         params: dict[str, Any] = {"t": resource_type, "i": id}
-    elif grant.within is None and not grant.criteria:
+    elif grant.within is None and not grant.criteria and not grant.parts:
         statement = _read_granted
         params = _granted(resource_type, id, grant)
     else:

@@ -68,19 +68,30 @@ from fhir_server.storage.tables import SEARCH_TABLES, resources
 @dataclass(frozen=True, slots=True)
 class Grant:
     """Which rows of one resource type the caller may see (DESIGN.md 5.5): everything, or those in
-    any of `compartments` or created by one of `creators`; then, if set, only those also in the
-    `within` compartment (a `patient/` scope's launch context) and matching one of `criteria`
-    (granular scopes such as `Observation.rs?category=laboratory`, each a conjunction)."""
+    any of `compartments`, created by one of `creators` or admitted by one of `parts`; then, if
+    set, only those also in the `within` compartment (a `patient/` scope's launch context) and
+    matching one of `criteria` (granular scopes such as `Observation.rs?category=laboratory`,
+    each a conjunction)."""
 
     everything: bool = False
     compartments: frozenset[str] = frozenset()
     creators: frozenset[str] = frozenset()
+    parts: tuple[GrantPart, ...] = ()
     within: str | None = None
     criteria: tuple[tuple[Criterion, ...], ...] = ()
 
     @property
     def unrestricted(self) -> bool:
         return self.everything and self.within is None and not self.criteria
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class GrantPart:
+    """The rows of a compartment a Consent opens: all but `ids` (`every`), or only `ids`."""
+
+    compartment: str
+    every: bool
+    ids: tuple[str, ...] = ()
 
 
 UNRESTRICTED = Grant(everything=True)
@@ -238,6 +249,17 @@ class _Planner:
             if grant.creators:
                 creators = self.value(sorted(grant.creators), "text[]")
                 visible.append(("any", _col(row, "created_by"), creators))
+            for part in grant.parts:
+                inside: Node = (
+                    "contains",
+                    _col(row, "compartments"),
+                    self.value([part.compartment]),
+                )
+                if part.ids:
+                    listed: Node = ("any", _col(row, "id"), self.value(list(part.ids), "text[]"))
+                    visible.append(("and", inside, ("not", listed) if part.every else listed))
+                elif part.every:
+                    visible.append(inside)
             conditions.append(("or", FALSE, *visible))
         if grant.within is not None:
             conditions.append(("contains", _col(row, "compartments"), self.value([grant.within])))

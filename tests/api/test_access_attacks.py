@@ -54,7 +54,14 @@ def lab_results_consent(world: World) -> dict[str, Any]:
             "type": "permit",
             "actor": [
                 {
-                    "role": {"coding": [{"code": "GRANTEE"}]},
+                    "role": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode",
+                                "code": "GRANTEE",
+                            }
+                        ]
+                    },
                     "reference": {"reference": world.ref("relative")},
                 }
             ],

@@ -69,6 +69,7 @@ def test_failed_transaction_changes_nothing(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     existing = client.post("/Patient", json={"resourceType": "Patient", "gender": "male"}).json()
+    other = client.post("/Patient", json={"resourceType": "Patient", "gender": "male"}).json()
     before = table_counts(db)
     bundle = transaction(
         {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "Patient"}},
@@ -76,7 +77,7 @@ def test_failed_transaction_changes_nothing(
             "resource": {**existing, "gender": "female"},
             "request": {"method": "PUT", "url": f"Patient/{existing['id']}"},
         },
-        {"request": {"method": "DELETE", "url": f"Patient/{existing['id']}"}},
+        {"request": {"method": "DELETE", "url": f"Patient/{other['id']}"}},
         {
             "resource": {"resourceType": "Patient", "birthDate": "not-a-date"},
             "request": {"method": "POST", "url": "Patient"},
@@ -88,6 +89,7 @@ def test_failed_transaction_changes_nothing(
     assert issue["expression"][0].startswith("Bundle.entry[3]")
     assert table_counts(db) == before
     assert client.get(f"/Patient/{existing['id']}").json()["gender"] == "male"
+    assert client.get(f"/Patient/{other['id']}").status_code == 200
 
 
 def test_transaction_with_stale_if_match_rolls_back(

@@ -22,6 +22,12 @@ from tests.access_world import snapshot, years_ago
 from tests.conftest import LiveServer, _drop_database, _fresh_database, auth, token
 
 NATIONAL = "http://nationalid.gov.ke"
+# the actor role of a Consent's grantee (information recipient)
+GRANTEE = {
+    "coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}
+    ]
+}
 
 
 def scope_consent(patient: str, actor: str, scope: str) -> dict[str, Any]:
@@ -41,7 +47,7 @@ def scope_consent(patient: str, actor: str, scope: str) -> dict[str, Any]:
         "patient": {"reference": patient},
         "provision": {
             "type": "permit",
-            "actor": [{"role": {"text": "grantee"}, "reference": {"reference": actor}}],
+            "actor": [{"role": GRANTEE, "reference": {"reference": actor}}],
             "code": [{"coding": [{"system": CONSENT_SCOPE_SYSTEM, "code": scope}]}],
         },
     }

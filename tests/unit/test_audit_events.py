@@ -5,12 +5,21 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
 from compartments.engine import Decision
 from compartments.policy import OPERATIONS, Reason, Rule
-from fhir_server.audit.trail import audit_event, record_of, stored_event
+from fhir_server.audit.trail import (
+    BOUNDED_EXTENSION,
+    ID_MAX,
+    MAX_PATIENTS,
+    TYPE_MAX,
+    audit_event,
+    record_of,
+    stored_event,
+)
 from fhir_server.services.access import Audited
 from fhir_server.services.context import Context, server_guard
 from fhir_server.services.resources import new_version
@@ -77,3 +86,134 @@ def test_stored_event_is_what_the_generic_write_path_stores(
         assert sorted(map(repr, getattr(fast.index, kind))) == sorted(
             map(repr, getattr(generic.index, kind))
         ), kind
+
+
+# --- hostile values: whatever a token, a header or a request carries, the event can be stored ---
+
+# text as hostile as a token can make it: NUL, lone surrogates, any Unicode, long runs
+hostile_text = st.one_of(
+    st.text(max_size=20),
+    st.text(alphabet=st.sampled_from(["\x00", "\ud800", "\udfff", "x", "é", "\u2026", " "])),
+    st.builds(
+        lambda c, n: c * n, st.sampled_from(["x", "\x00", "\ud83d", "é"]), st.integers(60, 12_000)
+    ),
+)
+hostile_accounts = st.builds(
+    lambda t, i: f"{t}/{i}",
+    st.sampled_from(["Patient", "RelatedPerson", "Practitioner", "Person", "System", "Admin"]),
+    hostile_text,
+)
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in [k, *_strings(v)]]
+    if isinstance(value, list | tuple):
+        return [s for v in value for s in _strings(v)]
+    return []
+
+
+@given(
+    account=hostile_accounts,
+    resource=st.one_of(st.none(), st.builds(lambda i: f"Observation/{i}", hostile_text)),
+    patients=st.lists(hostile_text, max_size=3),
+    explanation=hostile_text,
+    purpose=st.one_of(st.none(), hostile_text),
+    reason=st.one_of(st.none(), hostile_text),
+    diff=st.one_of(st.none(), hostile_text.filter(bool)),  # a diff is never empty
+    emergency=st.booleans(),
+)
+def test_a_hostile_decision_is_bounded_flagged_and_still_a_valid_event(
+    account: str,
+    resource: str | None,
+    patients: list[str],
+    explanation: str,
+    purpose: str | None,
+    reason: str | None,
+    diff: str | None,
+    emergency: bool,
+) -> None:
+    guard = server_guard()
+    guard.account = account
+    guard.purpose_of_use = purpose
+    guard.reason = reason
+    if resource is not None and diff is not None:
+        guard.changes[resource] = diff
+    decision = Decision(
+        allowed=True,
+        explanation=explanation,
+        compartments=frozenset(f"Patient/{p}" for p in patients),
+        emergency=emergency,
+    )
+    now = datetime.now(UTC)
+    record = record_of(guard, Audited("update", "Observation", resource, decision), now)
+    event = audit_event(record, "s")
+    CTX.validator.validate(dict(event), expected_type="AuditEvent")
+    stored = stored_event(dict(event), "id-1", now)
+    assert stored.content is not None
+    # nothing the database refuses: no NUL (text, jsonb), no lone surrogate (UTF-8)
+    for text in [stored.content, *stored.compartments, *_strings(stored.index)]:
+        assert "\x00" not in text and "\\u0000" not in text
+        text.encode("utf-8")
+    # every reference the index keeps in varchar(64) columns fits them, and names nothing
+    # that was not in the decision as it was
+    assert stored.index is not None
+    for _, target_type, target_id, *_ in stored.index.reference:
+        assert target_type is None or len(target_type) <= TYPE_MAX
+        assert target_id is None or len(target_id) <= ID_MAX
+        assert target_id is None or f"{target_type}/{target_id}" in {
+            account,
+            resource,
+            *(f"Patient/{p}" for p in patients),
+        }
+    for compartment in stored.compartments:
+        assert compartment in {account, *(f"Patient/{p}" for p in patients)}
+    content = orjson.loads(stored.content)
+    assert len(content["outcomeDesc"]) <= 1000
+    # an event that had to be bounded says so, and names what; an event that did not, does not
+    changed = (
+        record.account != account
+        or record.resource != resource
+        or record.explanation != explanation
+        or record.purpose_of_use != purpose
+        or record.purpose_text != reason
+        or (resource is not None and diff is not None and record.diff != diff)
+        or list(record.patients) != sorted({f"Patient/{p}" for p in patients})[:MAX_PATIENTS]
+    )
+    tagged = [t for t in content.get("meta", {}).get("tag", ()) if t["code"] == "bounded"]
+    assert bool(tagged) == changed == bool(record.bounded)
+    if changed:
+        assert content["extension"] == [
+            {"url": BOUNDED_EXTENSION, "valueString": " ".join(record.bounded)}
+        ]
+    # and the fast path still stores what the generic write path would (references that name
+    # no resource are indexed by their text, as `new_version` does), whenever the generic path
+    # reads the same references (it reads `|` as a canonical version and `/` as a path)
+    if not any(c in s for s in (account, resource or "", *patients) for c in "|/"):
+        generic = new_version(
+            CTX, dict(event), id="id-1", version_id=1, last_updated=now, method="POST"
+        )
+        assert stored.content == generic.content
+        assert sorted(stored.compartments) == sorted(generic.compartments)
+        assert generic.index is not None
+        for kind in ("string", "token", "date", "reference", "number", "quantity", "uri"):
+            assert sorted(map(repr, getattr(stored.index, kind))) == sorted(
+                map(repr, getattr(generic.index, kind))
+            ), kind
+
+
+def test_a_shortened_reference_cannot_name_a_real_resource() -> None:
+    victim = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b"
+    guard = server_guard()
+    guard.account = f"Patient/{victim}{'x' * 100}"
+    decision = Decision(allowed=True, explanation="", compartments=frozenset({guard.account}))
+    record = record_of(guard, Audited("search", "Observation", None, decision), datetime.now(UTC))
+    assert record.account.startswith(f"Patient/{victim}") and record.account.endswith("\u2026")
+    assert len(record.account.split("/", 1)[1]) == ID_MAX
+    stored = stored_event(audit_event(record, "s"), "id-1", record.recorded)
+    # the event is in nobody's compartment and indexes the agent by its text only
+    assert stored.compartments == []
+    assert stored.index is not None
+    assert all(row[2] != victim for row in stored.index.reference)

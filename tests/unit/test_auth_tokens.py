@@ -91,6 +91,15 @@ def test_a_good_token_gives_the_principal(keys: dict[str, Any], verifier: TokenV
         (claims(scope="user/*.rs", fhirUser=None), "fhirUser"),
         (claims(fhirUser="Organization/1"), "fhirUser"),
         (claims(scope="user/Observation.sr"), "subsequence"),
+        # identity claims reach SQL and the audit trail: text PostgreSQL and UTF-8 can hold
+        (claims(fhirUser="Patient/a\x00b"), "`fhirUser` claim holds a NUL"),
+        (claims(fhirUser="Patient/a\ud800"), "`fhirUser` claim holds a NUL or an unpaired"),
+        (claims(sub="user\x00"), "`sub` claim holds a NUL"),
+        (claims(client_id="app\udfff"), "`client_id` claim holds"),
+        (claims(azp="app\x00"), "`azp` claim holds"),
+        (claims(patient="p\x00"), "`patient` claim holds"),
+        (claims(client_id={"name": "app"}), "`client_id` claim must be a string"),
+        (claims(azp=7), "`azp` claim must be a string"),
     ],
 )
 def test_bad_claims_are_unauthorized(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,17 +20,19 @@ from compartments.engine import (
     Target,
     decide,
 )
+from compartments.periods import Window
 from compartments.policy import OPERATIONS, Policy, Reason, Rule, default_policy
 
 POLICY = Policy(default_policy(resource_types()))
 TODAY = date(2026, 11, 23)
+NOW = datetime(2026, 11, 23, 12, tzinfo=UTC)
 PARENT = Identity("RelatedPerson/9")
 CHILD = "Patient/c"
 
 
 def facts(born: date = date(2015, 6, 1), **overrides: Any) -> Facts:
     base: dict[str, Any] = {
-        "today": TODAY,
+        "now": NOW,
         "related_persons": {
             PARENT.reference: RelatedPersonFact(PARENT.reference, CHILD, frozenset({"MTH"}))
         },
@@ -72,7 +74,7 @@ def test_an_adult_dependent_needs_consent_beyond_demographics() -> None:
     assert decide(ask("read", "Patient", CHILD), POLICY, adult).allowed
     denied = decide(ask("read", "Observation", CHILD), POLICY, adult)
     assert not denied.allowed and denied.reason is Reason.CONSENT_REQUIRED
-    consent = ConsentFact(
+    consent = ConsentFact.scoped(
         "Consent/1", CHILD, frozenset({PARENT.reference}), frozenset({"LAB_RESULTS"})
     )
     allowed = decide(
@@ -88,7 +90,7 @@ def test_an_adult_dependent_needs_consent_beyond_demographics() -> None:
 def test_turning_18_ends_full_access_on_the_birthday() -> None:
     born = date(2008, 11, 24)
     assert decide(ask("read", "Observation", CHILD), POLICY, facts(born=born)).allowed
-    birthday = facts(born=born, today=date(2026, 11, 24))
+    birthday = facts(born=born, now=datetime(2026, 11, 24, tzinfo=UTC))
     assert (
         decide(ask("read", "Observation", CHILD), POLICY, birthday).reason
         is Reason.CONSENT_REQUIRED
@@ -97,7 +99,7 @@ def test_turning_18_ends_full_access_on_the_birthday() -> None:
 
 def test_an_ended_or_inactive_link_gives_nothing() -> None:
     ended = RelatedPersonFact(
-        PARENT.reference, CHILD, frozenset({"MTH"}), end=TODAY - timedelta(days=1)
+        PARENT.reference, CHILD, frozenset({"MTH"}), period=Window(end=NOW - timedelta(hours=1))
     )
     decision = decide(
         ask("read", "Patient", CHILD), POLICY, facts(related_persons={PARENT.reference: ended})
@@ -244,7 +246,7 @@ def worlds(draw: st.DrawFn) -> tuple[Request, Facts]:
     consents = draw(
         st.lists(
             st.builds(
-                ConsentFact,
+                ConsentFact.scoped,
                 st.just("Consent/1"),
                 st.sampled_from(["Patient/c", "Patient/q"]),
                 st.frozensets(st.sampled_from(["RelatedPerson/9", "RelatedPerson/8"])),
@@ -255,7 +257,13 @@ def worlds(draw: st.DrawFn) -> tuple[Request, Facts]:
         )
     )
     world = Facts(
-        today=draw(st.dates(min_value=date(2020, 1, 1), max_value=date(2040, 1, 1))),
+        now=draw(
+            st.datetimes(
+                min_value=datetime(2020, 1, 1),
+                max_value=datetime(2040, 1, 1),
+                timezones=st.just(UTC),
+            )
+        ),
         related_persons=links,
         birth_dates={
             "Patient/c": draw(st.dates(min_value=date(2000, 1, 1), max_value=date(2025, 1, 1)))
@@ -303,8 +311,7 @@ def test_revoking_consents_never_widens_access(case: tuple[Request, Facts]) -> N
         **{
             **_fields(world),
             "consents": [
-                ConsentFact(c.reference, c.patient, c.actors, c.scopes, False)
-                for c in world.consents
+                ConsentFact(c.reference, c.patient, None, ("revoked",)) for c in world.consents
             ],
         }
     )
@@ -317,11 +324,11 @@ def test_time_passing_never_widens_a_guardians_access(
     case: tuple[Request, Facts], days: int
 ) -> None:
     request, world = case
-    if any(c.end or c.start for c in world.consents):
+    if any(w.bounds for c in world.consents for w in c.windows):
         return
     now = decide(request, POLICY, world)
     later = decide(
-        request, POLICY, Facts(**{**_fields(world), "today": world.today + timedelta(days=days)})
+        request, POLICY, Facts(**{**_fields(world), "now": world.now + timedelta(days=days)})
     )
     assert _at_most(later, now)
 
