@@ -12,7 +12,6 @@ import re
 from datetime import timedelta
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request, Response
 from starlette.requests import ClientDisconnect
 
@@ -27,7 +26,7 @@ from fhir_server.services import patients_api as service
 from fhir_server.services.access import Guard
 from fhir_server.services.context import Context, server_guard
 from fhir_server.services.patients_api import PatientApiError
-from fhir_server.services.resources import ID_PATTERN
+from fhir_server.services.resources import ID_PATTERN, json_bytes
 from fhir_server.storage import idempotency
 
 log = logging.getLogger(__name__)
@@ -142,7 +141,7 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
                     if replay is not None:
                         return Response(replay.body, replay.status, replay.headers)
                 found = await service.create(ctx, conn, body)
-                payload = orjson.dumps(service.from_fhir(found))
+                payload = json_bytes(service.from_fhir(found))
                 headers = {**_etag(found.version_id), "Content-Type": "application/json"}
                 if key:
                     await idempotency.store(conn, scope, key, 201, headers, payload)

@@ -92,6 +92,11 @@ def _serialize_default(value: Any) -> Any:
     raise TypeError(f"cannot serialize `{type(value).__name__}`")
 
 
+def json_bytes(value: Any) -> bytes:
+    """JSON of a value that may hold a client's numbers (`DecimalText`), keeping their text."""
+    return orjson.dumps(value, default=_serialize_default)
+
+
 def json_size(value: Any) -> int:
     """The length of `value`'s JSON text, in bytes."""
     return len(orjson.dumps(value, default=_serialize_default))

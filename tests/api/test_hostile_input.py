@@ -815,3 +815,39 @@ def test_a_search_of_a_thousand_values_is_answered(client: httpx.Client) -> None
     assert response.json()["total"] == 1
     response = client.get("/Patient", params={"identifier": values + ",one-more"})
     assert "more than 1000 values" in outcome(response, 400)
+
+
+# --- numbers that keep their text, wherever a response is encoded -----------------------------
+
+
+def test_an_idempotent_create_of_a_body_with_decimals(client: httpx.Client) -> None:
+    """The body's numbers keep their text (`1.50`); the Idempotency-Key's fingerprint of the
+    body used to fail on them."""
+    body = (
+        b'{"resourceType": "Observation", "status": "final", "code": {"text": "weight"},'
+        b' "valueQuantity": {"value": 71.50, "unit": "kg"}}'
+    )
+    headers = {"Idempotency-Key": f"decimal-{uuid.uuid4().hex}"}
+    first = client.post("/Observation", content=body, headers=headers)
+    assert first.status_code == 201, first.text
+    assert b'"value":71.50' in first.content
+    again = client.post("/Observation", content=body, headers=headers)
+    assert again.status_code == 201 and again.json()["id"] == first.json()["id"]
+
+
+def test_the_patient_api_shows_a_decimal_extension_made_through_fhir(
+    live_server: LiveServer, client: httpx.Client
+) -> None:
+    body = (
+        b'{"resourceType": "Patient", "name": [{"family": "Decimal", "given": ["Dee"]}],'
+        b' "extension": [{"url": "urn:fhir-server:StructureDefinition/patient-service-'
+        b'gender-identity", "valueDecimal": 1.50}]}'
+    )
+    created = client.post("/Patient", content=body)
+    assert created.status_code == 201, created.text
+    response = httpx.get(
+        f"{live_server.origin}/api/v1/patients/{created.json()['id']}",
+        headers=auth(scope="system/*.cruds patient:read"),
+    )
+    assert response.status_code == 200, response.text
+    assert b'"gender_identity":1.50' in response.content
