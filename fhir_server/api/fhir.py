@@ -15,19 +15,20 @@ from starlette.types import Receive, Scope, Send
 from capability.definitions import resource_types
 from capability.statement import capability_statement
 from fhir_server.api.deps import (
+    FORM_TYPES,
     FhirInteraction,
     Interaction,
     PatchBody,
     ResourceBody,
     base_url,
+    body_media_type,
     interaction,
-    media_type,
     negotiate,
     read_body,
     runtime,
 )
 from fhir_server.api.responses import fhir_response, read_response, write_response
-from fhir_server.errors import Conflict, NotSupported, UnsupportedMediaType
+from fhir_server.errors import BadRequest, Conflict, NotSupported, UnsupportedMediaType
 from fhir_server.search.query import capabilities as search_capabilities
 from fhir_server.services import (
     bundle,
@@ -268,13 +269,16 @@ async def search_type(fhir: FhirInteraction, type: str, request: Request) -> Res
 
 async def search_type_post(fhir: FhirInteraction, type: str, request: Request) -> Response:
     """`POST [base]/{type}/_search` with `application/x-www-form-urlencoded` parameters."""
-    media = media_type(request)
-    if media != "application/x-www-form-urlencoded":
+    hint = "`application/x-www-form-urlencoded`"
+    if body_media_type(request, FORM_TYPES, hint) is None:
         raise UnsupportedMediaType(
-            f"`Content-Type: {media}` is not supported for _search: send "
-            "`application/x-www-form-urlencoded`"
+            f"_search needs `Content-Type: {hint[1:-1]}`", expression=("http.Content-Type",)
         )
-    form = parse_qsl((await read_body(request)).decode("utf-8", "replace"), keep_blank_values=True)
+    try:
+        text = (await read_body(request)).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the form body is not UTF-8", expression=("http.body",)) from None
+    form = parse_qsl(text, keep_blank_values=True)
     params = [*request.query_params.multi_items(), *form]
     async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
         body = await search.search(ctx, conn, type, params, strict=not fhir.lenient)
