@@ -190,9 +190,11 @@ async def create_resource(
     fhir: FhirInteraction,
     type: str,
     body: ResourceBody,
+    request: Request,
     if_none_exist: IfNoneExist = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
+    refuse_search_in_url(request, "a create", "for a conditional create send `If-None-Exist`")
     # A plain create is one statement, atomic on its own; a conditional one searches first, and
     # one with an Idempotency-Key claims the key in the same transaction.
     unit = fhir.db.transaction() if if_none_exist or idempotency_key else fhir.db.connection()
@@ -202,6 +204,22 @@ async def create_resource(
             return replay
         result = await create.create(ctx, conn, type, body, if_none_exist=if_none_exist)
         return await key.keep(write_response(fhir.ctx.base_url, result, fhir.prefer))
+
+
+# What the URL of any interaction may carry (R4 http.html#parameters).
+URL_PARAMETERS = frozenset({"_format", "_pretty"})
+
+
+def refuse_search_in_url(request: Request, what: str, instead: str) -> None:
+    """400 for search parameters in the URL of an interaction that takes none: some clients
+    send them for another server's conditional create (fhirpy's `get_or_create`), and
+    ignoring them would create a duplicate where the client expected a match."""
+    for name in request.query_params:
+        if name not in URL_PARAMETERS:
+            raise BadRequest(
+                f"`{name}` in the URL of {what} is not supported: {instead}",
+                expression=(f"http.{name}",),
+            )
 
 
 async def read_resource(request: Request) -> Response:

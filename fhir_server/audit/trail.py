@@ -16,9 +16,11 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 from collections.abc import Iterable
 from datetime import datetime
+from queue import Empty
 from typing import Any, NamedTuple
 
 import psycopg
@@ -291,7 +293,7 @@ class AuditTrail:
             self._queue = context.Queue()
             self._process = context.Process(
                 target=_writer_main,
-                args=(self._queue, self._url, self.endpoint),
+                args=(self._queue, self._url, self.endpoint, os.getpid()),
                 name="fhir-audit-writer",
                 daemon=True,
             )
@@ -361,18 +363,32 @@ class AuditTrail:
             await repository.insert_created(conn, versions)
 
 
-def _writer_main(queue: Any, url: str, endpoint: str) -> None:
-    """The writer process: batches of records in, AuditEvents stored, until `None` comes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when it stops
+def _writer_main(queue: Any, url: str, endpoint: str, parent: int) -> None:
+    """The writer process: batches of records in, AuditEvents stored, until `None` comes, or
+    until the server that started it is gone (killed with no chance to say so)."""
+    # the server decides when it stops: a Ctrl-C, a systemd stop or a closed terminal signals
+    # the whole group, and the server still hands over what it has pending when it stops
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_writer(queue, url, endpoint))
+    asyncio.run(_writer(queue, url, endpoint, parent))
 
 
-async def _writer(queue: Any, url: str, endpoint: str) -> None:
+def _next_batch(queue: Any, parent: int) -> Any:
+    """The next batch, or None once the parent is gone (an orphan is adopted by another)."""
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except Empty:
+            if os.getppid() != parent:
+                return None
+
+
+async def _writer(queue: Any, url: str, endpoint: str, parent: int) -> None:
     loop = asyncio.get_running_loop()
     conn: AsyncConnection[Any] | None = None
     while True:
-        batch = await loop.run_in_executor(None, queue.get)
+        batch = await loop.run_in_executor(None, _next_batch, queue, parent)
         if batch is None:
             break
         versions = [stored_record(r, endpoint) for r in batch]

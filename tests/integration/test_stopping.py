@@ -113,10 +113,13 @@ def test_a_stop_signal_stops_the_server_and_the_database(
     serve = Serve(data_dir)
     pid = postmaster(data_dir)
     assert pid is not None and alive(pid)
+    helpers = psutil.Process(serve.proc.pid).children(recursive=True)
     assert serve.stop(signum) == 0, serve.log.read_text()[-3000:]
     assert gone(pid), f"PostgreSQL {pid} still runs after {signum.name}"
     assert postmaster(data_dir) is None  # stopped cleanly: PostgreSQL removed its lock file
     assert f"stopped by {signum.name}" in serve.log.read_text()
+    for helper in helpers:  # the audit writer and multiprocessing's resource tracker
+        assert gone(helper.pid), helper.cmdline()
     # and it was a graceful stop of the server: the lifespan's shutdown ran
     assert "Application shutdown complete" in serve.log.read_text()
 
@@ -125,8 +128,13 @@ def test_after_sigkill_the_next_start_takes_the_database_over(data_dir: Path) ->
     first = Serve(data_dir)
     pid = postmaster(data_dir)
     assert pid is not None
+    helpers = psutil.Process(first.proc.pid).children(recursive=True)
+    assert any("fhir" not in " ".join(h.cmdline()) for h in helpers)  # the audit writer, ...
     first.stop(signal.SIGKILL)
     assert alive(pid)  # what SIGKILL leaves: a database with a dead user listed as its handle
+    # the server's helper processes notice that it is gone and leave (none stays an orphan)
+    for helper in helpers:
+        assert gone(helper.pid), helper.cmdline()
     second = Serve(data_dir)
     assert postmaster(data_dir) == pid  # taken over, not a second server on the same data
     assert httpx.get(f"{second.base}/fhir/metadata", timeout=10).status_code == 200
