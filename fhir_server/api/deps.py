@@ -32,6 +32,7 @@ FORM_TYPES = frozenset({"application/x-www-form-urlencoded"})
 UTF8_NAMES = frozenset({"utf-8", "utf8"})
 # The values of the `fhirVersion` media type parameter that mean R4 (http.html#version-parameter).
 FHIR_VERSIONS = frozenset({"4.0", "4.0.1"})
+_PLAIN_ACCEPTS = frozenset({"application/fhir+json", "application/json", "*/*"})
 _FORMAT_ALIASES = {"json": "application/fhir+json", "application/json": "application/fhir+json"}
 _XML_HINTS = ("xml", "turtle", "ttl")
 
@@ -166,7 +167,7 @@ def negotiate(request: Request) -> None:
         _check_version(params, f"`_format={wanted}`", NotAcceptable, "http._format")
         return
     accept = request.headers.get("accept")
-    if not accept:
+    if not accept or accept in _PLAIN_ACCEPTS:  # most requests, without parsing (a read's path)
         return
     acceptable = False
     for part in accept.split(","):
