@@ -6,7 +6,9 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -51,7 +53,12 @@ def database_url(settings: Settings) -> str:
     from fhir_server import embedded
 
     log.info("POSTGRES_URL is not set: starting the embedded PostgreSQL in %s", settings.data_dir)
+    _embedded.append(settings.data_dir)
     return embedded.start(settings.data_dir)
+
+
+# The embedded servers this command started, to stop however it ends.
+_embedded: list[Path] = []
 
 
 def _migrate(settings: Settings, url: str) -> None:
@@ -165,8 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     # A signal's default action ends the process without running its exit handlers, which
     # would leave the embedded PostgreSQL running (docs/operations.md#stopping).
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _on_stop_signal)
+    handling = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, _on_stop_signal) for s in STOP_SIGNALS} if handling else {}
     try:
         return commands[args.command](settings, args)
     except (Stopped, KeyboardInterrupt) as exc:
@@ -174,12 +181,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("stopped by %s", signal.Signals(received).name)
         return 0
     finally:
-        from fhir_server import embedded
-
         # a second Ctrl-C must not cut the database's stop short (it takes a moment)
-        for ignored in STOP_SIGNALS:
-            signal.signal(ignored, signal.SIG_IGN)
-        embedded.stop()
+        for signum in previous:
+            signal.signal(signum, signal.SIG_IGN)
+        _stop_embedded()
+        for signum, saved in previous.items():
+            signal.signal(signum, signal.SIG_DFL if saved is None else saved)
+
+
+def _stop_embedded() -> None:
+    from fhir_server import embedded
+
+    while _embedded:
+        embedded.stop(_embedded.pop())
 
 
 if __name__ == "__main__":

