@@ -41,9 +41,7 @@ def facts(**overrides: Any) -> Facts:
             SPOUSE: RelatedPersonFact(SPOUSE, ADULT, frozenset({"SPS"})),
         },
         "birth_dates": {CHILD: date(2018, 1, 1), ADULT: date(1990, 1, 1)},
-        "consents": (
-            ConsentFact.scoped("Consent/1", ADULT, {SPOUSE}, {"LAB_RESULTS"}),
-        ),
+        "consents": (ConsentFact.scoped("Consent/1", ADULT, {SPOUSE}, {"LAB_RESULTS"}),),
         "relatives": {
             PARENT: CHILD,
             OTHER_PARENT: CHILD,
