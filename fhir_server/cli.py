@@ -4,13 +4,46 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from fhir_server.api.observability import JsonFormatter
 from fhir_server.settings import Settings
 
 log = logging.getLogger("fhir_server")
+
+# Every way a person, a shell or a process manager (systemd, Kubernetes, supervisord) asks a
+# process to stop. Each one stops the server gracefully and then the embedded PostgreSQL.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(BaseException):
+    """A stop signal, raised where the process is (a BaseException, like KeyboardInterrupt, so
+    that no `except Exception` on the way swallows it)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+# The uvicorn server while `serve` runs: a stop signal then asks it for a graceful shutdown.
+_serving: Any = None
+
+
+def _on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    server = _serving
+    if server is not None and not server.should_exit:
+        # uvicorn itself handles SIGINT and SIGTERM while it serves, and re-raises the signal
+        # after its shutdown (which ends here, below); SIGHUP it leaves to us: the same
+        # graceful shutdown
+        server.handle_exit(signum, frame)
+        return
+    raise Stopped(signum)
 
 
 def database_url(settings: Settings) -> str:
@@ -20,7 +53,12 @@ def database_url(settings: Settings) -> str:
     from fhir_server import embedded
 
     log.info("POSTGRES_URL is not set: starting the embedded PostgreSQL in %s", settings.data_dir)
+    _embedded.append(settings.data_dir)
     return embedded.start(settings.data_dir)
+
+
+# The embedded servers this command started, to stop however it ends.
+_embedded: list[Path] = []
 
 
 def _migrate(settings: Settings, url: str) -> None:
@@ -83,8 +121,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     if settings.migrate_on_start:
         _migrate(settings, url)
     app = create_app(settings, url)
-    log.info("serving FHIR R4 at http://%s:%d/fhir", settings.host, settings.port)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -93,6 +130,13 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         proxy_headers=True,
         log_config=None,  # uvicorn's loggers go through the JSON handler too
     )
+    global _serving
+    _serving = uvicorn.Server(config)
+    log.info("serving FHIR R4 at http://%s:%d/fhir", settings.host, settings.port)
+    try:
+        _serving.run()
+    finally:
+        _serving = None
     return 0
 
 
@@ -126,7 +170,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         "reindex": cmd_reindex,
         "dev-token": cmd_dev_token,
     }
-    return commands[args.command](settings, args)
+    # A signal's default action ends the process without running its exit handlers, which
+    # would leave the embedded PostgreSQL running (docs/operations.md#stopping).
+    handling = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, _on_stop_signal) for s in STOP_SIGNALS} if handling else {}
+    try:
+        return commands[args.command](settings, args)
+    except (Stopped, KeyboardInterrupt) as exc:
+        received = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        log.info("stopped by %s", signal.Signals(received).name)
+        return 0
+    finally:
+        # a second Ctrl-C must not cut the database's stop short (it takes a moment)
+        for signum in previous:
+            signal.signal(signum, signal.SIG_IGN)
+        _stop_embedded()
+        for signum, saved in previous.items():
+            signal.signal(signum, signal.SIG_DFL if saved is None else saved)
+
+
+def _stop_embedded() -> None:
+    from fhir_server import embedded
+
+    while _embedded:
+        embedded.stop(_embedded.pop())
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
@@ -11,7 +12,13 @@ from capability.definitions import resource_types
 from fhir_server.api.observability import ACTOR
 from fhir_server.api.runtime import Runtime
 from fhir_server.auth.tokens import Principal, bearer
-from fhir_server.errors import NotAcceptable, NotSupported, PayloadTooLarge, UnsupportedMediaType
+from fhir_server.errors import (
+    FhirError,
+    NotAcceptable,
+    NotSupported,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from fhir_server.services.access import Guard, load_guard
 from fhir_server.services.context import Context, nobody
 from fhir_server.services.offload import HEAVY, HEAVY_BYTES, in_thread
@@ -20,6 +27,13 @@ from fhir_server.storage.database import Database
 from fhir_server.storage.sql import Connection
 
 JSON_TYPES = frozenset({"application/fhir+json", "application/json"})
+PATCH_TYPES = frozenset({"application/json-patch+json"})
+FORM_TYPES = frozenset({"application/x-www-form-urlencoded"})
+# UTF-8, the only charset of FHIR bodies, by its name and its common alias (any case)
+UTF8_NAMES = frozenset({"utf-8", "utf8"})
+# The values of the `fhirVersion` media type parameter that mean R4 (http.html#version-parameter).
+FHIR_VERSIONS = frozenset({"4.0", "4.0.1"})
+_PLAIN_ACCEPTS = frozenset({"application/fhir+json", "application/json", "*/*"})
 _FORMAT_ALIASES = {"json": "application/fhir+json", "application/json": "application/fhir+json"}
 _XML_HINTS = ("xml", "turtle", "ttl")
 
@@ -141,24 +155,99 @@ def base_url(request: Request, rt: Runtime) -> str:
 
 
 def negotiate(request: Request) -> None:
-    """Only JSON is produced: XML or another format asked for gets 406 with a clear message."""
+    """Only JSON of FHIR R4 is produced: XML, another format or another FHIR version asked for
+    gets 406 with a clear message."""
     wanted = request.query_params.get("_format")
     if wanted is not None:
-        if _FORMAT_ALIASES.get(wanted, wanted).split(";")[0].strip() not in JSON_TYPES:
+        media, params = parse_media_type(_FORMAT_ALIASES.get(wanted, wanted))
+        if media not in JSON_TYPES:
             raise NotAcceptable(
-                f"`_format={wanted}` is not supported: this server speaks JSON only"
+                f"`_format={wanted}` is not supported: this server speaks JSON only",
+                expression=("http._format",),
             )
+        _check_version(params, f"`_format={wanted}`", NotAcceptable, "http._format")
         return
     accept = request.headers.get("accept")
-    if not accept:
+    if not accept or accept in _PLAIN_ACCEPTS:  # most requests, without parsing (a read's path)
         return
-    offered = [part.split(";")[0].strip().lower() for part in accept.split(",")]
-    if any(t in JSON_TYPES or t in {"*/*", "application/*"} for t in offered):
+    acceptable = False
+    for part in accept.split(","):
+        media, params = parse_media_type(part)
+        if media in JSON_TYPES or media in {"*/*", "application/*"}:
+            version = params.get("fhirversion")
+            if version is None or version in FHIR_VERSIONS or media not in JSON_TYPES:
+                acceptable = True
+    if acceptable:
         return
+    versions = [
+        params["fhirversion"]
+        for media, params in map(parse_media_type, accept.split(","))
+        if media in JSON_TYPES and "fhirversion" in params
+    ]
+    if versions:
+        raise NotAcceptable(
+            f"`Accept: {accept}` cannot be served: this server speaks FHIR 4.0 only "
+            f"(`fhirVersion={versions[0]}` asked for)",
+            expression=("http.Accept",),
+        )
     raise NotAcceptable(
         f"`Accept: {accept}` cannot be served: this server speaks JSON only "
-        "(`application/fhir+json`)"
+        "(`application/fhir+json`)",
+        expression=("http.Accept",),
     )
+
+
+def parse_media_type(value: str) -> tuple[str, dict[str, str]]:
+    """A `Content-Type` or one `Accept` entry: its media type (lower case) and its parameters
+    (names in lower case, values unquoted)."""
+    media, *rest = value.split(";")
+    params: dict[str, str] = {}
+    for part in rest:
+        name, _, given = part.partition("=")
+        name = name.strip().lower()
+        if not name:
+            continue
+        given = given.strip()
+        if len(given) >= 2 and given[0] == given[-1] == '"':
+            given = given[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        params[name] = given
+    return media.strip().lower(), params
+
+
+def _check_version(
+    params: dict[str, str], where: str, error: type[FhirError], expression: str
+) -> None:
+    version = params.get("fhirversion")
+    if version is not None and version not in FHIR_VERSIONS:
+        raise error(
+            f"{where} names `fhirVersion={version}`: this server speaks FHIR 4.0 (4.0.1) only",
+            expression=(expression,),
+        )
+
+
+def body_media_type(request: Request, accepted: Collection[str], hint: str) -> str | None:
+    """The media type of the request body, one of `accepted` (or None when the request names
+    none), else 415. Every body is UTF-8 (FHIR R4 http.html): a `charset` other than UTF-8
+    is 415 too, as is a `fhirVersion` other than R4's. Other parameters are ignored."""
+    value = request.headers.get("content-type")
+    if value is None:
+        return None
+    media, params = parse_media_type(value)
+    if media not in accepted:
+        if any(h in media for h in _XML_HINTS):
+            message = f"`Content-Type: {media}` is not supported: send {hint}"
+        else:
+            message = f"`Content-Type: {media}` is not supported here: send {hint}"
+        raise UnsupportedMediaType(message, expression=("http.Content-Type",))
+    charset = params.get("charset")
+    if charset is not None and charset.lower() not in UTF8_NAMES:
+        raise UnsupportedMediaType(
+            f"`Content-Type: {value}` is not supported: the body must be UTF-8 "
+            "(`charset=utf-8`, or no charset)",
+            expression=("http.Content-Type",),
+        )
+    _check_version(params, f"`Content-Type: {value}`", UnsupportedMediaType, "http.Content-Type")
+    return media
 
 
 def prefer_return(prefer: str | None) -> str:
@@ -211,22 +300,9 @@ async def client_json(request: Request, raw: bytes) -> Any:
     return parse_json(raw, limits)
 
 
-def media_type(request: Request) -> str | None:
-    value = request.headers.get("content-type")
-    return value.split(";")[0].strip().lower() if value else None
-
-
 async def resource_body(request: Request) -> Any:
     """A JSON resource body: `application/fhir+json` or `application/json` (or no type at all)."""
-    media = media_type(request)
-    if media is not None and media not in JSON_TYPES:
-        if any(hint in media for hint in _XML_HINTS):
-            message = f"`Content-Type: {media}` is not supported: send `application/fhir+json`"
-        else:
-            message = (
-                f"`Content-Type: {media}` is not a FHIR JSON type; send `application/fhir+json`"
-            )
-        raise UnsupportedMediaType(message)
+    body_media_type(request, JSON_TYPES, "`application/fhir+json`")
     return await json_body(request)
 
 
@@ -234,10 +310,11 @@ ResourceBody = Annotated[Any, Depends(resource_body)]
 
 
 async def patch_body(request: Request) -> Any:
-    media = media_type(request)
-    if media != "application/json-patch+json":
+    media = body_media_type(request, PATCH_TYPES, "`application/json-patch+json`")
+    if media is None:
         raise UnsupportedMediaType(
-            f"`Content-Type: {media}` is not supported for patch: send `application/json-patch+json`"
+            "a patch needs `Content-Type: application/json-patch+json`",
+            expression=("http.Content-Type",),
         )
     return await json_body(request)
 

@@ -15,19 +15,20 @@ from starlette.types import Receive, Scope, Send
 from capability.definitions import resource_types
 from capability.statement import capability_statement
 from fhir_server.api.deps import (
+    FORM_TYPES,
     FhirInteraction,
     Interaction,
     PatchBody,
     ResourceBody,
     base_url,
+    body_media_type,
     interaction,
-    media_type,
     negotiate,
     read_body,
     runtime,
 )
 from fhir_server.api.responses import fhir_response, read_response, write_response
-from fhir_server.errors import Conflict, NotSupported, UnsupportedMediaType
+from fhir_server.errors import BadRequest, Conflict, NotSupported, UnsupportedMediaType
 from fhir_server.search.query import capabilities as search_capabilities
 from fhir_server.services import (
     bundle,
@@ -190,9 +191,11 @@ async def create_resource(
     fhir: FhirInteraction,
     type: str,
     body: ResourceBody,
+    request: Request,
     if_none_exist: IfNoneExist = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
+    refuse_search_in_url(request, "a create", "for a conditional create send `If-None-Exist`")
     # A plain create is one statement, atomic on its own; a conditional one searches first, and
     # one with an Idempotency-Key claims the key in the same transaction.
     unit = fhir.db.transaction() if if_none_exist or idempotency_key else fhir.db.connection()
@@ -202,6 +205,22 @@ async def create_resource(
             return replay
         result = await create.create(ctx, conn, type, body, if_none_exist=if_none_exist)
         return await key.keep(write_response(fhir.ctx.base_url, result, fhir.prefer))
+
+
+# What the URL of any interaction may carry (R4 http.html#parameters).
+URL_PARAMETERS = frozenset({"_format", "_pretty"})
+
+
+def refuse_search_in_url(request: Request, what: str, instead: str) -> None:
+    """400 for search parameters in the URL of an interaction that takes none: some clients
+    send them for another server's conditional create (fhirpy's `get_or_create`), and
+    ignoring them would create a duplicate where the client expected a match."""
+    for name in request.query_params:
+        if name not in URL_PARAMETERS:
+            raise BadRequest(
+                f"`{name}` in the URL of {what} is not supported: {instead}",
+                expression=(f"http.{name}",),
+            )
 
 
 async def read_resource(request: Request) -> Response:
@@ -310,13 +329,16 @@ async def search_type(fhir: FhirInteraction, type: str, request: Request) -> Res
 
 async def search_type_post(fhir: FhirInteraction, type: str, request: Request) -> Response:
     """`POST [base]/{type}/_search` with `application/x-www-form-urlencoded` parameters."""
-    media = media_type(request)
-    if media != "application/x-www-form-urlencoded":
+    hint = "`application/x-www-form-urlencoded`"
+    if body_media_type(request, FORM_TYPES, hint) is None:
         raise UnsupportedMediaType(
-            f"`Content-Type: {media}` is not supported for _search: send "
-            "`application/x-www-form-urlencoded`"
+            f"_search needs `Content-Type: {hint[1:-1]}`", expression=("http.Content-Type",)
         )
-    form = parse_qsl((await read_body(request)).decode("utf-8", "replace"), keep_blank_values=True)
+    try:
+        text = (await read_body(request)).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("the form body is not UTF-8", expression=("http.body",)) from None
+    form = parse_qsl(text, keep_blank_values=True)
     params = [*request.query_params.multi_items(), *form]
     async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
         body = await search.search(ctx, conn, type, params, strict=not fhir.lenient)

@@ -17,10 +17,9 @@ from fastapi import FastAPI, Request
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry.fastapi import GraphQLRouter
 from strawberry.http import GraphQLRequestData
-from strawberry.http.parse_content_type import parse_content_type
 from strawberry.types import Info
 
-from fhir_server.api.deps import Interaction, interaction
+from fhir_server.api.deps import UTF8_NAMES, Interaction, interaction, parse_media_type
 from fhir_server.api.fhir import run_add_dependent
 from fhir_server.errors import BadRequest, FhirError
 from fhir_server.services import family
@@ -220,7 +219,8 @@ async def _context(request: Request) -> dict[str, Any]:
 class _Router(GraphQLRouter[dict[str, Any], None]):
     """strawberry's router, answering 400 where strawberry fails with a server error (a body
     that is not UTF-8, JSON that is neither an object nor a batch) or takes a malformed request
-    (an `operationName` that is not a string)."""
+    (an `operationName` that is not a string), and 415 to a POST that is not `application/json`
+    in UTF-8 (strawberry answers 400, and takes any type with `application/json` in it)."""
 
     limits = InputLimits()
 
@@ -235,13 +235,21 @@ class _Router(GraphQLRouter[dict[str, Any], None]):
         self, request: AsyncHTTPRequestAdapter
     ) -> GraphQLRequestData | list[GraphQLRequestData]:
         if request.method == "POST":
-            media, _ = parse_content_type(request.content_type or "")
-            if "application/json" in media:
-                body = self.parse_json(await request.get_body())
-                if not isinstance(body, dict | list):
-                    raise HTTPException(400, "the body must be a JSON object")
-                if isinstance(body, dict) and not isinstance(body.get("operationName"), str | None):
-                    raise HTTPException(400, "`operationName` must be a string or null")
+            media, params = parse_media_type(request.content_type or "")
+            if media != "application/json":
+                raise HTTPException(
+                    415, f"`Content-Type: {media}` is not supported: send `application/json`"
+                )
+            charset = params.get("charset")
+            if charset is not None and charset.lower() not in UTF8_NAMES:
+                raise HTTPException(
+                    415, f"`charset={charset}` is not supported: the body must be UTF-8"
+                )
+            body = self.parse_json(await request.get_body())
+            if not isinstance(body, dict | list):
+                raise HTTPException(400, "the body must be a JSON object")
+            if isinstance(body, dict) and not isinstance(body.get("operationName"), str | None):
+                raise HTTPException(400, "`operationName` must be a string or null")
         return await super().parse_http_body(request)
 
 

@@ -17,7 +17,14 @@ from starlette.requests import ClientDisconnect
 
 from compartments.engine import Decision
 from compartments.policy import Reason
-from fhir_server.api.deps import base_url, client_json, json_body, read_body, runtime
+from fhir_server.api.deps import (
+    base_url,
+    body_media_type,
+    client_json,
+    json_body,
+    read_body,
+    runtime,
+)
 from fhir_server.api.responses import json_response
 from fhir_server.auth.scopes import granted
 from fhir_server.auth.tokens import bearer
@@ -30,6 +37,7 @@ from fhir_server.services.resources import ID_PATTERN, json_bytes
 from fhir_server.storage import idempotency
 
 log = logging.getLogger(__name__)
+JSON = frozenset({"application/json"})
 _VERSION = re.compile(r"[0-9]{1,18}")
 
 
@@ -124,6 +132,7 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
         if action not in ("create", "list") and not ID_PATTERN.fullmatch(id):
             raise PatientApiError(404, "not_found", "no patient with this id")
         if action == "create":
+            body_media_type(request, JSON, "`application/json`")
             raw = await read_body(request)
             body = await client_json(request, raw)
             key = request.headers.get("idempotency-key")
@@ -154,6 +163,7 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
             return json_response(service.from_fhir(found), 200, _etag(found.version_id))
         if action == "replace":
             version = _if_match(request)
+            body_media_type(request, JSON, "`application/json`")
             body = await json_body(request)
             async with rt.db.transaction() as conn:
                 found = await service.replace(ctx, conn, id, body, version)
@@ -207,7 +217,12 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
             PatientApiError(409, "idempotency_key_reused", "the key was used with another body")
         )
     except FhirError as exc:
-        code = {400: "invalid_body", 404: "not_found", 413: "too_large"}.get(exc.status, "error")
+        code = {
+            400: "invalid_body",
+            404: "not_found",
+            413: "too_large",
+            415: "unsupported_media_type",
+        }.get(exc.status, "error")
         return _error(PatientApiError(exc.status, code, str(exc)))
     except ClientDisconnect:
         raise  # nobody to answer: logged quietly by the last-resort middleware

@@ -8,13 +8,14 @@ import logging
 from fastapi import FastAPI, Request, Response
 from starlette.requests import ClientDisconnect
 
-from fhir_server.api.deps import interaction, json_body
+from fhir_server.api.deps import body_media_type, interaction, json_body
 from fhir_server.api.responses import json_response
 from fhir_server.errors import FhirError, Unauthorized
 from fhir_server.services import relationships
 from fhir_server.services.relationships import RelationshipError
 
 log = logging.getLogger(__name__)
+JSON = frozenset({"application/json"})
 
 
 def _error(status: int, code: str, message: str) -> Response:
@@ -25,7 +26,10 @@ def _error(status: int, code: str, message: str) -> Response:
 async def _run(request: Request, transaction: bool, action: str) -> Response:
     try:
         fhir = interaction(request)
-        body = await json_body(request) if action != "approve" else None
+        body = None
+        if action != "approve":
+            body_media_type(request, JSON, "`application/json`")
+            body = await json_body(request)
         unit = fhir.db.transaction() if transaction else fhir.db.connection()
         async with unit as conn, fhir.authorized(conn) as ctx:
             if action == "verify":
@@ -40,7 +44,12 @@ async def _run(request: Request, transaction: bool, action: str) -> Response:
     except Unauthorized as exc:
         return _error(401, "unauthorized", str(exc))
     except FhirError as exc:
-        code = {400: "invalid_request", 403: "not_authorized", 404: "not_found"}
+        code = {
+            400: "invalid_request",
+            403: "not_authorized",
+            404: "not_found",
+            415: "unsupported_media_type",
+        }
         return _error(exc.status, code.get(exc.status, "error"), str(exc))
     except ClientDisconnect:
         raise  # nobody to answer: logged quietly by the last-resort middleware

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import queue as queues
 import re
 import signal
@@ -688,7 +689,7 @@ class AuditTrail:
             self._acks = context.Queue()
             self._process = context.Process(
                 target=_writer_main,
-                args=(self._queue, self._acks, self._url, self.endpoint),
+                args=(self._queue, self._acks, self._url, self.endpoint, os.getpid()),
                 name="fhir-audit-writer",
                 daemon=True,
             )
@@ -856,14 +857,28 @@ class AuditTrail:
         return self._own
 
 
-def _writer_main(queue: Any, acks: Any, url: str, endpoint: str) -> None:
-    """The writer process: batches of records in, AuditEvents stored, until `None` comes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when it stops
+def _writer_main(queue: Any, acks: Any, url: str, endpoint: str, parent: int) -> None:
+    """The writer process: batches of records in, AuditEvents stored, until `None` comes, or
+    until the server that started it is gone (killed with no chance to say so)."""
+    # the server decides when it stops: a Ctrl-C, a systemd stop or a closed terminal signals
+    # the whole group, and the server still hands over what it has pending when it stops
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_writer(queue, acks, url, endpoint))
+    asyncio.run(_writer(queue, acks, url, endpoint, parent))
 
 
-async def _writer(queue: Any, acks: Any, url: str, endpoint: str) -> None:
+def _next_batch(queue: Any, parent: int) -> Any:
+    """The next item, or None once the parent is gone (an orphan is adopted by another)."""
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except queues.Empty:
+            if os.getppid() != parent:
+                return None
+
+
+async def _writer(queue: Any, acks: Any, url: str, endpoint: str, parent: int) -> None:
     loop = asyncio.get_running_loop()
     conn: Connection | None = None
 
@@ -871,7 +886,7 @@ async def _writer(queue: Any, acks: Any, url: str, endpoint: str) -> None:
         return await AsyncConnection.connect(url, autocommit=True, options=Database.OPTIONS)
 
     while True:
-        item = await loop.run_in_executor(None, queue.get)
+        item = await loop.run_in_executor(None, _next_batch, queue, parent)
         if item is None:
             break
         sequence, batch = item

@@ -52,6 +52,11 @@ MAX_CHAIN_DEPTH = 3
 MAX_INCLUDE_DEPTH = 3
 MAX_VALUES = 1000  # OR-ed values in one parameter, and parameters in one query
 
+# What maintained clients send in the names of other servers, as R4 spells it (docs/search.md,
+# "Aliases"): fhirpy's `count()` sends Aidbox's `_totalMethod`.
+TOTAL_METHODS = {"count": "accurate", "estimate": "estimate", "none": "none"}
+# fhirclient's `$gt`, `$lt`, `$gte`, `$lte` operators are DSTU1's comparison prefixes.
+_OPERATORS = ((">=", "ge"), ("<=", "le"), (">", "gt"), ("<", "lt"))
 _UNESCAPED_COMMA = re.compile(r"(?<!\\),")
 _PREFIX = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)(?=[-+0-9.])")
 
@@ -122,7 +127,34 @@ def split_prefix(value: str) -> tuple[str, str]:
     match = _PREFIX.match(value)
     if match:
         return match.group(1), value[2:]
+    if value[:1] in {">", "<"}:
+        for symbol, prefix in _OPERATORS:
+            if value.startswith(symbol):
+                return prefix, value[len(symbol) :]
     return "eq", value
+
+
+def client_alias(name: str, value: str) -> tuple[str, str]:
+    """A parameter as a maintained client sends it in another server's (or an older FHIR
+    version's) spelling, as R4 spells it; any other parameter as it is."""
+    if name[:1] not in {"_", "i"}:
+        return name, value
+    if name == "_totalMethod":
+        total = TOTAL_METHODS.get(value)
+        if total is None:
+            raise BadRequest(
+                f"`_totalMethod={value}`: use count, estimate or none", expression=[name]
+            )
+        return "_total", total
+    if name == "_sort:asc":  # fhirclient's `$asc` (DSTU2)
+        return "_sort", value
+    if name == "_sort:desc":  # fhirclient's `$desc`
+        return "_sort", ",".join(v if v.startswith("-") else f"-{v}" for v in value.split(","))
+    if name in {"_include:recursive", "_revinclude:recursive"}:  # fhirpy's `recursive=True`
+        return name.replace(":recursive", ":iterate"), value
+    if name == "id":  # fhirclient's `resource.search()`; R4 defines no parameter `id`
+        return "_id", value
+    return name, value
 
 
 def split_unescaped(value: str, separator: str) -> list[str]:
@@ -199,7 +231,8 @@ class _Parser:
         includes: list[Include] = []
         sort: tuple[SortKey, ...] = ()
         seen = 0
-        for name, value in params:
+        for given, raw in params:
+            name, value = client_alias(given, raw)
             seen += 1
             if "\x00" in name or "\x00" in value:
                 raise BadRequest(
@@ -272,7 +305,14 @@ class _Parser:
             options.summary = None if value == "false" else value
             return True
         if name == "_elements":
-            options.elements = tuple(e.strip() for e in value.split(",") if e.strip())
+            elements = tuple(e.strip() for e in value.split(",") if e.strip())
+            excluded = [e for e in elements if e.startswith("-")]
+            if excluded and len(excluded) != len(elements):
+                raise BadRequest(
+                    f"`_elements={value}` mixes elements to keep and (`-`) to leave out",
+                    expression=[name],
+                )
+            options.elements = elements
             return True
         if name == "_sort":
             return True

@@ -49,6 +49,9 @@ FIELDS = frozenset(
         "consent_to_contact",
     }
 )
+# What the server sets and a GET returns: a PUT may send them back (read, modify, write) as long
+# as they are what is stored; a POST may not set them.
+READ_ONLY = ("patient_id", "created_at", "updated_at", "version", "is_deleted")
 ADDRESS_FIELDS = frozenset({"line1", "line2", "city", "state_province", "postal_code", "country"})
 _EMAIL, _E164, _COUNTRY = patient_profile.EMAIL, patient_profile.E164, patient_profile.COUNTRY
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*$")
@@ -87,13 +90,23 @@ class Demographics:
     fields: dict[str, Any]  # normalized
 
 
-def validate(body: Any, today: date) -> Demographics:
-    """The body as normalized demographics, or 400 `validation_error` listing every problem."""
+def validate(body: Any, today: date, *, stored: dict[str, Any] | None = None) -> Demographics:
+    """The body as normalized demographics, or 400 `validation_error` listing every problem.
+
+    `stored`: the API's view of the patient a PUT replaces, whose read-only fields the body may
+    repeat unchanged; without it (a POST) read-only fields are refused."""
     if not isinstance(body, dict):
         raise PatientApiError(400, "invalid_body", "the body must be a JSON object")
     problems: list[dict[str, str]] = []
-    for unknown in sorted(set(body) - FIELDS):
+    for unknown in sorted(set(body) - FIELDS - set(READ_ONLY)):
         problems.append({"field": unknown, "issue": "unknown field"})
+    for field in READ_ONLY:
+        if field not in body:
+            continue
+        if stored is None:
+            problems.append({"field": field, "issue": "read-only: set by the server"})
+        elif not _same(field, body[field], stored[field]):
+            problems.append({"field": field, "issue": "read-only: differs from the stored value"})
     out: dict[str, Any] = {
         "given_name": _name(body.get("given_name"), "given_name", problems, required=True),
         "middle_name": _name(body.get("middle_name"), "middle_name", problems, required=False),
@@ -145,6 +158,26 @@ def validate(body: Any, today: date) -> Demographics:
     if problems:
         raise PatientApiError(400, "validation_error", "the patient is not valid", problems)
     return Demographics(out)
+
+
+def _same(field: str, given: Any, stored: Any) -> bool:
+    """Whether a read-only field sent back is the stored one: timestamps as instants (a client
+    may write `Z` for `+00:00`), the rest exactly, of the same JSON type."""
+    if field in {"created_at", "updated_at"}:
+        if not isinstance(given, str) or not isinstance(stored, str):
+            return False
+        try:
+            return _instant(given) == _instant(stored)
+        except ValueError:
+            return False
+    return type(given) is type(stored) and bool(given == stored)
+
+
+def _instant(text: str) -> datetime:
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError("an instant has a time zone")
+    return moment
 
 
 def _limit(query: dict[str, str]) -> int:
@@ -349,7 +382,8 @@ async def read(conn: Connection, id: str) -> StoredVersion:
 async def replace(
     ctx: Context, conn: Connection, id: str, body: Any, if_match: int
 ) -> StoredVersion:
-    d = validate(body, ctx.clock().date())
+    if not isinstance(body, dict):
+        raise PatientApiError(400, "invalid_body", "the body must be a JSON object")
     locked = await repository.lock_current(conn, "Patient", id)
     if locked is None or locked.deleted:
         raise PatientApiError(404, "not_found", "no patient with this id")
@@ -361,6 +395,7 @@ async def replace(
         )
     assert locked.content is not None
     stored = _view(parse_json(locked.content), locked.version_id, locked.last_updated, False)
+    d = validate(body, ctx.clock().date(), stored=stored)
     resource = to_fhir(d, id, stored["created_at"])
     await _unique(conn, resource, id)
     ctx.validator.validate(resource, expected_type="Patient")

@@ -16,7 +16,7 @@ import time
 from datetime import datetime
 from typing import Any
 
-from compartments.engine import CONSENT_SCOPE_SYSTEM, Target
+from compartments.engine import CONSENT_SCOPE_SYSTEM, Decision, Target
 from compartments.periods import format_instant, span, window
 from fhir_server.metrics import DELEGATION_REQUESTS, RELATIONSHIP_VERIFICATIONS, VERIFICATION_TIME
 from fhir_server.services import create
@@ -28,16 +28,28 @@ from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
 
 # The specification's data scopes -> the Consent scopes of the family specification.
-DATA_SCOPES = {
-    "demographics": "DEMOGRAPHICS",
-    "medical_history": "CLINICAL_SUMMARY",
-    "clinical_summary": "CLINICAL_SUMMARY",
-    "medication_list": "PRESCRIPTIONS",
-    "prescriptions": "PRESCRIPTIONS",
-    "lab_results": "LAB_RESULTS",
-    "encounters": "ENCOUNTERS",
-    "appointments": "APPOINTMENTS",
+DATA_SCOPES: dict[str, tuple[str, ...]] = {
+    "demographics": ("DEMOGRAPHICS",),
+    "medical_history": ("CLINICAL_SUMMARY",),
+    "clinical_summary": ("CLINICAL_SUMMARY",),
+    "medication_list": ("PRESCRIPTIONS",),
+    "prescriptions": ("PRESCRIPTIONS",),
+    "lab_results": ("LAB_RESULTS",),
+    "encounters": ("ENCOUNTERS",),
+    "appointments": ("APPOINTMENTS",),
+    # the specification's delegation example: who the patient is, and the clinical summary
+    "basic_health_info": ("DEMOGRAPHICS", "CLINICAL_SUMMARY"),
 }
+# What a verification without `data_scope` asks about: every kind of data, once each, by the
+# specification's own names (docs/relationships.md).
+DEFAULT_DATA_SCOPE = (
+    "demographics",
+    "medical_history",
+    "medication_list",
+    "lab_results",
+    "encounters",
+    "appointments",
+)
 # The resource type whose read stands for each scope when the engine is asked.
 PROBES = {
     "DEMOGRAPHICS": "Patient",
@@ -76,8 +88,17 @@ def _text(body: dict[str, Any], name: str) -> str:
     return value.strip()
 
 
-def _scopes(body: dict[str, Any], name: str) -> list[str]:
+def _optional_text(body: dict[str, Any], name: str) -> str | None:
     value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise RelationshipError(400, "invalid_request", f"`{name}` must be a string")
+    return value
+
+
+def _scopes(body: dict[str, Any], name: str, default: tuple[str, ...] | None = None) -> list[str]:
+    value = body.get(name)
+    if value is None and default is not None:
+        return list(default)
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise RelationshipError(400, "invalid_request", f"`{name}` must be a non-empty list")
     unknown = [v for v in value if v not in DATA_SCOPES]
@@ -133,10 +154,11 @@ async def _verify(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
         raise RelationshipError(400, "invalid_request", "the body must be a JSON object")
     requester_id = _text(body, "requesting_user_id")
     patient_id = _text(body, "patient_id")
-    requested = _scopes(body, "data_scope")
-    asked = body.get("relationship_type")
-    if asked is not None and not isinstance(asked, str):
-        raise RelationshipError(400, "invalid_request", "`relationship_type` must be a string")
+    requested = _scopes(body, "data_scope", DEFAULT_DATA_SCOPE)
+    asked = _optional_text(body, "relationship_type")
+    # a stated purpose is accepted and checked, not used: the engine decides by relationship,
+    # Consent and scopes, whatever the purpose (docs/relationships.md)
+    _optional_text(body, "access_purpose")
     patient = await _resolve(conn, patient_id, ("Patient",))
     requester = await _resolve(conn, requester_id, REQUESTER_TYPES)
     if patient is None or requester is None:
@@ -148,9 +170,10 @@ async def _verify(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
     guard = await as_user(conn, ctx.guard, requester, "user/*.rs", now=ctx.clock())
     target = Target(frozenset({patient}))
     decisions = {
-        scope: guard.decide("read", PROBES[DATA_SCOPES[scope]], target) for scope in requested
+        scope: [guard.decide("read", PROBES[code], target) for code in DATA_SCOPES[scope]]
+        for scope in requested
     }
-    granted = [scope for scope, d in decisions.items() if d.allowed]
+    granted = [scope for scope, ds in decisions.items() if all(d.allowed for d in ds)]
     chain, kind, verified, expiration = _relationship(guard, patient)
     return {
         "relationship_verified": verified,
@@ -165,15 +188,21 @@ async def _verify(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
                 "delegated_to": requester.split("/", 1)[1],
                 "relationship": f"consent:{e}",
             }
-            for d in decisions.values()
-            if d.allowed
-            for e in d.evidence
+            for ds in decisions.values()
+            if all(d.allowed for d in ds)
+            for e in dict.fromkeys(e for d in ds for e in d.evidence)
             if e.startswith("Consent/")
         ],
-        "reasons": {
-            scope: (d.reason.value if d.reason else "allowed") for scope, d in decisions.items()
-        },
+        "reasons": {scope: _reason(ds) for scope, ds in decisions.items()},
     }
+
+
+def _reason(decisions: list[Decision]) -> str:
+    """The engine's reason for a scope: the first refusal's, else `allowed`."""
+    for d in decisions:
+        if not d.allowed:
+            return d.reason.value if d.reason else "denied"
+    return "allowed"
 
 
 def _relationship(
@@ -213,6 +242,19 @@ def _link(patient: str, to: str, relationship: str) -> dict[str, str]:
     }
 
 
+def _delegator(body: dict[str, Any]) -> str:
+    """The patient who delegates: `patient_id`, or `delegator_id` as the specification's example
+    and its `care_delegations` table name it."""
+    if body.get("delegator_id") is None:
+        return _text(body, "patient_id")
+    delegator = _text(body, "delegator_id")
+    if body.get("patient_id") is not None and _text(body, "patient_id") != delegator:
+        raise RelationshipError(
+            400, "invalid_request", "`patient_id` and `delegator_id` name different patients"
+        )
+    return delegator
+
+
 def _expiry(body: dict[str, Any], now: datetime) -> str | None:
     """`expires_at` as the Consent's `provision.period.end`, to the precision it was given:
     a date lasts to the end of that (UTC) day, an instant (with its zone) to that second."""
@@ -248,7 +290,7 @@ async def delegate(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
 async def _delegate(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise RelationshipError(400, "invalid_request", "the body must be a JSON object")
-    patient_id = _text(body, "patient_id")
+    patient_id = _delegator(body)
     delegate_id = _text(body, "delegate_id")
     scopes = _scopes(body, "delegation_scope")
     now = ctx.clock()
@@ -325,8 +367,8 @@ def _consent(
                 }
             ],
             "code": [
-                {"coding": [{"system": CONSENT_SCOPE_SYSTEM, "code": DATA_SCOPES[s]}]}
-                for s in scopes
+                {"coding": [{"system": CONSENT_SCOPE_SYSTEM, "code": code}]}
+                for code in dict.fromkeys(c for s in scopes for c in DATA_SCOPES[s])
             ],
         },
     }
@@ -389,7 +431,7 @@ async def approve(ctx: Context, conn: Connection, delegation_id: str) -> dict[st
     codes = [
         c.get("code") for concept in provision.get("code", ()) for c in concept.get("coding", ())
     ]
-    scopes = [name for name, code in DATA_SCOPES.items() if code in codes]
+    scopes = [name for name, wanted in DATA_SCOPES.items() if all(c in codes for c in wanted)]
     end = (provision.get("period") or {}).get("end")
     return _delegation(
         f"Consent/{delegation_id}", consent, patient, next(iter(sorted(actors)), ""), scopes, end

@@ -183,7 +183,9 @@ async def _included(
     iterating = [i for i in query.includes if i.iterate]
     frontier = sources
     for depth in range(MAX_INCLUDE_DEPTH + 1):
-        wanted: list[Include] = direct if depth == 0 else iterating
+        # `:iterate` is applied to the matches too, and then ALSO to what was included (R4
+        # search.html#revinclude); a plain include only to the matches
+        wanted: list[Include] = [*direct, *iterating] if depth == 0 else iterating
         if not wanted or not frontier:
             break
         found: list[tuple[str, str]] = []
@@ -228,6 +230,11 @@ def _subset(resource: dict[str, Any], query: SearchQuery) -> dict[str, Any]:
         subset = {k: v for k, v in resource.items() if k != "text"}
     elif query.summary == "text":
         subset = {k: v for k, v in resource.items() if k in {*_ALWAYS, "text"}}
+    elif query.elements[0].startswith("-"):  # `_elements=-text,-contact`: all but these
+        left_out = {e[1:] for e in query.elements}
+        subset = {
+            k: v for k, v in resource.items() if k in _ALWAYS or k.lstrip("_") not in left_out
+        }
     else:
         subset = {k: v for k, v in resource.items() if k in _ALWAYS or k in query.elements}
     meta = dict(subset.get("meta", {}))

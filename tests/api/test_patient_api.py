@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import orjson
+import psycopg
 import pytest
 
 from fhir_server.settings import Settings
@@ -303,3 +304,105 @@ def test_the_audit_trail_errors(api: httpx.Client) -> None:
     for params in ({"limit": "0"}, {"cursor": "nonsense"}, {"actor": "x"}):
         bad = api.get(f"/patients/{id}/audit", params=params)
         assert bad.status_code == 400 and bad.json()["code"] == "invalid_query", params
+
+
+def fhir_versions(db: psycopg.Connection[Any], id: str) -> int:
+    row = db.execute(
+        "SELECT count(*) FROM resource_history WHERE resource_type = 'Patient' AND id = %s", (id,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_put_of_what_get_returned_works(api: httpx.Client, db: psycopg.Connection[Any]) -> None:
+    """Read, modify, write: the representation exactly as GET returned it, read-only fields
+    (`patient_id`, `created_at`, `updated_at`, `version`, `is_deleted`) included."""
+    id = api.post("/patients", json=jane()).json()["patient_id"]
+    got = api.get(f"/patients/{id}")
+    same = api.put(f"/patients/{id}", json=got.json(), headers={"If-Match": got.headers["ETag"]})
+    assert same.status_code == 200, same.text
+    assert same.json()["version"] == 2
+    read = api.get(f"/patients/{id}")
+    modified = {**read.json(), "given_name": "Modified", "address": None}
+    changed = api.put(f"/patients/{id}", json=modified, headers={"If-Match": read.headers["ETag"]})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["given_name"] == "Modified" and changed.json()["address"] is None
+    # timestamps may come back in another spelling of the same instant
+    read = api.get(f"/patients/{id}").json()
+    respelled = {**read, "updated_at": read["updated_at"].replace("+00:00", "Z")}
+    assert read["updated_at"].endswith("+00:00")
+    assert (
+        api.put(f"/patients/{id}", json=respelled, headers={"If-Match": 'W/"3"'}).status_code == 200
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("patient_id", "7ed2da50-e841-45b7-85c1-c4b5d0886c3a"),
+        ("created_at", "2001-01-01T00:00:00+00:00"),
+        ("updated_at", "2001-01-01T00:00:00+00:00"),
+        ("updated_at", "not a time"),
+        ("version", 99),
+        ("version", "1"),
+        ("version", True),
+        ("is_deleted", True),
+        ("is_deleted", None),
+    ],
+)
+def test_a_read_only_field_that_differs_is_400_naming_it(
+    api: httpx.Client, db: psycopg.Connection[Any], field: str, value: Any
+) -> None:
+    id = api.post("/patients", json=jane()).json()["patient_id"]
+    got = api.get(f"/patients/{id}").json()
+    before = fhir_versions(db, id)
+    refused = api.put(
+        f"/patients/{id}",
+        json={**got, "given_name": "Other", field: value},
+        headers={"If-Match": 'W/"1"'},
+    )
+    assert refused.status_code == 400, refused.text
+    body = refused.json()
+    assert body["code"] == "validation_error"
+    assert body["details"] == [
+        {"field": field, "issue": "read-only: differs from the stored value"}
+    ]
+    assert fhir_versions(db, id) == before
+    assert api.get(f"/patients/{id}").json() == got
+
+
+def test_a_post_may_not_set_read_only_fields_and_optional_fields_default(
+    api: httpx.Client, db: psycopg.Connection[Any]
+) -> None:
+    body = jane()
+    refused = api.post("/patients", json={**body, "patient_id": str(uuid.uuid4()), "version": 1})
+    assert refused.status_code == 400
+    assert refused.json()["details"] == [
+        {"field": "patient_id", "issue": "read-only: set by the server"},
+        {"field": "version", "issue": "read-only: set by the server"},
+    ]
+    # only the required fields: every optional one gets its documented default
+    minimal = api.post(
+        "/patients",
+        json={
+            "given_name": "Min",
+            "family_name": "Imal",
+            "date_of_birth": "2000-02-02",
+            "sex_at_birth": "unknown",
+        },
+    )
+    assert minimal.status_code == 201, minimal.text
+    view = minimal.json()
+    assert {k: view[k] for k in OPTIONAL_DEFAULTS} == OPTIONAL_DEFAULTS
+
+
+OPTIONAL_DEFAULTS: dict[str, Any] = {
+    "middle_name": None,
+    "gender_identity": None,
+    "gender_identity_other": None,
+    "email": None,
+    "phone_e164": None,
+    "address": None,
+    "preferred_language": None,
+    "consent_to_contact": False,
+}

@@ -226,3 +226,170 @@ def test_metrics_count_verifications_and_delegations(world: World, live_server: 
         "verification_response_time_seconds_count",
     ):
         assert name in text, name
+
+
+def put(origin: str, resource: dict[str, Any]) -> None:
+    """A resource with the id the specification's example uses (update as create)."""
+    with httpx.Client(base_url=f"{origin}/fhir", timeout=30, headers=auth()) as system:
+        answer = system.put(f"/{resource['resourceType']}/{resource['id']}", json=resource)
+        assert answer.status_code in (200, 201), answer.text
+
+
+def spec_people(origin: str, patient: str, provider: str, relative: str | None = None) -> None:
+    put(origin, {"resourceType": "Patient", "id": patient, "birthDate": "1980-01-01"})
+    put(origin, {"resourceType": "Practitioner", "id": provider})
+    put(
+        origin,
+        {
+            "resourceType": "CareTeam",
+            "id": f"team-{patient}"[:64],
+            "status": "active",
+            "subject": {"reference": f"Patient/{patient}"},
+            "participant": [{"member": {"reference": f"Practitioner/{provider}"}}],
+        },
+    )
+    if relative is not None:
+        put(
+            origin,
+            {
+                "resourceType": "RelatedPerson",
+                "id": relative,
+                "patient": {"reference": f"Patient/{patient}"},
+                "relationship": [{"coding": [{"code": "SPS"}]}],
+            },
+        )
+
+
+def test_the_specifications_verify_examples_verbatim(live_server: LiveServer) -> None:
+    """Both verification requests of relationship-management-service.md, exactly as written:
+    the request of its API section, and the `curl` of its Run & Test section, which has no
+    `data_scope` (and no `access_purpose`): every kind of data is asked about."""
+    spec_people(
+        live_server.origin,
+        "456e7890-e89b-12d3-a456-426614174000",
+        "123e4567-e89b-12d3-a456-426614174000",
+    )
+    spec_people(live_server.origin, "test-patient", "test-provider", "test-family-member")
+    with api(live_server.origin) as service:
+        full = service.post(
+            "/verify",
+            json={
+                "requesting_user_id": "123e4567-e89b-12d3-a456-426614174000",
+                "patient_id": "456e7890-e89b-12d3-a456-426614174000",
+                "relationship_type": "healthcare_provider",
+                "access_purpose": "treatment_coordination",
+                "data_scope": ["medical_history", "medication_list"],
+            },
+        )
+        assert full.status_code == 200, full.text
+        answer = full.json()
+        assert answer["relationship_verified"] is True
+        assert answer["relationship_type"] == "healthcare_provider"
+        assert answer["access_granted"] is True
+        assert answer["access_scope"] == ["medical_history", "medication_list"]
+        assert answer["delegation_chain"][0]["delegator_id"] == (
+            "456e7890-e89b-12d3-a456-426614174000"
+        )
+        short = service.post(
+            "/verify",
+            content=b"""{
+    "requesting_user_id": "test-provider",
+    "patient_id": "test-patient",
+    "relationship_type": "healthcare_provider"
+  }""",
+            headers={"Content-Type": "application/json"},
+        )
+        assert short.status_code == 200, short.text
+        answer = short.json()
+        assert answer["relationship_verified"] is True
+        assert answer["relationship_type"] == "healthcare_provider"
+        defaults = [
+            "demographics",
+            "medical_history",
+            "medication_list",
+            "lab_results",
+            "encounters",
+            "appointments",
+        ]
+        assert list(answer["reasons"]) == defaults
+        assert answer["access_scope"] == [s for s in defaults if answer["reasons"][s] == "allowed"]
+        assert answer["access_granted"] is (answer["access_scope"] == defaults)
+        assert answer["access_scope"]  # a care relationship reads the chart
+        # a relative without consent: the default asks about all, and grants demographics only
+        relative = service.post(
+            "/verify",
+            json={"requesting_user_id": "test-family-member", "patient_id": "test-patient"},
+        ).json()
+        assert relative["access_scope"] == ["demographics"]
+        assert relative["access_granted"] is False
+        assert relative["reasons"]["lab_results"] == "consent_required"
+        # optional fields, when given, must still be what they say they are
+        for wrong in ({"access_purpose": 7}, {"relationship_type": ["x"]}, {"data_scope": []}):
+            refused = service.post(
+                "/verify",
+                json={"requesting_user_id": "test-provider", "patient_id": "test-patient", **wrong},
+            )
+            assert refused.status_code == 400
+            assert refused.json()["code"] == "invalid_request"
+            assert next(iter(wrong)) in refused.json()["message"]
+
+
+def test_the_specifications_delegate_example_verbatim(
+    live_server: LiveServer, db: psycopg.Connection[Any]
+) -> None:
+    """The `curl` of the Run & Test section: `delegator_id` (the specification's name of the
+    patient), and its `basic_health_info` scope (demographics and the clinical summary), with
+    the patient's token as the API section says; no `expires_at`: no end."""
+    spec_people(live_server.origin, "test-patient", "test-provider", "test-family-member")
+    with api(live_server.origin, "Patient/test-patient") as patient:
+        made = patient.post(
+            "/delegate",
+            content=b"""{
+    "delegator_id": "test-patient",
+    "delegate_id": "test-family-member",
+    "delegation_scope": ["basic_health_info"]
+  }""",
+            headers={"Content-Type": "application/json"},
+        )
+        assert made.status_code == 201, made.text
+        answer = made.json()
+        assert answer["status"] == "active"
+        assert answer["delegator_id"] == "test-patient"
+        assert answer["delegate_id"] == "test-family-member"
+        assert answer["delegation_scope"] == ["basic_health_info"]
+        assert answer["expires_at"] is None
+    with api(live_server.origin) as service:
+        relative = service.post(
+            "/verify",
+            json={
+                "requesting_user_id": "test-family-member",
+                "patient_id": "test-patient",
+                "data_scope": ["basic_health_info", "medical_history", "lab_results"],
+            },
+        ).json()
+        assert relative["access_scope"] == ["basic_health_info", "medical_history"]
+    consent = db.execute(
+        "SELECT content FROM resources WHERE resource_type = 'Consent' AND id = %s",
+        (answer["delegation_id"],),
+    ).fetchone()
+    assert consent is not None
+    provision = consent[0]["provision"]
+    assert [c["coding"][0]["code"] for c in provision["code"]] == [
+        "DEMOGRAPHICS",
+        "CLINICAL_SUMMARY",
+    ]
+    assert "end" not in provision["period"]
+    # `patient_id` and `delegator_id` naming two patients is refused, and writes nothing
+    before = snapshot(db)
+    with api(live_server.origin) as service:
+        refused = service.post(
+            "/delegate",
+            json={
+                "patient_id": "456e7890-e89b-12d3-a456-426614174000",
+                "delegator_id": "test-patient",
+                "delegate_id": "test-family-member",
+                "delegation_scope": ["encounters"],
+            },
+        )
+    assert refused.status_code == 400 and "delegator_id" in refused.json()["message"]
+    assert snapshot(db) == before

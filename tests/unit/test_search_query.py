@@ -105,3 +105,53 @@ def test_a_forged_cursor_is_a_bad_request() -> None:
         decode_cursor("not-a-cursor!", 2)
     with pytest.raises(BadRequest):
         decode_cursor(encode_cursor(("a",)), 2)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (">2020", ("gt", "2020")),
+        ("<2020", ("lt", "2020")),
+        (">=5", ("ge", "5")),
+        ("<=5", ("le", "5")),
+    ],
+)
+def test_fhirclient_operators_are_prefixes(value: str, expected: tuple[str, str]) -> None:
+    assert split_prefix(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (("_totalMethod", "count"), ("_total", "accurate")),
+        (("_totalMethod", "estimate"), ("_total", "estimate")),
+        (("_totalMethod", "none"), ("_total", "none")),
+        (("_sort:asc", "date"), ("_sort", "date")),
+        (("_sort:desc", "date,code"), ("_sort", "-date,-code")),
+        (
+            ("_include:recursive", "Observation:subject"),
+            ("_include:iterate", "Observation:subject"),
+        ),
+        (("id", "abc"), ("_id", "abc")),
+    ],
+)
+def test_client_aliases_are_understood_as_r4_spells_them(
+    given: tuple[str, str], expected: tuple[str, str]
+) -> None:
+    query = parse_search(("Observation",), [given])
+    assert expected in query.echo
+
+
+def test_an_unknown_total_method_and_mixed_elements_are_refused() -> None:
+    with pytest.raises(BadRequest, match="_totalMethod=exact"):
+        parse_search(("Patient",), [("_totalMethod", "exact")])
+    with pytest.raises(BadRequest, match="mixes"):
+        parse_search(("Patient",), [("_elements", "name,-text")])
+    # lenient handling does not make a wrong value right either
+    with pytest.raises(BadRequest):
+        parse_search(("Patient",), [("_totalMethod", "exact")], strict=False)
+    assert parse_search(("Patient",), [("_totalMethod", "count")]).total == "accurate"
+    assert parse_search(("Patient",), [("_elements", "-text,-contact")]).elements == (
+        "-text",
+        "-contact",
+    )
