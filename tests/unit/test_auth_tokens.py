@@ -49,7 +49,7 @@ def claims(**overrides: Any) -> dict[str, Any]:
         "aud": AUDIENCE,
         "sub": "user-1",
         "iat": now,
-        "exp": now + 300,
+        "exp": now + 86_400,  # collected long before it runs in a slow full suite
         "scope": "openid fhirUser user/*.rs",
         "fhirUser": "RelatedPerson/123",
     }
@@ -82,7 +82,7 @@ def test_a_good_token_gives_the_principal(keys: dict[str, Any], verifier: TokenV
     ("payload", "message"),
     [
         (claims(exp=int(time.time()) - 120), "expired"),
-        (claims(nbf=int(time.time()) + 600), "not valid yet"),
+        (claims(nbf=int(time.time()) + 86_400), "not valid yet"),
         (claims(iss="https://evil.example.org"), "another issuer"),
         (claims(aud="https://other.example.org/fhir"), "another audience"),
         (claims(sub=None), "`sub`"),
