@@ -56,11 +56,12 @@ from sqlalchemy.types import NULLTYPE, TypeEngine
 
 from capability.definitions import resource_types
 from fhir_server.errors import BadRequest
-from fhir_server.search.fhirpath import result_types
+from fhir_server.search.fhirpath import is_id, result_types
 from fhir_server.search.index import DATE_MAX, DATE_MIN, date_range, normalize_string, number_range
 from fhir_server.search.parameters import SearchParam
 from fhir_server.search.query import Criterion, Include, SearchQuery, split_prefix, split_unescaped
 from fhir_server.storage.cursors import decode_cursor
+from fhir_server.storage.search_index import KEY_DIGITS, index_key, key_prefix, unambiguous
 from fhir_server.storage.sql import Query, compile_named
 from fhir_server.storage.tables import SEARCH_TABLES, resources
 
@@ -125,7 +126,8 @@ class InCompartments:
 #   ("any", node, value)             node = ANY(value)
 #   ("overlap"|"contains", node, value)   arrays: && and @>
 #   ("like contains"|"like prefix", node, value)   LIKE with `/` as the escape character
-#   ("starts_with", value, node)     the SQL function starts_with(value, node)
+#   ("starts_with", node, node)      the SQL function starts_with(text, prefix)
+#   ("coalesce", node, node)
 #   ("+", node, value)
 #   ("exists", condition...)
 #   ("aggregate", "min"|"max", column, condition...)   a scalar subquery
@@ -286,45 +288,45 @@ class _Planner:
     def string(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         normalized = normalize_string(value)
         if modifier == "exact":
+            # `exact` holds the whole text: it settles a key that is only the start of one
             return (
                 "and",
-                ("=", _col(ix, "value"), self.value(normalized)),
+                ("=", _col(ix, "value"), self.value(index_key(normalized)[0])),
                 ("=", _col(ix, "exact"), self.value(value)),
             )
         if modifier == "contains":
-            return ("like contains", _col(ix, "value"), self.value(_like_escaped(normalized)))
-        return self.starts_with(_col(ix, "value"), normalized)
+            # the whole normalized text, where the key is only its start
+            whole = ("coalesce", _col(ix, "value_full"), _col(ix, "value"))
+            return ("like contains", whole, self.value(_like_escaped(normalized)))
+        return self.key_starts_with(ix, "value", normalized)
 
     def token(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         if modifier == "text":
             return self.starts_with(_col(ix, "text"), normalize_string(value))
         parts = split_unescaped(value, "|")
         if len(parts) == 1:
-            return ("=", _col(ix, "value"), self.value(parts[0]))
+            return self.key_equals(ix, "value", parts[0])
         system, code = parts[0], "|".join(parts[1:])
         if system == "":
-            return ("and", ("=", _col(ix, "value"), self.value(code)), ("null", _col(ix, "system")))
+            return ("and", self.key_equals(ix, "value", code), ("null", _col(ix, "system")))
         if code == "":
-            return ("=", _col(ix, "system"), self.value(system))
+            return self.key_equals(ix, "system", system)
         if _implicit_system(param):
             # a plain `code` element is indexed without the system its binding implies
             return (
                 "and",
-                ("=", _col(ix, "value"), self.value(code)),
-                ("or", ("=", _col(ix, "system"), self.value(system)), ("null", _col(ix, "system"))),
+                self.key_equals(ix, "value", code),
+                ("or", self.key_equals(ix, "system", system), ("null", _col(ix, "system"))),
             )
-        return (
-            "and",
-            ("=", _col(ix, "value"), self.value(code)),
-            ("=", _col(ix, "system"), self.value(system)),
-        )
+        return ("and", self.key_equals(ix, "value", code), self.key_equals(ix, "system", system))
 
     def uri(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         if modifier == "below":
-            return self.starts_with(_col(ix, "value"), value)
+            return self.key_starts_with(ix, "value", value)
         if modifier == "above":
-            return ("starts_with", self.value(value, "str"), _col(ix, "value"))
-        return ("=", _col(ix, "value"), self.value(value))
+            whole = ("coalesce", _col(ix, "value_full"), _col(ix, "value"))
+            return ("starts_with", self.value(value, "str"), whole)
+        return self.key_equals(ix, "value", value)
 
     def reference(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         if modifier == "identifier":
@@ -341,6 +343,10 @@ class _Planner:
                 conditions.append(("=", _col(ix, "identifier_value"), self.value(code)))
             return ("and", *conditions)
         local = self.local_reference(value)
+        if local is not None and not is_id(local[1]):
+            # no id of a resource here (such references are indexed by their text)
+            text = value if local[0] is not None or modifier is None else f"{modifier}/{value}"
+            return ("=", _col(ix, "url"), self.value(text.split("|")[0]))
         if local is not None:
             target_type, target_id = local
             if modifier is not None and target_type is not None and target_type != modifier:
@@ -391,19 +397,33 @@ class _Planner:
 
     def number(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         prefix, text = split_prefix(value)
-        found = number_range(text)
-        if found is None:
-            raise BadRequest(f"`{text}` is not a number", code="value")
-        exact, low, high = found
+        exact, low, high = _search_number(text)
         return self.number_condition(prefix, exact, low, high, _col(ix, "value"))
+
+    def key_equals(self, ix: str, column: str, text: str) -> Node:
+        """The bounded-key `column` (storage/search_index.py) holds `text`."""
+        key = _col(ix, column)
+        if unambiguous(text):
+            return ("=", key, self.value(text))
+        whole = ("coalesce", _col(ix, f"{column}_full"), key)
+        return ("and", ("=", key, self.value(index_key(text)[0])), ("=", whole, self.value(text)))
+
+    def key_starts_with(self, ix: str, column: str, prefix: str) -> Node:
+        """The text of the bounded-key `column` starts with `prefix`."""
+        key = _col(ix, column)
+        if unambiguous(prefix):
+            return self.starts_with(key, prefix)
+        whole = ("coalesce", _col(ix, f"{column}_full"), key)
+        return (
+            "and",
+            self.starts_with(key, key_prefix(prefix)),
+            ("starts_with", whole, self.value(prefix, "str")),
+        )
 
     def quantity(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         prefix, text = split_prefix(value)
         parts = split_unescaped(text, "|")
-        found = number_range(parts[0])
-        if found is None:
-            raise BadRequest(f"`{parts[0]}` is not a number", code="value")
-        exact, low, high = found
+        exact, low, high = _search_number(parts[0])
         conditions = [self.number_condition(prefix, exact, low, high, _col(ix, "value"))]
         system = parts[1] if len(parts) > 1 else ""
         code = "|".join(parts[2:]) if len(parts) > 2 else ""
@@ -601,6 +621,19 @@ class _Planner:
         return ("null", expression) if value is None else ("=", expression, self.value(value))
 
 
+def _search_number(text: str) -> tuple[Decimal, Decimal, Decimal]:
+    """A number of a search and its range; the index compares KEY_DIGITS significant digits
+    (storage/search_index.py), so a number with more is refused rather than rounded."""
+    found = number_range(text)
+    if found is None:
+        raise BadRequest(f"`{text}` is not a number", code="value")
+    if len(found[0].as_tuple().digits) >= KEY_DIGITS:
+        raise BadRequest(
+            f"`{text[:20]}...` has more than {KEY_DIGITS - 1} significant digits", code="value"
+        )
+    return found
+
+
 @cache
 def _implicit_system(param: SearchParam) -> bool:
     """Whether the parameter selects plain `code` (or boolean) elements, whose system is implied."""
@@ -723,6 +756,8 @@ class _Builder:
             return self.expression(node[1]).startswith(self.expression(node[2]), escape=_ESCAPE)
         if op == "starts_with":
             return func.starts_with(self.expression(node[1]), self.expression(node[2]))
+        if op == "coalesce":
+            return func.coalesce(self.expression(node[1]), self.expression(node[2]))
         if op == "+":
             return self.expression(node[1]) + self.expression(node[2])
         if op == "exists":
