@@ -42,10 +42,12 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    case,
     cast,
     exists,
     false,
     func,
+    literal_column,
     not_,
     or_,
     select,
@@ -61,7 +63,14 @@ from fhir_server.search.index import DATE_MAX, DATE_MIN, date_range, normalize_s
 from fhir_server.search.parameters import SearchParam
 from fhir_server.search.query import Criterion, Include, SearchQuery, split_prefix, split_unescaped
 from fhir_server.storage.cursors import decode_cursor
-from fhir_server.storage.search_index import KEY_DIGITS, index_key, key_prefix, unambiguous
+from fhir_server.storage.search_index import (
+    KEY_BYTES,
+    KEY_DIGITS,
+    UNAMBIGUOUS_BYTES,
+    index_key,
+    key_prefix,
+    unambiguous,
+)
 from fhir_server.storage.sql import Query, compile_named
 from fhir_server.storage.tables import SEARCH_TABLES, resources
 
@@ -594,31 +603,64 @@ class _Planner:
                 column = _col(ix, "target_id")
             else:
                 column = _col(ix, "value")
+            code_value = self.value(code)
             aggregate = (
                 "aggregate",
                 "max" if descending else "min",
                 column,
                 ("=", _col(ix, "resource_type"), _col(row, "resource_type")),
                 ("=", _col(ix, "id"), _col(row, "id")),
-                ("=", _col(ix, "code"), self.value(code)),
+                ("=", _col(ix, "code"), code_value),
             )
             keys.append((aggregate, descending))
+            if key.param.type in _BOUNDED_KEYS:
+                # texts whose keys are equal and may be the start of longer ones: by the whole
+                keys.append((("whole", key.param.type, code_value, descending), descending))
         return keys
 
-    def after(self, keys: Sequence[tuple[Node, bool]], last: Sequence[Any]) -> Node:
-        """Rows strictly after `last` in the order of `keys` (NULLs last in both directions)."""
+    def whole_of(self, key: Node, resource_type: str, id: str) -> Node:
+        """The whole text that a `("whole", ...)` sort key has for the resource `type/id` (for
+        a cursor, which carries no text longer than a key)."""
+        _, kind, code_value, descending = key
+        ix = self.alias(kind)
+        return (
+            "aggregate",
+            "max" if descending else "min",
+            ("coalesce", _col(ix, "value_full"), _col(ix, "value")),
+            ("=", _col(ix, "resource_type"), self.value(resource_type)),
+            ("=", _col(ix, "id"), self.value(id)),
+            ("=", _col(ix, "code"), code_value),
+        )
+
+    def after(
+        self,
+        keys: Sequence[tuple[Node, bool]],
+        last: Sequence[Any],
+        looked_up: Mapping[int, Node] | None = None,
+    ) -> Node:
+        """Rows strictly after `last` in the order of `keys` (NULLs last in both directions).
+        `looked_up`: positions whose value is a node rather than the one in `last`."""
+        found = looked_up or {}
+        values: list[Node | None] = [
+            found[i] if i in found else None if value is None else self.value(value)
+            for i, value in enumerate(last)
+        ]
         alternatives = []
         for i, (expression, descending) in enumerate(keys):
-            prior = [self.same(keys[j][0], last[j]) for j in range(i)]
-            value = last[i]
+            prior = [self.same(keys[j][0], values[j]) for j in range(i)]
+            value = values[i]
             if value is None:
                 continue  # nothing sorts after NULL at this position
-            later = ("<" if descending else ">", expression, self.value(value))
+            later = ("<" if descending else ">", expression, value)
             alternatives.append(("and", *prior, ("or", later, ("null", expression))))
         return ("or", *alternatives) if alternatives else FALSE
 
-    def same(self, expression: Node, value: Any) -> Node:
-        return ("null", expression) if value is None else ("=", expression, self.value(value))
+    def same(self, expression: Node, value: Node | None) -> Node:
+        return ("null", expression) if value is None else ("=", expression, value)
+
+
+# Index kinds whose sort value is a bounded key (storage/search_index.py), then the whole text.
+_BOUNDED_KEYS = frozenset({"string", "token", "uri"})
 
 
 def _search_number(text: str) -> tuple[Decimal, Decimal, Decimal]:
@@ -798,17 +840,24 @@ class _Builder:
         limit: Node,
     ) -> Any:
         row = self.table("r")
+        whole = {i for i, (k, _) in enumerate(sort) if k[0] == "whole"}
         keys = [
-            *((self.expression(k), descending) for k, descending in sort),
+            *((None if i in whole else self.expression(k), d) for i, (k, d) in enumerate(sort)),
             (row.c.resource_type, False),
             (row.c.id, False),
         ]
-        columns = [expression.label(f"k{i}") for i, (expression, _) in enumerate(keys)]
+        columns = [
+            expression.label(f"k{i}")
+            for i, (expression, _) in enumerate(keys)
+            if expression is not None
+        ]
         matches = (
             select(row.c.resource_type, row.c.id, *columns)
             .where(*self.all(conditions))
             .subquery("matches")
         )
+        if whole:
+            matches = self.whole_keys(matches, sort, whole, len(keys))
         self.froms["matches"] = matches
         keyed = [(matches.c[f"k{i}"], descending) for i, (_, descending) in enumerate(keys)]
         page = select(*matches.c)
@@ -818,12 +867,17 @@ class _Builder:
         # The content of the page's rows only: turning jsonb into text is the costly part of a row.
         content = resources.alias("content")
         paged = [(page_keys.c[f"k{i}"], descending) for i, (_, descending) in enumerate(keys)]
+        # a whole text longer than a key stays out of the cursor (whole_of looks it up)
+        returned = [
+            case((func.octet_length(k) <= literal_column(str(KEY_BYTES)), k)) if i in whole else k
+            for i, (k, _) in enumerate(paged)
+        ]
         return (
             select(
                 page_keys.c.resource_type,
                 page_keys.c.id,
                 cast(content.c.content, Text).label("content"),
-                *(k for k, _ in paged),
+                *returned,
             )
             .join(
                 content,
@@ -834,6 +888,39 @@ class _Builder:
             )
             .order_by(*_order(paged))
         )
+
+    def whole_keys(
+        self, matches: Any, sort: Sequence[tuple[Node, bool]], whole: set[int], count: int
+    ) -> Any:
+        """`matches` with the `("whole", ...)` sort keys added after the key before each: that
+        key itself when it is too short to be the start of a longer text, else the whole text,
+        looked up only then. `OFFSET 0` keeps PostgreSQL from computing the keys twice."""
+        fenced = matches.element.offset(literal_column("0")).subquery("keyed")
+        columns: list[Any] = [fenced.c.resource_type, fenced.c.id]
+        for i in range(count):
+            if i not in whole:
+                columns.append(fenced.c[f"k{i}"].label(f"k{i}"))
+                continue
+            _, kind, code_value, descending = sort[i][0]
+            table = SEARCH_TABLES[kind].alias(f"whole{i}")
+            text = func.coalesce(table.c.value_full, table.c.value)
+            looked_up = (
+                select(func.max(text) if descending else func.min(text))
+                .where(
+                    table.c.resource_type == fenced.c.resource_type,
+                    table.c.id == fenced.c.id,
+                    table.c.code == self.expression(code_value),
+                )
+                .scalar_subquery()
+            )
+            key = fenced.c[f"k{i - 1}"]
+            columns.append(
+                case(
+                    (func.octet_length(key) > literal_column(str(UNAMBIGUOUS_BYTES)), looked_up),
+                    else_=key,
+                ).label(f"k{i}")
+            )
+        return select(*columns).subquery("matches")
 
 
 def _order(keys: Sequence[tuple[ColumnElement[Any], bool]]) -> list[Any]:
@@ -880,7 +967,13 @@ def search_statement(
         last = decode_cursor(query.cursor, keys)
         descending = [d for _, d in sort] + [False, False]
         keyed = [(_col("matches", f"k{i}"), d) for i, d in enumerate(descending)]
-        after = planner.after(keyed, last)
+        # a whole text longer than a key is not in the cursor: the last row's is looked up
+        looked_up = {
+            i: planner.whole_of(node, str(last[-2]), str(last[-1]))
+            for i, (node, _) in enumerate(sort)
+            if node[0] == "whole" and last[i] is None and last[i - 1] is not None
+        }
+        after = planner.after(keyed, last, looked_up)
     limit = planner.value(query.count + 1, "int")
     return planner.query(("search", tuple(conditions), tuple(sort), after, limit)), keys
 
