@@ -9,16 +9,20 @@ exact match, prefix, `:contains`, `:below`/`:above` and sort, on the same server
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
+from fhir_server.settings import Settings
+from fhir_server.storage.database import Database, session_limits
 from fhir_server.storage.search_index import KEY_BYTES
-from tests.conftest import token
+from tests.conftest import LiveServer, auth, token
 
 # Letters, an accented one (two bytes in UTF-8, normalized away for string search) and an emoji
 # (four bytes), so that keys are cut between and inside multi-byte characters.
@@ -302,3 +306,124 @@ def test_sorting_long_texts_pages_through_the_whole_values(
         assert url is None or len(url) < 4_000
     assert seen == expected
     still_serving(client)
+
+
+# --- what one request may make the server and the database hold -------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_budget(database_url: str) -> Iterator[httpx.Client]:
+    """A server whose search pages hold at most 10,000 bytes of JSON."""
+    with (
+        LiveServer(Settings(max_search_bytes=10_000), database_url) as server,
+        httpx.Client(base_url=f"{server.origin}/fhir", timeout=30, headers=auth()) as client,
+    ):
+        yield client
+
+
+def test_a_search_page_holds_at_most_the_budget(small_budget: httpx.Client) -> None:
+    world = Tagged(small_budget)
+    ids = [
+        world.create({"resourceType": "Patient", "name": [{"family": f"{n}" + "x" * 3_000}]})
+        for n in range(7)
+    ]
+    big = world.create({"resourceType": "Patient", "name": [{"family": "9" + "y" * 30_000}]})
+    url: str | None = "/Patient"
+    params: dict[str, str] | None = {
+        "_sort": "family",
+        "_count": "20",
+        "_tag": f"urn:test:long|{world.code}",
+    }
+    pages: list[list[str]] = []
+    while url is not None:
+        body = small_budget.get(url, params=params).json()
+        pages.append([e["resource"]["id"] for e in body.get("entry", [])])
+        url, params = {link["relation"]: link["url"] for link in body["link"]}.get("next"), None
+    # three resources of 3 kB fit in 10,000 bytes; one of 30 kB comes alone, on its own page
+    assert [len(page) for page in pages] == [3, 3, 1, 1]
+    assert [id for page in pages for id in page] == [*ids, big]
+
+
+def test_included_resources_stay_within_the_budget(small_budget: httpx.Client) -> None:
+    world = Tagged(small_budget)
+    patients = [
+        world.create({"resourceType": "Patient", "name": [{"family": "x" * 4_000}]})
+        for _ in range(4)
+    ]
+    for patient in patients:
+        world.create(
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": "x"},
+                "subject": {"reference": f"Patient/{patient}"},
+            }
+        )
+    body = small_budget.get(
+        "/Observation",
+        params={"_include": "Observation:subject", "_tag": f"urn:test:long|{world.code}"},
+    ).json()
+    modes = [e["search"]["mode"] for e in body["entry"]]
+    assert modes.count("match") == 4
+    assert 0 < modes.count("include") < 4  # 4 kB each: two fit beside the matches
+
+
+def test_database_sessions_carry_the_limits(database_url: str) -> None:
+    async def check() -> tuple[list[str], type[BaseException] | None]:
+        db = Database(database_url, pool_size=1, limits=session_limits("150ms", "3MB", "7s"))
+        await db.open()
+        try:
+            async with db.connection() as conn:
+                shown = []
+                for name in (
+                    "statement_timeout",
+                    "work_mem",
+                    "idle_in_transaction_session_timeout",
+                ):
+                    row = await (await conn.execute(f"SHOW {name}")).fetchone()
+                    assert row is not None
+                    shown.append(str(row[0]))
+                try:
+                    await conn.execute("SELECT pg_sleep(2)")
+                except psycopg.errors.QueryCanceled as exc:
+                    return shown, type(exc)
+                return shown, None
+        finally:
+            await db.close()
+
+    shown, error = asyncio.run(check())
+    assert shown == ["150ms", "3MB", "7s"]
+    assert error is psycopg.errors.QueryCanceled
+
+
+def test_a_statement_over_the_timeout_is_a_503_and_changes_nothing(
+    database_url: str, db: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    settings = Settings(db_statement_timeout="1ms")
+    family = text(3_000_000, seed=11)
+    # (the audit trail records the attempt: its events are left out)
+    counted = (
+        "SELECT (SELECT count(*) FROM resources WHERE resource_type <> 'AuditEvent'),"
+        " (SELECT count(*) FROM resource_history WHERE resource_type <> 'AuditEvent'),"
+        " (SELECT count(*) FROM search_string WHERE resource_type <> 'AuditEvent')"
+    )
+    before = db.execute(counted).fetchone()
+    with (
+        LiveServer(settings, database_url) as server,
+        httpx.Client(base_url=f"{server.origin}/fhir", timeout=30, headers=auth()) as client,
+    ):
+        response = client.post(
+            "/Patient", json={"resourceType": "Patient", "name": [{"family": family}]}
+        )
+        assert response.status_code == 503, response.text[:300]
+        issue = response.json()["issue"][0]
+        assert issue["code"] == "too-costly"
+        # the connection stays open and answers
+        assert client.get("/metadata", params={"_summary": "true"}).status_code == 200
+    assert db.execute(counted).fetchone() == before
+
+
+def test_database_limits_are_checked_when_the_server_starts() -> None:
+    with pytest.raises(ValueError, match="FHIR_DB_WORK_MEM"):
+        Settings.from_env({"FHIR_DB_WORK_MEM": "8MB -c statement_timeout=0"})
+    assert Settings.from_env({"FHIR_DB_STATEMENT_TIMEOUT": "5min"}).db_statement_timeout == "5min"
