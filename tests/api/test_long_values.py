@@ -139,6 +139,18 @@ def test_long_tokens_are_stored_and_found(client: httpx.Client, size: int) -> No
     assert world.find("Observation", code=f"{system}|{value}") == [display_id]
     assert world.find("Observation", **{"code:text": value[:5000]}) == [display_id]
     assert world.find("Patient", _sort="identifier") == [short_id, long_id]
+    # composite: a long code and a long string value together
+    composite_id = world.create(
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": system, "code": value}]},
+            "valueString": value,
+        }
+    )
+    found = world.find("Observation", **{"code-value-string": f"{system}|{value}${value}"})
+    assert found == [composite_id]
+    assert world.find("Observation", **{"code-value-string": f"{system}|{value}$x{value}"}) == []
     still_serving(client)
 
 
