@@ -120,6 +120,8 @@ _STORED: Final[dict[str, Callable[[tuple[Any, ...]], tuple[Any, ...]]]] = {
 def stored_rows(kind: str, rows: Sequence[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """``rows`` of one table as it stores them: bounded keys, their full texts, rounded numbers."""
     store = _STORED[kind]
+    if store is _as_is:
+        return list(rows)
     return [store(row) for row in rows]
 
 
