@@ -439,3 +439,24 @@ def test_database_limits_are_checked_when_the_server_starts() -> None:
     with pytest.raises(ValueError, match="FHIR_DB_WORK_MEM"):
         Settings.from_env({"FHIR_DB_WORK_MEM": "8MB -c statement_timeout=0"})
     assert Settings.from_env({"FHIR_DB_STATEMENT_TIMEOUT": "5min"}).db_statement_timeout == "5min"
+
+
+def test_a_history_page_holds_at_most_the_budget(small_budget: httpx.Client) -> None:
+    world = Tagged(small_budget)
+    id = world.create({"resourceType": "Patient", "name": [{"family": "a" * 4_000}]})
+    for family in ("b" * 4_000, "c" * 4_000):
+        body = {
+            "resourceType": "Patient",
+            "id": id,
+            "meta": world.meta,
+            "name": [{"family": family}],
+        }
+        assert small_budget.put(f"/Patient/{id}", json=body).status_code == 200
+    url: str | None = f"/Patient/{id}/_history"
+    pages: list[list[str]] = []
+    while url is not None:
+        body = small_budget.get(url).json()
+        pages.append([e["resource"]["name"][0]["family"][0] for e in body.get("entry", [])])
+        url = {link["relation"]: link["url"] for link in body["link"]}.get("next")
+    # two versions of 4 kB fit in 10,000 bytes, newest first
+    assert pages == [["c", "b"], ["a"]]
