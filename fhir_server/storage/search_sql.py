@@ -16,6 +16,10 @@ The planner works in two steps, because building a SQLAlchemy statement and comp
    and their own values, sent to PostgreSQL as parameters of an unprepared statement, so each
    search is still planned for its values (`sql._server_side`).
 
+Indexed texts are bounded keys (storage/search_index.py): a search compares the key where it
+decides alone and the whole text beside it where the key may be the start of a longer text, so
+results stay exact for values of any length.
+
 The builder never sees a value, and every parameter of the SQL it compiles must be one the shape
 names, so one request's values cannot reach another's SQL. Lists of values (`_id`, the
 compartments and creators of a grant, the page's ids of an `_include`) are one array parameter
@@ -140,6 +144,8 @@ class InCompartments:
 #   ("+", node, value)
 #   ("exists", condition...)
 #   ("aggregate", "min"|"max", column, condition...)   a scalar subquery
+#   ("whole", kind, code value, descending)   a sort key only: the whole text of the bounded-key
+#                                    sort value before it (`_Builder.whole_keys`)
 # and the statements: ("search", conditions, sort keys, keyset condition, limit),
 # ("count", conditions), ("include", link conditions, visibility conditions, limit).
 
