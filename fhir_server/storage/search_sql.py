@@ -626,9 +626,11 @@ class _Planner:
 
     def whole_of(self, key: Node, resource_type: str, id: str) -> Node:
         """The whole text that a `("whole", ...)` sort key has for the resource `type/id` (for
-        a cursor, which carries no text longer than a key)."""
+        a cursor, which carries no text longer than a key). The cursor comes from the client:
+        only a resource the caller may see answers, so that no cursor reads another's values."""
         _, kind, code_value, descending = key
         ix = self.alias(kind)
+        target = self.alias("resources")
         return (
             "aggregate",
             "max" if descending else "min",
@@ -636,6 +638,12 @@ class _Planner:
             ("=", _col(ix, "resource_type"), self.value(resource_type)),
             ("=", _col(ix, "id"), self.value(id)),
             ("=", _col(ix, "code"), code_value),
+            (
+                "exists",
+                ("=", _col(target, "resource_type"), _col(ix, "resource_type")),
+                ("=", _col(target, "id"), _col(ix, "id")),
+                *self.visible(target, [resource_type]),
+            ),
         )
 
     def after(
@@ -974,6 +982,8 @@ def search_statement(
         descending = [d for _, d in sort] + [False, False]
         keyed = [(_col("matches", f"k{i}"), d) for i, d in enumerate(descending)]
         # a whole text longer than a key is not in the cursor: the last row's is looked up
+        if last[-2] not in query.resource_types or not isinstance(last[-1], str):
+            raise BadRequest("`_page` does not belong to this search", code="value")
         looked_up = {
             i: planner.whole_of(node, str(last[-2]), str(last[-1]))
             for i, (node, _) in enumerate(sort)

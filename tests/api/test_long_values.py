@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from fhir_server.settings import Settings
+from fhir_server.storage.cursors import encode_cursor
 from fhir_server.storage.database import Database, session_limits
 from fhir_server.storage.search_index import KEY_BYTES
 from tests.conftest import LiveServer, auth, token
@@ -460,3 +461,48 @@ def test_a_history_page_holds_at_most_the_budget(small_budget: httpx.Client) -> 
         url = {link["relation"]: link["url"] for link in body["link"]}.get("next")
     # two versions of 4 kB fit in 10,000 bytes, newest first
     assert pages == [["c", "b"], ["a"]]
+
+
+def test_a_cursor_cannot_read_the_values_of_a_hidden_resource(
+    client: httpx.Client, live_server: LiveServer
+) -> None:
+    """A next link carries no text longer than a key; the next page looks up the whole text of
+    the page's last resource. A cursor is the client's to change: pointing it at a resource the
+    caller may not see must tell nothing of that resource's values."""
+    world = Tagged(client)
+    mine = world.create({"resourceType": "Patient"})
+    theirs = world.create({"resourceType": "Patient"})
+    start = text(1_500, seed=12).replace("😀", "x").replace("é", "e")
+
+    def observation(patient: str, ending: str) -> str:
+        return world.create(
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"coding": [{"system": "urn:long", "code": start + ending}]},
+                "subject": {"reference": f"Patient/{patient}"},
+            }
+        )
+
+    first, last = observation(mine, "b"), observation(mine, "d")
+    hidden = observation(theirs, "c")
+    key = start.encode()[:KEY_BYTES].decode()
+
+    def page_after(resource_id: str) -> list[str]:
+        cursor = encode_cursor((key, None, "Observation", resource_id))
+        response = caller.get(
+            "/Observation",
+            params={"_sort": "code", "_tag": f"urn:test:long|{world.code}", "_page": cursor},
+        )
+        assert response.status_code == 200, response.text[:300]
+        return [e["resource"]["id"] for e in response.json().get("entry", [])]
+
+    with httpx.Client(
+        base_url=f"{live_server.origin}/fhir",
+        timeout=30,
+        headers=auth(f"Patient/{mine}", "user/*.rs"),
+    ) as caller:
+        assert page_after(first) == [last]  # the lookup works for what the caller sees
+        # the hidden resource's text (between the two) would give [last]: it answers as an
+        # unknown id does
+        assert page_after(hidden) == page_after(str(uuid.uuid4())) == []
