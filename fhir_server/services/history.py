@@ -108,17 +108,16 @@ async def history(
             link=links,
             total=len(page),
         )
-    # One row more than asked tells whether there is a next page.
-    versions = await repository.history(
+    page, more = await repository.history(
         conn,
         resource_type=resource_type,
         id=id,
         since=since,
-        count=count + 1,
+        count=count,
         after=after,
         access=access,
+        max_bytes=ctx.settings.max_search_bytes,
     )
-    page, more = versions[:count], len(versions) > count
 
     path = "/".join(p for p in (resource_type, id) if p)
     url = f"{ctx.base_url}/{path + '/' if path else ''}_history"

@@ -33,7 +33,7 @@ from fhir_server.storage.search_sql import (
     include_statement,
     search_statement,
 )
-from fhir_server.storage.sql import Connection, fetch_all, fetch_one
+from fhir_server.storage.sql import Connection, Query, fetch_one, stream
 
 SUBSETTED = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -107,15 +107,47 @@ async def run(ctx: Context, conn: Connection, query: SearchQuery, path: str) -> 
         return bundle("searchset", entries=[], **fields)
 
     statement, _ = search_statement(query, ctx.guard.access("search"), local_bases=ctx.local_bases)
-    rows = await fetch_all(conn, statement)
-    page = rows[: query.count]
-    if len(rows) > query.count and page:
+    budget = _Budget(ctx.settings.max_search_bytes)
+    page, more = await _page(conn, statement, query.count, budget)
+    if more and page:
         links.append({"relation": "next", "url": _link(url, echo, encode_cursor(page[-1][3:]))})
 
     entries = [_entry(ctx, query, r[0], r[1], r[2], "match") for r in page]
     seen = {(r[0], r[1]) for r in page}
-    entries += await _included(ctx, conn, query, [(r[0], r[1]) for r in page], seen)
+    entries += await _included(ctx, conn, query, [(r[0], r[1]) for r in page], seen, budget)
     return bundle("searchset", entries=entries, **fields)
+
+
+class _Budget:
+    """What is left of the bytes of JSON one search may hold (`FHIR_MAX_SEARCH_BYTES`)."""
+
+    def __init__(self, total: int) -> None:
+        self.left = total
+
+    def take(self, content: str, *, first: bool = False) -> bool:
+        """Whether `content` fits, and if so count it; the first match always fits."""
+        if len(content) > self.left and not first:
+            self.left = 0
+            return False
+        self.left -= len(content)
+        return True
+
+
+async def _page(
+    conn: Connection, statement: Query, count: int, budget: _Budget
+) -> tuple[list[tuple[Any, ...]], bool]:
+    """The page's rows, `count` of them or fewer where their JSON reaches the budget; and
+    whether more follow (the statement asks for one row more than a page)."""
+    page: list[tuple[Any, ...]] = []
+    more = False
+    async for row in stream(conn, statement):
+        if more:
+            continue  # read to the end, not kept
+        if len(page) == count or not budget.take(row[2], first=not page):
+            more = True
+            continue
+        page.append(row)
+    return page, more
 
 
 async def _included(
@@ -124,6 +156,7 @@ async def _included(
     query: SearchQuery,
     sources: list[tuple[str, str]],
     seen: set[tuple[str, str]],
+    budget: _Budget,
 ) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     direct = [i for i in query.includes if not i.iterate]
@@ -142,8 +175,9 @@ async def _included(
             statement = include_statement(
                 include, frontier, ctx.guard.access("search"), limit=MAX_INCLUDED
             )
-            for resource_type, id, content in await fetch_all(conn, statement):
-                if (resource_type, id) in seen:
+            # beyond the budget, as beyond MAX_INCLUDED, included resources are left out
+            async for resource_type, id, content in stream(conn, statement):
+                if (resource_type, id) in seen or not budget.take(content):
                     continue
                 seen.add((resource_type, id))
                 found.append((resource_type, id))
