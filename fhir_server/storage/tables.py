@@ -140,7 +140,7 @@ def _index_table(
 # A B-tree row holds at most about 2,700 bytes, so an indexed text column holds a key: the text
 # itself, or for a text longer than KEY_BYTES (storage/search_index.py) its first KEY_BYTES bytes,
 # with the whole text beside it in a `..._full` column that searches check where a key is
-# ambiguous (migration 0006_c1_bounded_index_keys). `_full` is null for the usual short text.
+# ambiguous (migration 0006_bounded_index_keys). `_full` is null for the usual short text.
 
 # Strings: `value` lower-cased without accents (starts-with and :contains), `exact` as written.
 search_string = _index_table(

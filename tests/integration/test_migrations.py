@@ -39,7 +39,7 @@ def test_migrated_schema_has_the_indexes_access_control_relies_on(database_url: 
 
 
 def test_bounded_index_keys_split_long_rows_already_stored(empty_database: str) -> None:
-    """Migration 0006_c1_bounded_index_keys: rows stored before it with a text of 1,000 to 2,700
+    """Migration 0006_bounded_index_keys: rows stored before it with a text of 1,000 to 2,700
     bytes in an indexed column keep a key of at most 1,000 bytes, their whole text beside it,
     exactly as the server writes new rows; a downgrade puts the whole text back."""
     from fhir_server.storage.search_index import KEY_BYTES, index_key

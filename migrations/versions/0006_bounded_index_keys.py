@@ -8,7 +8,7 @@ longer text goes whole into a new `..._full` column, null for short texts. The i
 unchanged. Rows already stored with a longer text (1,000 to 2,700 bytes) are split the same way
 here, so that searches find them as they find new ones.
 
-Revision ID: 0006_c1_bounded_index_keys
+Revision ID: 0006_bounded_index_keys
 Revises: 0005_idempotency
 Create Date: 2026-12-03
 """
@@ -16,7 +16,7 @@ Create Date: 2026-12-03
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_c1_bounded_index_keys"
+revision = "0006_bounded_index_keys"
 down_revision = "0005_idempotency"
 branch_labels = None
 depends_on = None
