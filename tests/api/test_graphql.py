@@ -143,6 +143,4 @@ def test_graphql_mistakes_are_answered_not_logged(
         r for r in caplog.records if not r.name.startswith(("httpx", "httpcore", "tests"))
     ]
     assert [r.getMessage() for r in server_records if r.levelno >= logging.ERROR] == []
-    assert not any(
-        secret in r.getMessage() or secret in str(r.exc_info) for r in server_records
-    )
+    assert not any(secret in r.getMessage() or secret in str(r.exc_info) for r in server_records)
