@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -56,6 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # a SIGTERM unwinds like Ctrl-C, so the server and its database are stopped and removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     config = Config(seed=args.seed, requests=args.requests, seconds=args.seconds)
     with ExitStack() as stack:
         if args.base:

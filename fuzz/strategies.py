@@ -5,6 +5,7 @@ non-FHIR APIs, each sent as one of several callers."""
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -173,6 +174,8 @@ def hostile_text(long_sizes: tuple[int, ...] = LONG_SIZES) -> st.SearchStrategy[
 QUERY_SIZES = (2_000, 2_800, 8_200, 100_000)
 # A query string is not made longer than this by repeating its parameters.
 MAX_REPEATED_QUERY = 20_000
+# Nor a Bundle's entries (2,000 copies of a 1 MB entry would be 2 GB in the fuzzer itself).
+MAX_REPEATED_BUNDLE = 5_000
 
 
 # ---------------------------------------------------------------- resources
@@ -850,7 +853,7 @@ def bundle_case(draw: st.DrawFn, world: World) -> Case:
                 st.sampled_from((None, {}, "x", {"method": "POST"}, {"url": "Patient"}))
             )
         entries.append(entry)
-    if draw(st.integers(0, 6)) == 0:
+    if draw(st.integers(0, 6)) == 0 and len(json.dumps(entries)) < MAX_REPEATED_BUNDLE:
         entries = entries * draw(st.sampled_from((50, 2_000)))
     bundle: dict[str, Any] = {"resourceType": "Bundle", "entry": entries}
     if bundle_type is not None:
