@@ -31,6 +31,8 @@ SLOW_SECONDS = 10.0
 # How long the client waits at most: past SLOW_SECONDS the request has failed already.
 CLIENT_TIMEOUT = 30.0
 CHUNK = 20
+# How long a server that stopped answering gets to recover before the run ends.
+RECOVERY = 60.0
 
 
 @dataclass(frozen=True)
@@ -138,8 +140,13 @@ def exception_type(traceback: str) -> str:
     """`psycopg.errors.ProgramLimitExceeded at fhir_server/storage/x.py:insert` from a formatted
     traceback: the type on its last line, and the last frame in the project's own code (no line
     number, so that a signature survives unrelated edits)."""
-    last = traceback.strip().splitlines()[-1] if traceback.strip() else ""
-    name = last.split(":", 1)[0].strip() or "unknown"
+    lines = traceback.strip().splitlines()
+    frames_at = [n for n, line in enumerate(lines) if line.startswith("  File ")]
+    # the exception line is the first one at column 0 after the last frame (a database error's
+    # message goes on with DETAIL and CONTEXT lines after it)
+    after = lines[frames_at[-1] + 1 :] if frames_at else lines
+    first = next((line for line in after if line and not line[0].isspace()), "")
+    name = first.split(":", 1)[0].strip() or "unknown"
     frames = _FRAME.findall(traceback)
     if frames:
         path, function = frames[-1]
@@ -392,12 +399,18 @@ class Fuzzer:
     # ------------------------------------------------------------ judging
 
     def signature(self, case: Case, outcome: Outcome) -> Signature | None:
-        route = outcome.route or case.path.split("?")[0][:60]
+        route = outcome.route or _template(case.path)
         exception = ",".join(sorted(set(outcome.exceptions))) or "-"
         if outcome.status is not None and outcome.status >= 500:
             return Signature("5xx", case.method, route, exception, outcome.status)
         if outcome.logged_status is not None and outcome.logged_status >= 500:
             return Signature("5xx", case.method, route, exception, outcome.logged_status)
+        if outcome.status is None and outcome.error in (
+            "ReadTimeout",
+            "WriteTimeout",
+            "PoolTimeout",
+        ):
+            return Signature("slow", case.method, route, f"no answer in {CLIENT_TIMEOUT:g} s")
         if outcome.status is None:
             return Signature("dropped", case.method, route, f"{outcome.error} {exception}".strip())
         if outcome.elapsed > SLOW_SECONDS:
@@ -407,11 +420,19 @@ class Fuzzer:
             return Signature("error-log", case.method, route, detail)
         return None
 
-    def alive(self) -> bool:
-        try:
-            return self.client.get("/healthz", timeout=10).status_code == 200
-        except httpx.HTTPError:
-            return False
+    def alive(self, patience: float = 0.0) -> bool:
+        """Whether the server answers its health check, waiting up to `patience` seconds for a
+        server that is still busy with an earlier request."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                if self.client.get("/healthz", timeout=10).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(2)
 
     # ------------------------------------------------------------ shrinking
 
@@ -434,6 +455,14 @@ class Fuzzer:
                     case, improved = candidate, True
                     break
         return case
+
+
+_ID_SEGMENT = re.compile(r"/[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _template(path: str) -> str:
+    """A path as a route-like label, for requests the server did not log: ids folded."""
+    return _ID_SEGMENT.sub("/{id}", path.split("?")[0])[:80]
 
 
 def _read_status(sock: socket.socket) -> int | None:
@@ -537,7 +566,7 @@ def run(fuzzer: Fuzzer, config: Config) -> Report:
         else:
             findings[signature] = Finding(signature, case, sent)
             fuzzer.echo(f"  request {sent}: {signature}")
-        if signature.problem in ("dropped", "slow") and not fuzzer.alive():
+        if signature.problem in ("dropped", "slow") and not fuzzer.alive(patience=RECOVERY):
             down = Signature("server-down", case.method, signature.route, signature.exception)
             findings[down] = Finding(down, case, sent)
             stopped.append(sent)
