@@ -533,8 +533,10 @@ class Config:
     seed: int = 20261103
     requests: int = 2_000
     seconds: float = 240.0
-    # Requests spent shrinking each signature's example (within the time left).
+    # Requests and seconds spent shrinking each new signature's example, right when it is found
+    # (a server that a later request brings down can no longer help).
     shrink_attempts: int = 60
+    shrink_seconds: float = 20.0
 
 
 def run(fuzzer: Fuzzer, config: Config) -> Report:
@@ -564,8 +566,11 @@ def run(fuzzer: Fuzzer, config: Config) -> Report:
             if _size(case) < _size(finding.case):
                 finding.case = case
         else:
-            findings[signature] = Finding(signature, case, sent)
             fuzzer.echo(f"  request {sent}: {signature}")
+            if signature.problem != "slow":  # a slow example would stall every attempt
+                limit = time.monotonic() + config.shrink_seconds
+                case = fuzzer.shrink(case, signature, config.shrink_attempts, limit)
+            findings[signature] = Finding(signature, case, sent)
         if signature.problem in ("dropped", "slow") and not fuzzer.alive(patience=RECOVERY):
             down = Signature("server-down", case.method, signature.route, signature.exception)
             findings[down] = Finding(down, case, sent)
@@ -603,15 +608,6 @@ def run(fuzzer: Fuzzer, config: Config) -> Report:
     if stopped:
         fuzzer.echo("  the server stopped answering: run ended early")
     generation_ended = time.monotonic()
-    # shrink each signature's smallest example, within a share of the budget kept for it
-    shrink_deadline = max(deadline, generation_ended) + min(60.0, config.seconds / 4)
-    if fuzzer.alive():
-        for signature, finding in findings.items():
-            if signature.problem in ("server-down",):
-                continue
-            finding.case = fuzzer.shrink(
-                finding.case, signature, config.shrink_attempts, shrink_deadline
-            )
     peak = fuzzer.peak_rss / 2**20 if fuzzer.peak_rss else None
     return Report(
         sent, generation_ended - started, config.seed, findings, statuses, peak, fuzzer.base

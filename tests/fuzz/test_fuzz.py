@@ -23,6 +23,7 @@ SHORT = Config(
     requests=300,
     seconds=40,
     shrink_attempts=20,
+    shrink_seconds=5,
 )
 
 
