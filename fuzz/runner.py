@@ -9,6 +9,7 @@ hit a hundred times is one line of the report, with the smallest request that st
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import re
 import socket
@@ -278,6 +279,7 @@ class Fuzzer:
         self.echo = echo or (lambda _: None)
         self.process: Any = None
         self.peak_rss = 0
+        self.counter = itertools.count(1)
         if server_pid is not None:
             self.process = psutil.Process(server_pid)
         self.world = make_world(
@@ -291,23 +293,28 @@ class Fuzzer:
 
     # ------------------------------------------------------------ sending
 
-    def headers(self, case: Case) -> dict[str, str]:
+    def headers(self, case: Case, request_id: str | None = None) -> dict[str, str]:
         headers = dict(case.headers)
+        if request_id is not None and not any(k.lower() == "x-request-id" for k in headers):
+            headers["X-Request-ID"] = request_id
         auth = self.auth.get(case.role)
         if auth is not None:
             headers.setdefault("Authorization", auth)
         return headers
 
     def send(self, case: Case) -> Outcome:
+        """Send `case`; the outcome carries what the server logged about it, found by the
+        request id the fuzzer gives every request (the request's log line comes after its answer)."""
         started = time.monotonic()
+        request_id = f"fuzz-{next(self.counter)}"
         if case.transport is not None:
-            outcome = self._send_raw(case)
+            outcome = self._send_raw(case, request_id)
         else:
             try:
                 response = self.client.request(
                     case.method,
                     self.base + case.target(),
-                    headers=self.headers(case),
+                    headers=self.headers(case, request_id),
                     content=case.body_bytes(),
                 )
                 outcome = Outcome(response.status_code, time.monotonic() - started)
@@ -315,20 +322,36 @@ class Fuzzer:
                 outcome = Outcome(None, time.monotonic() - started, error=type(exc).__name__)
             except (httpx.InvalidURL, httpx.LocalProtocolError, UnicodeError, ValueError):
                 # httpx will not write it (a URL too long, a header it refuses): at the socket
-                outcome = self._send_raw(replace(case, transport="plain"))
+                outcome = self._send_raw(replace(case, transport="plain"), request_id)
             except httpx.TransportError as exc:
                 outcome = Outcome(None, time.monotonic() - started, error=type(exc).__name__)
-        if outcome.status is None or outcome.status >= 500 or outcome.raw:
-            # what the server logs about a failed or broken exchange may come after the answer
+        own = not any(k.lower() == "x-request-id" for k, _ in case.headers)
+        self._attach_log(outcome, request_id if own else None, 0.5 if outcome.raw else 2.0)
+        if outcome.status is None or outcome.status >= 500:
+            # an unhandled error may be logged once more after the request line
             time.sleep(0.3)
-        self._attach_log(outcome)
+            self._attach_log(outcome, None, 0.0)
         if self.process is not None:
             with contextlib.suppress(psutil.Error):  # gone: the next request says so
                 self.peak_rss = max(self.peak_rss, self.process.memory_info().rss)
         return outcome
 
-    def _attach_log(self, outcome: Outcome) -> None:
+    def _attach_log(self, outcome: Outcome, request_id: str | None, wait: float) -> None:
+        """Read the log up to the request line of `request_id` (or for `wait` seconds, or
+        once when there is no id to wait for)."""
+        deadline = time.monotonic() + wait
+        while True:
+            if self._read_log(outcome, request_id) or request_id is None:
+                return
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.02)
+
+    def _read_log(self, outcome: Outcome, request_id: str | None) -> bool:
+        found = False
         for record in self.log.read():
+            if request_id is not None and record.get("request_id") == request_id:
+                found = True
             if record.get("logger") == "fhir_server.requests" and "status" in record:
                 outcome.route = record.get("route")
                 outcome.logged_status = record.get("status")
@@ -340,14 +363,15 @@ class Fuzzer:
             ):
                 message = str(record.get("message")).strip().splitlines() or [""]
                 outcome.log_errors.append(f"{record.get('logger')}: {message[0][:80]}")
+        return found
 
-    def _send_raw(self, case: Case) -> Outcome:
+    def _send_raw(self, case: Case, request_id: str) -> Outcome:
         """Hostile HTTP below the client library: truncated or slow bodies, a client that goes
         away mid-body, bytes that are not HTTP, a flood of headers."""
         url = urlsplit(self.base)
         body = case.body_bytes() or b""
         head = [f"{case.method} {case.target()} HTTP/1.1", f"Host: {url.netloc}"]
-        head += [f"{k}: {v}" for k, v in self.headers(case).items()]
+        head += [f"{k}: {v}" for k, v in self.headers(case, request_id).items()]
         started = time.monotonic()
         status: int | None = None
         error: str | None = None
