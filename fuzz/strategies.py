@@ -270,9 +270,12 @@ def mutated(draw: st.DrawFn, resource_type: str) -> tuple[Body, str]:
     def leaf() -> tuple[Any, ...]:
         if paths and draw(st.booleans()):
             return draw(st.sampled_from(paths))
-        path = draw(st.sampled_from(INDEXED_LEAVES))
-        base = INDEXED[path[0]]
-        doc[path[0]] = base
+        # an indexed element of this type where it has one (elsewhere: an unknown element)
+        known = set(resource_schema(resource_type)["properties"])
+        leaves = [p for p in INDEXED_LEAVES if p[0] in known] or list(INDEXED_LEAVES)
+        path = draw(st.sampled_from(leaves))
+        if path[0] not in doc:
+            doc[path[0]] = INDEXED[path[0]]
         return path
 
     if kind == "huge-string":
