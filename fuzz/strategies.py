@@ -14,7 +14,7 @@ from hypothesis_jsonschema import from_schema
 
 from capability.definitions import search_parameter_bundle
 from fuzz.case import Body, Case, raw_marker
-from fuzz.schemas import resource_schema
+from fuzz.schemas import _resource_schema, resource_schema
 
 TYPES = (
     "Patient",
@@ -271,7 +271,7 @@ def mutated(draw: st.DrawFn, resource_type: str) -> tuple[Body, str]:
         if paths and draw(st.booleans()):
             return draw(st.sampled_from(paths))
         # an indexed element of this type where it has one (elsewhere: an unknown element)
-        known = set(resource_schema(resource_type)["properties"])
+        known = set(_resource_schema(resource_type, 2)["properties"])
         leaves = [p for p in INDEXED_LEAVES if p[0] in known] or list(INDEXED_LEAVES)
         path = draw(st.sampled_from(leaves))
         if path[0] not in doc:
