@@ -3,6 +3,9 @@ its JSON log (at INFO, so every request's route and status are there) in a file.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -34,6 +37,17 @@ def start(stack: ExitStack) -> Deployment:
     }
     log = tmp / "server.log"
     handle = stack.enter_context(log.open("wb"))
+    group: list[int] = []
+    # runs after the server is stopped: a server killed because it would not stop leaves its
+    # audit writer process behind (a daemon child survives a SIGKILL of its parent)
+    stack.callback(_kill_group, group)
     proc = spawn(stack, [str(Path(sys.executable).parent / "fhir-server"), "serve"], env, handle)
+    group.append(proc.pid)
     wait_ready(base, proc, log)
     return Deployment(base, log, data_dir, proc.pid)
+
+
+def _kill_group(group: list[int]) -> None:
+    for pid in group:  # the server's own session (spawn starts one): the server and its children
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
