@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run migrate test test-pg check bench load infra-check clean up down
+.PHONY: install run migrate test test-pg check bench load fuzz infra-check clean up down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ bench: $(STAMP)
 # p50/p95/p99 per route against the specification's targets (docs/load.md).
 load: $(STAMP)
 	$(PY) -m bench.loadtest
+
+# Seeded, bounded fuzzing of a real server: schema-generated and mutated resources, searches,
+# patches, bundles, hostile HTTP, as several callers; no 5xx, no dropped connection, nothing over
+# 10 s (docs/fuzz.md). FUZZ_SEED, FUZZ_REQUESTS and FUZZ_SECONDS change the run.
+fuzz: $(STAMP)
+	$(PY) -m fuzz
 
 # Offline checks of infra/terraform, deploy/kubernetes and the Dockerfile (checkov) and the SBOM
 # build/sbom.cdx.json; the tools install into .venv-tools on first use (docs/infrastructure.md).

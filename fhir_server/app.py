@@ -30,7 +30,7 @@ from fhir_server.services.limits import InputLimits
 from fhir_server.services.registry import ClientRegistry, RegistrySettings
 from fhir_server.settings import Settings
 from fhir_server.storage import idempotency
-from fhir_server.storage.database import Database, libpq_url
+from fhir_server.storage.database import Database, libpq_url, session_limits
 from fhir_server.validation import ResourceValidator
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,12 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         tracing.configure()  # before the pool: its connections trace their statements
         verifier = TokenVerifier(token_settings(settings))
         policy = Policy(load_policy_file(settings.policy_file))
-        db = Database(database_url, pool_size=settings.db_pool_size)
+        limits = session_limits(
+            settings.db_statement_timeout,
+            settings.db_work_mem,
+            settings.db_idle_in_transaction_timeout,
+        )
+        db = Database(database_url, pool_size=settings.db_pool_size, limits=limits)
         await db.open()
         validator = ResourceValidator()
         server = Context(settings=settings, validator=validator, base_url="")

@@ -117,7 +117,9 @@ def _is_postmaster(pid: int, pgdata: Path) -> bool:
 
 # Settings a reload applies (no restart). The defaults checkpoint every 1 GB of WAL, which a bulk
 # load of a million resources hits every few seconds, rewriting whole pages each time.
-_SETTINGS = {"max_wal_size": "4GB", "checkpoint_timeout": "15min"}
+# `temp_file_limit` bounds the disk one session may spill sorts and hashes to (only a superuser
+# sets it, so not per session as the server's other limits: docs/configuration.md).
+_SETTINGS = {"max_wal_size": "4GB", "checkpoint_timeout": "15min", "temp_file_limit": "2GB"}
 
 
 def _tune(conn: psycopg.Connection[tuple[object, ...]]) -> None:

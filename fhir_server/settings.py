@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+_PG_TIME = re.compile(r"[0-9]+(?:us|ms|s|min|h|d)?")
+_PG_MEMORY = re.compile(r"[0-9]+(?:kB|MB|GB|TB)?")
+
+
+def _pg_setting(
+    name: str, get: Callable[[str], str | None], default: str, form: re.Pattern[str]
+) -> str:
+    """A PostgreSQL time or memory value (`60s`, `8MB`): it goes into each session's options."""
+    value = get(name) or default
+    if form.fullmatch(value) is None:
+        raise ValueError(f"`{name}` must be a PostgreSQL value such as `{default}`, got `{value}`")
+    return value
 
 
 def _bool(value: str) -> bool:
@@ -76,10 +90,14 @@ class Settings:
     max_patch_operations: int = 1_000
     # A patched resource may not grow beyond this (estimated while the operations apply).
     max_patch_result_bytes: int = 16 * 1024 * 1024
-    # The resources one searchset page may carry: matches stop there (a next link goes on),
-    # included resources beyond it are left out with a warning entry.
-    max_result_bytes: int = 32 * 1024 * 1024
     db_pool_size: int = 10
+    # What one PostgreSQL session of the server may take (docs/configuration.md#database-limits):
+    # a statement's run time, the memory of each sort or hash, an idle open transaction's life.
+    db_statement_timeout: str = "60s"
+    db_work_mem: str = "8MB"
+    db_idle_in_transaction_timeout: str = "60s"
+    # The resources one search page holds at most, in bytes of JSON (at least one resource).
+    max_search_bytes: int = 64 * 1024 * 1024
     log_level: str = "info"
     # Access control (docs/security.md): the policy file (the shipped default when unset), the
     # age of majority, break-glass for practitioners, and the token role that makes an Admin.
@@ -164,8 +182,18 @@ class Settings:
             max_patch_result_bytes=num(
                 "FHIR_MAX_PATCH_RESULT_BYTES", defaults.max_patch_result_bytes
             ),
-            max_result_bytes=num("FHIR_MAX_RESULT_BYTES", defaults.max_result_bytes),
             db_pool_size=num("FHIR_DB_POOL_SIZE", defaults.db_pool_size),
+            db_statement_timeout=_pg_setting(
+                "FHIR_DB_STATEMENT_TIMEOUT", get, defaults.db_statement_timeout, _PG_TIME
+            ),
+            db_work_mem=_pg_setting("FHIR_DB_WORK_MEM", get, defaults.db_work_mem, _PG_MEMORY),
+            db_idle_in_transaction_timeout=_pg_setting(
+                "FHIR_DB_IDLE_IN_TRANSACTION_TIMEOUT",
+                get,
+                defaults.db_idle_in_transaction_timeout,
+                _PG_TIME,
+            ),
+            max_search_bytes=num("FHIR_MAX_SEARCH_BYTES", defaults.max_search_bytes),
             log_level=(get("LOG_LEVEL") or defaults.log_level).lower(),
             policy_file=Path(policy) if (policy := get("FHIR_POLICY_FILE")) else None,
             majority_age=num("MAJORITY_AGE", defaults.majority_age),

@@ -6,6 +6,7 @@ import logging
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from psycopg.errors import ConfigurationLimitExceeded, QueryCanceled
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fhir_server.api.responses import outcome_response
@@ -56,6 +57,20 @@ async def request_error(request: Request, exc: Exception) -> Response:
     return outcome_response(400, issues)
 
 
+async def database_limit(request: Request, exc: Exception) -> Response:
+    # A statement over the session's `statement_timeout` or over `temp_file_limit`
+    # (docs/configuration.md#database-limits): the request asked for more than the server gives
+    # one request; its transaction is rolled back.
+    log.warning(
+        "a statement of %s %s reached a database limit: %s",
+        request.method,
+        request.url.path,
+        type(exc).__name__,
+    )
+    message = "the request needs more of the database than one request may use"
+    return outcome_response(503, [Issue("too-costly", message)])
+
+
 async def server_error(request: Request, exc: Exception) -> Response:
     # The body never carries internals; the log has the exception type and where it happened.
     log.exception("unhandled error on %s %s", request.method, request.url.path)
@@ -66,4 +81,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(FhirError, fhir_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(RequestValidationError, request_error)
+    app.add_exception_handler(QueryCanceled, database_limit)
+    app.add_exception_handler(ConfigurationLimitExceeded, database_limit)
     app.add_exception_handler(Exception, server_error)

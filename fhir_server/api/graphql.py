@@ -9,15 +9,17 @@ query costs more than a page of the portal.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import strawberry
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from fastapi import FastAPI, Request
+from graphql import GraphQLError
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry.fastapi import GraphQLRouter
 from strawberry.http import GraphQLRequestData
-from strawberry.types import Info
+from strawberry.types import ExecutionContext, Info
 
 from fhir_server.api.deps import UTF8_NAMES, Interaction, interaction, parse_media_type
 from fhir_server.api.fhir import run_add_dependent
@@ -27,6 +29,8 @@ from fhir_server.services.family import Member
 from fhir_server.services.limits import InputLimits, input_limits
 from fhir_server.services.resources import parse_json
 from fhir_server.settings import Settings
+
+log = logging.getLogger(__name__)
 
 MAX_DEPTH = 6
 MAX_TOKENS = 1_000
@@ -200,7 +204,27 @@ class Mutation:
         return RemoveResult(success=True, message=f"Patient/{dependent_id} removed")
 
 
-schema = strawberry.Schema(
+class _Schema(strawberry.Schema):
+    """strawberry's schema, minus its error log: strawberry logs every error of a response at
+    ERROR with the message, whose syntax and validation errors quote the query text (which may
+    hold a name or a national id). The caller's mistakes are answered in `errors` and not logged;
+    an unexpected exception in a resolver is logged as on the FHIR routes, by type and place."""
+
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        for error in errors:
+            original = error.original_error
+            if original is None or isinstance(original, FhirError | GraphQLError):
+                continue
+            log.error(
+                "unhandled error in a GraphQL operation: %s",
+                type(original).__name__,
+                exc_info=(type(original), original, original.__traceback__),
+            )
+
+
+schema = _Schema(
     query=Query,
     mutation=Mutation,
     extensions=[

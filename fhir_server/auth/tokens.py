@@ -33,6 +33,7 @@ _IDENTITY_CLAIMS = ("sub", "fhirUser", "client_id", "azp", "patient")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 # Claims only an ID token carries: presented as an access token, it is refused.
 _ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash")
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +215,8 @@ def _fhir_user(value: Any) -> str | None:
     if not isinstance(value, str):
         raise Unauthorized("the `fhirUser` claim must be a reference", code="login")
     parts = value.rstrip("/").split("/")
-    if len(parts) < 2 or parts[-2] not in IDENTITY_TYPES or not parts[-1]:
+    # an R4 id: it becomes the `created_by` of what the caller writes, an indexed column
+    if len(parts) < 2 or parts[-2] not in IDENTITY_TYPES or _FHIR_ID.fullmatch(parts[-1]) is None:
         raise Unauthorized(
             "`fhirUser` must name a Patient, RelatedPerson, Practitioner or Person",
             code="login",

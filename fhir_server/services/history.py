@@ -108,25 +108,16 @@ async def history(
             link=links,
             total=len(page),
         )
-    # One row more than asked tells whether there is a next page.
-    versions = await repository.history(
+    page, more = await repository.history(
         conn,
         resource_type=resource_type,
         id=id,
         since=since,
-        count=count + 1,
+        count=count,
         after=after,
         access=access,
+        max_bytes=ctx.settings.max_search_bytes,
     )
-    page, more = versions[:count], len(versions) > count
-    # a page carries at most FHIR_MAX_RESULT_BYTES of resources (docs/limits.md): it ends
-    # early, and the next link goes on from there
-    used = 0
-    for index, version in enumerate(page):
-        used += len(version.content or "")
-        if used > ctx.settings.max_result_bytes and index > 0:
-            page, more = page[:index], True
-            break
 
     path = "/".join(p for p in (resource_type, id) if p)
     url = f"{ctx.base_url}/{path + '/' if path else ''}_history"

@@ -22,6 +22,7 @@ from fhir_server.services.resources import deletion, new_version, parse_json
 from fhir_server.storage import repository
 from fhir_server.storage.cursors import decode_cursor, encode_cursor
 from fhir_server.storage.repository import StoredVersion
+from fhir_server.storage.search_index import index_key
 from fhir_server.storage.sql import Connection, Statement, fetch_all
 
 EXT = "urn:fhir-server:StructureDefinition/patient-service-"
@@ -322,7 +323,8 @@ _LIVE_WITH_TOKEN = Statement(
 SELECT r.id FROM resources r
 WHERE r.resource_type = 'Patient' AND NOT r.deleted AND r.id IN (
     SELECT t.id FROM search_token t
-    WHERE t.resource_type = 'Patient' AND t.code = %(code)s AND t.value = %(value)s)
+    WHERE t.resource_type = 'Patient' AND t.code = %(code)s AND t.value = %(key)s
+      AND coalesce(t.value_full, t.value) = %(value)s)
 """
 )
 
@@ -338,7 +340,8 @@ async def _unique(conn: Connection, patient: dict[str, Any], own_id: str | None)
         await conn.execute(
             "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"patient-{code}:{value}",)
         )
-        rows = await fetch_all(conn, _LIVE_WITH_TOKEN, {"code": code, "value": value})
+        key = index_key(value)[0]  # the index holds the start of a long value
+        rows = await fetch_all(conn, _LIVE_WITH_TOKEN, {"code": code, "key": key, "value": value})
         if any(id != own_id for (id,) in rows):
             raise PatientApiError(409, f"duplicate_{code}", f"another patient has this {field}")
 

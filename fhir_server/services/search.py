@@ -16,7 +16,7 @@ import orjson
 
 from capability.definitions import summary_elements
 from compartments.engine import Decision
-from fhir_server.errors import BadRequest, Issue
+from fhir_server.errors import BadRequest
 from fhir_server.search.query import (
     MAX_INCLUDE_DEPTH,
     Include,
@@ -28,14 +28,13 @@ from fhir_server.services.access import check_type, unrestricted
 from fhir_server.services.bundles import bundle
 from fhir_server.services.context import Context
 from fhir_server.services.offload import HEAVY, cpu
-from fhir_server.services.outcome_json import operation_outcome
 from fhir_server.storage.cursors import encode_cursor
 from fhir_server.storage.search_sql import (
     count_statement,
     include_statement,
     search_statement,
 )
-from fhir_server.storage.sql import Connection, fetch_all, fetch_one
+from fhir_server.storage.sql import Connection, Query, fetch_one, stream
 
 SUBSETTED = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -120,54 +119,47 @@ async def run(ctx: Context, conn: Connection, query: SearchQuery, path: str) -> 
     statement, _ = await cpu(
         search_statement, query, ctx.guard.access("search"), local_bases=ctx.local_bases
     )
-    rows = await fetch_all(conn, statement)
-    budget = Budget(ctx.settings.max_result_bytes)
-    page = budget.page(rows[: query.count])
-    if (len(rows) > query.count or len(page) < min(len(rows), query.count)) and page:
+    budget = _Budget(ctx.settings.max_search_bytes)
+    page, more = await _page(conn, statement, query.count, budget)
+    if more and page:
         links.append({"relation": "next", "url": _link(url, echo, encode_cursor(page[-1][3:]))})
 
     entries = [_entry(ctx, query, r[0], r[1], r[2], "match") for r in page]
     seen = {(r[0], r[1]) for r in page}
     entries += await _included(ctx, conn, query, [(r[0], r[1]) for r in page], seen, budget)
-    if budget.left_out:
-        entries.append(_left_out(budget))
     return bundle("searchset", entries=entries, **fields)
 
 
-class Budget:
-    """How many bytes of resources one searchset page may carry (`FHIR_MAX_RESULT_BYTES`): the
-    matches stop where it is spent (the next link goes on from there; at least one match is
-    always given), included resources beyond it are left out and the page says so."""
+class _Budget:
+    """What is left of the bytes of JSON one search may hold (`FHIR_MAX_SEARCH_BYTES`)."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.left_out = 0
+    def __init__(self, total: int) -> None:
+        self.left = total
 
-    def page(self, rows: list[Any]) -> list[Any]:
-        for index, row in enumerate(rows):
-            self.used += len(row[2])
-            if self.used > self.limit and index > 0:
-                return rows[:index]
-        return rows
-
-    def admits(self, content: str) -> bool:
-        if self.used + len(content) > self.limit:
-            self.left_out += 1
+    def take(self, content: str, *, first: bool = False) -> bool:
+        """Whether `content` fits, and if so count it; the first match always fits."""
+        if len(content) > self.left and not first:
+            self.left = 0
             return False
-        self.used += len(content)
+        self.left -= len(content)
         return True
 
 
-def _left_out(budget: Budget) -> dict[str, Any]:
-    text = (
-        f"{budget.left_out} included resources were left out: the page would have exceeded "
-        f"{budget.limit} bytes; ask for fewer matches per page (`_count`)"
-    )
-    return {
-        "resource": operation_outcome([Issue("too-costly", text, severity="warning")]),
-        "search": {"mode": "outcome"},
-    }
+async def _page(
+    conn: Connection, statement: Query, count: int, budget: _Budget
+) -> tuple[list[tuple[Any, ...]], bool]:
+    """The page's rows, `count` of them or fewer where their JSON reaches the budget; and
+    whether more follow (the statement asks for one row more than a page)."""
+    page: list[tuple[Any, ...]] = []
+    more = False
+    async for row in stream(conn, statement):
+        if more:
+            continue  # read to the end, not kept
+        if len(page) == count or not budget.take(row[2], first=not page):
+            more = True
+            continue
+        page.append(row)
+    return page, more
 
 
 async def _included(
@@ -176,7 +168,7 @@ async def _included(
     query: SearchQuery,
     sources: list[tuple[str, str]],
     seen: set[tuple[str, str]],
-    budget: Budget,
+    budget: _Budget,
 ) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     direct = [i for i in query.includes if not i.iterate]
@@ -195,8 +187,9 @@ async def _included(
             statement = include_statement(
                 include, frontier, ctx.guard.access("search"), limit=MAX_INCLUDED
             )
-            for resource_type, id, content in await fetch_all(conn, statement):
-                if (resource_type, id) in seen or not budget.admits(content):
+            # beyond the budget, as beyond MAX_INCLUDED, included resources are left out
+            async for resource_type, id, content in stream(conn, statement):
+                if (resource_type, id) in seen or not budget.take(content):
                     continue
                 seen.add((resource_type, id))
                 found.append((resource_type, id))

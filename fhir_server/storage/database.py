@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import cache
 from importlib import resources
@@ -50,25 +50,53 @@ class TracedCursor(AsyncCursor[Any]):
             await super().executemany(query, params_seq, **kw)
 
 
+SESSION_LIMITS: Mapping[str, str] = {
+    "statement_timeout": "60s",
+    "work_mem": "8MB",
+    "idle_in_transaction_session_timeout": "60s",
+}
+"""The defaults of `Settings` (db_statement_timeout, db_work_mem, db_idle_in_transaction_timeout)."""
+
+
+def session_limits(
+    statement_timeout: str, work_mem: str, idle_in_transaction_timeout: str
+) -> dict[str, str]:
+    return {
+        "statement_timeout": statement_timeout,
+        "work_mem": work_mem,
+        "idle_in_transaction_session_timeout": idle_in_transaction_timeout,
+    }
+
+
 class Database:
     """The server's pool of PostgreSQL connections.
 
     Connections are in autocommit mode, so that a read is one statement and one round trip;
     `transaction()` wraps its statements in BEGIN ... COMMIT, rolled back if the block raises.
+
+    `limits` are PostgreSQL settings of every session (`SESSION_LIMITS` by default): they bound
+    what one request can make the database do (docs/configuration.md#database-limits).
     """
 
     # Timestamps come back in UTC whatever the server's default zone.
     OPTIONS = "-c TimeZone=UTC"
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, limits: Mapping[str, str] | None = None
+    ) -> None:
         self._url = libpq_url(url)
+        settings = SESSION_LIMITS if limits is None else limits
+        # values are PostgreSQL time or memory literals (settings.py checks them): no spaces
+        self._options = " ".join(
+            [self.OPTIONS, *(f"-c {name}={value}" for name, value in settings.items())]
+        )
         self._pool = AsyncConnectionPool(
             self._url,
             min_size=pool_size,
             max_size=pool_size,
             kwargs={
                 "autocommit": True,
-                "options": self.OPTIONS,
+                "options": self._options,
                 **({"cursor_factory": TracedCursor} if tracing.enabled() else {}),
             },
             open=False,
@@ -78,7 +106,7 @@ class Database:
     async def open(self) -> None:
         """Connect the pool. A database that refuses a first connection fails at once, with
         PostgreSQL's reason, rather than after the pool's retries."""
-        probe = await AsyncConnection.connect(self._url, connect_timeout=10, options=self.OPTIONS)
+        probe = await AsyncConnection.connect(self._url, connect_timeout=10, options=self._options)
         await probe.close()
         await self._pool.open(wait=True, timeout=30)
 

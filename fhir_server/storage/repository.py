@@ -52,6 +52,7 @@ from fhir_server.storage.sql import (
     execute_many,
     fetch_all,
     fetch_one,
+    stream,
 )
 from fhir_server.storage.tables import resource_history, resources
 
@@ -432,9 +433,11 @@ async def history(
     count: int,
     after: HistoryCursor | None,
     access: AccessFilter | None = None,
-) -> list[StoredVersion]:
+    max_bytes: int | None = None,
+) -> tuple[list[StoredVersion], bool]:
     """Versions newest first, for one resource, one type, or the whole system; with `access`,
-    only the versions the caller may see."""
+    only the versions the caller may see. At most `count` of them, and with `max_bytes` fewer
+    where their JSON would pass it (at least one); and whether more follow."""
     h = resource_history.c
     query = select(
         h.resource_type,
@@ -470,9 +473,22 @@ async def history(
             )
         )
     query = query.order_by(h.last_updated.desc(), h.resource_type, h.id, h.version_id.desc()).limit(
-        count
+        count + 1
     )
-    return [StoredVersion(*row) for row in await fetch_all(conn, query)]
+    versions: list[StoredVersion] = []
+    left = max_bytes
+    more = False
+    async for row in stream(conn, query):  # rows of megabytes: never the whole page at once
+        if more:
+            continue  # read to the end, not kept
+        size = len(row[5] or "")
+        if len(versions) == count or (left is not None and versions and size > left):
+            more = True
+            continue
+        if left is not None:
+            left -= size
+        versions.append(StoredVersion(*row))
+    return versions, more
 
 
 async def history_total(

@@ -16,6 +16,10 @@ The planner works in two steps, because building a SQLAlchemy statement and comp
    and their own values, sent to PostgreSQL as parameters of an unprepared statement, so each
    search is still planned for its values (`sql._server_side`).
 
+Indexed texts are bounded keys (storage/search_index.py): a search compares the key where it
+decides alone and the whole text beside it where the key may be the start of a longer text, so
+results stay exact for values of any length.
+
 The builder never sees a value, and every parameter of the SQL it compiles must be one the shape
 names, so one request's values cannot reach another's SQL. Lists of values (`_id`, the
 compartments and creators of a grant, the page's ids of an `_include`) are one array parameter
@@ -42,10 +46,12 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    case,
     cast,
     exists,
     false,
     func,
+    literal_column,
     not_,
     or_,
     select,
@@ -56,11 +62,19 @@ from sqlalchemy.types import NULLTYPE, TypeEngine
 
 from capability.definitions import resource_types
 from fhir_server.errors import BadRequest
-from fhir_server.search.fhirpath import result_types
+from fhir_server.search.fhirpath import is_id, result_types
 from fhir_server.search.index import DATE_MAX, DATE_MIN, date_range, normalize_string, number_range
 from fhir_server.search.parameters import SearchParam
 from fhir_server.search.query import Criterion, Include, SearchQuery, split_prefix, split_unescaped
 from fhir_server.storage.cursors import decode_cursor
+from fhir_server.storage.search_index import (
+    KEY_BYTES,
+    KEY_DIGITS,
+    UNAMBIGUOUS_BYTES,
+    index_key,
+    key_prefix,
+    unambiguous,
+)
 from fhir_server.storage.sql import Query, compile_named
 from fhir_server.storage.tables import SEARCH_TABLES, resources
 
@@ -136,10 +150,13 @@ class InCompartments:
 #   ("any", node, value)             node = ANY(value)
 #   ("overlap"|"contains", node, value)   arrays: && and @>
 #   ("like contains"|"like prefix", node, value)   LIKE with `/` as the escape character
-#   ("starts_with", value, node)     the SQL function starts_with(value, node)
+#   ("starts_with", node, node)      the SQL function starts_with(text, prefix)
+#   ("coalesce", node, node)
 #   ("+", node, value)
 #   ("exists", condition...)
 #   ("aggregate", "min"|"max", column, condition...)   a scalar subquery
+#   ("whole", kind, code value, descending)   a sort key only: the whole text of the bounded-key
+#                                    sort value before it (`_Builder.whole_keys`)
 # and the statements: ("search", conditions, sort keys, keyset condition, limit),
 # ("count", conditions), ("include", link conditions, visibility conditions, limit).
 
@@ -308,45 +325,45 @@ class _Planner:
     def string(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         normalized = normalize_string(value)
         if modifier == "exact":
+            # `exact` holds the whole text: it settles a key that is only the start of one
             return (
                 "and",
-                ("=", _col(ix, "value"), self.value(normalized)),
+                ("=", _col(ix, "value"), self.value(index_key(normalized)[0])),
                 ("=", _col(ix, "exact"), self.value(value)),
             )
         if modifier == "contains":
-            return ("like contains", _col(ix, "value"), self.value(_like_escaped(normalized)))
-        return self.starts_with(_col(ix, "value"), normalized)
+            # the whole normalized text, where the key is only its start
+            whole = ("coalesce", _col(ix, "value_full"), _col(ix, "value"))
+            return ("like contains", whole, self.value(_like_escaped(normalized)))
+        return self.key_starts_with(ix, "value", normalized)
 
     def token(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         if modifier == "text":
             return self.starts_with(_col(ix, "text"), normalize_string(value))
         parts = split_unescaped(value, "|")
         if len(parts) == 1:
-            return ("=", _col(ix, "value"), self.value(parts[0]))
+            return self.key_equals(ix, "value", parts[0])
         system, code = parts[0], "|".join(parts[1:])
         if system == "":
-            return ("and", ("=", _col(ix, "value"), self.value(code)), ("null", _col(ix, "system")))
+            return ("and", self.key_equals(ix, "value", code), ("null", _col(ix, "system")))
         if code == "":
-            return ("=", _col(ix, "system"), self.value(system))
+            return self.key_equals(ix, "system", system)
         if _implicit_system(param):
             # a plain `code` element is indexed without the system its binding implies
             return (
                 "and",
-                ("=", _col(ix, "value"), self.value(code)),
-                ("or", ("=", _col(ix, "system"), self.value(system)), ("null", _col(ix, "system"))),
+                self.key_equals(ix, "value", code),
+                ("or", self.key_equals(ix, "system", system), ("null", _col(ix, "system"))),
             )
-        return (
-            "and",
-            ("=", _col(ix, "value"), self.value(code)),
-            ("=", _col(ix, "system"), self.value(system)),
-        )
+        return ("and", self.key_equals(ix, "value", code), self.key_equals(ix, "system", system))
 
     def uri(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         if modifier == "below":
-            return self.starts_with(_col(ix, "value"), value)
+            return self.key_starts_with(ix, "value", value)
         if modifier == "above":
-            return ("starts_with", self.value(value, "str"), _col(ix, "value"))
-        return ("=", _col(ix, "value"), self.value(value))
+            whole = ("coalesce", _col(ix, "value_full"), _col(ix, "value"))
+            return ("starts_with", self.value(value, "str"), whole)
+        return self.key_equals(ix, "value", value)
 
     def reference(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         if modifier == "identifier":
@@ -363,6 +380,10 @@ class _Planner:
                 conditions.append(("=", _col(ix, "identifier_value"), self.value(code)))
             return ("and", *conditions)
         local = self.local_reference(value)
+        if local is not None and not is_id(local[1]):
+            # no id of a resource here (such references are indexed by their text)
+            text = value if local[0] is not None or modifier is None else f"{modifier}/{value}"
+            return ("=", _col(ix, "url"), self.value(text.split("|")[0]))
         if local is not None:
             target_type, target_id = local
             if modifier is not None and target_type is not None and target_type != modifier:
@@ -413,19 +434,33 @@ class _Planner:
 
     def number(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         prefix, text = split_prefix(value)
-        found = number_range(text)
-        if found is None:
-            raise BadRequest(f"`{text}` is not a number", code="value")
-        exact, low, high = found
+        exact, low, high = _search_number(text)
         return self.number_condition(prefix, exact, low, high, _col(ix, "value"))
+
+    def key_equals(self, ix: str, column: str, text: str) -> Node:
+        """The bounded-key `column` (storage/search_index.py) holds `text`."""
+        key = _col(ix, column)
+        if unambiguous(text):
+            return ("=", key, self.value(text))
+        whole = ("coalesce", _col(ix, f"{column}_full"), key)
+        return ("and", ("=", key, self.value(index_key(text)[0])), ("=", whole, self.value(text)))
+
+    def key_starts_with(self, ix: str, column: str, prefix: str) -> Node:
+        """The text of the bounded-key `column` starts with `prefix`."""
+        key = _col(ix, column)
+        if unambiguous(prefix):
+            return self.starts_with(key, prefix)
+        whole = ("coalesce", _col(ix, f"{column}_full"), key)
+        return (
+            "and",
+            self.starts_with(key, key_prefix(prefix)),
+            ("starts_with", whole, self.value(prefix, "str")),
+        )
 
     def quantity(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
         prefix, text = split_prefix(value)
         parts = split_unescaped(text, "|")
-        found = number_range(parts[0])
-        if found is None:
-            raise BadRequest(f"`{parts[0]}` is not a number", code="value")
-        exact, low, high = found
+        exact, low, high = _search_number(parts[0])
         conditions = [self.number_condition(prefix, exact, low, high, _col(ix, "value"))]
         system = parts[1] if len(parts) > 1 else ""
         code = "|".join(parts[2:]) if len(parts) > 2 else ""
@@ -596,31 +631,85 @@ class _Planner:
                 column = _col(ix, "target_id")
             else:
                 column = _col(ix, "value")
+            code_value = self.value(code)
             aggregate = (
                 "aggregate",
                 "max" if descending else "min",
                 column,
                 ("=", _col(ix, "resource_type"), _col(row, "resource_type")),
                 ("=", _col(ix, "id"), _col(row, "id")),
-                ("=", _col(ix, "code"), self.value(code)),
+                ("=", _col(ix, "code"), code_value),
             )
             keys.append((aggregate, descending))
+            if key.param.type in _BOUNDED_KEYS:
+                # texts whose keys are equal and may be the start of longer ones: by the whole
+                keys.append((("whole", key.param.type, code_value, descending), descending))
         return keys
 
-    def after(self, keys: Sequence[tuple[Node, bool]], last: Sequence[Any]) -> Node:
-        """Rows strictly after `last` in the order of `keys` (NULLs last in both directions)."""
+    def whole_of(self, key: Node, resource_type: str, id: str) -> Node:
+        """The whole text that a `("whole", ...)` sort key has for the resource `type/id` (for
+        a cursor, which carries no text longer than a key). The cursor comes from the client:
+        only a resource the caller may see answers, so that no cursor reads another's values."""
+        _, kind, code_value, descending = key
+        ix = self.alias(kind)
+        target = self.alias("resources")
+        return (
+            "aggregate",
+            "max" if descending else "min",
+            ("coalesce", _col(ix, "value_full"), _col(ix, "value")),
+            ("=", _col(ix, "resource_type"), self.value(resource_type)),
+            ("=", _col(ix, "id"), self.value(id)),
+            ("=", _col(ix, "code"), code_value),
+            (
+                "exists",
+                ("=", _col(target, "resource_type"), _col(ix, "resource_type")),
+                ("=", _col(target, "id"), _col(ix, "id")),
+                *self.visible(target, [resource_type]),
+            ),
+        )
+
+    def after(
+        self,
+        keys: Sequence[tuple[Node, bool]],
+        last: Sequence[Any],
+        looked_up: Mapping[int, Node] | None = None,
+    ) -> Node:
+        """Rows strictly after `last` in the order of `keys` (NULLs last in both directions).
+        `looked_up`: positions whose value is a node rather than the one in `last`."""
+        found = looked_up or {}
+        values: list[Node | None] = [
+            found[i] if i in found else None if value is None else self.value(value)
+            for i, value in enumerate(last)
+        ]
         alternatives = []
         for i, (expression, descending) in enumerate(keys):
-            prior = [self.same(keys[j][0], last[j]) for j in range(i)]
-            value = last[i]
+            prior = [self.same(keys[j][0], values[j]) for j in range(i)]
+            value = values[i]
             if value is None:
                 continue  # nothing sorts after NULL at this position
-            later = ("<" if descending else ">", expression, self.value(value))
+            later = ("<" if descending else ">", expression, value)
             alternatives.append(("and", *prior, ("or", later, ("null", expression))))
         return ("or", *alternatives) if alternatives else FALSE
 
-    def same(self, expression: Node, value: Any) -> Node:
-        return ("null", expression) if value is None else ("=", expression, self.value(value))
+    def same(self, expression: Node, value: Node | None) -> Node:
+        return ("null", expression) if value is None else ("=", expression, value)
+
+
+# Index kinds whose sort value is a bounded key (storage/search_index.py), then the whole text.
+_BOUNDED_KEYS = frozenset({"string", "token", "uri"})
+
+
+def _search_number(text: str) -> tuple[Decimal, Decimal, Decimal]:
+    """A number of a search and its range; the index compares KEY_DIGITS significant digits
+    (storage/search_index.py), so a number with more is refused rather than rounded."""
+    found = number_range(text)
+    if found is None:
+        raise BadRequest(f"`{text}` is not a number", code="value")
+    if len(found[0].as_tuple().digits) >= KEY_DIGITS:
+        raise BadRequest(
+            f"`{text[:20]}...` has more than {KEY_DIGITS - 1} significant digits", code="value"
+        )
+    return found
 
 
 @cache
@@ -753,6 +842,8 @@ class _Builder:
             return self.expression(node[1]).startswith(self.expression(node[2]), escape=_ESCAPE)
         if op == "starts_with":
             return func.starts_with(self.expression(node[1]), self.expression(node[2]))
+        if op == "coalesce":
+            return func.coalesce(self.expression(node[1]), self.expression(node[2]))
         if op == "+":
             return self.expression(node[1]) + self.expression(node[2])
         if op == "exists":
@@ -793,17 +884,24 @@ class _Builder:
         limit: Node,
     ) -> Any:
         row = self.table("r")
+        whole = {i for i, (k, _) in enumerate(sort) if k[0] == "whole"}
         keys = [
-            *((self.expression(k), descending) for k, descending in sort),
+            *((None if i in whole else self.expression(k), d) for i, (k, d) in enumerate(sort)),
             (row.c.resource_type, False),
             (row.c.id, False),
         ]
-        columns = [expression.label(f"k{i}") for i, (expression, _) in enumerate(keys)]
+        columns = [
+            expression.label(f"k{i}")
+            for i, (expression, _) in enumerate(keys)
+            if expression is not None
+        ]
         matches = (
             select(row.c.resource_type, row.c.id, *columns)
             .where(*self.all(conditions))
             .subquery("matches")
         )
+        if whole:
+            matches = self.whole_keys(matches, sort, whole, len(keys))
         self.froms["matches"] = matches
         keyed = [(matches.c[f"k{i}"], descending) for i, (_, descending) in enumerate(keys)]
         page = select(*matches.c)
@@ -813,12 +911,17 @@ class _Builder:
         # The content of the page's rows only: turning jsonb into text is the costly part of a row.
         content = resources.alias("content")
         paged = [(page_keys.c[f"k{i}"], descending) for i, (_, descending) in enumerate(keys)]
+        # a whole text longer than a key stays out of the cursor (whole_of looks it up)
+        returned = [
+            case((func.octet_length(k) <= literal_column(str(KEY_BYTES)), k)) if i in whole else k
+            for i, (k, _) in enumerate(paged)
+        ]
         return (
             select(
                 page_keys.c.resource_type,
                 page_keys.c.id,
                 cast(content.c.content, Text).label("content"),
-                *(k for k, _ in paged),
+                *returned,
             )
             .join(
                 content,
@@ -829,6 +932,39 @@ class _Builder:
             )
             .order_by(*_order(paged))
         )
+
+    def whole_keys(
+        self, matches: Any, sort: Sequence[tuple[Node, bool]], whole: set[int], count: int
+    ) -> Any:
+        """`matches` with the `("whole", ...)` sort keys added after the key before each: that
+        key itself when it is too short to be the start of a longer text, else the whole text,
+        looked up only then. `OFFSET 0` keeps PostgreSQL from computing the keys twice."""
+        fenced = matches.element.offset(literal_column("0")).subquery("keyed")
+        columns: list[Any] = [fenced.c.resource_type, fenced.c.id]
+        for i in range(count):
+            if i not in whole:
+                columns.append(fenced.c[f"k{i}"].label(f"k{i}"))
+                continue
+            _, kind, code_value, descending = sort[i][0]
+            table = SEARCH_TABLES[kind].alias(f"whole{i}")
+            text = func.coalesce(table.c.value_full, table.c.value)
+            looked_up = (
+                select(func.max(text) if descending else func.min(text))
+                .where(
+                    table.c.resource_type == fenced.c.resource_type,
+                    table.c.id == fenced.c.id,
+                    table.c.code == self.expression(code_value),
+                )
+                .scalar_subquery()
+            )
+            key = fenced.c[f"k{i - 1}"]
+            columns.append(
+                case(
+                    (func.octet_length(key) > literal_column(str(UNAMBIGUOUS_BYTES)), looked_up),
+                    else_=key,
+                ).label(f"k{i}")
+            )
+        return select(*columns).subquery("matches")
 
 
 def _order(keys: Sequence[tuple[ColumnElement[Any], bool]]) -> list[Any]:
@@ -875,7 +1011,15 @@ def search_statement(
         last = decode_cursor(query.cursor, keys)
         descending = [d for _, d in sort] + [False, False]
         keyed = [(_col("matches", f"k{i}"), d) for i, d in enumerate(descending)]
-        after = planner.after(keyed, last)
+        # a whole text longer than a key is not in the cursor: the last row's is looked up
+        if last[-2] not in query.resource_types or not isinstance(last[-1], str):
+            raise BadRequest("`_page` does not belong to this search", code="value")
+        looked_up = {
+            i: planner.whole_of(node, str(last[-2]), str(last[-1]))
+            for i, (node, _) in enumerate(sort)
+            if node[0] == "whole" and last[i] is None and last[i - 1] is not None
+        }
+        after = planner.after(keyed, last, looked_up)
     limit = planner.value(query.count + 1, "int")
     return planner.query(("search", tuple(conditions), tuple(sort), after, limit)), keys
 

@@ -12,7 +12,7 @@ value must be sent as text and cast in the statement (`cast(bindparam(..., Text)
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 from psycopg import AsyncConnection
@@ -69,6 +69,22 @@ async def fetch_all(
     sql, bound = _prepare(statement, params)
     cursor = await conn.execute(sql, bound, prepare=_server_side(statement))
     return await cursor.fetchall()
+
+
+STREAM_CHUNK = 10
+"""Rows `stream` holds at a time (libpq's chunked mode): a bound on memory with rows of
+megabytes, at about the CPU cost of reading a result whole."""
+
+
+async def stream(
+    conn: Connection, statement: Statement | Query | ClauseElement, params: Params | None = None
+) -> AsyncIterator[tuple[Any, ...]]:
+    """The rows of a statement, `STREAM_CHUNK` at a time: the caller keeps what it needs and
+    drops the rest as it goes. Read to the end (leaving early would cancel the statement, which
+    aborts an open transaction)."""
+    sql, bound = _prepare(statement, params)
+    async for row in conn.cursor().stream(sql, bound, size=STREAM_CHUNK):
+        yield row
 
 
 async def fetch_one(

@@ -137,11 +137,17 @@ def _index_table(
     return table
 
 
+# A B-tree row holds at most about 2,700 bytes, so an indexed text column holds a key: the text
+# itself, or for a text longer than KEY_BYTES (storage/search_index.py) its first KEY_BYTES bytes,
+# with the whole text beside it in a `..._full` column that searches check where a key is
+# ambiguous (migration 0006_bounded_index_keys). `_full` is null for the usual short text.
+
 # Strings: `value` lower-cased without accents (starts-with and :contains), `exact` as written.
 search_string = _index_table(
     "search_string",
     Column("value", Text(collation="C"), nullable=False),
     Column("exact", Text, nullable=False),
+    Column("value_full", Text(collation="C"), nullable=True),
     indexes=(("resource_type", "code", "value"),),
 )
 # Tokens: a Coding, an Identifier, a code, a boolean...; `text` (normalized like strings) is the
@@ -151,6 +157,8 @@ search_token = _index_table(
     Column("system", Text, nullable=True),
     Column("value", Text, nullable=True),
     Column("text", Text(collation="C"), nullable=True),
+    Column("system_full", Text, nullable=True),
+    Column("value_full", Text, nullable=True),
     indexes=(("resource_type", "code", "value", "system"),),
 )
 # Dates: the range [low, high) a value covers at its precision; 0001-01-01 and 9999-12-31 stand
@@ -175,7 +183,8 @@ search_reference = _index_table(
         ("target_type", "target_id"),
     ),
 )
-# Numbers: the value and the range [low, high) its precision implies (100 covers [99.5, 100.5)).
+# Numbers: the value (rounded to KEY_DIGITS significant digits, storage/search_index.py, so that
+# its index row stays small) and the range [low, high) its precision implies (100 covers [99.5, 100.5)).
 search_number = _index_table(
     "search_number",
     Column("value", Numeric, nullable=False),
@@ -198,6 +207,7 @@ search_quantity = _index_table(
 search_uri = _index_table(
     "search_uri",
     Column("value", Text(collation="C"), nullable=False),
+    Column("value_full", Text(collation="C"), nullable=True),
     indexes=(("resource_type", "code", "value"),),
 )
 

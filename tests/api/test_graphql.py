@@ -3,9 +3,12 @@ engine and audit as the FHIR operations, with depth and cost limits."""
 
 from __future__ import annotations
 
+import logging
+import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.access_world import years_ago
 from tests.conftest import LiveServer, auth
@@ -112,3 +115,32 @@ def test_graphql_refuses_strangers_and_costly_queries(
         input={"relationship": "CHILD", "givenName": "Old", "birthDate": years_ago(60)},
     ).json()
     assert bad["errors"] and "child-younger" in bad["errors"][0]["message"]
+
+
+def test_graphql_mistakes_are_answered_not_logged(
+    live_server: LiveServer, client: httpx.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    """strawberry logged every error of a response at ERROR, quoting the query text: a syntax
+    error put a national id into the logs (found by `make fuzz`)."""
+    patient = client.post(
+        "/Patient", json={"resourceType": "Patient", "birthDate": years_ago(30)}
+    ).json()
+    me = f"Patient/{patient['id']}"
+    secret = f"NID{uuid.uuid4().hex[:10]}"
+    with caplog.at_level(logging.DEBUG):
+        syntax = gql(live_server, me, f'{{ me {{ name(nationalId: "{secret}") ')
+        unknown = gql(live_server, me, f'{{ unknownField(nationalId: "{secret}") }}')
+        nul = gql(live_server, me, "\x00")
+        refused = gql(
+            live_server,
+            me,
+            ADD,
+            input={"relationship": "CHILD", "givenName": secret, "birthDate": years_ago(60)},
+        )
+    for answer in (syntax, unknown, nul, refused):
+        assert answer.status_code < 500 and answer.json()["errors"], answer.text
+    server_records = [
+        r for r in caplog.records if not r.name.startswith(("httpx", "httpcore", "tests"))
+    ]
+    assert [r.getMessage() for r in server_records if r.levelno >= logging.ERROR] == []
+    assert not any(secret in r.getMessage() or secret in str(r.exc_info) for r in server_records)

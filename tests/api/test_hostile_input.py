@@ -572,7 +572,7 @@ def small_limits(database_url: str) -> Iterator[LiveServer]:
         max_search_parameters=5,
         max_patch_operations=3,
         max_patch_result_bytes=4096,
-        max_result_bytes=3000,
+        max_search_bytes=3000,
     )
     with LiveServer(settings, database_url) as server:
         yield server
@@ -677,30 +677,6 @@ def test_a_history_page_is_held_to_the_result_size_and_pages_on(small_limits: Li
             page = http.get(following[0]).json()
     assert sorted(versions, key=int) == [str(n) for n in range(1, 11)]
     assert max(sizes) < 10
-
-
-def test_included_resources_beyond_the_result_size_are_left_out_with_a_warning(
-    small_limits: LiveServer,
-) -> None:
-    with httpx.Client(base_url=f"{small_limits.origin}/fhir", headers=auth(), timeout=30) as http:
-        subject = http.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
-        for n in range(10):
-            observation = {
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"text": "t" * 90, "coding": [{"code": f"c{n}", "display": "d" * 90}]},
-                "subject": {"reference": f"Patient/{subject}"},
-                "note": [{"text": "n" * 90}] * 3,
-            }
-            assert http.post("/Observation", json=observation).status_code == 201
-        bundle = http.get(
-            "/Patient", params={"_id": subject, "_revinclude": "Observation:subject"}
-        ).json()
-    modes = [e["search"]["mode"] for e in bundle["entry"]]
-    assert modes[0] == "match" and modes[-1] == "outcome"
-    assert 0 < modes.count("include") < 10
-    warning = bundle["entry"][-1]["resource"]["issue"][0]
-    assert warning["severity"] == "warning" and "left out" in warning["diagnostics"]
 
 
 def test_the_body_limit_holds_for_graphql_and_chunked_bodies(small_limits: LiveServer) -> None:

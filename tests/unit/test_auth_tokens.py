@@ -49,7 +49,9 @@ def claims(**overrides: Any) -> dict[str, Any]:
         "aud": AUDIENCE,
         "sub": "user-1",
         "iat": now,
-        "exp": now + 86_400,  # collected long before it runs in a slow full suite
+        # made when the tests are collected, and the suite runs for many minutes before some
+        # of them: an hour, so that only the test that means to expire a token sees one
+        "exp": now + 3600,
         "scope": "openid fhirUser user/*.rs",
         "fhirUser": "RelatedPerson/123",
     }
