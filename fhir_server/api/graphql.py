@@ -10,6 +10,7 @@ query costs more than a page of the portal.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import strawberry
@@ -279,7 +280,8 @@ class _Router(GraphQLRouter[dict[str, Any], None]):
 
 def install(app: FastAPI, settings: Settings) -> None:
     router = _Router(schema, path="/graphql", context_getter=_context, graphql_ide=None)
-    router.limits = input_limits(settings)
+    # a NUL in a query or variable is a GraphQL error like any other (a 200 with `errors`)
+    router.limits = replace(input_limits(settings), refuse_nul=False)
     # its routes on the application itself, not an included router: FastAPI names only its own
     # top-level routes in the scope, and the request metrics and logs label by that name
     app.router.routes.extend(router.routes)

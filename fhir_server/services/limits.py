@@ -20,6 +20,8 @@ class InputLimits:
     max_depth: int = 100
     max_string_length: int = 4 * 1024 * 1024
     max_array_length: int = 10_000
+    # NUL is refused where values may reach storage; GraphQL answers it as a GraphQL error
+    refuse_nul: bool = True
 
     @classmethod
     def of(cls, settings: Settings) -> InputLimits:
@@ -63,22 +65,23 @@ def check_value(value: Any, limits: InputLimits, *, surrogates: bool = False) ->
     """400 when `value` (parsed JSON) breaks a limit, holds a NUL character (PostgreSQL's JSON
     cannot store it), or, with `surrogates`, a lone UTF-16 surrogate (no UTF-8 encoding exists;
     `json` lets `"\\ud800"` through, orjson does not)."""
-    max_depth, max_string, max_array = (
+    max_depth, max_string, max_array, nul = (
         limits.max_depth,
         limits.max_string_length,
         limits.max_array_length,
+        limits.refuse_nul,
     )
     stack: list[tuple[Any, int, _Step | None]] = [(value, 1, None)]
     pop, push = stack.pop, stack.append
     while stack:
         item, depth, step = pop()
         if isinstance(item, str):
-            _check_string(item, max_string, surrogates, step, value)
+            _check_string(item, max_string, nul, surrogates, step, value)
         elif isinstance(item, dict):
             if depth > max_depth:
                 _refuse(f"the body nests deeper than {max_depth} levels", step, value)
             for key, child in item.items():
-                _check_string(key, max_string, surrogates, step, value)
+                _check_string(key, max_string, nul, surrogates, step, value)
                 if isinstance(child, dict | list | str):
                     push((child, depth + 1, _Step(step, key)))
         elif isinstance(item, list):
@@ -96,13 +99,13 @@ def check_value(value: Any, limits: InputLimits, *, surrogates: bool = False) ->
 
 
 def _check_string(
-    text: str, max_length: int, surrogates: bool, step: _Step | None, root: Any
+    text: str, max_length: int, nul: bool, surrogates: bool, step: _Step | None, root: Any
 ) -> None:
     if len(text) > max_length:
         _refuse(
             f"a string of {len(text)} characters; at most {max_length} are accepted", step, root
         )
-    if "\x00" in text:
+    if nul and "\x00" in text:
         _refuse("NUL characters are not allowed (`\\u0000` in a string)", step, root, "value")
     if surrogates and not text.isascii():
         try:
