@@ -18,6 +18,7 @@ from capability.definitions import resource_types
 from compartments.policy import Policy, PolicyError, Rule, default_policy, load_policy
 from fhir_server.api import errors, fhir, graphql, ops, patients_api, relationships, smart
 from fhir_server.api.killswitch import WritesDisabled
+from fhir_server.api.lastresort import LastResort
 from fhir_server.api.observability import RequestObservation
 from fhir_server.api.runtime import Runtime
 from fhir_server.audit.trail import AuditTrail
@@ -25,6 +26,7 @@ from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_key
 from fhir_server.auth.tokens import TokenSettings, TokenVerifier
 from fhir_server.services.access import FactsCache
 from fhir_server.services.context import Context
+from fhir_server.services.limits import InputLimits
 from fhir_server.services.registry import ClientRegistry, RegistrySettings
 from fhir_server.settings import Settings
 from fhir_server.storage import idempotency
@@ -123,6 +125,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
             audit,
             FactsCache(ttl_seconds=settings.relationship_ttl_seconds),
             registry,
+            InputLimits.of(settings),
         )
         audit.start()
         purger = asyncio.create_task(_purge_idempotency_keys(db))
@@ -158,7 +161,13 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
     ops.install(app)
     smart.install(app)
     relationships.install(app)
-    graphql.install(app)
+    graphql.install(app, settings)
+    # innermost: it answers what escaped every handler, so the outer ones see a status
+    app.add_middleware(
+        LastResort,
+        max_body_bytes=settings.max_body_bytes,
+        max_parameters=settings.max_search_parameters,
+    )
     if settings.writes_disabled:
         app.add_middleware(WritesDisabled)
     if settings.request_observation:

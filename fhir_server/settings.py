@@ -82,6 +82,14 @@ class Settings:
     default_count: int = 20
     max_count: int = 1000
     max_bundle_entries: int = 10_000
+    # Input limits (docs/limits.md): every JSON body is refused with 400 beyond them.
+    max_json_depth: int = 100
+    max_string_length: int = 4 * 1024 * 1024
+    max_array_length: int = 10_000
+    max_search_parameters: int = 100
+    max_patch_operations: int = 1_000
+    # A patched resource may not grow beyond this (estimated while the operations apply).
+    max_patch_result_bytes: int = 16 * 1024 * 1024
     db_pool_size: int = 10
     # What one PostgreSQL session of the server may take (docs/configuration.md#database-limits):
     # a statement's run time, the memory of each sort or hash, an idle open transaction's life.
@@ -166,6 +174,14 @@ class Settings:
             default_count=num("FHIR_DEFAULT_COUNT", defaults.default_count),
             max_count=num("FHIR_MAX_COUNT", defaults.max_count),
             max_bundle_entries=num("FHIR_MAX_BUNDLE_ENTRIES", defaults.max_bundle_entries),
+            max_json_depth=num("FHIR_MAX_JSON_DEPTH", defaults.max_json_depth),
+            max_string_length=num("FHIR_MAX_STRING_LENGTH", defaults.max_string_length),
+            max_array_length=num("FHIR_MAX_ARRAY_LENGTH", defaults.max_array_length),
+            max_search_parameters=num("FHIR_MAX_SEARCH_PARAMETERS", defaults.max_search_parameters),
+            max_patch_operations=num("FHIR_MAX_PATCH_OPERATIONS", defaults.max_patch_operations),
+            max_patch_result_bytes=num(
+                "FHIR_MAX_PATCH_RESULT_BYTES", defaults.max_patch_result_bytes
+            ),
             db_pool_size=num("FHIR_DB_POOL_SIZE", defaults.db_pool_size),
             db_statement_timeout=_pg_setting(
                 "FHIR_DB_STATEMENT_TIMEOUT", get, defaults.db_statement_timeout, _PG_TIME

@@ -21,6 +21,7 @@ from fhir_server.errors import (
 )
 from fhir_server.services.access import Guard, load_guard
 from fhir_server.services.context import Context, nobody
+from fhir_server.services.offload import HEAVY, HEAVY_BYTES, in_thread
 from fhir_server.services.resources import parse_json
 from fhir_server.storage.database import Database
 from fhir_server.storage.sql import Connection
@@ -268,7 +269,8 @@ def _prefers(prefer: str | None, name: str, value: str) -> bool:
 
 
 async def read_body(request: Request) -> bytes:
-    """The request body, refusing more than the configured limit before reading it all."""
+    """The request body, refusing more than the configured limit before reading it all. A
+    large body marks the request heavy: its CPU work leaves the event loop (services/offload.py)."""
     limit = runtime(request).settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -280,13 +282,28 @@ async def read_body(request: Request) -> bytes:
         if size > limit:
             raise PayloadTooLarge(f"the body exceeds {limit} bytes")
         chunks.append(chunk)
+    if size >= HEAVY_BYTES:
+        HEAVY.set(True)
     return b"".join(chunks)
+
+
+async def json_body(request: Request) -> Any:
+    """A client's JSON body, parsed and held to the input limits (docs/limits.md)."""
+    return await client_json(request, await read_body(request))
+
+
+async def client_json(request: Request, raw: bytes) -> Any:
+    """`raw`, a client's JSON, parsed and held to the input limits; off the event loop when large."""
+    limits = runtime(request).limits
+    if len(raw) >= HEAVY_BYTES:
+        return await in_thread(parse_json, raw, limits)
+    return parse_json(raw, limits)
 
 
 async def resource_body(request: Request) -> Any:
     """A JSON resource body: `application/fhir+json` or `application/json` (or no type at all)."""
     body_media_type(request, JSON_TYPES, "`application/fhir+json`")
-    return parse_json(await read_body(request))
+    return await json_body(request)
 
 
 ResourceBody = Annotated[Any, Depends(resource_body)]
@@ -299,7 +316,7 @@ async def patch_body(request: Request) -> Any:
             "a patch needs `Content-Type: application/json-patch+json`",
             expression=("http.Content-Type",),
         )
-    return parse_json(await read_body(request))
+    return await json_body(request)
 
 
 PatchBody = Annotated[Any, Depends(patch_body)]

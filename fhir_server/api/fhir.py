@@ -44,6 +44,7 @@ from fhir_server.services import (
 )
 from fhir_server.services.context import Context
 from fhir_server.services.outcome_json import information
+from fhir_server.services.resources import json_bytes
 from fhir_server.services.update import parse_if_match
 from fhir_server.storage import idempotency
 from fhir_server.storage.sql import Connection
@@ -97,7 +98,7 @@ class Idempotent:
     ) -> None:
         self.ctx, self.conn, self.key = ctx, conn, key
         self.scope = f"{ctx.actor} {where}"
-        self.body = orjson.dumps(body) if key else b""
+        self.body = json_bytes(body) if key else b""
 
     async def replay(self) -> Response | None:
         if not self.key:
@@ -128,13 +129,13 @@ async def explain_access(fhir: FhirInteraction, body: ResourceBody) -> Response:
     """`POST [base]/$explain-access`: the engine's decision, explained, nothing done."""
     async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
         answer = await explain.explain(ctx, conn, body)
-    return fhir_response(orjson.dumps(answer))
+    return fhir_response(json_bytes(answer))
 
 
 async def add_dependent(fhir: FhirInteraction, id: str, body: ResourceBody) -> Response:
     """`POST Patient/{id}/$add-dependent` (docs/family.md)."""
     answer = await run_add_dependent(fhir, id, family.add_request(body))
-    return fhir_response(orjson.dumps(answer), 201)
+    return fhir_response(json_bytes(answer), 201)
 
 
 async def run_add_dependent(
@@ -158,21 +159,21 @@ async def remove_dependent(fhir: FhirInteraction, id: str, body: ResourceBody) -
     """`POST Patient/{id}/$remove-dependent` (docs/family.md)."""
     async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
         answer = await family.remove_dependent(ctx, conn, id, body)
-    return fhir_response(orjson.dumps(answer))
+    return fhir_response(json_bytes(answer))
 
 
 async def family_of(fhir: FhirInteraction, id: str) -> Response:
     """`GET Patient/{id}/$family` (docs/family.md)."""
     async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
         answer = await family.family(ctx, conn, id)
-    return fhir_response(orjson.dumps(answer))
+    return fhir_response(json_bytes(answer))
 
 
 async def emergency_contacts(fhir: FhirInteraction, id: str) -> Response:
     """`GET Patient/{id}/$emergency-contacts` (docs/family.md)."""
     async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
         answer = await family.emergency_contacts(ctx, conn, id)
-    return fhir_response(orjson.dumps(answer))
+    return fhir_response(json_bytes(answer))
 
 
 async def system_history(fhir: FhirInteraction, request: Request) -> Response:

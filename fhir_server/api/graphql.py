@@ -10,6 +10,7 @@ query costs more than a page of the portal.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 import strawberry
@@ -23,9 +24,12 @@ from strawberry.types import ExecutionContext, Info
 
 from fhir_server.api.deps import UTF8_NAMES, Interaction, interaction, parse_media_type
 from fhir_server.api.fhir import run_add_dependent
-from fhir_server.errors import FhirError
+from fhir_server.errors import BadRequest, FhirError
 from fhir_server.services import family
 from fhir_server.services.family import Member
+from fhir_server.services.limits import InputLimits, input_limits
+from fhir_server.services.resources import parse_json
+from fhir_server.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -243,11 +247,14 @@ class _Router(GraphQLRouter[dict[str, Any], None]):
     (an `operationName` that is not a string), and 415 to a POST that is not `application/json`
     in UTF-8 (strawberry answers 400, and takes any type with `application/json` in it)."""
 
+    limits = InputLimits()
+
     def parse_json(self, data: str | bytes) -> Any:
+        # the server's own parser: the input limits (docs/limits.md) hold for GraphQL too
         try:
-            return super().parse_json(data)
-        except UnicodeDecodeError:
-            raise HTTPException(400, "Unable to parse request body as JSON") from None
+            return parse_json(data, self.limits)
+        except BadRequest as exc:
+            raise HTTPException(400, str(exc)) from None
 
     async def parse_http_body(
         self, request: AsyncHTTPRequestAdapter
@@ -271,8 +278,10 @@ class _Router(GraphQLRouter[dict[str, Any], None]):
         return await super().parse_http_body(request)
 
 
-def install(app: FastAPI) -> None:
+def install(app: FastAPI, settings: Settings) -> None:
     router = _Router(schema, path="/graphql", context_getter=_context, graphql_ide=None)
+    # a NUL in a query or variable is a GraphQL error like any other (a 200 with `errors`)
+    router.limits = replace(input_limits(settings), refuse_nul=False)
     # its routes on the application itself, not an included router: FastAPI names only its own
     # top-level routes in the scope, and the request metrics and logs label by that name
     app.router.routes.extend(router.routes)

@@ -104,7 +104,14 @@ _COUNTERS: dict[tuple[str, str, int], Any] = {}
 _HISTOGRAMS: dict[tuple[str, str], Any] = {}
 
 
+# Any token is a valid HTTP method: a label per made-up method would grow the metrics (and the
+# process) without bound, so the others share one.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def _observe(method: str, route: str, status: int, elapsed: float) -> None:
+    if method not in _METHODS:
+        method = "OTHER"
     counter = _COUNTERS.get((method, route, status))
     if counter is None:
         counter = _COUNTERS[(method, route, status)] = REQUESTS.labels(method, route, str(status))

@@ -12,12 +12,19 @@ import re
 from datetime import timedelta
 from typing import Any
 
-import orjson
 from fastapi import FastAPI, Request, Response
+from starlette.requests import ClientDisconnect
 
 from compartments.engine import Decision
 from compartments.policy import Reason
-from fhir_server.api.deps import base_url, body_media_type, read_body, runtime
+from fhir_server.api.deps import (
+    base_url,
+    body_media_type,
+    client_json,
+    json_body,
+    read_body,
+    runtime,
+)
 from fhir_server.api.responses import json_response
 from fhir_server.auth.scopes import granted
 from fhir_server.auth.tokens import bearer
@@ -26,7 +33,7 @@ from fhir_server.services import patients_api as service
 from fhir_server.services.access import Guard
 from fhir_server.services.context import Context, server_guard
 from fhir_server.services.patients_api import PatientApiError
-from fhir_server.services.resources import ID_PATTERN, parse_json
+from fhir_server.services.resources import ID_PATTERN, json_bytes
 from fhir_server.storage import idempotency
 
 log = logging.getLogger(__name__)
@@ -127,7 +134,7 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
         if action == "create":
             body_media_type(request, JSON, "`application/json`")
             raw = await read_body(request)
-            body = parse_json(raw)
+            body = await client_json(request, raw)
             key = request.headers.get("idempotency-key")
             if key is not None and len(key) > idempotency.MAX_KEY_LENGTH:
                 raise PatientApiError(
@@ -143,7 +150,7 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
                     if replay is not None:
                         return Response(replay.body, replay.status, replay.headers)
                 found = await service.create(ctx, conn, body)
-                payload = orjson.dumps(service.from_fhir(found))
+                payload = json_bytes(service.from_fhir(found))
                 headers = {**_etag(found.version_id), "Content-Type": "application/json"}
                 if key:
                     await idempotency.store(conn, scope, key, 201, headers, payload)
@@ -157,7 +164,7 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
         if action == "replace":
             version = _if_match(request)
             body_media_type(request, JSON, "`application/json`")
-            body = parse_json(await read_body(request))
+            body = await json_body(request)
             async with rt.db.transaction() as conn:
                 found = await service.replace(ctx, conn, id, body, version)
             _audit(guard, "update", id)
@@ -217,6 +224,8 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
             415: "unsupported_media_type",
         }.get(exc.status, "error")
         return _error(PatientApiError(exc.status, code, str(exc)))
+    except ClientDisconnect:
+        raise  # nobody to answer: logged quietly by the last-resort middleware
     except Exception:
         log.exception("patient service failure on %s", action)
         return _error(PatientApiError(500, "internal_error", "internal error"))

@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI, Request, Response
+from starlette.requests import ClientDisconnect
 
-from fhir_server.api.deps import body_media_type, interaction, read_body
+from fhir_server.api.deps import body_media_type, interaction, json_body
 from fhir_server.api.responses import json_response
 from fhir_server.errors import FhirError, Unauthorized
 from fhir_server.services import relationships
 from fhir_server.services.relationships import RelationshipError
-from fhir_server.services.resources import parse_json
 
 log = logging.getLogger(__name__)
 JSON = frozenset({"application/json"})
@@ -29,7 +29,7 @@ async def _run(request: Request, transaction: bool, action: str) -> Response:
         body = None
         if action != "approve":
             body_media_type(request, JSON, "`application/json`")
-            body = parse_json(await read_body(request))
+            body = await json_body(request)
         unit = fhir.db.transaction() if transaction else fhir.db.connection()
         async with unit as conn, fhir.authorized(conn) as ctx:
             if action == "verify":
@@ -51,6 +51,8 @@ async def _run(request: Request, transaction: bool, action: str) -> Response:
             415: "unsupported_media_type",
         }
         return _error(exc.status, code.get(exc.status, "error"), str(exc))
+    except ClientDisconnect:
+        raise  # nobody to answer: logged quietly by the last-resort middleware
     except Exception:
         log.exception("relationship service failure")
         return _error(500, "relationship_service_failure", "relationship service failure")

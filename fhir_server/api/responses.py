@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import orjson
 from fastapi import Response
 
 from fhir_server.errors import Issue
 from fhir_server.services.bundles import etag, http_date
 from fhir_server.services.outcome import Result
 from fhir_server.services.outcome_json import information, operation_outcome_bytes
+from fhir_server.services.resources import json_bytes
 from fhir_server.storage.repository import StoredVersion
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"
@@ -32,7 +32,7 @@ def json_response(
     body: object, status: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     """A plain JSON answer (the non-FHIR APIs)."""
-    return Response(orjson.dumps(body), status, headers, media_type="application/json")
+    return Response(json_bytes(body), status, headers, media_type="application/json")
 
 
 def version_headers(version: StoredVersion) -> dict[str, str]:

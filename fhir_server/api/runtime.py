@@ -3,12 +3,13 @@ verifier, access policy, audit trail."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from compartments.policy import Policy
 from fhir_server.audit.trail import AuditTrail
 from fhir_server.auth.tokens import TokenVerifier
 from fhir_server.services.access import FactsCache
+from fhir_server.services.limits import InputLimits
 from fhir_server.services.registry import ClientRegistry
 from fhir_server.settings import Settings
 from fhir_server.storage.database import Database
@@ -25,3 +26,5 @@ class Runtime:
     audit: AuditTrail
     facts: FactsCache
     registry: ClientRegistry | None = None
+    # the input limits of `settings` (docs/limits.md), made once
+    limits: InputLimits = field(default_factory=InputLimits)

@@ -150,6 +150,9 @@ class TokenVerifier:
             raise Unauthorized(f"the token has no `{exc.claim}` claim", code="login") from None
         except jwt.InvalidTokenError:
             raise Unauthorized("the token's signature does not verify", code="login") from None
+        except (TypeError, ValueError, OverflowError):
+            # a signed token whose registered claims PyJWT cannot read (`exp: 1e400`)
+            raise Unauthorized("the token's claims are malformed", code="login") from None
         return principal_from_claims(claims)
 
 
@@ -159,8 +162,13 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
         raise Unauthorized("an ID token is not an access token", code="login")
     for name in _IDENTITY_CLAIMS:
         _check_identity_claim(name, claims.get(name))
+    scope = claims.get("scope", "")
+    if not isinstance(scope, str) and not (
+        isinstance(scope, list) and all(isinstance(s, str) for s in scope)
+    ):
+        raise Unauthorized("the `scope` claim must be a string of scopes", code="login")
     try:
-        scopes = parse_scopes(claims.get("scope", ""))
+        scopes = parse_scopes(scope)
     except ScopeError as exc:
         raise Unauthorized(str(exc), code="login") from None
     fhir_user = _fhir_user(claims.get("fhirUser"))
@@ -171,12 +179,18 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
         raise Unauthorized("`patient/` scopes need a `patient` launch context", code="login")
     if any(s.context == "user" for s in scopes) and fhir_user is None:
         raise Unauthorized("`user/` scopes need a `fhirUser` claim", code="login")
+    client_id = claims.get("client_id") or claims.get("azp")
+    if client_id is not None and not isinstance(client_id, str):
+        raise Unauthorized("the `client_id` claim must be a string", code="login")
+    subject = claims["sub"]
+    if not isinstance(subject, str):
+        raise Unauthorized("the `sub` claim must be a string", code="login")
     return Principal(
-        subject=str(claims["sub"]),
+        subject=subject,
         fhir_user=fhir_user,
         scopes=scopes,
         patient=patient,
-        client_id=claims.get("client_id") or claims.get("azp"),
+        client_id=client_id,
         claims=dict(claims),
     )
 

@@ -198,8 +198,18 @@ class _Options:
 
 
 class _Parser:
-    def __init__(self, types: tuple[str, ...], *, strict: bool, default_count: int, max_count: int):
+    def __init__(
+        self,
+        types: tuple[str, ...],
+        *,
+        strict: bool,
+        default_count: int,
+        max_count: int,
+        max_parameters: int = MAX_VALUES,
+    ):
         self.types = types
+        self.max_parameters = max_parameters
+        self.values_seen = 0
         self.strict = strict
         self.default_count = default_count
         self.max_count = max_count
@@ -228,9 +238,9 @@ class _Parser:
                 raise BadRequest(
                     f"search parameter `{name[:50]!r}` holds a NUL character", code="value"
                 )
-            if seen > MAX_VALUES:
+            if seen > self.max_parameters:
                 raise BadRequest(
-                    f"a search takes at most {MAX_VALUES} parameters", code="too-costly"
+                    f"a search takes at most {self.max_parameters} parameters", code="too-costly"
                 )
             if name in RESULT_PARAMETERS or name.split(":")[0] in {"_include", "_revinclude"}:
                 kept = self.result_parameter(name, value, options, includes)
@@ -435,6 +445,15 @@ class _Parser:
             raise BadRequest(
                 f"`{name}` has more than {MAX_VALUES} values", code="too-costly", expression=[name]
             )
+        # each value becomes SQL to compile and run: the whole query, not only one parameter,
+        # is held to MAX_VALUES
+        self.values_seen += len(values)
+        if self.values_seen > MAX_VALUES:
+            raise BadRequest(
+                f"the search has more than {MAX_VALUES} values in all",
+                code="too-costly",
+                expression=[name],
+            )
         if modifier == "missing":
             if value not in {"true", "false"}:
                 raise BadRequest(
@@ -571,10 +590,15 @@ def parse_search(
     default_count: int = 20,
     max_count: int = 1000,
     compartment: str | None = None,
+    max_parameters: int = MAX_VALUES,
 ) -> SearchQuery:
     """The query for `GET [base]/{type}?params` (or several types, for a compartment `*`)."""
     parser = _Parser(
-        resource_types_, strict=strict, default_count=default_count, max_count=max_count
+        resource_types_,
+        strict=strict,
+        default_count=default_count,
+        max_count=max_count,
+        max_parameters=max_parameters,
     )
     query = parser.parse(params)
     return query if compartment is None else replace(query, compartment=compartment)

@@ -15,6 +15,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -33,10 +34,12 @@ from fhir_server.services import (
 )
 from fhir_server.services.bundles import etag, raw
 from fhir_server.services.context import Context
+from fhir_server.services.offload import cpu
 from fhir_server.services.outcome import Result
 from fhir_server.services.outcome_json import operation_outcome
 from fhir_server.services.resources import validated
 from fhir_server.storage import repository
+from fhir_server.storage.repository import NewVersion
 from fhir_server.storage.sql import Connection
 
 _STATUS_TEXT = {200: "200 OK", 201: "201 Created", 204: "204 No Content"}
@@ -87,7 +90,7 @@ def _parse_entry(ctx: Context, index: int, raw_entry: Any) -> Entry:
         raise BadRequest(f"entry {index} has no `request`", expression=[f"{where}.request"])
     method = request.get("method")
     url = request.get("url")
-    if method not in _ORDER or not isinstance(url, str) or not url:
+    if not isinstance(method, str) or method not in _ORDER or not isinstance(url, str) or not url:
         raise BadRequest(
             f"entry {index} needs `request.method` (GET, POST, PUT, PATCH, DELETE) and `request.url`",
             expression=[f"{where}.request"],
@@ -97,6 +100,12 @@ def _parse_entry(ctx: Context, index: int, raw_entry: Any) -> Entry:
     parts = urlsplit(url)
     segments = [s for s in parts.path.split("/") if s]
     resource_type = segments[0] if segments and not segments[0].startswith("_") else None
+    for name in ("ifMatch", "ifNoneExist", "ifNoneMatch", "ifModifiedSince"):
+        if not isinstance(request.get(name, ""), str):
+            raise BadRequest(
+                f"entry {index}: `request.{name}` must be a string",
+                expression=[f"{where}.request.{name}"],
+            )
     if_match = update.parse_if_match(request["ifMatch"]) if "ifMatch" in request else None
     id = segments[1] if len(segments) > 1 and resource_type else None
     return Entry(
@@ -495,7 +504,22 @@ async def _transaction(
             references.rewrite(entry)
     await _resolve_conditional_references(ctx, conn, references)
 
-    now = ctx.clock()
+    versions = await cpu(_created, ctx, creates, prefer, ctx.clock())
+    await repository.insert_created(conn, versions)
+
+    for entry in (e for e in ordered if e.method in {"PUT", "PATCH", "GET", "HEAD"}):
+        if entry.creates:
+            continue
+
+        async def run(entry: Entry = entry) -> None:
+            entry.response = await _run_one(ctx, conn, entry, prefer)
+
+        await guarded(entry, run)
+    return [e.response for e in entries]
+
+
+def _created(ctx: Context, creates: list[Entry], prefer: str, now: datetime) -> list[NewVersion]:
+    """The versions a transaction's creates store: validation and indexing, CPU work only."""
     versions = []
     for entry in creates:
         assert entry.resource_type is not None and entry.id is not None
@@ -513,17 +537,7 @@ async def _transaction(
             raise _entry_error(entry.index, exc) from None
         versions.append(version)
         entry.response = _written(ctx, Result.written(201, version), prefer)
-    await repository.insert_created(conn, versions)
-
-    for entry in (e for e in ordered if e.method in {"PUT", "PATCH", "GET", "HEAD"}):
-        if entry.creates:
-            continue
-
-        async def run(entry: Entry = entry) -> None:
-            entry.response = await _run_one(ctx, conn, entry, prefer)
-
-        await guarded(entry, run)
-    return [e.response for e in entries]
+    return versions
 
 
 async def _batch(
@@ -580,7 +594,7 @@ async def process(ctx: Context, conn: Connection, body: Any, *, prefer: str) -> 
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise BadRequest("the base URL accepts only a Bundle of type `batch` or `transaction`")
     kind = body.get("type")
-    if kind not in {"batch", "transaction"}:
+    if not isinstance(kind, str) or kind not in {"batch", "transaction"}:
         raise BadRequest(
             f"a Bundle posted to the base URL must be a `batch` or `transaction`, not `{kind}`",
             expression=["Bundle.type"],

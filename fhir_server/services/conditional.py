@@ -49,7 +49,12 @@ async def matching_ids(
 ) -> list[str]:
     """Ids of up to `limit` resources the criteria match among those the caller may see."""
     pairs = criteria_pairs(criteria)
-    query = parse_search((resource_type,), [*pairs, ("_count", str(limit))], max_count=limit)
+    query = parse_search(
+        (resource_type,),
+        [*pairs, ("_count", str(limit))],
+        max_count=limit,
+        max_parameters=ctx.settings.max_search_parameters + 1,  # and the `_count` added here
+    )
     statement, _ = search_statement(query, ctx.guard.access("search"), local_bases=ctx.local_bases)
     return [row[1] for row in await fetch_all(conn, statement)][:limit]
 

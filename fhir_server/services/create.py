@@ -11,6 +11,7 @@ from typing import Any
 from fhir_server.services import conditional
 from fhir_server.services.access import check_result, protect_links, protect_meta
 from fhir_server.services.context import Context
+from fhir_server.services.offload import cpu
 from fhir_server.services.outcome import Result
 from fhir_server.services.resources import new_version, validated
 from fhir_server.storage import repository
@@ -57,13 +58,13 @@ async def create(
     method: str = "POST",
 ) -> Result:
     """A create (`POST [type]`), and the create of a conditional update that matched nothing."""
-    resource = validated(ctx, ignoring_id(body), resource_type=resource_type)
+    resource = await cpu(validated, ctx, ignoring_id(body), resource_type=resource_type)
     if if_none_exist:
         await conditional.serialize(conn, [conditional.lock_slot(resource_type, if_none_exist)])
         existing = await find_existing(ctx, conn, resource_type, if_none_exist)
         if existing is not None:
             return existing
-    version = creation(ctx, resource, new_id(), method=method)
+    version = await cpu(creation, ctx, resource, new_id(), method=method)
     inserted = await repository.insert_new(conn, version)
     assert inserted, "a fresh UUID collided"
     ctx.guard.changed(f"{resource_type}/{version.id}", None, resource)

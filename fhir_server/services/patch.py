@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import jsonpatch
+import jsonpointer
 
 from fhir_server.errors import BadRequest, Gone, NotFound, Unprocessable
 from fhir_server.services import conditional
@@ -17,20 +18,75 @@ from fhir_server.services.access import (
     unrestricted,
 )
 from fhir_server.services.context import Context
+from fhir_server.services.limits import check_value, input_limits
+from fhir_server.services.offload import HEAVY_BYTES, cpu, in_thread
 from fhir_server.services.outcome import Result
-from fhir_server.services.resources import new_version, parse_json, validated
+from fhir_server.services.resources import json_size, new_version, parse_json, validated
 from fhir_server.services.update import check_precondition
 from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
 
 
-def _operations(body: Any) -> jsonpatch.JsonPatch:
+def _operations(body: Any, max_operations: int) -> jsonpatch.JsonPatch:
     if not isinstance(body, list) or not all(isinstance(op, dict) for op in body):
         raise BadRequest("a JSON Patch body must be an array of operation objects")
+    if len(body) > max_operations:
+        raise BadRequest(
+            f"the patch has {len(body)} operations; at most {max_operations} are accepted",
+            code="too-costly",
+        )
     try:
         return jsonpatch.JsonPatch(body)
-    except (jsonpatch.InvalidJsonPatch, TypeError, ValueError) as exc:
+    except (jsonpatch.InvalidJsonPatch, jsonpointer.JsonPointerException) as exc:
         raise BadRequest(f"invalid JSON Patch: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError):
+        raise BadRequest("invalid JSON Patch: an operation is malformed") from None
+
+
+def _apply(operations: jsonpatch.JsonPatch, document: Any, size: int, max_bytes: int) -> Any:
+    """The patched document, one operation at a time. `size` estimates the document's JSON size
+    from above (what `add`, `replace` and `copy` put in, never what goes out), so that a patch
+    that would grow the resource beyond `max_bytes` (an array copied into itself again and
+    again) is refused before it is built."""
+    for index, raw in enumerate(operations.patch):
+        name = raw.get("op")
+        try:
+            if name in {"add", "replace"}:
+                size += json_size(raw.get("value"))
+            elif name == "copy":
+                size += json_size(jsonpointer.resolve_pointer(document, raw["from"]))
+            if size > max_bytes:
+                raise BadRequest(
+                    f"operation {index} would make the resource larger than {max_bytes} bytes",
+                    code="too-costly",
+                    expression=[f"[{index}]"],
+                )
+            document = jsonpatch.JsonPatch([raw]).apply(document, in_place=True)
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+            raise Unprocessable(
+                f"the patch cannot be applied: operation {index}: {exc}", code="processing"
+            ) from None
+        except (TypeError, ValueError, KeyError, IndexError, AttributeError):
+            raise Unprocessable(
+                f"the patch cannot be applied: operation {index} (`{name}`) does not fit the "
+                "resource",
+                code="processing",
+            ) from None
+    return document
+
+
+def _patched(
+    ctx: Context, operations: jsonpatch.JsonPatch, content: str, resource_type: str, id: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The stored resource and the patched one, validated: CPU work, off the event loop when
+    the resource is large."""
+    stored = parse_json(content)
+    settings = ctx.settings
+    patched = _apply(operations, parse_json(content), len(content), settings.max_patch_result_bytes)
+    if not isinstance(patched, dict) or patched.get("id") != id:
+        raise Unprocessable("a patch may not change the resource's `id`", expression=["id"])
+    check_value(patched, input_limits(settings))
+    return stored, validated(ctx, patched, resource_type=resource_type)
 
 
 async def patch(
@@ -42,7 +98,7 @@ async def patch(
     *,
     if_match: int | None = None,
 ) -> Result:
-    operations = _operations(body)
+    operations = _operations(body, ctx.settings.max_patch_operations)
     guard = ctx.guard
     locked = await repository.lock_current(conn, resource_type, id)
     if locked is None:
@@ -53,17 +109,13 @@ async def patch(
     check_precondition(f"{resource_type}/{id}", locked.version_id, if_match)
     if locked.content is None:
         raise Gone(f"`{resource_type}/{id}` was deleted")
-    stored = parse_json(locked.content)
-    try:
-        patched = operations.apply(parse_json(locked.content))
-    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
-        raise Unprocessable(f"the patch cannot be applied: {exc}", code="processing") from None
-    if not isinstance(patched, dict) or patched.get("id") != id:
-        raise Unprocessable("a patch may not change the resource's `id`", expression=["id"])
-    resource = validated(ctx, patched, resource_type=resource_type)
+    content = locked.content
+    run = in_thread if len(content) >= HEAVY_BYTES else cpu
+    stored, resource = await run(_patched, ctx, operations, content, resource_type, id)
     protect_meta(guard, resource, stored)
     protect_links(guard, resource, stored)
-    version = new_version(
+    version = await run(
+        new_version,
         ctx,
         resource,
         id=id,
@@ -88,7 +140,7 @@ async def conditional_patch(
 ) -> Result:
     """`PATCH [type]?criteria` (R4 http.html#patch), among the resources the caller may see: the
     patch of the one match; no match, 404 (a patch creates nothing); several, 412."""
-    _operations(body)
+    _operations(body, ctx.settings.max_patch_operations)
     match = await conditional.single_match(
         ctx, conn, resource_type, criteria, interaction="conditional patch"
     )

@@ -15,6 +15,7 @@ from fhir_server.search.index import index_rows
 from fhir_server.search.membership import compartment_membership
 from fhir_server.services import patient_profile
 from fhir_server.services.context import Context
+from fhir_server.services.limits import InputLimits, check_value
 from fhir_server.storage.repository import NewVersion
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
@@ -44,20 +45,33 @@ def _big_int(text: str) -> int | DecimalText:
     return DecimalText(text) if len(text) > 15 else int(text)
 
 
-def parse_json(body: bytes | str) -> Any:
-    """The request body as JSON, or 400 naming where the syntax broke."""
+_TOO_DEEP = "the request body nests too deeply to be read"
+
+
+def parse_json(body: bytes | str, limits: InputLimits | None = None) -> Any:
+    """The request body as JSON, or 400 naming where the syntax broke; with `limits` (a
+    client's body), also 400 for a body beyond them (services/limits.py)."""
     raw = body.encode() if isinstance(body, str) else body
     if not raw.strip():
         raise BadRequest("the request body is empty", code="invalid")
+    lossy = _LOSSY_NUMBER.search(raw) is not None
     try:
-        if _LOSSY_NUMBER.search(raw):
+        if lossy:
             parsed = json.loads(raw, parse_float=DecimalText, parse_int=_big_int)
         else:
             parsed = orjson.loads(raw)
     except (orjson.JSONDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if "depth limit" in str(exc) or "recursion" in str(exc):  # orjson stops at 1024 levels
+            raise BadRequest(_TOO_DEEP, code="too-costly") from None
         raise BadRequest(f"the request body is not valid JSON: {exc}", code="structure") from None
+    except RecursionError:  # `json` recurses per level, into the interpreter's stack limit
+        raise BadRequest(_TOO_DEEP, code="too-costly") from None
+    if limits is not None:
+        # `json` accepts lone surrogates (`"\\ud800"`, or their bytes) that no encoder can
+        # write back; orjson refuses them itself
+        check_value(parsed, limits, surrogates=lossy)
     # PostgreSQL's JSON cannot hold a NUL character; `\u0000` is rare enough to look closer
-    if b"\\u0000" in raw and _holds_nul(parsed):
+    elif b"\\u0000" in raw and _holds_nul(parsed):
         raise BadRequest("NUL characters are not allowed (`\\u0000` in a string)", code="value")
     return parsed
 
@@ -76,6 +90,16 @@ def _serialize_default(value: Any) -> Any:
     if isinstance(value, DecimalText):
         return orjson.Fragment(value.text)
     raise TypeError(f"cannot serialize `{type(value).__name__}`")
+
+
+def json_bytes(value: Any) -> bytes:
+    """JSON of a value that may hold a client's numbers (`DecimalText`), keeping their text."""
+    return orjson.dumps(value, default=_serialize_default)
+
+
+def json_size(value: Any) -> int:
+    """The length of `value`'s JSON text, in bytes."""
+    return len(orjson.dumps(value, default=_serialize_default))
 
 
 def dump_json(value: Any) -> str:

@@ -27,6 +27,7 @@ from fhir_server.search.query import (
 from fhir_server.services.access import check_type, unrestricted
 from fhir_server.services.bundles import bundle
 from fhir_server.services.context import Context
+from fhir_server.services.offload import HEAVY, cpu
 from fhir_server.storage.cursors import encode_cursor
 from fhir_server.storage.search_sql import (
     count_statement,
@@ -41,6 +42,8 @@ SUBSETTED = {
 }
 # A page's _revinclude rows are capped: a popular target could otherwise pull in millions.
 MAX_INCLUDED = 1000
+# A query this long (hundreds of values) is planned off the event loop (services/offload.py).
+HEAVY_QUERY_CHARS = 8192
 
 
 async def search(
@@ -54,13 +57,19 @@ async def search(
 ) -> bytes:
     """The searchset Bundle for a type (or `None` with a compartment: every type in it)."""
     types, path = _types_and_path(resource_type, compartment)
-    query = parse_search(
+    params = list(params)
+    if sum(len(name) + len(value) for name, value in params) >= HEAVY_QUERY_CHARS:
+        # hundreds of values: planning and compiling its SQL takes tens of milliseconds
+        HEAVY.set(True)
+    query = await cpu(
+        parse_search,
         types,
         params,
         strict=strict,
         default_count=ctx.settings.default_count,
         max_count=ctx.settings.max_count,
         compartment="/".join(compartment) if compartment else None,
+        max_parameters=ctx.settings.max_search_parameters,
     )
     if len(types) == 1:
         check_type(ctx.guard, "search", types[0])
@@ -93,9 +102,10 @@ async def run(ctx: Context, conn: Connection, query: SearchQuery, path: str) -> 
     fields: dict[str, Any] = {"id": str(uuid.uuid4())}
     echo = [*query.echo]
     if query.summary == "count" or query.total == "accurate":
-        row = await fetch_one(
-            conn, count_statement(query, ctx.guard.access("search"), local_bases=ctx.local_bases)
+        counting = await cpu(
+            count_statement, query, ctx.guard.access("search"), local_bases=ctx.local_bases
         )
+        row = await fetch_one(conn, counting)
         assert row is not None
         fields["total"] = int(row[0])
     elif query.total == "estimate" and _sees_all(ctx, query):
@@ -106,7 +116,9 @@ async def run(ctx: Context, conn: Connection, query: SearchQuery, path: str) -> 
     if query.summary == "count":
         return bundle("searchset", entries=[], **fields)
 
-    statement, _ = search_statement(query, ctx.guard.access("search"), local_bases=ctx.local_bases)
+    statement, _ = await cpu(
+        search_statement, query, ctx.guard.access("search"), local_bases=ctx.local_bases
+    )
     budget = _Budget(ctx.settings.max_search_bytes)
     page, more = await _page(conn, statement, query.count, budget)
     if more and page:

@@ -14,6 +14,7 @@ from fhir_server.services.access import (
 )
 from fhir_server.services.context import Context
 from fhir_server.services.create import create, creation
+from fhir_server.services.offload import cpu
 from fhir_server.services.outcome import Result
 from fhir_server.services.resources import check_id, new_version, parse_json, validated
 from fhir_server.storage import repository
@@ -49,7 +50,7 @@ async def update(
     if_match: int | None = None,
 ) -> Result:
     check_id(id)
-    resource = validated(ctx, body, resource_type=resource_type)
+    resource = await cpu(validated, ctx, body, resource_type=resource_type)
     body_id = resource.get("id")
     if body_id != id:
         raise BadRequest(
@@ -62,7 +63,7 @@ async def update(
     for _ in range(2):
         locked = await repository.lock_current(conn, resource_type, id)
         if locked is None:
-            version = creation(ctx, resource, id, method="PUT")
+            version = await cpu(creation, ctx, resource, id, method="PUT")
             check_precondition(f"{resource_type}/{id}", None, if_match)
             if not ctx.settings.update_create:
                 raise MethodNotAllowed(
@@ -81,7 +82,8 @@ async def update(
         if not guard.privileged:
             protect_meta(guard, resource, stored)
             protect_links(guard, resource, stored)
-        version = new_version(
+        version = await cpu(
+            new_version,
             ctx,
             resource,
             id=id,
@@ -110,7 +112,7 @@ async def conditional_update(
     POST); no match and an `id`, the update (or update-as-create) of that id, exactly as `PUT
     [type]/id`; one match, its update (a different `id` in the body is a 400); several, 412. A
     match the caller may not see is no match (docs/architecture.md, conditional interactions)."""
-    resource = validated(ctx, body, resource_type=resource_type)
+    resource = await cpu(validated, ctx, body, resource_type=resource_type)
     await conditional.serialize(conn, [conditional.lock_slot(resource_type, criteria)])
     match = await conditional.single_match(
         ctx, conn, resource_type, criteria, interaction="conditional update"

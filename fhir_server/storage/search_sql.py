@@ -497,8 +497,8 @@ class _Planner:
             # the ranges overlap once the parameter's is widened by the slack
             return (
                 "and",
-                ("<", r_low, self.value(high + approximate)),
-                (">", r_high, self.value(low - approximate)),
+                ("<", r_low, self.value(_widened(high, approximate))),
+                (">", r_high, self.value(_widened(low, -approximate))),
             )
         if prefix in {"gt", "lt", "sa", "eb"}:
             column, operator, bound = {
@@ -727,6 +727,14 @@ def _date_slack(low: datetime, high: datetime) -> timedelta:
     now = datetime.now(UTC)
     distance = abs(now - low) if DATE_MIN < low < DATE_MAX else timedelta(0)
     return max(distance / 10, high - low)
+
+
+def _widened(bound: Any, slack: Any) -> Any:
+    """`bound + slack`; a date held to the calendar's ends (`ap9999-12-31` would leave it)."""
+    try:
+        return bound + slack
+    except OverflowError:
+        return DATE_MAX if slack > timedelta(0) else DATE_MIN
 
 
 def _without_modifier(c: Criterion) -> Criterion:
