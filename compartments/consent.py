@@ -308,7 +308,7 @@ class ConsentFact:
 def read_consent(id: str, content: Mapping[str, Any]) -> ConsentFact:
     """The ConsentFact of a stored Consent (see the module's docstring)."""
     reference = f"Consent/{id}"
-    patient = _reference(content.get("patient")) or ""
+    patient = reference_of(content.get("patient")) or ""
     if content.get("status") != "active":
         return ConsentFact(reference, patient, None, (f"status `{content.get('status')}`",))
     # a scope coded without its system is read as the consentscope code it spells
@@ -358,7 +358,7 @@ def _provision(element: Mapping[str, Any], type_: str | None, windows: list[Wind
     if "actor" in element:
         named: set[str] = set()
         for actor in _list(element.get("actor")):
-            who = _reference(actor.get("reference")) if isinstance(actor, dict) else None
+            who = reference_of(actor.get("reference")) if isinstance(actor, dict) else None
             if who is None:
                 problems.append("an actor without a resolvable reference")
                 continue
@@ -468,7 +468,7 @@ def _relative(text: Any) -> bool:
     return len(parts) == 2 and parts[0][:1].isupper() and bool(parts[1]) and ":" not in text
 
 
-def _reference(value: Any) -> str | None:
+def reference_of(value: Any) -> str | None:
     """`Type/id` of a Reference (relative, or the last two segments of an absolute URL)."""
     if not isinstance(value, dict) or not isinstance(value.get("reference"), str):
         return None

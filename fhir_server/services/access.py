@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from compartments.consent import ConsentFact, read_consent
+from compartments.consent import ConsentFact, read_consent, reference_of
 from compartments.engine import (
     Decision,
     Facts,
@@ -587,16 +587,6 @@ def _facts(
         emergency_bypass=base.emergency_bypass,
     )
     return epoch, identities, facts, next_change(windows, base.now)
-
-
-def reference_of(value: Any) -> str | None:
-    """`Type/id` of a Reference (relative, or the last two segments of an absolute URL)."""
-    if not isinstance(value, dict) or not isinstance(value.get("reference"), str):
-        return None
-    parts = value["reference"].split("/_history")[0].rstrip("/").split("/")
-    if len(parts) < 2:
-        return None
-    return f"{parts[-2]}/{parts[-1]}"
 
 
 def earliest_date(value: Any) -> date | None:

@@ -19,13 +19,14 @@ from typing import Any
 
 import orjson
 
+from compartments.consent import reference_of
 from compartments.engine import Decision, Request, Target, decide, first_foreign
 from compartments.periods import format_instant, window
 from compartments.policy import Reason
 from fhir_server.errors import AccessDenied, BadRequest, Conflict, NotFound, Unprocessable
 from fhir_server.search.query import parse_search
 from fhir_server.services import conditional, create
-from fhir_server.services.access import Guard, denied, earliest_date, reference_of
+from fhir_server.services.access import Guard, denied, earliest_date
 from fhir_server.services.context import Context
 from fhir_server.services.fhir_parameters import parameter_values
 from fhir_server.services.registry import ClientRegistry
