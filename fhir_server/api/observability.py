@@ -33,6 +33,9 @@ _PROCESS = uuid.uuid4().hex[:12]
 _COUNT = itertools.count(1)
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# The status logged and counted for a request whose client disconnected before it was answered
+# (nginx's "client closed request"): nothing was sent, and it is no 5xx of the server's.
+CLIENT_CLOSED = 499
 
 
 class RequestObservation:
@@ -61,19 +64,29 @@ class RequestObservation:
             request_id = f"{_PROCESS}-{next(_COUNT):x}"
         echo = (b"x-request-id", request_id.encode())
         status = 500
+        answered = gone = False
         token = ACTOR.set(None)
 
         async def observed(message: Message) -> None:
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
                 message["headers"] = [*message.get("headers", ()), echo]
             await send(message)
 
+        async def listened() -> Message:
+            nonlocal gone
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+            return message
+
         try:
-            await self.app(scope, receive, observed)
+            await self.app(scope, listened, observed)
         finally:
             elapsed = time.perf_counter() - started
+            if gone and not answered:
+                status = CLIENT_CLOSED  # the client left before any answer: not a server error
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             _observe(method, route, status, elapsed)
             if span is not None:

@@ -746,6 +746,13 @@ def test_a_client_that_disconnects_mid_body_is_logged_quietly(
     errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert not errors, [r.getMessage() for r in errors]
     assert any("disconnected" in r.getMessage() for r in caplog.records)
+    # the request log and the metrics say the client closed the request (499), not a 500
+    statuses = [
+        getattr(r, "status", None)
+        for r in caplog.records
+        if r.name == "fhir_server.requests" and getattr(r, "method", None) == method
+    ]
+    assert statuses.count(499) == 3, statuses
 
 
 def test_refused_requests_keep_the_connection_open(live_server: LiveServer) -> None:
