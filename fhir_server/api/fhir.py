@@ -28,7 +28,13 @@ from fhir_server.api.deps import (
     runtime,
 )
 from fhir_server.api.responses import fhir_response, read_response, write_response
-from fhir_server.errors import BadRequest, Conflict, NotSupported, UnsupportedMediaType
+from fhir_server.errors import (
+    BadRequest,
+    Conflict,
+    MethodNotAllowed,
+    NotSupported,
+    UnsupportedMediaType,
+)
 from fhir_server.search.query import capabilities as search_capabilities
 from fhir_server.services import (
     bundle,
@@ -345,6 +351,15 @@ async def search_type_post(fhir: FhirInteraction, type: str, request: Request) -
     return fhir_response(body)
 
 
+async def read_invalid_id(type: str, id: str) -> Response:
+    """`GET [base]/{type}/{id}` whose id is no FHIR id (over 64 characters, or characters an id
+    cannot hold): no resource can have it. A `_name` or `$name` segment is an endpoint that takes
+    another method (`_search`) or an operation this server does not have."""
+    if id[:1] in ("_", "$"):
+        raise MethodNotAllowed(f"`GET {type}/{id}` is not supported")
+    raise BadRequest(f"`{id[:80]}` is not a valid resource id", code="value")
+
+
 async def search_compartment(
     fhir: FhirInteraction, compartment: str, id: str, member: str, request: Request
 ) -> Response:
@@ -441,3 +456,4 @@ def install(app: FastAPI) -> None:
     add("/fhir/{type}", search_type, methods=["GET"])
     add("/fhir/{type}/_search", search_type_post, methods=["POST"])
     add("/fhir/{compartment}/{id:fhir_id}/{member}", search_compartment, methods=["GET"])
+    add("/fhir/{type}/{id}", read_invalid_id, methods=["GET"])  # after every valid GET

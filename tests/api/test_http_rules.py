@@ -203,3 +203,25 @@ def test_an_overlong_idempotency_key_is_400(
         "/Patient", json={"resourceType": "Patient"}, headers={"Idempotency-Key": "k" * 255}
     )
     assert ok.status_code == 201
+
+
+@pytest.mark.parametrize("id", ["a" * 65, "a_b", "a%20b", "a%00b", "%E2%9C%93"])
+def test_a_read_of_an_id_no_resource_can_have_is_400(client: httpx.Client, id: str) -> None:
+    """A read of an id over 64 characters or with characters an id cannot hold is a 400 naming
+    it, as an update of such an id is (it used to fall to the write routes: a 405)."""
+    response = client.get(f"/Patient/{id}")
+    assert response.status_code == 400, response.text
+    outcome = response.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["code"] == "value"
+    assert "is not a valid resource id" in outcome["issue"][0]["diagnostics"]
+    assert client.put(f"/Patient/{id}", json={"resourceType": "Patient"}).status_code == 400
+
+
+@pytest.mark.parametrize("segment", ["_search", "$everything"])
+def test_get_of_an_endpoint_that_takes_another_method_is_405(
+    client: httpx.Client, segment: str
+) -> None:
+    response = client.get(f"/Patient/{segment}")
+    assert response.status_code == 405
+    assert response.json()["resourceType"] == "OperationOutcome"
