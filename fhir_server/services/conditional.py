@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 from fhir_server.errors import BadRequest, PreconditionFailed
 from fhir_server.search.query import RESULT_PARAMETERS, parse_search
 from fhir_server.services.context import Context
+from fhir_server.storage import repository
 from fhir_server.storage.search_sql import search_statement
 from fhir_server.storage.sql import Connection, fetch_all
 
@@ -63,8 +64,6 @@ async def matching_ids(
 # a transaction Bundle full of conditional entries holds (PostgreSQL's shared lock table is
 # `max_locks_per_transaction` x connections), at the price of rare waits between unrelated criteria.
 LOCK_SLOTS = 256
-# The first key of the two-key advisory locks: this module's own space.
-_LOCK_SPACE = 0x46484952  # "FHIR"
 
 
 def lock_slot(resource_type: str, criteria: str) -> int:
@@ -83,7 +82,7 @@ async def serialize(conn: Connection, slots: Iterable[int]) -> None:
     ascending order, all before any row lock, so that two Bundles never wait for each other in a
     cycle."""
     for slot in sorted(set(slots)):
-        await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_SPACE, slot))
+        await repository.lock_conditional_slot(conn, slot)
 
 
 async def single_match(

@@ -183,6 +183,16 @@ async def bump_access_epoch(conn: Connection) -> None:
     await execute(conn, _bump, {})
 
 
+# The advisory-lock key space of conditional writes ("FHIR"); the second key is the slot.
+_CONDITIONAL_LOCKS = 0x46484952
+
+
+async def lock_conditional_slot(conn: Connection, slot: int) -> None:
+    """A transaction-scoped advisory lock on one slot of conditional criteria (released when the
+    transaction ends)."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_CONDITIONAL_LOCKS, slot))
+
+
 def _with_history(written_row: Any, *, delete_old_index: bool) -> Statement:
     """One statement that writes the current row (`written_row`, an INSERT or UPDATE), the history
     row of that version and the search index: one round trip, atomic without a transaction block,
