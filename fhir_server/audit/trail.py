@@ -763,6 +763,11 @@ class AuditTrail:
         answered 403, but an emergency access is not answered at all (503)."""
         try:
             await self._store(records, attempts=URGENT_ATTEMPTS)
+        except asyncio.CancelledError:
+            # the request was cancelled mid-store: queued (the queued store skips any committed)
+            self._pending.extend(records)
+            self._buffered += len(records)
+            raise
         except Exception:
             log.exception("urgent audit events could not be written now; queued")
             self._pending.extend(records)
@@ -826,7 +831,9 @@ class AuditTrail:
             return
         try:
             await self._store(pending, attempts=1, retried=True)
-        except Exception:
+        except BaseException:
+            # a failure, or the flush cancelled by close() mid-store: keep them for the next
+            # store, which skips any this one committed
             self._pending[:0] = pending
             raise
         self._buffered -= len(pending)
