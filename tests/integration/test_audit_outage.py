@@ -140,3 +140,44 @@ def test_denials_and_emergencies_during_an_outage_are_queued_not_lost(admin_url:
             conn.execute(
                 sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
             )
+
+
+def test_a_flush_cancelled_mid_store_loses_nothing(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server stops (close() cancels the periodic flush) while a flush stores in the server,
+    as it does once the writer process is gone: the events of the cancelled store are stored by
+    the stop, each once."""
+    tag = uuid.uuid4().hex[:8]
+    server = Context(settings=Settings(), validator=default_validator(), base_url="")
+    original = trail.store
+
+    async def slow_store(*args: Any, **kwargs: Any) -> int:
+        await asyncio.sleep(0.5)  # the flush is cancelled in here
+        return await original(*args, **kwargs)
+
+    async def go() -> None:
+        # not started: no writer process, so a flush stores in the server (on its pool)
+        pool = Database(database_url)
+        await pool.open()
+        audit = AuditTrail(pool, server)
+        for n in range(20):
+            await _decision(audit, n, tag)
+        monkeypatch.setattr(trail, "store", slow_store)
+        flushing = asyncio.create_task(audit.flush())
+        await asyncio.sleep(0.1)
+        flushing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+        monkeypatch.setattr(trail, "store", original)
+        await audit.close()
+        await pool.close()
+
+    asyncio.run(go())
+    with psycopg.connect(database_url) as db:
+        rows = db.execute(
+            "SELECT content->'entity'->0->'what'->>'reference', count(*) FROM resources"
+            " WHERE resource_type = 'AuditEvent' AND content::text LIKE %s GROUP BY 1",
+            (f"%Observation/{tag}-%",),
+        ).fetchall()
+    assert sorted(rows) == sorted((f"Observation/{tag}-{n}", 1) for n in range(20))
