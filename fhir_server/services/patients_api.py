@@ -22,8 +22,7 @@ from fhir_server.services.resources import deletion, new_version, parse_json
 from fhir_server.storage import repository
 from fhir_server.storage.cursors import decode_cursor, encode_cursor
 from fhir_server.storage.repository import StoredVersion
-from fhir_server.storage.search_index import index_key
-from fhir_server.storage.sql import Connection, Statement, fetch_all
+from fhir_server.storage.sql import Connection
 
 EXT = "urn:fhir-server:StructureDefinition/patient-service-"
 SEX_AT_BIRTH = ("female", "male", "intersex", "unknown", "undisclosed")
@@ -318,17 +317,6 @@ def _view(
     }
 
 
-_LIVE_WITH_TOKEN = Statement(
-    """
-SELECT r.id FROM resources r
-WHERE r.resource_type = 'Patient' AND NOT r.deleted AND r.id IN (
-    SELECT t.id FROM search_token t
-    WHERE t.resource_type = 'Patient' AND t.code = %(code)s AND t.value = %(key)s
-      AND coalesce(t.value_full, t.value) = %(value)s)
-"""
-)
-
-
 async def _unique(conn: Connection, patient: dict[str, Any], own_id: str | None) -> None:
     """Email and phone (of a FHIR Patient's telecom) belong to one live patient; concurrent
     writers of the same value queue."""
@@ -337,12 +325,8 @@ async def _unique(conn: Connection, patient: dict[str, Any], own_id: str | None)
         value = telecom.get(code)
         if not value:
             continue
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtext(%s))", (f"patient-{code}:{value}",)
-        )
-        key = index_key(value)[0]  # the index holds the start of a long value
-        rows = await fetch_all(conn, _LIVE_WITH_TOKEN, {"code": code, "key": key, "value": value})
-        if any(id != own_id for (id,) in rows):
+        ids = await repository.live_patients_with_token(conn, code, value)
+        if any(id != own_id for id in ids):
             raise PatientApiError(409, f"duplicate_{code}", f"another patient has this {field}")
 
 

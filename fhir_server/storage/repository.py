@@ -34,6 +34,7 @@ from fhir_server.search.index import IndexRows
 from fhir_server.storage.search_index import (
     copy_index,
     index_ctes,
+    index_key,
     index_params,
 )
 from fhir_server.storage.search_sql import (
@@ -191,6 +192,29 @@ async def lock_conditional_slot(conn: Connection, slot: int) -> None:
     """A transaction-scoped advisory lock on one slot of conditional criteria (released when the
     transaction ends)."""
     await conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_CONDITIONAL_LOCKS, slot))
+
+
+_LIVE_PATIENTS_WITH_TOKEN = Statement(
+    """
+SELECT r.id FROM resources r
+WHERE r.resource_type = 'Patient' AND NOT r.deleted AND r.id IN (
+    SELECT t.id FROM search_token t
+    WHERE t.resource_type = 'Patient' AND t.code = %(code)s AND t.value = %(key)s
+      AND coalesce(t.value_full, t.value) = %(value)s)
+"""
+)
+
+
+async def live_patients_with_token(conn: Connection, code: str, value: str) -> list[str]:
+    """The live Patients whose token `code` (a search parameter: `email`, `phone`) is exactly
+    `value`, after an advisory lock on that value: concurrent writers of the same value queue
+    until the transaction ends."""
+    await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"patient-{code}:{value}",))
+    key = index_key(value)[0]  # the index holds the start of a long value
+    rows = await fetch_all(
+        conn, _LIVE_PATIENTS_WITH_TOKEN, {"code": code, "key": key, "value": value}
+    )
+    return [id for (id,) in rows]
 
 
 def _with_history(written_row: Any, *, delete_old_index: bool) -> Statement:
