@@ -42,7 +42,7 @@ import psycopg
 from bench.patients import CITIES, FAMILY, GIVEN, STREETS
 from bench.run import RESULTS, ROOT, CpuMeter, free_port, spawn, start_database, wait_ready
 from fhir_server.auth.devkeys import dev_token
-from fhir_server.services.patients_api import to_fhir, validate
+from fhir_server.services.workflows.patient_service import to_fhir, validate
 
 OUTPUT = RESULTS / "load-latest.md"
 GET_TARGET_MS, WRITE_TARGET_MS = 50.0, 200.0  # the specification's p95 targets

@@ -28,7 +28,7 @@ from compartments.engine import Identity
 from compartments.policy import Policy, default_policy
 from fhir_server.auth.tokens import principal_from_claims
 from fhir_server.search.query import SearchQuery, parse_search
-from fhir_server.services.access import Guard
+from fhir_server.services.access.guard import Guard
 from fhir_server.services.context import server_guard
 from fhir_server.storage import search_sql
 from fhir_server.storage.search_sql import AccessFilter, include_statement, search_statement

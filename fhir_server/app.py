@@ -16,7 +16,7 @@ from fastapi import FastAPI
 import fhir_server.tracing as tracing
 from capability.definitions import resource_types
 from compartments.policy import Policy, PolicyError, Rule, default_policy, load_policy
-from fhir_server.api import errors, fhir, graphql, ops, patients_api, relationships, smart
+from fhir_server.api import errors, fhir, graphql, ops, patient_service, relationships, smart
 from fhir_server.api.killswitch import WritesDisabled
 from fhir_server.api.lastresort import LastResort
 from fhir_server.api.observability import RequestObservation
@@ -24,10 +24,10 @@ from fhir_server.api.runtime import Runtime
 from fhir_server.audit.trail import AuditTrail
 from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_key
 from fhir_server.auth.tokens import TokenSettings, TokenVerifier
-from fhir_server.services.access import FactsCache
+from fhir_server.clients.registry import ClientRegistry, RegistrySettings
+from fhir_server.services.access.guard import FactsCache
 from fhir_server.services.context import Context
-from fhir_server.services.limits import InputLimits
-from fhir_server.services.registry import ClientRegistry, RegistrySettings
+from fhir_server.services.formats.limits import InputLimits
 from fhir_server.settings import Settings
 from fhir_server.storage import idempotency
 from fhir_server.storage.database import Database, libpq_url, session_limits
@@ -172,5 +172,5 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         app.add_middleware(WritesDisabled)
     if settings.request_observation:
         app.add_middleware(RequestObservation)  # outermost: it also sees the kill-switch's answers
-    patients_api.install(app)
+    patient_service.install(app)
     return app

@@ -76,7 +76,7 @@ def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_reindex(settings: Settings, args: argparse.Namespace) -> int:
     import asyncio
 
-    from fhir_server.services.reindex import reindex
+    from fhir_server.services.workflows.reindex import reindex
 
     url = database_url(settings)
     _migrate(settings, url)

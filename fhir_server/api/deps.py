@@ -19,10 +19,10 @@ from fhir_server.errors import (
     PayloadTooLarge,
     UnsupportedMediaType,
 )
-from fhir_server.services.access import Guard, load_guard
+from fhir_server.services.access.guard import Guard, load_guard
 from fhir_server.services.context import Context, nobody
+from fhir_server.services.interactions.versions import parse_json
 from fhir_server.services.offload import HEAVY, HEAVY_BYTES, in_thread
-from fhir_server.services.resources import parse_json
 from fhir_server.storage.database import Database
 from fhir_server.storage.sql import Connection
 

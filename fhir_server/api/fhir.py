@@ -36,22 +36,22 @@ from fhir_server.errors import (
     UnsupportedMediaType,
 )
 from fhir_server.search.query import capabilities as search_capabilities
-from fhir_server.services import (
-    bundle,
+from fhir_server.services.context import Context
+from fhir_server.services.formats.operation_outcome import information
+from fhir_server.services.interactions import (
+    batch,
     create,
     delete,
-    explain,
-    family,
     history,
     patch,
     read,
     search,
     update,
 )
-from fhir_server.services.context import Context
-from fhir_server.services.outcome_json import information
-from fhir_server.services.resources import json_bytes
-from fhir_server.services.update import parse_if_match
+from fhir_server.services.interactions.update import parse_if_match
+from fhir_server.services.interactions.versions import json_bytes
+from fhir_server.services.workflows import explain_access as explaining
+from fhir_server.services.workflows import family
 from fhir_server.storage import idempotency
 from fhir_server.storage.sql import Connection
 
@@ -90,7 +90,7 @@ async def batch_or_transaction(
         key = Idempotent(ctx, conn, "POST /fhir", idempotency_key, body)
         if (replay := await key.replay()) is not None:
             return replay
-        result = await bundle.process(ctx, conn, body, prefer=fhir.prefer)
+        result = await batch.process(ctx, conn, body, prefer=fhir.prefer)
         return await key.keep(fhir_response(result))
 
 
@@ -134,7 +134,7 @@ class Idempotent:
 async def explain_access(fhir: FhirInteraction, body: ResourceBody) -> Response:
     """`POST [base]/$explain-access`: the engine's decision, explained, nothing done."""
     async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
-        answer = await explain.explain(ctx, conn, body)
+        answer = await explaining.explain(ctx, conn, body)
     return fhir_response(json_bytes(answer))
 
 

@@ -25,10 +25,10 @@ from strawberry.types import ExecutionContext, Info
 from fhir_server.api.deps import UTF8_NAMES, Interaction, interaction, parse_media_type
 from fhir_server.api.fhir import run_add_dependent
 from fhir_server.errors import BadRequest, FhirError
-from fhir_server.services import family
-from fhir_server.services.family import Member
-from fhir_server.services.limits import InputLimits, input_limits
-from fhir_server.services.resources import parse_json
+from fhir_server.services.formats.limits import InputLimits, input_limits
+from fhir_server.services.interactions.versions import parse_json
+from fhir_server.services.workflows import family
+from fhir_server.services.workflows.family import Member
 from fhir_server.settings import Settings
 
 log = logging.getLogger(__name__)

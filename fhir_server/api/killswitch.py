@@ -6,7 +6,7 @@ from __future__ import annotations
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fhir_server.errors import Issue
-from fhir_server.services.outcome_json import operation_outcome_bytes
+from fhir_server.services.formats.operation_outcome import operation_outcome_bytes
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # POSTs that only read

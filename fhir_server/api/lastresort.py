@@ -35,7 +35,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhir_server.errors import Issue, PayloadTooLarge
-from fhir_server.services.outcome_json import operation_outcome_bytes
+from fhir_server.services.formats.operation_outcome import operation_outcome_bytes
 
 log = logging.getLogger("fhir_server.api.errors")
 

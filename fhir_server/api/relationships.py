@@ -11,8 +11,8 @@ from starlette.requests import ClientDisconnect
 from fhir_server.api.deps import body_media_type, interaction, json_body
 from fhir_server.api.responses import json_response
 from fhir_server.errors import FhirError, Unauthorized
-from fhir_server.services import relationships
-from fhir_server.services.relationships import RelationshipError
+from fhir_server.services.workflows import relationships
+from fhir_server.services.workflows.relationships import RelationshipError
 
 log = logging.getLogger(__name__)
 JSON = frozenset({"application/json"})

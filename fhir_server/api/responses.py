@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import Response
 
 from fhir_server.errors import Issue
-from fhir_server.services.bundles import etag, http_date
-from fhir_server.services.outcome import Result
-from fhir_server.services.outcome_json import information, operation_outcome_bytes
-from fhir_server.services.resources import json_bytes
+from fhir_server.services.formats.bundles import etag, http_date
+from fhir_server.services.formats.operation_outcome import information, operation_outcome_bytes
+from fhir_server.services.interactions.versions import json_bytes
+from fhir_server.services.result import Result
 from fhir_server.storage.repository import StoredVersion
 
 FHIR_JSON = "application/fhir+json; charset=utf-8"

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from compartments.policy import Policy
 from fhir_server.audit.trail import AuditTrail
 from fhir_server.auth.tokens import TokenVerifier
-from fhir_server.services.access import FactsCache
-from fhir_server.services.limits import InputLimits
-from fhir_server.services.registry import ClientRegistry
+from fhir_server.clients.registry import ClientRegistry
+from fhir_server.services.access.guard import FactsCache
+from fhir_server.services.formats.limits import InputLimits
 from fhir_server.settings import Settings
 from fhir_server.storage.database import Database
 from fhir_server.validation import ResourceValidator

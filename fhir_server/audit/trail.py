@@ -43,10 +43,10 @@ from fhir_server.errors import FhirError
 from fhir_server.metrics import AUDIT_BOUNDED, AUDIT_BUFFERED, EMERGENCY_ACCESSES
 from fhir_server.search.fhirpath import is_id
 from fhir_server.search.index import IndexRows, date_range, normalize_string
-from fhir_server.services.access import Audited, Guard
+from fhir_server.services.access.guard import Audited, Guard
 from fhir_server.services.context import Context
-from fhir_server.services.create import new_id
-from fhir_server.services.resources import dump_json, format_instant
+from fhir_server.services.interactions.create import new_id
+from fhir_server.services.interactions.versions import dump_json, format_instant
 from fhir_server.storage import repository
 from fhir_server.storage.database import Database
 from fhir_server.storage.repository import NewVersion

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from compartments.engine import Facts, Identity
 from compartments.policy import Policy, Rule
-from fhir_server.services.access import Guard
+from fhir_server.services.access.guard import Guard
 from fhir_server.settings import Settings
 from fhir_server.validation import ResourceValidator
 

@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from compartments.engine import Decision
 from fhir_server.audit import trail
 from fhir_server.audit.trail import AuditTrail, AuditUnavailable
-from fhir_server.services.access import Audited
+from fhir_server.services.access.guard import Audited
 from fhir_server.services.context import Context, server_guard
 from fhir_server.settings import Settings
 from fhir_server.storage.database import Database, migrate

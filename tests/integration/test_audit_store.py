@@ -14,7 +14,7 @@ import orjson
 import psycopg
 
 from fhir_server.audit.trail import Record, bound, store, store_until_stored, stored_record
-from fhir_server.services.create import new_id
+from fhir_server.services.interactions.create import new_id
 from fhir_server.storage.database import Database
 from fhir_server.storage.sql import Connection
 

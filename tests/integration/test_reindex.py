@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import psycopg
 
-from fhir_server.services.reindex import reindex
+from fhir_server.services.workflows.reindex import reindex
 from fhir_server.settings import Settings
 from fhir_server.storage.tables import SEARCH_TABLES
 

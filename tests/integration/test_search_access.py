@@ -17,9 +17,9 @@ import orjson
 import psycopg
 import pytest
 
-from fhir_server.services import search
-from fhir_server.services.access import Guard
+from fhir_server.services.access.guard import Guard
 from fhir_server.services.context import Context, server_guard
+from fhir_server.services.interactions import search
 from fhir_server.settings import Settings
 from fhir_server.storage.search_sql import AccessFilter, Everything, InCompartments
 from fhir_server.validation import default_validator

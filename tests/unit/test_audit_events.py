@@ -20,9 +20,9 @@ from fhir_server.audit.trail import (
     record_of,
     stored_event,
 )
-from fhir_server.services.access import Audited
+from fhir_server.services.access.guard import Audited
 from fhir_server.services.context import Context, server_guard
-from fhir_server.services.resources import new_version
+from fhir_server.services.interactions.versions import new_version
 from fhir_server.settings import Settings
 from fhir_server.validation import default_validator
 

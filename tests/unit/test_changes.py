@@ -9,7 +9,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fhir_server.services.changes import MAX_OPERATIONS, diff, encode
+from fhir_server.services.formats.changes import MAX_OPERATIONS, diff, encode
 
 BEFORE: dict[str, Any] = {
     "resourceType": "Patient",

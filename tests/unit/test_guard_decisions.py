@@ -4,7 +4,7 @@ without bound."""
 
 from __future__ import annotations
 
-from fhir_server.services.access import MAX_DECISIONS
+from fhir_server.services.access.guard import MAX_DECISIONS
 from fhir_server.services.context import server_guard
 
 

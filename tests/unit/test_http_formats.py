@@ -8,7 +8,7 @@ from email.utils import format_datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fhir_server.services.bundles import etag, http_date
+from fhir_server.services.formats.bundles import etag, http_date
 
 
 @given(
@@ -36,7 +36,7 @@ def test_new_ids_are_uuid7_in_time_order() -> None:
     import time
     import uuid
 
-    from fhir_server.services.create import new_id
+    from fhir_server.services.interactions.create import new_id
 
     first = new_id()
     time.sleep(0.002)

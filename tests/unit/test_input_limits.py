@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fhir_server.errors import BadRequest
-from fhir_server.services.limits import InputLimits, check_value
-from fhir_server.services.resources import parse_json
+from fhir_server.services.formats.limits import InputLimits, check_value
+from fhir_server.services.interactions.versions import parse_json
 
 LIMITS = InputLimits(max_depth=4, max_string_length=12, max_array_length=3)
 

@@ -24,7 +24,7 @@ from fhir_server.search.index import (
     normalize_string,
     number_range,
 )
-from fhir_server.services.resources import DecimalText, parse_json
+from fhir_server.services.interactions.versions import DecimalText, parse_json
 
 LOCAL = ("http://127.0.0.1:8080/fhir/",)
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "data" / "r4-examples").glob("*.json"))

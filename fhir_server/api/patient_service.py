@@ -29,11 +29,11 @@ from fhir_server.api.responses import json_response
 from fhir_server.auth.scopes import granted
 from fhir_server.auth.tokens import bearer
 from fhir_server.errors import FhirError, Unauthorized
-from fhir_server.services import patients_api as service
-from fhir_server.services.access import Guard
+from fhir_server.services.access.guard import Guard
 from fhir_server.services.context import Context, server_guard
-from fhir_server.services.patients_api import PatientApiError
-from fhir_server.services.resources import ID_PATTERN, json_bytes
+from fhir_server.services.interactions.versions import ID_PATTERN, json_bytes
+from fhir_server.services.workflows import patient_service as service
+from fhir_server.services.workflows.patient_service import PatientApiError
 from fhir_server.storage import idempotency
 
 log = logging.getLogger(__name__)

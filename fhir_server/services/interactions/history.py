@@ -10,10 +10,10 @@ from urllib.parse import urlencode
 
 from compartments.engine import Decision
 from fhir_server.errors import BadRequest, NotFound
-from fhir_server.services.access import check_type, hidden, unrestricted
-from fhir_server.services.bundles import bundle, history_entry
+from fhir_server.services.access.guard import check_type, hidden, unrestricted
 from fhir_server.services.context import Context
-from fhir_server.services.read import break_glass
+from fhir_server.services.formats.bundles import bundle, history_entry
+from fhir_server.services.interactions.read import break_glass
 from fhir_server.storage import repository
 from fhir_server.storage.cursors import decode_cursor, encode_cursor
 from fhir_server.storage.repository import HistoryCursor

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fhir_server.errors import NotFound
-from fhir_server.services import conditional
-from fhir_server.services.access import check_stored, check_type, hidden, unrestricted
+from fhir_server.services.access.guard import check_stored, check_type, hidden, unrestricted
 from fhir_server.services.context import Context
-from fhir_server.services.resources import deletion
+from fhir_server.services.interactions import conditional
+from fhir_server.services.interactions.versions import deletion
 from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
 

@@ -20,11 +20,11 @@ from compartments.consent import reference_of
 from compartments.engine import CONSENT_SCOPE_SYSTEM, Decision, Target
 from compartments.periods import format_instant, span, window
 from fhir_server.metrics import DELEGATION_REQUESTS, RELATIONSHIP_VERIFICATIONS, VERIFICATION_TIME
-from fhir_server.services import create
-from fhir_server.services.access import Guard, as_user
+from fhir_server.services.access.guard import Guard, as_user
 from fhir_server.services.context import Context
-from fhir_server.services.family import rewrite
-from fhir_server.services.resources import ID_PATTERN, parse_json
+from fhir_server.services.interactions import create
+from fhir_server.services.interactions.versions import ID_PATTERN, parse_json
+from fhir_server.services.workflows.family import rewrite
 from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
 

@@ -23,14 +23,14 @@ from compartments.consent import reference_of
 from compartments.engine import Decision, Request, Target, decide, first_foreign
 from compartments.periods import format_instant, window
 from compartments.policy import Reason
+from fhir_server.clients.registry import ClientRegistry
 from fhir_server.errors import AccessDenied, BadRequest, Conflict, NotFound, Unprocessable
 from fhir_server.search.query import parse_search
-from fhir_server.services import conditional, create
-from fhir_server.services.access import Guard, denied, earliest_date
+from fhir_server.services.access.guard import Guard, denied, earliest_date
 from fhir_server.services.context import Context
-from fhir_server.services.fhir_parameters import parameter_values
-from fhir_server.services.registry import ClientRegistry
-from fhir_server.services.resources import new_version, parse_json
+from fhir_server.services.formats.parameters import parameter_values
+from fhir_server.services.interactions import conditional, create
+from fhir_server.services.interactions.versions import new_version, parse_json
 from fhir_server.storage import repository
 from fhir_server.storage.repository import NewVersion
 from fhir_server.storage.search_sql import search_statement

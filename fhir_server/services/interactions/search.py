@@ -24,9 +24,9 @@ from fhir_server.search.query import (
     compartment_types,
     parse_search,
 )
-from fhir_server.services.access import check_type, unrestricted
-from fhir_server.services.bundles import bundle
+from fhir_server.services.access.guard import check_type, unrestricted
 from fhir_server.services.context import Context
+from fhir_server.services.formats.bundles import bundle
 from fhir_server.services.offload import HEAVY, cpu
 from fhir_server.storage.cursors import encode_cursor
 from fhir_server.storage.search_sql import (

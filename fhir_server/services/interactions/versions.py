@@ -13,9 +13,9 @@ import orjson
 from fhir_server.errors import BadRequest, Unprocessable
 from fhir_server.search.index import index_rows
 from fhir_server.search.membership import compartment_membership
-from fhir_server.services import patient_profile
 from fhir_server.services.context import Context
-from fhir_server.services.limits import InputLimits, check_value
+from fhir_server.services.formats.limits import InputLimits, check_value
+from fhir_server.services.interactions import patient_profile
 from fhir_server.storage.repository import NewVersion
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")

@@ -8,8 +8,7 @@ import jsonpatch
 import jsonpointer
 
 from fhir_server.errors import BadRequest, Gone, NotFound, Unprocessable
-from fhir_server.services import conditional
-from fhir_server.services.access import (
+from fhir_server.services.access.guard import (
     check_result,
     check_stored,
     hidden,
@@ -18,11 +17,12 @@ from fhir_server.services.access import (
     unrestricted,
 )
 from fhir_server.services.context import Context
-from fhir_server.services.limits import check_value, input_limits
+from fhir_server.services.formats.limits import check_value, input_limits
+from fhir_server.services.interactions import conditional
+from fhir_server.services.interactions.update import check_precondition
+from fhir_server.services.interactions.versions import json_size, new_version, parse_json, validated
 from fhir_server.services.offload import HEAVY_BYTES, cpu, in_thread
-from fhir_server.services.outcome import Result
-from fhir_server.services.resources import json_size, new_version, parse_json, validated
-from fhir_server.services.update import check_precondition
+from fhir_server.services.result import Result
 from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
 

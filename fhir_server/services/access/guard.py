@@ -39,7 +39,7 @@ from fhir_server.auth.tokens import Principal, principal_from_claims
 from fhir_server.errors import AccessDenied, BadRequest, Unauthorized
 from fhir_server.metrics import RELATIONSHIP_CACHE_HITS
 from fhir_server.search.query import parse_search
-from fhir_server.services import changes
+from fhir_server.services.formats import changes
 from fhir_server.storage import repository
 from fhir_server.storage.search_sql import UNRESTRICTED, Grant, GrantPart
 from fhir_server.storage.sql import Connection, Statement, fetch_all

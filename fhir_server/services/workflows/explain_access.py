@@ -19,9 +19,9 @@ from typing import Any
 from compartments.engine import Decision, Target
 from compartments.policy import OPERATIONS
 from fhir_server.errors import BadRequest, Forbidden, Unauthorized
-from fhir_server.services.access import Guard, as_user, outside
+from fhir_server.services.access.guard import Guard, as_user, outside
 from fhir_server.services.context import Context
-from fhir_server.services.fhir_parameters import parameter_values
+from fhir_server.services.formats.parameters import parameter_values
 from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
 

@@ -22,7 +22,10 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from fhir_server.errors import BadRequest, FhirError, NotFound, NotSupported, PreconditionFailed
-from fhir_server.services import (
+from fhir_server.services.context import Context
+from fhir_server.services.formats.bundles import etag, raw
+from fhir_server.services.formats.operation_outcome import operation_outcome
+from fhir_server.services.interactions import (
     conditional,
     create,
     delete,
@@ -32,12 +35,9 @@ from fhir_server.services import (
     search,
     update,
 )
-from fhir_server.services.bundles import etag, raw
-from fhir_server.services.context import Context
+from fhir_server.services.interactions.versions import validated
 from fhir_server.services.offload import cpu
-from fhir_server.services.outcome import Result
-from fhir_server.services.outcome_json import operation_outcome
-from fhir_server.services.resources import validated
+from fhir_server.services.result import Result
 from fhir_server.storage import repository
 from fhir_server.storage.repository import NewVersion
 from fhir_server.storage.sql import Connection

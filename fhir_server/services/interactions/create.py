@@ -8,12 +8,12 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from fhir_server.services import conditional
-from fhir_server.services.access import check_result, protect_links, protect_meta
+from fhir_server.services.access.guard import check_result, protect_links, protect_meta
 from fhir_server.services.context import Context
+from fhir_server.services.interactions import conditional
+from fhir_server.services.interactions.versions import new_version, validated
 from fhir_server.services.offload import cpu
-from fhir_server.services.outcome import Result
-from fhir_server.services.resources import new_version, validated
+from fhir_server.services.result import Result
 from fhir_server.storage import repository
 from fhir_server.storage.repository import NewVersion
 from fhir_server.storage.sql import Connection

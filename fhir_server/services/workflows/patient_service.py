@@ -15,10 +15,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from fhir_server.errors import FhirError
-from fhir_server.services import patient_profile, search
 from fhir_server.services.context import Context
-from fhir_server.services.family import rewrite
-from fhir_server.services.resources import deletion, new_version, parse_json
+from fhir_server.services.interactions import patient_profile, search
+from fhir_server.services.interactions.versions import deletion, new_version, parse_json
+from fhir_server.services.workflows.family import rewrite
 from fhir_server.storage import repository
 from fhir_server.storage.cursors import decode_cursor, encode_cursor
 from fhir_server.storage.repository import StoredVersion

@@ -5,18 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_server.errors import BadRequest, MethodNotAllowed, PreconditionFailed
-from fhir_server.services import conditional
-from fhir_server.services.access import (
+from fhir_server.services.access.guard import (
     check_result,
     check_stored,
     protect_links,
     protect_meta,
 )
 from fhir_server.services.context import Context
-from fhir_server.services.create import create, creation
+from fhir_server.services.interactions import conditional
+from fhir_server.services.interactions.create import create, creation
+from fhir_server.services.interactions.versions import check_id, new_version, parse_json, validated
 from fhir_server.services.offload import cpu
-from fhir_server.services.outcome import Result
-from fhir_server.services.resources import check_id, new_version, parse_json, validated
+from fhir_server.services.result import Result
 from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from fhir_server.search.index import index_rows
-from fhir_server.services.resources import parse_json
+from fhir_server.services.interactions.versions import parse_json
 from fhir_server.settings import Settings
 from fhir_server.storage import repository
 from fhir_server.storage.database import Database

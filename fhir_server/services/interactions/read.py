@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from compartments.engine import Target
 from fhir_server.errors import Gone, NotFound
-from fhir_server.services.access import Guard, hidden, unrestricted
+from fhir_server.services.access.guard import Guard, hidden, unrestricted
 from fhir_server.services.context import Context
 from fhir_server.storage import repository
 from fhir_server.storage.repository import StoredVersion

@@ -1,0 +1,1 @@
+"""Outbound HTTP clients of upstream services (the Client Registry)."""
