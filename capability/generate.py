@@ -125,11 +125,7 @@ def generate(source: Path) -> dict[str, list[str]]:
             loaded[name] = json.load(f)
     return required_elements(
         loaded["fhir.schema.json"],
-        (
-            definition
-            for name in SOURCES[1:]
-            for definition in structure_definitions(loaded[name])
-        ),
+        (definition for name in SOURCES[1:] for definition in structure_definitions(loaded[name])),
     )
 
 
