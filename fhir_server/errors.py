@@ -6,7 +6,7 @@ Patient Service API's). Each carries
 - ``error_code``, a stable code (snake_case) that clients and tests may rely on: the class's own,
   or one of the class's ``refinements`` given where it is raised
   (``Conflict("...", error_code="duplicate_email")``); ``codes()`` lists them all;
-- one or more ``Issue``\\ s, each with its FHIR IssueType (``code``), which the FHIR surface shows.
+- one or more ``Issue`` values, each with its FHIR IssueType (``code``): what the FHIR surface shows.
 
 No error carries an HTTP status, and none knows a web framework (never FastAPI's HTTPException):
 ``fhir_server.api.errors`` decides each one's status and renders it per surface (OperationOutcome
