@@ -2,11 +2,12 @@
 than Starlette's BaseHTTPMiddleware).
 
 Per request: Prometheus `http_requests_total{method, route, status}` and
-`http_request_duration_seconds{method, route}`, and, at INFO, one JSON log line with the request
+`http_request_duration_seconds{method, route}`, and, at INFO, one log line with the request
 id (`X-Request-ID`, made up when absent and returned), the W3C trace id (from `traceparent`, or
 the request's own trace when tracing is on), the acting account, the route template, status and
 duration; with tracing on (fhir_server/tracing.py), the request's server span. Never a body, a query string or a
-concrete path: the route template (`/fhir/{type}/{id}`) carries no PHI.
+concrete path: the route template (`/fhir/{type}/{id}`) carries no PHI. The log's two formats
+are here too: JSON lines, and readable lines for a terminal (chosen in fhir_server/cli.py).
 """
 
 from __future__ import annotations
