@@ -132,7 +132,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         access_log=False,
         proxy_headers=True,
-        log_config=None,  # uvicorn's loggers go through the JSON handler too
+        log_config=None,  # uvicorn's loggers go through the same handler too
     )
 
     class Server(uvicorn.Server):
@@ -170,9 +170,10 @@ def _this_command(settings: Settings) -> str:
     command = "fhir-server"
     running = Path(sys.argv[0])
     if shutil.which(command) is None and running.name == command:
-        command = os.path.relpath(running) if running.is_relative_to(Path.cwd()) else str(running)
+        inside = running.is_absolute() and running.is_relative_to(Path.cwd())
+        command = shlex.quote(os.path.relpath(running) if inside else str(running))
     if settings.data_dir != Settings().data_dir:
-        command = f"FHIR_DATA_DIR={shlex.quote(str(settings.data_dir))} {shlex.quote(command)}"
+        command = f"FHIR_DATA_DIR={shlex.quote(str(settings.data_dir))} {command}"
     return command
 
 

@@ -10,12 +10,13 @@ import os
 import pty
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TextIO
 
 import pytest
 
 from fhir_server.api.observability import ConsoleFormatter, JsonFormatter
-from fhir_server.cli import _CHATTER_FILTERS, _log_handler
+from fhir_server.cli import _CHATTER_FILTERS, _announce, _log_handler, _this_command
 from fhir_server.settings import Settings
 
 
@@ -149,3 +150,47 @@ def test_the_embedded_databases_chatter_is_debug_and_its_warnings_stay(
     assert alembic.filter(upgrade) and upgrade.levelname == "INFO"
     alembic.filter(notes)
     assert notes.levelname == "DEBUG"
+
+
+@pytest.mark.parametrize(
+    ("host", "url"),
+    [
+        ("127.0.0.1", "http://127.0.0.1:8123/fhir"),
+        ("0.0.0.0", "http://127.0.0.1:8123/fhir"),  # noqa: S104  # every interface: this one
+        ("::", "http://[::1]:8123/fhir"),
+        ("fhir.internal", "http://fhir.internal:8123/fhir"),
+    ],
+)
+def test_the_start_names_a_url_to_open(
+    host: str, url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="fhir_server"):
+        _announce(settings(HOST=host), 8123)
+    assert (
+        caplog.messages[0] == f"serving FHIR R4 at {url} (its CapabilityStatement: {url}/metadata)"
+    )
+    assert caplog.messages[1].endswith(f' dev-token)" {url}/Patient')
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fhir_server"):  # the development key is not trusted
+        _announce(settings(HOST=host, FHIR_AUTH_JWKS="https://idp.example.org/jwks"), 8123)
+    assert len(caplog.messages) == 1
+
+
+def test_the_command_to_try_runs_from_the_same_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / ".venv" / "bin" / "fhir-server"), "serve"])
+    assert _this_command(settings()) == ".venv/bin/fhir-server"  # `make run`
+    assert _this_command(settings(FHIR_DATA_DIR="my data")) == (
+        "FHIR_DATA_DIR='my data' .venv/bin/fhir-server"
+    )
+    monkeypatch.setattr(sys, "argv", ["/opt/venv/bin/fhir-server", "serve"])
+    assert _this_command(settings()) == "/opt/venv/bin/fhir-server"
+    on_path = tmp_path / "bin"
+    on_path.mkdir()
+    (on_path / "fhir-server").write_text("#!/bin/sh\n")
+    (on_path / "fhir-server").chmod(0o755)
+    monkeypatch.setenv("PATH", str(on_path))
+    assert _this_command(settings()) == "fhir-server"
