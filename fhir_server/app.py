@@ -36,15 +36,17 @@ from fhir_server.validation import ResourceValidator
 log = logging.getLogger(__name__)
 
 
-def token_settings(settings: Settings) -> TokenSettings:
+def token_settings(settings: Settings, *, warn: bool = True) -> TokenSettings:
     """The identity provider's keys, issuer and audience; without `FHIR_AUTH_JWKS`, the local
-    development key of the data folder (`fhir-server dev-token`)."""
+    development key of the data folder (`fhir-server dev-token`), with a warning unless `warn`
+    is false (a check before the start, which warns itself)."""
     if settings.auth_jwks is None:
-        log.warning(
-            "FHIR_AUTH_JWKS is not set: trusting the development signing key in %s/auth "
-            "(fhir-server dev-token); never in production",
-            settings.data_dir,
-        )
+        if warn:
+            log.warning(
+                "FHIR_AUTH_JWKS is not set: trusting the development signing key in %s/auth "
+                "(fhir-server dev-token); never in production",
+                settings.data_dir,
+            )
         return TokenSettings(
             issuer=DEV_ISSUER,
             audience=DEV_AUDIENCE,
