@@ -1,11 +1,11 @@
 """`make bench`: ingest, create and read throughput of `fhir-server serve` against a reference.
 
-Starts a throw-away embedded PostgreSQL, the server (one process, as `fhir-server serve` runs it),
-loads Patients through 1,000-entry transactions, drives creates and random reads with wrk (or a
-Python fallback), runs the identical read load against bench/reference_app.py on the same
-database, and prints a table of figures, ratios and goals (also written to bench/results/latest.md).
-Then the search benchmark (bench/search.py) loads a clinical dataset into a fresh database and
-times searches; --skip-rest and --skip-search pick one part.
+Starts a throw-away embedded PostgreSQL and the server on it (one process, as `fhir-server serve`
+runs it; bench/harness.py), loads Patients through 1,000-entry transactions, drives creates and
+random reads with wrk (or a Python fallback, bench/load.py), runs the identical read load against
+bench/reference_app.py on the same database, and prints a table of figures, ratios and goals (also
+written to bench/results/latest.md). Then the search benchmark (bench/search.py) loads a clinical
+dataset into a fresh database and times searches; --skip-rest and --skip-search pick one part.
 Benchmarks report; they never fail a build.
 """
 
