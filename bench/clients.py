@@ -190,7 +190,7 @@ def drive(
         return runner.run(run(base, paths, token, connections, duration))
 
 
-async def _closed_loop(
+async def closed_loop(
     client: str, one: Callable[[], Awaitable[int]], connections: int, duration: float
 ) -> Round:
     """`connections` workers, each sending a request as soon as its last one has answered."""
@@ -211,7 +211,9 @@ async def _closed_loop(
     latencies.sort()
 
     def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
+        return (
+            latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else 0.0
+        )
 
     return Round(client, len(latencies), errors, seconds, cpu, pct(0.5), pct(0.99))
 
@@ -227,7 +229,7 @@ async def _hand_written(
         return (await http.send(random.choice(requests))).status
 
     try:
-        return await _closed_loop("hand-written", one, connections, duration)
+        return await closed_loop("hand-written", one, connections, duration)
     finally:
         http.close()
 
@@ -244,7 +246,7 @@ async def _httpx(
         async def one() -> int:
             return (await client.get(random.choice(paths))).status_code
 
-        return await _closed_loop("httpx", one, connections, duration)
+        return await closed_loop("httpx", one, connections, duration)
 
 
 def _ready() -> int:

@@ -8,12 +8,11 @@ import random
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.clients import Http, request
+from bench.clients import Http, closed_loop, request
 from bench.harness import Cpu
 
 WRK_DIR = Path(__file__).resolve().parent / "wrk"
@@ -133,30 +132,13 @@ async def _python_load(
     """`connections` workers, each on its own keep-alive connection, sending a request as soon as
     its last one has answered, for `duration` seconds."""
     http = Http.to(base, connections)
-    latencies: list[float] = []
-    errors = 0
-    start = time.perf_counter()
-    deadline = start + duration
 
-    async def worker() -> None:
-        nonlocal errors
-        while time.perf_counter() < deadline:
-            sent = time.perf_counter()
-            status = (await http.send(make())).status
-            latencies.append(time.perf_counter() - sent)
-            errors += not 200 <= status < 400
+    async def one() -> int:
+        return (await http.send(make())).status
 
     try:
-        await asyncio.gather(*(worker() for _ in range(connections)))
+        r = await closed_loop("python", one, connections, duration)
     finally:
         http.close()
-    seconds = time.perf_counter() - start
-    latencies.sort()
-
-    def pct(p: float) -> float:
-        return (
-            latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else 0.0
-        )
-
-    raw = f"{len(latencies)} requests in {seconds:.2f}s, {errors} errors"
-    return LoadResult("python", len(latencies), seconds, pct(0.50), pct(0.99), errors, raw)
+    raw = f"{r.requests} requests in {r.seconds:.2f}s, {r.errors} errors"
+    return LoadResult("python", r.requests, r.seconds, r.p50_ms, r.p99_ms, r.errors, raw)
