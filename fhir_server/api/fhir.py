@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from capability.definitions import resource_types
 from capability.statement import capability_statement
+from compartments.ids import ID_REGEX
 from fhir_server.api.deps import (
     FORM_TYPES,
     FhirInteraction,
@@ -384,7 +385,7 @@ class FhirId(Convertor[str]):
     """A path segment that is a FHIR id (R4 `id`: 1-64 of A-Z a-z 0-9 - .), so that `_history`,
     `_search` or `$operation` never match where an id is expected."""
 
-    regex = r"[A-Za-z0-9\-\.]{1,64}"
+    regex = ID_REGEX
 
     def convert(self, value: str) -> str:
         return value

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request, Response
 from starlette.requests import ClientDisconnect
 
 from compartments.engine import Decision
+from compartments.ids import is_id
 from compartments.policy import Reason
 from fhir_server.api.deps import (
     base_url,
@@ -31,7 +32,7 @@ from fhir_server.auth.tokens import bearer
 from fhir_server.errors import FhirError, Unauthorized
 from fhir_server.services.access.guard import Guard
 from fhir_server.services.context import Context, server_guard
-from fhir_server.services.interactions.versions import ID_PATTERN, json_bytes
+from fhir_server.services.interactions.versions import json_bytes
 from fhir_server.services.workflows import patient_service as service
 from fhir_server.services.workflows.patient_service import PatientApiError
 from fhir_server.storage import idempotency
@@ -129,7 +130,7 @@ async def _handle(request: Request, action: str, write: bool) -> Response:
             if not tail.endswith(":restore"):
                 raise PatientApiError(404, "not_found", "no such operation")
             id = tail.removesuffix(":restore")
-        if action not in ("create", "list") and not ID_PATTERN.fullmatch(id):
+        if action not in ("create", "list") and not is_id(id):
             raise PatientApiError(404, "not_found", "no patient with this id")
         if action == "create":
             body_media_type(request, JSON, "`application/json`")

@@ -61,8 +61,9 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import NULLTYPE, TypeEngine
 
 from capability.definitions import resource_types
+from compartments.ids import is_id
 from fhir_server.errors import BadRequest
-from fhir_server.search.fhirpath import is_id, result_types
+from fhir_server.search.fhirpath import result_types
 from fhir_server.search.index import DATE_MAX, DATE_MIN, date_range, normalize_string, number_range
 from fhir_server.search.parameters import SearchParam
 from fhir_server.search.query import Criterion, Include, SearchQuery, split_prefix, split_unescaped

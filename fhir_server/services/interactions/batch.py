@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
+from compartments.ids import ID_REGEX
 from fhir_server.errors import BadRequest, FhirError, NotFound, NotSupported, PreconditionFailed
 from fhir_server.services.context import Context
 from fhir_server.services.formats.bundles import etag, raw
@@ -125,7 +126,7 @@ def _parse_entry(ctx: Context, index: int, raw_entry: Any) -> Entry:
 
 
 # A RESTful resource URL: `[base/]Type/id`, the base absent in a relative one.
-_RESTFUL = re.compile(r"(?:(?P<base>.+)/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})")
+_RESTFUL = re.compile(rf"(?:(?P<base>.+)/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>{ID_REGEX})")
 
 
 def _restful(url: str, server_base: str) -> tuple[str, str, str] | None:
