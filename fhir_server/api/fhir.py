@@ -38,6 +38,7 @@ from fhir_server.errors import (
 )
 from fhir_server.search.query import capabilities as search_capabilities
 from fhir_server.services.context import Context
+from fhir_server.services.formats.etags import etag
 from fhir_server.services.formats.operation_outcome import information
 from fhir_server.services.interactions import (
     batch,
@@ -280,7 +281,7 @@ async def patch_resource(
 async def delete_resource(fhir: FhirInteraction, type: str, id: str) -> Response:
     async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
         version = await delete.delete(ctx, conn, type, id)
-    headers = {"ETag": f'W/"{version}"'} if version is not None else {}
+    headers = {"ETag": etag(version)} if version is not None else {}
     if fhir.prefer == "OperationOutcome":
         return fhir_response(information(f"`{type}/{id}` deleted"), 200, headers)
     return Response(status_code=204, headers=headers)
@@ -305,7 +306,7 @@ async def conditional_delete(fhir: FhirInteraction, type: str, request: Request)
     """`DELETE [base]/{type}?criteria` (R4 conditional delete): no match is a success too."""
     async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
         id, version = await delete.conditional_delete(ctx, conn, type, request.url.query)
-    headers = {"ETag": f'W/"{version}"'} if version is not None else {}
+    headers = {"ETag": etag(version)} if version is not None else {}
     if fhir.prefer == "OperationOutcome":
         said = f"`{type}/{id}` deleted" if id else f"no `{type}` matched; nothing was deleted"
         return fhir_response(information(said), 200, headers)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import re
 from datetime import timedelta
 from typing import Any
 
@@ -32,6 +31,7 @@ from fhir_server.auth.tokens import bearer
 from fhir_server.errors import FhirError, Unauthorized
 from fhir_server.services.access.guard import Guard
 from fhir_server.services.context import Context, server_guard
+from fhir_server.services.formats.etags import etag, version_of
 from fhir_server.services.interactions.versions import json_bytes
 from fhir_server.services.workflows import patient_service as service
 from fhir_server.services.workflows.patient_service import PatientApiError
@@ -39,7 +39,6 @@ from fhir_server.storage import idempotency
 
 log = logging.getLogger(__name__)
 JSON = frozenset({"application/json"})
-_VERSION = re.compile(r"[0-9]{1,18}")
 
 
 def _error(exc: PatientApiError) -> Response:
@@ -102,7 +101,7 @@ def _context(request: Request, account: str) -> Context:
 
 
 def _etag(version: int) -> dict[str, str]:
-    return {"ETag": f'W/"{version}"'}
+    return {"ETag": etag(version)}
 
 
 def _if_match(request: Request) -> int:
@@ -111,10 +110,10 @@ def _if_match(request: Request) -> int:
         raise PatientApiError(
             428, "precondition_required", "send `If-Match` with the ETag you read"
         )
-    tag = value.strip().removeprefix("W/").strip('"')
-    if not _VERSION.fullmatch(tag):
+    version = version_of(value)
+    if version is None:
         raise PatientApiError(412, "version_mismatch", f"`If-Match: {value}` is not a version")
-    return int(tag)
+    return version
 
 
 async def _handle(request: Request, action: str, write: bool) -> Response:

@@ -24,7 +24,8 @@ import orjson
 from compartments.ids import ID_REGEX
 from fhir_server.errors import BadRequest, FhirError, NotFound, NotSupported, PreconditionFailed
 from fhir_server.services.context import Context
-from fhir_server.services.formats.bundles import etag, raw
+from fhir_server.services.formats.bundles import raw
+from fhir_server.services.formats.etags import etag
 from fhir_server.services.formats.operation_outcome import operation_outcome
 from fhir_server.services.interactions import (
     conditional,
