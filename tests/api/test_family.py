@@ -374,6 +374,33 @@ def test_removal_waits_for_coverage_and_ends_access(fam: Family) -> None:
         assert history["entry"][0]["resource"]["active"] is False
 
 
+@pytest.fixture(scope="module")
+def of_age_at_21(database_url: str) -> Iterator[LiveServer]:
+    with LiveServer(Settings(majority_age=21), database_url) as server:
+        yield server
+
+
+def test_the_spouse_age_follows_the_majority_age_setting(
+    of_age_at_21: LiveServer, fam: Family
+) -> None:
+    """One majority age (`MAJORITY_AGE`): the family workflow's spouse rule uses the setting the
+    engine's minors use, not a number of its own."""
+    with httpx.Client(base_url=f"{of_age_at_21.origin}/fhir", timeout=30, headers=auth()) as c:
+        later = Family(of_age_at_21, c)
+        primary = later.patient("Paul", years_ago(30))
+        later.patient("Nineteen", years_ago(19), later.nid("nineteen"))
+        with later.as_(primary) as p:
+            refused = add(p, primary, relationship="SPOUSE", nationalId=later.nid("nineteen"))
+            assert rule(refused) == "spouse-age"
+            assert "21 or older" in refused.json()["issue"][0]["diagnostics"]
+    # the same pair where majority is at 18 (the default)
+    primary = fam.patient("Paul", years_ago(30))
+    fam.patient("Nineteen", years_ago(19), fam.nid("nineteen"))
+    with fam.as_(primary) as p:
+        added = add(p, primary, relationship="SPOUSE", nationalId=fam.nid("nineteen"))
+        assert added.status_code == 201, added.text
+
+
 # --- the Client Registry: a second instance of this server ------------------------------------
 
 

@@ -52,7 +52,6 @@ ROLES: dict[str, tuple[str, str, str]] = {
     "GUARDIAN": (V3, "GUARD", "guardian"),  # the primary is the dependent's legal guardian
     "OTHER": (V2_0131, "O", "Other"),
 }
-ADULT_AGE = 18
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,8 +207,11 @@ def check_rules(
     primary_age: int | None,
     dependent_age: int | None,
     links: list[FamilyLink],
+    *,
+    majority_age: int,
 ) -> None:
-    """The rules of adding a dependent; each refusal names its rule (422)."""
+    """The rules of adding a dependent; each refusal names its rule (422). Spouses are both of
+    age: `majority_age` (the `MAJORITY_AGE` setting, as for the engine's minors) or older."""
 
     def refuse(rule: str, message: str) -> Unprocessable:
         return Unprocessable(f"{rule}: {message}", code="business-rule")
@@ -221,9 +223,14 @@ def check_rules(
     ):
         raise refuse("already-a-dependent", f"`{dependent}` is already a dependent of `{primary}`")
     if relationship == "SPOUSE" and (
-        primary_age is None or dependent_age is None or min(primary_age, dependent_age) < ADULT_AGE
+        primary_age is None
+        or dependent_age is None
+        or min(primary_age, dependent_age) < majority_age
     ):
-        raise refuse("spouse-age", "both spouses must be 18 or older (with a known birth date)")
+        raise refuse(
+            "spouse-age",
+            f"both spouses must be {majority_age} or older (with a known birth date)",
+        )
     if relationship in {"CHILD", "PARENT"}:
         if primary_age is None or dependent_age is None:
             raise refuse("birth-dates", "a parent and child both need a birth date")
@@ -405,6 +412,7 @@ async def add_dependent(
         _age(earliest_date(primary_content.get("birthDate")), today),
         _age(earliest_date(dependent_content.get("birthDate")), today),
         links,
+        majority_age=ctx.settings.majority_age,
     )
     # a person already on record is someone else's data: the link waits for verification
     assurance = "level3" if created_patient else ctx.settings.family_existing_link_assurance
