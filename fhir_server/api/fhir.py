@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -72,7 +72,7 @@ async def metadata(request: Request) -> Response:
     statement = capability_statement(
         base_url=base_url(request, rt),
         update_create=settings.update_create,
-        date=datetime.now(UTC).date().isoformat(),
+        date=rt.clock().date().isoformat(),
         search=search_capabilities,
         oauth={
             "authorize": settings.auth_authorize_url,

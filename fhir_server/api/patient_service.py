@@ -96,6 +96,7 @@ def _context(request: Request, account: str) -> Context:
         settings=rt.settings,
         validator=rt.validator,
         base_url=base_url(request, rt),
+        clock=rt.clock,
         guard=server_guard(account),
     )
 
