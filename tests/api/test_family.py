@@ -18,6 +18,7 @@ import pytest
 from compartments.engine import CONSENT_SCOPE_SYSTEM
 from fhir_server.settings import Settings
 from fhir_server.storage.database import migrate
+from fhir_server.validation import default_validator
 from tests.access_world import snapshot, years_ago
 from tests.conftest import LiveServer, _drop_database, _fresh_database, auth, token
 
@@ -372,6 +373,38 @@ def test_removal_waits_for_coverage_and_ends_access(fam: Family) -> None:
         history = fam.system.get(f"/{related}/_history").json()
         assert history["total"] == 2
         assert history["entry"][0]["resource"]["active"] is False
+
+
+def test_what_the_workflow_writes_is_valid_r4(fam: Family) -> None:
+    """The RelatedPersons and Persons the family workflow assembles as dicts (and rewrites on
+    removal) are valid R4 by the server's own validator: the check that typed models would give
+    (docs/architecture.md, "fhir.resources"), at its cost."""
+    validator = default_validator()
+    primary = fam.patient("Paul", years_ago(40))
+    with fam.as_(primary) as p:
+        answers = [
+            add(p, primary, relationship=relationship, dependent=person("Doe", given, born))
+            for relationship, given, born in (
+                ("SPOUSE", "Sue", years_ago(38)),
+                ("CHILD", "Kim", years_ago(9)),
+            )
+        ]
+        assert all(a.status_code == 201 for a in answers), [a.text for a in answers]
+        links = [
+            part["valueReference"]["reference"]
+            for a in answers
+            for link in a.json()["parameter"]
+            if link["name"] == "link"
+            for part in link["part"]
+            if part["name"] in {"relatedPerson", "person"}
+        ]
+        kid = values(answers[1].json())["dependent"]["reference"]
+        removed = p.post(f"/{primary}/$remove-dependent", json=params(dependent=kid))
+        assert removed.status_code == 200, removed.text
+    assert {link.split("/")[0] for link in links} == {"RelatedPerson", "Person"}
+    for reference in sorted(set(links)):
+        stored = fam.system.get(f"/{reference}").json()
+        assert validator.issues(stored) == [], reference
 
 
 @pytest.fixture(scope="module")
