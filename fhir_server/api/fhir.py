@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -14,6 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from capability.definitions import resource_types
 from capability.statement import capability_statement
+from compartments.ids import ID_REGEX
 from fhir_server.api.deps import (
     FORM_TYPES,
     FhirInteraction,
@@ -37,6 +37,7 @@ from fhir_server.errors import (
     UnsupportedMediaType,
 )
 from fhir_server.search.query import capabilities as search_capabilities
+from fhir_server.services.formats.etags import etag
 from fhir_server.services.formats.operation_outcome import information
 from fhir_server.services.interactions import (
     batch,
@@ -68,7 +69,7 @@ async def metadata(request: Request) -> Response:
     statement = capability_statement(
         base_url=base_url(request, rt),
         update_create=settings.update_create,
-        date=datetime.now(UTC).date().isoformat(),
+        date=rt.clock().date().isoformat(),
         search=search_capabilities,
         oauth={
             "authorize": settings.auth_authorize_url,
@@ -250,7 +251,7 @@ async def patch_resource(
 async def delete_resource(fhir: FhirInteraction, type: str, id: str) -> Response:
     async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
         version = await delete.delete(ctx, conn, type, id)
-    headers = {"ETag": f'W/"{version}"'} if version is not None else {}
+    headers = {"ETag": etag(version)} if version is not None else {}
     if fhir.prefer == "OperationOutcome":
         return fhir_response(information(f"`{type}/{id}` deleted"), 200, headers)
     return Response(status_code=204, headers=headers)
@@ -275,7 +276,7 @@ async def conditional_delete(fhir: FhirInteraction, type: str, request: Request)
     """`DELETE [base]/{type}?criteria` (R4 conditional delete): no match is a success too."""
     async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
         id, version = await delete.conditional_delete(ctx, conn, type, request.url.query)
-    headers = {"ETag": f'W/"{version}"'} if version is not None else {}
+    headers = {"ETag": etag(version)} if version is not None else {}
     if fhir.prefer == "OperationOutcome":
         said = f"`{type}/{id}` deleted" if id else f"no `{type}` matched; nothing was deleted"
         return fhir_response(information(said), 200, headers)
@@ -355,7 +356,7 @@ class FhirId(Convertor[str]):
     """A path segment that is a FHIR id (R4 `id`: 1-64 of A-Z a-z 0-9 - .), so that `_history`,
     `_search` or `$operation` never match where an id is expected."""
 
-    regex = r"[A-Za-z0-9\-\.]{1,64}"
+    regex = ID_REGEX
 
     def convert(self, value: str) -> str:
         return value

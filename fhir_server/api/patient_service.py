@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from starlette.requests import ClientDisconnect
 
 from compartments.engine import Decision
+from compartments.ids import is_id
 from compartments.policy import Reason
 from fhir_server.api import errors
 from fhir_server.api.deps import (
@@ -38,11 +38,11 @@ from fhir_server.errors import (
 )
 from fhir_server.services.access.guard import Guard
 from fhir_server.services.context import Context, server_guard
-from fhir_server.services.interactions.versions import ID_PATTERN, json_bytes
+from fhir_server.services.formats.etags import etag, version_of
+from fhir_server.services.interactions.versions import json_bytes
 from fhir_server.services.workflows import patient_service as service
 
 JSON = frozenset({"application/json"})
-_VERSION = re.compile(r"[0-9]{1,18}")
 _SERVICES_ONLY = "the Patient Service API is for services; a person's token uses `/fhir/Patient`"
 
 # A token that names one of these as its user is a person's, not a service's (see `_caller`).
@@ -90,6 +90,7 @@ def _context(request: Request, account: str) -> Context:
         settings=rt.settings,
         validator=rt.validator,
         base_url=base_url(request, rt),
+        clock=rt.clock,
         guard=server_guard(account),
     )
 
@@ -146,24 +147,24 @@ def _refused(user: str, operation: str, id: str | None) -> Guard:
 
 
 def _etag(version: int) -> dict[str, str]:
-    return {"ETag": f'W/"{version}"'}
+    return {"ETag": etag(version)}
 
 
 def _if_match(request: Request) -> int:
     value = request.headers.get("if-match")
     if value is None:
         raise PreconditionRequired("send `If-Match` with the ETag you read")
-    tag = value.strip().removeprefix("W/").strip('"')
-    if not _VERSION.fullmatch(tag):
+    version = version_of(value)
+    if version is None:
         raise PreconditionFailed(
             f"`If-Match: {value}` is not a version", error_code="version_mismatch"
         )
-    return int(tag)
+    return version
 
 
 def _patient_id(request: Request) -> str:
     id: str = request.path_params["patient_id"]
-    if not ID_PATTERN.fullmatch(id):
+    if not is_id(id):
         raise NotFound("no patient with this id")
     return id
 
@@ -239,7 +240,7 @@ async def restore(request: Request, ctx: Context) -> Response:
     if not tail.endswith(":restore"):
         raise NotFound("no such operation")
     id = tail.removesuffix(":restore")
-    if not ID_PATTERN.fullmatch(id):
+    if not is_id(id):
         raise NotFound("no patient with this id")
     async with runtime(request).db.transaction() as conn:
         found = await service.restore(ctx, conn, id)

@@ -46,6 +46,7 @@ from functools import cache, lru_cache
 from typing import Any, Final
 
 from capability.definitions import json_schema, resource_types
+from compartments.ids import is_id
 
 Resource = Mapping[str, Any]
 Accessor = Callable[[Resource], list[Any]]
@@ -151,15 +152,6 @@ def split_reference(reference: str) -> tuple[str, str, str] | None:
     ):
         return None
     return base, resource_type, resource_id
-
-
-_ID_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-."
-
-
-def is_id(text: str) -> bool:
-    """Whether ``text`` is an R4 id, ``[A-Za-z0-9\\-.]{1,64}`` (at a third of a regex's cost)."""
-    # strip() removes every character when all of them are in the set
-    return 0 < len(text) <= 64 and not text.strip(_ID_CHARS)
 
 
 def reference_type(reference: str, resource: Resource | None = None) -> str | None:

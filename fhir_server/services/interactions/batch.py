@@ -21,9 +21,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
+from compartments.ids import ID_REGEX
 from fhir_server.errors import BadRequest, FhirError, NotFound, NotSupported, PreconditionFailed
 from fhir_server.services.context import Context
-from fhir_server.services.formats.bundles import etag, raw
+from fhir_server.services.formats.bundles import raw
+from fhir_server.services.formats.etags import etag
 from fhir_server.services.formats.operation_outcome import operation_outcome
 from fhir_server.services.interactions import (
     conditional,
@@ -127,7 +129,7 @@ def _parse_entry(ctx: Context, index: int, raw_entry: Any) -> Entry:
 
 
 # A RESTful resource URL: `[base/]Type/id`, the base absent in a relative one.
-_RESTFUL = re.compile(r"(?:(?P<base>.+)/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})")
+_RESTFUL = re.compile(rf"(?:(?P<base>.+)/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>{ID_REGEX})")
 
 
 def _restful(url: str, server_base: str) -> tuple[str, str, str] | None:

@@ -18,13 +18,14 @@ from typing import Any
 
 from compartments.consent import reference_of
 from compartments.engine import CONSENT_SCOPE_SYSTEM, Decision, Target
+from compartments.ids import is_id
 from compartments.periods import format_instant, span, window
 from fhir_server.errors import BadRequest, FhirError, Forbidden, NotFound
 from fhir_server.metrics import DELEGATION_REQUESTS, RELATIONSHIP_VERIFICATIONS, VERIFICATION_TIME
 from fhir_server.services.access.guard import Guard, as_user
 from fhir_server.services.context import Context
 from fhir_server.services.interactions import create
-from fhir_server.services.interactions.versions import ID_PATTERN, parse_json
+from fhir_server.services.interactions.versions import parse_json
 from fhir_server.services.workflows.family import rewrite
 from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
@@ -109,7 +110,7 @@ async def _resolve(conn: Connection, value: str, types: tuple[str, ...]) -> str 
     else:
         candidates = [(t, value) for t in types]
     for type_, id in candidates:
-        if not ID_PATTERN.fullmatch(id):
+        if not is_id(id):
             continue  # no resource has it (and PostgreSQL text cannot hold a NUL)
         found = await repository.read_current(conn, type_, id)
         if found is not None and not found.deleted:
@@ -381,7 +382,7 @@ def _last_instant(end: str | None) -> str | None:
 async def approve(ctx: Context, conn: Connection, delegation_id: str) -> dict[str, Any]:
     """The patient (or a guardian of a minor, or a service) approves a proposed delegation."""
     stored = None
-    if ID_PATTERN.fullmatch(delegation_id):
+    if is_id(delegation_id):
         stored = await repository.read_current(conn, "Consent", delegation_id)
     if stored is None or stored.content is None:
         raise NotFound("delegation not found")
