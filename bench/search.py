@@ -30,15 +30,16 @@ import httpx
 import orjson
 import psycopg
 
-from bench.load import Cpu, Load
-from bench.run import (
+from bench.harness import (
     FHIR_JSON,
     RESULTS,
     ROOT,
+    Cpu,
     CpuMeter,
     Deployment,
     conditions,
     rss_mb,
+    servers,
     start_server,
 )
 from bench.search_data import (
@@ -448,8 +449,7 @@ def report(loaded: Loaded, results: Sequence[Timed], mem: float, peak: float) ->
 def search_conditions(
     url: str, args: argparse.Namespace, loaded: Loaded, stored: Counter[str], vacuum: float
 ) -> list[tuple[str, str]]:
-    keep = {"date", "machine", "Python", "machine load", "PostgreSQL", "servers"}
-    common = [(k, v) for k, v in conditions(url, Load(1, 1, 0, False), args) if k in keep]
+    common = [*conditions(url, args.load_before), ("servers", servers())]
     types = ", ".join(f"{t} {n:,}" for t, n in stored.most_common())
     return [
         *common,
@@ -479,7 +479,7 @@ def run(args: argparse.Namespace, stack: ExitStack, *, append: bool) -> None:
     load_before = os.getloadavg()[0]
     print("search benchmark: a new embedded PostgreSQL and server", flush=True)
     deployment = start_server(stack)
-    tmp, url, postmaster = deployment.tmp, deployment.url, deployment.postmaster
+    url, postmaster = deployment.url, deployment.postmaster
     server, base, sampler = deployment.server, deployment.base, deployment.sampler
     meter = CpuMeter(server.pid, postmaster)
     print(
@@ -506,7 +506,7 @@ def run(args: argparse.Namespace, stack: ExitStack, *, append: bool) -> None:
     mem = rss_mb(server.pid)
     RESULTS.mkdir(exist_ok=True)
     log = RESULTS / "search-server.log"  # its warnings and tracebacks, to explain errors
-    shutil.copyfile(tmp / f"server-{base.rsplit(':', 1)[1]}.log", log)
+    shutil.copyfile(deployment.log, log)
 
     out = report(loaded, results, mem, sampler.peak_mb)
     ns = argparse.Namespace(**{**vars(args), "load_before": load_before})

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import timeit
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -158,7 +159,7 @@ PAGE = [("Observation", f"{i:032x}") for i in range(20)]
 
 def build(query: SearchQuery, access: AccessFilter) -> tuple[str, Any]:
     """The SQL text and values of one search, as services/search.py gets them."""
-    statement, _ = search_statement(query, access, local_bases=BASES)
+    statement, _ = search_statement(query, access, local_bases=BASES, now=datetime.now(UTC))
     return _sql(statement)
 
 

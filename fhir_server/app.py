@@ -6,9 +6,9 @@ import asyncio
 import gc
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -26,7 +26,7 @@ from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_key
 from fhir_server.auth.tokens import TokenSettings, TokenVerifier
 from fhir_server.clients.registry import ClientRegistry, RegistrySettings
 from fhir_server.services.access.guard import FactsCache
-from fhir_server.services.context import Context
+from fhir_server.services.context import Context, utc_now
 from fhir_server.services.formats.limits import InputLimits
 from fhir_server.settings import Settings
 from fhir_server.storage import idempotency
@@ -36,15 +36,17 @@ from fhir_server.validation import ResourceValidator
 log = logging.getLogger(__name__)
 
 
-def token_settings(settings: Settings) -> TokenSettings:
+def token_settings(settings: Settings, *, warn: bool = True) -> TokenSettings:
     """The identity provider's keys, issuer and audience; without `FHIR_AUTH_JWKS`, the local
-    development key of the data folder (`fhir-server dev-token`)."""
+    development key of the data folder (`fhir-server dev-token`), with a warning unless `warn`
+    is false (a check before the start, which warns itself)."""
     if settings.auth_jwks is None:
-        log.warning(
-            "FHIR_AUTH_JWKS is not set: trusting the development signing key in %s/auth "
-            "(fhir-server dev-token); never in production",
-            settings.data_dir,
-        )
+        if warn:
+            log.warning(
+                "FHIR_AUTH_JWKS is not set: trusting the development signing key in %s/auth "
+                "(fhir-server dev-token); never in production",
+                settings.data_dir,
+            )
         return TokenSettings(
             issuer=DEV_ISSUER,
             audience=DEV_AUDIENCE,
@@ -78,18 +80,24 @@ def load_policy_file(path: Path | None) -> tuple[Rule, ...]:
         raise PolicyError(f"the policy file `{path}` is not valid: {exc}") from None
 
 
-async def _purge_idempotency_keys(db: Database, every_seconds: float = 600) -> None:
+async def _purge_idempotency_keys(
+    db: Database, clock: Callable[[], datetime], every_seconds: float = 600
+) -> None:
     """Forget expired idempotency keys now and then (a reused expired key is replaced anyway)."""
     while True:
         try:
             async with db.connection() as conn:
-                await idempotency.purge(conn, datetime.now(UTC))
+                await idempotency.purge(conn, clock())
         except Exception:
             log.exception("purging expired idempotency keys failed")
         await asyncio.sleep(every_seconds)
 
 
-def create_app(settings: Settings, database_url: str) -> FastAPI:
+def create_app(
+    settings: Settings, database_url: str, *, clock: Callable[[], datetime] = utc_now
+) -> FastAPI:
+    """The application; `clock` is its one clock (every request's `Context.clock`)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tracing.configure()  # before the pool: its connections trace their statements
@@ -103,7 +111,7 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
         db = Database(database_url, pool_size=settings.db_pool_size, limits=limits)
         await db.open()
         validator = ResourceValidator()
-        server = Context(settings=settings, validator=validator, base_url="")
+        server = Context(settings=settings, validator=validator, base_url="", clock=clock)
         audit = AuditTrail(db, server, database_url=libpq_url(database_url))
         registry = (
             ClientRegistry(
@@ -126,9 +134,10 @@ def create_app(settings: Settings, database_url: str) -> FastAPI:
             FactsCache(ttl_seconds=settings.relationship_ttl_seconds),
             registry,
             InputLimits.of(settings),
+            clock,
         )
         audit.start()
-        purger = asyncio.create_task(_purge_idempotency_keys(db))
+        purger = asyncio.create_task(_purge_idempotency_keys(db, clock))
         # What is loaded by now (R4 schema, search parameters, policy) lives as long as the
         # process: keep it out of the cyclic garbage collector, whose full passes over it
         # otherwise stall requests for tens of milliseconds.

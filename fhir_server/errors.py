@@ -1,31 +1,55 @@
-"""Domain errors of the FHIR server, each becoming one OperationOutcome in one place (``api.errors``).
+"""Domain errors of the server: what went wrong, never how a surface says it.
 
-Hierarchy::
+Every error is a ``FhirError`` (the root keeps the server's name; it is no more FHIR's than the
+Patient Service API's). Each carries
 
-    FhirError                      status, and one or more Issues
-    +-- BadRequest                 400 a request the server cannot process as sent
-    |   +-- InvalidResource        400 a resource that fails R4 validation (every problem listed)
-    +-- Unauthorized               401
-    +-- Forbidden                  403
-    +-- NotFound                   404 unknown resource id
-    |   +-- NotSupported           404 unknown resource type or interaction
-    +-- MethodNotAllowed           405
-    +-- NotAcceptable              406 a response format the server does not produce
-    +-- Conflict                   409
-    +-- Gone                       410 a deleted resource
-    +-- PreconditionFailed         412 a stale If-Match, or a conditional request matching several
-    +-- PayloadTooLarge            413
-    +-- UnsupportedMediaType       415
-    +-- Unprocessable              422 a business rule refused the request
+- ``error_code``, a stable code (snake_case) that clients and tests may rely on: the class's own,
+  or one of the class's ``refinements`` given where it is raised
+  (``Conflict("...", error_code="duplicate_email")``); ``codes()`` lists them all;
+- one or more ``Issue`` values, each with its FHIR IssueType (``code``): what the FHIR surface shows.
 
-These never subclass FastAPI's HTTPException: the core knows nothing of HTTP frameworks.
+No error carries an HTTP status, and none knows a web framework (never FastAPI's HTTPException):
+``fhir_server.api.errors`` decides each one's status and renders it per surface (OperationOutcome
+under ``/fhir``, ``{code, message, details}`` under ``/api/v1/patients``, ``{code, message}`` under
+``/api/v1/relationships``, GraphQL ``extensions.code``). A new code needs a row in each of its
+tables; ``tests/unit/test_errors.py`` fails otherwise.
+
+Hierarchy (``error_code``; refinements in brackets)::
+
+    FhirError                 error               an unexpected failure of the server's own
+    +-- BadRequest            bad_request         a request the server cannot process as sent
+    |   |                     [invalid_query, invalid_idempotency_key]
+    |   +-- InvalidResource   invalid_resource    a resource that fails R4 validation
+    |   +-- InvalidFields     validation_error    fields that break the rules, each as {field, issue}
+    +-- Unauthorized          unauthorized        no valid credentials
+    +-- Forbidden             forbidden           valid credentials that may not do this
+    |   +-- AccessDenied      access_denied       the compartment engine or the scopes said no
+    +-- NotFound              not_found           unknown resource id
+    |   +-- NotSupported      not_supported       unknown resource type or interaction
+    +-- MethodNotAllowed      method_not_allowed
+    +-- NotAcceptable         not_acceptable      a response format the server does not produce
+    +-- Conflict              conflict            [duplicate_email, duplicate_phone, not_deleted,
+    |                                              idempotency_key_reused]
+    +-- Gone                  gone                a deleted resource
+    +-- PreconditionFailed    precondition_failed a stale If-Match, or a conditional request
+    |                                             matching several [version_mismatch]
+    +-- PreconditionRequired  precondition_required  a write that must name the version it read
+    +-- PayloadTooLarge       payload_too_large
+    +-- UnsupportedMediaType  unsupported_media_type
+    +-- Unprocessable         unprocessable       a business rule refused the request
+    +-- BadGateway            bad_gateway         an upstream service failed or answered nonsense
+    +-- GatewayTimeout        gateway_timeout     an upstream service did not answer in time
+    +-- Unavailable           unavailable         the server cannot take the request now
+        +-- AuditUnavailable  audit_unavailable   the audit trail cannot take the decision now
+
 Messages are lowercase and name the offending input in backticks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +65,11 @@ class Issue:
 
 
 class FhirError(Exception):
-    status: int = 500
-    code: str = "exception"
+    # The IssueType of the error's issues unless given.
+    code: ClassVar[str] = "exception"
+    # The stable code of the class, and the finer ones a raise may give instead.
+    error_code: str = "error"
+    refinements: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self,
@@ -51,31 +78,64 @@ class FhirError(Exception):
         issues: Sequence[Issue] | None = None,
         expression: Sequence[str] = (),
         code: str | None = None,
+        error_code: str | None = None,
     ) -> None:
         if issues is None:
             issues = [Issue(code or self.code, diagnostics or "", expression=tuple(expression))]
         self.issues: tuple[Issue, ...] = tuple(issues)
+        if error_code is not None:
+            self.error_code = error_code
         super().__init__(diagnostics or "; ".join(i.diagnostics for i in self.issues))
 
 
 class BadRequest(FhirError):
-    status = 400
     code = "invalid"
+    error_code = "bad_request"
+    refinements = frozenset({"invalid_query", "invalid_idempotency_key"})
 
 
 class InvalidResource(BadRequest):
-    status = 400
     code = "structure"
+    error_code = "invalid_resource"
+    refinements = frozenset()
+
+
+class InvalidFields(BadRequest):
+    """Fields of a JSON body that break the rules, every problem listed as ``{field, issue}``
+    (the Patient Service API's ``details``); on FHIR, one issue each, located at the field."""
+
+    error_code = "validation_error"
+    refinements = frozenset()
+
+    def __init__(
+        self,
+        diagnostics: str | None = None,
+        details: Sequence[Mapping[str, str]] = (),
+        *,
+        issues: Sequence[Issue] | None = None,
+        expression: Sequence[str] = (),
+        code: str | None = None,
+        error_code: str | None = None,
+    ) -> None:
+        self.details: list[dict[str, str]] = [dict(d) for d in details]
+        if issues is None and self.details:
+            issues = [
+                Issue(code or self.code, f"`{d['field']}`: {d['issue']}", expression=(d["field"],))
+                for d in self.details
+            ]
+        super().__init__(
+            diagnostics, issues=issues, expression=expression, code=code, error_code=error_code
+        )
 
 
 class Unauthorized(FhirError):
-    status = 401
     code = "login"
+    error_code = "unauthorized"
 
 
 class Forbidden(FhirError):
-    status = 403
     code = "forbidden"
+    error_code = "forbidden"
 
 
 REASON_SYSTEM = "urn:fhir-server:access-reason"
@@ -84,6 +144,8 @@ REASON_SYSTEM = "urn:fhir-server:access-reason"
 class AccessDenied(Forbidden):
     """The compartment engine or the token's scopes said no: the reason code is in the
     OperationOutcome (`issue.details`), with its short message; never which resource exists."""
+
+    error_code = "access_denied"
 
     def __init__(
         self, reason: str = "", message: str = "", *, issues: Sequence[Issue] | None = None
@@ -96,64 +158,100 @@ class AccessDenied(Forbidden):
 
 
 class NotFound(FhirError):
-    status = 404
     code = "not-found"
+    error_code = "not_found"
 
 
 class NotSupported(NotFound):
-    status = 404
     code = "not-supported"
+    error_code = "not_supported"
 
 
 class MethodNotAllowed(FhirError):
-    status = 405
     code = "not-supported"
+    error_code = "method_not_allowed"
 
 
 class NotAcceptable(FhirError):
-    status = 406
     code = "not-supported"
+    error_code = "not_acceptable"
 
 
 class Conflict(FhirError):
-    status = 409
     code = "conflict"
+    error_code = "conflict"
+    refinements = frozenset(
+        {"duplicate_email", "duplicate_phone", "not_deleted", "idempotency_key_reused"}
+    )
 
 
 class Gone(FhirError):
-    status = 410
     code = "deleted"
+    error_code = "gone"
 
 
 class PreconditionFailed(FhirError):
-    status = 412
     code = "conflict"
+    error_code = "precondition_failed"
+    refinements = frozenset({"version_mismatch"})
+
+
+class PreconditionRequired(FhirError):
+    """A write that must say which version it replaces (`If-Match`) and did not."""
+
+    code = "required"
+    error_code = "precondition_required"
 
 
 class PayloadTooLarge(FhirError):
-    status = 413
     code = "too-costly"
+    error_code = "payload_too_large"
 
 
 class UnsupportedMediaType(FhirError):
-    status = 415
     code = "not-supported"
+    error_code = "unsupported_media_type"
+
+
+class Unprocessable(FhirError):
+    code = "business-rule"
+    error_code = "unprocessable"
 
 
 class BadGateway(FhirError):
     """An upstream service (the Client Registry) failed or answered nonsense."""
 
-    status = 502
     code = "transient"
+    error_code = "bad_gateway"
 
 
 class GatewayTimeout(FhirError):
     """An upstream service (the Client Registry) did not answer in time."""
 
-    status = 504
     code = "timeout"
+    error_code = "gateway_timeout"
 
 
-class Unprocessable(FhirError):
-    status = 422
-    code = "business-rule"
+class Unavailable(FhirError):
+    """The server cannot take the request now (writes switched off for maintenance)."""
+
+    code = "transient"
+    error_code = "unavailable"
+
+
+class AuditUnavailable(Unavailable):
+    """The audit trail cannot take the decision now, so the request is not answered."""
+
+    error_code = "audit_unavailable"
+
+
+def codes() -> dict[str, type[FhirError]]:
+    """Every stable code, with the class whose instances carry it."""
+    found: dict[str, type[FhirError]] = {}
+    pending: list[type[FhirError]] = [FhirError]
+    while pending:
+        cls = pending.pop(0)
+        for code in (cls.error_code, *sorted(cls.refinements)):
+            found.setdefault(code, cls)
+        pending.extend(cls.__subclasses__())
+    return found

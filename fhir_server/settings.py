@@ -51,6 +51,15 @@ def _profile(value: str | None) -> str | None:
     return value
 
 
+def _log_format(value: str | None) -> str | None:
+    if value is None:
+        return None
+    lowered = value.strip().lower()
+    if lowered not in {"console", "json"}:
+        raise ValueError(f"`LOG_FORMAT` must be `console` or `json` (or unset), got `{value}`")
+    return lowered
+
+
 def _approval(value: str) -> str:
     if value not in {"auto", "manual"}:
         raise ValueError(f"`DELEGATION_APPROVAL` must be `auto` or `manual`, got `{value}`")
@@ -99,6 +108,9 @@ class Settings:
     # The resources one search page holds at most, in bytes of JSON (at least one resource).
     max_search_bytes: int = 64 * 1024 * 1024
     log_level: str = "info"
+    # `console`: one readable line per record; `json`: one JSON object per line; unset: console
+    # when stderr is a terminal, JSON otherwise (docs/configuration.md#logs-and-metrics).
+    log_format: str | None = None
     # Access control (docs/security.md): the policy file (the shipped default when unset), the
     # age of majority, break-glass for practitioners, and the token role that makes an Admin.
     policy_file: Path | None = None
@@ -195,6 +207,7 @@ class Settings:
             ),
             max_search_bytes=num("FHIR_MAX_SEARCH_BYTES", defaults.max_search_bytes),
             log_level=(get("LOG_LEVEL") or defaults.log_level).lower(),
+            log_format=_log_format(get("LOG_FORMAT")),
             policy_file=Path(policy) if (policy := get("FHIR_POLICY_FILE")) else None,
             majority_age=num("MAJORITY_AGE", defaults.majority_age),
             emergency_bypass=_bool(get("EMERGENCY_BYPASS") or "false"),

@@ -66,14 +66,15 @@ def main(argv: list[str] | None = None) -> int:
                 sys.exit("--base needs --log and --data-dir")
             base, log, keys, pid = args.base, args.log, args.data_dir, None
         else:
-            from fuzz.deploy import start
+            from bench.harness import start_server
 
-            deployment = start(stack)
+            # its JSON log at INFO, so every request's route and status are there
+            deployment = start_server(stack, log_level="info")
             base, log, keys, pid = (
                 deployment.base,
                 deployment.log,
                 deployment.data_dir,
-                deployment.pid,
+                deployment.server.pid,
             )
         print(
             f"fuzz: seed {config.seed}, at most {config.requests} requests in {config.seconds:g} s against {base}",

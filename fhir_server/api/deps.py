@@ -119,6 +119,7 @@ def interaction(request: Request) -> Interaction:
         settings=rt.settings,
         validator=rt.validator,
         base_url=base_url(request, rt),
+        clock=rt.clock,
         guard=nobody(),
     )
     prefer = headers.get("prefer")

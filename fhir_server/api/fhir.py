@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import parse_qsl
 
@@ -14,6 +13,7 @@ from starlette.types import Receive, Scope, Send
 
 from capability.definitions import resource_types
 from capability.statement import capability_statement
+from compartments.ids import ID_REGEX
 from fhir_server.api.deps import (
     FORM_TYPES,
     FhirInteraction,
@@ -27,16 +27,17 @@ from fhir_server.api.deps import (
     read_body,
     runtime,
 )
+from fhir_server.api.errors import status_of
+from fhir_server.api.idempotency import Idempotent
 from fhir_server.api.responses import fhir_response, read_response, write_response
 from fhir_server.errors import (
     BadRequest,
-    Conflict,
     MethodNotAllowed,
     NotSupported,
     UnsupportedMediaType,
 )
 from fhir_server.search.query import capabilities as search_capabilities
-from fhir_server.services.context import Context
+from fhir_server.services.formats.etags import etag
 from fhir_server.services.formats.operation_outcome import information
 from fhir_server.services.interactions import (
     batch,
@@ -52,8 +53,6 @@ from fhir_server.services.interactions.update import parse_if_match
 from fhir_server.services.interactions.versions import json_bytes
 from fhir_server.services.workflows import explain_access as explaining
 from fhir_server.services.workflows import family
-from fhir_server.storage import idempotency
-from fhir_server.storage.sql import Connection
 
 COMPARTMENTS = frozenset({"Patient", "Encounter", "RelatedPerson", "Practitioner", "Device"})
 
@@ -70,7 +69,7 @@ async def metadata(request: Request) -> Response:
     statement = capability_statement(
         base_url=base_url(request, rt),
         update_create=settings.update_create,
-        date=datetime.now(UTC).date().isoformat(),
+        date=rt.clock().date().isoformat(),
         search=search_capabilities,
         oauth={
             "authorize": settings.auth_authorize_url,
@@ -87,48 +86,19 @@ async def batch_or_transaction(
     fhir: FhirInteraction, body: ResourceBody, idempotency_key: IdempotencyKey = None
 ) -> Response:
     async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
-        key = Idempotent(ctx, conn, "POST /fhir", idempotency_key, body)
+        key = Idempotent(
+            ctx, conn, "POST /fhir", idempotency_key, _fingerprinted(idempotency_key, body)
+        )
         if (replay := await key.replay()) is not None:
             return replay
-        result = await batch.process(ctx, conn, body, prefer=fhir.prefer)
+        result = await batch.process(ctx, conn, body, prefer=fhir.prefer, status_of=status_of)
         return await key.keep(fhir_response(result))
 
 
-class Idempotent:
-    """`Idempotency-Key` on a POST (docs/patient-api.md): the first response is kept with the key, in
-    the request's transaction, and replayed to the same caller for the same body; another body
-    with the key is a 409."""
-
-    def __init__(
-        self, ctx: Context, conn: Connection, where: str, key: str | None, body: Any
-    ) -> None:
-        self.ctx, self.conn, self.key = ctx, conn, key
-        self.scope = f"{ctx.actor} {where}"
-        self.body = json_bytes(body) if key else b""
-
-    async def replay(self) -> Response | None:
-        if not self.key:
-            return None
-        ttl = timedelta(seconds=self.ctx.settings.idempotency_ttl_seconds)
-        try:
-            found = await idempotency.claim(
-                self.conn, self.scope, self.key, self.body, self.ctx.clock(), ttl
-            )
-        except idempotency.KeyConflict:
-            raise Conflict(
-                f"the Idempotency-Key `{self.key}` was used with another request body"
-            ) from None
-        if found is None:
-            return None
-        return Response(found.body, found.status, found.headers)
-
-    async def keep(self, response: Response) -> Response:
-        if self.key:
-            headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
-            await idempotency.store(
-                self.conn, self.scope, self.key, response.status_code, headers, bytes(response.body)
-            )
-        return response
+def _fingerprinted(key: str | None, body: Any) -> bytes:
+    """What an `Idempotency-Key` on a FHIR POST must find again: the body as parsed, so that
+    formatting alone does not make it another body."""
+    return json_bytes(body) if key else b""
 
 
 async def explain_access(fhir: FhirInteraction, body: ResourceBody) -> Response:
@@ -206,7 +176,9 @@ async def create_resource(
     # one with an Idempotency-Key claims the key in the same transaction.
     unit = fhir.db.transaction() if if_none_exist or idempotency_key else fhir.db.connection()
     async with unit as conn, fhir.authorized(conn) as ctx:
-        key = Idempotent(ctx, conn, f"POST /fhir/{type}", idempotency_key, body)
+        key = Idempotent(
+            ctx, conn, f"POST /fhir/{type}", idempotency_key, _fingerprinted(idempotency_key, body)
+        )
         if (replay := await key.replay()) is not None:
             return replay
         result = await create.create(ctx, conn, type, body, if_none_exist=if_none_exist)
@@ -279,7 +251,7 @@ async def patch_resource(
 async def delete_resource(fhir: FhirInteraction, type: str, id: str) -> Response:
     async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
         version = await delete.delete(ctx, conn, type, id)
-    headers = {"ETag": f'W/"{version}"'} if version is not None else {}
+    headers = {"ETag": etag(version)} if version is not None else {}
     if fhir.prefer == "OperationOutcome":
         return fhir_response(information(f"`{type}/{id}` deleted"), 200, headers)
     return Response(status_code=204, headers=headers)
@@ -304,7 +276,7 @@ async def conditional_delete(fhir: FhirInteraction, type: str, request: Request)
     """`DELETE [base]/{type}?criteria` (R4 conditional delete): no match is a success too."""
     async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
         id, version = await delete.conditional_delete(ctx, conn, type, request.url.query)
-    headers = {"ETag": f'W/"{version}"'} if version is not None else {}
+    headers = {"ETag": etag(version)} if version is not None else {}
     if fhir.prefer == "OperationOutcome":
         said = f"`{type}/{id}` deleted" if id else f"no `{type}` matched; nothing was deleted"
         return fhir_response(information(said), 200, headers)
@@ -384,7 +356,7 @@ class FhirId(Convertor[str]):
     """A path segment that is a FHIR id (R4 `id`: 1-64 of A-Z a-z 0-9 - .), so that `_history`,
     `_search` or `$operation` never match where an id is expected."""
 
-    regex = r"[A-Za-z0-9\-\.]{1,64}"
+    regex = ID_REGEX
 
     def convert(self, value: str) -> str:
         return value

@@ -19,12 +19,13 @@ from fastapi import FastAPI, Request
 from graphql import GraphQLError
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
 from strawberry.fastapi import GraphQLRouter
-from strawberry.http import GraphQLRequestData
-from strawberry.types import ExecutionContext, Info
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData, process_result
+from strawberry.types import ExecutionContext, ExecutionResult, Info
 
 from fhir_server.api.deps import UTF8_NAMES, Interaction, interaction, parse_media_type
+from fhir_server.api.errors import graphql_error
 from fhir_server.api.fhir import run_add_dependent
-from fhir_server.errors import BadRequest, FhirError
+from fhir_server.errors import BadRequest, Conflict, FhirError, Forbidden, Unavailable
 from fhir_server.services.formats.limits import InputLimits, input_limits
 from fhir_server.services.interactions.versions import parse_json
 from fhir_server.services.workflows import family
@@ -88,13 +89,13 @@ def _fhir(info: Info[Any, Any]) -> Interaction:
 
 def _writable(fhir: Interaction) -> None:
     if fhir.ctx.settings.writes_disabled:
-        raise PermissionError("writes are switched off for maintenance; reads go on")
+        raise Unavailable("writes are switched off for maintenance; reads go on")
 
 
 def _me(fhir: Interaction) -> str:
     user = fhir.principal.fhir_user
     if user is None or not user.startswith("Patient/"):
-        raise PermissionError("the portal's `me` is the token's Patient (`fhirUser`)")
+        raise Forbidden("the portal's `me` is the token's Patient (`fhirUser`)")
     return user.split("/", 1)[1]
 
 
@@ -170,7 +171,7 @@ class Mutation:
             }
         request = family.AddRequest(input.relationship, input.national_id, demographics)
         if request.relationship not in family.ROLES:
-            raise ValueError(f"`relationship` must be one of {', '.join(family.ROLES)}")
+            raise BadRequest(f"`relationship` must be one of {', '.join(family.ROLES)}")
         answer = await run_add_dependent(fhir, me, request)
         dependent = next(
             p["valueReference"]["reference"]
@@ -198,10 +199,8 @@ class Mutation:
         try:
             async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
                 await family.remove_dependent(ctx, conn, me, body)
-        except FhirError as exc:
-            if exc.status == 409:
-                return RemoveResult(success=False, message=str(exc))
-            raise
+        except Conflict as exc:
+            return RemoveResult(success=False, message=str(exc))
         return RemoveResult(success=True, message=f"Patient/{dependent_id} removed")
 
 
@@ -245,9 +244,19 @@ class _Router(GraphQLRouter[dict[str, Any], None]):
     """strawberry's router, answering 400 where strawberry fails with a server error (a body
     that is not UTF-8, JSON that is neither an object nor a batch) or takes a malformed request
     (an `operationName` that is not a string), and 415 to a POST that is not `application/json`
-    in UTF-8 (strawberry answers 400, and takes any type with `application/json` in it)."""
+    in UTF-8 (strawberry answers 400, and takes any type with `application/json` in it). Its
+    errors carry the domain error's stable code (`api.errors.graphql_error`)."""
 
     limits = InputLimits()
+
+    async def process_result(
+        self, request: Request, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
+        # errors as `api.errors` renders them: a domain error's stable code in `extensions.code`
+        answer = process_result(result)
+        if result.errors:
+            answer["errors"] = [graphql_error(error) for error in result.errors]
+        return answer
 
     def parse_json(self, data: str | bytes) -> Any:
         # the server's own parser: the input limits (docs/limits.md) hold for GraphQL too

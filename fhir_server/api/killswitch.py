@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fhir_server.errors import Issue
-from fhir_server.services.formats.operation_outcome import operation_outcome_bytes
+from fhir_server.api.errors import Surface, rendered
+from fhir_server.errors import Unavailable
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # POSTs that only read
@@ -25,15 +25,15 @@ class WritesDisabled:
             and not scope["path"].endswith(READ_ONLY_POSTS)
             and scope["path"] != "/graphql"  # GraphQL mutations are refused below
         ):
-            body = operation_outcome_bytes(
-                [Issue("transient", "writes are switched off for maintenance; reads go on")]
-            )
+            # an OperationOutcome on every path, the JSON APIs' included (openapi.yaml)
+            refusal = Unavailable("writes are switched off for maintenance; reads go on")
+            status, media, body, _ = rendered(Surface.FHIR, refusal)
             await send(
                 {
                     "type": "http.response.start",
-                    "status": 503,
+                    "status": status,
                     "headers": [
-                        (b"content-type", b"application/fhir+json; charset=utf-8"),
+                        (b"content-type", media.encode()),
                         (b"content-length", str(len(body)).encode()),
                         (b"retry-after", RETRY_AFTER_SECONDS.encode()),
                     ],

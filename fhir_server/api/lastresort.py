@@ -17,9 +17,9 @@ stopped before any route sees them (docs/limits.md).
   exception that reached the server would make it drop the connection).
 - A client that went away mid-request is logged at INFO, not as an error.
 
-Under `/api/` (the Patient and relationship APIs) the answers take those APIs' own error format,
-`{"code", "message"}`, with their codes (openapi.yaml); under `/graphql`, plain text as
-strawberry answers.
+Each answer takes the shape of the surface the path belongs to (`api.errors`): under `/api/`
+(the Patient and relationship APIs) those APIs' own `{"code", "message"}` with their codes
+(openapi.yaml); under `/graphql`, plain text as strawberry answers; elsewhere an OperationOutcome.
 """
 
 from __future__ import annotations
@@ -28,18 +28,16 @@ import logging
 import traceback
 from pathlib import Path
 
-import orjson
 import psycopg
 import psycopg.errors
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fhir_server.errors import Issue, PayloadTooLarge
-from fhir_server.services.formats.operation_outcome import operation_outcome_bytes
+from fhir_server.api.errors import internal, rendered, surface_of
+from fhir_server.errors import BadRequest, FhirError, PayloadTooLarge
 
 log = logging.getLogger("fhir_server.api.errors")
 
-_FHIR_JSON = b"application/fhir+json; charset=utf-8"
 # Requests that carry no body here: their receive needs no counting.
 _BODILESS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -56,8 +54,7 @@ class LastResort:
             return
         refusal = self._refusal(scope)
         if refusal is not None:
-            status, issues = refusal
-            await _answer(send, scope, status, issues, url=status == 400)
+            await _answer(send, scope, refusal)
             return
         if scope["method"] in _BODILESS:
             await self._guarded(scope, receive, send)
@@ -91,11 +88,11 @@ class LastResort:
             log.info("the client disconnected before its request was read")
         except PayloadTooLarge as exc:
             if not started:
-                await _answer(send, scope, 413, list(exc.issues))
+                await _answer(send, scope, exc)
         except Exception as exc:
-            status, issue = _classify(exc)
+            refusal = _classify(exc)
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            if status == 500:
+            if refusal is None:
                 # the type and where, never the message: it may hold a value of the request
                 log.error(
                     "unhandled error on %s %s: %s at %s",
@@ -107,50 +104,49 @@ class LastResort:
             else:
                 log.info("refused on %s %s: %s", scope["method"], route, type(exc).__name__)
             if not started:
-                await _answer(send, scope, status, [issue])
+                await _answer(send, scope, refusal)
 
-    def _refusal(self, scope: Scope) -> tuple[int, list[Issue]] | None:
+    def _refusal(self, scope: Scope) -> FhirError | None:
         query: bytes = scope["query_string"]
         if b"%00" in query:
-            return 400, [Issue("value", "NUL characters (`%00`) are not allowed in a query")]
+            return _bad_query("value", "NUL characters (`%00`) are not allowed in a query")
         if query.count(b"&") >= self.max_parameters:
             count = len([p for p in query.split(b"&") if p])
             if count > self.max_parameters:
-                return 400, [
-                    Issue(
-                        "too-costly",
-                        f"the query has {count} parameters; at most {self.max_parameters} "
-                        "are accepted",
-                    )
-                ]
+                return _bad_query(
+                    "too-costly",
+                    f"the query has {count} parameters; at most {self.max_parameters} are accepted",
+                )
         if scope["method"] in _BODILESS:
             return None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if value.isdigit() and int(value) > self.max_body_bytes:
-                    return 413, [
-                        Issue(
-                            "too-costly",
-                            f"the body is {value.decode()} bytes; at most "
-                            f"{self.max_body_bytes} are accepted",
-                        )
-                    ]
+                    return PayloadTooLarge(
+                        f"the body is {value.decode()} bytes; at most "
+                        f"{self.max_body_bytes} are accepted"
+                    )
                 break
         return None
 
 
-def _classify(exc: BaseException) -> tuple[int, Issue]:
-    """What the client is told about an exception no handler answered: never its text."""
+def _bad_query(code: str, message: str) -> BadRequest:
+    return BadRequest(message, code=code, error_code="invalid_query")
+
+
+def _classify(exc: BaseException) -> BadRequest | None:
+    """What the client is told about an exception no handler answered, never its text: the
+    request's own fault, or None (an internal error)."""
     for cause in _chain(exc):
         if isinstance(cause, RecursionError):
-            return 400, Issue("too-costly", "the request nests too deeply to be processed")
+            return BadRequest("the request nests too deeply to be processed", code="too-costly")
         if isinstance(cause, psycopg.DataError | psycopg.errors.ProgramLimitExceeded):
-            return 400, Issue("value", "a value in the request cannot be stored or searched")
+            return BadRequest("a value in the request cannot be stored or searched", code="value")
         if isinstance(cause, OverflowError):
-            return 400, Issue("value", "a number or date in the request is out of range")
+            return BadRequest("a number or date in the request is out of range", code="value")
         if isinstance(cause, UnicodeError):
-            return 400, Issue("value", "the request holds text that is not valid Unicode")
-    return 500, Issue("exception", "internal server error")
+            return BadRequest("the request holds text that is not valid Unicode", code="value")
+    return None
 
 
 def _frames(exc: BaseException, count: int = 8) -> str:
@@ -168,37 +164,21 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-# The JSON APIs answer errors in their own format and codes (openapi.yaml): a refusal of the
-# URL (400 before any route) is the Patient Service's `invalid_query`, of the body `invalid_body`.
-_PATIENT_CODES = {413: "too_large", 500: "internal_error"}
-_RELATIONSHIP_CODES = {400: "invalid_request", 500: "relationship_service_failure"}
-
-
-def _api_code(path: str, status: int, url: bool) -> str:
-    if path.startswith("/api/v1/patients"):
-        if status == 400:
-            return "invalid_query" if url else "invalid_body"
-        return _PATIENT_CODES.get(status, "error")
-    return _RELATIONSHIP_CODES.get(status, "error")
-
-
-async def _answer(
-    send: Send, scope: Scope, status: int, issues: list[Issue], *, url: bool = False
-) -> None:
-    path: str = scope["path"]
-    if path.startswith("/api/"):
-        code = _api_code(path, status, url)
-        body = orjson.dumps({"code": code, "message": issues[0].diagnostics})
-        media = b"application/json"
-    elif path.startswith("/graphql"):  # strawberry's own errors are plain text
-        body, media = issues[0].diagnostics.encode(), b"text/plain; charset=utf-8"
+async def _answer(send: Send, scope: Scope, refusal: FhirError | None) -> None:
+    """`refusal` in the shape of the path's surface; None: an internal error."""
+    surface = surface_of(scope["path"])
+    if refusal is None:
+        status, media, body = internal(surface, "internal server error")
     else:
-        body, media = operation_outcome_bytes(issues), _FHIR_JSON
+        status, media, body, _ = rendered(surface, refusal)
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", media), (b"content-length", str(len(body)).encode())],
+            "headers": [
+                (b"content-type", media.encode()),
+                (b"content-length", str(len(body)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})

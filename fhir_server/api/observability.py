@@ -2,11 +2,12 @@
 than Starlette's BaseHTTPMiddleware).
 
 Per request: Prometheus `http_requests_total{method, route, status}` and
-`http_request_duration_seconds{method, route}`, and, at INFO, one JSON log line with the request
+`http_request_duration_seconds{method, route}`, and, at INFO, one log line with the request
 id (`X-Request-ID`, made up when absent and returned), the W3C trace id (from `traceparent`, or
 the request's own trace when tracing is on), the acting account, the route template, status and
 duration; with tracing on (fhir_server/tracing.py), the request's server span. Never a body, a query string or a
-concrete path: the route template (`/fhir/{type}/{id}`) carries no PHI.
+concrete path: the route template (`/fhir/{type}/{id}`) carries no PHI. The log's two formats
+are here too: JSON lines, and readable lines for a terminal (chosen in fhir_server/cli.py).
 """
 
 from __future__ import annotations
@@ -153,3 +154,32 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return orjson.dumps(entry).decode()
+
+
+class ConsoleFormatter(logging.Formatter):
+    """One readable line per record, for a person at a terminal: time, level, message, and the
+    fields that are set (a request reads `GET /fhir/{type} 201 3.1ms actor=... request_id=...`).
+    The same records as the JSON lines, and so no more than they carry: never PHI."""
+
+    _COLORS = {"debug": "2", "info": "32", "warning": "33", "error": "31", "critical": "1;31"}
+
+    def __init__(self, *, color: bool = False) -> None:
+        super().__init__()
+        self.color = color
+
+    def format(self, record: logging.LogRecord) -> str:
+        level = record.levelname.lower()
+        tag = f"{level:<7}"
+        if self.color:
+            tag = f"\x1b[{self._COLORS.get(level, '0')}m{tag}\x1b[0m"
+        message = record.getMessage()
+        fields = {name: getattr(record, name, None) for name in JsonFormatter.FIELDS}
+        if message == "request" and fields["route"] is not None:
+            took = fields.pop("duration_ms")
+            message = f"{fields.pop('method')} {fields.pop('route')} {fields.pop('status')}"
+            message += "" if took is None else f" {took}ms"
+        line = f"{self.formatTime(record, '%H:%M:%S')} {tag} {message}"
+        line += "".join(f" {name}={value}" for name, value in fields.items() if value is not None)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line

@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import logging
-import re
-from datetime import timedelta
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from starlette.requests import ClientDisconnect
 
 from compartments.engine import Decision
+from compartments.ids import is_id
 from compartments.policy import Reason
+from fhir_server.api import errors
 from fhir_server.api.deps import (
     base_url,
     body_media_type,
@@ -25,29 +24,26 @@ from fhir_server.api.deps import (
     read_body,
     runtime,
 )
+from fhir_server.api.errors import Endpoint, Surface
+from fhir_server.api.idempotency import Idempotent
 from fhir_server.api.responses import json_response
 from fhir_server.auth.scopes import granted
 from fhir_server.auth.tokens import bearer
-from fhir_server.errors import FhirError, Unauthorized
+from fhir_server.errors import (
+    Forbidden,
+    NotFound,
+    PreconditionFailed,
+    PreconditionRequired,
+    Unauthorized,
+)
 from fhir_server.services.access.guard import Guard
 from fhir_server.services.context import Context, server_guard
-from fhir_server.services.interactions.versions import ID_PATTERN, json_bytes
+from fhir_server.services.formats.etags import etag, version_of
+from fhir_server.services.interactions.versions import json_bytes
 from fhir_server.services.workflows import patient_service as service
-from fhir_server.services.workflows.patient_service import PatientApiError
-from fhir_server.storage import idempotency
 
-log = logging.getLogger(__name__)
 JSON = frozenset({"application/json"})
-_VERSION = re.compile(r"[0-9]{1,18}")
-
-
-def _error(exc: PatientApiError) -> Response:
-    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
-    if exc.details:
-        body["details"] = exc.details
-    headers = {"WWW-Authenticate": 'Bearer realm="fhir"'} if exc.status == 401 else None
-    return json_response(body, exc.status, headers)
-
+_SERVICES_ONLY = "the Patient Service API is for services; a person's token uses `/fhir/Patient`"
 
 # A token that names one of these as its user is a person's, not a service's (see `_caller`).
 PERSONS = frozenset({"Patient", "RelatedPerson", "Person"})
@@ -65,17 +61,14 @@ def _caller(request: Request, write: bool) -> str:
         for name, known in rt.settings.patient_api_keys:
             if hmac.compare_digest(digest, known):
                 return f"System/api-key:{name}"
-        raise PatientApiError(401, "unauthorized", "the API key is not known")
-    try:
-        principal = rt.verifier.verify(bearer(request.headers.get("authorization")))
-    except Unauthorized as exc:
-        raise PatientApiError(401, "unauthorized", str(exc)) from None
+        raise Unauthorized("the API key is not known")
+    principal = rt.verifier.verify(bearer(request.headers.get("authorization")))
     needed = "patient:write" if write else "patient:read"
     raw = principal.claims.get("scope", "")
     words = raw.split() if isinstance(raw, str) else list(raw)
     smart = granted(principal.scopes, "Patient", "u" if write else "r")
     if needed not in words and not any(s.context == "system" for s in smart):
-        raise PatientApiError(403, "forbidden", f"the token needs the `{needed}` scope")
+        raise Forbidden(f"the token needs the `{needed}` scope")
     user = principal.fhir_user
     if user is not None and user.split("/", 1)[0] in PERSONS:
         raise PersonRefused(user)
@@ -83,7 +76,8 @@ def _caller(request: Request, write: bool) -> str:
 
 
 class PersonRefused(Exception):
-    """A person's token at the service API: refused, and audited in the person's name."""
+    """A person's token at the service API: refused (Forbidden), and audited in the person's
+    name (`_route`)."""
 
     def __init__(self, user: str) -> None:
         super().__init__(user)
@@ -96,146 +90,83 @@ def _context(request: Request, account: str) -> Context:
         settings=rt.settings,
         validator=rt.validator,
         base_url=base_url(request, rt),
+        clock=rt.clock,
         guard=server_guard(account),
     )
 
 
+Handler = Callable[[Request, Context], Awaitable[Response]]
+
+
+def _route(operation: str, *, write: bool) -> Callable[[Handler], Endpoint]:
+    """A route of the API: the caller checked (`_caller`), the handler run with the caller's
+    context, what it raises answered as `{code, message, details}` (`api.errors`), and the
+    caller's decisions handed to the audit trail whatever happened. `operation`: the FHIR
+    interaction a refused person's request is audited as."""
+
+    def wrap(handler: Handler) -> Endpoint:
+        async def route(request: Request) -> Response:
+            rt = runtime(request)
+            guard: Guard | None = None
+            try:
+                try:
+                    ctx = _context(request, _caller(request, write))
+                except PersonRefused as exc:
+                    guard = _refused(exc.user, operation, request.path_params.get("patient_id"))
+                    raise Forbidden(_SERVICES_ONLY) from None
+                guard = ctx.guard
+                return await handler(request, ctx)
+            except ClientDisconnect:
+                raise  # nobody to answer: logged quietly by the last-resort middleware
+            except Exception as exc:
+                return errors.response(Surface.PATIENT_API, request, exc)
+            finally:
+                if guard is not None:
+                    await rt.audit.record(guard)
+
+        route.__name__, route.__qualname__ = handler.__name__, handler.__qualname__
+        route.__doc__, route.__module__ = handler.__doc__, handler.__module__
+        return route
+
+    return wrap
+
+
+def _refused(user: str, operation: str, id: str | None) -> Guard:
+    guard = server_guard(user)
+    guard.record(
+        operation,
+        "Patient",
+        f"Patient/{id}" if id else None,
+        Decision(
+            allowed=False,
+            reason=Reason.INVALID_ROLE,
+            explanation="the Patient Service API is for services, not a person's token",
+        ),
+    )
+    return guard
+
+
 def _etag(version: int) -> dict[str, str]:
-    return {"ETag": f'W/"{version}"'}
+    return {"ETag": etag(version)}
 
 
 def _if_match(request: Request) -> int:
     value = request.headers.get("if-match")
     if value is None:
-        raise PatientApiError(
-            428, "precondition_required", "send `If-Match` with the ETag you read"
+        raise PreconditionRequired("send `If-Match` with the ETag you read")
+    version = version_of(value)
+    if version is None:
+        raise PreconditionFailed(
+            f"`If-Match: {value}` is not a version", error_code="version_mismatch"
         )
-    tag = value.strip().removeprefix("W/").strip('"')
-    if not _VERSION.fullmatch(tag):
-        raise PatientApiError(412, "version_mismatch", f"`If-Match: {value}` is not a version")
-    return int(tag)
+    return version
 
 
-async def _handle(request: Request, action: str, write: bool) -> Response:
-    rt = runtime(request)
-    guard: Guard | None = None
-    try:
-        account = _caller(request, write)
-        ctx = _context(request, account)
-        guard = ctx.guard
-        id = request.path_params.get("patient_id", "")
-        if action == "restore":
-            tail = request.path_params["tail"]
-            if not tail.endswith(":restore"):
-                raise PatientApiError(404, "not_found", "no such operation")
-            id = tail.removesuffix(":restore")
-        if action not in ("create", "list") and not ID_PATTERN.fullmatch(id):
-            raise PatientApiError(404, "not_found", "no patient with this id")
-        if action == "create":
-            body_media_type(request, JSON, "`application/json`")
-            raw = await read_body(request)
-            body = await client_json(request, raw)
-            key = request.headers.get("idempotency-key")
-            if key is not None and len(key) > idempotency.MAX_KEY_LENGTH:
-                raise PatientApiError(
-                    400,
-                    "invalid_idempotency_key",
-                    f"`Idempotency-Key` has at most {idempotency.MAX_KEY_LENGTH} characters",
-                )
-            scope = f"{account} POST /api/v1/patients"
-            ttl = timedelta(seconds=rt.settings.idempotency_ttl_seconds)
-            async with rt.db.transaction() as conn:
-                if key:
-                    replay = await idempotency.claim(conn, scope, key, raw, ctx.clock(), ttl)
-                    if replay is not None:
-                        return Response(replay.body, replay.status, replay.headers)
-                found = await service.create(ctx, conn, body)
-                payload = json_bytes(service.from_fhir(found))
-                headers = {**_etag(found.version_id), "Content-Type": "application/json"}
-                if key:
-                    await idempotency.store(conn, scope, key, 201, headers, payload)
-            _audit(guard, "create", found.id)
-            return Response(payload, 201, headers)
-        if action == "read":
-            async with rt.db.connection() as conn:
-                found = await service.read(conn, id)
-            _audit(guard, "read", id)
-            return json_response(service.from_fhir(found), 200, _etag(found.version_id))
-        if action == "replace":
-            version = _if_match(request)
-            body_media_type(request, JSON, "`application/json`")
-            body = await json_body(request)
-            async with rt.db.transaction() as conn:
-                found = await service.replace(ctx, conn, id, body, version)
-            _audit(guard, "update", id)
-            return json_response(service.from_fhir(found), 200, _etag(found.version_id))
-        if action == "delete":
-            async with rt.db.transaction() as conn:
-                await service.delete(ctx, conn, id)
-            _audit(guard, "delete", id)
-            return Response(status_code=204)
-        if action == "restore":
-            async with rt.db.transaction() as conn:
-                found = await service.restore(ctx, conn, id)
-            _audit(guard, "restore", id)
-            return json_response(service.from_fhir(found), 200, _etag(found.version_id))
-        if action == "audit":
-            async with rt.db.connection() as conn:
-                answer = await service.changes(conn, id, dict(request.query_params))
-            guard.record_workflow(
-                "search", None, "Patient Service API: audit trail", [f"Patient/{id}"]
-            )
-            return json_response(answer)
-        async with rt.db.connection() as conn:
-            answer = await service.list_patients(ctx, conn, dict(request.query_params))
-        _audit(guard, "search", None)
-        return json_response(answer)
-    except PersonRefused as exc:
-        guard = server_guard(exc.user)
-        id = request.path_params.get("patient_id")
-        guard.record(
-            _OPERATIONS.get(action, action),
-            "Patient",
-            f"Patient/{id}" if id else None,
-            Decision(
-                allowed=False,
-                reason=Reason.INVALID_ROLE,
-                explanation="the Patient Service API is for services, not a person's token",
-            ),
-        )
-        return _error(
-            PatientApiError(
-                403,
-                "forbidden",
-                "the Patient Service API is for services; a person's token uses `/fhir/Patient`",
-            )
-        )
-    except PatientApiError as exc:
-        return _error(exc)
-    except idempotency.KeyConflict:
-        return _error(
-            PatientApiError(409, "idempotency_key_reused", "the key was used with another body")
-        )
-    except FhirError as exc:
-        code = {
-            400: "invalid_body",
-            404: "not_found",
-            413: "too_large",
-            415: "unsupported_media_type",
-        }.get(exc.status, "error")
-        return _error(PatientApiError(exc.status, code, str(exc)))
-    except ClientDisconnect:
-        raise  # nobody to answer: logged quietly by the last-resort middleware
-    except Exception:
-        log.exception("patient service failure on %s", action)
-        return _error(PatientApiError(500, "internal_error", "internal error"))
-    finally:
-        if guard is not None:
-            await rt.audit.record(guard)
-
-
-# The FHIR operation each action is audited as.
-_OPERATIONS = {"list": "search", "replace": "update", "restore": "update", "audit": "search"}
+def _patient_id(request: Request) -> str:
+    id: str = request.path_params["patient_id"]
+    if not is_id(id):
+        raise NotFound("no patient with this id")
+    return id
 
 
 def _audit(guard: Guard, operation: str, id: str | None) -> None:
@@ -245,32 +176,85 @@ def _audit(guard: Guard, operation: str, id: str | None) -> None:
     )
 
 
-async def create(request: Request) -> Response:
-    return await _handle(request, "create", True)
+@_route("create", write=True)
+async def create(request: Request, ctx: Context) -> Response:
+    rt = runtime(request)
+    body_media_type(request, JSON, "`application/json`")
+    raw = await read_body(request)
+    body = await client_json(request, raw)
+    key = request.headers.get("idempotency-key")
+    async with rt.db.transaction() as conn:
+        kept = Idempotent(ctx, conn, "POST /api/v1/patients", key, raw)
+        if (replay := await kept.replay()) is not None:
+            return replay
+        found = await service.create(ctx, conn, body)
+        payload = json_bytes(service.from_fhir(found))
+        headers = {**_etag(found.version_id), "Content-Type": "application/json"}
+        answer = await kept.keep(Response(payload, 201, headers))
+    _audit(ctx.guard, "create", found.id)
+    return answer
 
 
-async def listing(request: Request) -> Response:
-    return await _handle(request, "list", False)
+@_route("search", write=False)
+async def listing(request: Request, ctx: Context) -> Response:
+    async with runtime(request).db.connection() as conn:
+        answer = await service.list_patients(ctx, conn, dict(request.query_params))
+    _audit(ctx.guard, "search", None)
+    return json_response(answer)
 
 
-async def read(request: Request) -> Response:
-    return await _handle(request, "read", False)
+@_route("read", write=False)
+async def read(request: Request, ctx: Context) -> Response:
+    id = _patient_id(request)
+    async with runtime(request).db.connection() as conn:
+        found = await service.read(conn, id)
+    _audit(ctx.guard, "read", id)
+    return json_response(service.from_fhir(found), 200, _etag(found.version_id))
 
 
-async def replace(request: Request) -> Response:
-    return await _handle(request, "replace", True)
+@_route("update", write=True)
+async def replace(request: Request, ctx: Context) -> Response:
+    id = _patient_id(request)
+    version = _if_match(request)
+    body_media_type(request, JSON, "`application/json`")
+    body = await json_body(request)
+    async with runtime(request).db.transaction() as conn:
+        found = await service.replace(ctx, conn, id, body, version)
+    _audit(ctx.guard, "update", id)
+    return json_response(service.from_fhir(found), 200, _etag(found.version_id))
 
 
-async def delete(request: Request) -> Response:
-    return await _handle(request, "delete", True)
+@_route("delete", write=True)
+async def delete(request: Request, ctx: Context) -> Response:
+    id = _patient_id(request)
+    async with runtime(request).db.transaction() as conn:
+        await service.delete(ctx, conn, id)
+    _audit(ctx.guard, "delete", id)
+    return Response(status_code=204)
 
 
-async def restore(request: Request) -> Response:
-    return await _handle(request, "restore", True)
+@_route("update", write=True)
+async def restore(request: Request, ctx: Context) -> Response:
+    """`POST /api/v1/patients/{patient_id}:restore` (the route's one segment is `{tail}`)."""
+    tail: str = request.path_params["tail"]
+    if not tail.endswith(":restore"):
+        raise NotFound("no such operation")
+    id = tail.removesuffix(":restore")
+    if not is_id(id):
+        raise NotFound("no patient with this id")
+    async with runtime(request).db.transaction() as conn:
+        found = await service.restore(ctx, conn, id)
+    _audit(ctx.guard, "restore", id)
+    return json_response(service.from_fhir(found), 200, _etag(found.version_id))
 
 
-async def audit_trail(request: Request) -> Response:
-    return await _handle(request, "audit", False)
+@_route("search", write=False)
+async def audit_trail(request: Request, ctx: Context) -> Response:
+    id = _patient_id(request)
+    async with runtime(request).db.connection() as conn:
+        answer = await service.changes(conn, id, dict(request.query_params))
+    ctx.guard.record_workflow("search", None, "Patient Service API: audit trail", [f"Patient/{id}"])
+    return json_response(answer)
 
 
 def install(app: FastAPI) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import Response
 
 from fhir_server.errors import Issue
-from fhir_server.services.formats.bundles import etag, http_date
+from fhir_server.services.formats.bundles import http_date
+from fhir_server.services.formats.etags import etag
 from fhir_server.services.formats.operation_outcome import information, operation_outcome_bytes
 from fhir_server.services.interactions.versions import json_bytes
 from fhir_server.services.result import Result

@@ -3,13 +3,16 @@ verifier, access policy, audit trail."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from compartments.policy import Policy
 from fhir_server.audit.trail import AuditTrail
 from fhir_server.auth.tokens import TokenVerifier
 from fhir_server.clients.registry import ClientRegistry
 from fhir_server.services.access.guard import FactsCache
+from fhir_server.services.context import utc_now
 from fhir_server.services.formats.limits import InputLimits
 from fhir_server.settings import Settings
 from fhir_server.storage.database import Database
@@ -28,3 +31,5 @@ class Runtime:
     registry: ClientRegistry | None = None
     # the input limits of `settings` (docs/limits.md), made once
     limits: InputLimits = field(default_factory=InputLimits)
+    # the one clock of the application: every request's Context.clock, and what else asks the time
+    clock: Callable[[], datetime] = utc_now

@@ -39,9 +39,9 @@ from typing import Any, NamedTuple
 import psycopg
 from psycopg import AsyncConnection
 
-from fhir_server.errors import FhirError
+from compartments.ids import is_id
+from fhir_server.errors import AuditUnavailable
 from fhir_server.metrics import AUDIT_BOUNDED, AUDIT_BUFFERED, EMERGENCY_ACCESSES
-from fhir_server.search.fhirpath import is_id
 from fhir_server.search.index import IndexRows, date_range, normalize_string
 from fhir_server.services.access.guard import Audited, Guard
 from fhir_server.services.context import Context
@@ -108,13 +108,6 @@ _ACTIONS = {
     "restore": "U",
 }
 _INTERACTIONS = {"history": "history-instance", "search": "search-type"}
-
-
-class AuditUnavailable(FhirError):
-    """503: the audit trail cannot take the decision now, so the request is not answered."""
-
-    status = 503
-    code = "transient"
 
 
 class Record(NamedTuple):

@@ -20,6 +20,7 @@ from typing import Any
 import jwt
 from jwt import PyJWK, PyJWKClient, PyJWKSet
 
+from compartments.ids import is_id
 from fhir_server.auth.scopes import Scope, ScopeError, parse_scopes
 from fhir_server.errors import Unauthorized
 
@@ -33,7 +34,6 @@ _IDENTITY_CLAIMS = ("sub", "fhirUser", "client_id", "azp", "patient")
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 # Claims only an ID token carries: presented as an access token, it is refused.
 _ID_TOKEN_CLAIMS = ("nonce", "at_hash", "c_hash")
-_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +216,7 @@ def _fhir_user(value: Any) -> str | None:
         raise Unauthorized("the `fhirUser` claim must be a reference", code="login")
     parts = value.rstrip("/").split("/")
     # an R4 id: it becomes the `created_by` of what the caller writes, an indexed column
-    if len(parts) < 2 or parts[-2] not in IDENTITY_TYPES or _FHIR_ID.fullmatch(parts[-1]) is None:
+    if len(parts) < 2 or parts[-2] not in IDENTITY_TYPES or not is_id(parts[-1]):
         raise Unauthorized(
             "`fhirUser` must name a Patient, RelatedPerson, Practitioner or Person",
             code="login",

@@ -28,7 +28,8 @@ from functools import cache
 from typing import Any, Final
 
 from capability.definitions import resource_types
-from fhir_server.search.fhirpath import Accessor, is_id, result_types, split_reference
+from compartments.ids import is_id
+from fhir_server.search.fhirpath import Accessor, result_types, split_reference
 from fhir_server.search.parameters import search_params
 
 DATE_MIN: Final = datetime(1, 1, 1, tzinfo=UTC)

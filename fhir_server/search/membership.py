@@ -15,7 +15,8 @@ from functools import cache
 from typing import Any, Final
 
 from capability.definitions import COMPARTMENT_TYPES, compartment_definition, resource_types
-from fhir_server.search.fhirpath import Accessor, is_id
+from compartments.ids import is_id
+from fhir_server.search.fhirpath import Accessor
 from fhir_server.search.parameters import reference_targets, search_params
 
 SELF_PARAM: Final = "{def}"

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from fhir_server.errors import BadRequest
+from fhir_server.errors import BadRequest, Conflict
 from fhir_server.storage.sql import Connection, Statement, execute, fetch_one
 
 # Longer keys would not fit a btree index entry; clients use UUIDs (36 characters).
@@ -46,10 +46,6 @@ class Replay:
     body: bytes
 
 
-class KeyConflict(Exception):
-    """The key was used with another request body."""
-
-
 def fingerprint(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
 
@@ -58,10 +54,15 @@ async def claim(
     conn: Connection, scope: str, key: str, body: bytes, now: datetime, ttl: timedelta
 ) -> Replay | None:
     """Claim the key for this request (None: go ahead, then `store` the response), or the
-    response to replay. Raises KeyConflict for another body. Run inside the request's
-    transaction. A key longer than MAX_KEY_LENGTH is a 400."""
+    response to replay. Another body with the key is a Conflict (`idempotency_key_reused`). Run
+    inside the request's transaction. A key longer than MAX_KEY_LENGTH is a BadRequest
+    (`invalid_idempotency_key`)."""
     if len(key) > MAX_KEY_LENGTH:
-        raise BadRequest(f"`Idempotency-Key` has at most {MAX_KEY_LENGTH} characters", code="value")
+        raise BadRequest(
+            f"`Idempotency-Key` has at most {MAX_KEY_LENGTH} characters",
+            code="value",
+            error_code="invalid_idempotency_key",
+        )
     params: dict[str, Any] = {
         "scope": scope,
         "key": key,
@@ -79,9 +80,16 @@ async def claim(
             await execute(conn, _DROP, params)
             continue
         if stored_fingerprint != params["fingerprint"]:
-            raise KeyConflict(key)
+            raise _reused(key)
         return Replay(status, orjson.loads(headers), bytes(stored_body))
-    raise KeyConflict(key)
+    raise _reused(key)
+
+
+def _reused(key: str) -> Conflict:
+    return Conflict(
+        f"the Idempotency-Key `{key}` was used with another request body",
+        error_code="idempotency_key_reused",
+    )
 
 
 async def store(

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cache, lru_cache
 from typing import Any, Protocol, TypeAlias
@@ -61,8 +61,9 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.types import NULLTYPE, TypeEngine
 
 from capability.definitions import resource_types
+from compartments.ids import is_id
 from fhir_server.errors import BadRequest
-from fhir_server.search.fhirpath import is_id, result_types
+from fhir_server.search.fhirpath import result_types
 from fhir_server.search.index import DATE_MAX, DATE_MIN, date_range, normalize_string, number_range
 from fhir_server.search.parameters import SearchParam
 from fhir_server.search.query import Criterion, Include, SearchQuery, split_prefix, split_unescaped
@@ -194,9 +195,13 @@ def access_clause(
 class _Planner:
     """The shape of a statement for one query and caller, and its values by parameter name."""
 
-    def __init__(self, access: AccessFilter, local_bases: Sequence[str]) -> None:
+    def __init__(
+        self, access: AccessFilter, local_bases: Sequence[str], now: datetime | None = None
+    ) -> None:
         self.filter = access
         self.local_bases = tuple(b.rstrip("/") for b in local_bases)
+        # the request's clock (Context.clock): `ap` on dates is relative to it
+        self.now = now
         self.aliases = 0
         self.values: dict[str, Any] = {}
 
@@ -208,6 +213,11 @@ class _Planner:
         name = f"p{len(self.values)}"
         self.values[name] = value
         return ("value", name, kind)
+
+    def date_slack(self, low: datetime, high: datetime) -> timedelta:
+        # only the search and count statements plan date criteria, and they are given `now`
+        assert self.now is not None, "a date criterion needs the request's clock"
+        return _date_slack(low, high, self.now)
 
     def query(self, shape: Node) -> Query:
         """The statement of `shape` with this planner's values."""
@@ -429,7 +439,7 @@ class _Planner:
             high,
             _col(ix, "low"),
             _col(ix, "high"),
-            approximate=_date_slack(low, high),
+            approximate=self.date_slack(low, high),
         )
 
     def number(self, value: str, modifier: str | None, ix: str, param: SearchParam) -> Node:
@@ -607,7 +617,7 @@ class _Planner:
                 )
                 alternatives.append(
                     self.range_condition(
-                        prefix, low, high, moment, end, approximate=_date_slack(low, high)
+                        prefix, low, high, moment, end, approximate=self.date_slack(low, high)
                     )
                 )
             conditions.append(("or", *alternatives))
@@ -722,9 +732,8 @@ def _implicit_system(param: SearchParam) -> bool:
     }
 
 
-def _date_slack(low: datetime, high: datetime) -> timedelta:
+def _date_slack(low: datetime, high: datetime, now: datetime) -> timedelta:
     """`ap` on dates: 10 % of the distance from now, at least the value's own precision."""
-    now = datetime.now(UTC)
     distance = abs(now - low) if DATE_MIN < low < DATE_MAX else timedelta(0)
     return max(distance / 10, high - low)
 
@@ -998,11 +1007,12 @@ def statement_cache_info() -> Any:
 
 
 def search_statement(
-    query: SearchQuery, access: AccessFilter, *, local_bases: Sequence[str] = ()
+    query: SearchQuery, access: AccessFilter, *, local_bases: Sequence[str] = (), now: datetime
 ) -> tuple[Query, int]:
     """The page query: rows of (resource_type, id, content, sort keys...), `count + 1` of them
-    so the caller knows whether there is a next page. Returns it and the number of keys."""
-    planner = _Planner(access, local_bases)
+    so the caller knows whether there is a next page. Returns it and the number of keys.
+    `now` is the request's clock (the base of `ap` on dates)."""
+    planner = _Planner(access, local_bases, now)
     conditions = planner.where("r", query)
     sort = planner.sort_expressions("r", query)
     keys = len(sort) + 2  # then type and id
@@ -1025,9 +1035,9 @@ def search_statement(
 
 
 def count_statement(
-    query: SearchQuery, access: AccessFilter, *, local_bases: Sequence[str] = ()
+    query: SearchQuery, access: AccessFilter, *, local_bases: Sequence[str] = (), now: datetime
 ) -> Query:
-    planner = _Planner(access, local_bases)
+    planner = _Planner(access, local_bases, now)
     return planner.query(("count", tuple(planner.where("r", query))))
 
 

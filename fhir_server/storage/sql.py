@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
+import orjson
 from psycopg import AsyncConnection
 from sqlalchemy.dialects.postgresql import psycopg as psycopg_dialect
 from sqlalchemy.sql import ClauseElement
@@ -93,6 +94,20 @@ async def fetch_one(
     sql, bound = _prepare(statement, params)
     cursor = await conn.execute(sql, bound, prepare=_server_side(statement))
     return await cursor.fetchone()
+
+
+async def estimated_count(conn: Connection, count: Query) -> int:
+    """The planner's estimate of the rows a count statement (`search_sql.count_statement`)
+    counts: EXPLAIN, nothing runs; cheap, and R4's `_total=estimate`."""
+    # planned for its values, as the search itself would be (`_server_side`)
+    cursor = await conn.execute(f"EXPLAIN (FORMAT JSON) {count.sql}", count.params, prepare=False)
+    plan = await cursor.fetchone()
+    assert plan is not None
+    document = plan[0] if not isinstance(plan[0], str) else orjson.loads(plan[0])
+    node = document[0]["Plan"]
+    # the count's input is the node under the Aggregate
+    plans = node.get("Plans") or [node]
+    return int(plans[0].get("Plan Rows", 0))
 
 
 def _server_side(statement: Statement | Query | ClauseElement) -> bool | None:

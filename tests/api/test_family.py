@@ -18,6 +18,7 @@ import pytest
 from compartments.engine import CONSENT_SCOPE_SYSTEM
 from fhir_server.settings import Settings
 from fhir_server.storage.database import migrate
+from fhir_server.validation import default_validator
 from tests.access_world import snapshot, years_ago
 from tests.conftest import LiveServer, _drop_database, _fresh_database, auth, token
 
@@ -372,6 +373,65 @@ def test_removal_waits_for_coverage_and_ends_access(fam: Family) -> None:
         history = fam.system.get(f"/{related}/_history").json()
         assert history["total"] == 2
         assert history["entry"][0]["resource"]["active"] is False
+
+
+def test_what_the_workflow_writes_is_valid_r4(fam: Family) -> None:
+    """The RelatedPersons and Persons the family workflow assembles as dicts (and rewrites on
+    removal) are valid R4 by the server's own validator: the check that typed models would give
+    (docs/architecture.md, "fhir.resources"), at its cost."""
+    validator = default_validator()
+    primary = fam.patient("Paul", years_ago(40))
+    with fam.as_(primary) as p:
+        answers = [
+            add(p, primary, relationship=relationship, dependent=person("Doe", given, born))
+            for relationship, given, born in (
+                ("SPOUSE", "Sue", years_ago(38)),
+                ("CHILD", "Kim", years_ago(9)),
+            )
+        ]
+        assert all(a.status_code == 201 for a in answers), [a.text for a in answers]
+        links = [
+            part["valueReference"]["reference"]
+            for a in answers
+            for link in a.json()["parameter"]
+            if link["name"] == "link"
+            for part in link["part"]
+            if part["name"] in {"relatedPerson", "person"}
+        ]
+        kid = values(answers[1].json())["dependent"]["reference"]
+        removed = p.post(f"/{primary}/$remove-dependent", json=params(dependent=kid))
+        assert removed.status_code == 200, removed.text
+    assert {link.split("/")[0] for link in links} == {"RelatedPerson", "Person"}
+    for reference in sorted(set(links)):
+        stored = fam.system.get(f"/{reference}").json()
+        assert validator.issues(stored) == [], reference
+
+
+@pytest.fixture(scope="module")
+def of_age_at_21(database_url: str) -> Iterator[LiveServer]:
+    with LiveServer(Settings(majority_age=21), database_url) as server:
+        yield server
+
+
+def test_the_spouse_age_follows_the_majority_age_setting(
+    of_age_at_21: LiveServer, fam: Family
+) -> None:
+    """One majority age (`MAJORITY_AGE`): the family workflow's spouse rule uses the setting the
+    engine's minors use, not a number of its own."""
+    with httpx.Client(base_url=f"{of_age_at_21.origin}/fhir", timeout=30, headers=auth()) as c:
+        later = Family(of_age_at_21, c)
+        primary = later.patient("Paul", years_ago(30))
+        later.patient("Nineteen", years_ago(19), later.nid("nineteen"))
+        with later.as_(primary) as p:
+            refused = add(p, primary, relationship="SPOUSE", nationalId=later.nid("nineteen"))
+            assert rule(refused) == "spouse-age"
+            assert "21 or older" in refused.json()["issue"][0]["diagnostics"]
+    # the same pair where majority is at 18 (the default)
+    primary = fam.patient("Paul", years_ago(30))
+    fam.patient("Nineteen", years_ago(19), fam.nid("nineteen"))
+    with fam.as_(primary) as p:
+        added = add(p, primary, relationship="SPOUSE", nationalId=fam.nid("nineteen"))
+        assert added.status_code == 201, added.text
 
 
 # --- the Client Registry: a second instance of this server ------------------------------------

@@ -144,3 +144,31 @@ def test_graphql_mistakes_are_answered_not_logged(
     ]
     assert [r.getMessage() for r in server_records if r.levelno >= logging.ERROR] == []
     assert not any(secret in r.getMessage() or secret in str(r.exc_info) for r in server_records)
+
+
+def test_graphql_errors_carry_the_stable_code(
+    live_server: LiveServer, client: httpx.Client
+) -> None:
+    """A domain error in a resolver is a GraphQL error with its stable code in
+    `extensions.code` (fhir_server/api/errors.py); the message is the same as before."""
+    practitioner = client.post("/Practitioner", json={"resourceType": "Practitioner"}).json()
+    refused = gql(live_server, f"Practitioner/{practitioner['id']}", MY_FAMILY).json()
+    assert refused["errors"][0]["extensions"] == {"code": "forbidden"}
+    assert refused["errors"][0]["message"] == (
+        "the portal's `me` is the token's Patient (`fhirUser`)"
+    )
+    patient = client.post(
+        "/Patient", json={"resourceType": "Patient", "birthDate": years_ago(30)}
+    ).json()
+    me = f"Patient/{patient['id']}"
+    old = gql(
+        live_server,
+        me,
+        ADD,
+        input={"relationship": "CHILD", "givenName": "Old", "birthDate": years_ago(60)},
+    ).json()
+    assert old["errors"][0]["extensions"] == {"code": "unprocessable"}
+    unknown = gql(live_server, me, ADD, input={"relationship": "COUSIN"}).json()
+    assert unknown["errors"][0]["extensions"] == {"code": "bad_request"}
+    syntax = gql(live_server, me, "{ me { id ").json()
+    assert "extensions" not in syntax["errors"][0]  # GraphQL's own errors, as strawberry says

@@ -406,3 +406,25 @@ OPTIONAL_DEFAULTS: dict[str, Any] = {
     "preferred_language": None,
     "consent_to_contact": False,
 }
+
+
+def test_both_apis_read_if_match_the_same_way(api: httpx.Client, server: LiveServer) -> None:
+    """One If-Match parser (services/formats/etags.py): a value names a version, or not, alike
+    under `/fhir` and `/api/v1/patients`; each answers a value that names none with its 412."""
+    id = api.post("/patients", json=jane()).json()["patient_id"]
+    fhir_url = f"{server.origin}/fhir/Patient/{id}"
+    resource = httpx.get(fhir_url, headers=auth()).json()
+    for value in ('W/"-1"', 'W/"1.0"', 'W/" 1"', 'W/"٣"', 'W/"1234567890"', "*"):
+        header = {"If-Match": value.encode()}  # bytes: httpx sends str values as ASCII only
+        refused = api.put(f"/patients/{id}", json=jane(), headers=header)
+        assert refused.status_code == 412 and refused.json()["code"] == "version_mismatch"
+        assert "is not a version" in refused.json()["message"], value
+        fhir = httpx.put(fhir_url, json=resource, headers={**auth(), **header})
+        assert fhir.status_code == 412 and "names no version" in fhir.text, value
+    assert api.get(f"/patients/{id}").headers["ETag"] == 'W/"1"'  # nothing was written
+    # the ETag one API gives is an If-Match the other takes
+    fhir = httpx.put(fhir_url, json=resource, headers={**auth(), "If-Match": '"1"'})
+    assert fhir.status_code == 200 and fhir.headers["ETag"] == 'W/"2"'
+    read = api.get(f"/patients/{id}")
+    same = api.put(f"/patients/{id}", json=read.json(), headers={"If-Match": fhir.headers["ETag"]})
+    assert same.status_code == 200 and same.headers["ETag"] == 'W/"3"'

@@ -16,8 +16,10 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from compartments.engine import Decision
+from fhir_server.api.errors import status_of
 from fhir_server.audit import trail
-from fhir_server.audit.trail import AuditTrail, AuditUnavailable
+from fhir_server.audit.trail import AuditTrail
+from fhir_server.errors import AuditUnavailable
 from fhir_server.services.access.guard import Audited
 from fhir_server.services.context import Context, server_guard
 from fhir_server.settings import Settings
@@ -57,7 +59,7 @@ def test_an_outage_loses_nothing_and_bounds_the_buffer(
             started = time.monotonic()
             with pytest.raises(AuditUnavailable) as refused:
                 await _decision(audit, 40, tag)
-            assert refused.value.status == 503
+            assert status_of(refused.value) == 503
             assert time.monotonic() - started >= 1.0
             assert audit.buffered == 41
             # the database comes back

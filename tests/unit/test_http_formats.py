@@ -8,7 +8,8 @@ from email.utils import format_datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fhir_server.services.formats.bundles import etag, http_date
+from fhir_server.services.formats.bundles import http_date
+from fhir_server.services.formats.etags import etag
 
 
 @given(

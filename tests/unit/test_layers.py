@@ -47,7 +47,7 @@ FHIRPATH_LAYERS: dict[str, tuple[str, ...]] = {
     f"{FHIRPATH}.lexer": FHIRPATH_BASE,
     f"{FHIRPATH}.parser": (*FHIRPATH_BASE, f"{FHIRPATH}.lexer"),
     f"{FHIRPATH}.model": FHIRPATH_MODEL,
-    f"{FHIRPATH}.references": FHIRPATH_MODEL,
+    f"{FHIRPATH}.references": (*FHIRPATH_MODEL, "compartments.ids"),
     f"{FHIRPATH}.runtime": FHIRPATH_MODEL,
     f"{FHIRPATH}.compiler": (
         *FHIRPATH_MODEL,
@@ -65,12 +65,18 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     **dict.fromkeys(LEAVES, ()),
     "fhir_server": (),  # the package's own __init__
     "fhir_server.validation": ("capability", "fhir_server.errors"),
-    "fhir_server.auth": ("fhir_server.auth", "fhir_server.errors"),
-    "fhir_server.search": ("capability", "fhir_server.search", "fhir_server.errors"),
+    "fhir_server.auth": ("compartments.ids", "fhir_server.auth", "fhir_server.errors"),
+    "fhir_server.search": (
+        "capability",
+        "compartments.ids",
+        "fhir_server.search",
+        "fhir_server.errors",
+    ),
     **FHIRPATH_LAYERS,
     "fhir_server.clients": ("fhir_server.clients", "fhir_server.errors", "fhir_server.tracing"),
     "fhir_server.storage": (
         "capability",
+        "compartments.ids",
         "fhir_server.search",
         "fhir_server.storage",
         "fhir_server.errors",

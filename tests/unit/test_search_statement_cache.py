@@ -5,6 +5,7 @@ tests/integration/test_search_statement_cache.py)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from fhir_server.storage.sql import Query, compile_query
 from fhir_server.storage.tables import resources
 
 BASES = ("http://test/fhir",)
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +45,7 @@ def statement(
     params: list[tuple[str, str]], access: Any = None, resource_type: str = "Patient"
 ) -> Query:
     query = parse_search((resource_type,), params)
-    found, _ = search_statement(query, access or Everything(), local_bases=BASES)
+    found, _ = search_statement(query, access or Everything(), local_bases=BASES, now=NOW)
     return found
 
 
@@ -109,7 +111,9 @@ def test_every_value_has_its_parameter_in_the_sql() -> None:
         statement([("name", "ann"), ("birthdate", "ap1980"), ("_lastUpdated", "lt2020")]),
         statement([("subject:Patient.name", "x"), ("_sort", "-date")], resource_type="Observation"),
         count_statement(
-            parse_search(("Patient",), [("_has:Observation:patient:code", "1")]), Everything()
+            parse_search(("Patient",), [("_has:Observation:patient:code", "1")]),
+            Everything(),
+            now=NOW,
         ),
     ):
         for name in found.params:

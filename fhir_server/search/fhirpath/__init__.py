@@ -60,7 +60,7 @@ from fhir_server.search.fhirpath.compiler import (
     union_parts,
 )
 from fhir_server.search.fhirpath.model import PRIMITIVE_TYPES
-from fhir_server.search.fhirpath.references import is_id, reference_type, split_reference
+from fhir_server.search.fhirpath.references import reference_type, split_reference
 
 __all__ = [
     "PRIMITIVE_TYPES",
@@ -70,7 +70,6 @@ __all__ = [
     "Resource",
     "compile_expression",
     "compile_relative",
-    "is_id",
     "reference_type",
     "restrict_expression",
     "result_types",

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Final
 
+from compartments.ids import is_id
 from fhir_server.search.fhirpath.base import Resource
 from fhir_server.search.fhirpath.model import _RESOURCE_TYPES
 
@@ -46,15 +46,6 @@ def split_reference(reference: str) -> tuple[str, str, str] | None:
     ):
         return None
     return base, resource_type, resource_id
-
-
-_ID_CHARS: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-."
-
-
-def is_id(text: str) -> bool:
-    """Whether ``text`` is an R4 id, ``[A-Za-z0-9\\-.]{1,64}`` (at a third of a regex's cost)."""
-    # strip() removes every character when all of them are in the set
-    return 0 < len(text) <= 64 and not text.strip(_ID_CHARS)
 
 
 def reference_type(reference: str, resource: Resource | None = None) -> str | None:

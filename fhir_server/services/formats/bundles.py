@@ -7,12 +7,8 @@ from typing import Any
 
 import orjson
 
+from fhir_server.services.formats.etags import etag
 from fhir_server.storage.repository import StoredVersion
-
-
-def etag(version_id: int) -> str:
-    return f'W/"{version_id}"'
-
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

@@ -21,9 +21,11 @@ from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
+from compartments.ids import ID_REGEX
 from fhir_server.errors import BadRequest, FhirError, NotFound, NotSupported, PreconditionFailed
 from fhir_server.services.context import Context
-from fhir_server.services.formats.bundles import etag, raw
+from fhir_server.services.formats.bundles import raw
+from fhir_server.services.formats.etags import etag
 from fhir_server.services.formats.operation_outcome import operation_outcome
 from fhir_server.services.interactions import (
     conditional,
@@ -78,7 +80,9 @@ def _entry_error(index: int, error: FhirError) -> FhirError:
         issues.append(
             replace(issue, diagnostics=f"entry {index}: {issue.diagnostics}", expression=where)
         )
-    return type(error)(issues=issues)
+    moved = type(error)(issues=issues)
+    moved.error_code = error.error_code
+    return moved
 
 
 def _parse_entry(ctx: Context, index: int, raw_entry: Any) -> Entry:
@@ -125,7 +129,7 @@ def _parse_entry(ctx: Context, index: int, raw_entry: Any) -> Entry:
 
 
 # A RESTful resource URL: `[base/]Type/id`, the base absent in a relative one.
-_RESTFUL = re.compile(r"(?:(?P<base>.+)/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})")
+_RESTFUL = re.compile(rf"(?:(?P<base>.+)/)?(?P<type>[A-Z][A-Za-z]+)/(?P<id>{ID_REGEX})")
 
 
 def _restful(url: str, server_base: str) -> tuple[str, str, str] | None:
@@ -541,7 +545,11 @@ def _created(ctx: Context, creates: list[Entry], prefer: str, now: datetime) -> 
 
 
 async def _batch(
-    ctx: Context, conn: Connection, entries: list[Entry], prefer: str
+    ctx: Context,
+    conn: Connection,
+    entries: list[Entry],
+    prefer: str,
+    status_of: Callable[[FhirError], int],
 ) -> list[dict[str, Any]]:
     responses = []
     for entry in entries:
@@ -550,10 +558,11 @@ async def _batch(
                 _check_types(entry)
                 responses.append(await _run_one(ctx, conn, entry, prefer))
         except FhirError as exc:
+            status = status_of(exc)
             responses.append(
                 {
                     "response": {
-                        "status": f"{exc.status} {_REASONS.get(exc.status, 'Error')}",
+                        "status": f"{status} {_REASONS.get(status, 'Error')}",
                         "outcome": operation_outcome(exc.issues),
                     }
                 }
@@ -589,8 +598,16 @@ def _lock_slots(entries: list[Entry]) -> list[int]:
     return slots
 
 
-async def process(ctx: Context, conn: Connection, body: Any, *, prefer: str) -> bytes:
-    """Run a batch or transaction Bundle; return the response Bundle."""
+async def process(
+    ctx: Context,
+    conn: Connection,
+    body: Any,
+    *,
+    prefer: str,
+    status_of: Callable[[FhirError], int],
+) -> bytes:
+    """Run a batch or transaction Bundle; return the response Bundle. `status_of`: the HTTP
+    status of a domain error, which a batch entry's `response.status` carries (the API's)."""
     if not isinstance(body, dict) or body.get("resourceType") != "Bundle":
         raise BadRequest("the base URL accepts only a Bundle of type `batch` or `transaction`")
     kind = body.get("type")
@@ -623,13 +640,13 @@ async def process(ctx: Context, conn: Connection, body: Any, *, prefer: str) -> 
                 entries.append(Entry(i, "INVALID", "", None, None, [], "", None, None, None, None))
                 entries[-1].response = {
                     "response": {
-                        "status": f"{exc.status} Bad Request",
+                        "status": f"{status_of(exc)} Bad Request",
                         "outcome": operation_outcome(exc.issues),
                     }
                 }
         valid = [e for e in entries if e.method != "INVALID"]
         await conditional.serialize(conn, _lock_slots(valid))
-        answered = iter(await _batch(ctx, conn, valid, prefer))
+        answered = iter(await _batch(ctx, conn, valid, prefer, status_of))
         responses = [e.response if e.method == "INVALID" else next(answered) for e in entries]
     result = {
         "resourceType": "Bundle",

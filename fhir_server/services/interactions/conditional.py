@@ -56,7 +56,9 @@ async def matching_ids(
         max_count=limit,
         max_parameters=ctx.settings.max_search_parameters + 1,  # and the `_count` added here
     )
-    statement, _ = search_statement(query, ctx.guard.access("search"), local_bases=ctx.local_bases)
+    statement, _ = search_statement(
+        query, ctx.guard.access("search"), local_bases=ctx.local_bases, now=ctx.clock()
+    )
     return [row[1] for row in await fetch_all(conn, statement)][:limit]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -34,7 +35,7 @@ from fhir_server.storage.search_sql import (
     include_statement,
     search_statement,
 )
-from fhir_server.storage.sql import Connection, Query, fetch_one, stream
+from fhir_server.storage.sql import Connection, Query, estimated_count, fetch_one, stream
 
 SUBSETTED = {
     "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
@@ -99,25 +100,26 @@ def _types_and_path(
 
 async def run(ctx: Context, conn: Connection, query: SearchQuery, path: str) -> bytes:
     url = f"{ctx.base_url}/{path}"
+    now = ctx.clock()
     fields: dict[str, Any] = {"id": str(uuid.uuid4())}
     echo = [*query.echo]
     if query.summary == "count" or query.total == "accurate":
         counting = await cpu(
-            count_statement, query, ctx.guard.access("search"), local_bases=ctx.local_bases
+            count_statement, query, ctx.guard.access("search"), local_bases=ctx.local_bases, now=now
         )
         row = await fetch_one(conn, counting)
         assert row is not None
         fields["total"] = int(row[0])
     elif query.total == "estimate" and _sees_all(ctx, query):
         # an estimate comes from table statistics, which know of rows the caller may not see
-        fields["total"] = await _estimate(conn, query, ctx)
+        fields["total"] = await _estimate(conn, query, ctx, now)
     links = [{"relation": "self", "url": _link(url, echo, query.cursor)}]
     fields["link"] = links
     if query.summary == "count":
         return bundle("searchset", entries=[], **fields)
 
     statement, _ = await cpu(
-        search_statement, query, ctx.guard.access("search"), local_bases=ctx.local_bases
+        search_statement, query, ctx.guard.access("search"), local_bases=ctx.local_bases, now=now
     )
     budget = _Budget(ctx.settings.max_search_bytes)
     page, more = await _page(conn, statement, query.count, budget)
@@ -256,15 +258,7 @@ def _sees_all(ctx: Context, query: SearchQuery) -> bool:
     return all(unrestricted(ctx.guard, "search", t) for t in query.resource_types)
 
 
-async def _estimate(conn: Connection, query: SearchQuery, ctx: Context) -> int:
+async def _estimate(conn: Connection, query: SearchQuery, ctx: Context, now: datetime) -> int:
     """The planner's row estimate for the query: cheap, and R4's `_total=estimate`."""
-    count = count_statement(query, ctx.guard.access("search"), local_bases=ctx.local_bases)
-    # planned for its values, as the search itself would be (storage/sql.py `_server_side`)
-    cursor = await conn.execute(f"EXPLAIN (FORMAT JSON) {count.sql}", count.params, prepare=False)
-    plan = await cursor.fetchone()
-    assert plan is not None
-    document = plan[0] if not isinstance(plan[0], str) else orjson.loads(plan[0])
-    node = document[0]["Plan"]
-    # the count's input is the node under the Aggregate
-    plans = node.get("Plans") or [node]
-    return int(plans[0].get("Plan Rows", 0))
+    count = count_statement(query, ctx.guard.access("search"), local_bases=ctx.local_bases, now=now)
+    return await estimated_count(conn, count)

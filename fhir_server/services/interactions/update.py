@@ -12,6 +12,7 @@ from fhir_server.services.access.guard import (
     protect_meta,
 )
 from fhir_server.services.context import Context
+from fhir_server.services.formats.etags import version_of
 from fhir_server.services.interactions import conditional
 from fhir_server.services.interactions.create import create, creation
 from fhir_server.services.interactions.versions import check_id, new_version, parse_json, validated
@@ -22,16 +23,14 @@ from fhir_server.storage.sql import Connection
 
 
 def parse_if_match(value: str | None) -> int | None:
-    """The version an If-Match header names (`W/"3"` or `"3"`), or None when absent."""
+    """The version an If-Match header names (`W/"3"` or `"3"`: formats/etags.py), or None when
+    absent; a value that names no version is a 412."""
     if value is None:
         return None
-    tag = value.strip()
-    if tag.startswith("W/"):
-        tag = tag[2:]
-    tag = tag.strip('"')
-    if not tag.isdigit() or len(tag) > 9:
+    version = version_of(value)
+    if version is None:
         raise PreconditionFailed(f"If-Match `{value}` names no version of this resource")
-    return int(tag)
+    return version
 
 
 def check_precondition(resource: str, current_version: int | None, if_match: int | None) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from compartments.ids import is_id
 from fhir_server.errors import BadRequest, Unprocessable
 from fhir_server.search.index import index_rows
 from fhir_server.search.membership import compartment_membership
@@ -17,8 +18,6 @@ from fhir_server.services.context import Context
 from fhir_server.services.formats.limits import InputLimits, check_value
 from fhir_server.services.interactions import patient_profile
 from fhir_server.storage.repository import NewVersion
-
-ID_PATTERN = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 class DecimalText(float):
@@ -108,7 +107,7 @@ def dump_json(value: Any) -> str:
 
 
 def check_id(id: str) -> None:
-    if not ID_PATTERN.fullmatch(id):
+    if not is_id(id):
         raise BadRequest(f"`{id}` is not a valid resource id", code="value")
 
 

@@ -31,10 +31,11 @@ from fhir_server.services.context import Context
 from fhir_server.services.formats.parameters import parameter_values
 from fhir_server.services.interactions import conditional, create
 from fhir_server.services.interactions.versions import new_version, parse_json
+from fhir_server.storage import family as family_storage
 from fhir_server.storage import repository
 from fhir_server.storage.repository import NewVersion
 from fhir_server.storage.search_sql import search_statement
-from fhir_server.storage.sql import Connection, Statement, fetch_all
+from fhir_server.storage.sql import Connection, fetch_all
 
 V3 = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
 V2_0131 = "http://terminology.hl7.org/CodeSystem/v2-0131"
@@ -52,7 +53,6 @@ ROLES: dict[str, tuple[str, str, str]] = {
     "GUARDIAN": (V3, "GUARD", "guardian"),  # the primary is the dependent's legal guardian
     "OTHER": (V2_0131, "O", "Other"),
 }
-ADULT_AGE = 18
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,21 +115,10 @@ async def patient_content(conn: Connection, reference: str) -> dict[str, Any]:
     return content
 
 
-_FAMILY_LINKS = Statement(
-    """
-SELECT r.id, r.content::text FROM resources r
-WHERE r.resource_type = 'RelatedPerson' AND NOT r.deleted AND r.id IN (
-    SELECT t.id FROM search_token t
-    WHERE t.resource_type = 'RelatedPerson' AND t.code = 'relationship'
-      AND t.system = %(system)s)
-"""
-)
-
-
 async def family_links(conn: Connection, now: datetime) -> list[FamilyLink]:
     """Every RelatedPerson the family workflow made (the parent-child graph is checked whole);
     a link is active until its `period` ends (as an instant, at `now`)."""
-    rows = await fetch_all(conn, _FAMILY_LINKS, {"system": FAMILY_SYSTEM})
+    rows = await family_storage.related_persons_coded(conn, FAMILY_SYSTEM)
     links = []
     for id, text in rows:
         content = orjson.loads(text)
@@ -208,8 +197,11 @@ def check_rules(
     primary_age: int | None,
     dependent_age: int | None,
     links: list[FamilyLink],
+    *,
+    majority_age: int,
 ) -> None:
-    """The rules of adding a dependent; each refusal names its rule (422)."""
+    """The rules of adding a dependent; each refusal names its rule (422). Spouses are both of
+    age: `majority_age` (the `MAJORITY_AGE` setting, as for the engine's minors) or older."""
 
     def refuse(rule: str, message: str) -> Unprocessable:
         return Unprocessable(f"{rule}: {message}", code="business-rule")
@@ -221,9 +213,14 @@ def check_rules(
     ):
         raise refuse("already-a-dependent", f"`{dependent}` is already a dependent of `{primary}`")
     if relationship == "SPOUSE" and (
-        primary_age is None or dependent_age is None or min(primary_age, dependent_age) < ADULT_AGE
+        primary_age is None
+        or dependent_age is None
+        or min(primary_age, dependent_age) < majority_age
     ):
-        raise refuse("spouse-age", "both spouses must be 18 or older (with a known birth date)")
+        raise refuse(
+            "spouse-age",
+            f"both spouses must be {majority_age} or older (with a known birth date)",
+        )
     if relationship in {"CHILD", "PARENT"}:
         if primary_age is None or dependent_age is None:
             raise refuse("birth-dates", "a parent and child both need a birth date")
@@ -257,26 +254,13 @@ def _related_person(
     return resource
 
 
-_PERSONS_OF = Statement(
-    """
-SELECT r.id, r.content::text FROM resources r
-WHERE r.resource_type = 'Person' AND NOT r.deleted AND r.id IN (
-    SELECT x.id FROM search_reference x
-    WHERE x.resource_type = 'Person' AND x.code = 'link'
-      AND x.target_type = 'Patient' AND x.target_id = %(id)s)
-ORDER BY r.id
-LIMIT 1
-"""
-)
-
-
 async def _link_person(
     server: Context, conn: Connection, patient: str, related_person: str, assurance: str
 ) -> str:
     """Add `related_person` to the Person of `patient` (made now if there is none)."""
-    rows = await fetch_all(conn, _PERSONS_OF, {"id": patient.split("/", 1)[1]})
+    found = await family_storage.person_of(conn, patient.split("/", 1)[1])
     link = {"target": {"reference": related_person}, "assurance": assurance}
-    if not rows:
+    if found is None:
         person = {
             "resourceType": "Person",
             "active": True,
@@ -285,7 +269,7 @@ async def _link_person(
         version = create.creation(server, person, create.new_id(), method="POST")
         await repository.insert_new(conn, version)
         return f"Person/{version.id}"
-    id, text = rows[0]
+    id, text = found
     person = orjson.loads(text)
     person["link"] = [*person.get("link", []), link]
     await rewrite(server, conn, "Person", id, person)
@@ -405,6 +389,7 @@ async def add_dependent(
         _age(earliest_date(primary_content.get("birthDate")), today),
         _age(earliest_date(dependent_content.get("birthDate")), today),
         links,
+        majority_age=ctx.settings.majority_age,
     )
     # a person already on record is someone else's data: the link waits for verification
     assurance = "level3" if created_patient else ctx.settings.family_existing_link_assurance
@@ -444,24 +429,12 @@ async def add_dependent(
     }
 
 
-_COVERAGE_OF = Statement(
-    """
-SELECT r.id, r.version_id, r.content::text FROM resources r
-WHERE r.resource_type = 'Coverage' AND NOT r.deleted AND r.id IN (
-    SELECT x.id FROM search_reference x
-    WHERE x.resource_type = 'Coverage' AND x.code = 'beneficiary'
-      AND x.target_type = 'Patient' AND x.target_id = %(id)s)
-ORDER BY r.id
-"""
-)
-
-
 async def coverage_of(
     conn: Connection, patient: str, now: datetime
 ) -> list[tuple[str, int, dict[str, Any]]]:
     """The active Coverage resources whose beneficiary is `patient`: status active and a
     `period` (if any) covering `now` as instants (compartments/periods.py)."""
-    rows = await fetch_all(conn, _COVERAGE_OF, {"id": patient.split("/", 1)[1]})
+    rows = await family_storage.coverage_of(conn, patient.split("/", 1)[1])
     found = []
     for id, version_id, text in rows:
         content = orjson.loads(text)
@@ -724,9 +697,11 @@ async def emergency_contacts(ctx: Context, conn: Connection, patient_id: str) ->
         ],
         max_count=MAX_CONTACTS,
     )
-    statement, _ = search_statement(query, guard.access("read"), local_bases=ctx.local_bases)
-    contacts = []
     now = ctx.clock()
+    statement, _ = search_statement(
+        query, guard.access("read"), local_bases=ctx.local_bases, now=now
+    )
+    contacts = []
     for _, id, text, *_ in await fetch_all(conn, statement):
         content = orjson.loads(text)
         if content.get("active") is False or not window(content.get("period")).covers(now):

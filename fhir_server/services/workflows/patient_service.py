@@ -14,7 +14,14 @@ from datetime import date, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from fhir_server.errors import FhirError
+from fhir_server.errors import (
+    BadRequest,
+    Conflict,
+    FhirError,
+    InvalidFields,
+    NotFound,
+    PreconditionFailed,
+)
 from fhir_server.services.context import Context
 from fhir_server.services.interactions import patient_profile, search
 from fhir_server.services.interactions.versions import deletion, new_version, parse_json
@@ -59,16 +66,6 @@ _LIMIT = re.compile(r"[0-9]{1,3}")
 MAX_LIMIT = 100
 
 
-class PatientApiError(Exception):
-    """`{code, message, details}` with an HTTP status: the API's stable errors."""
-
-    def __init__(
-        self, status: int, code: str, message: str, details: list[dict[str, str]] | None = None
-    ) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message, self.details = status, code, message, details
-
-
 def _name(value: Any, field: str, problems: list[dict[str, str]], *, required: bool) -> str | None:
     if value is None or (isinstance(value, str) and not value.strip() and not required):
         if required:
@@ -91,12 +88,13 @@ class Demographics:
 
 
 def validate(body: Any, today: date, *, stored: dict[str, Any] | None = None) -> Demographics:
-    """The body as normalized demographics, or 400 `validation_error` listing every problem.
+    """The body as normalized demographics, or InvalidFields (`validation_error`) listing every
+    problem.
 
     `stored`: the API's view of the patient a PUT replaces, whose read-only fields the body may
     repeat unchanged; without it (a POST) read-only fields are refused."""
     if not isinstance(body, dict):
-        raise PatientApiError(400, "invalid_body", "the body must be a JSON object")
+        raise BadRequest("the body must be a JSON object")
     problems: list[dict[str, str]] = []
     for unknown in sorted(set(body) - FIELDS - set(READ_ONLY)):
         problems.append({"field": unknown, "issue": "unknown field"})
@@ -156,7 +154,7 @@ def validate(body: Any, today: date, *, stored: dict[str, Any] | None = None) ->
         problems.append({"field": "consent_to_contact", "issue": "true or false"})
     out["consent_to_contact"] = consent
     if problems:
-        raise PatientApiError(400, "validation_error", "the patient is not valid", problems)
+        raise InvalidFields("the patient is not valid", problems)
     return Demographics(out)
 
 
@@ -183,7 +181,7 @@ def _instant(text: str) -> datetime:
 def _limit(query: dict[str, str]) -> int:
     limit = query.get("limit", "20")
     if not _LIMIT.fullmatch(limit) or not 1 <= int(limit) <= MAX_LIMIT:
-        raise PatientApiError(400, "invalid_query", f"`limit` must be 1 to {MAX_LIMIT}")
+        raise BadRequest(f"`limit` must be 1 to {MAX_LIMIT}", error_code="invalid_query")
     return int(limit)
 
 
@@ -321,13 +319,18 @@ async def _unique(conn: Connection, patient: dict[str, Any], own_id: str | None)
     """Email and phone (of a FHIR Patient's telecom) belong to one live patient; concurrent
     writers of the same value queue."""
     telecom = {t.get("system"): t.get("value") for t in patient.get("telecom", [])}
-    for field, code in (("email", "email"), ("phone_e164", "phone")):
+    for field, code, duplicate in (
+        ("email", "email", "duplicate_email"),
+        ("phone_e164", "phone", "duplicate_phone"),
+    ):
         value = telecom.get(code)
         if not value:
             continue
         ids = await repository.live_patients_with_token(conn, code, value)
         if any(id != own_id for id in ids):
-            raise PatientApiError(409, f"duplicate_{code}", f"another patient has this {field}")
+            raise Conflict(
+                f"another patient has this {field}", code="duplicate", error_code=duplicate
+            )
 
 
 async def create(ctx: Context, conn: Connection, body: Any) -> StoredVersion:
@@ -355,14 +358,14 @@ def _demographics(view: dict[str, Any], *, present: bool = False) -> dict[str, A
 async def _current(conn: Connection, id: str) -> StoredVersion:
     found = await repository.read_current(conn, "Patient", id)
     if found is None:
-        raise PatientApiError(404, "not_found", "no patient with this id")
+        raise NotFound("no patient with this id")
     return found
 
 
 async def read(conn: Connection, id: str) -> StoredVersion:
     found = await _current(conn, id)
     if found.deleted:
-        raise PatientApiError(404, "not_found", "the patient was deleted (it can be restored)")
+        raise NotFound("the patient was deleted (it can be restored)")
     return found
 
 
@@ -370,15 +373,14 @@ async def replace(
     ctx: Context, conn: Connection, id: str, body: Any, if_match: int
 ) -> StoredVersion:
     if not isinstance(body, dict):
-        raise PatientApiError(400, "invalid_body", "the body must be a JSON object")
+        raise BadRequest("the body must be a JSON object")
     locked = await repository.lock_current(conn, "Patient", id)
     if locked is None or locked.deleted:
-        raise PatientApiError(404, "not_found", "no patient with this id")
+        raise NotFound("no patient with this id")
     if locked.version_id != if_match:
-        raise PatientApiError(
-            412,
-            "version_mismatch",
+        raise PreconditionFailed(
             f"the patient is at version {locked.version_id}, not {if_match}",
+            error_code="version_mismatch",
         )
     assert locked.content is not None
     stored = _view(parse_json(locked.content), locked.version_id, locked.last_updated, False)
@@ -395,7 +397,7 @@ async def replace(
 async def delete(ctx: Context, conn: Connection, id: str) -> None:
     locked = await repository.lock_current(conn, "Patient", id)
     if locked is None or locked.deleted:
-        raise PatientApiError(404, "not_found", "no patient with this id")
+        raise NotFound("no patient with this id")
     version = deletion(
         ctx.as_server(),
         "Patient",
@@ -411,9 +413,9 @@ async def delete(ctx: Context, conn: Connection, id: str) -> None:
 async def restore(ctx: Context, conn: Connection, id: str) -> StoredVersion:
     locked = await repository.lock_current(conn, "Patient", id)
     if locked is None:
-        raise PatientApiError(404, "not_found", "no patient with this id")
+        raise NotFound("no patient with this id")
     if not locked.deleted:
-        raise PatientApiError(409, "not_deleted", "the patient is not deleted")
+        raise Conflict("the patient is not deleted", error_code="not_deleted")
     before = await repository.read_version(conn, "Patient", id, locked.version_id - 1)
     assert before is not None and before.content is not None
     content = parse_json(before.content)
@@ -429,7 +431,7 @@ async def list_patients(ctx: Context, conn: Connection, query: dict[str, str]) -
     known = {"family_name", "dob", "email", "phone", "limit", "cursor"}
     unknown = sorted(set(query) - known)
     if unknown:
-        raise PatientApiError(400, "invalid_query", f"unknown parameters: {', '.join(unknown)}")
+        raise BadRequest(f"unknown parameters: {', '.join(unknown)}", error_code="invalid_query")
     if "family_name" in query:
         params.append(("family:exact", query["family_name"]))
     if "dob" in query:
@@ -443,10 +445,8 @@ async def list_patients(ctx: Context, conn: Connection, query: dict[str, str]) -
         params.append(("_page", query["cursor"]))
     try:
         bundle = parse_json(await search.search(ctx, conn, "Patient", params))
-    except Exception as exc:  # a bad cursor or date is the caller's
-        if getattr(exc, "status", 500) == 400:
-            raise PatientApiError(400, "invalid_query", str(exc)) from None
-        raise
+    except BadRequest as exc:  # a bad cursor or date is the caller's
+        raise BadRequest(str(exc), error_code="invalid_query") from None
     items = []
     for entry in bundle.get("entry", []):
         resource = entry["resource"]
@@ -469,14 +469,16 @@ async def changes(conn: Connection, id: str, query: dict[str, str]) -> dict[str,
     occurred_at`); `diff` names the fields changed, never their values."""
     unknown = sorted(set(query) - {"limit", "cursor"})
     if unknown:
-        raise PatientApiError(400, "invalid_query", f"unknown parameters: {', '.join(unknown)}")
+        raise BadRequest(f"unknown parameters: {', '.join(unknown)}", error_code="invalid_query")
     limit = _limit(query)
     before = None
     if "cursor" in query:
         try:
             before = decode_cursor(query["cursor"], 2)
         except FhirError:
-            raise PatientApiError(400, "invalid_query", "`cursor` was not given out here") from None
+            raise BadRequest(
+                "`cursor` was not given out here", error_code="invalid_query"
+            ) from None
     await _current(conn, id)  # 404 for a patient never known (a deleted one has its trail)
     events = await repository.change_events(conn, f"Patient/{id}", limit, before)
     items = []

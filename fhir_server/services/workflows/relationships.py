@@ -18,12 +18,14 @@ from typing import Any
 
 from compartments.consent import reference_of
 from compartments.engine import CONSENT_SCOPE_SYSTEM, Decision, Target
+from compartments.ids import is_id
 from compartments.periods import format_instant, span, window
+from fhir_server.errors import BadRequest, FhirError, Forbidden, NotFound
 from fhir_server.metrics import DELEGATION_REQUESTS, RELATIONSHIP_VERIFICATIONS, VERIFICATION_TIME
 from fhir_server.services.access.guard import Guard, as_user
 from fhir_server.services.context import Context
 from fhir_server.services.interactions import create
-from fhir_server.services.interactions.versions import ID_PATTERN, parse_json
+from fhir_server.services.interactions.versions import parse_json
 from fhir_server.services.workflows.family import rewrite
 from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
@@ -72,27 +74,17 @@ ROLE_NAMES = {
 REQUESTER_TYPES = ("RelatedPerson", "Practitioner", "Patient", "Person")
 
 
-class RelationshipError(Exception):
-    """An answer of the relationship API other than 200: its status, code and message."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 def _text(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
     if not isinstance(value, str) or not value.strip():
-        raise RelationshipError(400, "invalid_request", f"`{name}` is required (a string)")
+        raise BadRequest(f"`{name}` is required (a string)")
     return value.strip()
 
 
 def _optional_text(body: dict[str, Any], name: str) -> str | None:
     value = body.get(name)
     if value is not None and not isinstance(value, str):
-        raise RelationshipError(400, "invalid_request", f"`{name}` must be a string")
+        raise BadRequest(f"`{name}` must be a string")
     return value
 
 
@@ -101,12 +93,10 @@ def _scopes(body: dict[str, Any], name: str, default: tuple[str, ...] | None = N
     if value is None and default is not None:
         return list(default)
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise RelationshipError(400, "invalid_request", f"`{name}` must be a non-empty list")
+        raise BadRequest(f"`{name}` must be a non-empty list")
     unknown = [v for v in value if v not in DATA_SCOPES]
     if unknown:
-        raise RelationshipError(
-            400,
-            "invalid_request",
+        raise BadRequest(
             f"`{name}` has unknown scopes {unknown}; known: {', '.join(sorted(DATA_SCOPES))}",
         )
     return list(dict.fromkeys(value))
@@ -120,7 +110,7 @@ async def _resolve(conn: Connection, value: str, types: tuple[str, ...]) -> str 
     else:
         candidates = [(t, value) for t in types]
     for type_, id in candidates:
-        if not ID_PATTERN.fullmatch(id):
+        if not is_id(id):
             continue  # no resource has it (and PostgreSQL text cannot hold a NUL)
         found = await repository.read_current(conn, type_, id)
         if found is not None and not found.deleted:
@@ -139,7 +129,7 @@ async def verify(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         answer = await _verify(ctx, conn, body)
-    except RelationshipError:
+    except FhirError:
         RELATIONSHIP_VERIFICATIONS.labels(result="error").inc()
         raise
     finally:
@@ -152,7 +142,7 @@ async def verify(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
 
 async def _verify(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise RelationshipError(400, "invalid_request", "the body must be a JSON object")
+        raise BadRequest("the body must be a JSON object")
     requester_id = _text(body, "requesting_user_id")
     patient_id = _text(body, "patient_id")
     requested = _scopes(body, "data_scope", DEFAULT_DATA_SCOPE)
@@ -163,11 +153,9 @@ async def _verify(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
     patient = await _resolve(conn, patient_id, ("Patient",))
     requester = await _resolve(conn, requester_id, REQUESTER_TYPES)
     if patient is None or requester is None:
-        raise RelationshipError(404, "not_found", "patient or requesting user not found")
+        raise NotFound("patient or requesting user not found")
     if not _may_ask(ctx.guard, requester, patient):
-        raise RelationshipError(
-            403, "not_authorized", "only the requesting user, the patient or a service may ask"
-        )
+        raise Forbidden("only the requesting user, the patient or a service may ask")
     guard = await as_user(conn, ctx.guard, requester, "user/*.rs", now=ctx.clock())
     target = Target(frozenset({patient}))
     decisions = {
@@ -250,9 +238,7 @@ def _delegator(body: dict[str, Any]) -> str:
         return _text(body, "patient_id")
     delegator = _text(body, "delegator_id")
     if body.get("patient_id") is not None and _text(body, "patient_id") != delegator:
-        raise RelationshipError(
-            400, "invalid_request", "`patient_id` and `delegator_id` name different patients"
-        )
+        raise BadRequest("`patient_id` and `delegator_id` name different patients")
     return delegator
 
 
@@ -263,17 +249,15 @@ def _expiry(body: dict[str, Any], now: datetime) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise RelationshipError(400, "invalid_request", "`expires_at` must be a date or instant")
+        raise BadRequest("`expires_at` must be a date or instant")
     covered = span(value)
     if covered is None or not (len(value) == 10 or "T" in value):
-        raise RelationshipError(
-            400,
-            "invalid_request",
+        raise BadRequest(
             f"`expires_at` `{value[:40]}` is not a date (`2026-12-31`) or an instant with a "
             "time zone (`2026-12-31T18:00:00Z`)",
         )
     if covered[1] <= now:
-        raise RelationshipError(400, "invalid_request", "`expires_at` is in the past")
+        raise BadRequest("`expires_at` is in the past")
     return value
 
 
@@ -281,7 +265,7 @@ async def delegate(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
     """Make the delegation Consent; the caller's transaction holds the write."""
     try:
         answer = await _delegate(ctx, conn, body)
-    except RelationshipError:
+    except FhirError:
         DELEGATION_REQUESTS.labels(status="refused").inc()
         raise
     DELEGATION_REQUESTS.labels(status=answer["status"]).inc()
@@ -290,7 +274,7 @@ async def delegate(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
 
 async def _delegate(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise RelationshipError(400, "invalid_request", "the body must be a JSON object")
+        raise BadRequest("the body must be a JSON object")
     patient_id = _delegator(body)
     delegate_id = _text(body, "delegate_id")
     scopes = _scopes(body, "delegation_scope")
@@ -299,13 +283,11 @@ async def _delegate(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]
     patient = await _resolve(conn, patient_id, ("Patient",))
     delegate_ref = await _resolve(conn, delegate_id, ("RelatedPerson",))
     if patient is None or delegate_ref is None:
-        raise RelationshipError(404, "not_found", "patient or delegate (RelatedPerson) not found")
+        raise NotFound("patient or delegate (RelatedPerson) not found")
     stored = await repository.read_current(conn, "RelatedPerson", delegate_ref.split("/", 1)[1])
     assert stored is not None and stored.content is not None
     if reference_of(parse_json(stored.content).get("patient")) != patient:
-        raise RelationshipError(
-            400, "invalid_request", "the delegate must be a RelatedPerson of the patient"
-        )
+        raise BadRequest("the delegate must be a RelatedPerson of the patient")
     guard = ctx.guard
     consent = _consent(patient, delegate_ref, scopes, format_instant(now), expires)
     as_grantor = guard.decide(
@@ -319,9 +301,7 @@ async def _delegate(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]
     elif asks_for_itself:
         status = "proposed"  # a relative never grants itself access: the patient approves it
     else:
-        raise RelationshipError(
-            403, "not_authorized", "only the patient, a guardian of a minor or a service delegates"
-        )
+        raise Forbidden("only the patient, a guardian of a minor or a service delegates")
     consent["status"] = status
     server = ctx.as_server()
     version = create.creation(server, consent, create.new_id(), method="POST")
@@ -402,10 +382,10 @@ def _last_instant(end: str | None) -> str | None:
 async def approve(ctx: Context, conn: Connection, delegation_id: str) -> dict[str, Any]:
     """The patient (or a guardian of a minor, or a service) approves a proposed delegation."""
     stored = None
-    if ID_PATTERN.fullmatch(delegation_id):
+    if is_id(delegation_id):
         stored = await repository.read_current(conn, "Consent", delegation_id)
     if stored is None or stored.content is None:
-        raise RelationshipError(404, "not_found", "delegation not found")
+        raise NotFound("delegation not found")
     consent = parse_json(stored.content)
     patient = reference_of(consent.get("patient"))
     provision = consent.get("provision") or {}
@@ -415,14 +395,12 @@ async def approve(ctx: Context, conn: Connection, delegation_id: str) -> dict[st
         if (ref := reference_of(actor.get("reference"))) is not None
     )
     if patient is None:  # a Consent made through FHIR, not a delegation
-        raise RelationshipError(404, "not_found", "delegation not found")
+        raise NotFound("delegation not found")
     decision = ctx.guard.decide("update", "Consent", Target(frozenset({patient}), grants_to=actors))
     if not decision.allowed:
-        raise RelationshipError(403, "not_authorized", "only the patient approves a delegation")
+        raise Forbidden("only the patient approves a delegation")
     if consent.get("status") != "proposed":
-        raise RelationshipError(
-            400, "invalid_request", "the delegation is not waiting for approval"
-        )
+        raise BadRequest("the delegation is not waiting for approval")
     consent["status"] = "active"
     await rewrite(ctx.as_server(), conn, "Consent", delegation_id, consent)
     ctx.guard.record_workflow(
