@@ -9,7 +9,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -18,16 +18,16 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from compartments.engine import CONSENT_SCOPE_SYSTEM
 from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER
-from tests.access_world import World, build_world, snapshot, years_ago
-from tests.conftest import KEYS_DIR, LiveServer, auth, token
+from tests.support.resources import years_ago
+from tests.support.servers import LiveServer
+from tests.support.tokens import KEYS_DIR, auth, token
+from tests.support.world import World, lab_results_consent, snapshot
 
 
 @pytest.fixture(scope="module")
-def world(live_server: LiveServer) -> Iterator[World]:
-    with httpx.Client(base_url=f"{live_server.origin}/fhir", timeout=30, headers=auth()) as system:
-        yield build_world(live_server.origin, system)
+def world(make_world: Callable[..., World]) -> World:
+    return make_world()
 
 
 def ids(bundle: dict[str, Any]) -> set[str]:
@@ -40,34 +40,6 @@ def reason(response: httpx.Response) -> str:
     assert response.status_code == 403, response.text
     code: str = response.json()["issue"][0]["details"]["coding"][0]["code"]
     return code
-
-
-def lab_results_consent(world: World) -> dict[str, Any]:
-    """The adult's Consent that lets her relative see her lab results."""
-    return {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {"coding": [{"code": "patient-privacy"}]},
-        "category": [{"coding": [{"code": "INFA"}]}],
-        "patient": {"reference": world.ref("adult")},
-        "provision": {
-            "type": "permit",
-            "actor": [
-                {
-                    "role": {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode",
-                                "code": "GRANTEE",
-                            }
-                        ]
-                    },
-                    "reference": {"reference": world.ref("relative")},
-                }
-            ],
-            "code": [{"coding": [{"system": CONSENT_SCOPE_SYSTEM, "code": "LAB_RESULTS"}]}],
-        },
-    }
 
 
 def as_(world: World, key: str, scope: str = "user/*.cruds", **kw: Any) -> httpx.Client:

@@ -22,7 +22,8 @@ import psycopg
 import pytest
 
 from fhir_server.settings import Settings
-from tests.conftest import LiveServer, auth, token
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth, token
 
 PATCH = {"Content-Type": "application/json-patch+json"}
 

@@ -9,6 +9,7 @@ searches, and what the server does not understand grants nothing."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,17 +18,23 @@ import psycopg
 import pytest
 
 from compartments.periods import format_instant
-from tests.access_world import World, build_world, snapshot, years_ago
-from tests.api.test_family import Family, add, params, person, values
-from tests.conftest import LiveServer, auth
-
-TERMINOLOGY = "http://terminology.hl7.org/CodeSystem"
-IRCP = {"coding": [{"system": f"{TERMINOLOGY}/v3-ParticipationType", "code": "IRCP"}]}
+from tests.support import resources
+from tests.support.resources import (
+    IRCP,
+    TERMINOLOGY,
+    parameters,
+    patient,
+    permit,
+    values,
+    years_ago,
+)
+from tests.support.tokens import auth
+from tests.support.world import World, add_dependent, snapshot
 
 
 @pytest.fixture
-def world(live_server: LiveServer, client: httpx.Client) -> World:
-    return build_world(live_server.origin, client)
+def world(make_world: Callable[..., World]) -> World:
+    return make_world()
 
 
 def at(delta: timedelta) -> str:
@@ -39,29 +46,13 @@ HOUR = timedelta(hours=1)
 
 def consent(world: World, provision: dict[str, Any], **extra: Any) -> str:
     """A Consent of the adult, written by the system client."""
-    return world.create(
-        {
-            "resourceType": "Consent",
-            "status": "active",
-            "scope": {
-                "coding": [{"system": f"{TERMINOLOGY}/consentscope", "code": "patient-privacy"}]
-            },
-            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-            "patient": {"reference": world.ref("adult")},
-            **extra,
-            "provision": provision,
-        }
-    )
+    return world.create(resources.consent(world.ref("adult"), provision, **extra))
 
 
 def to_relative(world: World, **provision: Any) -> dict[str, Any]:
     """A permit to the adult's relative (an information recipient) of the adult's Observations."""
-    return {
-        "type": "permit",
-        "actor": [{"role": IRCP, "reference": {"reference": world.ref("relative")}}],
-        "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}],
-        **provision,
-    }
+    observations = [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]
+    return permit(world.ref("relative"), **{"class": observations, **provision})
 
 
 def instance(reference: str) -> dict[str, Any]:
@@ -165,16 +156,16 @@ def test_a_team_that_starts_later_today_gives_nothing_until_then(world: World) -
 
 
 @pytest.fixture
-def fam(live_server: LiveServer, client: httpx.Client) -> Family:
-    return Family(live_server, client)
+def fam(make_world: Callable[..., World]) -> World:
+    return make_world(people=False, tag_length=8)
 
 
-def test_coverage_that_ended_an_hour_ago_is_not_active(fam: Family) -> None:
+def test_coverage_that_ended_an_hour_ago_is_not_active(fam: World) -> None:
     primary = fam.patient("Pat", years_ago(40))
-    with fam.as_(primary) as p:
+    with fam.client(primary) as p:
         kid = values(
-            add(
-                p, primary, relationship="CHILD", dependent=person("Doe", "Kit", years_ago(5))
+            add_dependent(
+                p, primary, relationship="CHILD", dependent=patient("Doe", "Kit", born=years_ago(5))
             ).json()
         )["dependent"]["reference"]
         ended = fam.system.post(
@@ -191,7 +182,7 @@ def test_coverage_that_ended_an_hour_ago_is_not_active(fam: Family) -> None:
         family = p.get(f"/{primary}/$family").json()["parameter"]
         parts = [part["name"] for member in family for part in member["part"]]
         assert "insuranceCoverage" not in parts
-        done = p.post(f"/{primary}/$remove-dependent", json=params(dependent=kid))
+        done = p.post(f"/{primary}/$remove-dependent", json=parameters(dependent=kid))
         assert done.status_code == 200, done.text  # no 409: nothing active
         assert fam.system.get(f"/Coverage/{ended.json()['id']}").json()["status"] == "active"
         # the link ends at the instant of removal, not at midnight
@@ -200,11 +191,11 @@ def test_coverage_that_ended_an_hour_ago_is_not_active(fam: Family) -> None:
         assert "T" in end and end.endswith("Z")
 
 
-def test_a_family_link_that_ends_later_today_is_still_family(fam: Family) -> None:
+def test_a_family_link_that_ends_later_today_is_still_family(fam: World) -> None:
     primary = fam.patient("Lee", years_ago(40))
-    with fam.as_(primary) as p:
+    with fam.client(primary) as p:
         ash = {"relationship": "CHILD", "nationalId": fam.nid("ash")}
-        added = add(p, primary, **ash, dependent=person("Doe", "Ash", years_ago(9)))
+        added = add_dependent(p, primary, **ash, dependent=patient("Doe", "Ash", born=years_ago(9)))
         assert added.status_code == 201, added.text
         kid = values(added.json())["dependent"]["reference"]
         link = values(added.json())["link"]
@@ -223,14 +214,14 @@ def test_a_family_link_that_ends_later_today_is_still_family(fam: Family) -> Non
         view = next(x for x in listed[kid]["part"] if x["name"] == "canViewClinicalData")
         assert view["valueBoolean"] is True
         # and adding the same child again is refused while the link lasts
-        again = add(p, primary, **ash)
+        again = add_dependent(p, primary, **ash)
         assert again.status_code == 422 and "already-a-dependent" in again.text, again.text
         stored["period"]["end"] = at(-HOUR)
         assert fam.system.put(f"/{own}", json=stored).status_code == 200
         assert p.get(f"/{primary}/$family").json()["parameter"] == []
 
 
-def test_emergency_contacts_use_instants(fam: Family) -> None:
+def test_emergency_contacts_use_instants(fam: World) -> None:
     patient = fam.patient("Eve", years_ago(70))
 
     def contact(name: str, **extra: Any) -> str:
@@ -256,7 +247,7 @@ def test_emergency_contacts_use_instants(fam: Family) -> None:
         ],
     )
     contact("Gone", period={"end": at(-HOUR)})
-    with fam.as_(patient) as p:
+    with fam.client(patient) as p:
         listed = p.get(f"/{patient}/$emergency-contacts")
         assert listed.status_code == 200, listed.text
         contacts = [{part["name"]: part for part in c["part"]} for c in listed.json()["parameter"]]
@@ -469,11 +460,13 @@ def test_explain_access_shows_how_each_consent_is_read(world: World) -> None:
 
 
 def test_a_guardian_cannot_grant_itself_in_a_nested_provision(
-    fam: Family, db: psycopg.Connection[Any]
+    fam: World, db: psycopg.Connection[Any]
 ) -> None:
     john = fam.patient("John", years_ago(40))
-    with fam.as_(john) as j:
-        added = add(j, john, relationship="CHILD", dependent=person("Doe", "Kim", years_ago(7)))
+    with fam.client(john) as j:
+        added = add_dependent(
+            j, john, relationship="CHILD", dependent=patient("Doe", "Kim", born=years_ago(7))
+        )
         kid = values(added.json())["dependent"]["reference"]
         mine = next(p for p in added.json()["parameter"] if p["name"] == "link")
         own_link = next(

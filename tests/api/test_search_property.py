@@ -39,7 +39,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
-from tests import search_reference as ref
+from tests.support import search_reference as ref
 
 Resource = dict[str, Any]
 Params = list[tuple[str, str]]

@@ -23,7 +23,7 @@ from fhir_server.services.interactions import search
 from fhir_server.settings import Settings
 from fhir_server.storage.search_sql import AccessFilter, Everything, InCompartments
 from fhir_server.validation import default_validator
-from tests.conftest import auth
+from tests.support.tokens import auth
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from fhir_server.storage.search_sql import (
     clear_statement_cache,
     statement_cache_info,
 )
-from tests.conftest import auth
 from tests.integration.test_search_access import run_search
+from tests.support.tokens import auth
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import psutil
 import psycopg
 import pytest
 
-from tests.conftest import _free_port
+from tests.support.servers import free_port
 
 WAIT = 60  # seconds: generous, the machine is shared; not a speed assertion
 _started: list[subprocess.Popen[bytes]] = []
@@ -32,7 +32,7 @@ class Serve:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.port = _free_port()
+        self.port = free_port()
         env = {k: v for k, v in os.environ.items() if k != "POSTGRES_URL"}
         env.update(
             FHIR_DATA_DIR=str(data_dir),
