@@ -49,7 +49,7 @@ def test_conditional_update_without_match_creates_with_a_server_id(
 ) -> None:
     ident = mrn()
     response = client.put(
-        f"/Patient?{criteria(ident)}", json=patient(identifier=ident, gender="male")
+        f"/Patient?{criteria(ident)}", json=patient(identifier=[ident], gender="male")
     )
     assert response.status_code == 201, response.text
     created = response.json()
@@ -61,9 +61,9 @@ def test_conditional_update_with_one_match_updates_it(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident = mrn()
-    existing = client.post("/Patient", json=patient(identifier=ident)).json()
+    existing = client.post("/Patient", json=patient(identifier=[ident])).json()
     response = client.put(
-        f"/Patient?{criteria(ident)}", json=patient(identifier=ident, gender="female")
+        f"/Patient?{criteria(ident)}", json=patient(identifier=[ident], gender="female")
     )
     assert response.status_code == 200, response.text
     assert response.json()["id"] == existing["id"]
@@ -72,7 +72,7 @@ def test_conditional_update_with_one_match_updates_it(
     # the body may name the match's id too
     same = client.put(
         f"/Patient?{criteria(ident)}",
-        json=patient(identifier=ident, id=existing["id"], gender="other"),
+        json=patient(identifier=[ident], id=existing["id"], gender="other"),
     )
     assert same.status_code == 200, same.text
     assert live(db, ident) == [(existing["id"], 3, False)]
@@ -82,11 +82,11 @@ def test_conditional_update_whose_body_names_another_id_is_400_and_changes_nothi
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident = mrn()
-    existing = client.post("/Patient", json=patient(identifier=ident)).json()
+    existing = client.post("/Patient", json=patient(identifier=[ident])).json()
     before = snapshot(db)
     response = client.put(
         f"/Patient?{criteria(ident)}",
-        json=patient(identifier=ident, id="someone-else", gender="male"),
+        json=patient(identifier=[ident], id="someone-else", gender="male"),
     )
     assert response.status_code == 400
     issue = response.json()["issue"][0]
@@ -101,7 +101,9 @@ def test_conditional_update_without_match_with_an_id_is_update_as_create(
 ) -> None:
     ident = mrn()
     chosen = f"chosen-{uuid.uuid4().hex[:12]}"
-    response = client.put(f"/Patient?{criteria(ident)}", json=patient(identifier=ident, id=chosen))
+    response = client.put(
+        f"/Patient?{criteria(ident)}", json=patient(identifier=[ident], id=chosen)
+    )
     assert response.status_code == 201, response.text
     assert response.json()["id"] == chosen
     assert live(db, ident) == [(chosen, 1, False)]
@@ -111,11 +113,11 @@ def test_conditional_update_with_several_matches_is_412_and_changes_nothing(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident = mrn()
-    client.post("/Patient", json=patient(identifier=ident))
-    client.post("/Patient", json=patient(identifier=ident))
+    client.post("/Patient", json=patient(identifier=[ident]))
+    client.post("/Patient", json=patient(identifier=[ident]))
     before = snapshot(db)
     response = client.put(
-        f"/Patient?{criteria(ident)}", json=patient(identifier=ident, gender="male")
+        f"/Patient?{criteria(ident)}", json=patient(identifier=[ident], gender="male")
     )
     assert response.status_code == 412
     assert response.json()["issue"][0]["code"] == "duplicate"
@@ -126,19 +128,25 @@ def test_conditional_update_honours_if_match(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident = mrn()
-    existing = client.post("/Patient", json=patient(identifier=ident)).json()
+    existing = client.post("/Patient", json=patient(identifier=[ident])).json()
     before = snapshot(db)
     stale = client.put(
-        f"/Patient?{criteria(ident)}", json=patient(identifier=ident), headers={"If-Match": 'W/"7"'}
+        f"/Patient?{criteria(ident)}",
+        json=patient(identifier=[ident]),
+        headers={"If-Match": 'W/"7"'},
     )
     assert stale.status_code == 412
     nothing = client.put(
-        f"/Patient?{criteria(mrn())}", json=patient(identifier=mrn()), headers={"If-Match": 'W/"1"'}
+        f"/Patient?{criteria(mrn())}",
+        json=patient(identifier=[mrn()]),
+        headers={"If-Match": 'W/"1"'},
     )
     assert nothing.status_code == 412
     assert snapshot(db) == before
     fresh = client.put(
-        f"/Patient?{criteria(ident)}", json=patient(identifier=ident), headers={"If-Match": 'W/"1"'}
+        f"/Patient?{criteria(ident)}",
+        json=patient(identifier=[ident]),
+        headers={"If-Match": 'W/"1"'},
     )
     assert fresh.status_code == 200
     assert fresh.json()["id"] == existing["id"]
@@ -177,7 +185,7 @@ def test_racing_conditional_updates_create_one_resource(
     def upsert() -> None:
         with httpx.Client(base_url=f"{live_server.origin}/fhir", headers=auth()) as c:
             statuses.append(
-                c.put(f"/Patient?{criteria(ident)}", json=patient(identifier=ident)).status_code
+                c.put(f"/Patient?{criteria(ident)}", json=patient(identifier=[ident])).status_code
             )
 
     threads = [threading.Thread(target=upsert) for _ in range(6)]
@@ -199,7 +207,7 @@ def test_racing_conditional_creates_create_one_resource(
         with httpx.Client(base_url=f"{live_server.origin}/fhir", headers=auth()) as c:
             headers = {"If-None-Exist": criteria(ident)}
             statuses.append(
-                c.post("/Patient", json=patient(identifier=ident), headers=headers).status_code
+                c.post("/Patient", json=patient(identifier=[ident]), headers=headers).status_code
             )
 
     threads = [threading.Thread(target=create) for _ in range(6)]
@@ -221,7 +229,7 @@ def test_method_on_metadata_is_still_405(client: httpx.Client) -> None:
 
 def test_conditional_delete_of_one_match(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
     ident = mrn()
-    existing = client.post("/Patient", json=patient(identifier=ident)).json()
+    existing = client.post("/Patient", json=patient(identifier=[ident])).json()
     response = client.delete(f"/Patient?{criteria(ident)}")
     assert response.status_code == 204
     assert response.headers["ETag"] == 'W/"2"'
@@ -247,8 +255,8 @@ def test_conditional_delete_with_several_matches_is_412_and_deletes_none(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident = mrn()
-    client.post("/Patient", json=patient(identifier=ident))
-    client.post("/Patient", json=patient(identifier=ident))
+    client.post("/Patient", json=patient(identifier=[ident]))
+    client.post("/Patient", json=patient(identifier=[ident]))
     before = snapshot(db)
     response = client.delete(f"/Patient?{criteria(ident)}")
     assert response.status_code == 412
@@ -288,7 +296,7 @@ def test_transaction_upsert_by_conditional_update_resolves_references(
             },
             {
                 "fullUrl": full_url,
-                "resource": patient(identifier=ident, gender=gender),
+                "resource": patient(identifier=[ident], gender=gender),
                 "request": {"method": "PUT", "url": f"Patient?{criteria(ident)}"},
             },
         )
@@ -319,11 +327,11 @@ def test_transaction_conditional_delete_and_update_entries(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     doomed, kept = mrn(), mrn()
-    doomed_id = client.post("/Patient", json=patient(identifier=doomed)).json()["id"]
-    kept_id = client.post("/Patient", json=patient(identifier=kept)).json()["id"]
+    doomed_id = client.post("/Patient", json=patient(identifier=[doomed])).json()["id"]
+    kept_id = client.post("/Patient", json=patient(identifier=[kept])).json()["id"]
     bundle = transaction(
         {
-            "resource": patient(identifier=kept, active=True),
+            "resource": patient(identifier=[kept], active=True),
             "request": {"method": "PUT", "url": f"Patient?{criteria(kept)}"},
         },
         {"request": {"method": "DELETE", "url": f"Patient?{criteria(doomed)}"}},
@@ -343,12 +351,12 @@ def test_transaction_with_ambiguous_conditional_entry_changes_nothing(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident = mrn()
-    client.post("/Patient", json=patient(identifier=ident))
-    client.post("/Patient", json=patient(identifier=ident))
+    client.post("/Patient", json=patient(identifier=[ident]))
+    client.post("/Patient", json=patient(identifier=[ident]))
     before = snapshot(db)
     for entry in (
         {
-            "resource": patient(identifier=ident),
+            "resource": patient(identifier=[ident]),
             "request": {"method": "PUT", "url": f"Patient?{criteria(ident)}"},
         },
         {"request": {"method": "DELETE", "url": f"Patient?{criteria(ident)}"}},
@@ -370,7 +378,7 @@ def test_transaction_conditional_delete_overlapping_an_update_is_refused(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident = mrn()
-    existing = client.post("/Patient", json=patient(identifier=ident)).json()
+    existing = client.post("/Patient", json=patient(identifier=[ident])).json()
     before = snapshot(db)
     bundle = transaction(
         {"resource": existing, "request": {"method": "PUT", "url": f"Patient/{existing['id']}"}},
@@ -387,15 +395,15 @@ def test_batch_conditional_entries_answer_each_alone(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident, twice = mrn(), mrn()
-    client.post("/Patient", json=patient(identifier=twice))
-    client.post("/Patient", json=patient(identifier=twice))
+    client.post("/Patient", json=patient(identifier=[twice]))
+    client.post("/Patient", json=patient(identifier=[twice]))
     bundle = transaction(
         {
-            "resource": patient(identifier=ident),
+            "resource": patient(identifier=[ident]),
             "request": {"method": "PUT", "url": f"Patient?{criteria(ident)}"},
         },
         {
-            "resource": patient(identifier=twice),
+            "resource": patient(identifier=[twice]),
             "request": {"method": "PUT", "url": f"Patient?{criteria(twice)}"},
         },
         {"request": {"method": "DELETE", "url": f"Patient?{criteria(ident)}"}},
@@ -536,9 +544,9 @@ JSON_PATCH = {"Content-Type": "application/json-patch+json"}
 
 def test_conditional_patch_outcomes(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
     one, twice = mrn(), mrn()
-    existing = client.post("/Patient", json=patient(identifier=one)).json()
-    client.post("/Patient", json=patient(identifier=twice))
-    client.post("/Patient", json=patient(identifier=twice))
+    existing = client.post("/Patient", json=patient(identifier=[one])).json()
+    client.post("/Patient", json=patient(identifier=[twice]))
+    client.post("/Patient", json=patient(identifier=[twice]))
     before = snapshot(db)
     none = client.patch(f"/Patient?{criteria(mrn())}", json=ACTIVATE, headers=JSON_PATCH)
     assert none.status_code == 404
@@ -555,7 +563,7 @@ def test_conditional_patch_entries_in_bundles(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident = mrn()
-    existing = client.post("/Patient", json=patient(identifier=ident)).json()
+    existing = client.post("/Patient", json=patient(identifier=[ident])).json()
     binary = {
         "resourceType": "Binary",
         "contentType": "application/json-patch+json",

@@ -14,6 +14,8 @@ import httpx
 import psycopg
 import pytest
 
+from tests.support.resources import patient
+
 
 class World:
     def __init__(self, client: httpx.Client) -> None:
@@ -54,11 +56,6 @@ class World:
 @pytest.fixture
 def world(client: httpx.Client) -> World:
     return World(client)
-
-
-def patient(family: str, *given: str, **extra: Any) -> dict[str, Any]:
-    name: dict[str, Any] = {"family": family, **({"given": list(given)} if given else {})}
-    return {"resourceType": "Patient", "name": [name], **extra}
 
 
 # --- string ------------------------------------------------------------------------------------

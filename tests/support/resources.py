@@ -36,17 +36,11 @@ def ref(reference: str) -> dict[str, str]:
 
 
 def patient(
-    family: str | None = None,
-    *given: str,
-    born: str | None = None,
-    identifier: dict[str, str] | None = None,
-    **elements: Any,
+    family: str | None = None, *given: str, born: str | None = None, **elements: Any
 ) -> dict[str, Any]:
-    """A Patient: a name when `family` is given (with `given` names, if any), a birth date, one
-    identifier, and any other elements as they are."""
+    """A Patient: a name when `family` is given (with `given` names, if any), a birth date when
+    `born` is, and any other elements as they are."""
     body: dict[str, Any] = {"resourceType": "Patient"}
-    if identifier is not None:
-        body["identifier"] = [identifier]
     if family is not None:
         body["name"] = [{"family": family, **({"given": list(given)} if given else {})}]
     if born is not None:
@@ -130,7 +124,7 @@ def create_entry(resource: dict[str, Any], full_url: str | None = None) -> dict[
 def parameters(**values: Any) -> dict[str, Any]:
     """A Parameters resource of an operation's inputs: resources as `resource`, booleans as
     `valueBoolean`, `relationship` as a code, a `dependent` string as a reference, else strings."""
-    parameter = []
+    parameter: list[dict[str, Any]] = []
     for name, value in values.items():
         if isinstance(value, dict) and "resourceType" in value:
             parameter.append({"name": name, "resource": value})

@@ -81,8 +81,8 @@ class World:
 
     def patient(self, given: str, born: str, national: str | None = None) -> str:
         """Create a Patient of the Doe family (with a national id, if given): her reference."""
-        identifier = {"system": NATIONAL, "value": national} if national else None
-        return self.create(resources.patient("Doe", given, born=born, identifier=identifier))
+        extra = {"identifier": [{"system": NATIONAL, "value": national}]} if national else {}
+        return self.create(resources.patient("Doe", given, born=born, **extra))
 
 
 def make_world(
