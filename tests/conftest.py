@@ -81,3 +81,10 @@ def make_world(live_server: LiveServer) -> Iterator[Callable[..., World]]:
     (tests/support/world.py says what `spec` may ask for)."""
     with httpx.Client(base_url=f"{live_server.origin}/fhir", timeout=30, headers=auth()) as system:
         yield functools.partial(build_world, live_server.origin, system)
+
+
+@pytest.fixture
+def fam(make_world: Callable[..., World]) -> World:
+    """An empty world for the family workflow's tests, which add their own people."""
+    world: World = make_world(people=False, tag_length=8)
+    return world

@@ -22,7 +22,7 @@ from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER
 from tests.support.resources import years_ago
 from tests.support.servers import LiveServer
 from tests.support.tokens import KEYS_DIR, auth, token
-from tests.support.world import World, lab_results_consent, snapshot
+from tests.support.world import World, lab_results_consent, latest_denial, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -524,12 +524,7 @@ def test_turning_18_ends_the_parents_access(world: World) -> None:
 def test_denials_are_audited_before_the_response(world: World, db: psycopg.Connection[Any]) -> None:
     with as_(world, "relative") as relative:
         assert reason(relative.get(f"/{world.ref('obs_adult')}")) == "consent_required"
-    event = db.execute(
-        "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
-        " AND content->>'outcome' = '4' AND content->'agent'->0->'who'->>'reference' = %s"
-        " ORDER BY last_updated DESC LIMIT 1",
-        (world.ref("relative"),),
-    ).fetchone()
+    event = latest_denial(db, world.ref("relative"))
     assert event is not None
     content = event[0]
     assert content["subtype"][0]["code"] == "read"

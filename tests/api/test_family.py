@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,15 +20,25 @@ from fhir_server.storage.database import migrate
 from tests.support import resources
 from tests.support import world as worlds
 from tests.support.databases import drop_database, fresh_database
-from tests.support.resources import parameters, patient, permit, values, years_ago
+from tests.support.resources import (
+    care_team,
+    observation,
+    parameters,
+    patient,
+    permit,
+    values,
+    years_ago,
+)
 from tests.support.servers import LiveServer
 from tests.support.tokens import auth, token
-from tests.support.world import NATIONAL, World, add_dependent, snapshot
-
-
-@pytest.fixture
-def fam(make_world: Callable[..., World]) -> World:
-    return make_world(people=False, tag_length=8)
+from tests.support.world import (
+    NATIONAL,
+    World,
+    add_child,
+    add_child_and_link,
+    add_dependent,
+    snapshot,
+)
 
 
 def rule(response: httpx.Response) -> str:
@@ -78,26 +88,10 @@ def test_the_doe_family(fam: World, db: psycopg.Connection[Any]) -> None:
         assert related[0]["relationship"][0]["coding"][0]["code"] == "PRN"
 
         # what each relationship yields: John sees his minor children's records
-        lab = fam.system.post(
-            "/Observation",
-            json={
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"text": "lab"},
-                "subject": {"reference": mary_ref},
-            },
-        ).json()
+        lab = fam.posted(observation(mary_ref, text="lab", category=None))
         assert j.get(f"/Observation/{lab['id']}").status_code == 200
         assert j.get(f"/{jane_ref}").status_code == 200  # an adult spouse: demographics
-        jane_lab = fam.system.post(
-            "/Observation",
-            json={
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"text": "lab"},
-                "subject": {"reference": jane_ref},
-            },
-        ).json()
+        jane_lab = fam.posted(observation(jane_ref, text="lab", category=None))
         denied = j.get(f"/Observation/{jane_lab['id']}")
         # outside everything John's identities may see (his own record, his children's); the
         # answer does not say whose compartment the resource is in
@@ -231,15 +225,7 @@ def test_a_failed_add_writes_nothing(fam: World, db: psycopg.Connection[Any]) ->
 def test_someone_on_record_is_linked_unverified(fam: World) -> None:
     primary = fam.patient("Ann", years_ago(35))
     sister = fam.patient("Sis", years_ago(33), fam.nid("sis"))
-    record = fam.system.post(
-        "/Observation",
-        json={
-            "resourceType": "Observation",
-            "status": "final",
-            "code": {"text": "x"},
-            "subject": {"reference": sister},
-        },
-    ).json()
+    record = fam.posted(observation(sister, text="x", category=None))
     with fam.client(primary) as p:
         added = add_dependent(p, primary, relationship="SIBLING", nationalId=fam.nid("sis"))
         assert added.status_code == 201
@@ -259,35 +245,16 @@ def test_someone_on_record_is_linked_unverified(fam: World) -> None:
 def test_removal_waits_for_coverage_and_ends_access(fam: World) -> None:
     primary = fam.patient("Mo", years_ago(40))
     with fam.client(primary) as p:
-        kid = values(
-            add_dependent(
-                p, primary, relationship="CHILD", dependent=patient("Doe", "Kid", born=years_ago(6))
-            ).json()
-        )["dependent"]["reference"]
+        kid = add_child(p, primary, "Kid", years_ago(6))
         coverage = fam.system.post(
-            "/Coverage",
-            json={
-                "resourceType": "Coverage",
-                "status": "active",
-                "beneficiary": {"reference": kid},
-                "payor": [{"display": "NHIF"}],
-                "subscriberId": "NHIF-12345-03",
-            },
+            "/Coverage", json=resources.coverage(kid, "NHIF", subscriberId="NHIF-12345-03")
         ).json()
         family = {
             m["patient"]["reference"]: m
             for m in map(_member, p.get(f"/{primary}/$family").json()["parameter"])
         }
         assert family[kid]["coverage"][0]["scheme"] == "NHIF"
-        record = fam.system.post(
-            "/Observation",
-            json={
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"text": "x"},
-                "subject": {"reference": kid},
-            },
-        ).json()
+        record = fam.posted(observation(kid, text="x", category=None))
         assert p.get(f"/Observation/{record['id']}").status_code == 200
         refused = p.post(f"/{primary}/$remove-dependent", json=parameters(dependent=kid))
         assert refused.status_code == 409 and "NHIF" in refused.text
@@ -432,25 +399,7 @@ def test_at_18_the_parent_needs_the_childs_consent(fam: World) -> None:
                 dependent=patient("Doe", "Mary", born=years_ago(18, days=-1)),
             ).json()
         )["dependent"]["reference"]
-        lab = fam.system.post(
-            "/Observation",
-            json={
-                "resourceType": "Observation",
-                "status": "final",
-                "category": [
-                    {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                "code": "laboratory",
-                            }
-                        ]
-                    }
-                ],
-                "code": {"text": "hb"},
-                "subject": {"reference": mary},
-            },
-        ).json()
+        lab = fam.posted(observation(mary, text="hb"))
         assert j.get(f"/Observation/{lab['id']}").status_code == 200
         # her birthday
         content = fam.system.get(f"/{mary}").json()
@@ -475,14 +424,7 @@ def test_a_guardian_consents_for_a_minor_but_never_to_itself(
 ) -> None:
     john = fam.patient("John", years_ago(40))
     with fam.client(john) as j:
-        added = add_dependent(
-            j, john, relationship="CHILD", dependent=patient("Doe", "Kim", born=years_ago(7))
-        )
-        kid = values(added.json())["dependent"]["reference"]
-        mine = next(p for p in added.json()["parameter"] if p["name"] == "link")
-        own_link = next(
-            p["valueReference"]["reference"] for p in mine["part"] if p["name"] == "relatedPerson"
-        )
+        kid, own_link = add_child_and_link(j, john, "Kim", years_ago(7))
         granny = fam.system.post(
             "/RelatedPerson",
             json={
@@ -562,24 +504,8 @@ def test_emergency_contacts_are_listed_with_their_preferred_telecom(fam: World) 
 def test_a_practitioner_loses_access_when_the_care_team_ends(fam: World) -> None:
     patient = fam.patient("Cara", years_ago(50))
     doctor = fam.system.post("/Practitioner", json={"resourceType": "Practitioner"}).json()
-    team = fam.system.post(
-        "/CareTeam",
-        json={
-            "resourceType": "CareTeam",
-            "status": "active",
-            "subject": {"reference": patient},
-            "participant": [{"member": {"reference": f"Practitioner/{doctor['id']}"}}],
-        },
-    ).json()
-    record = fam.system.post(
-        "/Observation",
-        json={
-            "resourceType": "Observation",
-            "status": "final",
-            "code": {"text": "x"},
-            "subject": {"reference": patient},
-        },
-    ).json()
+    team = fam.posted(care_team(patient, f"Practitioner/{doctor['id']}"))
+    record = fam.posted(observation(patient, text="x", category=None))
     with fam.client(f"Practitioner/{doctor['id']}") as d:
         assert d.get(f"/Observation/{record['id']}").status_code == 200
         assert (

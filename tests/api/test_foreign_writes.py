@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.resources import observation, ref, years_ago
 from tests.support.tokens import auth
-from tests.support.world import World, snapshot
+from tests.support.world import World, latest_denial, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -91,12 +91,7 @@ def test_a_parent_cannot_send_a_message_into_a_strangers_record(
     with as_(world, "parent") as parent:
         body = communication(world, world.ref("other"))
         refused(db, lambda: parent.post("/Communication", json=body))
-        event = db.execute(
-            "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
-            " AND content->>'outcome' = '4' AND content->'agent'->0->'who'->>'reference' = %s"
-            " ORDER BY last_updated DESC LIMIT 1",
-            (world.ref("parent"),),
-        ).fetchone()
+        event = latest_denial(db, world.ref("parent"))
         assert event is not None
         assert event[0]["subtype"][0]["code"] == "create"
         assert event[0]["outcomeDesc"].startswith("foreign_compartment")
@@ -427,12 +422,7 @@ def test_add_dependent_cannot_file_the_new_dependent_in_another_record(
         path = f"/{primary_ref}/$add-dependent"
         with world.client(primary_ref) as primary:
             refused(db, lambda body=body, path=path: primary.post(path, json=body))
-    denial = db.execute(
-        "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
-        " AND content->>'outcome' = '4' AND content->'agent'->0->'who'->>'reference' = %s"
-        " ORDER BY last_updated DESC LIMIT 1",
-        (primary_ref,),
-    ).fetchone()
+    denial = latest_denial(db, primary_ref)
     assert denial is not None and denial[0]["outcomeDesc"].startswith("foreign_compartment")
     # the same dependent without the link is added
     dependent = {
@@ -477,12 +467,7 @@ def test_the_patient_service_api_refuses_a_persons_token(
             assert response.status_code == 403, response.text
             assert response.json()["code"] == "forbidden"
         assert snapshot(db) == before
-    denial = db.execute(
-        "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
-        " AND content->>'outcome' = '4' AND content->'agent'->0->'who'->>'reference' = %s"
-        " ORDER BY last_updated DESC LIMIT 1",
-        (world.ref("account"),),
-    ).fetchone()
+    denial = latest_denial(db, world.ref("account"))
     assert denial is not None and denial[0]["outcomeDesc"].startswith("invalid_role")
     # a service's token still works
     service = auth(scope="patient:read")

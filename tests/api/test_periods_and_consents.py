@@ -22,6 +22,7 @@ from tests.support import resources
 from tests.support.resources import (
     IRCP,
     TERMINOLOGY,
+    coverage,
     parameters,
     patient,
     permit,
@@ -29,7 +30,7 @@ from tests.support.resources import (
     years_ago,
 )
 from tests.support.tokens import auth
-from tests.support.world import World, add_dependent, snapshot
+from tests.support.world import World, add_child, add_child_and_link, add_dependent, snapshot
 
 
 @pytest.fixture
@@ -155,28 +156,12 @@ def test_a_team_that_starts_later_today_gives_nothing_until_then(world: World) -
         assert reason(doctor.get(f"/{world.ref('obs_adult')}")) == "invalid_compartment"
 
 
-@pytest.fixture
-def fam(make_world: Callable[..., World]) -> World:
-    return make_world(people=False, tag_length=8)
-
-
 def test_coverage_that_ended_an_hour_ago_is_not_active(fam: World) -> None:
     primary = fam.patient("Pat", years_ago(40))
     with fam.client(primary) as p:
-        kid = values(
-            add_dependent(
-                p, primary, relationship="CHILD", dependent=patient("Doe", "Kit", born=years_ago(5))
-            ).json()
-        )["dependent"]["reference"]
+        kid = add_child(p, primary, "Kit", years_ago(5))
         ended = fam.system.post(
-            "/Coverage",
-            json={
-                "resourceType": "Coverage",
-                "status": "active",
-                "beneficiary": {"reference": kid},
-                "payor": [{"display": "OLD"}],
-                "period": {"start": "2020-01-01", "end": at(-HOUR)},
-            },
+            "/Coverage", json=coverage(kid, "OLD", period={"start": "2020-01-01", "end": at(-HOUR)})
         )
         assert ended.status_code == 201, ended.text
         family = p.get(f"/{primary}/$family").json()["parameter"]
@@ -464,39 +449,15 @@ def test_a_guardian_cannot_grant_itself_in_a_nested_provision(
 ) -> None:
     john = fam.patient("John", years_ago(40))
     with fam.client(john) as j:
-        added = add_dependent(
-            j, john, relationship="CHILD", dependent=patient("Doe", "Kim", born=years_ago(7))
-        )
-        kid = values(added.json())["dependent"]["reference"]
-        mine = next(p for p in added.json()["parameter"] if p["name"] == "link")
-        own_link = next(
-            p["valueReference"]["reference"] for p in mine["part"] if p["name"] == "relatedPerson"
-        )
+        kid, own_link = add_child_and_link(j, john, "Kim", years_ago(7))
         granny = fam.system.post(
             "/RelatedPerson",
             json={"resourceType": "RelatedPerson", "patient": {"reference": kid}},
         ).json()
-        body = {
-            "resourceType": "Consent",
-            "status": "active",
-            "scope": {
-                "coding": [{"system": f"{TERMINOLOGY}/consentscope", "code": "patient-privacy"}]
-            },
-            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-            "patient": {"reference": kid},
-            "provision": {
-                "type": "deny",
-                "actor": [
-                    {"role": IRCP, "reference": {"reference": f"RelatedPerson/{granny['id']}"}}
-                ],
-                "provision": [
-                    {
-                        "type": "permit",
-                        "actor": [{"role": IRCP, "reference": {"reference": own_link}}],
-                    }
-                ],
-            },
-        }
+        # a deny to the grandmother, with a nested permit to the guardian's own link
+        granny_ref = f"RelatedPerson/{granny['id']}"
+        deny = {**permit(granny_ref, provision=[permit(own_link)]), "type": "deny"}
+        body = resources.consent(kid, deny)
         before = snapshot(db)
         refused = j.post("/Consent", json=body)
         assert refused.status_code == 403, refused.text

@@ -21,7 +21,7 @@ import psutil
 import psycopg
 import pytest
 
-from tests.support.servers import free_port
+from tests.support.servers import free_port, wait_until_ready
 
 WAIT = 60  # seconds: generous, the machine is shared; not a speed assertion
 _started: list[subprocess.Popen[bytes]] = []
@@ -50,15 +50,9 @@ class Serve:
             )
         _started.append(self.proc)
         deadline = time.monotonic() + WAIT
-        while True:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        wait_until_ready(
+            self.base, self.proc, self.log, deadline, tail=3000, message="the server did not start"
+        )
 
     @property
     def base(self) -> str:

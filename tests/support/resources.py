@@ -62,19 +62,44 @@ def observation(
     subject: str,
     *performers: str,
     code: str = "x",
+    text: str | None = None,
     category: dict[str, Any] | None = LAB,
     **elements: Any,
 ) -> dict[str, Any]:
-    """A final Observation about `subject`, coded `urn:test|code`, in `category` (laboratory), by
-    `performers` if any."""
+    """A final Observation about `subject` in `category` (laboratory; None for none), coded
+    `urn:test|code` (or only by `text`, if given), by `performers` if any."""
     body: dict[str, Any] = {"resourceType": "Observation", "status": "final"}
     if category is not None:
         body["category"] = [category]
-    body["code"] = {"coding": [{"system": "urn:test", "code": code}]}
+    body["code"] = (
+        {"text": text} if text is not None else {"coding": [{"system": "urn:test", "code": code}]}
+    )
     body["subject"] = ref(subject)
     if performers:
         body["performer"] = [ref(p) for p in performers]
     return {**body, **elements}
+
+
+def care_team(subject: str, *members: str, **elements: Any) -> dict[str, Any]:
+    """An active CareTeam of `subject` with `members` as participants."""
+    return {
+        "resourceType": "CareTeam",
+        "status": "active",
+        "subject": ref(subject),
+        "participant": [{"member": ref(m)} for m in members],
+        **elements,
+    }
+
+
+def coverage(beneficiary: str, payor: str, **elements: Any) -> dict[str, Any]:
+    """An active Coverage of `beneficiary`, paid by `payor` (a display name)."""
+    return {
+        "resourceType": "Coverage",
+        "status": "active",
+        "beneficiary": ref(beneficiary),
+        "payor": [{"display": payor}],
+        **elements,
+    }
 
 
 def permit(

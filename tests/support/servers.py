@@ -91,15 +91,7 @@ def server_processes(
             bases.append(f"http://127.0.0.1:{port}")
         deadline = time.monotonic() + 60
         for n, (base, proc) in enumerate(zip(bases, procs, strict=True)):
-            while True:
-                assert proc.poll() is None, (logs / f"server-{n}.log").read_text()[-2000:]
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "the servers did not start"
-                time.sleep(0.2)
+            wait_until_ready(base, proc, logs / f"server-{n}.log", deadline)
         yield bases
     finally:
         for proc in procs:
@@ -108,3 +100,25 @@ def server_processes(
             proc.wait(20)
         for log in files:
             log.close()
+
+
+def wait_until_ready(
+    base: str,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    deadline: float,
+    *,
+    tail: int = 2000,
+    message: str = "the servers did not start",
+) -> None:
+    """Wait until the server `proc` at `base` answers `/readyz`; fail with the end of its `log`
+    if it exits, or with `message` once `time.monotonic()` passes `deadline`."""
+    while True:
+        assert proc.poll() is None, log.read_text()[-tail:]
+        try:
+            if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, message
+        time.sleep(0.2)

@@ -37,7 +37,16 @@ import httpx
 import psycopg
 
 from tests.support import resources
-from tests.support.resources import GRANTEE, LAB, VITALS, consent, permit, related_person, years_ago
+from tests.support.resources import (
+    GRANTEE,
+    LAB,
+    VITALS,
+    care_team,
+    consent,
+    permit,
+    related_person,
+    years_ago,
+)
 from tests.support.tokens import auth
 
 NATIONAL = "http://nationalid.gov.ke"
@@ -75,6 +84,13 @@ class World:
             )
         )
 
+    def posted(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create `body` as the System client: the resource as stored."""
+        response = self.system.post(f"/{body['resourceType']}", json=body)
+        assert response.status_code == 201, response.text
+        stored: dict[str, Any] = response.json()
+        return stored
+
     def nid(self, name: str) -> str:
         """A national id unique to this world."""
         return f"{name}-{self.tag}"
@@ -109,14 +125,7 @@ def make_world(
     ids["relative"] = world.create(related_person(ids["adult"], "SPS"))
     ids["doctor"] = world.create({"resourceType": "Practitioner", "name": [{"family": family}]})
     ids["stranger"] = world.create({"resourceType": "Practitioner", "name": [{"family": family}]})
-    ids["careteam"] = world.create(
-        {
-            "resourceType": "CareTeam",
-            "status": "active",
-            "subject": {"reference": ids["adult"]},
-            "participant": [{"member": {"reference": ids["doctor"]}}],
-        }
-    )
+    ids["careteam"] = world.create(care_team(ids["adult"], ids["doctor"]))
     ids["account"] = world.create(person((ids["other"], "level2")))
     ids["obs_minor"] = world.observation(
         ids["minor"], "minor-lab", LAB, performer=[{"reference": ids["parent"]}]
@@ -136,6 +145,28 @@ def make_world(
         ids["mum_parent"] = world.create(related_person(ids["minor"], "MTH"))
         ids["person"] = world.create(person((ids["mum"], "level4"), (ids["mum_parent"], "level4")))
     return world
+
+
+def add_child(caller: httpx.Client, primary: str, given: str, born: str) -> str:
+    """Add a new child of the Doe family as `primary`'s dependent, as `caller`: her reference."""
+    return add_child_and_link(caller, primary, given, born)[0]
+
+
+def add_child_and_link(
+    caller: httpx.Client, primary: str, given: str, born: str
+) -> tuple[str, str]:
+    """`add_child`: her reference, and that of the RelatedPerson that stands for `primary`
+    towards her."""
+    added = add_dependent(
+        caller, primary, relationship="CHILD", dependent=resources.patient("Doe", given, born=born)
+    )
+    assert added.status_code == 201, added.text
+    kid: str = resources.values(added.json())["dependent"]["reference"]
+    mine = next(p for p in added.json()["parameter"] if p["name"] == "link")
+    own_link: str = next(
+        p["valueReference"]["reference"] for p in mine["part"] if p["name"] == "relatedPerson"
+    )
+    return kid, own_link
 
 
 def add_dependent(caller: httpx.Client, primary: str, **values: Any) -> httpx.Response:
@@ -178,3 +209,13 @@ def snapshot(db: psycopg.Connection[Any]) -> tuple[Any, ...]:
         "SELECT count(*) FROM resource_history WHERE resource_type <> 'AuditEvent'"
     ).fetchone()
     return (current, history)
+
+
+def latest_denial(db: psycopg.Connection[Any], who: str) -> Any:
+    """The row (content,) of the latest AuditEvent of a denial to `who`, or None."""
+    return db.execute(
+        "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
+        " AND content->>'outcome' = '4' AND content->'agent'->0->'who'->>'reference' = %s"
+        " ORDER BY last_updated DESC LIMIT 1",
+        (who,),
+    ).fetchone()
