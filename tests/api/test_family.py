@@ -21,11 +21,13 @@ from tests.support import resources
 from tests.support import world as worlds
 from tests.support.databases import drop_database, fresh_database
 from tests.support.resources import (
+    V2_0131,
     care_team,
     observation,
     parameters,
     patient,
     permit,
+    related_person,
     values,
     years_ago,
 )
@@ -425,23 +427,7 @@ def test_a_guardian_consents_for_a_minor_but_never_to_itself(
     john = fam.patient("John", years_ago(40))
     with fam.client(john) as j:
         kid, own_link = add_child_and_link(j, john, "Kim", years_ago(7))
-        granny = fam.system.post(
-            "/RelatedPerson",
-            json={
-                "resourceType": "RelatedPerson",
-                "patient": {"reference": kid},
-                "relationship": [
-                    {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode",
-                                "code": "GRMTH",
-                            }
-                        ]
-                    }
-                ],
-            },
-        ).json()
+        granny = fam.posted(related_person(kid, "GRMTH", active=None))
 
         def consent(actor: str) -> dict[str, Any]:
             return resources.consent(kid, permit(actor, "APPOINTMENTS"))
@@ -457,28 +443,17 @@ def test_emergency_contacts_are_listed_with_their_preferred_telecom(fam: World) 
     patient = fam.patient("Eve", years_ago(70))
 
     def contact(name: str, relationship: str, telecom: list[dict[str, Any]], **extra: Any) -> str:
-        response = fam.system.post(
-            "/RelatedPerson",
-            json={
-                "resourceType": "RelatedPerson",
-                "patient": {"reference": patient},
-                "name": [{"family": name}],
-                "relationship": [
-                    {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/v2-0131",
-                                "code": relationship,
-                            }
-                        ]
-                    }
-                ],
-                "telecom": telecom,
+        return fam.create(
+            related_person(
+                patient,
+                relationship,
+                system=V2_0131,
+                active=None,
+                name=[{"family": name}],
+                telecom=telecom,
                 **extra,
-            },
+            )
         )
-        assert response.status_code == 201, response.text
-        return f"RelatedPerson/{response.json()['id']}"
 
     neighbour = contact(
         "Neighbour",

@@ -10,9 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.resources import years_ago
 from tests.support.servers import LiveServer
 from tests.support.tokens import auth
-from tests.support.world import years_ago
 
 MY_FAMILY = """
 query MyFamily {

@@ -22,10 +22,12 @@ from tests.support import resources
 from tests.support.resources import (
     IRCP,
     TERMINOLOGY,
+    V2_0131,
     coverage,
     parameters,
     patient,
     permit,
+    related_person,
     values,
     years_ago,
 )
@@ -210,18 +212,11 @@ def test_emergency_contacts_use_instants(fam: World) -> None:
     patient = fam.patient("Eve", years_ago(70))
 
     def contact(name: str, **extra: Any) -> str:
-        response = fam.system.post(
-            "/RelatedPerson",
-            json={
-                "resourceType": "RelatedPerson",
-                "patient": {"reference": patient},
-                "name": [{"family": name}],
-                "relationship": [{"coding": [{"system": f"{TERMINOLOGY}/v2-0131", "code": "C"}]}],
-                **extra,
-            },
+        return fam.create(
+            related_person(
+                patient, "C", system=V2_0131, active=None, name=[{"family": name}], **extra
+            )
         )
-        assert response.status_code == 201, response.text
-        return f"RelatedPerson/{response.json()['id']}"
 
     staying = contact(
         "Staying",
@@ -450,10 +445,7 @@ def test_a_guardian_cannot_grant_itself_in_a_nested_provision(
     john = fam.patient("John", years_ago(40))
     with fam.client(john) as j:
         kid, own_link = add_child_and_link(j, john, "Kim", years_ago(7))
-        granny = fam.system.post(
-            "/RelatedPerson",
-            json={"resourceType": "RelatedPerson", "patient": {"reference": kid}},
-        ).json()
+        granny = fam.posted(related_person(kid, active=None))
         # a deny to the grandmother, with a nested permit to the guardian's own link
         granny_ref = f"RelatedPerson/{granny['id']}"
         deny = {**permit(granny_ref, provision=[permit(own_link)]), "type": "deny"}

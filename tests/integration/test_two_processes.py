@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from tests.support.resources import years_ago
 from tests.support.servers import server_processes
 from tests.support.tokens import auth
-from tests.support.world import years_ago
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from compartments.engine import CONSENT_SCOPE_SYSTEM
 
 TERMINOLOGY = "http://terminology.hl7.org/CodeSystem"
 V3_ROLE = f"{TERMINOLOGY}/v3-RoleCode"
+V2_0131 = f"{TERMINOLOGY}/v2-0131"  # contact roles (emergency contacts)
 
 LAB = {"coding": [{"system": f"{TERMINOLOGY}/observation-category", "code": "laboratory"}]}
 VITALS = {"coding": [{"system": f"{TERMINOLOGY}/observation-category", "code": "vital-signs"}]}
@@ -48,14 +49,23 @@ def patient(
     return {**body, **elements}
 
 
-def related_person(patient: str, code: str, *, system: str = V3_ROLE) -> dict[str, Any]:
-    """An active RelatedPerson of `patient`, related as `code` (v3 RoleCode by default)."""
-    return {
-        "resourceType": "RelatedPerson",
-        "active": True,
-        "patient": ref(patient),
-        "relationship": [{"coding": [{"system": system, "code": code}]}],
-    }
+def related_person(
+    patient: str,
+    code: str | None = None,
+    *,
+    system: str = V3_ROLE,
+    active: bool | None = True,
+    **elements: Any,
+) -> dict[str, Any]:
+    """A RelatedPerson of `patient` (active unless `active` says otherwise; None: not said),
+    related as `code` (v3 RoleCode by default) if given, with any other elements as they are."""
+    body: dict[str, Any] = {"resourceType": "RelatedPerson"}
+    if active is not None:
+        body["active"] = active
+    body["patient"] = ref(patient)
+    if code is not None:
+        body["relationship"] = [{"coding": [{"system": system, "code": code}]}]
+    return {**body, **elements}
 
 
 def observation(
