@@ -442,16 +442,17 @@ def test_a_guardian_consents_for_a_minor_but_never_to_itself(
 def test_emergency_contacts_are_listed_with_their_preferred_telecom(fam: World) -> None:
     patient = fam.patient("Eve", years_ago(70))
 
-    def contact(name: str, relationship: str, telecom: list[dict[str, Any]], **extra: Any) -> str:
+    def contact(
+        name: str, relationship: str, telecom: list[dict[str, Any]], active: bool | None = None
+    ) -> str:
         return fam.create(
             related_person(
                 patient,
                 relationship,
                 system=V2_0131,
-                active=None,
+                active=active,
                 name=[{"family": name}],
                 telecom=telecom,
-                **extra,
             )
         )
 

@@ -71,9 +71,7 @@ class World:
 
     def create(self, body: dict[str, Any]) -> str:
         """Create `body` as the System client: its reference."""
-        response = self.system.post(f"/{body['resourceType']}", json=body)
-        assert response.status_code == 201, response.text
-        return f"{body['resourceType']}/{response.json()['id']}"
+        return f"{body['resourceType']}/{self.posted(body)['id']}"
 
     def observation(self, patient: str, code: str, category: dict[str, Any], **extra: Any) -> str:
         """Create an Observation of `patient` with an identifier unique to this world."""
