@@ -38,9 +38,9 @@ from tests.support.world import (
     World,
     add_child,
     add_child_and_link,
-    add_dependent,
     snapshot,
 )
+from tests.support.world import add_dependent as add
 
 
 def rule(response: httpx.Response) -> str:
@@ -52,7 +52,7 @@ def rule(response: httpx.Response) -> str:
 def test_the_doe_family(fam: World, db: psycopg.Connection[Any]) -> None:
     john = fam.patient("John", years_ago(40), fam.nid("john"))
     with fam.client(john) as j:
-        jane = add_dependent(
+        jane = add(
             j,
             john,
             relationship="SPOUSE",
@@ -66,7 +66,7 @@ def test_the_doe_family(fam: World, db: psycopg.Connection[Any]) -> None:
         links = [p for p in jane.json()["parameter"] if p["name"] == "link"]
         assert len(links) == 2  # a spouse both ways
         mary = values(
-            add_dependent(
+            add(
                 j,
                 john,
                 relationship="CHILD",
@@ -75,7 +75,7 @@ def test_the_doe_family(fam: World, db: psycopg.Connection[Any]) -> None:
             ).json()
         )
         tom = values(
-            add_dependent(
+            add(
                 j, john, relationship="CHILD", dependent=patient("Doe", "Tom", born=years_ago(8))
             ).json()
         )
@@ -122,7 +122,7 @@ def test_the_doe_family(fam: World, db: psycopg.Connection[Any]) -> None:
         assert jn.get(f"/{john}").status_code == 200
         # nobody manages someone else's family
         assert (
-            add_dependent(
+            add(
                 jn, john, relationship="CHILD", dependent=patient("Doe", "X", born=years_ago(1))
             ).status_code
             == 403
@@ -151,50 +151,39 @@ def test_rules_are_refused_by_name(fam: World, db: psycopg.Connection[Any]) -> N
         me["identifier"] = [{"system": NATIONAL, "value": fam.nid("paul")}]
         assert fam.system.put(f"/{primary}", json=me).status_code == 200
         assert (
-            rule(add_dependent(p, primary, relationship="SIBLING", nationalId=fam.nid("paul")))
-            == "no-self"
+            rule(add(p, primary, relationship="SIBLING", nationalId=fam.nid("paul"))) == "no-self"
         )
         assert (
-            rule(add_dependent(p, primary, relationship="SPOUSE", nationalId=fam.nid("teen")))
-            == "spouse-age"
+            rule(add(p, primary, relationship="SPOUSE", nationalId=fam.nid("teen"))) == "spouse-age"
         )
         assert (
-            rule(add_dependent(p, primary, relationship="CHILD", nationalId=fam.nid("elder")))
+            rule(add(p, primary, relationship="CHILD", nationalId=fam.nid("elder")))
             == "child-younger"
         )
         assert (
-            rule(add_dependent(p, primary, relationship="PARENT", nationalId=fam.nid("teen")))
+            rule(add(p, primary, relationship="PARENT", nationalId=fam.nid("teen")))
             == "parent-older"
         )
         assert (
-            add_dependent(
-                p, primary, relationship="PARENT", nationalId=fam.nid("elder")
-            ).status_code
-            == 201
+            add(p, primary, relationship="PARENT", nationalId=fam.nid("elder")).status_code == 201
         )
         assert (
-            rule(add_dependent(p, primary, relationship="PARENT", nationalId=fam.nid("elder")))
+            rule(add(p, primary, relationship="PARENT", nationalId=fam.nid("elder")))
             == "already-a-dependent"
         )
-        bad = add_dependent(p, primary, relationship="COUSIN", nationalId=fam.nid("elder"))
+        bad = add(p, primary, relationship="COUSIN", nationalId=fam.nid("elder"))
         assert bad.status_code == 400 and bad.json()["issue"][0]["expression"] == ["relationship"]
 
 
 def test_no_circular_parent_chains(fam: World) -> None:
     a = fam.patient("A", years_ago(50), fam.nid("a"))
     b = fam.patient("B", years_ago(25), fam.nid("b"))
-    assert (
-        add_dependent(fam.system, a, relationship="CHILD", nationalId=fam.nid("b")).status_code
-        == 201
-    )
+    assert add(fam.system, a, relationship="CHILD", nationalId=fam.nid("b")).status_code == 201
     # A's birth date is corrected to make A younger than B: ages no longer stop a loop
     content = fam.system.get(f"/{a}").json()
     content["birthDate"] = years_ago(10)
     assert fam.system.put(f"/{a}", json=content).status_code == 200
-    assert (
-        rule(add_dependent(fam.system, b, relationship="CHILD", nationalId=fam.nid("a")))
-        == "no-cycle"
-    )
+    assert rule(add(fam.system, b, relationship="CHILD", nationalId=fam.nid("a"))) == "no-cycle"
 
 
 def test_a_failed_add_writes_nothing(fam: World, db: psycopg.Connection[Any]) -> None:
@@ -202,7 +191,7 @@ def test_a_failed_add_writes_nothing(fam: World, db: psycopg.Connection[Any]) ->
     before = snapshot(db)
     with fam.client(primary) as p:
         # the new Patient is written before the rules run; the refusal takes it back
-        older = add_dependent(
+        older = add(
             p,
             primary,
             relationship="CHILD",
@@ -210,7 +199,7 @@ def test_a_failed_add_writes_nothing(fam: World, db: psycopg.Connection[Any]) ->
             dependent=patient("Doe", "Older", born=years_ago(50)),
         )
         assert rule(older) == "child-younger"
-        invalid = add_dependent(
+        invalid = add(
             p,
             primary,
             relationship="CHILD",
@@ -229,7 +218,7 @@ def test_someone_on_record_is_linked_unverified(fam: World) -> None:
     sister = fam.patient("Sis", years_ago(33), fam.nid("sis"))
     record = fam.posted(observation(sister, text="x", category=None))
     with fam.client(primary) as p:
-        added = add_dependent(p, primary, relationship="SIBLING", nationalId=fam.nid("sis"))
+        added = add(p, primary, relationship="SIBLING", nationalId=fam.nid("sis"))
         assert added.status_code == 201
         answer = values(added.json())
         assert answer["createdPatient"] is False and answer["dependent"]["reference"] == sister
@@ -313,7 +302,7 @@ def test_a_dependent_found_in_the_client_registry(
     with httpx.Client(
         base_url=f"{with_registry.origin}/fhir", headers=auth(primary, "user/*.cruds")
     ) as p:
-        added = add_dependent(p, primary, relationship="CHILD", nationalId=national)
+        added = add(p, primary, relationship="CHILD", nationalId=national)
         assert added.status_code == 201, added.text
         answer = values(added.json())
         assert answer["createdPatient"] is True
@@ -321,7 +310,7 @@ def test_a_dependent_found_in_the_client_registry(
         assert local["name"][0]["family"] == "Registry"
         assert {"system": NATIONAL, "value": national} in local["identifier"]
         # found here now: the registry is not asked again, and the same person is not added twice
-        again = add_dependent(p, primary, relationship="CHILD", nationalId=national)
+        again = add(p, primary, relationship="CHILD", nationalId=national)
         assert rule(again) == "already-a-dependent"
 
 
@@ -362,7 +351,7 @@ def test_a_failing_registry_is_a_502_or_504_and_nothing_is_written(
             with httpx.Client(
                 base_url=f"{server.origin}/fhir", headers=auth(primary, "user/*.cruds"), timeout=30
             ) as p:
-                response = add_dependent(
+                response = add(
                     p,
                     primary,
                     relationship="CHILD",
@@ -394,7 +383,7 @@ def test_at_18_the_parent_needs_the_childs_consent(fam: World) -> None:
     john = fam.patient("John", years_ago(45))
     with fam.client(john) as j:
         mary = values(
-            add_dependent(
+            add(
                 j,
                 john,
                 relationship="CHILD",

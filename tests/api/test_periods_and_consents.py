@@ -19,20 +19,10 @@ import pytest
 
 from compartments.periods import format_instant
 from tests.support import resources
-from tests.support.resources import (
-    IRCP,
-    TERMINOLOGY,
-    V2_0131,
-    coverage,
-    parameters,
-    patient,
-    permit,
-    related_person,
-    values,
-    years_ago,
-)
+from tests.support.resources import IRCP, TERMINOLOGY, patient, permit, years_ago
 from tests.support.tokens import auth
-from tests.support.world import World, add_child, add_child_and_link, add_dependent, snapshot
+from tests.support.world import World, add_child, add_child_and_link, snapshot
+from tests.support.world import add_dependent as add
 
 
 @pytest.fixture
@@ -163,17 +153,18 @@ def test_coverage_that_ended_an_hour_ago_is_not_active(fam: World) -> None:
     with fam.client(primary) as p:
         kid = add_child(p, primary, "Kit", years_ago(5))
         ended = fam.system.post(
-            "/Coverage", json=coverage(kid, "OLD", period={"start": "2020-01-01", "end": at(-HOUR)})
+            "/Coverage",
+            json=resources.coverage(kid, "OLD", period={"start": "2020-01-01", "end": at(-HOUR)}),
         )
         assert ended.status_code == 201, ended.text
         family = p.get(f"/{primary}/$family").json()["parameter"]
         parts = [part["name"] for member in family for part in member["part"]]
         assert "insuranceCoverage" not in parts
-        done = p.post(f"/{primary}/$remove-dependent", json=parameters(dependent=kid))
+        done = p.post(f"/{primary}/$remove-dependent", json=resources.parameters(dependent=kid))
         assert done.status_code == 200, done.text  # no 409: nothing active
         assert fam.system.get(f"/Coverage/{ended.json()['id']}").json()["status"] == "active"
         # the link ends at the instant of removal, not at midnight
-        link = values(done.json())["ended"]["reference"]
+        link = resources.values(done.json())["ended"]["reference"]
         end = fam.system.get(f"/{link}").json()["period"]["end"]
         assert "T" in end and end.endswith("Z")
 
@@ -182,10 +173,10 @@ def test_a_family_link_that_ends_later_today_is_still_family(fam: World) -> None
     primary = fam.patient("Lee", years_ago(40))
     with fam.client(primary) as p:
         ash = {"relationship": "CHILD", "nationalId": fam.nid("ash")}
-        added = add_dependent(p, primary, **ash, dependent=patient("Doe", "Ash", born=years_ago(9)))
+        added = add(p, primary, **ash, dependent=patient("Doe", "Ash", born=years_ago(9)))
         assert added.status_code == 201, added.text
-        kid = values(added.json())["dependent"]["reference"]
-        link = values(added.json())["link"]
+        kid = resources.values(added.json())["dependent"]["reference"]
+        link = resources.values(added.json())["link"]
         own = next(x["valueReference"]["reference"] for x in link if x["name"] == "relatedPerson")
         stored = fam.system.get(f"/{own}").json()
         stored["period"] = {**stored["period"], "end": at(HOUR)}
@@ -201,7 +192,7 @@ def test_a_family_link_that_ends_later_today_is_still_family(fam: World) -> None
         view = next(x for x in listed[kid]["part"] if x["name"] == "canViewClinicalData")
         assert view["valueBoolean"] is True
         # and adding the same child again is refused while the link lasts
-        again = add_dependent(p, primary, **ash)
+        again = add(p, primary, **ash)
         assert again.status_code == 422 and "already-a-dependent" in again.text, again.text
         stored["period"]["end"] = at(-HOUR)
         assert fam.system.put(f"/{own}", json=stored).status_code == 200
@@ -213,8 +204,13 @@ def test_emergency_contacts_use_instants(fam: World) -> None:
 
     def contact(name: str, **extra: Any) -> str:
         return fam.create(
-            related_person(
-                patient, "C", system=V2_0131, active=None, name=[{"family": name}], **extra
+            resources.related_person(
+                patient,
+                "C",
+                system=resources.V2_0131,
+                active=None,
+                name=[{"family": name}],
+                **extra,
             )
         )
 
@@ -445,7 +441,7 @@ def test_a_guardian_cannot_grant_itself_in_a_nested_provision(
     john = fam.patient("John", years_ago(40))
     with fam.client(john) as j:
         kid, own_link = add_child_and_link(j, john, "Kim", years_ago(7))
-        granny = fam.posted(related_person(kid, active=None))
+        granny = fam.posted(resources.related_person(kid, active=None))
         # a deny to the grandmother, with a nested permit to the guardian's own link
         granny_ref = f"RelatedPerson/{granny['id']}"
         deny = {**permit(granny_ref, provision=[permit(own_link)]), "type": "deny"}
