@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER
-from tests.support.resources import years_ago
+from tests.support.resources import parameters, values, years_ago
 from tests.support.servers import LiveServer
 from tests.support.tokens import KEYS_DIR, auth, token
 from tests.support.world import World, lab_results_consent, latest_denial, snapshot
@@ -608,19 +608,10 @@ def test_break_glass_is_allowed_flagged_and_audited(
 
 
 def test_explain_access_answers_without_acting(world: World) -> None:
-    def ask(client: httpx.Client, **values: str) -> dict[str, Any]:
-        parameters = [
-            {"name": k, ("valueString" if k != "operation" else "valueCode"): v}
-            for k, v in values.items()
-        ]
-        response = client.post(
-            "/$explain-access", json={"resourceType": "Parameters", "parameter": parameters}
-        )
+    def ask(client: httpx.Client, **inputs: str) -> dict[str, Any]:
+        response = client.post("/$explain-access", json=parameters(**inputs))
         assert response.status_code == 200, response.text
-        return {
-            p["name"]: next(v for k, v in p.items() if k != "name")
-            for p in response.json()["parameter"]
-        }
+        return values(response.json())
 
     with as_(world, "relative") as relative:
         answer = ask(relative, operation="read", resource=world.ref("obs_adult"))

@@ -391,13 +391,7 @@ def test_a_deny_consent_overrides_a_permit(world: World) -> None:
 
 
 def explain(client: httpx.Client, **values_: str) -> list[dict[str, Any]]:
-    parameters = [
-        {"name": k, ("valueString" if k != "operation" else "valueCode"): v}
-        for k, v in values_.items()
-    ]
-    response = client.post(
-        "/$explain-access", json={"resourceType": "Parameters", "parameter": parameters}
-    )
+    response = client.post("/$explain-access", json=resources.parameters(**values_))
     assert response.status_code == 200, response.text
     answer: list[dict[str, Any]] = response.json()["parameter"]
     return answer

@@ -158,14 +158,15 @@ def create_entry(resource: dict[str, Any], full_url: str | None = None) -> dict[
 
 def parameters(**values: Any) -> dict[str, Any]:
     """A Parameters resource of an operation's inputs: resources as `resource`, booleans as
-    `valueBoolean`, `relationship` as a code, a `dependent` string as a reference, else strings."""
+    `valueBoolean`, `relationship` and `operation` as codes, a `dependent` string as a reference,
+    else strings."""
     parameter: list[dict[str, Any]] = []
     for name, value in values.items():
         if isinstance(value, dict) and "resourceType" in value:
             parameter.append({"name": name, "resource": value})
         elif isinstance(value, bool):
             parameter.append({"name": name, "valueBoolean": value})
-        elif name == "relationship":
+        elif name in ("relationship", "operation"):
             parameter.append({"name": name, "valueCode": value})
         elif name == "dependent" and isinstance(value, str):
             parameter.append({"name": name, "valueReference": {"reference": value}})
