@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER
-from tests.support.resources import parameters, values, years_ago
+from tests.support.resources import observation, parameters, values, years_ago
 from tests.support.servers import LiveServer
 from tests.support.tokens import KEYS_DIR, auth, token
 from tests.support.world import World, lab_results_consent, latest_denial, snapshot
@@ -139,12 +139,7 @@ def test_conditional_create_searches_only_the_permitted_set(world: World) -> Non
     with as_(world, "adult") as patient:
         created = patient.post(
             "/Observation",
-            json={
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"text": "mine"},
-                "subject": {"reference": world.ref("adult")},
-            },
+            json=observation(world.ref("adult"), text="mine", category=None),
             headers={"If-None-Exist": f"identifier={other_identifier}"},
         )
         # the other patient's Observation matches the criteria, but is not visible: a new one
@@ -165,12 +160,7 @@ def test_one_forbidden_entry_fails_the_whole_transaction(
         "type": "transaction",
         "entry": [
             {
-                "resource": {
-                    "resourceType": "Observation",
-                    "status": "final",
-                    "code": {"text": "fine"},
-                    "subject": {"reference": world.ref("adult")},
-                },
+                "resource": observation(world.ref("adult"), text="fine", category=None),
                 "request": {"method": "POST", "url": "Observation"},
             },
             {

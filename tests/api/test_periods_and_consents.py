@@ -294,13 +294,7 @@ def test_a_standard_consent_grants_exactly_what_it_says(
         before = snapshot(db)
         created = relative.post(
             "/Observation",
-            json={
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"text": "x"},
-                "subject": {"reference": adult},
-                "performer": [{"reference": world.ref("relative")}],
-            },
+            json=resources.observation(adult, world.ref("relative"), text="x", category=None),
         )
         assert reason(created) == "consent_required"
         assert snapshot(db) == before
