@@ -19,11 +19,11 @@ import pytest
 
 from fhir_server.settings import Settings
 from fhir_server.storage.database import migrate
+from tests.support import world as worlds
 from tests.support.databases import drop_database, fresh_database
 from tests.support.servers import LiveServer
 from tests.support.tokens import auth
 from tests.support.world import World
-from tests.support.world import make_world as build_world
 
 
 @pytest.fixture(scope="session")
@@ -80,7 +80,7 @@ def make_world(live_server: LiveServer) -> Iterator[Callable[..., World]]:
     server, created by a System client that lives as long as the test module
     (tests/support/world.py says what `spec` may ask for)."""
     with httpx.Client(base_url=f"{live_server.origin}/fhir", timeout=30, headers=auth()) as system:
-        yield functools.partial(build_world, live_server.origin, system)
+        yield functools.partial(worlds.make_world, live_server.origin, system)
 
 
 @pytest.fixture
