@@ -286,7 +286,12 @@ def test_transaction_upsert_by_conditional_update_resolves_references(
         bundle = transaction(
             {
                 "fullUrl": f"urn:uuid:{uuid.uuid4()}",
-                "resource": observation(full_url, text="weight", category=None),
+                "resource": {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "code": {"text": "weight"},
+                    "subject": {"reference": full_url},
+                },
                 "request": {"method": "POST", "url": "Observation"},
             },
             {
