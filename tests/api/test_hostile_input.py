@@ -22,7 +22,9 @@ import psycopg
 import pytest
 
 from fhir_server.settings import Settings
-from tests.conftest import LiveServer, auth, token
+from tests.support import resources
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth, token
 
 PATCH = {"Content-Type": "application/json-patch+json"}
 
@@ -60,9 +62,7 @@ def outcome(response: httpx.Response, status: int) -> str:
 
 @pytest.fixture
 def patient(client: httpx.Client) -> dict[str, Any]:
-    response = client.post(
-        "/Patient", json={"resourceType": "Patient", "name": [{"family": "Hostile"}]}
-    )
+    response = client.post("/Patient", json=resources.patient("Hostile"))
     assert response.status_code == 201
     body: dict[str, Any] = response.json()
     return body

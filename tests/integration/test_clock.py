@@ -14,7 +14,8 @@ import pytest
 from fhir_server.app import create_app
 from fhir_server.settings import Settings
 from tests import conftest
-from tests.conftest import LiveServer, auth
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth
 
 # Far from today: `ap2010-01-01` then reaches 12 years around 2010 (today, under two).
 LONG_AGO = datetime(1890, 1, 1, tzinfo=UTC)

@@ -23,7 +23,8 @@ from fhir_server.services.interactions import search
 from fhir_server.settings import Settings
 from fhir_server.storage.search_sql import AccessFilter, Everything, InCompartments
 from fhir_server.validation import default_validator
-from tests.conftest import auth
+from tests.support.resources import create_entry, patient, transaction
+from tests.support.tokens import auth
 
 
 @pytest.fixture(scope="module")
@@ -33,72 +34,59 @@ def world(client_module: httpx.Client) -> dict[str, str]:
     meta = {"tag": [{"system": "urn:test:access", "code": tag}]}
 
     def entry(key: str, resource: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "fullUrl": f"urn:uuid:{key}",
-            "resource": {**resource, "meta": meta},
-            "request": {"method": "POST", "url": resource["resourceType"]},
-        }
+        return create_entry({**resource, "meta": meta}, f"urn:uuid:{key}")
 
     keys = {name: str(uuid.uuid4()) for name in ("pa", "pb", "ea", "eb", "oa", "ob", "ox")}
     ref = {name: {"reference": f"urn:uuid:{key}"} for name, key in keys.items()}
     code = {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            entry(keys["pa"], {"resourceType": "Patient", "name": [{"family": "Able"}]}),
-            entry(keys["pb"], {"resourceType": "Patient", "name": [{"family": "Baker"}]}),
-            entry(
-                keys["ea"],
-                {
-                    "resourceType": "Encounter",
-                    "status": "planned",
-                    "class": {"code": "AMB"},
-                    "subject": ref["pa"],
-                },
-            ),
-            entry(
-                keys["eb"],
-                {
-                    "resourceType": "Encounter",
-                    "status": "finished",
-                    "class": {"code": "AMB"},
-                    "subject": ref["pb"],
-                },
-            ),
-            # A's observation points at B's encounter: including it must not reveal B's encounter.
-            entry(
-                keys["oa"],
-                {
-                    "resourceType": "Observation",
-                    "status": "final",
-                    "code": code,
-                    "subject": ref["pa"],
-                    "encounter": ref["eb"],
-                },
-            ),
-            entry(
-                keys["ob"],
-                {
-                    "resourceType": "Observation",
-                    "status": "final",
-                    "code": code,
-                    "subject": ref["pb"],
-                },
-            ),
-            # B's observation about A (focus is not a compartment link): hidden from A's side.
-            entry(
-                keys["ox"],
-                {
-                    "resourceType": "Observation",
-                    "status": "amended",
-                    "code": code,
-                    "subject": ref["pb"],
-                    "focus": [ref["pa"]],
-                },
-            ),
-        ],
-    }
+    bundle = transaction(
+        entry(keys["pa"], patient("Able")),
+        entry(keys["pb"], patient("Baker")),
+        entry(
+            keys["ea"],
+            {
+                "resourceType": "Encounter",
+                "status": "planned",
+                "class": {"code": "AMB"},
+                "subject": ref["pa"],
+            },
+        ),
+        entry(
+            keys["eb"],
+            {
+                "resourceType": "Encounter",
+                "status": "finished",
+                "class": {"code": "AMB"},
+                "subject": ref["pb"],
+            },
+        ),
+        # A's observation points at B's encounter: including it must not reveal B's encounter.
+        entry(
+            keys["oa"],
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": code,
+                "subject": ref["pa"],
+                "encounter": ref["eb"],
+            },
+        ),
+        entry(
+            keys["ob"],
+            {"resourceType": "Observation", "status": "final", "code": code, "subject": ref["pb"]},
+        ),
+        # B's observation about A (focus is not a compartment link): hidden from A's side.
+        entry(
+            keys["ox"],
+            {
+                "resourceType": "Observation",
+                "status": "amended",
+                "code": code,
+                "subject": ref["pb"],
+                "focus": [ref["pa"]],
+            },
+        ),
+    )
     response = client_module.post("", json=bundle)
     assert response.status_code == 200, response.text
     ids = {
