@@ -10,14 +10,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import uvicorn
 
 from fhir_server.app import create_app
+from fhir_server.services.context import utc_now
 from fhir_server.settings import Settings
 from tests.support.tokens import KEYS_DIR
 
@@ -30,12 +32,14 @@ def free_port() -> int:
 
 
 class LiveServer:
-    def __init__(self, settings: Settings, url: str) -> None:
+    def __init__(
+        self, settings: Settings, url: str, clock: Callable[[], datetime] = utc_now
+    ) -> None:
         self.port = free_port()
         if settings.auth_jwks is None:
             settings = replace(settings, data_dir=KEYS_DIR)
         config = uvicorn.Config(
-            create_app(settings, url),
+            create_app(settings, url, clock=clock),
             host="127.0.0.1",
             port=self.port,
             log_level="warning",
