@@ -46,7 +46,12 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "fhir_server": (),  # the package's own __init__
     "fhir_server.validation": ("capability", "fhir_server.errors"),
     "fhir_server.auth": ("fhir_server.auth", "fhir_server.errors"),
-    "fhir_server.search": ("capability", "fhir_server.search", "fhir_server.errors"),
+    "fhir_server.search": (
+        "capability",
+        "compartments",
+        "fhir_server.search",
+        "fhir_server.errors",
+    ),
     "fhir_server.clients": ("fhir_server.clients", "fhir_server.errors", "fhir_server.tracing"),
     "fhir_server.storage": (
         "capability",

@@ -16,9 +16,10 @@ import time
 from datetime import datetime
 from typing import Any
 
-from compartments.consent import reference_of
+from compartments.consent import consent_actors
 from compartments.engine import CONSENT_SCOPE_SYSTEM, Decision, Target
 from compartments.periods import format_instant, span, window
+from compartments.references import reference_of
 from fhir_server.metrics import DELEGATION_REQUESTS, RELATIONSHIP_VERIFICATIONS, VERIFICATION_TIME
 from fhir_server.services.access.guard import Guard, as_user
 from fhir_server.services.context import Context
@@ -302,7 +303,7 @@ async def _delegate(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]
         raise RelationshipError(404, "not_found", "patient or delegate (RelatedPerson) not found")
     stored = await repository.read_current(conn, "RelatedPerson", delegate_ref.split("/", 1)[1])
     assert stored is not None and stored.content is not None
-    if reference_of(parse_json(stored.content).get("patient")) != patient:
+    if reference_of(parse_json(stored.content).get("patient"), ctx.reference_bases) != patient:
         raise RelationshipError(
             400, "invalid_request", "the delegate must be a RelatedPerson of the patient"
         )
@@ -407,13 +408,9 @@ async def approve(ctx: Context, conn: Connection, delegation_id: str) -> dict[st
     if stored is None or stored.content is None:
         raise RelationshipError(404, "not_found", "delegation not found")
     consent = parse_json(stored.content)
-    patient = reference_of(consent.get("patient"))
+    patient = reference_of(consent.get("patient"), ctx.reference_bases)
     provision = consent.get("provision") or {}
-    actors = frozenset(
-        ref
-        for actor in provision.get("actor", ())
-        if (ref := reference_of(actor.get("reference"))) is not None
-    )
+    actors = consent_actors(provision, ctx.reference_bases)
     if patient is None:  # a Consent made through FHIR, not a delegation
         raise RelationshipError(404, "not_found", "delegation not found")
     decision = ctx.guard.decide("update", "Consent", Target(frozenset({patient}), grants_to=actors))
