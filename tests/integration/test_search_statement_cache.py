@@ -77,7 +77,10 @@ def ids(
     access: Any = None,
 ) -> set[str]:
     bundle = run_search(
-        database_url, access or Everything(), resource_type, [("_tag", world["tag"]), *params]
+        database_url,
+        Everything() if access is None else access,
+        resource_type,
+        [("_tag", world["tag"]), *params],
     )
     return {e["resource"]["id"] for e in bundle.get("entry", [])}
 

@@ -40,7 +40,9 @@ def statement(
     params: list[tuple[str, str]], access: Any = None, resource_type: str = "Patient"
 ) -> Query:
     query = parse_search((resource_type,), params)
-    found, _ = search_statement(query, access or Everything(), local_bases=BASES)
+    found, _ = search_statement(
+        query, Everything() if access is None else access, local_bases=BASES
+    )
     return found
 
 
