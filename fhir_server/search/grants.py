@@ -3,11 +3,12 @@
 The services compute them before storage is called (`Guard.grants(operation, types)`, in
 services/access/guard.py) and hand them down: the search planner and the repository
 (fhir_server/storage/) turn them into SQL and never ask the Guard anything. `Grants` maps a type
-to its Grant, or to None for a type the caller may see nothing of; a type the mapping does not
-hold is not granted either. `Everything` and `InCompartments` are the fixed mappings of the
+to its Grant, or to None for a type the caller may see nothing of; a statement that needs a type
+the mapping does not hold is refused (LookupError: a caller that did not compute what the planner
+needs, never a type shown). `Everything` and `InCompartments` are the fixed mappings of the
 server's own work and of tests.
 
-A leaf: imports nothing of storage or services.
+A leaf of `search/`: imports nothing of storage or services (tests/unit/test_layers.py).
 """
 
 from __future__ import annotations

@@ -174,7 +174,7 @@ class _Planner:
         groups: list[tuple[Grant, list[str]]] = []
         hidden = False
         for resource_type in resource_types() if types is None else types:
-            grant = self.grant(resource_type)
+            grant = self.grant_of(resource_type)
             if grant is None:
                 hidden = True
                 continue
@@ -199,7 +199,7 @@ class _Planner:
             branches.append(("and", in_types, self.grant_clause(row, grant)))
         return ("or", FALSE, *branches)
 
-    def grant(self, resource_type: str) -> Grant | None:
+    def grant_of(self, resource_type: str) -> Grant | None:
         try:
             return self.grants[resource_type]
         except KeyError:

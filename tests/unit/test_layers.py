@@ -52,6 +52,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "fhir_server.search",
         "fhir_server.errors",
     ),
+    # the grants handed to storage as values: a leaf beside the query they may carry
+    "fhir_server.search.grants": ("fhir_server.search.query",),
     "fhir_server.clients": ("fhir_server.clients", "fhir_server.errors", "fhir_server.tracing"),
     "fhir_server.storage": (
         "capability",
