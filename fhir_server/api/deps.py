@@ -92,6 +92,7 @@ class Authorized:
             reason=fhir.reason,
             cache=fhir.runtime.facts,
             optimistic=self.optimistic,
+            local_bases=fhir.ctx.reference_bases,
         )
         return replace(fhir.ctx, guard=self.guard)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
@@ -17,11 +18,11 @@ import orjson
 import psycopg
 import pytest
 
+from fhir_server.search.grants import Everything, Grants, InCompartments
 from fhir_server.services.access.guard import Guard
 from fhir_server.services.context import Context, server_guard
 from fhir_server.services.interactions import search
 from fhir_server.settings import Settings
-from fhir_server.storage.search_sql import AccessFilter, Everything, InCompartments
 from fhir_server.validation import default_validator
 from tests.support.resources import create_entry, patient, transaction
 from tests.support.tokens import auth
@@ -103,20 +104,20 @@ def client_module(live_server: Any) -> Any:
 
 
 class FilterGuard(Guard):
-    """A guard that allows every search and filters it with a given AccessFilter."""
+    """A guard that allows every search and filters it with the given grants."""
 
-    def __init__(self, access: AccessFilter) -> None:
+    def __init__(self, access: Grants) -> None:
         base = server_guard()
         super().__init__(base.principal, base.account, base.identities, base.facts, base.policy)
         self._fixed = access
 
-    def access(self, operation: str) -> Any:
+    def grants(self, operation: str, types: Iterable[str] | None = None) -> Any:
         return self._fixed
 
 
 def run_search(
     database_url: str,
-    access: AccessFilter,
+    access: Grants,
     resource_type: str | None,
     params: list[tuple[str, str]],
     compartment: tuple[str, str] | None = None,

@@ -13,14 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from fhir_server.storage.search_sql import (
-    UNRESTRICTED,
-    Everything,
-    Grant,
-    InCompartments,
-    clear_statement_cache,
-    statement_cache_info,
-)
+from fhir_server.search.grants import UNRESTRICTED, Everything, Grant, InCompartments
+from fhir_server.storage.search_sql import clear_statement_cache, statement_cache_info
 from tests.integration.test_search_access import run_search
 from tests.support.resources import create_entry, patient, transaction
 from tests.support.tokens import auth
@@ -74,7 +68,10 @@ def ids(
     access: Any = None,
 ) -> set[str]:
     bundle = run_search(
-        database_url, access or Everything(), resource_type, [("_tag", world["tag"]), *params]
+        database_url,
+        Everything() if access is None else access,
+        resource_type,
+        [("_tag", world["tag"]), *params],
     )
     return {e["resource"]["id"] for e in bundle.get("entry", [])}
 
@@ -130,8 +127,8 @@ def test_access_values_are_per_request(database_url: str, world: dict[str, Any])
     assert statement_cache_info().misses == 1
 
 
-class ObservationsOnly:
-    def grant(self, resource_type: str) -> Grant | None:
+class ObservationsOnly(dict[str, Grant | None]):
+    def __missing__(self, resource_type: str) -> Grant | None:
         return UNRESTRICTED if resource_type == "Observation" else None
 
 

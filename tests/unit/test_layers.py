@@ -48,10 +48,12 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "fhir_server.auth": ("compartments.ids", "fhir_server.auth", "fhir_server.errors"),
     "fhir_server.search": (
         "capability",
-        "compartments.ids",
+        "compartments",
         "fhir_server.search",
         "fhir_server.errors",
     ),
+    # the grants handed to storage as values: a leaf beside the query they may carry
+    "fhir_server.search.grants": ("fhir_server.search.query",),
     "fhir_server.clients": ("fhir_server.clients", "fhir_server.errors", "fhir_server.tracing"),
     "fhir_server.storage": (
         "capability",
