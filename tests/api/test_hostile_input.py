@@ -44,7 +44,7 @@ def snapshot(db: psycopg.Connection[Any]) -> tuple[Any, ...]:
 
 def nested(depth: int, *, lossy: bool = False) -> str:
     """A Patient whose `extension` nests `depth` arrays deep; `lossy` adds a decimal that sends
-    the body through the text-keeping parser (services/resources.py)."""
+    the body through the text-keeping parser (services/interactions/versions.py)."""
     extra = '"multipleBirthInteger": 2, "x": 1.50, ' if lossy else ""
     return (
         '{"resourceType": "Patient", ' + extra + '"extension": ' + "[" * depth + "]" * depth + "}"
@@ -789,7 +789,7 @@ def test_unusual_http_methods_share_one_metrics_label(live_server: LiveServer) -
 
 
 def test_a_search_of_a_thousand_values_is_answered(client: httpx.Client) -> None:
-    """Planned off the event loop (services/search.py): still the right answer."""
+    """Planned off the event loop (services/interactions/search.py): still the right answer."""
     created = client.post(
         "/Patient", json={"resourceType": "Patient", "identifier": [{"value": "needle-999"}]}
     ).json()

@@ -81,11 +81,11 @@ class Guard:
     purpose_of_use: str | None = None
     reason: str | None = None
     audited: list[Audited] = field(default_factory=list)
-    # "Patient/1" -> what this request's write of it changed (services/changes.py), for the audit
+    # "Patient/1" -> what this request's write of it changed (services/formats/changes.py), for the audit
     changes: dict[str, str] = field(default_factory=dict)
     # Facts taken from the cache without reading the access epoch yet (`load_guard(...,
     # optimistic=True)`): the epoch they were loaded at. The caller must `verify` them, or read
-    # the epoch in the same statement as its data (services/read.py), before answering.
+    # the epoch in the same statement as its data (services/interactions/read.py), before answering.
     pending_epoch: int | None = None
     # this server's base URLs, under which the facts' absolute references were read as local
     local_bases: frozenset[str] = NO_BASES
