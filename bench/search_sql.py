@@ -1,10 +1,11 @@
 """Building the SQL of a search, alone: microseconds per search (`python -m bench.search_sql`).
 
 Times what a search request spends before its first round trip to PostgreSQL: from the parsed
-`SearchQuery` and the caller's access filter to the SQL text and its bound values, exactly as
-`services/search.py` gets them (`search_statement` + `compile_query`), for a representative set
-of searches and callers. No database: the access filters come from real `Guard`s built with the
-default policy and in-memory facts, as `services/access.py` builds them for a request.
+`SearchQuery` and the caller's grants to the SQL text and its bound values, exactly as
+`services/interactions/search.py` gets them (`Guard.grants` + `search_statement`), for a
+representative set of searches and callers. No database: the grants come from real `Guard`s built
+with the default policy and in-memory facts, as `services/access/guard.py` builds them for a
+request.
 
 `--profile` runs the same loop under py-spy (`pip install py-spy` into the venv) and writes
 collapsed stacks to bench/results/profile-search-sql.txt. `--cold` also times each search with an
@@ -32,7 +33,12 @@ from fhir_server.search.query import SearchQuery, parse_search
 from fhir_server.services.access.guard import Guard
 from fhir_server.services.context import server_guard
 from fhir_server.storage import search_sql
-from fhir_server.storage.search_sql import AccessFilter, include_statement, search_statement
+from fhir_server.storage.search_sql import (
+    include_statement,
+    include_types,
+    search_statement,
+    search_types,
+)
 from fhir_server.storage.sql import compile_query
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -157,14 +163,18 @@ CASES: list[tuple[str, str, list[tuple[str, str]], str]] = [
 PAGE = [("Observation", f"{i:032x}") for i in range(20)]
 
 
-def build(query: SearchQuery, access: AccessFilter) -> tuple[str, Any]:
-    """The SQL text and values of one search, as services/search.py gets them."""
-    statement, _ = search_statement(query, access, local_bases=BASES, now=datetime.now(UTC))
+def build(query: SearchQuery, guard: Guard) -> tuple[str, Any]:
+    """The SQL text and values of one search, as services/interactions/search.py gets them."""
+    grants = guard.grants("search", search_types(query))
+    statement, _ = search_statement(query, grants, local_bases=BASES, now=datetime.now(UTC))
     return _sql(statement)
 
 
-def build_includes(query: SearchQuery, access: AccessFilter) -> list[tuple[str, Any]]:
-    return [_sql(include_statement(i, PAGE, access)) for i in query.includes]
+def build_includes(query: SearchQuery, guard: Guard) -> list[tuple[str, Any]]:
+    return [
+        _sql(include_statement(i, PAGE, guard.grants("search", include_types(i))))
+        for i in query.includes
+    ]
 
 
 def _sql(statement: Any) -> tuple[str, Any]:
@@ -179,10 +189,10 @@ def cases() -> list[tuple[str, Callable[[], object]]]:
     found: list[tuple[str, Callable[[], object]]] = []
     for name, resource_type, params, caller in CASES:
         query = parse_search((resource_type,), params)
-        access = callers[caller].access("search")
-        found.append((name, partial(build, query, access)))
+        guard = callers[caller]
+        found.append((name, partial(build, query, guard)))
         if query.includes:
-            found.append(("  its _include, page of 20", partial(build_includes, query, access)))
+            found.append(("  its _include, page of 20", partial(build_includes, query, guard)))
     return found
 
 

@@ -34,6 +34,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from compartments.periods import ALWAYS, Window, window
+from compartments.references import NO_BASES, reference_of
 
 # Consent scopes of the family specification, and the resource types each opens.
 CONSENT_SCOPES: Mapping[str, frozenset[str]] = {
@@ -305,10 +306,13 @@ class ConsentFact:
         return [*(f"note: {p}" for p in self.problems), *self.root.describe()]
 
 
-def read_consent(id: str, content: Mapping[str, Any]) -> ConsentFact:
-    """The ConsentFact of a stored Consent (see the module's docstring)."""
+def read_consent(
+    id: str, content: Mapping[str, Any], local_bases: frozenset[str] = NO_BASES
+) -> ConsentFact:
+    """The ConsentFact of a stored Consent (see the module's docstring). References count as
+    compartments/references.py reads them, under this server's `local_bases`."""
     reference = f"Consent/{id}"
-    patient = reference_of(content.get("patient")) or ""
+    patient = reference_of(content.get("patient"), local_bases) or ""
     if content.get("status") != "active":
         return ConsentFact(reference, patient, None, (f"status `{content.get('status')}`",))
     # a scope coded without its system is read as the consentscope code it spells
@@ -335,11 +339,16 @@ def read_consent(id: str, content: Mapping[str, Any]) -> ConsentFact:
         else:
             return ConsentFact(reference, patient, None, ("policyRule not understood",))
     windows: list[Window] = []
-    root = _provision(provision, base, windows)
+    root = _provision(provision, base, windows, local_bases)
     return ConsentFact(reference, patient, root, tuple(notes), tuple(windows))
 
 
-def _provision(element: Mapping[str, Any], type_: str | None, windows: list[Window]) -> Provision:
+def _provision(
+    element: Mapping[str, Any],
+    type_: str | None,
+    windows: list[Window],
+    local_bases: frozenset[str],
+) -> Provision:
     problems: list[str] = []
     written = element.get("type", type_)
     if written not in (PERMIT, DENY):
@@ -358,7 +367,7 @@ def _provision(element: Mapping[str, Any], type_: str | None, windows: list[Wind
     if "actor" in element:
         named: set[str] = set()
         for actor in _list(element.get("actor")):
-            who = reference_of(actor.get("reference")) if isinstance(actor, dict) else None
+            who = _actor(actor, local_bases)
             if who is None:
                 problems.append("an actor without a resolvable reference")
                 continue
@@ -415,7 +424,9 @@ def _provision(element: Mapping[str, Any], type_: str | None, windows: list[Wind
             purposes = frozenset(c for _, c in codes)
         else:
             problems.append("purpose outside v3 ActReason")
-    nested = tuple(_provision(p, None, windows) for p in _list(element.get("provision")))
+    nested = tuple(
+        _provision(p, None, windows, local_bases) for p in _list(element.get("provision"))
+    )
     return Provision(
         type=written,
         period=period,
@@ -468,11 +479,22 @@ def _relative(text: Any) -> bool:
     return len(parts) == 2 and parts[0][:1].isupper() and bool(parts[1]) and ":" not in text
 
 
-def reference_of(value: Any) -> str | None:
-    """`Type/id` of a Reference (relative, or the last two segments of an absolute URL)."""
-    if not isinstance(value, dict) or not isinstance(value.get("reference"), str):
-        return None
-    parts = value["reference"].split("/_history")[0].rstrip("/").split("/")
-    if len(parts) < 2:
-        return None
-    return f"{parts[-2]}/{parts[-1]}"
+def _actor(actor: Any, local_bases: frozenset[str]) -> str | None:
+    """`Type/id` of one `provision.actor` (its `reference`), or None."""
+    return reference_of(actor.get("reference"), local_bases) if isinstance(actor, dict) else None
+
+
+def consent_actors(provision: Any, local_bases: frozenset[str] = NO_BASES) -> frozenset[str]:
+    """Every actor a Consent `provision` names, in it and all its nested provisions, with any
+    role: the one reader of `Consent.provision.actor` (`read_consent` reads them with roles)."""
+    found: set[str] = set()
+    pending = [provision]
+    while pending:
+        item = pending.pop()
+        if not isinstance(item, dict):
+            continue
+        for actor in _list(item.get("actor")):
+            if (who := _actor(actor, local_bases)) is not None:
+                found.add(who)
+        pending.extend(_list(item.get("provision")))
+    return frozenset(found)

@@ -25,8 +25,8 @@ from fhir_server.audit.trail import AuditTrail
 from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_key
 from fhir_server.auth.tokens import TokenSettings, TokenVerifier
 from fhir_server.clients.registry import ClientRegistry, RegistrySettings
-from fhir_server.services.access.guard import FactsCache
-from fhir_server.services.context import Context, utc_now
+from fhir_server.services.access.cache import FactsCache
+from fhir_server.services.context import Context, server_guard, utc_now
 from fhir_server.services.formats.limits import InputLimits
 from fhir_server.settings import Settings
 from fhir_server.storage import idempotency
@@ -111,7 +111,9 @@ def create_app(
         db = Database(database_url, pool_size=settings.db_pool_size, limits=limits)
         await db.open()
         validator = ResourceValidator()
-        server = Context(settings=settings, validator=validator, base_url="", clock=clock)
+        server = Context(
+            settings=settings, validator=validator, base_url="", clock=clock, guard=server_guard()
+        )
         audit = AuditTrail(db, server, database_url=libpq_url(database_url))
         registry = (
             ClientRegistry(

@@ -1,53 +1,29 @@
 """Shared fixtures: a real PostgreSQL (embedded, or FHIR_TEST_POSTGRES_URL) and a real HTTP server.
 
 Each test session gets a fresh database, migrated to head. The API tests talk HTTP to uvicorn
-serving the app on a free loopback port in a background thread.
+serving the app on a free loopback port in a background thread. The helpers these fixtures are
+built on (tokens, servers, databases, resource builders, the access world) live in tests/support/,
+and test modules import them from there.
 """
 
 from __future__ import annotations
 
-import atexit
-import contextlib
+import functools
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
-import threading
-import time
-import uuid
-from collections.abc import Iterator
-from dataclasses import replace
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psycopg
 import pytest
-import uvicorn
-from psycopg import sql
-from sqlalchemy.engine import make_url
 
-from fhir_server.app import create_app
-from fhir_server.auth.devkeys import dev_token
 from fhir_server.settings import Settings
 from fhir_server.storage.database import migrate
-
-
-def _fresh_database(admin_url: str) -> tuple[str, str]:
-    name = f"fhir_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    return name, url
-
-
-def _drop_database(admin_url: str, name: str) -> None:
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-        )
+from tests.support import world as worlds
+from tests.support.databases import drop_database, fresh_database
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth
+from tests.support.world import World
 
 
 @pytest.fixture(scope="session")
@@ -65,136 +41,18 @@ def admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="session")
 def database_url(admin_url: str) -> Iterator[str]:
     """A fresh database, migrated to head, dropped at the end of the session."""
-    name, url = _fresh_database(admin_url)
+    name, url = fresh_database(admin_url)
     migrate(url)
     yield url
-    _drop_database(admin_url, name)
+    drop_database(admin_url, name)
 
 
 @pytest.fixture
 def empty_database(admin_url: str) -> Iterator[str]:
     """A fresh, unmigrated database for one test."""
-    name, url = _fresh_database(admin_url)
+    name, url = fresh_database(admin_url)
     yield url
-    _drop_database(admin_url, name)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-# The development signing key every test server trusts (unless a test configures another
-# identity provider), and that `token()` signs with: real ES256 tokens, checked by the server.
-KEYS_DIR = Path(tempfile.mkdtemp(prefix="fhir-test-keys-"))
-atexit.register(shutil.rmtree, KEYS_DIR, ignore_errors=True)
-
-
-def token(
-    fhir_user: str | None = None,
-    scope: str = "system/*.cruds",
-    *,
-    patient: str | None = None,
-    lifetime_seconds: int = 3600,
-    extra: dict[str, Any] | None = None,
-) -> str:
-    """A signed access token, by default a System client's with every permission."""
-    return dev_token(
-        KEYS_DIR,
-        fhir_user=fhir_user,
-        scope=scope,
-        patient=patient,
-        lifetime_seconds=lifetime_seconds,
-        extra=extra,
-    )
-
-
-def auth(fhir_user: str | None = None, scope: str = "system/*.cruds", **kw: Any) -> dict[str, str]:
-    """The Authorization header of `token(...)`."""
-    return {"Authorization": f"Bearer {token(fhir_user, scope, **kw)}"}
-
-
-class LiveServer:
-    def __init__(self, settings: Settings, url: str) -> None:
-        self.port = _free_port()
-        if settings.auth_jwks is None:
-            settings = replace(settings, data_dir=KEYS_DIR)
-        config = uvicorn.Config(
-            create_app(settings, url),
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            lifespan="on",
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
-@contextlib.contextmanager
-def server_processes(
-    database_url: str, logs: Path, count: int = 1, env: dict[str, str] | None = None
-) -> Iterator[list[str]]:
-    """`count` real `fhir-server serve` processes on the database (their logs in `logs`): the
-    base URLs, once every one is ready."""
-    exe = str(Path(sys.executable).parent / "fhir-server")
-    procs, bases, files = [], [], []
-    try:
-        for n in range(count):
-            port = _free_port()
-            log = (logs / f"server-{n}.log").open("wb")
-            files.append(log)
-            settings = {
-                **os.environ,
-                "POSTGRES_URL": database_url,
-                "FHIR_MIGRATE_ON_START": "false",
-                "FHIR_DATA_DIR": str(KEYS_DIR),  # the key the tests sign with
-                "HOST": "127.0.0.1",
-                "PORT": str(port),
-                "LOG_LEVEL": os.environ.get("TEST_SERVER_LOG_LEVEL", "warning"),
-                **(env or {}),
-            }
-            procs.append(
-                subprocess.Popen([exe, "serve"], env=settings, stdout=log, stderr=subprocess.STDOUT)
-            )
-            bases.append(f"http://127.0.0.1:{port}")
-        deadline = time.monotonic() + 60
-        for n, (base, proc) in enumerate(zip(bases, procs, strict=True)):
-            while True:
-                assert proc.poll() is None, (logs / f"server-{n}.log").read_text()[-2000:]
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                assert time.monotonic() < deadline, "the servers did not start"
-                time.sleep(0.2)
-        yield bases
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(20)
-        for log in files:
-            log.close()
+    drop_database(admin_url, name)
 
 
 @pytest.fixture(scope="session")
@@ -214,3 +72,19 @@ def db(database_url: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
     """A direct connection, to look at what the server stored."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture(scope="module")
+def make_world(live_server: LiveServer) -> Iterator[Callable[..., World]]:
+    """`make_world(**spec)`: a world of people, relationships, consents and callers on the live
+    server, created by a System client that lives as long as the test module
+    (tests/support/world.py says what `spec` may ask for)."""
+    with httpx.Client(base_url=f"{live_server.origin}/fhir", timeout=30, headers=auth()) as system:
+        yield functools.partial(worlds.make_world, live_server.origin, system)
+
+
+@pytest.fixture
+def fam(make_world: Callable[..., World]) -> World:
+    """An empty world for the family workflow's tests, which add their own people."""
+    world: World = make_world(people=False, tag_length=8)
+    return world

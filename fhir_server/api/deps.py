@@ -61,7 +61,7 @@ class Interaction:
         """`async with fhir.authorized(conn) as ctx`: the context with the caller's guard
         (identities and facts loaded on `conn`); every decision made under it is audited when
         the block ends, denials before the response. `optimistic` (read only): cached facts
-        come unverified, and the read verifies them in its own statement (services/read.py)."""
+        come unverified, and the read verifies them in its own statement (services/interactions/read.py)."""
         return Authorized(self, conn, optimistic)
 
 
@@ -92,6 +92,7 @@ class Authorized:
             reason=fhir.reason,
             cache=fhir.runtime.facts,
             optimistic=self.optimistic,
+            local_bases=fhir.ctx.reference_bases,
         )
         return replace(fhir.ctx, guard=self.guard)
 

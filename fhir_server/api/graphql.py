@@ -2,7 +2,7 @@
 `addDependent` / `removeDependent` mutations), with strawberry.
 
 Every resolver goes through the same services, engine and audit as the FHIR operations
-(`fhir_server/services/family.py`): there is no second path around access control. The caller is
+(`fhir_server/services/workflows/family.py`): there is no second path around access control. The caller is
 the token's `fhirUser` Patient. Queries are limited in depth, tokens and aliases, so that no
 query costs more than a page of the portal.
 """

@@ -11,7 +11,7 @@ from compartments.policy import Policy
 from fhir_server.audit.trail import AuditTrail
 from fhir_server.auth.tokens import TokenVerifier
 from fhir_server.clients.registry import ClientRegistry
-from fhir_server.services.access.guard import FactsCache
+from fhir_server.services.access.cache import FactsCache
 from fhir_server.services.context import utc_now
 from fhir_server.services.formats.limits import InputLimits
 from fhir_server.settings import Settings

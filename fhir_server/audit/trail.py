@@ -126,7 +126,7 @@ class Record(NamedTuple):
     patients: tuple[str, ...]
     purpose_of_use: str | None
     purpose_text: str | None
-    diff: str | None  # a write's value-less JSON Patch (services/changes.py)
+    diff: str | None  # a write's value-less JSON Patch (services/formats/changes.py)
     # the AuditEvent's id, given when the decision is recorded: a retried write stores it once
     id: str = ""
     # the elements whose values `bound` shortened or cleaned ("agent", "entity", ...)

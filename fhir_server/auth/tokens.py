@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,10 +232,3 @@ def bearer(authorization: str | None) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("use `Authorization: Bearer <token>`", code="login")
     return token.strip()
-
-
-def scopes_text(scopes: Sequence[Scope]) -> str:
-    return " ".join(
-        f"{s.context}/{s.resource_type}.{''.join(p for p in 'cruds' if p in s.permissions)}"
-        for s in scopes
-    )

@@ -29,7 +29,9 @@ from typing import Any, Final
 
 from capability.definitions import resource_types
 from compartments.ids import is_id
-from fhir_server.search.fhirpath import Accessor, result_types, split_reference
+from compartments.references import bases as normalized_bases
+from compartments.references import local_reference
+from fhir_server.search.fhirpath import Accessor, result_types
 from fhir_server.search.parameters import search_params
 
 DATE_MIN: Final = datetime(1, 1, 1, tzinfo=UTC)
@@ -412,12 +414,10 @@ def _reference_text(
 ) -> None:
     if not reference or reference[0] == "#":  # a contained resource has no identity of its own
         return
-    parsed = split_reference(reference)
-    if parsed is not None:
-        base, target_type, target_id = parsed
-        if not base or base in bases:
-            tails.append((target_type, target_id, None, None, None))
-            return
+    local = local_reference(reference, bases, _RESOURCE_TYPES)
+    if local is not None:
+        tails.append((*local, None, None, None))
+        return
     if canonical:
         reference = reference.partition("|")[0]
         if not reference:
@@ -587,7 +587,7 @@ def index_rows(resource: Mapping[str, Any], *, local_bases: Collection[str] = ()
     resource_type = resource.get("resourceType")
     if not isinstance(resource_type, str) or resource_type not in _RESOURCE_TYPES:
         raise ValueError(f"unknown resource type `{resource_type}`")
-    bases = frozenset(base.rstrip("/") for base in local_bases)
+    bases = normalized_bases(local_bases)
     tables: dict[str, list[Any]] = {name: [] for name in _TABLES}
     for step in _plan(resource_type):
         values = step.accessor(resource)

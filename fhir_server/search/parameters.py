@@ -15,6 +15,8 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from capability.definitions import resource_types, search_parameter_bundle
+from compartments.references import bases as normalized_bases
+from compartments.references import local_reference
 from fhir_server.search.fhirpath import (
     Accessor,
     FhirPathUnsupported,
@@ -23,8 +25,9 @@ from fhir_server.search.fhirpath import (
     compile_relative,
     restrict_expression,
     result_types,
-    split_reference,
 )
+
+_RESOURCE_TYPES: Final = resource_types()
 
 UNSUPPORTED_EXPRESSIONS: Final[Mapping[str, str]] = MappingProxyType({})
 """SearchParameter id -> why its expression is not compiled (such a parameter has no accessor).
@@ -209,16 +212,11 @@ def reference_targets(
             reference = value
         else:
             continue
-        parsed = split_reference(reference)
-        if parsed is None:
+        if bases is None:
+            bases = normalized_bases(local_bases)
+        pair = local_reference(reference, bases, _RESOURCE_TYPES)
+        if pair is None:
             continue
-        base, target_type, target_id = parsed
-        if base:
-            if bases is None:
-                bases = frozenset(b.rstrip("/") for b in local_bases)
-            if base not in bases:
-                continue
-        pair = (target_type, target_id)
         if pair not in targets:
             targets.append(pair)
     return targets

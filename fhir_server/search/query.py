@@ -58,7 +58,7 @@ TOTAL_METHODS = {"count": "accurate", "estimate": "estimate", "none": "none"}
 # fhirclient's `$gt`, `$lt`, `$gte`, `$lte` operators are DSTU1's comparison prefixes.
 _OPERATORS = ((">=", "ge"), ("<=", "le"), (">", "gt"), ("<", "lt"))
 _UNESCAPED_COMMA = re.compile(r"(?<!\\),")
-_PREFIX = re.compile(r"^(eq|ne|gt|lt|ge|le|sa|eb|ap)(?=[-+0-9.])")
+_PREFIX = re.compile(rf"^({'|'.join(PREFIXES)})(?=[-+0-9.])")
 
 
 @dataclass(frozen=True, slots=True)

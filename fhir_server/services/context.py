@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from compartments.engine import Facts, Identity
 from compartments.policy import Policy, Rule
+from compartments.references import bases
 from fhir_server.services.access.guard import Guard
 from fhir_server.settings import Settings
 from fhir_server.validation import ResourceValidator
@@ -52,8 +53,10 @@ class Context:
     # The FHIR base URL as the client sees it, e.g. "http://127.0.0.1:8080/fhir".
     base_url: str
     clock: Callable[[], datetime] = field(default=utc_now)
-    # Who calls and what they may do; every read, search and write asks it.
-    guard: Guard = field(default_factory=server_guard)
+    # Who calls and what they may do; every read, search and write asks it. Required, with no
+    # default: a context built without one is a TypeError, never a System guard by accident
+    # (the server's own work passes `server_guard()`, a request `nobody()` until it is known).
+    guard: Guard = field(kw_only=True)
 
     def as_server(self) -> Context:
         """This context acting as the server itself: for the writes of a workflow that has
@@ -69,3 +72,8 @@ class Context:
     def local_bases(self) -> tuple[str, ...]:
         """Base URLs under which an absolute reference points at this server."""
         return (self.base_url, *self.settings.local_bases)
+
+    @property
+    def reference_bases(self) -> frozenset[str]:
+        """`local_bases` as compartments/references.py compares them (no trailing slash)."""
+        return bases(self.local_bases)

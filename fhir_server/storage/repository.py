@@ -30,6 +30,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.sql import ClauseElement
 
+from fhir_server.search.grants import UNRESTRICTED, Everything, Grant, Grants
 from fhir_server.search.index import IndexRows
 from fhir_server.storage.search_index import (
     copy_index,
@@ -37,13 +38,7 @@ from fhir_server.storage.search_index import (
     index_key,
     index_params,
 )
-from fhir_server.storage.search_sql import (
-    UNRESTRICTED,
-    AccessFilter,
-    Everything,
-    Grant,
-    access_clause,
-)
+from fhir_server.storage.search_sql import access_clause
 from fhir_server.storage.sql import (
     Connection,
     Statement,
@@ -159,7 +154,7 @@ _HISTORY_COLUMNS = (*_VERSION_COLUMNS, "method")
 # delete): their only version is the current row, and no history row repeats it.
 UNVERSIONED = frozenset({"AuditEvent"})
 
-# Writes that can change the facts of an access decision (services/access.py loads them): they
+# Writes that can change the facts of an access decision (storage/access_facts.py loads them): they
 # bump the access epoch in their own transaction, so no server keeps using facts they changed.
 FACT_TYPES = frozenset({"Person", "RelatedPerson", "Consent", "CareTeam", "Patient"})
 _BUMP = "UPDATE access_epoch SET value = value + 1 WHERE id = 1"
@@ -338,10 +333,10 @@ async def read_granted(
 
 
 async def read_current(
-    conn: Connection, resource_type: str, id: str, access: AccessFilter | None = None
+    conn: Connection, resource_type: str, id: str, grants: Grants | None = None
 ) -> StoredVersion | None:
-    """The current version, or None; with `access`, None also when the caller may not see it."""
-    grant = UNRESTRICTED if access is None else access.grant(resource_type)
+    """The current version, or None; with `grants`, None also when the caller may not see it."""
+    grant = UNRESTRICTED if grants is None else grants[resource_type]
     if grant is None:
         return None
     if grant.unrestricted:
@@ -354,7 +349,7 @@ async def read_current(
         statement = select(*_current_cols).where(
             resources.c.resource_type == resource_type,
             resources.c.id == id,
-            access_clause(access or Everything(), resources, [resource_type]),
+            access_clause(Everything() if grants is None else grants, resources, [resource_type]),
         )
         params = {}
     row = await fetch_one(conn, statement, params)
@@ -369,15 +364,15 @@ async def read_version(
     resource_type: str,
     id: str,
     version_id: int,
-    access: AccessFilter | None = None,
+    grants: Grants | None = None,
 ) -> StoredVersion | None:
-    """A version, or None; with `access`, None also when the caller may not see that version."""
+    """A version, or None; with `grants`, None also when the caller may not see that version."""
     params = {"t": resource_type, "i": id, "v": version_id}
-    if access is None or isinstance(access, Everything):
+    if grants is None or isinstance(grants, Everything):
         row = await fetch_one(conn, _read_version, params)
     else:
         h = resource_history
-        statement = _read_version_query.where(access_clause(access, h, [resource_type]))
+        statement = _read_version_query.where(access_clause(grants, h, [resource_type]))
         row = await fetch_one(conn, statement, params)
     return None if row is None else StoredVersion(resource_type, id, *row)
 
@@ -466,10 +461,10 @@ async def history(
     since: datetime | None,
     count: int,
     after: HistoryCursor | None,
-    access: AccessFilter | None = None,
+    grants: Grants | None = None,
     max_bytes: int | None = None,
 ) -> tuple[list[StoredVersion], bool]:
-    """Versions newest first, for one resource, one type, or the whole system; with `access`,
+    """Versions newest first, for one resource, one type, or the whole system; with `grants`,
     only the versions the caller may see. At most `count` of them, and with `max_bytes` fewer
     where their JSON would pass it (at least one); and whether more follow."""
     h = resource_history.c
@@ -488,10 +483,10 @@ async def history(
         query = query.where(h.id == id)
     if since is not None:
         query = query.where(h.last_updated >= since)
-    if access is not None:
+    if grants is not None:
         query = query.where(
             access_clause(
-                access, resource_history, None if resource_type is None else [resource_type]
+                grants, resource_history, None if resource_type is None else [resource_type]
             )
         )
     if after is not None:
@@ -530,12 +525,12 @@ async def history_total(
     resource_type: str,
     id: str,
     since: datetime | None,
-    access: AccessFilter | None = None,
+    grants: Grants | None = None,
 ) -> int:
     h = resource_history.c
     query = select(func.count()).where(h.resource_type == resource_type, h.id == id)
-    if access is not None:
-        query = query.where(access_clause(access, resource_history, [resource_type]))
+    if grants is not None:
+        query = query.where(access_clause(grants, resource_history, [resource_type]))
     if since is not None:
         query = query.where(h.last_updated >= since)
     row = await fetch_one(conn, query)

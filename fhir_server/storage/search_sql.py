@@ -1,8 +1,10 @@
 """The search planner: a parsed `SearchQuery` becomes SQL over `resources` and the index tables.
 
-Every query the planner builds carries the caller's `AccessFilter` in its WHERE: the main query,
-each chained and `_has` sub-query, `_include` and `_revinclude`, and totals. There is no way to
-build a search statement without one (`Everything` is an explicit choice for privileged callers).
+Every query the planner builds carries the caller's `Grants` (search/grants.py) in its WHERE: the
+main query, each chained and `_has` sub-query, `_include` and `_revinclude`, and totals. There is
+no way to build a search statement without them (`Everything` is an explicit choice for privileged
+callers). They are values, computed by the caller before it calls (`search_types` and
+`include_types` name the types a statement needs): the planner asks nobody anything.
 Values are always bound parameters.
 
 The planner works in two steps, because building a SQLAlchemy statement and compiling it cost
@@ -29,11 +31,10 @@ compartments and creators of a grant, the page's ids of an `_include`) are one a
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cache, lru_cache
-from typing import Any, Protocol, TypeAlias
+from typing import Any, TypeAlias
 
 from sqlalchemy import (
     BindParameter,
@@ -64,6 +65,7 @@ from capability.definitions import resource_types
 from compartments.ids import is_id
 from fhir_server.errors import BadRequest
 from fhir_server.search.fhirpath import result_types
+from fhir_server.search.grants import Everything, Grant, Grants
 from fhir_server.search.index import DATE_MAX, DATE_MIN, date_range, normalize_string, number_range
 from fhir_server.search.parameters import SearchParam
 from fhir_server.search.query import Criterion, Include, SearchQuery, split_prefix, split_unescaped
@@ -78,65 +80,6 @@ from fhir_server.storage.search_index import (
 )
 from fhir_server.storage.sql import Query, compile_named
 from fhir_server.storage.tables import SEARCH_TABLES, resources
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    """Which rows of one resource type the caller may see (DESIGN.md 5.5): everything, or those in
-    any of `compartments`, created by one of `creators` or admitted by one of `parts`; then, if
-    set, only those also in the `within` compartment (a `patient/` scope's launch context) and
-    matching one of `criteria` (granular scopes such as `Observation.rs?category=laboratory`,
-    each a conjunction)."""
-
-    everything: bool = False
-    compartments: frozenset[str] = frozenset()
-    creators: frozenset[str] = frozenset()
-    parts: tuple[GrantPart, ...] = ()
-    within: str | None = None
-    criteria: tuple[tuple[Criterion, ...], ...] = ()
-
-    @property
-    def unrestricted(self) -> bool:
-        return self.everything and self.within is None and not self.criteria
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class GrantPart:
-    """The rows of a compartment a Consent opens: all but `ids` (`every`), or only `ids`."""
-
-    compartment: str
-    every: bool
-    ids: tuple[str, ...] = ()
-
-
-UNRESTRICTED = Grant(everything=True)
-
-
-class AccessFilter(Protocol):
-    """What the caller may see, type by type; `None` for a type it may see nothing of."""
-
-    def grant(self, resource_type: str) -> Grant | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Everything:
-    """No restriction: for System and Admin callers, and for the server's own work."""
-
-    def grant(self, resource_type: str) -> Grant | None:
-        return UNRESTRICTED
-
-
-@dataclass(frozen=True, slots=True)
-class InCompartments:
-    """The same grant for every type: resources in these compartments or created by `creator`."""
-
-    compartments: frozenset[str]
-    creator: str | None = None
-
-    def grant(self, resource_type: str) -> Grant | None:
-        creators = frozenset({self.creator}) if self.creator else frozenset()
-        return Grant(compartments=self.compartments, creators=creators)
-
 
 # --- shapes ----------------------------------------------------------------------------------
 #
@@ -179,12 +122,12 @@ def _like_escaped(text: str) -> str:
 
 
 def access_clause(
-    access: AccessFilter, row: FromClause, types: Sequence[str] | None
+    grants: Grants, row: FromClause, types: Sequence[str] | None
 ) -> ColumnElement[bool]:
     """The access filter as a predicate on a `resources` or `resource_history` row that is one of
     `types` (None: any type). Types with the same grant share one branch of the OR. Its values
     are bound to it (it goes into statements built elsewhere)."""
-    planner = _Planner(access, ())
+    planner = _Planner(grants, ())
     shape = planner.access("row", types)
     clause: ColumnElement[bool] = _Builder(_bound_values(planner.values), {"row": row}).expression(
         shape
@@ -196,9 +139,9 @@ class _Planner:
     """The shape of a statement for one query and caller, and its values by parameter name."""
 
     def __init__(
-        self, access: AccessFilter, local_bases: Sequence[str], now: datetime | None = None
+        self, grants: Grants, local_bases: Sequence[str], now: datetime | None = None
     ) -> None:
-        self.filter = access
+        self.grants = grants
         self.local_bases = tuple(b.rstrip("/") for b in local_bases)
         # the request's clock (Context.clock): `ap` on dates is relative to it
         self.now = now
@@ -236,12 +179,12 @@ class _Planner:
         return [type_clause, ("is false", _col(row, "deleted")), self.access(row, types)]
 
     def access(self, row: str, types: Sequence[str] | None) -> Node:
-        if isinstance(self.filter, Everything):
+        if isinstance(self.grants, Everything):
             return TRUE
         groups: list[tuple[Grant, list[str]]] = []
         hidden = False
         for resource_type in resource_types() if types is None else types:
-            grant = self.filter.grant(resource_type)
+            grant = self.grant_of(resource_type)
             if grant is None:
                 hidden = True
                 continue
@@ -265,6 +208,14 @@ class _Planner:
             )
             branches.append(("and", in_types, self.grant_clause(row, grant)))
         return ("or", FALSE, *branches)
+
+    def grant_of(self, resource_type: str) -> Grant | None:
+        try:
+            return self.grants[resource_type]
+        except KeyError:
+            # the caller computes the grants of every type `search_types` names: a type missing
+            # is a planner the caller does not know about, never a type to show
+            raise LookupError(f"no grant was computed for `{resource_type}`") from None
 
     def grant_clause(self, row: str, grant: Grant) -> Node:
         conditions: list[Node] = []
@@ -1007,12 +958,12 @@ def statement_cache_info() -> Any:
 
 
 def search_statement(
-    query: SearchQuery, access: AccessFilter, *, local_bases: Sequence[str] = (), now: datetime
+    query: SearchQuery, grants: Grants, *, local_bases: Sequence[str] = (), now: datetime
 ) -> tuple[Query, int]:
     """The page query: rows of (resource_type, id, content, sort keys...), `count + 1` of them
     so the caller knows whether there is a next page. Returns it and the number of keys.
     `now` is the request's clock (the base of `ap` on dates)."""
-    planner = _Planner(access, local_bases, now)
+    planner = _Planner(grants, local_bases, now)
     conditions = planner.where("r", query)
     sort = planner.sort_expressions("r", query)
     keys = len(sort) + 2  # then type and id
@@ -1035,22 +986,22 @@ def search_statement(
 
 
 def count_statement(
-    query: SearchQuery, access: AccessFilter, *, local_bases: Sequence[str] = (), now: datetime
+    query: SearchQuery, grants: Grants, *, local_bases: Sequence[str] = (), now: datetime
 ) -> Query:
-    planner = _Planner(access, local_bases, now)
+    planner = _Planner(grants, local_bases, now)
     return planner.query(("count", tuple(planner.where("r", query))))
 
 
 def include_statement(
     include: Include,
     sources: Sequence[tuple[str, str]],
-    access: AccessFilter,
+    grants: Grants,
     *,
     limit: int | None = None,
 ) -> Query:
     """Resources the page's resources refer to (`_include`) or that refer to them
     (`_revinclude`), visible to the caller; at most `limit` of them."""
-    planner = _Planner(access, ())
+    planner = _Planner(grants, ())
     ref = planner.alias("reference")
     target = "t"
     by_type: dict[str, list[str]] = {}
@@ -1077,7 +1028,6 @@ def include_statement(
         ]
         if include.target_type:
             link.append(("=", _col(ref, "target_type"), planner.value(include.target_type)))
-        types = [include.source_type]
     else:
         pages = [
             (
@@ -1097,11 +1047,36 @@ def include_statement(
             link.append(("=", _col(ref, "code"), planner.value(include.param.code)))
         if include.target_type:
             link.append(("=", _col(ref, "target_type"), planner.value(include.target_type)))
-        types = list(include.param.targets) if include.param is not None else []
-        if include.target_type:
-            types = [include.target_type]
-    visible = [("is false", _col(target, "deleted")), planner.access(target, types or None)]
+    types = include_types(include)
+    visible = [("is false", _col(target, "deleted")), planner.access(target, types)]
     if include.reverse:
-        visible.append(("=", _col(target, "resource_type"), planner.value(types[0])))
+        visible.append(("=", _col(target, "resource_type"), planner.value(include.source_type)))
     bound = None if limit is None else planner.value(limit, "int")
     return planner.query(("include", tuple(link), tuple(visible), bound))
+
+
+def search_types(query: SearchQuery) -> frozenset[str]:
+    """The resource types whose grants a search (or count) statement of `query` needs: its own,
+    and those its chains and `_has` criteria look into. The caller computes them first."""
+    types = set(query.resource_types)
+    pending = list(query.criteria)
+    while pending:
+        criterion = pending.pop()
+        if criterion.has_type is not None:
+            types.add(criterion.has_type)
+        types.update(inner.resource_type for inner in criterion.chain)
+        pending.extend(criterion.chain)
+        for alternative in criterion.parts:
+            pending.extend(alternative)
+    return frozenset(types)
+
+
+def include_types(include: Include) -> list[str] | None:
+    """The resource types whose grants an `include_statement` of `include` needs (None: every
+    type, an `_include=*` or a parameter of any target type)."""
+    if include.reverse:
+        return [include.source_type]
+    if include.target_type:
+        return [include.target_type]
+    types = list(include.param.targets) if include.param is not None else []
+    return types or None

@@ -9,7 +9,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -18,16 +18,16 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from compartments.engine import CONSENT_SCOPE_SYSTEM
 from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER
-from tests.access_world import World, build_world, snapshot, years_ago
-from tests.conftest import KEYS_DIR, LiveServer, auth, token
+from tests.support.resources import observation, parameters, values, years_ago
+from tests.support.servers import LiveServer
+from tests.support.tokens import KEYS_DIR, auth, token
+from tests.support.world import World, lab_results_consent, latest_denial, snapshot
 
 
 @pytest.fixture(scope="module")
-def world(live_server: LiveServer) -> Iterator[World]:
-    with httpx.Client(base_url=f"{live_server.origin}/fhir", timeout=30, headers=auth()) as system:
-        yield build_world(live_server.origin, system)
+def world(make_world: Callable[..., World]) -> World:
+    return make_world()
 
 
 def ids(bundle: dict[str, Any]) -> set[str]:
@@ -40,34 +40,6 @@ def reason(response: httpx.Response) -> str:
     assert response.status_code == 403, response.text
     code: str = response.json()["issue"][0]["details"]["coding"][0]["code"]
     return code
-
-
-def lab_results_consent(world: World) -> dict[str, Any]:
-    """The adult's Consent that lets her relative see her lab results."""
-    return {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {"coding": [{"code": "patient-privacy"}]},
-        "category": [{"coding": [{"code": "INFA"}]}],
-        "patient": {"reference": world.ref("adult")},
-        "provision": {
-            "type": "permit",
-            "actor": [
-                {
-                    "role": {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode",
-                                "code": "GRANTEE",
-                            }
-                        ]
-                    },
-                    "reference": {"reference": world.ref("relative")},
-                }
-            ],
-            "code": [{"coding": [{"system": CONSENT_SCOPE_SYSTEM, "code": "LAB_RESULTS"}]}],
-        },
-    }
 
 
 def as_(world: World, key: str, scope: str = "user/*.cruds", **kw: Any) -> httpx.Client:
@@ -167,12 +139,7 @@ def test_conditional_create_searches_only_the_permitted_set(world: World) -> Non
     with as_(world, "adult") as patient:
         created = patient.post(
             "/Observation",
-            json={
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"text": "mine"},
-                "subject": {"reference": world.ref("adult")},
-            },
+            json=observation(world.ref("adult"), text="mine", category=None),
             headers={"If-None-Exist": f"identifier={other_identifier}"},
         )
         # the other patient's Observation matches the criteria, but is not visible: a new one
@@ -193,12 +160,7 @@ def test_one_forbidden_entry_fails_the_whole_transaction(
         "type": "transaction",
         "entry": [
             {
-                "resource": {
-                    "resourceType": "Observation",
-                    "status": "final",
-                    "code": {"text": "fine"},
-                    "subject": {"reference": world.ref("adult")},
-                },
+                "resource": observation(world.ref("adult"), text="fine", category=None),
                 "request": {"method": "POST", "url": "Observation"},
             },
             {
@@ -552,12 +514,7 @@ def test_turning_18_ends_the_parents_access(world: World) -> None:
 def test_denials_are_audited_before_the_response(world: World, db: psycopg.Connection[Any]) -> None:
     with as_(world, "relative") as relative:
         assert reason(relative.get(f"/{world.ref('obs_adult')}")) == "consent_required"
-    event = db.execute(
-        "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
-        " AND content->>'outcome' = '4' AND content->'agent'->0->'who'->>'reference' = %s"
-        " ORDER BY last_updated DESC LIMIT 1",
-        (world.ref("relative"),),
-    ).fetchone()
+    event = latest_denial(db, world.ref("relative"))
     assert event is not None
     content = event[0]
     assert content["subtype"][0]["code"] == "read"
@@ -641,19 +598,10 @@ def test_break_glass_is_allowed_flagged_and_audited(
 
 
 def test_explain_access_answers_without_acting(world: World) -> None:
-    def ask(client: httpx.Client, **values: str) -> dict[str, Any]:
-        parameters = [
-            {"name": k, ("valueString" if k != "operation" else "valueCode"): v}
-            for k, v in values.items()
-        ]
-        response = client.post(
-            "/$explain-access", json={"resourceType": "Parameters", "parameter": parameters}
-        )
+    def ask(client: httpx.Client, **inputs: str) -> dict[str, Any]:
+        response = client.post("/$explain-access", json=parameters(**inputs))
         assert response.status_code == 200, response.text
-        return {
-            p["name"]: next(v for k, v in p.items() if k != "name")
-            for p in response.json()["parameter"]
-        }
+        return values(response.json())
 
     with as_(world, "relative") as relative:
         answer = ask(relative, operation="read", resource=world.ref("obs_adult"))

@@ -6,15 +6,14 @@ comes from one table (`ALLOWED`); every denied write is followed by proof that n
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from tests.access_world import World, build_world, snapshot
-from tests.conftest import LiveServer
+from tests.support.world import World, snapshot
 
 INTERACTIONS = ("read", "vread", "history", "search", "update", "patch", "delete")
 TARGETS = ("own", "linked", "unlinked", "nonexistent")
@@ -49,11 +48,8 @@ SEARCHES_TYPE = {"patient", "parent", "doctor", "system"}
 
 
 @pytest.fixture(scope="module")
-def world(live_server: LiveServer) -> Iterator[World]:
-    from tests.conftest import auth
-
-    with httpx.Client(base_url=f"{live_server.origin}/fhir", timeout=30, headers=auth()) as system:
-        yield build_world(live_server.origin, system)
+def world(make_world: Callable[..., World]) -> World:
+    return make_world()
 
 
 def _target(world: World, role: str, target: str) -> str:

@@ -9,7 +9,8 @@ import httpx
 import psycopg
 
 from fhir_server.settings import Settings
-from tests.conftest import LiveServer, auth
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth
 
 
 def test_pending_events_are_written_when_the_server_stops(

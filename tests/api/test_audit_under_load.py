@@ -25,7 +25,8 @@ import httpx
 import psycopg
 
 from fhir_server.settings import Settings
-from tests.conftest import LiveServer, auth, token
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth, token
 
 ELLIPSIS = "\u2026"
 

@@ -11,8 +11,9 @@ from typing import Any
 import httpx
 import psycopg
 
-from tests.access_world import snapshot
-from tests.conftest import LiveServer, auth
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth
+from tests.support.world import snapshot
 
 
 def transaction(*entries: dict[str, Any], kind: str = "transaction") -> dict[str, Any]:

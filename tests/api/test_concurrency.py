@@ -8,7 +8,8 @@ from typing import Any
 import httpx
 import psycopg
 
-from tests.conftest import LiveServer, auth
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth
 
 
 def test_same_if_match_exactly_one_wins(

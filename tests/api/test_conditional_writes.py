@@ -9,7 +9,7 @@ import base64
 import json
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -17,8 +17,10 @@ import psycopg
 import pytest
 from fhirpy import SyncFHIRClient
 
-from tests.access_world import LAB, World, build_world, snapshot
-from tests.conftest import LiveServer, auth, token
+from tests.support.resources import observation, patient, transaction
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth, token
+from tests.support.world import World, snapshot
 
 
 def mrn() -> dict[str, str]:
@@ -27,10 +29,6 @@ def mrn() -> dict[str, str]:
 
 def criteria(ident: dict[str, str]) -> str:
     return f"identifier={ident['system']}|{ident['value']}"
-
-
-def patient(ident: dict[str, str], **extra: Any) -> dict[str, Any]:
-    return {"resourceType": "Patient", "identifier": [ident], **extra}
 
 
 def live(db: psycopg.Connection[Any], ident: dict[str, str]) -> list[tuple[str, int, bool]]:
@@ -43,10 +41,6 @@ def live(db: psycopg.Connection[Any], ident: dict[str, str]) -> list[tuple[str, 
     return [(str(r[0]), int(r[1]), bool(r[2])) for r in rows]
 
 
-def transaction(*entries: dict[str, Any], kind: str = "transaction") -> dict[str, Any]:
-    return {"resourceType": "Bundle", "type": kind, "entry": list(entries)}
-
-
 # --- conditional update ------------------------------------------------------------------------
 
 
@@ -54,7 +48,9 @@ def test_conditional_update_without_match_creates_with_a_server_id(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident = mrn()
-    response = client.put(f"/Patient?{criteria(ident)}", json=patient(ident, gender="male"))
+    response = client.put(
+        f"/Patient?{criteria(ident)}", json=patient(identifier=[ident], gender="male")
+    )
     assert response.status_code == 201, response.text
     created = response.json()
     assert response.headers["Location"].endswith(f"/Patient/{created['id']}/_history/1")
@@ -65,15 +61,18 @@ def test_conditional_update_with_one_match_updates_it(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident = mrn()
-    existing = client.post("/Patient", json=patient(ident)).json()
-    response = client.put(f"/Patient?{criteria(ident)}", json=patient(ident, gender="female"))
+    existing = client.post("/Patient", json=patient(identifier=[ident])).json()
+    response = client.put(
+        f"/Patient?{criteria(ident)}", json=patient(identifier=[ident], gender="female")
+    )
     assert response.status_code == 200, response.text
     assert response.json()["id"] == existing["id"]
     assert response.headers["ETag"] == 'W/"2"'
     assert client.get(f"/Patient/{existing['id']}").json()["gender"] == "female"
     # the body may name the match's id too
     same = client.put(
-        f"/Patient?{criteria(ident)}", json=patient(ident, id=existing["id"], gender="other")
+        f"/Patient?{criteria(ident)}",
+        json=patient(identifier=[ident], id=existing["id"], gender="other"),
     )
     assert same.status_code == 200, same.text
     assert live(db, ident) == [(existing["id"], 3, False)]
@@ -83,10 +82,11 @@ def test_conditional_update_whose_body_names_another_id_is_400_and_changes_nothi
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident = mrn()
-    existing = client.post("/Patient", json=patient(ident)).json()
+    existing = client.post("/Patient", json=patient(identifier=[ident])).json()
     before = snapshot(db)
     response = client.put(
-        f"/Patient?{criteria(ident)}", json=patient(ident, id="someone-else", gender="male")
+        f"/Patient?{criteria(ident)}",
+        json=patient(identifier=[ident], id="someone-else", gender="male"),
     )
     assert response.status_code == 400
     issue = response.json()["issue"][0]
@@ -101,7 +101,9 @@ def test_conditional_update_without_match_with_an_id_is_update_as_create(
 ) -> None:
     ident = mrn()
     chosen = f"chosen-{uuid.uuid4().hex[:12]}"
-    response = client.put(f"/Patient?{criteria(ident)}", json=patient(ident, id=chosen))
+    response = client.put(
+        f"/Patient?{criteria(ident)}", json=patient(identifier=[ident], id=chosen)
+    )
     assert response.status_code == 201, response.text
     assert response.json()["id"] == chosen
     assert live(db, ident) == [(chosen, 1, False)]
@@ -111,10 +113,12 @@ def test_conditional_update_with_several_matches_is_412_and_changes_nothing(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident = mrn()
-    client.post("/Patient", json=patient(ident))
-    client.post("/Patient", json=patient(ident))
+    client.post("/Patient", json=patient(identifier=[ident]))
+    client.post("/Patient", json=patient(identifier=[ident]))
     before = snapshot(db)
-    response = client.put(f"/Patient?{criteria(ident)}", json=patient(ident, gender="male"))
+    response = client.put(
+        f"/Patient?{criteria(ident)}", json=patient(identifier=[ident], gender="male")
+    )
     assert response.status_code == 412
     assert response.json()["issue"][0]["code"] == "duplicate"
     assert snapshot(db) == before
@@ -124,19 +128,25 @@ def test_conditional_update_honours_if_match(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident = mrn()
-    existing = client.post("/Patient", json=patient(ident)).json()
+    existing = client.post("/Patient", json=patient(identifier=[ident])).json()
     before = snapshot(db)
     stale = client.put(
-        f"/Patient?{criteria(ident)}", json=patient(ident), headers={"If-Match": 'W/"7"'}
+        f"/Patient?{criteria(ident)}",
+        json=patient(identifier=[ident]),
+        headers={"If-Match": 'W/"7"'},
     )
     assert stale.status_code == 412
     nothing = client.put(
-        f"/Patient?{criteria(mrn())}", json=patient(mrn()), headers={"If-Match": 'W/"1"'}
+        f"/Patient?{criteria(mrn())}",
+        json=patient(identifier=[mrn()]),
+        headers={"If-Match": 'W/"1"'},
     )
     assert nothing.status_code == 412
     assert snapshot(db) == before
     fresh = client.put(
-        f"/Patient?{criteria(ident)}", json=patient(ident), headers={"If-Match": 'W/"1"'}
+        f"/Patient?{criteria(ident)}",
+        json=patient(identifier=[ident]),
+        headers={"If-Match": 'W/"1"'},
     )
     assert fresh.status_code == 200
     assert fresh.json()["id"] == existing["id"]
@@ -174,7 +184,9 @@ def test_racing_conditional_updates_create_one_resource(
 
     def upsert() -> None:
         with httpx.Client(base_url=f"{live_server.origin}/fhir", headers=auth()) as c:
-            statuses.append(c.put(f"/Patient?{criteria(ident)}", json=patient(ident)).status_code)
+            statuses.append(
+                c.put(f"/Patient?{criteria(ident)}", json=patient(identifier=[ident])).status_code
+            )
 
     threads = [threading.Thread(target=upsert) for _ in range(6)]
     for t in threads:
@@ -194,7 +206,9 @@ def test_racing_conditional_creates_create_one_resource(
     def create() -> None:
         with httpx.Client(base_url=f"{live_server.origin}/fhir", headers=auth()) as c:
             headers = {"If-None-Exist": criteria(ident)}
-            statuses.append(c.post("/Patient", json=patient(ident), headers=headers).status_code)
+            statuses.append(
+                c.post("/Patient", json=patient(identifier=[ident]), headers=headers).status_code
+            )
 
     threads = [threading.Thread(target=create) for _ in range(6)]
     for t in threads:
@@ -215,7 +229,7 @@ def test_method_on_metadata_is_still_405(client: httpx.Client) -> None:
 
 def test_conditional_delete_of_one_match(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
     ident = mrn()
-    existing = client.post("/Patient", json=patient(ident)).json()
+    existing = client.post("/Patient", json=patient(identifier=[ident])).json()
     response = client.delete(f"/Patient?{criteria(ident)}")
     assert response.status_code == 204
     assert response.headers["ETag"] == 'W/"2"'
@@ -241,8 +255,8 @@ def test_conditional_delete_with_several_matches_is_412_and_deletes_none(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident = mrn()
-    client.post("/Patient", json=patient(ident))
-    client.post("/Patient", json=patient(ident))
+    client.post("/Patient", json=patient(identifier=[ident]))
+    client.post("/Patient", json=patient(identifier=[ident]))
     before = snapshot(db)
     response = client.delete(f"/Patient?{criteria(ident)}")
     assert response.status_code == 412
@@ -282,7 +296,7 @@ def test_transaction_upsert_by_conditional_update_resolves_references(
             },
             {
                 "fullUrl": full_url,
-                "resource": patient(ident, gender=gender),
+                "resource": patient(identifier=[ident], gender=gender),
                 "request": {"method": "PUT", "url": f"Patient?{criteria(ident)}"},
             },
         )
@@ -313,11 +327,11 @@ def test_transaction_conditional_delete_and_update_entries(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     doomed, kept = mrn(), mrn()
-    doomed_id = client.post("/Patient", json=patient(doomed)).json()["id"]
-    kept_id = client.post("/Patient", json=patient(kept)).json()["id"]
+    doomed_id = client.post("/Patient", json=patient(identifier=[doomed])).json()["id"]
+    kept_id = client.post("/Patient", json=patient(identifier=[kept])).json()["id"]
     bundle = transaction(
         {
-            "resource": patient(kept, active=True),
+            "resource": patient(identifier=[kept], active=True),
             "request": {"method": "PUT", "url": f"Patient?{criteria(kept)}"},
         },
         {"request": {"method": "DELETE", "url": f"Patient?{criteria(doomed)}"}},
@@ -337,12 +351,12 @@ def test_transaction_with_ambiguous_conditional_entry_changes_nothing(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident = mrn()
-    client.post("/Patient", json=patient(ident))
-    client.post("/Patient", json=patient(ident))
+    client.post("/Patient", json=patient(identifier=[ident]))
+    client.post("/Patient", json=patient(identifier=[ident]))
     before = snapshot(db)
     for entry in (
         {
-            "resource": patient(ident),
+            "resource": patient(identifier=[ident]),
             "request": {"method": "PUT", "url": f"Patient?{criteria(ident)}"},
         },
         {"request": {"method": "DELETE", "url": f"Patient?{criteria(ident)}"}},
@@ -364,7 +378,7 @@ def test_transaction_conditional_delete_overlapping_an_update_is_refused(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident = mrn()
-    existing = client.post("/Patient", json=patient(ident)).json()
+    existing = client.post("/Patient", json=patient(identifier=[ident])).json()
     before = snapshot(db)
     bundle = transaction(
         {"resource": existing, "request": {"method": "PUT", "url": f"Patient/{existing['id']}"}},
@@ -381,15 +395,15 @@ def test_batch_conditional_entries_answer_each_alone(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident, twice = mrn(), mrn()
-    client.post("/Patient", json=patient(twice))
-    client.post("/Patient", json=patient(twice))
+    client.post("/Patient", json=patient(identifier=[twice]))
+    client.post("/Patient", json=patient(identifier=[twice]))
     bundle = transaction(
         {
-            "resource": patient(ident),
+            "resource": patient(identifier=[ident]),
             "request": {"method": "PUT", "url": f"Patient?{criteria(ident)}"},
         },
         {
-            "resource": patient(twice),
+            "resource": patient(identifier=[twice]),
             "request": {"method": "PUT", "url": f"Patient?{criteria(twice)}"},
         },
         {"request": {"method": "DELETE", "url": f"Patient?{criteria(ident)}"}},
@@ -410,9 +424,8 @@ def test_batch_conditional_entries_answer_each_alone(
 
 
 @pytest.fixture(scope="module")
-def world(live_server: LiveServer) -> Iterator[World]:
-    with httpx.Client(base_url=f"{live_server.origin}/fhir", timeout=30, headers=auth()) as system:
-        yield build_world(live_server.origin, system)
+def world(make_world: Callable[..., World]) -> World:
+    return make_world()
 
 
 def observation_row(db: psycopg.Connection[Any], ref: str) -> Any:
@@ -423,15 +436,8 @@ def observation_row(db: psycopg.Connection[Any], ref: str) -> Any:
     ).fetchone()
 
 
-def lab(world: World, subject: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [LAB],
-        "code": {"coding": [{"system": "urn:test", "code": "probe"}]},
-        "subject": {"reference": subject},
-        **extra,
-    }
+def lab(subject: str, **extra: Any) -> dict[str, Any]:
+    return observation(subject, code="probe", **extra)
 
 
 def hidden_criteria(world: World) -> str:
@@ -446,21 +452,17 @@ def test_conditional_update_never_writes_a_match_the_caller_may_not_see(
     before = snapshot(db)
     with world.client(world.ref("adult")) as adult:
         # into the other family's compartment: refused as a create would be
-        aimed = adult.put(
-            f"/Observation?{hidden_criteria(world)}", json=lab(world, world.ref("other"))
-        )
+        aimed = adult.put(f"/Observation?{hidden_criteria(world)}", json=lab(world.ref("other")))
         assert aimed.status_code == 403, aimed.text
         # naming the hidden resource's id: refused as `PUT Observation/{id}` would be
         named = adult.put(
             f"/Observation?{hidden_criteria(world)}",
-            json=lab(world, world.ref("adult"), id=world.ref("obs_other").split("/")[1]),
+            json=lab(world.ref("adult"), id=world.ref("obs_other").split("/")[1]),
         )
         assert named.status_code == 403, named.text
         assert snapshot(db) == before
         # within the caller's own compartment: the hidden match is no match, a new resource
-        own = adult.put(
-            f"/Observation?{hidden_criteria(world)}", json=lab(world, world.ref("adult"))
-        )
+        own = adult.put(f"/Observation?{hidden_criteria(world)}", json=lab(world.ref("adult")))
         assert own.status_code == 201, own.text
         assert f"Observation/{own.json()['id']}" != world.ref("obs_other")
     assert observation_row(db, world.ref("obs_other")) == hidden
@@ -468,13 +470,13 @@ def test_conditional_update_never_writes_a_match_the_caller_may_not_see(
 
 def test_hidden_matches_are_never_counted(world: World, db: psycopg.Connection[Any]) -> None:
     shared = {"system": "urn:test:shared", "value": uuid.uuid4().hex}
-    mine = world.create(lab(world, world.ref("adult"), identifier=[shared]))
-    theirs = world.create(lab(world, world.ref("other"), identifier=[shared]))
+    mine = world.create(lab(world.ref("adult"), identifier=[shared]))
+    theirs = world.create(lab(world.ref("other"), identifier=[shared]))
     hidden = observation_row(db, theirs)
     with world.client(world.ref("adult")) as adult:
         response = adult.put(
             f"/Observation?{criteria(shared)}",
-            json=lab(world, world.ref("adult"), identifier=[shared], status="amended"),
+            json=lab(world.ref("adult"), identifier=[shared], status="amended"),
         )
         assert response.status_code == 200, response.text
         assert f"Observation/{response.json()['id']}" == mine
@@ -488,11 +490,11 @@ def test_conditional_update_in_a_transaction_never_writes_a_hidden_match(
     before = snapshot(db)
     bundle = transaction(
         {
-            "resource": lab(world, world.ref("adult")),
+            "resource": lab(world.ref("adult")),
             "request": {"method": "POST", "url": "Observation"},
         },
         {
-            "resource": lab(world, world.ref("other"), status="amended"),
+            "resource": lab(world.ref("other"), status="amended"),
             "request": {"method": "PUT", "url": f"Observation?{hidden_criteria(world)}"},
         },
     )
@@ -542,9 +544,9 @@ JSON_PATCH = {"Content-Type": "application/json-patch+json"}
 
 def test_conditional_patch_outcomes(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
     one, twice = mrn(), mrn()
-    existing = client.post("/Patient", json=patient(one)).json()
-    client.post("/Patient", json=patient(twice))
-    client.post("/Patient", json=patient(twice))
+    existing = client.post("/Patient", json=patient(identifier=[one])).json()
+    client.post("/Patient", json=patient(identifier=[twice]))
+    client.post("/Patient", json=patient(identifier=[twice]))
     before = snapshot(db)
     none = client.patch(f"/Patient?{criteria(mrn())}", json=ACTIVATE, headers=JSON_PATCH)
     assert none.status_code == 404
@@ -561,7 +563,7 @@ def test_conditional_patch_entries_in_bundles(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident = mrn()
-    existing = client.post("/Patient", json=patient(ident)).json()
+    existing = client.post("/Patient", json=patient(identifier=[ident])).json()
     binary = {
         "resourceType": "Binary",
         "contentType": "application/json-patch+json",

@@ -9,16 +9,10 @@ import httpx
 import psycopg
 import pytest
 
+from tests.support.resources import patient
+
 FHIR_JSON = "application/fhir+json"
-
-
-def patient(family: str = "Doe", **extra: Any) -> dict[str, Any]:
-    return {
-        "resourceType": "Patient",
-        "name": [{"family": family, "given": ["Jane"]}],
-        "birthDate": "1980-02-29",
-        **extra,
-    }
+LEAP_DAY = "1980-02-29"  # the birth date of the Patients created here
 
 
 def create(client: httpx.Client, resource: dict[str, Any], **headers: str) -> httpx.Response:
@@ -43,7 +37,7 @@ def rows(db: psycopg.Connection[Any], rtype: str, id: str) -> tuple[Any, Any]:
 def test_create_assigns_id_and_answers_201_with_location_etag_last_modified(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
-    response = create(client, patient(id="client-chosen"))
+    response = create(client, patient("Doe", "Jane", born=LEAP_DAY, id="client-chosen"))
     body = response.json()
     assert body["id"] != "client-chosen"
     assert response.headers["ETag"] == 'W/"1"'
@@ -59,7 +53,7 @@ def test_create_assigns_id_and_answers_201_with_location_etag_last_modified(
 
 
 def test_read_returns_what_was_stored(client: httpx.Client) -> None:
-    created = create(client, patient("Reader")).json()
+    created = create(client, patient("Reader", "Jane", born=LEAP_DAY)).json()
     response = client.get(f"/Patient/{created['id']}")
     assert response.status_code == 200
     assert response.json() == created
@@ -90,7 +84,7 @@ def test_wrong_method_is_405_operation_outcome(client: httpx.Client) -> None:
 def test_update_increments_version_and_honours_if_match(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
-    created = create(client, patient("Versioned")).json()
+    created = create(client, patient("Versioned", "Jane", born=LEAP_DAY)).json()
     id = created["id"]
     changed = {**created, "gender": "female"}
     response = client.put(f"/Patient/{id}", json=changed, headers={"If-Match": 'W/"1"'})
@@ -112,7 +106,7 @@ def test_update_increments_version_and_honours_if_match(
 
 
 def test_vread_returns_each_version(client: httpx.Client) -> None:
-    created = create(client, patient("Vread")).json()
+    created = create(client, patient("Vread", "Jane", born=LEAP_DAY)).json()
     id = created["id"]
     client.put(f"/Patient/{id}", json={**created, "gender": "other"})
     v1 = client.get(f"/Patient/{id}/_history/1")
@@ -126,7 +120,10 @@ def test_vread_returns_each_version(client: httpx.Client) -> None:
 
 
 def test_update_as_create_uses_the_client_id(client: httpx.Client) -> None:
-    response = client.put("/Patient/chosen-by-client-1", json=patient(id="chosen-by-client-1"))
+    response = client.put(
+        "/Patient/chosen-by-client-1",
+        json=patient("Doe", "Jane", born=LEAP_DAY, id="chosen-by-client-1"),
+    )
     assert response.status_code == 201
     assert response.json()["id"] == "chosen-by-client-1"
     assert client.get("/Patient/chosen-by-client-1").status_code == 200
@@ -134,7 +131,9 @@ def test_update_as_create_uses_the_client_id(client: httpx.Client) -> None:
 
 def test_update_with_if_match_on_missing_resource_is_412(client: httpx.Client) -> None:
     response = client.put(
-        "/Patient/never-was-here", json=patient(id="never-was-here"), headers={"If-Match": 'W/"1"'}
+        "/Patient/never-was-here",
+        json=patient("Doe", "Jane", born=LEAP_DAY, id="never-was-here"),
+        headers={"If-Match": 'W/"1"'},
     )
     assert response.status_code == 412
     assert client.get("/Patient/never-was-here").status_code == 404
@@ -147,7 +146,7 @@ def test_update_with_if_match_on_missing_resource_is_412(client: httpx.Client) -
 def test_update_body_id_must_match_url(
     client: httpx.Client, body_id: str | None, fragment: str
 ) -> None:
-    created = create(client, patient()).json()
+    created = create(client, patient("Doe", "Jane", born=LEAP_DAY)).json()
     body = {**created}
     if body_id is None:
         del body["id"]
@@ -159,7 +158,7 @@ def test_update_body_id_must_match_url(
 
 
 def test_resource_type_must_match_url(client: httpx.Client) -> None:
-    response = client.post("/Observation", json=patient())
+    response = client.post("/Observation", json=patient("Doe", "Jane", born=LEAP_DAY))
     assert response.status_code == 400
     assert response.json()["issue"][0]["expression"] == ["resourceType"]
 
@@ -167,7 +166,7 @@ def test_resource_type_must_match_url(client: httpx.Client) -> None:
 def test_delete_is_soft_and_read_gives_410(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
-    created = create(client, patient("Deleted")).json()
+    created = create(client, patient("Deleted", "Jane", born=LEAP_DAY)).json()
     id = created["id"]
     response = client.delete(f"/Patient/{id}")
     assert response.status_code == 204
@@ -183,7 +182,7 @@ def test_delete_is_soft_and_read_gives_410(
 
 
 def test_update_after_delete_revives_the_resource(client: httpx.Client) -> None:
-    created = create(client, patient("Lazarus")).json()
+    created = create(client, patient("Lazarus", "Jane", born=LEAP_DAY)).json()
     id = created["id"]
     client.delete(f"/Patient/{id}")
     response = client.put(f"/Patient/{id}", json=created)
@@ -193,7 +192,7 @@ def test_update_after_delete_revives_the_resource(client: httpx.Client) -> None:
 
 
 def test_json_patch_is_applied_and_validated(client: httpx.Client) -> None:
-    created = create(client, patient("Patched")).json()
+    created = create(client, patient("Patched", "Jane", born=LEAP_DAY)).json()
     id = created["id"]
     ops = [{"op": "add", "path": "/gender", "value": "female"}]
     response = client.patch(
@@ -233,7 +232,7 @@ def test_json_patch_is_applied_and_validated(client: httpx.Client) -> None:
 
 
 def test_patch_with_stale_if_match_is_412(client: httpx.Client) -> None:
-    created = create(client, patient()).json()
+    created = create(client, patient("Doe", "Jane", born=LEAP_DAY)).json()
     ops = [{"op": "add", "path": "/gender", "value": "male"}]
     response = client.patch(
         f"/Patient/{created['id']}",
@@ -244,7 +243,7 @@ def test_patch_with_stale_if_match_is_412(client: httpx.Client) -> None:
 
 
 def test_patch_needs_json_patch_media_type(client: httpx.Client) -> None:
-    created = create(client, patient()).json()
+    created = create(client, patient("Doe", "Jane", born=LEAP_DAY)).json()
     response = client.patch(f"/Patient/{created['id']}", json=[{"op": "remove", "path": "/gender"}])
     assert response.status_code == 415
 
@@ -253,7 +252,9 @@ def test_patch_needs_json_patch_media_type(client: httpx.Client) -> None:
     "prefer", ["return=minimal", "return=representation", "return=OperationOutcome"]
 )
 def test_prefer_return(client: httpx.Client, prefer: str) -> None:
-    response = client.post("/Patient", json=patient(), headers={"Prefer": prefer})
+    response = client.post(
+        "/Patient", json=patient("Doe", "Jane", born=LEAP_DAY), headers={"Prefer": prefer}
+    )
     assert response.status_code == 201
     assert "Location" in response.headers
     if prefer == "return=minimal":
@@ -267,7 +268,7 @@ def test_prefer_return(client: httpx.Client, prefer: str) -> None:
 
 def test_conditional_create(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
     ident = {"system": "urn:oid:1.2.36.146.595.217.0.1", "value": "conditional-12345"}
-    body = patient("Conditional", identifier=[ident])
+    body = patient("Conditional", "Jane", born=LEAP_DAY, identifier=[ident])
     criteria = f"identifier={ident['system']}|{ident['value']}"
     first = client.post("/Patient", json=body, headers={"If-None-Exist": criteria})
     assert first.status_code == 201
@@ -288,7 +289,7 @@ def test_conditional_create(client: httpx.Client, db: psycopg.Connection[Any]) -
 def test_conditional_create_takes_any_search(client: httpx.Client) -> None:
     family = f"Cond{uuid.uuid4().hex[:8]}"
     criteria = f"name={family}&birthdate=1970-01-01"
-    body = {**patient(family), "birthDate": "1970-01-01"}
+    body = {**patient(family, "Jane", born=LEAP_DAY), "birthDate": "1970-01-01"}
     first = client.post("/Patient", json=body, headers={"If-None-Exist": criteria})
     assert first.status_code == 201
     second = client.post("/Patient", json=body, headers={"If-None-Exist": criteria})
@@ -298,7 +299,11 @@ def test_conditional_create_takes_any_search(client: httpx.Client) -> None:
 
 def test_conditional_create_refuses_unknown_criteria(client: httpx.Client) -> None:
     before = client.get("/Patient?_summary=count").json()["total"]
-    response = client.post("/Patient", json=patient(), headers={"If-None-Exist": "nickname=Doe"})
+    response = client.post(
+        "/Patient",
+        json=patient("Doe", "Jane", born=LEAP_DAY),
+        headers={"If-None-Exist": "nickname=Doe"},
+    )
     assert response.status_code == 400
     assert "`nickname`" in response.json()["issue"][0]["diagnostics"]
     assert client.get("/Patient?_summary=count").json()["total"] == before

@@ -15,105 +15,33 @@ import httpx
 import psycopg
 import pytest
 
-from compartments.engine import CONSENT_SCOPE_SYSTEM
 from fhir_server.settings import Settings
 from fhir_server.storage.database import migrate
 from fhir_server.validation import default_validator
-from tests.access_world import snapshot, years_ago
-from tests.conftest import LiveServer, _drop_database, _fresh_database, auth, token
-
-NATIONAL = "http://nationalid.gov.ke"
-# the actor role of a Consent's grantee (information recipient)
-GRANTEE = {
-    "coding": [
-        {"system": "http://terminology.hl7.org/CodeSystem/v3-ParticipationType", "code": "IRCP"}
-    ]
-}
-
-
-def scope_consent(patient: str, actor: str, scope: str) -> dict[str, Any]:
-    """An active Consent of `patient` granting `actor` one of the server's data scopes."""
-    return {
-        "resourceType": "Consent",
-        "status": "active",
-        "scope": {
-            "coding": [
-                {
-                    "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                    "code": "patient-privacy",
-                }
-            ]
-        },
-        "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-        "patient": {"reference": patient},
-        "provision": {
-            "type": "permit",
-            "actor": [{"role": GRANTEE, "reference": {"reference": actor}}],
-            "code": [{"coding": [{"system": CONSENT_SCOPE_SYSTEM, "code": scope}]}],
-        },
-    }
-
-
-def params(**values: Any) -> dict[str, Any]:
-    parameter = []
-    for name, value in values.items():
-        if isinstance(value, dict) and "resourceType" in value:
-            parameter.append({"name": name, "resource": value})
-        elif isinstance(value, bool):
-            parameter.append({"name": name, "valueBoolean": value})
-        elif name == "relationship":
-            parameter.append({"name": name, "valueCode": value})
-        elif name == "dependent" and isinstance(value, str):
-            parameter.append({"name": name, "valueReference": {"reference": value}})
-        else:
-            parameter.append({"name": name, "valueString": value})
-    return {"resourceType": "Parameters", "parameter": parameter}
-
-
-def person(family: str, given: str, born: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Patient",
-        "name": [{"family": family, "given": [given]}],
-        "birthDate": born,
-    }
-
-
-def values(parameters: dict[str, Any]) -> dict[str, Any]:
-    return {
-        p["name"]: next(v for k, v in p.items() if k != "name") for p in parameters["parameter"]
-    }
-
-
-class Family:
-    def __init__(self, server: LiveServer, system: httpx.Client) -> None:
-        self.server = server
-        self.system = system
-        self.tag = uuid.uuid4().hex[:8]
-
-    def nid(self, name: str) -> str:
-        return f"{name}-{self.tag}"
-
-    def patient(self, given: str, born: str, national: str | None = None) -> str:
-        body = person("Doe", given, born)
-        if national:
-            body["identifier"] = [{"system": NATIONAL, "value": national}]
-        response = self.system.post("/Patient", json=body)
-        assert response.status_code == 201, response.text
-        return f"Patient/{response.json()['id']}"
-
-    def as_(self, who: str) -> httpx.Client:
-        return httpx.Client(
-            base_url=f"{self.server.origin}/fhir", timeout=30, headers=auth(who, "user/*.cruds")
-        )
-
-
-@pytest.fixture
-def fam(live_server: LiveServer, client: httpx.Client) -> Family:
-    return Family(live_server, client)
-
-
-def add(caller: httpx.Client, primary: str, **values_: Any) -> httpx.Response:
-    return caller.post(f"/{primary}/$add-dependent", json=params(**values_))
+from tests.support import resources
+from tests.support import world as worlds
+from tests.support.databases import drop_database, fresh_database
+from tests.support.resources import (
+    V2_0131,
+    care_team,
+    observation,
+    parameters,
+    patient,
+    permit,
+    related_person,
+    values,
+    years_ago,
+)
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth, token
+from tests.support.world import (
+    NATIONAL,
+    World,
+    add_child,
+    add_child_and_link,
+    snapshot,
+)
+from tests.support.world import add_dependent as add
 
 
 def rule(response: httpx.Response) -> str:
@@ -122,15 +50,15 @@ def rule(response: httpx.Response) -> str:
     return diagnostics.split(":", 1)[0]
 
 
-def test_the_doe_family(fam: Family, db: psycopg.Connection[Any]) -> None:
+def test_the_doe_family(fam: World, db: psycopg.Connection[Any]) -> None:
     john = fam.patient("John", years_ago(40), fam.nid("john"))
-    with fam.as_(john) as j:
+    with fam.client(john) as j:
         jane = add(
             j,
             john,
             relationship="SPOUSE",
             nationalId=fam.nid("jane"),
-            dependent=person("Doe", "Jane", years_ago(38)),
+            dependent=patient("Doe", "Jane", born=years_ago(38)),
         )
         assert jane.status_code == 201, jane.text
         answer = values(jane.json())
@@ -144,11 +72,13 @@ def test_the_doe_family(fam: Family, db: psycopg.Connection[Any]) -> None:
                 john,
                 relationship="CHILD",
                 nationalId=fam.nid("mary"),
-                dependent=person("Doe", "Mary", years_ago(12)),
+                dependent=patient("Doe", "Mary", born=years_ago(12)),
             ).json()
         )
         tom = values(
-            add(j, john, relationship="CHILD", dependent=person("Doe", "Tom", years_ago(8))).json()
+            add(
+                j, john, relationship="CHILD", dependent=patient("Doe", "Tom", born=years_ago(8))
+            ).json()
         )
         mary_ref, tom_ref = mary["dependent"]["reference"], tom["dependent"]["reference"]
         # the RelatedPerson stands for John towards Mary: parent
@@ -161,26 +91,10 @@ def test_the_doe_family(fam: Family, db: psycopg.Connection[Any]) -> None:
         assert related[0]["relationship"][0]["coding"][0]["code"] == "PRN"
 
         # what each relationship yields: John sees his minor children's records
-        lab = fam.system.post(
-            "/Observation",
-            json={
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"text": "lab"},
-                "subject": {"reference": mary_ref},
-            },
-        ).json()
+        lab = fam.posted(observation(mary_ref, text="lab", category=None))
         assert j.get(f"/Observation/{lab['id']}").status_code == 200
         assert j.get(f"/{jane_ref}").status_code == 200  # an adult spouse: demographics
-        jane_lab = fam.system.post(
-            "/Observation",
-            json={
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"text": "lab"},
-                "subject": {"reference": jane_ref},
-            },
-        ).json()
+        jane_lab = fam.posted(observation(jane_ref, text="lab", category=None))
         denied = j.get(f"/Observation/{jane_lab['id']}")
         # outside everything John's identities may see (his own record, his children's); the
         # answer does not say whose compartment the resource is in
@@ -198,7 +112,7 @@ def test_the_doe_family(fam: Family, db: psycopg.Connection[Any]) -> None:
         assert mine[jane_ref]["canViewClinicalData"] is False
 
     # Jane logs in: John and the children are her family
-    with fam.as_(jane_ref) as jn:
+    with fam.client(jane_ref) as jn:
         hers = {
             m["patient"]["reference"]: m
             for m in map(_member, jn.get(f"/{jane_ref}/$family").json()["parameter"])
@@ -210,7 +124,7 @@ def test_the_doe_family(fam: Family, db: psycopg.Connection[Any]) -> None:
         # nobody manages someone else's family
         assert (
             add(
-                jn, john, relationship="CHILD", dependent=person("Doe", "X", years_ago(1))
+                jn, john, relationship="CHILD", dependent=patient("Doe", "X", born=years_ago(1))
             ).status_code
             == 403
         )
@@ -229,11 +143,11 @@ def _member(parameter: dict[str, Any]) -> dict[str, Any]:
     return member
 
 
-def test_rules_are_refused_by_name(fam: Family, db: psycopg.Connection[Any]) -> None:
+def test_rules_are_refused_by_name(fam: World, db: psycopg.Connection[Any]) -> None:
     primary = fam.patient("Paul", years_ago(30))
     fam.patient("Teen", years_ago(16), fam.nid("teen"))
     fam.patient("Elder", years_ago(60), fam.nid("elder"))
-    with fam.as_(primary) as p:
+    with fam.client(primary) as p:
         me = p.get(f"/{primary}").json()
         me["identifier"] = [{"system": NATIONAL, "value": fam.nid("paul")}]
         assert fam.system.put(f"/{primary}", json=me).status_code == 200
@@ -262,7 +176,7 @@ def test_rules_are_refused_by_name(fam: Family, db: psycopg.Connection[Any]) -> 
         assert bad.status_code == 400 and bad.json()["issue"][0]["expression"] == ["relationship"]
 
 
-def test_no_circular_parent_chains(fam: Family) -> None:
+def test_no_circular_parent_chains(fam: World) -> None:
     a = fam.patient("A", years_ago(50), fam.nid("a"))
     b = fam.patient("B", years_ago(25), fam.nid("b"))
     assert add(fam.system, a, relationship="CHILD", nationalId=fam.nid("b")).status_code == 201
@@ -273,24 +187,24 @@ def test_no_circular_parent_chains(fam: Family) -> None:
     assert rule(add(fam.system, b, relationship="CHILD", nationalId=fam.nid("a"))) == "no-cycle"
 
 
-def test_a_failed_add_writes_nothing(fam: Family, db: psycopg.Connection[Any]) -> None:
+def test_a_failed_add_writes_nothing(fam: World, db: psycopg.Connection[Any]) -> None:
     primary = fam.patient("Rita", years_ago(30))
     before = snapshot(db)
-    with fam.as_(primary) as p:
+    with fam.client(primary) as p:
         # the new Patient is written before the rules run; the refusal takes it back
         older = add(
             p,
             primary,
             relationship="CHILD",
             nationalId=fam.nid("older"),
-            dependent=person("Doe", "Older", years_ago(50)),
+            dependent=patient("Doe", "Older", born=years_ago(50)),
         )
         assert rule(older) == "child-younger"
         invalid = add(
             p,
             primary,
             relationship="CHILD",
-            dependent={**person("Doe", "Bad", years_ago(2)), "gender": "robot"},
+            dependent={**patient("Doe", "Bad", born=years_ago(2)), "gender": "robot"},
         )
         assert invalid.status_code == 400
     assert snapshot(db) == before
@@ -300,19 +214,11 @@ def test_a_failed_add_writes_nothing(fam: Family, db: psycopg.Connection[Any]) -
     ).fetchone() == (0,)
 
 
-def test_someone_on_record_is_linked_unverified(fam: Family) -> None:
+def test_someone_on_record_is_linked_unverified(fam: World) -> None:
     primary = fam.patient("Ann", years_ago(35))
     sister = fam.patient("Sis", years_ago(33), fam.nid("sis"))
-    record = fam.system.post(
-        "/Observation",
-        json={
-            "resourceType": "Observation",
-            "status": "final",
-            "code": {"text": "x"},
-            "subject": {"reference": sister},
-        },
-    ).json()
-    with fam.as_(primary) as p:
+    record = fam.posted(observation(sister, text="x", category=None))
+    with fam.client(primary) as p:
         added = add(p, primary, relationship="SIBLING", nationalId=fam.nid("sis"))
         assert added.status_code == 201
         answer = values(added.json())
@@ -328,42 +234,23 @@ def test_someone_on_record_is_linked_unverified(fam: Family) -> None:
         assert "unverified" in family[sister]["why"]
 
 
-def test_removal_waits_for_coverage_and_ends_access(fam: Family) -> None:
+def test_removal_waits_for_coverage_and_ends_access(fam: World) -> None:
     primary = fam.patient("Mo", years_ago(40))
-    with fam.as_(primary) as p:
-        kid = values(
-            add(
-                p, primary, relationship="CHILD", dependent=person("Doe", "Kid", years_ago(6))
-            ).json()
-        )["dependent"]["reference"]
+    with fam.client(primary) as p:
+        kid = add_child(p, primary, "Kid", years_ago(6))
         coverage = fam.system.post(
-            "/Coverage",
-            json={
-                "resourceType": "Coverage",
-                "status": "active",
-                "beneficiary": {"reference": kid},
-                "payor": [{"display": "NHIF"}],
-                "subscriberId": "NHIF-12345-03",
-            },
+            "/Coverage", json=resources.coverage(kid, "NHIF", subscriberId="NHIF-12345-03")
         ).json()
         family = {
             m["patient"]["reference"]: m
             for m in map(_member, p.get(f"/{primary}/$family").json()["parameter"])
         }
         assert family[kid]["coverage"][0]["scheme"] == "NHIF"
-        record = fam.system.post(
-            "/Observation",
-            json={
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"text": "x"},
-                "subject": {"reference": kid},
-            },
-        ).json()
+        record = fam.posted(observation(kid, text="x", category=None))
         assert p.get(f"/Observation/{record['id']}").status_code == 200
-        refused = p.post(f"/{primary}/$remove-dependent", json=params(dependent=kid))
+        refused = p.post(f"/{primary}/$remove-dependent", json=parameters(dependent=kid))
         assert refused.status_code == 409 and "NHIF" in refused.text
-        done = p.post(f"/{primary}/$remove-dependent", json=params(dependent=kid, confirm=True))
+        done = p.post(f"/{primary}/$remove-dependent", json=parameters(dependent=kid, confirm=True))
         assert done.status_code == 200, done.text
         assert fam.system.get(f"/Coverage/{coverage['id']}").json()["status"] == "cancelled"
         assert p.get(f"/Observation/{record['id']}").status_code == 403
@@ -375,15 +262,15 @@ def test_removal_waits_for_coverage_and_ends_access(fam: Family) -> None:
         assert history["entry"][0]["resource"]["active"] is False
 
 
-def test_what_the_workflow_writes_is_valid_r4(fam: Family) -> None:
+def test_what_the_workflow_writes_is_valid_r4(fam: World) -> None:
     """The RelatedPersons and Persons the family workflow assembles as dicts (and rewrites on
     removal) are valid R4 by the server's own validator: the check that typed models would give
     (docs/architecture.md, "fhir.resources"), at its cost."""
     validator = default_validator()
     primary = fam.patient("Paul", years_ago(40))
-    with fam.as_(primary) as p:
+    with fam.client(primary) as p:
         answers = [
-            add(p, primary, relationship=relationship, dependent=person("Doe", given, born))
+            add(p, primary, relationship=relationship, dependent=patient("Doe", given, born=born))
             for relationship, given, born in (
                 ("SPOUSE", "Sue", years_ago(38)),
                 ("CHILD", "Kim", years_ago(9)),
@@ -399,7 +286,7 @@ def test_what_the_workflow_writes_is_valid_r4(fam: Family) -> None:
             if part["name"] in {"relatedPerson", "person"}
         ]
         kid = values(answers[1].json())["dependent"]["reference"]
-        removed = p.post(f"/{primary}/$remove-dependent", json=params(dependent=kid))
+        removed = p.post(f"/{primary}/$remove-dependent", json=parameters(dependent=kid))
         assert removed.status_code == 200, removed.text
     assert {link.split("/")[0] for link in links} == {"RelatedPerson", "Person"}
     for reference in sorted(set(links)):
@@ -414,22 +301,22 @@ def of_age_at_21(database_url: str) -> Iterator[LiveServer]:
 
 
 def test_the_spouse_age_follows_the_majority_age_setting(
-    of_age_at_21: LiveServer, fam: Family
+    of_age_at_21: LiveServer, fam: World
 ) -> None:
     """One majority age (`MAJORITY_AGE`): the family workflow's spouse rule uses the setting the
     engine's minors use, not a number of its own."""
     with httpx.Client(base_url=f"{of_age_at_21.origin}/fhir", timeout=30, headers=auth()) as c:
-        later = Family(of_age_at_21, c)
+        later = worlds.make_world(of_age_at_21.origin, c, people=False, tag_length=8)
         primary = later.patient("Paul", years_ago(30))
         later.patient("Nineteen", years_ago(19), later.nid("nineteen"))
-        with later.as_(primary) as p:
+        with later.client(primary) as p:
             refused = add(p, primary, relationship="SPOUSE", nationalId=later.nid("nineteen"))
             assert rule(refused) == "spouse-age"
             assert "21 or older" in refused.json()["issue"][0]["diagnostics"]
     # the same pair where majority is at 18 (the default)
     primary = fam.patient("Paul", years_ago(30))
     fam.patient("Nineteen", years_ago(19), fam.nid("nineteen"))
-    with fam.as_(primary) as p:
+    with fam.client(primary) as p:
         added = add(p, primary, relationship="SPOUSE", nationalId=fam.nid("nineteen"))
         assert added.status_code == 201, added.text
 
@@ -439,11 +326,11 @@ def test_the_spouse_age_follows_the_majority_age_setting(
 
 @pytest.fixture(scope="module")
 def registry(admin_url: str) -> Iterator[LiveServer]:
-    name, url = _fresh_database(admin_url)
+    name, url = fresh_database(admin_url)
     migrate(url)
     with LiveServer(Settings(), url) as server:
         yield server
-    _drop_database(admin_url, name)
+    drop_database(admin_url, name)
 
 
 @pytest.fixture(scope="module")
@@ -464,12 +351,14 @@ def test_a_dependent_found_in_the_client_registry(
         registered = cr.post(
             "/Patient",
             json={
-                **person("Registry", "Ruth", years_ago(9)),
+                **patient("Registry", "Ruth", born=years_ago(9)),
                 "identifier": [{"system": NATIONAL, "value": national}],
             },
         )
         assert registered.status_code == 201
-    primary = Family(with_registry, client).patient("Ray", years_ago(38))
+    primary = worlds.make_world(with_registry.origin, client, people=False, tag_length=8).patient(
+        "Ray", years_ago(38)
+    )
     with httpx.Client(
         base_url=f"{with_registry.origin}/fhir", headers=auth(primary, "user/*.cruds")
     ) as p:
@@ -515,7 +404,9 @@ def test_a_failing_registry_is_a_502_or_504_and_nothing_is_written(
     try:
         settings = Settings(client_registry_url=url, client_registry_timeout_seconds=0.5)
         with LiveServer(settings, database_url) as server:
-            primary = Family(server, client).patient("Una", years_ago(30))
+            primary = worlds.make_world(server.origin, client, people=False, tag_length=8).patient(
+                "Una", years_ago(30)
+            )
             before = snapshot(db)
             with httpx.Client(
                 base_url=f"{server.origin}/fhir", headers=auth(primary, "user/*.cruds"), timeout=30
@@ -525,7 +416,7 @@ def test_a_failing_registry_is_a_502_or_504_and_nothing_is_written(
                     primary,
                     relationship="CHILD",
                     nationalId=f"x-{uuid.uuid4().hex}",
-                    dependent=person("Doe", "Newborn", years_ago(0, days=3)),
+                    dependent=patient("Doe", "Newborn", born=years_ago(0, days=3)),
                 )
             assert response.status_code == {"slow": 504}.get(failure, 502), response.text
             assert response.json()["resourceType"] == "OperationOutcome"
@@ -548,36 +439,18 @@ class BrokenRegistry(BaseHTTPRequestHandler):
         pass
 
 
-def test_at_18_the_parent_needs_the_childs_consent(fam: Family) -> None:
+def test_at_18_the_parent_needs_the_childs_consent(fam: World) -> None:
     john = fam.patient("John", years_ago(45))
-    with fam.as_(john) as j:
+    with fam.client(john) as j:
         mary = values(
             add(
                 j,
                 john,
                 relationship="CHILD",
-                dependent=person("Doe", "Mary", years_ago(18, days=-1)),
+                dependent=patient("Doe", "Mary", born=years_ago(18, days=-1)),
             ).json()
         )["dependent"]["reference"]
-        lab = fam.system.post(
-            "/Observation",
-            json={
-                "resourceType": "Observation",
-                "status": "final",
-                "category": [
-                    {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                "code": "laboratory",
-                            }
-                        ]
-                    }
-                ],
-                "code": {"text": "hb"},
-                "subject": {"reference": mary},
-            },
-        ).json()
+        lab = fam.posted(observation(mary, text="hb"))
         assert j.get(f"/Observation/{lab['id']}").status_code == 200
         # her birthday
         content = fam.system.get(f"/{mary}").json()
@@ -586,46 +459,27 @@ def test_at_18_the_parent_needs_the_childs_consent(fam: Family) -> None:
         assert j.get(f"/Observation/{lab['id']}").status_code == 403
         assert j.get(f"/{mary}").status_code == 200  # still her demographics
         # Mary, an adult now, finds her father's link and consents to her lab results
-        with fam.as_(mary) as m:
+        with fam.client(mary) as m:
             links = m.get("/RelatedPerson", params={"patient": mary}).json()
             father = next(e["resource"] for e in links["entry"])
-            consent = scope_consent(mary, f"RelatedPerson/{father['id']}", "LAB_RESULTS")
+            consent = resources.consent(
+                mary, permit(f"RelatedPerson/{father['id']}", "LAB_RESULTS")
+            )
             granted = m.post("/Consent", json=consent)
             assert granted.status_code == 201, granted.text
         assert j.get(f"/Observation/{lab['id']}").status_code == 200
 
 
 def test_a_guardian_consents_for_a_minor_but_never_to_itself(
-    fam: Family, db: psycopg.Connection[Any]
+    fam: World, db: psycopg.Connection[Any]
 ) -> None:
     john = fam.patient("John", years_ago(40))
-    with fam.as_(john) as j:
-        added = add(j, john, relationship="CHILD", dependent=person("Doe", "Kim", years_ago(7)))
-        kid = values(added.json())["dependent"]["reference"]
-        mine = next(p for p in added.json()["parameter"] if p["name"] == "link")
-        own_link = next(
-            p["valueReference"]["reference"] for p in mine["part"] if p["name"] == "relatedPerson"
-        )
-        granny = fam.system.post(
-            "/RelatedPerson",
-            json={
-                "resourceType": "RelatedPerson",
-                "patient": {"reference": kid},
-                "relationship": [
-                    {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode",
-                                "code": "GRMTH",
-                            }
-                        ]
-                    }
-                ],
-            },
-        ).json()
+    with fam.client(john) as j:
+        kid, own_link = add_child_and_link(j, john, "Kim", years_ago(7))
+        granny = fam.posted(related_person(kid, "GRMTH", active=None))
 
         def consent(actor: str) -> dict[str, Any]:
-            return scope_consent(kid, actor, "APPOINTMENTS")
+            return resources.consent(kid, permit(actor, "APPOINTMENTS"))
 
         assert j.post("/Consent", json=consent(f"RelatedPerson/{granny['id']}")).status_code == 201
         before = snapshot(db)
@@ -634,32 +488,22 @@ def test_a_guardian_consents_for_a_minor_but_never_to_itself(
         assert snapshot(db) == before
 
 
-def test_emergency_contacts_are_listed_with_their_preferred_telecom(fam: Family) -> None:
+def test_emergency_contacts_are_listed_with_their_preferred_telecom(fam: World) -> None:
     patient = fam.patient("Eve", years_ago(70))
 
-    def contact(name: str, relationship: str, telecom: list[dict[str, Any]], **extra: Any) -> str:
-        response = fam.system.post(
-            "/RelatedPerson",
-            json={
-                "resourceType": "RelatedPerson",
-                "patient": {"reference": patient},
-                "name": [{"family": name}],
-                "relationship": [
-                    {
-                        "coding": [
-                            {
-                                "system": "http://terminology.hl7.org/CodeSystem/v2-0131",
-                                "code": relationship,
-                            }
-                        ]
-                    }
-                ],
-                "telecom": telecom,
-                **extra,
-            },
+    def contact(
+        name: str, relationship: str, telecom: list[dict[str, Any]], active: bool | None = None
+    ) -> str:
+        return fam.create(
+            related_person(
+                patient,
+                relationship,
+                system=V2_0131,
+                active=active,
+                name=[{"family": name}],
+                telecom=telecom,
+            )
         )
-        assert response.status_code == 201, response.text
-        return f"RelatedPerson/{response.json()['id']}"
 
     neighbour = contact(
         "Neighbour",
@@ -671,39 +515,23 @@ def test_emergency_contacts_are_listed_with_their_preferred_telecom(fam: Family)
     )
     contact("Former", "C", [{"system": "phone", "value": "+254700000002"}], active=False)
     contact("Employer", "E", [{"system": "phone", "value": "+254700000003"}])
-    with fam.as_(patient) as p:
+    with fam.client(patient) as p:
         listed = p.get(f"/{patient}/$emergency-contacts")
         assert listed.status_code == 200, listed.text
         contacts = [{part["name"]: part for part in c["part"]} for c in listed.json()["parameter"]]
         assert [c["relatedPerson"]["valueReference"]["reference"] for c in contacts] == [neighbour]
         assert contacts[0]["telecom"]["valueContactPoint"]["value"] == "+254700000001"
     stranger = fam.patient("Stranger", years_ago(30))
-    with fam.as_(stranger) as s:
+    with fam.client(stranger) as s:
         assert s.get(f"/{patient}/$emergency-contacts").status_code == 403
 
 
-def test_a_practitioner_loses_access_when_the_care_team_ends(fam: Family) -> None:
+def test_a_practitioner_loses_access_when_the_care_team_ends(fam: World) -> None:
     patient = fam.patient("Cara", years_ago(50))
     doctor = fam.system.post("/Practitioner", json={"resourceType": "Practitioner"}).json()
-    team = fam.system.post(
-        "/CareTeam",
-        json={
-            "resourceType": "CareTeam",
-            "status": "active",
-            "subject": {"reference": patient},
-            "participant": [{"member": {"reference": f"Practitioner/{doctor['id']}"}}],
-        },
-    ).json()
-    record = fam.system.post(
-        "/Observation",
-        json={
-            "resourceType": "Observation",
-            "status": "final",
-            "code": {"text": "x"},
-            "subject": {"reference": patient},
-        },
-    ).json()
-    with fam.as_(f"Practitioner/{doctor['id']}") as d:
+    team = fam.posted(care_team(patient, f"Practitioner/{doctor['id']}"))
+    record = fam.posted(observation(patient, text="x", category=None))
+    with fam.client(f"Practitioner/{doctor['id']}") as d:
         assert d.get(f"/Observation/{record['id']}").status_code == 200
         assert (
             fam.system.put(

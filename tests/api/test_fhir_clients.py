@@ -14,7 +14,8 @@ from fhirclient.models.patient import Patient as SmartPatient
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import OperationOutcome
 
-from tests.conftest import LiveServer, token
+from tests.support.servers import LiveServer
+from tests.support.tokens import token
 
 
 def test_fhirpy(live_server: LiveServer) -> None:

@@ -11,81 +11,26 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from compartments.engine import CONSENT_SCOPE_SYSTEM
-from tests.access_world import LAB, World, build_world, snapshot, years_ago
-from tests.conftest import LiveServer, auth
-
-V3 = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
-
-
-def related_person(patient: str, code: str) -> dict[str, Any]:
-    return {
-        "resourceType": "RelatedPerson",
-        "active": True,
-        "patient": {"reference": patient},
-        "relationship": [{"coding": [{"system": V3, "code": code}]}],
-    }
+from tests.support.resources import observation, ref, years_ago
+from tests.support.tokens import auth
+from tests.support.world import World, latest_denial, snapshot
 
 
 @pytest.fixture(scope="module")
-def world(live_server: LiveServer) -> Iterator[World]:
-    with httpx.Client(base_url=f"{live_server.origin}/fhir", timeout=30, headers=auth()) as system:
-        world = build_world(live_server.origin, system)
-        ids = world.ids
-        # the minor's father: a relative of the same child, not a stranger to the mother
-        ids["father"] = world.create(related_person(ids["minor"], "FTH"))
-        # a relative of the unrelated patient
-        ids["theirs"] = world.create(related_person(ids["other"], "SPS"))
-        # the adult lets her spouse see (and so write) her lab results
-        ids["consent"] = world.create(
-            {
-                "resourceType": "Consent",
-                "status": "active",
-                "scope": {"coding": [{"code": "patient-privacy"}]},
-                "category": [{"coding": [{"code": "INFA"}]}],
-                "patient": {"reference": ids["adult"]},
-                "provision": {
-                    "type": "permit",
-                    "actor": [
-                        {
-                            "role": {
-                                "coding": [
-                                    {
-                                        "system": "http://terminology.hl7.org/CodeSystem/v3-RoleCode",
-                                        "code": "GRANTEE",
-                                    }
-                                ]
-                            },
-                            "reference": {"reference": ids["relative"]},
-                        }
-                    ],
-                    "code": [{"coding": [{"system": CONSENT_SCOPE_SYSTEM, "code": "LAB_RESULTS"}]}],
-                },
-            }
-        )
-        # a Person who is a patient herself and, by a verified link, the minor's other mother
-        ids["mum"] = world.create(
-            {"resourceType": "Patient", "name": [{"family": "Mum"}], "birthDate": years_ago(35)}
-        )
-        ids["mum_parent"] = world.create(related_person(ids["minor"], "MTH"))
-        ids["person"] = world.create(
-            {
-                "resourceType": "Person",
-                "active": True,
-                "link": [
-                    {"target": {"reference": ids["mum"]}, "assurance": "level4"},
-                    {"target": {"reference": ids["mum_parent"]}, "assurance": "level4"},
-                ],
-            }
-        )
-        yield world
+def world(make_world: Callable[..., World]) -> World:
+    return make_world(
+        father=True,
+        relative_of_other=True,
+        consent_to_relative=("LAB_RESULTS",),
+        second_mother=True,
+    )
 
 
 def as_(world: World, key: str, scope: str = "user/*.cruds") -> httpx.Client:
@@ -98,10 +43,6 @@ def reason(response: httpx.Response) -> str:
     return code
 
 
-def ref(value: str) -> dict[str, str]:
-    return {"reference": value}
-
-
 def communication(world: World, *recipients: str, sender: str = "parent") -> dict[str, Any]:
     return {
         "resourceType": "Communication",
@@ -111,19 +52,6 @@ def communication(world: World, *recipients: str, sender: str = "parent") -> dic
         "recipient": [ref(r) for r in recipients],
         "payload": [{"contentString": "see you on Monday"}],
     }
-
-
-def observation(subject: str, *performers: str, code: str = "x") -> dict[str, Any]:
-    made: dict[str, Any] = {
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [LAB],
-        "code": {"coding": [{"system": "urn:test", "code": code}]},
-        "subject": ref(subject),
-    }
-    if performers:
-        made["performer"] = [ref(p) for p in performers]
-    return made
 
 
 def appointment(*actors: str) -> dict[str, Any]:
@@ -163,12 +91,7 @@ def test_a_parent_cannot_send_a_message_into_a_strangers_record(
     with as_(world, "parent") as parent:
         body = communication(world, world.ref("other"))
         refused(db, lambda: parent.post("/Communication", json=body))
-        event = db.execute(
-            "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
-            " AND content->>'outcome' = '4' AND content->'agent'->0->'who'->>'reference' = %s"
-            " ORDER BY last_updated DESC LIMIT 1",
-            (world.ref("parent"),),
-        ).fetchone()
+        event = latest_denial(db, world.ref("parent"))
         assert event is not None
         assert event[0]["subtype"][0]["code"] == "create"
         assert event[0]["outcomeDesc"].startswith("foreign_compartment")
@@ -499,12 +422,7 @@ def test_add_dependent_cannot_file_the_new_dependent_in_another_record(
         path = f"/{primary_ref}/$add-dependent"
         with world.client(primary_ref) as primary:
             refused(db, lambda body=body, path=path: primary.post(path, json=body))
-    denial = db.execute(
-        "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
-        " AND content->>'outcome' = '4' AND content->'agent'->0->'who'->>'reference' = %s"
-        " ORDER BY last_updated DESC LIMIT 1",
-        (primary_ref,),
-    ).fetchone()
+    denial = latest_denial(db, primary_ref)
     assert denial is not None and denial[0]["outcomeDesc"].startswith("foreign_compartment")
     # the same dependent without the link is added
     dependent = {
@@ -549,12 +467,7 @@ def test_the_patient_service_api_refuses_a_persons_token(
             assert response.status_code == 403, response.text
             assert response.json()["code"] == "forbidden"
         assert snapshot(db) == before
-    denial = db.execute(
-        "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
-        " AND content->>'outcome' = '4' AND content->'agent'->0->'who'->>'reference' = %s"
-        " ORDER BY last_updated DESC LIMIT 1",
-        (world.ref("account"),),
-    ).fetchone()
+    denial = latest_denial(db, world.ref("account"))
     assert denial is not None and denial[0]["outcomeDesc"].startswith("invalid_role")
     # a service's token still works
     service = auth(scope="patient:read")

@@ -10,8 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.access_world import years_ago
-from tests.conftest import LiveServer, auth
+from tests.support.resources import years_ago
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth
 
 MY_FAMILY = """
 query MyFamily {

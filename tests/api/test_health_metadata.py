@@ -9,7 +9,7 @@ import psycopg
 from capability.definitions import json_schema, resource_types
 from fhir_server.settings import Settings
 from fhir_server.storage.database import migrate
-from tests.conftest import LiveServer
+from tests.support.servers import LiveServer
 
 
 def test_healthz_and_readyz(live_server: LiveServer) -> None:

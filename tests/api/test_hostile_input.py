@@ -22,7 +22,9 @@ import psycopg
 import pytest
 
 from fhir_server.settings import Settings
-from tests.conftest import LiveServer, auth, token
+from tests.support import resources
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth, token
 
 PATCH = {"Content-Type": "application/json-patch+json"}
 
@@ -42,7 +44,7 @@ def snapshot(db: psycopg.Connection[Any]) -> tuple[Any, ...]:
 
 def nested(depth: int, *, lossy: bool = False) -> str:
     """A Patient whose `extension` nests `depth` arrays deep; `lossy` adds a decimal that sends
-    the body through the text-keeping parser (services/resources.py)."""
+    the body through the text-keeping parser (services/interactions/versions.py)."""
     extra = '"multipleBirthInteger": 2, "x": 1.50, ' if lossy else ""
     return (
         '{"resourceType": "Patient", ' + extra + '"extension": ' + "[" * depth + "]" * depth + "}"
@@ -60,9 +62,7 @@ def outcome(response: httpx.Response, status: int) -> str:
 
 @pytest.fixture
 def patient(client: httpx.Client) -> dict[str, Any]:
-    response = client.post(
-        "/Patient", json={"resourceType": "Patient", "name": [{"family": "Hostile"}]}
-    )
+    response = client.post("/Patient", json=resources.patient("Hostile"))
     assert response.status_code == 201
     body: dict[str, Any] = response.json()
     return body
@@ -789,7 +789,7 @@ def test_unusual_http_methods_share_one_metrics_label(live_server: LiveServer) -
 
 
 def test_a_search_of_a_thousand_values_is_answered(client: httpx.Client) -> None:
-    """Planned off the event loop (services/search.py): still the right answer."""
+    """Planned off the event loop (services/interactions/search.py): still the right answer."""
     created = client.post(
         "/Patient", json={"resourceType": "Patient", "identifier": [{"value": "needle-999"}]}
     ).json()

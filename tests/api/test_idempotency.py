@@ -14,7 +14,8 @@ import psycopg
 import pytest
 
 from fhir_server.settings import Settings
-from tests.conftest import LiveServer, auth
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth
 
 KEY = "idem-" + uuid.uuid4().hex
 

@@ -8,8 +8,9 @@ import httpx
 import psycopg
 
 from fhir_server.settings import Settings
-from tests.access_world import snapshot
-from tests.conftest import LiveServer, auth
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth
+from tests.support.world import snapshot
 
 
 def test_writes_answer_503_while_reads_go_on(

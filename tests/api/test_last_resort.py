@@ -26,7 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from fhir_server.api.lastresort import LastResort
-from tests.conftest import _free_port
+from tests.support.servers import free_port
 
 SECRET = "password=hunter2 host=db.internal"
 
@@ -72,7 +72,7 @@ def port() -> Iterator[int]:
         ],
         middleware=[Middleware(LastResort, max_body_bytes=1000, max_parameters=3)],
     )
-    number = _free_port()
+    number = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=number, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

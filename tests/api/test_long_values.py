@@ -23,7 +23,8 @@ from fhir_server.settings import Settings
 from fhir_server.storage.cursors import encode_cursor
 from fhir_server.storage.database import Database, session_limits
 from fhir_server.storage.search_index import KEY_BYTES
-from tests.conftest import LiveServer, auth, token
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth, token
 
 # Letters, an accented one (two bytes in UTF-8, normalized away for string search) and an emoji
 # (four bytes), so that keys are cut between and inside multi-byte characters.

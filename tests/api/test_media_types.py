@@ -10,7 +10,8 @@ import httpx
 import psycopg
 import pytest
 
-from tests.conftest import LiveServer, auth
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth
 
 PATIENT = b'{"resourceType": "Patient"}'
 WRONG_CHARSETS = ["iso-8859-1", "ISO-8859-1", "utf-16", '"latin1"', "us-ascii", "utf-8x", ""]

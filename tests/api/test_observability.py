@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from fhir_server.api.observability import JsonFormatter
-from tests.conftest import LiveServer, auth
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth
 
 NAME = "Zebulonovich" + uuid.uuid4().hex[:6]
 PHI = (NAME, "1961-07-14", "zeb.private@example.org", "+254799123456", "42 Secret Lane")

@@ -35,7 +35,9 @@ from fhir_server.api import smart
 from fhir_server.app import create_app
 from fhir_server.settings import Settings
 from fhir_server.storage.database import migrate
-from tests.conftest import LiveServer, _drop_database, _fresh_database, auth, token
+from tests.support.databases import drop_database, fresh_database
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth, token
 
 OPENAPI = Path(__file__).resolve().parents[2] / "openapi.yaml"
 HTTP_METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "options", "trace"})
@@ -202,12 +204,12 @@ def test_each_operation_names_the_credentials_it_takes() -> None:
 @pytest.fixture(scope="module")
 def database(admin_url: str) -> Iterator[str]:
     """A database of this module's own: the run creates patients at random."""
-    name, url = _fresh_database(admin_url)
+    name, url = fresh_database(admin_url)
     try:
         migrate(url)
         yield url
     finally:
-        _drop_database(admin_url, name)
+        drop_database(admin_url, name)
 
 
 def _settings(**changes: Any) -> Settings:

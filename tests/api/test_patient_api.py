@@ -15,7 +15,8 @@ import psycopg
 import pytest
 
 from fhir_server.settings import Settings
-from tests.conftest import LiveServer, auth, token
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth, token
 
 KEY = "test-key-" + uuid.uuid4().hex
 

@@ -9,6 +9,7 @@ searches, and what the server does not understand grants nothing."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,17 +18,16 @@ import psycopg
 import pytest
 
 from compartments.periods import format_instant
-from tests.access_world import World, build_world, snapshot, years_ago
-from tests.api.test_family import Family, add, params, person, values
-from tests.conftest import LiveServer, auth
-
-TERMINOLOGY = "http://terminology.hl7.org/CodeSystem"
-IRCP = {"coding": [{"system": f"{TERMINOLOGY}/v3-ParticipationType", "code": "IRCP"}]}
+from tests.support import resources
+from tests.support.resources import IRCP, TERMINOLOGY, patient, permit, years_ago
+from tests.support.tokens import auth
+from tests.support.world import World, add_child, add_child_and_link, snapshot
+from tests.support.world import add_dependent as add
 
 
 @pytest.fixture
-def world(live_server: LiveServer, client: httpx.Client) -> World:
-    return build_world(live_server.origin, client)
+def world(make_world: Callable[..., World]) -> World:
+    return make_world()
 
 
 def at(delta: timedelta) -> str:
@@ -39,29 +39,13 @@ HOUR = timedelta(hours=1)
 
 def consent(world: World, provision: dict[str, Any], **extra: Any) -> str:
     """A Consent of the adult, written by the system client."""
-    return world.create(
-        {
-            "resourceType": "Consent",
-            "status": "active",
-            "scope": {
-                "coding": [{"system": f"{TERMINOLOGY}/consentscope", "code": "patient-privacy"}]
-            },
-            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-            "patient": {"reference": world.ref("adult")},
-            **extra,
-            "provision": provision,
-        }
-    )
+    return world.create(resources.consent(world.ref("adult"), provision, **extra))
 
 
 def to_relative(world: World, **provision: Any) -> dict[str, Any]:
     """A permit to the adult's relative (an information recipient) of the adult's Observations."""
-    return {
-        "type": "permit",
-        "actor": [{"role": IRCP, "reference": {"reference": world.ref("relative")}}],
-        "class": [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}],
-        **provision,
-    }
+    observations = [{"system": "http://hl7.org/fhir/resource-types", "code": "Observation"}]
+    return permit(world.ref("relative"), **{"class": observations, **provision})
 
 
 def instance(reference: str) -> dict[str, Any]:
@@ -164,50 +148,35 @@ def test_a_team_that_starts_later_today_gives_nothing_until_then(world: World) -
         assert reason(doctor.get(f"/{world.ref('obs_adult')}")) == "invalid_compartment"
 
 
-@pytest.fixture
-def fam(live_server: LiveServer, client: httpx.Client) -> Family:
-    return Family(live_server, client)
-
-
-def test_coverage_that_ended_an_hour_ago_is_not_active(fam: Family) -> None:
+def test_coverage_that_ended_an_hour_ago_is_not_active(fam: World) -> None:
     primary = fam.patient("Pat", years_ago(40))
-    with fam.as_(primary) as p:
-        kid = values(
-            add(
-                p, primary, relationship="CHILD", dependent=person("Doe", "Kit", years_ago(5))
-            ).json()
-        )["dependent"]["reference"]
+    with fam.client(primary) as p:
+        kid = add_child(p, primary, "Kit", years_ago(5))
         ended = fam.system.post(
             "/Coverage",
-            json={
-                "resourceType": "Coverage",
-                "status": "active",
-                "beneficiary": {"reference": kid},
-                "payor": [{"display": "OLD"}],
-                "period": {"start": "2020-01-01", "end": at(-HOUR)},
-            },
+            json=resources.coverage(kid, "OLD", period={"start": "2020-01-01", "end": at(-HOUR)}),
         )
         assert ended.status_code == 201, ended.text
         family = p.get(f"/{primary}/$family").json()["parameter"]
         parts = [part["name"] for member in family for part in member["part"]]
         assert "insuranceCoverage" not in parts
-        done = p.post(f"/{primary}/$remove-dependent", json=params(dependent=kid))
+        done = p.post(f"/{primary}/$remove-dependent", json=resources.parameters(dependent=kid))
         assert done.status_code == 200, done.text  # no 409: nothing active
         assert fam.system.get(f"/Coverage/{ended.json()['id']}").json()["status"] == "active"
         # the link ends at the instant of removal, not at midnight
-        link = values(done.json())["ended"]["reference"]
+        link = resources.values(done.json())["ended"]["reference"]
         end = fam.system.get(f"/{link}").json()["period"]["end"]
         assert "T" in end and end.endswith("Z")
 
 
-def test_a_family_link_that_ends_later_today_is_still_family(fam: Family) -> None:
+def test_a_family_link_that_ends_later_today_is_still_family(fam: World) -> None:
     primary = fam.patient("Lee", years_ago(40))
-    with fam.as_(primary) as p:
+    with fam.client(primary) as p:
         ash = {"relationship": "CHILD", "nationalId": fam.nid("ash")}
-        added = add(p, primary, **ash, dependent=person("Doe", "Ash", years_ago(9)))
+        added = add(p, primary, **ash, dependent=patient("Doe", "Ash", born=years_ago(9)))
         assert added.status_code == 201, added.text
-        kid = values(added.json())["dependent"]["reference"]
-        link = values(added.json())["link"]
+        kid = resources.values(added.json())["dependent"]["reference"]
+        link = resources.values(added.json())["link"]
         own = next(x["valueReference"]["reference"] for x in link if x["name"] == "relatedPerson")
         stored = fam.system.get(f"/{own}").json()
         stored["period"] = {**stored["period"], "end": at(HOUR)}
@@ -230,22 +199,20 @@ def test_a_family_link_that_ends_later_today_is_still_family(fam: Family) -> Non
         assert p.get(f"/{primary}/$family").json()["parameter"] == []
 
 
-def test_emergency_contacts_use_instants(fam: Family) -> None:
+def test_emergency_contacts_use_instants(fam: World) -> None:
     patient = fam.patient("Eve", years_ago(70))
 
     def contact(name: str, **extra: Any) -> str:
-        response = fam.system.post(
-            "/RelatedPerson",
-            json={
-                "resourceType": "RelatedPerson",
-                "patient": {"reference": patient},
-                "name": [{"family": name}],
-                "relationship": [{"coding": [{"system": f"{TERMINOLOGY}/v2-0131", "code": "C"}]}],
+        return fam.create(
+            resources.related_person(
+                patient,
+                "C",
+                system=resources.V2_0131,
+                active=None,
+                name=[{"family": name}],
                 **extra,
-            },
+            )
         )
-        assert response.status_code == 201, response.text
-        return f"RelatedPerson/{response.json()['id']}"
 
     staying = contact(
         "Staying",
@@ -256,7 +223,7 @@ def test_emergency_contacts_use_instants(fam: Family) -> None:
         ],
     )
     contact("Gone", period={"end": at(-HOUR)})
-    with fam.as_(patient) as p:
+    with fam.client(patient) as p:
         listed = p.get(f"/{patient}/$emergency-contacts")
         assert listed.status_code == 200, listed.text
         contacts = [{part["name"]: part for part in c["part"]} for c in listed.json()["parameter"]]
@@ -327,13 +294,7 @@ def test_a_standard_consent_grants_exactly_what_it_says(
         before = snapshot(db)
         created = relative.post(
             "/Observation",
-            json={
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"text": "x"},
-                "subject": {"reference": adult},
-                "performer": [{"reference": world.ref("relative")}],
-            },
+            json=resources.observation(adult, world.ref("relative"), text="x", category=None),
         )
         assert reason(created) == "consent_required"
         assert snapshot(db) == before
@@ -424,13 +385,7 @@ def test_a_deny_consent_overrides_a_permit(world: World) -> None:
 
 
 def explain(client: httpx.Client, **values_: str) -> list[dict[str, Any]]:
-    parameters = [
-        {"name": k, ("valueString" if k != "operation" else "valueCode"): v}
-        for k, v in values_.items()
-    ]
-    response = client.post(
-        "/$explain-access", json={"resourceType": "Parameters", "parameter": parameters}
-    )
+    response = client.post("/$explain-access", json=resources.parameters(**values_))
     assert response.status_code == 200, response.text
     answer: list[dict[str, Any]] = response.json()["parameter"]
     return answer
@@ -469,41 +424,16 @@ def test_explain_access_shows_how_each_consent_is_read(world: World) -> None:
 
 
 def test_a_guardian_cannot_grant_itself_in_a_nested_provision(
-    fam: Family, db: psycopg.Connection[Any]
+    fam: World, db: psycopg.Connection[Any]
 ) -> None:
     john = fam.patient("John", years_ago(40))
-    with fam.as_(john) as j:
-        added = add(j, john, relationship="CHILD", dependent=person("Doe", "Kim", years_ago(7)))
-        kid = values(added.json())["dependent"]["reference"]
-        mine = next(p for p in added.json()["parameter"] if p["name"] == "link")
-        own_link = next(
-            p["valueReference"]["reference"] for p in mine["part"] if p["name"] == "relatedPerson"
-        )
-        granny = fam.system.post(
-            "/RelatedPerson",
-            json={"resourceType": "RelatedPerson", "patient": {"reference": kid}},
-        ).json()
-        body = {
-            "resourceType": "Consent",
-            "status": "active",
-            "scope": {
-                "coding": [{"system": f"{TERMINOLOGY}/consentscope", "code": "patient-privacy"}]
-            },
-            "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
-            "patient": {"reference": kid},
-            "provision": {
-                "type": "deny",
-                "actor": [
-                    {"role": IRCP, "reference": {"reference": f"RelatedPerson/{granny['id']}"}}
-                ],
-                "provision": [
-                    {
-                        "type": "permit",
-                        "actor": [{"role": IRCP, "reference": {"reference": own_link}}],
-                    }
-                ],
-            },
-        }
+    with fam.client(john) as j:
+        kid, own_link = add_child_and_link(j, john, "Kim", years_ago(7))
+        granny = fam.posted(resources.related_person(kid, active=None))
+        # a deny to the grandmother, with a nested permit to the guardian's own link
+        granny_ref = f"RelatedPerson/{granny['id']}"
+        deny = {**permit(granny_ref, provision=[permit(own_link)]), "type": "deny"}
+        body = resources.consent(kid, deny)
         before = snapshot(db)
         refused = j.post("/Consent", json=body)
         assert refused.status_code == 403, refused.text

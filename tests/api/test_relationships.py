@@ -4,7 +4,7 @@ and the metrics."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -12,14 +12,14 @@ import psycopg
 import pytest
 
 from fhir_server.settings import Settings
-from tests.access_world import World, build_world, snapshot
-from tests.conftest import LiveServer, auth
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth
+from tests.support.world import World, snapshot
 
 
 @pytest.fixture(scope="module")
-def world(live_server: LiveServer) -> Iterator[World]:
-    with httpx.Client(base_url=f"{live_server.origin}/fhir", timeout=30, headers=auth()) as system:
-        yield build_world(live_server.origin, system)
+def world(make_world: Callable[..., World]) -> World:
+    return make_world()
 
 
 def api(origin: str, who: str | None = None, scope: str = "user/*.cruds") -> httpx.Client:

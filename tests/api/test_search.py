@@ -14,6 +14,8 @@ import httpx
 import psycopg
 import pytest
 
+from tests.support.resources import observation, patient
+
 
 class World:
     def __init__(self, client: httpx.Client) -> None:
@@ -54,11 +56,6 @@ class World:
 @pytest.fixture
 def world(client: httpx.Client) -> World:
     return World(client)
-
-
-def patient(family: str, *given: str, **extra: Any) -> dict[str, Any]:
-    name: dict[str, Any] = {"family": family, **({"given": list(given)} if given else {})}
-    return {"resourceType": "Patient", "name": [name], **extra}
 
 
 # --- string ------------------------------------------------------------------------------------
@@ -201,12 +198,7 @@ def test_reference_forms(world: World, live_server: Any) -> None:
     other = world.add("q", patient("B"))
     world.add(
         "obs",
-        {
-            "resourceType": "Observation",
-            "status": "final",
-            "code": {"text": "x"},
-            "subject": {"reference": f"Patient/{pid}"},
-        },
+        observation(f"Patient/{pid}", text="x", category=None),
     )
     world.add(
         "ident",
@@ -219,12 +211,7 @@ def test_reference_forms(world: World, live_server: Any) -> None:
     )
     world.add(
         "ext",
-        {
-            "resourceType": "Observation",
-            "status": "final",
-            "code": {"text": "x"},
-            "subject": {"reference": "http://other.example/fhir/Patient/9"},
-        },
+        observation("http://other.example/fhir/Patient/9", text="x", category=None),
     )
     assert world.found(f"Observation?subject=Patient/{pid}") == {"obs"}
     assert world.found(f"Observation?subject={pid}") == {"obs"}
@@ -430,12 +417,7 @@ def test_include_revinclude_and_iterate(world: World) -> None:
     pid = world.add("p", patient("Inc", managingOrganization={"reference": f"Organization/{org}"}))
     world.add(
         "obs",
-        {
-            "resourceType": "Observation",
-            "status": "final",
-            "code": {"text": "x"},
-            "subject": {"reference": f"Patient/{pid}"},
-        },
+        observation(f"Patient/{pid}", text="x", category=None),
     )
 
     def entries(query: str) -> set[tuple[str, str]]:
@@ -481,12 +463,7 @@ def test_compartment_search(world: World) -> None:
     pid = world.add("p", patient("Comp"))
     world.add(
         "obs",
-        {
-            "resourceType": "Observation",
-            "status": "final",
-            "code": {"text": "x"},
-            "subject": {"reference": f"Patient/{pid}"},
-        },
+        observation(f"Patient/{pid}", text="x", category=None),
     )
     world.add(
         "enc",

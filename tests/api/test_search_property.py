@@ -1,4 +1,4 @@
-"""Search over HTTP agrees with a plain-Python reference evaluator (tests/search_reference.py).
+"""Search over HTTP agrees with a plain-Python reference evaluator (tests/support/search_reference.py).
 
 Hypothesis generates small sets of Patients and Observations, creates them in one transaction,
 reads them back (so ids and references are the server's) and runs generated searches both through
@@ -39,7 +39,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
-from tests import search_reference as ref
+from tests.support import search_reference as ref
 
 Resource = dict[str, Any]
 Params = list[tuple[str, str]]

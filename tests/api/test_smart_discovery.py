@@ -13,7 +13,7 @@ from capability.definitions import json_schema
 from capability.statement import OAUTH_URIS, RESTFUL_SECURITY_SERVICE, capability_statement
 from fhir_server.api.smart import smart_configuration
 from fhir_server.settings import Settings
-from tests.conftest import LiveServer
+from tests.support.servers import LiveServer
 
 IDP = "https://idp.example.org"
 CONFIGURED = Settings(

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from fhir_server.storage.database import migrate
 from fuzz.runner import Config, Fuzzer, run
-from tests.conftest import KEYS_DIR, server_processes
+from tests.support.servers import server_processes
+from tests.support.tokens import KEYS_DIR
 
 # Tens of seconds: the run stops at whichever bound it reaches first.
 SHORT = Config(

@@ -44,7 +44,9 @@ def test_an_outage_loses_nothing_and_bounds_the_buffer(
     monkeypatch.setattr(trail, "MAX_BUFFERED", 40)
     monkeypatch.setattr(trail, "BACKPRESSURE_SECONDS", 1.0)
     tag = uuid.uuid4().hex[:8]
-    server = Context(settings=Settings(), validator=default_validator(), base_url="")
+    server = Context(
+        settings=Settings(), validator=default_validator(), base_url="", guard=server_guard()
+    )
 
     async def go() -> list[str]:
         audit = AuditTrail(Database(url), server, database_url=url)
@@ -100,7 +102,9 @@ def test_denials_and_emergencies_during_an_outage_are_queued_not_lost(admin_url:
     name = f"fhir_test_{uuid.uuid4().hex[:12]}"
     url = make_url(admin_url).set(database=name).render_as_string(hide_password=False)
     tag = uuid.uuid4().hex[:8]
-    server = Context(settings=Settings(), validator=default_validator(), base_url="")
+    server = Context(
+        settings=Settings(), validator=default_validator(), base_url="", guard=server_guard()
+    )
 
     def guard(n: int, decision: Decision) -> Any:
         caller = server_guard(f"Practitioner/{tag}")
@@ -151,7 +155,9 @@ def test_a_flush_cancelled_mid_store_loses_nothing(
     as it does once the writer process is gone: the events of the cancelled store are stored by
     the stop, each once."""
     tag = uuid.uuid4().hex[:8]
-    server = Context(settings=Settings(), validator=default_validator(), base_url="")
+    server = Context(
+        settings=Settings(), validator=default_validator(), base_url="", guard=server_guard()
+    )
     original = trail.store
 
     async def slow_store(*args: Any, **kwargs: Any) -> int:

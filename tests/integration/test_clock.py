@@ -6,23 +6,18 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from functools import partial
 
 import httpx
-import pytest
 
-from fhir_server.app import create_app
 from fhir_server.settings import Settings
-from tests import conftest
-from tests.conftest import LiveServer, auth
+from tests.support.servers import LiveServer
+from tests.support.tokens import auth
 
 # Far from today: `ap2010-01-01` then reaches 12 years around 2010 (today, under two).
 LONG_AGO = datetime(1890, 1, 1, tzinfo=UTC)
 
 
-def test_the_application_clock_is_the_one_clock(
-    database_url: str, client: httpx.Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_application_clock_is_the_one_clock(database_url: str, client: httpx.Client) -> None:
     family = f"Clock-{uuid.uuid4().hex[:8]}"
     created = client.post(
         "/Patient",
@@ -35,9 +30,8 @@ def test_the_application_clock_is_the_one_clock(
 
     # a server of the same code whose application clock stands at LONG_AGO (only reads: nothing
     # is written there with a date of 1890)
-    monkeypatch.setattr(conftest, "create_app", partial(create_app, clock=lambda: LONG_AGO))
     with (
-        LiveServer(Settings(), database_url) as server,
+        LiveServer(Settings(), database_url, clock=lambda: LONG_AGO) as server,
         httpx.Client(base_url=f"{server.origin}/fhir", timeout=30) as fixed,
     ):
         metadata = fixed.get("/metadata")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import httpx
@@ -17,13 +18,14 @@ import orjson
 import psycopg
 import pytest
 
+from fhir_server.search.grants import Everything, Grants, InCompartments
 from fhir_server.services.access.guard import Guard
 from fhir_server.services.context import Context, server_guard
 from fhir_server.services.interactions import search
 from fhir_server.settings import Settings
-from fhir_server.storage.search_sql import AccessFilter, Everything, InCompartments
 from fhir_server.validation import default_validator
-from tests.conftest import auth
+from tests.support.resources import create_entry, patient, transaction
+from tests.support.tokens import auth
 
 
 @pytest.fixture(scope="module")
@@ -33,72 +35,59 @@ def world(client_module: httpx.Client) -> dict[str, str]:
     meta = {"tag": [{"system": "urn:test:access", "code": tag}]}
 
     def entry(key: str, resource: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "fullUrl": f"urn:uuid:{key}",
-            "resource": {**resource, "meta": meta},
-            "request": {"method": "POST", "url": resource["resourceType"]},
-        }
+        return create_entry({**resource, "meta": meta}, f"urn:uuid:{key}")
 
     keys = {name: str(uuid.uuid4()) for name in ("pa", "pb", "ea", "eb", "oa", "ob", "ox")}
     ref = {name: {"reference": f"urn:uuid:{key}"} for name, key in keys.items()}
     code = {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]}
-    bundle = {
-        "resourceType": "Bundle",
-        "type": "transaction",
-        "entry": [
-            entry(keys["pa"], {"resourceType": "Patient", "name": [{"family": "Able"}]}),
-            entry(keys["pb"], {"resourceType": "Patient", "name": [{"family": "Baker"}]}),
-            entry(
-                keys["ea"],
-                {
-                    "resourceType": "Encounter",
-                    "status": "planned",
-                    "class": {"code": "AMB"},
-                    "subject": ref["pa"],
-                },
-            ),
-            entry(
-                keys["eb"],
-                {
-                    "resourceType": "Encounter",
-                    "status": "finished",
-                    "class": {"code": "AMB"},
-                    "subject": ref["pb"],
-                },
-            ),
-            # A's observation points at B's encounter: including it must not reveal B's encounter.
-            entry(
-                keys["oa"],
-                {
-                    "resourceType": "Observation",
-                    "status": "final",
-                    "code": code,
-                    "subject": ref["pa"],
-                    "encounter": ref["eb"],
-                },
-            ),
-            entry(
-                keys["ob"],
-                {
-                    "resourceType": "Observation",
-                    "status": "final",
-                    "code": code,
-                    "subject": ref["pb"],
-                },
-            ),
-            # B's observation about A (focus is not a compartment link): hidden from A's side.
-            entry(
-                keys["ox"],
-                {
-                    "resourceType": "Observation",
-                    "status": "amended",
-                    "code": code,
-                    "subject": ref["pb"],
-                    "focus": [ref["pa"]],
-                },
-            ),
-        ],
-    }
+    bundle = transaction(
+        entry(keys["pa"], patient("Able")),
+        entry(keys["pb"], patient("Baker")),
+        entry(
+            keys["ea"],
+            {
+                "resourceType": "Encounter",
+                "status": "planned",
+                "class": {"code": "AMB"},
+                "subject": ref["pa"],
+            },
+        ),
+        entry(
+            keys["eb"],
+            {
+                "resourceType": "Encounter",
+                "status": "finished",
+                "class": {"code": "AMB"},
+                "subject": ref["pb"],
+            },
+        ),
+        # A's observation points at B's encounter: including it must not reveal B's encounter.
+        entry(
+            keys["oa"],
+            {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": code,
+                "subject": ref["pa"],
+                "encounter": ref["eb"],
+            },
+        ),
+        entry(
+            keys["ob"],
+            {"resourceType": "Observation", "status": "final", "code": code, "subject": ref["pb"]},
+        ),
+        # B's observation about A (focus is not a compartment link): hidden from A's side.
+        entry(
+            keys["ox"],
+            {
+                "resourceType": "Observation",
+                "status": "amended",
+                "code": code,
+                "subject": ref["pb"],
+                "focus": [ref["pa"]],
+            },
+        ),
+    )
     response = client_module.post("", json=bundle)
     assert response.status_code == 200, response.text
     ids = {
@@ -115,20 +104,20 @@ def client_module(live_server: Any) -> Any:
 
 
 class FilterGuard(Guard):
-    """A guard that allows every search and filters it with a given AccessFilter."""
+    """A guard that allows every search and filters it with the given grants."""
 
-    def __init__(self, access: AccessFilter) -> None:
+    def __init__(self, access: Grants) -> None:
         base = server_guard()
         super().__init__(base.principal, base.account, base.identities, base.facts, base.policy)
         self._fixed = access
 
-    def access(self, operation: str) -> Any:
+    def grants(self, operation: str, types: Iterable[str] | None = None) -> Any:
         return self._fixed
 
 
 def run_search(
     database_url: str,
-    access: AccessFilter,
+    access: Grants,
     resource_type: str | None,
     params: list[tuple[str, str]],
     compartment: tuple[str, str] | None = None,

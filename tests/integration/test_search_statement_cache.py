@@ -13,16 +13,11 @@ from typing import Any
 import httpx
 import pytest
 
-from fhir_server.storage.search_sql import (
-    UNRESTRICTED,
-    Everything,
-    Grant,
-    InCompartments,
-    clear_statement_cache,
-    statement_cache_info,
-)
-from tests.conftest import auth
+from fhir_server.search.grants import UNRESTRICTED, Everything, Grant, InCompartments
+from fhir_server.storage.search_sql import clear_statement_cache, statement_cache_info
 from tests.integration.test_search_access import run_search
+from tests.support.resources import create_entry, patient, transaction
+from tests.support.tokens import auth
 
 
 @pytest.fixture(scope="module")
@@ -34,31 +29,21 @@ def world(live_server: Any) -> dict[str, Any]:
     meta = {"tag": [{"system": "urn:test:cache", "code": tag}]}
     entries = []
     for key, family in families.items():
+        full_url = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, tag + key)}"
+        entries.append(create_entry(patient(family, meta=meta), full_url))
         entries.append(
-            {
-                "fullUrl": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, tag + key)}",
-                "resource": {"resourceType": "Patient", "name": [{"family": family}], "meta": meta},
-                "request": {"method": "POST", "url": "Patient"},
-            }
-        )
-        entries.append(
-            {
-                "resource": {
+            create_entry(
+                {
                     "resourceType": "Observation",
                     "status": "final",
                     "code": {"coding": [{"system": "urn:test:cache", "code": f"code-{key}"}]},
-                    "subject": {
-                        "reference": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, tag + key)}"
-                    },
+                    "subject": {"reference": full_url},
                     "meta": meta,
-                },
-                "request": {"method": "POST", "url": "Observation"},
-            }
+                }
+            )
         )
     with httpx.Client(base_url=f"{live_server.origin}/fhir", timeout=30, headers=auth()) as c:
-        response = c.post(
-            "", json={"resourceType": "Bundle", "type": "transaction", "entry": entries}
-        )
+        response = c.post("", json=transaction(*entries))
     assert response.status_code == 200, response.text
     ids = [e["response"]["location"].split("/")[1] for e in response.json()["entry"]]
     return {
@@ -83,7 +68,10 @@ def ids(
     access: Any = None,
 ) -> set[str]:
     bundle = run_search(
-        database_url, access or Everything(), resource_type, [("_tag", world["tag"]), *params]
+        database_url,
+        Everything() if access is None else access,
+        resource_type,
+        [("_tag", world["tag"]), *params],
     )
     return {e["resource"]["id"] for e in bundle.get("entry", [])}
 
@@ -139,8 +127,8 @@ def test_access_values_are_per_request(database_url: str, world: dict[str, Any])
     assert statement_cache_info().misses == 1
 
 
-class ObservationsOnly:
-    def grant(self, resource_type: str) -> Grant | None:
+class ObservationsOnly(dict[str, Grant | None]):
+    def __missing__(self, resource_type: str) -> Grant | None:
         return UNRESTRICTED if resource_type == "Observation" else None
 
 

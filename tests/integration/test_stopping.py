@@ -21,7 +21,7 @@ import psutil
 import psycopg
 import pytest
 
-from tests.conftest import _free_port
+from tests.support.servers import free_port, wait_until_ready
 
 WAIT = 60  # seconds: generous, the machine is shared; not a speed assertion
 _started: list[subprocess.Popen[bytes]] = []
@@ -32,7 +32,7 @@ class Serve:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self.port = _free_port()
+        self.port = free_port()
         env = {k: v for k, v in os.environ.items() if k != "POSTGRES_URL"}
         env.update(
             FHIR_DATA_DIR=str(data_dir),
@@ -50,15 +50,9 @@ class Serve:
             )
         _started.append(self.proc)
         deadline = time.monotonic() + WAIT
-        while True:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            try:
-                if httpx.get(f"{self.base}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.2)
+        wait_until_ready(
+            self.base, self.proc, self.log, deadline, tail=3000, message="the server did not start"
+        )
 
     @property
     def base(self) -> str:

@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.access_world import years_ago
-from tests.conftest import auth, server_processes
+from tests.support.resources import years_ago
+from tests.support.servers import server_processes
+from tests.support.tokens import auth
 
 
 @pytest.fixture(scope="module")

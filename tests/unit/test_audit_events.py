@@ -26,7 +26,12 @@ from fhir_server.services.interactions.versions import new_version
 from fhir_server.settings import Settings
 from fhir_server.validation import default_validator
 
-CTX = Context(settings=Settings(), validator=default_validator(), base_url="http://x/fhir")
+CTX = Context(
+    settings=Settings(),
+    validator=default_validator(),
+    base_url="http://x/fhir",
+    guard=server_guard(),
+)
 ids = st.text(alphabet="abcdef0123456789-", min_size=1, max_size=12)
 accounts = st.one_of(
     st.builds(

@@ -1,4 +1,4 @@
-"""The value-less diffs of the audit trail (services/changes.py)."""
+"""The value-less diffs of the audit trail (services/formats/changes.py)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The input limits of services/limits.py, and the parser that applies them."""
+"""The input limits of services/formats/limits.py, and the parser that applies them."""
 
 from __future__ import annotations
 

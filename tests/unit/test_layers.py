@@ -47,7 +47,7 @@ FHIRPATH_LAYERS: dict[str, tuple[str, ...]] = {
     f"{FHIRPATH}.lexer": FHIRPATH_BASE,
     f"{FHIRPATH}.parser": (*FHIRPATH_BASE, f"{FHIRPATH}.lexer"),
     f"{FHIRPATH}.model": FHIRPATH_MODEL,
-    f"{FHIRPATH}.references": (*FHIRPATH_MODEL, "compartments.ids"),
+    f"{FHIRPATH}.references": (*FHIRPATH_MODEL, "compartments.references"),
     f"{FHIRPATH}.runtime": FHIRPATH_MODEL,
     f"{FHIRPATH}.compiler": (
         *FHIRPATH_MODEL,
@@ -68,11 +68,13 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "fhir_server.auth": ("compartments.ids", "fhir_server.auth", "fhir_server.errors"),
     "fhir_server.search": (
         "capability",
-        "compartments.ids",
+        "compartments",
         "fhir_server.search",
         "fhir_server.errors",
     ),
     **FHIRPATH_LAYERS,
+    # the grants handed to storage as values: a leaf beside the query they may carry
+    "fhir_server.search.grants": ("fhir_server.search.query",),
     "fhir_server.clients": ("fhir_server.clients", "fhir_server.errors", "fhir_server.tracing"),
     "fhir_server.storage": (
         "capability",

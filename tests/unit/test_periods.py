@@ -132,9 +132,9 @@ def test_a_period_covers_exactly_the_instants_between_its_bounds(
 
 
 def test_cached_facts_end_at_the_first_boundary_of_their_periods() -> None:
-    """The facts cache (services/access.py) never outlives a period that ends within the day."""
+    """The facts cache (services/access/cache.py) never outlives a period that ends within the day."""
     from compartments.engine import Facts
-    from fhir_server.services.access.guard import FactsCache
+    from fhir_server.services.access.cache import FactsCache
 
     cache = FactsCache()
     entry = (1, (), Facts(now=NOW), {})

@@ -24,6 +24,7 @@ from fhir_server.validation import (
     default_validator,
     resource_type_of,
 )
+from tests.support.resources import patient
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "data" / "r4-examples"
 EXAMPLE_FILES = sorted(EXAMPLES_DIR.glob("*.json"))
@@ -54,10 +55,6 @@ def problems(resource: object, **kwargs: Any) -> list[tuple[str, str, tuple[str,
     else:
         VALIDATOR.validate(resource, **kwargs)
     return [(issue.code, issue.diagnostics, issue.expression) for issue in found]
-
-
-def patient(**elements: Any) -> dict[str, Any]:
-    return {"resourceType": "Patient", **elements}
 
 
 def observation(**elements: Any) -> dict[str, Any]:

@@ -2,50 +2,20 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
-
-from compartments.ids import is_id
+from compartments.references import split_reference as split_any_reference
 from fhir_server.search.fhirpath.base import Resource
 from fhir_server.search.fhirpath.model import _RESOURCE_TYPES
 
 # --------------------------------------------------------------------------------------------
-# References: shared with parameters.reference_targets, so resolve() and indexing agree.
+# References: read as compartments/references.py reads them for the whole server (the access
+# facts too), here for R4 resource types; parameters.reference_targets and the index use it, so
+# resolve(), indexing and access agree.
 
 
-@lru_cache(maxsize=16384)  # the same subjects and authors recur across a patient's resources
 def split_reference(reference: str) -> tuple[str, str, str] | None:
-    """Split a literal reference into ``(base, type, id)``, or None when it names no R4 resource.
-
-    ``base`` is ``""`` for a relative reference and the service base URL for an absolute one; a
-    ``/_history/<version>`` suffix and a canonical ``|<version>`` suffix are dropped. Contained
-    (``#id``), ``urn:`` and conditional references, and ids outside ``[A-Za-z0-9\\-.]{1,64}``, give
-    None.
-    """
-    resource_type, _, resource_id = reference.partition("/")
-    if resource_type in _RESOURCE_TYPES and "/" not in resource_id and "|" not in resource_id:
-        # the usual relative `Type/id`, on the write path of every resource: no regex, no split
-        return ("", resource_type, resource_id) if is_id(resource_id) else None
-    if not reference or reference[0] == "#" or reference.startswith("urn:"):
-        return None
-    bar = reference.find("|")
-    if bar >= 0:
-        reference = reference[:bar]
-    parts = reference.split("/")
-    if len(parts) >= 4 and parts[-2] == "_history":
-        if not is_id(parts[-1]):
-            return None
-        del parts[-2:]
-    if len(parts) < 2:
-        return None
-    resource_type, resource_id = parts[-2], parts[-1]
-    base = "/".join(parts[:-2])
-    if (
-        resource_type not in _RESOURCE_TYPES
-        or not is_id(resource_id)
-        or (len(parts) > 2 and not base)
-    ):
-        return None
-    return base, resource_type, resource_id
+    """``(base, type, id)`` of a literal reference to an R4 resource, or None
+    (`compartments.references.split_reference`)."""
+    return split_any_reference(reference, _RESOURCE_TYPES)
 
 
 def reference_type(reference: str, resource: Resource | None = None) -> str | None:

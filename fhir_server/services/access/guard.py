@@ -1,5 +1,12 @@
-"""The caller's access for one request: identities and facts loaded from the database, the
-engine's decisions, the token's scopes, and the SQL filter that carries them (DESIGN.md 5).
+"""The caller's access for one request (the Guard): identities and facts loaded from the
+database, the engine's decisions AND the token's scopes, the grants that carry them into SQL
+(DESIGN.md 5), the decisions made, for the audit, and the reload of facts whose epoch moved.
+
+The jobs around it have their own modules: the facts statement (storage/access_facts.py), the
+reading of its rows into the engine's facts (compartments/facts.py), the facts cache
+(services/access/cache.py) and the checks the interactions make (services/access/enforce.py).
+Storage never asks the Guard anything: the services compute the grants a statement needs
+(`Guard.grants`) and hand them down as values.
 
 Facts are loaded in one statement together with the access epoch, a number that every write of a
 fact-bearing resource (Person, RelatedPerson, Consent, CareTeam, Patient) bumps in its own
@@ -14,37 +21,28 @@ policy rule is `allow`, narrowed by scopes).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
-import orjson
-
-from compartments.consent import ConsentFact, read_consent, reference_of
-from compartments.engine import (
-    Decision,
-    Facts,
-    Identity,
-    RelatedPersonFact,
-    Request,
-    Target,
-    decide,
-)
-from compartments.periods import Window, next_change, window
+from capability.definitions import resource_types
+from compartments.engine import Decision, Facts, Identity, Request, Target, decide
+from compartments.facts import read_facts
 from compartments.policy import Policy, Reason
+from compartments.references import NO_BASES
 from fhir_server.auth.scopes import Scope, granted
 from fhir_server.auth.tokens import Principal, principal_from_claims
 from fhir_server.errors import AccessDenied, BadRequest, Unauthorized
 from fhir_server.metrics import RELATIONSHIP_CACHE_HITS
+from fhir_server.search.grants import UNRESTRICTED, Grant, GrantPart
 from fhir_server.search.query import parse_search
+from fhir_server.services.access.cache import FactsCache
 from fhir_server.services.formats import changes
 from fhir_server.storage import repository
-from fhir_server.storage.search_sql import UNRESTRICTED, Grant, GrantPart
-from fhir_server.storage.sql import Connection, Statement, fetch_all
+from fhir_server.storage.access_facts import fetch_access_facts
+from fhir_server.storage.sql import Connection
 
-VERIFIED_ASSURANCE = frozenset({"level3", "level4"})
 # The SMART permission each engine operation needs (v2 letters; v1 read = "rs", write = "cud").
 PERMISSION = {
     "read": "r",
@@ -83,14 +81,15 @@ class Guard:
     purpose_of_use: str | None = None
     reason: str | None = None
     audited: list[Audited] = field(default_factory=list)
-    # "Patient/1" -> what this request's write of it changed (services/changes.py), for the audit
+    # "Patient/1" -> what this request's write of it changed (services/formats/changes.py), for the audit
     changes: dict[str, str] = field(default_factory=dict)
     # Facts taken from the cache without reading the access epoch yet (`load_guard(...,
     # optimistic=True)`): the epoch they were loaded at. The caller must `verify` them, or read
-    # the epoch in the same statement as its data (services/read.py), before answering.
+    # the epoch in the same statement as its data (services/interactions/read.py), before answering.
     pending_epoch: int | None = None
+    # this server's base URLs, under which the facts' absolute references were read as local
+    local_bases: frozenset[str] = NO_BASES
     _reload: Callable[[Connection], Awaitable[Guard]] | None = None
-    _filters: dict[str, AccessFilterForOperation] = field(default_factory=dict)
     # (operation, type, purpose, reason, scopes, patient) -> the decision and the grant. Shared
     # by every request whose facts come from the same cache entry: they depend on nothing else.
     _decisions: dict[tuple[Any, ...], tuple[Decision, Grant | None]] = field(default_factory=dict)
@@ -157,6 +156,15 @@ class Guard:
         """Which rows of a type this caller may see for `operation`, as the SQL filter."""
         return self._decided(operation, resource_type)[1]
 
+    def grants(self, operation: str, types: Iterable[str] | None = None) -> dict[str, Grant | None]:
+        """The grant of each of `types` (None: every resource type) for `operation`: the values
+        a statement of storage filters with (storage/search_sql.py `search_types` names the
+        types a search needs)."""
+        return {
+            t: self._decided(operation, t)[1]
+            for t in (resource_types() if types is None else types)
+        }
+
     def _decided(self, operation: str, resource_type: str) -> tuple[Decision, Grant | None]:
         principal = self.principal
         key = (
@@ -212,13 +220,6 @@ class Guard:
             criteria=criteria,
         )
 
-    def access(self, operation: str) -> AccessFilterForOperation:
-        """The AccessFilter of searches, history and reads for this operation."""
-        found = self._filters.get(operation)
-        if found is None:
-            found = self._filters[operation] = AccessFilterForOperation(self, operation)
-        return found
-
     def require(
         self,
         operation: str,
@@ -270,19 +271,6 @@ def denied(decision: Decision) -> AccessDenied:
     return AccessDenied(reason.value, reason.message)
 
 
-class AccessFilterForOperation:
-    """`AccessFilter` (storage/search_sql.py) for one operation: the guard's grant of each type."""
-
-    __slots__ = ("guard", "operation")
-
-    def __init__(self, guard: Guard, operation: str) -> None:
-        self.guard = guard
-        self.operation = operation
-
-    def grant(self, resource_type: str) -> Grant | None:
-        return self.guard.grant(self.operation, resource_type)
-
-
 def _scope_criteria(resource_type: str, scope: Scope) -> tuple[Any, ...]:
     try:
         return parse_search((resource_type,), list(scope.query)).criteria
@@ -295,74 +283,6 @@ def _scope_criteria(resource_type: str, scope: Scope) -> tuple[Any, ...]:
 
 
 # --- building the guard ---------------------------------------------------------------------
-
-_FACTS = Statement(
-    """
-WITH persons AS (
-    SELECT r.id, r.content FROM resources r
-    WHERE r.resource_type = 'Person' AND NOT r.deleted AND (
-        r.id = %(person)s OR r.id IN (
-            SELECT x.id FROM search_reference x
-            WHERE x.resource_type = 'Person' AND x.code = 'link'
-              AND x.target_type = %(user_type)s AND x.target_id = %(user_id)s))
-),
-targets AS (
-    SELECT x.target_type AS type, x.target_id AS id FROM search_reference x
-    WHERE x.resource_type = 'Person' AND x.code = 'link' AND x.target_type IS NOT NULL
-      AND x.id IN (SELECT id FROM persons)
-    UNION SELECT %(user_type)s, %(user_id)s
-),
-related AS (
-    SELECT r.id, r.content FROM resources r
-    WHERE r.resource_type = 'RelatedPerson' AND NOT r.deleted
-      AND r.id IN (SELECT id FROM targets WHERE type = 'RelatedPerson')
-)
-SELECT 'Person', id, NULL, content::text FROM persons
-UNION ALL
-SELECT 'RelatedPerson', id, NULL, content::text FROM related
-UNION ALL
-SELECT 'Patient', p.id, NULL, jsonb_build_object('birthDate', p.content -> 'birthDate')::text
-FROM resources p
-WHERE p.resource_type = 'Patient' AND NOT p.deleted AND p.id IN (
-    SELECT x.target_id FROM search_reference x
-    WHERE x.resource_type = 'RelatedPerson' AND x.code = 'patient' AND x.target_type = 'Patient'
-      AND x.id IN (SELECT id FROM related))
-UNION ALL
-SELECT 'Consent', c.id, NULL, c.content::text FROM resources c
-WHERE c.resource_type = 'Consent' AND NOT c.deleted AND c.id IN (
-    SELECT x.id FROM search_reference x
-    WHERE x.resource_type = 'Consent' AND x.code = 'patient' AND x.target_type = 'Patient'
-      AND x.target_id IN (
-        SELECT y.target_id FROM search_reference y
-        WHERE y.resource_type = 'RelatedPerson' AND y.code = 'patient'
-          AND y.target_type = 'Patient' AND y.id IN (SELECT id FROM related)))
-UNION ALL
-SELECT 'general-practitioner', x.id, x.target_id, NULL FROM search_reference x
-JOIN resources p ON p.resource_type = 'Patient' AND p.id = x.id AND NOT p.deleted
-WHERE x.resource_type = 'Patient' AND x.code = 'general-practitioner'
-  AND x.target_type = 'Practitioner'
-  AND x.target_id IN (SELECT id FROM targets WHERE type = 'Practitioner')
-UNION ALL
-SELECT 'relative', x.id, x.target_id, NULL FROM search_reference x
-JOIN resources r ON r.resource_type = 'RelatedPerson' AND r.id = x.id AND NOT r.deleted
-WHERE x.resource_type = 'RelatedPerson' AND x.code = 'patient' AND x.target_type = 'Patient'
-  AND x.target_id IN (
-    SELECT id FROM targets WHERE type = 'Patient'
-    UNION
-    SELECT y.target_id FROM search_reference y
-    WHERE y.resource_type = 'RelatedPerson' AND y.code = 'patient' AND y.target_type = 'Patient'
-      AND y.id IN (SELECT id FROM related))
-UNION ALL
-SELECT 'epoch', NULL, value::text, NULL FROM access_epoch WHERE id = 1
-UNION ALL
-SELECT 'CareTeam', c.id, NULL, c.content::text FROM resources c
-WHERE c.resource_type = 'CareTeam' AND NOT c.deleted AND c.id IN (
-    SELECT x.id FROM search_reference x
-    WHERE x.resource_type = 'CareTeam' AND x.code = 'participant'
-      AND x.target_type = 'Practitioner'
-      AND x.target_id IN (SELECT id FROM targets WHERE type = 'Practitioner'))
-"""
-)
 
 
 async def load_guard(
@@ -378,10 +298,13 @@ async def load_guard(
     reason: str | None = None,
     cache: FactsCache | None = None,
     optimistic: bool = False,
+    local_bases: frozenset[str] = NO_BASES,
 ) -> Guard:
     """The guard of a verified principal: its identities and the facts its decisions need.
     `optimistic`: cached facts are used without reading the access epoch; the guard's
-    `pending_epoch` says so, and the caller must verify them (Guard.verify)."""
+    `pending_epoch` says so, and the caller must verify them (Guard.verify). `local_bases`:
+    this server's base URLs, under which an absolute reference in the facts is a local one
+    (compartments/references.py)."""
 
     def guard(
         account: str,
@@ -400,6 +323,7 @@ async def load_guard(
                 emergency_bypass=emergency_bypass,
                 admin_role=admin_role,
                 cache=cache,
+                local_bases=local_bases,
             )
 
         return Guard(
@@ -411,6 +335,7 @@ async def load_guard(
             purpose_of_use=purpose_of_use,
             reason=reason,
             pending_epoch=pending,
+            local_bases=local_bases,
             _reload=reload,
             _decisions={} if decisions is None else decisions,
         )
@@ -426,7 +351,7 @@ async def load_guard(
         raise Unauthorized("the token names no user (`fhirUser`) and has no `system/` scope")
     user = principal.fhir_user
     # cached facts hold until one of their periods starts or ends (FactsCache.get)
-    cached = cache.get(user, now) if cache is not None else None
+    cached = cache.get(user, now, local_bases) if cache is not None else None
     pending = None
     if cached is not None and optimistic:
         pending, identities, facts, decisions = cached
@@ -435,27 +360,12 @@ async def load_guard(
         _, identities, facts, decisions = cached
         RELATIONSHIP_CACHE_HITS.inc()
     else:
-        user_type, user_id = user.split("/", 1)
-        rows = await fetch_all(
-            conn,
-            _FACTS,
-            {
-                "person": user_id if user_type == "Person" else None,
-                "user_type": user_type,
-                "user_id": user_id,
-            },
-        )
-        epoch, identities, facts, changes_at = _facts(user, rows, no_facts)
+        rows = await fetch_access_facts(conn, user)
+        epoch, identities, facts, changes_at = read_facts(user, rows, no_facts, local_bases)
         decisions = {}
         if cache is not None:
-            cache.put(user, now, (epoch, identities, facts, decisions), changes_at)
+            cache.put(user, now, (epoch, identities, facts, decisions), changes_at, local_bases)
     return guard(user, identities, facts, pending, decisions)
-
-
-# (epoch, identities, facts, the decisions made from them)
-CacheEntry = tuple[
-    int, tuple[Identity, ...], Facts, dict[tuple[Any, ...], tuple[Decision, Grant | None]]
-]
 
 
 async def as_user(
@@ -483,341 +393,10 @@ async def as_user(
         admin_role="",
         purpose_of_use=purpose_of_use,
         reason=reason,
+        local_bases=caller.local_bases,
     )
-
-
-class FactsCache:
-    """Facts by user and UTC day, with the access epoch they were loaded at (see the module's
-    docstring). An entry expires at the first instant after its load at which one of its
-    periods (RelatedPerson, Consent provisions, CareTeam and participants) starts or ends, so
-    the decisions made from it, which depend on nothing else, stay right while it lives; and
-    after `ttl_seconds` (`RELATIONSHIP_TTL`) whatever the epoch says."""
-
-    def __init__(self, size: int = 10_000, ttl_seconds: float = 2_592_000) -> None:
-        self.size = size
-        self.ttl_seconds = ttl_seconds
-        self._entries: dict[tuple[str, date], tuple[float, datetime | None, CacheEntry]] = {}
-
-    def get(self, user: str, now: datetime) -> CacheEntry | None:
-        key = (user, now.date())
-        found = self._entries.get(key)
-        if found is None:
-            return None
-        loaded, changes_at, entry = found
-        if time.monotonic() - loaded > self.ttl_seconds or (
-            changes_at is not None and now >= changes_at
-        ):
-            del self._entries[key]
-            return None
-        return entry
-
-    def put(
-        self, user: str, now: datetime, entry: CacheEntry, changes_at: datetime | None = None
-    ) -> None:
-        if len(self._entries) >= self.size:
-            self._entries.clear()
-        self._entries[(user, now.date())] = (time.monotonic(), changes_at, entry)
 
 
 def _roles(claims: Mapping[str, Any]) -> list[str]:
     roles = claims.get("roles", [])
     return [r for r in roles if isinstance(r, str)] if isinstance(roles, list) else []
-
-
-def _facts(
-    fhir_user: str, rows: Iterable[tuple[Any, ...]], base: Facts
-) -> tuple[int, tuple[Identity, ...], Facts, datetime | None]:
-    """The epoch, identities and facts of the rows, and the first instant after `base.now` at
-    which one of their periods starts or ends (the facts' decisions hold until then)."""
-    # the token's own user is verified by the identity provider; Person links carry a level
-    assurance: dict[str, bool] = {}
-    if not fhir_user.startswith("Person/"):
-        assurance[fhir_user] = True
-    related: dict[str, RelatedPersonFact] = {}
-    births: dict[str, date | None] = {}
-    consents: list[ConsentFact] = []
-    care: dict[str, set[str]] = {}
-    care_teams: list[dict[str, Any]] = []
-    relatives: dict[str, str] = {}
-    windows: list[Window] = []
-    epoch = 0
-    for kind, id, extra, text in rows:
-        content = orjson.loads(text) if text is not None else {}
-        if kind == "epoch":
-            epoch = int(extra)
-        elif kind == "Person":
-            if content.get("active") is False:
-                continue
-            for link in content.get("link", ()):
-                target = reference_of(link.get("target"))
-                if target is None or target.split("/")[0] == "Person":
-                    continue
-                verified = link.get("assurance") in VERIFIED_ASSURANCE
-                assurance[target] = assurance.get(target, False) or verified
-        elif kind == "RelatedPerson":
-            link = related[f"RelatedPerson/{id}"] = _related_person(id, content)
-            windows.append(link.period)
-        elif kind == "Patient":
-            births[f"Patient/{id}"] = earliest_date(content.get("birthDate"))
-        elif kind == "Consent":
-            consent = read_consent(id, content)
-            consents.append(consent)
-            windows.extend(consent.windows)
-        elif kind == "general-practitioner":
-            care.setdefault(f"Practitioner/{extra}", set()).add(f"Patient/{id}")
-        elif kind == "CareTeam":
-            care_teams.append(content)
-        elif kind == "relative":
-            relatives[f"RelatedPerson/{id}"] = f"Patient/{extra}"
-    for team in care_teams:
-        _add_care_team(team, base.now, care, windows)
-    identities = tuple(
-        Identity(reference, verified=verified)
-        for reference, verified in sorted(assurance.items())
-        if reference.split("/")[0] in {"Patient", "RelatedPerson", "Practitioner"}
-    )
-    facts = Facts(
-        now=base.now,
-        related_persons=related,
-        birth_dates=births,
-        consents=tuple(consents),
-        care={k: frozenset(v) for k, v in care.items()},
-        relatives=relatives,
-        majority_age=base.majority_age,
-        emergency_bypass=base.emergency_bypass,
-    )
-    return epoch, identities, facts, next_change(windows, base.now)
-
-
-def earliest_date(value: Any) -> date | None:
-    """The earliest day a FHIR date can mean (`2010` is 2010-01-01): the oldest the person can
-    be, so a partial birth date never makes anyone a minor for longer than they are."""
-    if not isinstance(value, str) or len(value) < 4:
-        return None
-    parts = [int(p) for p in value[:10].split("-")]
-    year, month, day = [*parts, 1, 1][:3]
-    return date(year, month, day)
-
-
-def _codes(concepts: Any) -> frozenset[str]:
-    codes: set[str] = set()
-    for concept in concepts if isinstance(concepts, list) else [concepts]:
-        if isinstance(concept, dict):
-            for coding in concept.get("coding", ()):
-                if isinstance(coding, dict) and isinstance(coding.get("code"), str):
-                    codes.add(coding["code"])
-    return frozenset(codes)
-
-
-def _related_person(id: str, content: dict[str, Any]) -> RelatedPersonFact:
-    return RelatedPersonFact(
-        reference=f"RelatedPerson/{id}",
-        patient=reference_of(content.get("patient")) or "",
-        relationships=_codes(content.get("relationship", [])),
-        active=content.get("active") is not False,
-        period=window(content.get("period")),
-    )
-
-
-def _add_care_team(
-    team: dict[str, Any], now: datetime, care: dict[str, set[str]], windows: list[Window]
-) -> None:
-    """The practitioners a CareTeam gives its patient to now: an active team (its own
-    `period` covering now), participants whose `period` covers now."""
-    if team.get("status") not in (None, "active"):
-        return
-    patient = reference_of(team.get("subject"))
-    if patient is None or not patient.startswith("Patient/"):
-        return
-    period = window(team.get("period"))
-    windows.append(period)
-    if not period.covers(now):
-        return
-    for participant in team.get("participant", ()):
-        member = reference_of(participant.get("member"))
-        if member is None or not member.startswith("Practitioner/"):
-            continue
-        joined = window(participant.get("period"))
-        windows.append(joined)
-        if joined.covers(now):
-            care.setdefault(member, set()).add(patient)
-
-
-# --- checks the interactions make --------------------------------------------------------------
-
-
-def unrestricted(guard: Guard, operation: str, resource_type: str) -> bool:
-    """Whether the caller sees every resource of the type (System, Admin): it alone may learn
-    that a resource does not exist."""
-    grant = guard.access(operation).grant(resource_type)
-    return grant is not None and grant.unrestricted
-
-
-def hidden(guard: Guard, operation: str, resource_type: str, id: str) -> AccessDenied:
-    """The answer about a resource outside what the caller may see: the same 403 whether or not
-    it exists (DESIGN.md 5.5)."""
-    decision = guard.type_decision(operation, resource_type)
-    if decision.allowed:
-        decision = outside(decision)
-    guard.record(operation, resource_type, f"{resource_type}/{id}", decision)
-    return denied(decision)
-
-
-def outside(allowed: Decision) -> Decision:
-    """The denial for a resource outside an allowed decision's filter."""
-    if allowed.creators and not allowed.compartments and not allowed.everything:
-        return Decision(
-            allowed=False,
-            rule=allowed.rule,
-            reason=Reason.UNVERIFIED_LINK,
-            explanation="an unverified link sees only what it created",
-        )
-    return Decision(
-        allowed=False,
-        rule=allowed.rule,
-        reason=Reason.INVALID_COMPARTMENT,
-        explanation="the resource is outside the permitted compartments",
-    )
-
-
-def check_type(guard: Guard, operation: str, resource_type: str) -> None:
-    """A search or type history: 403 when the caller may see nothing of the type."""
-    decision = guard.type_decision(operation, resource_type)
-    guard.record(operation, resource_type, None, decision)
-    if not decision.allowed:
-        raise denied(decision)
-
-
-def check_stored(
-    guard: Guard,
-    operation: str,
-    resource_type: str,
-    id: str,
-    compartments: Iterable[str],
-    created_by: str | None,
-) -> Decision:
-    """An update, patch or delete of the stored version: it must be permitted as it is."""
-    return guard.require(
-        operation,
-        resource_type,
-        target=Target(frozenset(compartments), created_by, id=id),
-        resource=f"{resource_type}/{id}",
-    )
-
-
-def check_result(
-    guard: Guard,
-    operation: str,
-    version: Any,
-    created_by: str | None,
-) -> Decision:
-    """The version a create, update or patch would write (a `NewVersion`): it must be permitted
-    too, so nobody moves a resource into or out of a compartment; scopes narrow as for reads."""
-    resource_type: str = version.resource_type
-    decision = guard.require(
-        operation,
-        resource_type,
-        target=Target(
-            frozenset(version.compartments), created_by, _grants_to(version), id=version.id
-        ),
-        resource=f"{resource_type}/{version.id}",
-    )
-    grant = guard.grant(operation, resource_type)
-    outside_scope = grant is None or (
-        (grant.within is not None and grant.within not in version.compartments)
-        or (bool(grant.criteria) and not _index_matches(version.index, grant.criteria))
-    )
-    if outside_scope:
-        refused = Decision(
-            allowed=False,
-            rule=decision.rule,
-            reason=Reason.INSUFFICIENT_SCOPE,
-            explanation="the token's scopes do not cover this resource",
-        )
-        guard.record(operation, resource_type, f"{resource_type}/{version.id}", refused)
-        raise denied(refused)
-    return decision
-
-
-def _grants_to(version: Any) -> frozenset[str]:
-    """Whom a Consent may grant access to: the `actor` references of every provision, nested
-    ones included (a relative may not name itself anywhere in a Consent it writes)."""
-    if version.resource_type != "Consent" or version.content is None:
-        return frozenset()
-    return consent_actors(orjson.loads(version.content).get("provision"))
-
-
-def consent_actors(provision: Any) -> frozenset[str]:
-    """The actor references of a Consent provision and all its nested provisions."""
-    found: set[str] = set()
-    pending = [provision]
-    while pending:
-        item = pending.pop()
-        if not isinstance(item, dict):
-            continue
-        for actor in item.get("actor", ()) if isinstance(item.get("actor"), list) else ():
-            if isinstance(actor, dict) and (ref := reference_of(actor.get("reference"))):
-                found.add(ref)
-        nested = item.get("provision")
-        if isinstance(nested, list):
-            pending.extend(nested)
-    return frozenset(found)
-
-
-def _index_matches(index: Any, alternatives: tuple[tuple[Any, ...], ...]) -> bool:
-    """Whether a resource's token search values satisfy one of a granular scope's conjunctions
-    (`category=laboratory`); other kinds of criteria are not evaluated on writes and refuse."""
-    tokens = index.token if index is not None else []
-
-    def one(criterion: Any) -> bool:
-        if criterion.param.type != "token" or criterion.modifier or criterion.chain:
-            return False
-        for value in criterion.values:
-            system, bar, code = value.rpartition("|")
-            for row_code, row_system, row_value, _ in tokens:
-                if row_code != criterion.param.code or row_value != code:
-                    continue
-                if not bar or row_system in (system or None, None):
-                    return True
-        return False
-
-    return any(all(one(c) for c in alternative) for alternative in alternatives)
-
-
-def protect_meta(guard: Guard, resource: dict[str, Any], stored: dict[str, Any] | None) -> None:
-    """`meta.security` and `meta.tag` are labels that other systems act on: from a
-    non-privileged caller they are ignored, the stored labels kept (none on a create).
-    `meta.versionId` and `meta.lastUpdated` are always the server's."""
-    if guard.privileged:
-        return
-    meta = resource.get("meta")
-    if not isinstance(meta, dict):
-        meta = {}
-    kept = stored.get("meta", {}) if stored else {}
-    for name in ("security", "tag"):
-        meta.pop(name, None)
-        if name in kept:
-            meta[name] = kept[name]
-    resource["meta"] = meta
-    if not meta:
-        resource.pop("meta")
-
-
-# Fields that grant access (DESIGN.md 5.2) that a non-privileged caller may not change on a
-# resource it may otherwise write.
-_GRANTING_FIELDS = {"Patient": ("link",)}
-
-
-def protect_links(guard: Guard, resource: dict[str, Any], stored: dict[str, Any] | None) -> None:
-    if guard.privileged:
-        return
-    for name in _GRANTING_FIELDS.get(resource.get("resourceType", ""), ()):
-        before = stored.get(name) if stored else None
-        if resource.get(name) != before:
-            refused = Decision(
-                allowed=False,
-                reason=Reason.INVALID_ROLE,
-                explanation=f"`{resource['resourceType']}.{name}` is written by the family workflow",
-            )
-            guard.record("update", resource["resourceType"], None, refused)
-            raise denied(refused)

@@ -4,7 +4,7 @@ A transaction is all or nothing, processed in the order R4 prescribes (DELETE, P
 GET), with the full URLs of created resources (`urn:uuid:`, or a URL carrying the client's id)
 resolved into real references before anything is validated or stored. A batch answers each entry
 on its own, each in its own savepoint. Conditional entries (`ifNoneExist`, `PUT Type?criteria`,
-`DELETE Type?criteria`) search only what the caller may see (services/conditional.py).
+`DELETE Type?criteria`) search only what the caller may see (services/interactions/conditional.py).
 """
 
 from __future__ import annotations
@@ -584,7 +584,7 @@ _REASONS = {
 
 def _lock_slots(entries: list[Entry]) -> list[int]:
     """The advisory-lock slots of every conditional write of a Bundle, all taken before the
-    first entry runs (services/conditional.py). Criteria that do not parse lock nothing: their
+    first entry runs (services/interactions/conditional.py). Criteria that do not parse lock nothing: their
     entry fails on its own."""
     slots = []
     for entry in entries:

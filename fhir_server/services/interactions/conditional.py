@@ -19,7 +19,7 @@ from fhir_server.errors import BadRequest, PreconditionFailed
 from fhir_server.search.query import RESULT_PARAMETERS, parse_search
 from fhir_server.services.context import Context
 from fhir_server.storage import repository
-from fhir_server.storage.search_sql import search_statement
+from fhir_server.storage.search_sql import search_statement, search_types
 from fhir_server.storage.sql import Connection, fetch_all
 
 # Formatting parameters that may ride along on a conditional request's URL without being criteria.
@@ -56,9 +56,8 @@ async def matching_ids(
         max_count=limit,
         max_parameters=ctx.settings.max_search_parameters + 1,  # and the `_count` added here
     )
-    statement, _ = search_statement(
-        query, ctx.guard.access("search"), local_bases=ctx.local_bases, now=ctx.clock()
-    )
+    grants = ctx.guard.grants("search", search_types(query))
+    statement, _ = search_statement(query, grants, local_bases=ctx.local_bases, now=ctx.clock())
     return [row[1] for row in await fetch_all(conn, statement)][:limit]
 
 

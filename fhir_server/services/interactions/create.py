@@ -8,7 +8,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from fhir_server.services.access.guard import check_result, protect_links, protect_meta
+from fhir_server.services.access.enforce import check_result, protect_links, protect_meta
 from fhir_server.services.context import Context
 from fhir_server.services.interactions import conditional
 from fhir_server.services.interactions.versions import new_version, validated
@@ -103,6 +103,7 @@ async def find_existing(
     )
     if id is None:
         return None
-    current = await repository.read_current(conn, resource_type, id, ctx.guard.access("search"))
+    grants = ctx.guard.grants("search", (resource_type,))
+    current = await repository.read_current(conn, resource_type, id, grants)
     assert current is not None and not current.deleted
     return Result(200, current)

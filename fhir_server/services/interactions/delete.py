@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fhir_server.errors import NotFound
-from fhir_server.services.access.guard import check_stored, check_type, hidden, unrestricted
+from fhir_server.services.access.enforce import check_stored, check_type, hidden, unrestricted
 from fhir_server.services.context import Context
 from fhir_server.services.interactions import conditional
 from fhir_server.services.interactions.versions import deletion

@@ -10,14 +10,14 @@ from urllib.parse import urlencode
 
 from compartments.engine import Decision
 from fhir_server.errors import BadRequest, NotFound
-from fhir_server.services.access.guard import check_type, hidden, unrestricted
+from fhir_server.search.grants import Grants
+from fhir_server.services.access.enforce import check_type, hidden, unrestricted
 from fhir_server.services.context import Context
 from fhir_server.services.formats.bundles import bundle, history_entry
 from fhir_server.services.interactions.read import break_glass
 from fhir_server.storage import repository
 from fhir_server.storage.cursors import decode_cursor, encode_cursor
 from fhir_server.storage.repository import HistoryCursor
-from fhir_server.storage.search_sql import AccessFilter
 from fhir_server.storage.sql import Connection
 
 SUPPORTED = frozenset({"_count", "_since", "_page", "_format", "_pretty"})
@@ -70,17 +70,19 @@ async def history(
             raise BadRequest("`_page` is not a cursor this server gave out", code="value")
         after = HistoryCursor(moment, resource_type_after, id_after, version)
     guard = ctx.guard
-    access: AccessFilter | None = guard.access("history")
+    grants: Grants | None = guard.grants(
+        "history", None if resource_type is None else (resource_type,)
+    )
     if id is not None:
         assert resource_type is not None
         # the resource as it is now decides whether its history may be seen at all
-        visible = await repository.read_current(conn, resource_type, id, access)
+        visible = await repository.read_current(conn, resource_type, id, grants)
         if visible is None:
             if unrestricted(guard, "history", resource_type):
                 raise NotFound(f"`{resource_type}/{id}` is not known")
             if not await break_glass(ctx, conn, "history", resource_type, id):
                 raise hidden(guard, "history", resource_type, id)
-            access = None
+            grants = None
         else:
             guard.record(
                 "history",
@@ -94,7 +96,7 @@ async def history(
         guard.record("history", None, None, Decision(allowed=True, explanation="per type"))
     if id is not None and resource_type in repository.UNVERSIONED:
         # written once: its history is its current row
-        assert visible is not None or access is None
+        assert visible is not None or grants is None
         current = visible or await repository.read_current(conn, resource_type, id)
         assert current is not None
         page = [replace(current, method="POST")]
@@ -115,7 +117,7 @@ async def history(
         since=since,
         count=count,
         after=after,
-        access=access,
+        grants=grants,
         max_bytes=ctx.settings.max_search_bytes,
     )
 
@@ -130,5 +132,5 @@ async def history(
         links.append({"relation": "next", "url": f"{url}?{urlencode({**kept, '_page': token})}"})
     fields: dict[str, object] = {"id": str(uuid.uuid4()), "link": links}
     if id is not None and resource_type is not None:
-        fields["total"] = await repository.history_total(conn, resource_type, id, since, access)
+        fields["total"] = await repository.history_total(conn, resource_type, id, since, grants)
     return bundle("history", entries=[history_entry(ctx.base_url, v) for v in page], **fields)

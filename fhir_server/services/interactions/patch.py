@@ -8,7 +8,7 @@ import jsonpatch
 import jsonpointer
 
 from fhir_server.errors import BadRequest, Gone, NotFound, Unprocessable
-from fhir_server.services.access.guard import (
+from fhir_server.services.access.enforce import (
     check_result,
     check_stored,
     hidden,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from compartments.engine import Target
 from fhir_server.errors import Gone, NotFound
-from fhir_server.services.access.guard import Guard, hidden, unrestricted
+from fhir_server.services.access.enforce import hidden, unrestricted
+from fhir_server.services.access.guard import Guard
 from fhir_server.services.context import Context
 from fhir_server.storage import repository
 from fhir_server.storage.repository import StoredVersion
@@ -42,7 +43,7 @@ async def _current(
     guard) are verified by the same statement when the grant is the common kind, so that a
     cached read costs one round trip; if they had changed, the read is made again on new ones."""
     if guard.pending_epoch is not None:
-        grant = guard.access(operation).grant(resource_type)
+        grant = guard.grant(operation, resource_type)
         if (
             grant is not None
             and not grant.everything
@@ -55,7 +56,9 @@ async def _current(
                 return found
         else:
             await guard.verify(conn)
-    return await repository.read_current(conn, resource_type, id, guard.access(operation))
+    return await repository.read_current(
+        conn, resource_type, id, guard.grants(operation, (resource_type,))
+    )
 
 
 async def vread(
@@ -72,7 +75,9 @@ async def vread(
     found = (
         None
         if number is None
-        else await repository.read_version(conn, resource_type, id, number, guard.access("read"))
+        else await repository.read_version(
+            conn, resource_type, id, number, guard.grants("read", (resource_type,))
+        )
     )
     if found is None and not unrestricted(guard, "read", resource_type):
         if not await break_glass(ctx, conn, "read", resource_type, id):

@@ -18,6 +18,7 @@ import orjson
 from capability.definitions import summary_elements
 from compartments.engine import Decision
 from fhir_server.errors import BadRequest
+from fhir_server.search.grants import Grants
 from fhir_server.search.query import (
     MAX_INCLUDE_DEPTH,
     Include,
@@ -25,7 +26,7 @@ from fhir_server.search.query import (
     compartment_types,
     parse_search,
 )
-from fhir_server.services.access.guard import check_type, unrestricted
+from fhir_server.services.access.enforce import check_type, unrestricted
 from fhir_server.services.context import Context
 from fhir_server.services.formats.bundles import bundle
 from fhir_server.services.offload import HEAVY, cpu
@@ -33,7 +34,9 @@ from fhir_server.storage.cursors import encode_cursor
 from fhir_server.storage.search_sql import (
     count_statement,
     include_statement,
+    include_types,
     search_statement,
+    search_types,
 )
 from fhir_server.storage.sql import Connection, Query, estimated_count, fetch_one, stream
 
@@ -103,10 +106,9 @@ async def run(ctx: Context, conn: Connection, query: SearchQuery, path: str) -> 
     now = ctx.clock()
     fields: dict[str, Any] = {"id": str(uuid.uuid4())}
     echo = [*query.echo]
+    grants = _grants(ctx, query)
     if query.summary == "count" or query.total == "accurate":
-        counting = await cpu(
-            count_statement, query, ctx.guard.access("search"), local_bases=ctx.local_bases, now=now
-        )
+        counting = await cpu(count_statement, query, grants, local_bases=ctx.local_bases, now=now)
         row = await fetch_one(conn, counting)
         assert row is not None
         fields["total"] = int(row[0])
@@ -118,9 +120,7 @@ async def run(ctx: Context, conn: Connection, query: SearchQuery, path: str) -> 
     if query.summary == "count":
         return bundle("searchset", entries=[], **fields)
 
-    statement, _ = await cpu(
-        search_statement, query, ctx.guard.access("search"), local_bases=ctx.local_bases, now=now
-    )
+    statement, _ = await cpu(search_statement, query, grants, local_bases=ctx.local_bases, now=now)
     budget = _Budget(ctx.settings.max_search_bytes)
     page, more = await _page(conn, statement, query.count, budget)
     if more and page:
@@ -186,9 +186,8 @@ async def _included(
         for include in wanted:
             if not include.reverse and include.source_type not in {"*", *(t for t, _ in frontier)}:
                 continue
-            statement = include_statement(
-                include, frontier, ctx.guard.access("search"), limit=MAX_INCLUDED
-            )
+            grants = ctx.guard.grants("search", include_types(include))
+            statement = include_statement(include, frontier, grants, limit=MAX_INCLUDED)
             # beyond the budget, as beyond MAX_INCLUDED, included resources are left out
             async for resource_type, id, content in stream(conn, statement):
                 if (resource_type, id) in seen or not budget.take(content):
@@ -254,11 +253,17 @@ def _link(url: str, echo: list[tuple[str, str]], cursor: str | None) -> str:
     return f"{url}?{urlencode(params)}" if params else url
 
 
+def _grants(ctx: Context, query: SearchQuery) -> Grants:
+    """The caller's grants of every type a statement of `query` filters: computed here, handed
+    to the planner as values."""
+    return ctx.guard.grants("search", search_types(query))
+
+
 def _sees_all(ctx: Context, query: SearchQuery) -> bool:
     return all(unrestricted(ctx.guard, "search", t) for t in query.resource_types)
 
 
 async def _estimate(conn: Connection, query: SearchQuery, ctx: Context, now: datetime) -> int:
     """The planner's row estimate for the query: cheap, and R4's `_total=estimate`."""
-    count = count_statement(query, ctx.guard.access("search"), local_bases=ctx.local_bases, now=now)
+    count = count_statement(query, _grants(ctx, query), local_bases=ctx.local_bases, now=now)
     return await estimated_count(conn, count)

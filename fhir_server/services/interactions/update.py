@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_server.errors import BadRequest, MethodNotAllowed, PreconditionFailed
-from fhir_server.services.access.guard import (
+from fhir_server.services.access.enforce import (
     check_result,
     check_stored,
     protect_links,

@@ -49,7 +49,7 @@ _TOO_DEEP = "the request body nests too deeply to be read"
 
 def parse_json(body: bytes | str, limits: InputLimits | None = None) -> Any:
     """The request body as JSON, or 400 naming where the syntax broke; with `limits` (a
-    client's body), also 400 for a body beyond them (services/limits.py)."""
+    client's body), also 400 for a body beyond them (services/formats/limits.py)."""
     raw = body.encode() if isinstance(body, str) else body
     if not raw.strip():
         raise BadRequest("the request body is empty", code="invalid")

@@ -19,7 +19,8 @@ from typing import Any
 from compartments.engine import Decision, Target
 from compartments.policy import OPERATIONS
 from fhir_server.errors import BadRequest, Forbidden, Unauthorized
-from fhir_server.services.access.guard import Guard, as_user, outside
+from fhir_server.services.access.enforce import outside
+from fhir_server.services.access.guard import Guard, as_user
 from fhir_server.services.context import Context
 from fhir_server.services.formats.parameters import parameter_values
 from fhir_server.storage import repository
@@ -73,9 +74,9 @@ async def _guard_for(ctx: Context, conn: Connection, values: dict[str, Any]) -> 
 async def _instance_decision(
     guard: Guard, conn: Connection, operation: str, resource_type: str, id: str
 ) -> Decision:
-    access = guard.access("read")
-    visible = await repository.read_current(conn, resource_type, id, access)
-    grant = access.grant(resource_type)
+    grants = guard.grants("read", (resource_type,))
+    visible = await repository.read_current(conn, resource_type, id, grants)
+    grant = grants[resource_type]
     if visible is None and not (grant is not None and grant.unrestricted):
         # what a read would say: nothing about whether the resource exists
         decision = guard.type_decision(operation, resource_type)

@@ -19,14 +19,15 @@ from typing import Any
 
 import orjson
 
-from compartments.consent import reference_of
 from compartments.engine import Decision, Request, Target, decide, first_foreign
+from compartments.facts import earliest_date
 from compartments.periods import format_instant, window
 from compartments.policy import Reason
+from compartments.references import reference_of
 from fhir_server.clients.registry import ClientRegistry
 from fhir_server.errors import AccessDenied, BadRequest, Conflict, NotFound, Unprocessable
 from fhir_server.search.query import parse_search
-from fhir_server.services.access.guard import Guard, denied, earliest_date
+from fhir_server.services.access.guard import Guard, denied
 from fhir_server.services.context import Context
 from fhir_server.services.formats.parameters import parameter_values
 from fhir_server.services.interactions import conditional, create
@@ -34,7 +35,7 @@ from fhir_server.services.interactions.versions import new_version, parse_json
 from fhir_server.storage import family as family_storage
 from fhir_server.storage import repository
 from fhir_server.storage.repository import NewVersion
-from fhir_server.storage.search_sql import search_statement
+from fhir_server.storage.search_sql import search_statement, search_types
 from fhir_server.storage.sql import Connection, fetch_all
 
 V3 = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
@@ -698,9 +699,8 @@ async def emergency_contacts(ctx: Context, conn: Connection, patient_id: str) ->
         max_count=MAX_CONTACTS,
     )
     now = ctx.clock()
-    statement, _ = search_statement(
-        query, guard.access("read"), local_bases=ctx.local_bases, now=now
-    )
+    grants = guard.grants("read", search_types(query))
+    statement, _ = search_statement(query, grants, local_bases=ctx.local_bases, now=now)
     contacts = []
     for _, id, text, *_ in await fetch_all(conn, statement):
         content = orjson.loads(text)

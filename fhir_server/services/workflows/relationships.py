@@ -16,10 +16,11 @@ import time
 from datetime import datetime
 from typing import Any
 
-from compartments.consent import reference_of
+from compartments.consent import consent_actors
 from compartments.engine import CONSENT_SCOPE_SYSTEM, Decision, Target
 from compartments.ids import is_id
 from compartments.periods import format_instant, span, window
+from compartments.references import reference_of
 from fhir_server.errors import BadRequest, FhirError, Forbidden, NotFound
 from fhir_server.metrics import DELEGATION_REQUESTS, RELATIONSHIP_VERIFICATIONS, VERIFICATION_TIME
 from fhir_server.services.access.guard import Guard, as_user
@@ -286,7 +287,7 @@ async def _delegate(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]
         raise NotFound("patient or delegate (RelatedPerson) not found")
     stored = await repository.read_current(conn, "RelatedPerson", delegate_ref.split("/", 1)[1])
     assert stored is not None and stored.content is not None
-    if reference_of(parse_json(stored.content).get("patient")) != patient:
+    if reference_of(parse_json(stored.content).get("patient"), ctx.reference_bases) != patient:
         raise BadRequest("the delegate must be a RelatedPerson of the patient")
     guard = ctx.guard
     consent = _consent(patient, delegate_ref, scopes, format_instant(now), expires)
@@ -387,13 +388,9 @@ async def approve(ctx: Context, conn: Connection, delegation_id: str) -> dict[st
     if stored is None or stored.content is None:
         raise NotFound("delegation not found")
     consent = parse_json(stored.content)
-    patient = reference_of(consent.get("patient"))
+    patient = reference_of(consent.get("patient"), ctx.reference_bases)
     provision = consent.get("provision") or {}
-    actors = frozenset(
-        ref
-        for actor in provision.get("actor", ())
-        if (ref := reference_of(actor.get("reference"))) is not None
-    )
+    actors = consent_actors(provision, ctx.reference_bases)
     if patient is None:  # a Consent made through FHIR, not a delegation
         raise NotFound("delegation not found")
     decision = ctx.guard.decide("update", "Consent", Target(frozenset({patient}), grants_to=actors))

@@ -1,0 +1,180 @@
+"""The checks the interactions make with the caller's guard: a type at all (`check_type`), the
+stored version (`check_stored`), the version a write would make (`check_result`), the one answer
+about a resource outside what the caller may see (`hidden`), and the fields a non-privileged
+caller may not change (`protect_meta`, `protect_links`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from compartments.consent import consent_actors
+from compartments.engine import Decision, Target
+from compartments.policy import Reason
+from fhir_server.errors import AccessDenied
+from fhir_server.services.access.guard import Guard, denied
+
+
+def unrestricted(guard: Guard, operation: str, resource_type: str) -> bool:
+    """Whether the caller sees every resource of the type (System, Admin): it alone may learn
+    that a resource does not exist."""
+    grant = guard.grant(operation, resource_type)
+    return grant is not None and grant.unrestricted
+
+
+def hidden(guard: Guard, operation: str, resource_type: str, id: str) -> AccessDenied:
+    """The answer about a resource outside what the caller may see: the same 403 whether or not
+    it exists (DESIGN.md 5.5)."""
+    decision = guard.type_decision(operation, resource_type)
+    if decision.allowed:
+        decision = outside(decision)
+    guard.record(operation, resource_type, f"{resource_type}/{id}", decision)
+    return denied(decision)
+
+
+def outside(allowed: Decision) -> Decision:
+    """The denial for a resource outside an allowed decision's filter."""
+    if allowed.creators and not allowed.compartments and not allowed.everything:
+        return Decision(
+            allowed=False,
+            rule=allowed.rule,
+            reason=Reason.UNVERIFIED_LINK,
+            explanation="an unverified link sees only what it created",
+        )
+    return Decision(
+        allowed=False,
+        rule=allowed.rule,
+        reason=Reason.INVALID_COMPARTMENT,
+        explanation="the resource is outside the permitted compartments",
+    )
+
+
+def check_type(guard: Guard, operation: str, resource_type: str) -> None:
+    """A search or type history: 403 when the caller may see nothing of the type."""
+    decision = guard.type_decision(operation, resource_type)
+    guard.record(operation, resource_type, None, decision)
+    if not decision.allowed:
+        raise denied(decision)
+
+
+def check_stored(
+    guard: Guard,
+    operation: str,
+    resource_type: str,
+    id: str,
+    compartments: Iterable[str],
+    created_by: str | None,
+) -> Decision:
+    """An update, patch or delete of the stored version: it must be permitted as it is."""
+    return guard.require(
+        operation,
+        resource_type,
+        target=Target(frozenset(compartments), created_by, id=id),
+        resource=f"{resource_type}/{id}",
+    )
+
+
+def check_result(
+    guard: Guard,
+    operation: str,
+    version: Any,
+    created_by: str | None,
+) -> Decision:
+    """The version a create, update or patch would write (a `NewVersion`): it must be permitted
+    too, so nobody moves a resource into or out of a compartment; scopes narrow as for reads."""
+    resource_type: str = version.resource_type
+    decision = guard.require(
+        operation,
+        resource_type,
+        target=Target(
+            frozenset(version.compartments),
+            created_by,
+            _grants_to(version, guard.local_bases),
+            id=version.id,
+        ),
+        resource=f"{resource_type}/{version.id}",
+    )
+    grant = guard.grant(operation, resource_type)
+    outside_scope = grant is None or (
+        (grant.within is not None and grant.within not in version.compartments)
+        or (bool(grant.criteria) and not _index_matches(version.index, grant.criteria))
+    )
+    if outside_scope:
+        refused = Decision(
+            allowed=False,
+            rule=decision.rule,
+            reason=Reason.INSUFFICIENT_SCOPE,
+            explanation="the token's scopes do not cover this resource",
+        )
+        guard.record(operation, resource_type, f"{resource_type}/{version.id}", refused)
+        raise denied(refused)
+    return decision
+
+
+def _grants_to(version: Any, local_bases: frozenset[str]) -> frozenset[str]:
+    """Whom a Consent may grant access to: the `actor` references of every provision, nested
+    ones included (a relative may not name itself anywhere in a Consent it writes)."""
+    if version.resource_type != "Consent" or version.content is None:
+        return frozenset()
+    return consent_actors(orjson.loads(version.content).get("provision"), local_bases)
+
+
+def _index_matches(index: Any, alternatives: tuple[tuple[Any, ...], ...]) -> bool:
+    """Whether a resource's token search values satisfy one of a granular scope's conjunctions
+    (`category=laboratory`); other kinds of criteria are not evaluated on writes and refuse."""
+    tokens = index.token if index is not None else []
+
+    def one(criterion: Any) -> bool:
+        if criterion.param.type != "token" or criterion.modifier or criterion.chain:
+            return False
+        for value in criterion.values:
+            system, bar, code = value.rpartition("|")
+            for row_code, row_system, row_value, _ in tokens:
+                if row_code != criterion.param.code or row_value != code:
+                    continue
+                if not bar or row_system in (system or None, None):
+                    return True
+        return False
+
+    return any(all(one(c) for c in alternative) for alternative in alternatives)
+
+
+def protect_meta(guard: Guard, resource: dict[str, Any], stored: dict[str, Any] | None) -> None:
+    """`meta.security` and `meta.tag` are labels that other systems act on: from a
+    non-privileged caller they are ignored, the stored labels kept (none on a create).
+    `meta.versionId` and `meta.lastUpdated` are always the server's."""
+    if guard.privileged:
+        return
+    meta = resource.get("meta")
+    if not isinstance(meta, dict):
+        meta = {}
+    kept = stored.get("meta", {}) if stored else {}
+    for name in ("security", "tag"):
+        meta.pop(name, None)
+        if name in kept:
+            meta[name] = kept[name]
+    resource["meta"] = meta
+    if not meta:
+        resource.pop("meta")
+
+
+# Fields that grant access (DESIGN.md 5.2) that a non-privileged caller may not change on a
+# resource it may otherwise write.
+_GRANTING_FIELDS = {"Patient": ("link",)}
+
+
+def protect_links(guard: Guard, resource: dict[str, Any], stored: dict[str, Any] | None) -> None:
+    if guard.privileged:
+        return
+    for name in _GRANTING_FIELDS.get(resource.get("resourceType", ""), ()):
+        before = stored.get(name) if stored else None
+        if resource.get(name) != before:
+            refused = Decision(
+                allowed=False,
+                reason=Reason.INVALID_ROLE,
+                explanation=f"`{resource['resourceType']}.{name}` is written by the family workflow",
+            )
+            guard.record("update", resource["resourceType"], None, refused)
+            raise denied(refused)
