@@ -15,11 +15,11 @@ import os
 import platform
 import re
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.harness import per_call_us
 from fhir_server.search.parameters import search_params
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "r4-examples"
@@ -72,27 +72,6 @@ def interpreted(resource_type: str) -> tuple[int, Run] | None:
         return [function(resource) for function in functions]
 
     return len(functions), run
-
-
-def per_call_us(run: Run, resource: dict[str, Any], budget: float) -> float:
-    """Best of five rounds, each about `budget` / 5 seconds, in microseconds per call."""
-    run(resource)
-    calls = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(calls):
-            run(resource)
-        took = time.perf_counter() - start
-        if took >= budget / 5 or calls >= 1 << 20:
-            break
-        calls *= 2
-    best = took / calls
-    for _ in range(4):
-        start = time.perf_counter()
-        for _ in range(calls):
-            run(resource)
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best * 1e6
 
 
 def main() -> None:

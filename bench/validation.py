@@ -24,7 +24,6 @@ import platform
 import random
 import re
 import statistics
-import time
 from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 import jsonschema
 
+from bench.harness import per_call_us
 from capability.definitions import json_schema
 from fhir_server.validation import default_validator
 
@@ -125,27 +125,6 @@ def broken_variants(corpus: dict[str, dict[str, Any]], count: int, seed: int) ->
         holder[key] = copy.deepcopy(rng.choice(REPLACEMENTS))
         variants.append(resource)
     return variants
-
-
-def per_call_us(check: Check, resource: dict[str, Any], budget: float) -> float:
-    """Best of five rounds, each about `budget` seconds, in microseconds per call."""
-    check(resource)
-    calls = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(calls):
-            check(resource)
-        took = time.perf_counter() - start
-        if took >= budget / 5 or calls >= 1 << 20:
-            break
-        calls *= 2
-    best = took / calls
-    for _ in range(4):
-        start = time.perf_counter()
-        for _ in range(calls):
-            check(resource)
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best * 1e6
 
 
 def main() -> None:
