@@ -22,11 +22,12 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO, NoReturn, TypeVar
 
 import httpx
 import psutil
@@ -39,6 +40,8 @@ from fhir_server.storage.database import migrate
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 FHIR_JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+
+T = TypeVar("T")
 
 
 # --- process control -----------------------------------------------------------------------------
@@ -391,3 +394,25 @@ def _importable(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
+
+
+def per_call_us(function: Callable[[T], object], argument: T, budget: float) -> float:
+    """`function(argument)` timed: best of five rounds, each about `budget` / 5 seconds (the
+    number of calls doubled until a round lasts that long), in microseconds per call."""
+    function(argument)
+    calls = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(calls):
+            function(argument)
+        took = time.perf_counter() - start
+        if took >= budget / 5 or calls >= 1 << 20:
+            break
+        calls *= 2
+    best = took / calls
+    for _ in range(4):
+        start = time.perf_counter()
+        for _ in range(calls):
+            function(argument)
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best * 1e6

@@ -57,6 +57,17 @@ def summary_elements() -> dict[str, frozenset[str]]:
 
 
 @cache
+def required_elements() -> dict[str, tuple[str, ...]]:
+    """Per JSON Schema definition (``Observation``, ``Bundle_Link``), its required elements that
+    the schema's ``required`` cannot list: primitives and choices (``value[x]``).
+
+    Generated from the R4 StructureDefinitions by ``capability/generate.py``.
+    """
+    table: dict[str, list[str]] = _load("required-elements.json")
+    return {name: tuple(elements) for name, elements in table.items()}
+
+
+@cache
 def resource_types() -> frozenset[str]:
     """The 146 resource types of FHIR R4.
 

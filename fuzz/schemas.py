@@ -15,7 +15,7 @@ import copy
 import functools
 from typing import Any
 
-from capability.definitions import json_schema
+from capability.definitions import json_schema, required_elements
 
 # The server's own tables of what the R4 JSON Schema cannot say (private to the validator; a tool
 # that generates what the validator accepts reads them rather than copying them).
@@ -23,8 +23,9 @@ from fhir_server.validation import (
     _INTEGER_RANGES,
     _NON_R4_PROPERTIES,
     _PATTERN_OVERRIDES,
-    _REQUIRED_VALUES,
 )
+
+_REQUIRED_VALUES = required_elements()
 
 # Optional elements never generated: recursion (extension, contained), size (text), or set by the
 # server (meta, id).

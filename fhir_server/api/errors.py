@@ -29,6 +29,7 @@ from graphql import GraphQLError
 from psycopg.errors import ConfigurationLimitExceeded, QueryCanceled
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+from starlette.types import Send
 
 from fhir_server.api.responses import outcome_response
 from fhir_server.errors import (
@@ -209,6 +210,20 @@ def internal(surface: Surface, message: str | None = None) -> tuple[int, str, by
     if surface is Surface.GRAPHQL:
         return 500, _TEXT, said.encode()
     return 500, _JSON, orjson.dumps({"code": code, "message": said})
+
+
+async def send_answer(
+    send: Send, status: int, media: str, body: bytes, headers: dict[str, str] | None = None
+) -> None:
+    """Answer from an ASGI middleware, before or instead of the application: a whole response
+    of `body` (a rendered error) in two messages."""
+    raw = [
+        (b"content-type", media.encode()),
+        (b"content-length", str(len(body)).encode()),
+        *((name.encode(), value.encode()) for name, value in (headers or {}).items()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _fhir_headers(exc: FhirError) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from fhir_server.api.errors import Surface, rendered
+from fhir_server.api.errors import Surface, rendered, send_answer
 from fhir_server.errors import Unavailable
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -28,17 +28,6 @@ class WritesDisabled:
             # an OperationOutcome on every path, the JSON APIs' included (openapi.yaml)
             refusal = Unavailable("writes are switched off for maintenance; reads go on")
             status, media, body, _ = rendered(Surface.FHIR, refusal)
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": [
-                        (b"content-type", media.encode()),
-                        (b"content-length", str(len(body)).encode()),
-                        (b"retry-after", RETRY_AFTER_SECONDS.encode()),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
+            await send_answer(send, status, media, body, {"retry-after": RETRY_AFTER_SECONDS})
             return
         await self.app(scope, receive, send)

@@ -33,7 +33,7 @@ import psycopg.errors
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fhir_server.api.errors import internal, rendered, surface_of
+from fhir_server.api.errors import internal, rendered, send_answer, surface_of
 from fhir_server.errors import BadRequest, FhirError, PayloadTooLarge
 
 log = logging.getLogger("fhir_server.api.errors")
@@ -171,14 +171,4 @@ async def _answer(send: Send, scope: Scope, refusal: FhirError | None) -> None:
         status, media, body = internal(surface, "internal server error")
     else:
         status, media, body, _ = rendered(surface, refusal)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", media.encode()),
-                (b"content-length", str(len(body)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_answer(send, status, media, body)

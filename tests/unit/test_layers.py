@@ -38,6 +38,26 @@ SERVICES = (*INTERACTIONS, "fhir_server.services.workflows", "fhir_server.servic
 AUDIT = (*SERVICES, "fhir_server.audit")
 API = (*AUDIT, "fhir_server.api")
 
+# The FHIRPath compiler's own modules, each above the ones it may import.
+FHIRPATH = "fhir_server.search.fhirpath"
+FHIRPATH_BASE = (f"{FHIRPATH}.base",)
+FHIRPATH_MODEL = (*FHIRPATH_BASE, f"{FHIRPATH}.model", "capability")
+FHIRPATH_LAYERS: dict[str, tuple[str, ...]] = {
+    f"{FHIRPATH}.base": (),
+    f"{FHIRPATH}.lexer": FHIRPATH_BASE,
+    f"{FHIRPATH}.parser": (*FHIRPATH_BASE, f"{FHIRPATH}.lexer"),
+    f"{FHIRPATH}.model": FHIRPATH_MODEL,
+    f"{FHIRPATH}.references": (*FHIRPATH_MODEL, "compartments.references"),
+    f"{FHIRPATH}.runtime": FHIRPATH_MODEL,
+    f"{FHIRPATH}.compiler": (
+        *FHIRPATH_MODEL,
+        f"{FHIRPATH}.parser",
+        f"{FHIRPATH}.references",
+        f"{FHIRPATH}.runtime",
+    ),
+    FHIRPATH: (FHIRPATH,),  # the package's own __init__ re-exports the public names
+}
+
 # For each layer (a module or a package, longest prefix wins), the project modules it may import.
 ALLOWED: dict[str, tuple[str, ...]] = {
     "compartments": ("compartments",),
@@ -52,6 +72,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
         "fhir_server.search",
         "fhir_server.errors",
     ),
+    **FHIRPATH_LAYERS,
     # the grants handed to storage as values: a leaf beside the query they may carry
     "fhir_server.search.grants": ("fhir_server.search.query",),
     "fhir_server.clients": ("fhir_server.clients", "fhir_server.errors", "fhir_server.tracing"),
@@ -111,7 +132,7 @@ def imports(path: Path) -> list[str]:
 
 
 # Packages whose own __init__ is a layer, but whose other modules must each fall in a sub-layer.
-EXACT = frozenset({"fhir_server", "fhir_server.services"})
+EXACT = frozenset({"fhir_server", "fhir_server.services", FHIRPATH})
 
 
 def layer_of(module: str) -> str | None:
@@ -120,7 +141,13 @@ def layer_of(module: str) -> str | None:
         for layer in ALLOWED
         if module == layer or (layer not in EXACT and module.startswith(layer + "."))
     ]
-    return max(matches, key=len) if matches else None
+    if not matches:
+        return None
+    layer = max(matches, key=len)
+    # Inside an EXACT package, a module needs a layer of its own, not one of the package's parents.
+    if any(module.startswith(exact + ".") and len(layer) < len(exact) for exact in EXACT):
+        return None
+    return layer
 
 
 def starts(name: str, prefixes: tuple[str, ...]) -> bool:
@@ -133,7 +160,8 @@ def allowed(module: str, name: str) -> bool:
     assert layer is not None
     if not starts(name, PACKAGES):
         return True  # a third-party package
-    target = layer_of(name)
+    # `from package import name` counts as `package.name`, which may be a name, not a module.
+    target = layer_of(name) or layer_of(name.rpartition(".")[0])
     return target is not None and (starts(name, ALLOWED[layer]) or starts(target, ALLOWED[layer]))
 
 
@@ -193,10 +221,22 @@ def test_the_checker_fails_on_an_upward_import(tmp_path: Path) -> None:
         "from starlette.responses import Response\n",
     )
     write(tmp_path, "fhir_server/newpackage/thing.py", "x = 1\n")
+    write(
+        tmp_path,
+        "fhir_server/search/fhirpath/parser.py",
+        "from fhir_server.search.fhirpath.compiler import compile_expression\n",
+    )
+    write(tmp_path, "fhir_server/search/fhirpath/extra.py", "x = 1\n")
     assert violations(tmp_path) == [
         "fhir_server.audit.bad imports fhir_server.api",
         "fhir_server.audit.bad imports fhir_server.api.deps",
         "fhir_server.newpackage.thing belongs to no layer",
+        "fhir_server.search.fhirpath.extra belongs to no layer",
+        "fhir_server.search.fhirpath.parser imports fhir_server.search.fhirpath.compiler",
+        (
+            "fhir_server.search.fhirpath.parser imports "
+            "fhir_server.search.fhirpath.compiler.compile_expression"
+        ),
         "fhir_server.services.access.bad imports fhir_server.services.interactions",
         "fhir_server.services.formats.web imports starlette.responses",
         "fhir_server.services.formats.web imports starlette.responses.Response",

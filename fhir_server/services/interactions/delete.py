@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from fhir_server.errors import NotFound
-from fhir_server.services.access.enforce import check_stored, check_type, hidden, unrestricted
+from fhir_server.services.access.enforce import check_type
 from fhir_server.services.context import Context
 from fhir_server.services.interactions import conditional
 from fhir_server.services.interactions.versions import deletion
+from fhir_server.services.interactions.writing import lock_stored
 from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
 
@@ -14,12 +14,7 @@ from fhir_server.storage.sql import Connection
 async def delete(ctx: Context, conn: Connection, resource_type: str, id: str) -> int | None:
     """Delete the resource; return the deletion's version id, or None if it was already deleted."""
     guard = ctx.guard
-    locked = await repository.lock_current(conn, resource_type, id)
-    if locked is None:
-        if not unrestricted(guard, "delete", resource_type):
-            raise hidden(guard, "delete", resource_type, id)
-        raise NotFound(f"`{resource_type}/{id}` is not known")
-    check_stored(guard, "delete", resource_type, id, locked.compartments, locked.created_by)
+    locked = await lock_stored(ctx, conn, "delete", resource_type, id)
     if locked.deleted:
         return None
     version = deletion(

@@ -8,22 +8,14 @@ import jsonpatch
 import jsonpointer
 
 from fhir_server.errors import BadRequest, Gone, NotFound, Unprocessable
-from fhir_server.services.access.enforce import (
-    check_result,
-    check_stored,
-    hidden,
-    protect_links,
-    protect_meta,
-    unrestricted,
-)
 from fhir_server.services.context import Context
 from fhir_server.services.formats.limits import check_value, input_limits
 from fhir_server.services.interactions import conditional
 from fhir_server.services.interactions.update import check_precondition
-from fhir_server.services.interactions.versions import json_size, new_version, parse_json, validated
+from fhir_server.services.interactions.versions import json_size, parse_json, validated
+from fhir_server.services.interactions.writing import lock_stored, write_next
 from fhir_server.services.offload import HEAVY_BYTES, cpu, in_thread
 from fhir_server.services.result import Result
-from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
 
 
@@ -99,33 +91,16 @@ async def patch(
     if_match: int | None = None,
 ) -> Result:
     operations = _operations(body, ctx.settings.max_patch_operations)
-    guard = ctx.guard
-    locked = await repository.lock_current(conn, resource_type, id)
-    if locked is None:
-        if not unrestricted(guard, "patch", resource_type):
-            raise hidden(guard, "patch", resource_type, id)
-        raise NotFound(f"`{resource_type}/{id}` is not known")
-    check_stored(guard, "patch", resource_type, id, locked.compartments, locked.created_by)
+    locked = await lock_stored(ctx, conn, "patch", resource_type, id)
     check_precondition(f"{resource_type}/{id}", locked.version_id, if_match)
     if locked.content is None:
         raise Gone(f"`{resource_type}/{id}` was deleted")
     content = locked.content
     run = in_thread if len(content) >= HEAVY_BYTES else cpu
     stored, resource = await run(_patched, ctx, operations, content, resource_type, id)
-    protect_meta(guard, resource, stored)
-    protect_links(guard, resource, stored)
-    version = await run(
-        new_version,
-        ctx,
-        resource,
-        id=id,
-        version_id=locked.version_id + 1,
-        last_updated=ctx.clock(),
-        method="PATCH",
+    version = await write_next(
+        ctx, conn, "patch", resource_type, id, locked, resource, stored, method="PATCH", run=run
     )
-    check_result(guard, "patch", version, locked.created_by)
-    await repository.write_version(conn, version)
-    guard.changed(f"{resource_type}/{id}", stored, resource)
     return Result.written(200, version)
 
 

@@ -5,17 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from fhir_server.errors import BadRequest, MethodNotAllowed, PreconditionFailed
-from fhir_server.services.access.enforce import (
-    check_result,
-    check_stored,
-    protect_links,
-    protect_meta,
-)
 from fhir_server.services.context import Context
 from fhir_server.services.formats.etags import version_of
 from fhir_server.services.interactions import conditional
 from fhir_server.services.interactions.create import create, creation
-from fhir_server.services.interactions.versions import check_id, new_version, parse_json, validated
+from fhir_server.services.interactions.versions import check_id, parse_json, validated
+from fhir_server.services.interactions.writing import check_locked, write_next
 from fhir_server.services.offload import cpu
 from fhir_server.services.result import Result
 from fhir_server.storage import repository
@@ -75,24 +70,12 @@ async def update(
             # Someone created it between our lock attempt and insert: take the update path.
             continue
         # the stored version first: nothing about it (not even its version) before that
-        check_stored(guard, "update", resource_type, id, locked.compartments, locked.created_by)
+        check_locked(ctx, "update", resource_type, id, locked)
         check_precondition(f"{resource_type}/{id}", locked.version_id, if_match)
         stored = None if locked.content is None else parse_json(locked.content)
-        if not guard.privileged:
-            protect_meta(guard, resource, stored)
-            protect_links(guard, resource, stored)
-        version = await cpu(
-            new_version,
-            ctx,
-            resource,
-            id=id,
-            version_id=locked.version_id + 1,
-            last_updated=ctx.clock(),
-            method="PUT",
+        version = await write_next(
+            ctx, conn, "update", resource_type, id, locked, resource, stored, method="PUT"
         )
-        check_result(guard, "update", version, locked.created_by)
-        await repository.write_version(conn, version)
-        guard.changed(f"{resource_type}/{id}", stored, resource)
         return Result.written(201 if locked.deleted else 200, version)
     raise PreconditionFailed(f"`{resource_type}/{id}` is being created concurrently; retry")
 
