@@ -197,14 +197,9 @@ def test_reference_forms(world: World, live_server: Any) -> None:
     pid = world.add("p", patient("A"))
     other = world.add("q", patient("B"))
     world.add("obs", observation(f"Patient/{pid}", text="x", category=None))
+    by_mrn = {"identifier": {"system": "urn:mrn", "value": "77"}}  # a subject by identifier only
     world.add(
-        "ident",
-        {
-            "resourceType": "Observation",
-            "status": "final",
-            "code": {"text": "x"},
-            "subject": {"identifier": {"system": "urn:mrn", "value": "77"}},
-        },
+        "ident", {**observation(f"Patient/{pid}", text="x", category=None), "subject": by_mrn}
     )
     world.add("ext", observation("http://other.example/fhir/Patient/9", text="x", category=None))
     assert world.found(f"Observation?subject=Patient/{pid}") == {"obs"}
