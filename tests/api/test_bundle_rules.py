@@ -48,6 +48,10 @@ def stored_ids(db: psycopg.Connection[Any], rtype: str, id: str) -> int:
     return int(row[0])
 
 
+def location_id(entry: dict[str, Any]) -> str:
+    return str(entry["response"]["location"].split("/")[1])
+
+
 def refused(
     client: httpx.Client, db: psycopg.Connection[Any], bundle: dict[str, Any], status: int = 400
 ) -> dict[str, Any]:
@@ -58,10 +62,6 @@ def refused(
     assert snapshot(db) == before
     issue: dict[str, Any] = response.json()["issue"][0]
     return issue
-
-
-def location_id(entry: dict[str, Any]) -> str:
-    return str(entry["response"]["location"].split("/")[1])
 
 
 # --- the client's id on a create --------------------------------------------------------------
