@@ -52,6 +52,18 @@ def location_id(entry: dict[str, Any]) -> str:
     return str(entry["response"]["location"].split("/")[1])
 
 
+def refused(
+    client: httpx.Client, db: psycopg.Connection[Any], bundle: dict[str, Any], status: int = 400
+) -> dict[str, Any]:
+    """Post a Bundle that must be refused with this status and change nothing: its first issue."""
+    before = snapshot(db)
+    response = client.post("", json=bundle)
+    assert response.status_code == status, response.text
+    assert snapshot(db) == before
+    issue: dict[str, Any] = response.json()["issue"][0]
+    return issue
+
+
 # --- the client's id on a create --------------------------------------------------------------
 
 
@@ -198,17 +210,13 @@ def test_idempotency_key_replays_a_transaction_with_client_ids(
 def test_post_entry_naming_an_id_in_its_url_is_400(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
-    before = snapshot(db)
     bundle = transaction(
         {
             "resource": {"resourceType": "Patient", "id": "p1"},
             "request": {"method": "POST", "url": "Patient/p1"},
         }
     )
-    response = client.post("", json=bundle)
-    assert response.status_code == 400
-    assert response.json()["issue"][0]["expression"] == ["Bundle.entry[0]"]
-    assert snapshot(db) == before
+    assert refused(client, db, bundle)["expression"] == ["Bundle.entry[0]"]
 
 
 # --- bdl-7, bdl-8 and resources written twice -------------------------------------------------
@@ -217,7 +225,6 @@ def test_post_entry_naming_an_id_in_its_url_is_400(
 def test_duplicate_full_urls_are_refused_bdl_7(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
-    before = snapshot(db)
     same = f"urn:uuid:{uuid.uuid4()}"
     for kind in ("transaction", "batch"):
         bundle = transaction(
@@ -226,13 +233,10 @@ def test_duplicate_full_urls_are_refused_bdl_7(
             post({"resourceType": "Patient", "gender": "male"}, same),
             kind=kind,
         )
-        response = client.post("", json=bundle)
-        assert response.status_code == 400, response.text
-        issue = response.json()["issue"][0]
+        issue = refused(client, db, bundle)
         assert issue["expression"] == ["Bundle.entry[2].fullUrl"]
         assert f"`{same}`" in issue["diagnostics"]
         assert "bdl-7" in issue["diagnostics"]
-    assert snapshot(db) == before
 
 
 def test_same_full_url_with_different_versions_is_allowed_by_bdl_7(client: httpx.Client) -> None:
@@ -249,14 +253,10 @@ def test_same_full_url_with_different_versions_is_allowed_by_bdl_7(client: httpx
 def test_versioned_full_url_is_refused_bdl_8(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
-    before = snapshot(db)
     bundle = transaction(
         post({"resourceType": "Patient"}, "http://example.org/Patient/1/_history/2")
     )
-    response = client.post("", json=bundle)
-    assert response.status_code == 400
-    assert response.json()["issue"][0]["expression"] == ["Bundle.entry[0].fullUrl"]
-    assert snapshot(db) == before
+    assert refused(client, db, bundle)["expression"] == ["Bundle.entry[0].fullUrl"]
 
 
 def test_transaction_writing_one_resource_twice_is_refused(
@@ -264,7 +264,6 @@ def test_transaction_writing_one_resource_twice_is_refused(
 ) -> None:
     existing = client.post("/Patient", json={"resourceType": "Patient"}).json()
     ref = f"Patient/{existing['id']}"
-    before = snapshot(db)
     pairs = [
         ({"method": "PUT", "url": ref}, {"method": "DELETE", "url": ref}),
         ({"method": "PUT", "url": ref}, {"method": "PUT", "url": ref}),
@@ -274,10 +273,7 @@ def test_transaction_writing_one_resource_twice_is_refused(
             {"resource": existing, "request": first},
             {"resource": existing, "request": second},
         )
-        response = client.post("", json=bundle)
-        assert response.status_code == 400, response.text
-        assert f"`{ref}`" in response.json()["issue"][0]["diagnostics"]
-        assert snapshot(db) == before
+        assert f"`{ref}`" in refused(client, db, bundle)["diagnostics"]
 
 
 # --- conditional references (Synthea names practitioners and organizations this way) ----------
@@ -317,7 +313,6 @@ def test_unresolvable_conditional_reference_fails_the_transaction(
                 "identifier": [{"system": "urn:npi", "value": twice}],
             },
         )
-    before = snapshot(db)
     for reference in (
         f"Practitioner?identifier=urn:npi|{uuid.uuid4().hex}",
         f"Practitioner?identifier=urn:npi|{twice}",
@@ -326,10 +321,7 @@ def test_unresolvable_conditional_reference_fails_the_transaction(
             post({"resourceType": "Patient"}),
             post(observation("Patient/x", performer=[{"reference": reference}])),
         )
-        response = client.post("", json=bundle)
-        assert response.status_code == 412, response.text
-        assert response.json()["issue"][0]["expression"] == ["Bundle.entry[1]"]
-    assert snapshot(db) == before
+        assert refused(client, db, bundle, 412)["expression"] == ["Bundle.entry[1]"]
 
 
 def test_conditional_reference_never_resolves_to_a_hidden_resource(

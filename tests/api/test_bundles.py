@@ -26,26 +26,38 @@ def transaction(*entries: dict[str, Any], kind: str = "transaction") -> dict[str
     return {"resourceType": "Bundle", "type": kind, "entry": list(entries)}
 
 
+PATIENT_URN = "urn:uuid:88f151c0-a954-468a-88bd-5ae15c08e059"
+
+
+def observation(subject: str, text: str) -> dict[str, Any]:
+    """A final Observation of `subject` coded by text only."""
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": text},
+        "subject": {"reference": subject},
+    }
+
+
+def post(resource: dict[str, Any], full_url: str | None = None) -> dict[str, Any]:
+    """A Bundle entry that creates the resource (with its full URL, if given)."""
+    entry: dict[str, Any] = {} if full_url is None else {"fullUrl": full_url}
+    return {
+        **entry,
+        "resource": resource,
+        "request": {"method": "POST", "url": resource["resourceType"]},
+    }
+
+
 def test_transaction_resolves_urn_uuid_references(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     bundle = transaction(
-        {
-            "fullUrl": "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a",
-            "resource": {
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"text": "weight"},
-                "subject": {"reference": "urn:uuid:88f151c0-a954-468a-88bd-5ae15c08e059"},
-                "performer": [{"reference": "urn:uuid:88f151c0-a954-468a-88bd-5ae15c08e059"}],
-            },
-            "request": {"method": "POST", "url": "Observation"},
-        },
-        {
-            "fullUrl": "urn:uuid:88f151c0-a954-468a-88bd-5ae15c08e059",
-            "resource": {"resourceType": "Patient", "name": [{"family": "Bundled"}]},
-            "request": {"method": "POST", "url": "Patient"},
-        },
+        post(
+            {**observation(PATIENT_URN, "weight"), "performer": [{"reference": PATIENT_URN}]},
+            "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a",
+        ),
+        post({"resourceType": "Patient", "name": [{"family": "Bundled"}]}, PATIENT_URN),
     )
     response = client.post("", json=bundle)
     assert response.status_code == 200, response.text
@@ -149,15 +161,7 @@ def test_transaction_conditional_create_and_patch(client: httpx.Client) -> None:
                 "ifNoneExist": "identifier=urn:test:mrn|txn-cond-1",
             },
         },
-        {
-            "resource": {
-                "resourceType": "Observation",
-                "status": "final",
-                "code": {"text": "x"},
-                "subject": {"reference": "urn:uuid:0c9c1d07-8b3a-4c9f-a3a4-7a6d3e4c0b11"},
-            },
-            "request": {"method": "POST", "url": "Observation"},
-        },
+        post(observation("urn:uuid:0c9c1d07-8b3a-4c9f-a3a4-7a6d3e4c0b11", "x")),
         {
             "resource": {
                 "resourceType": "Binary",

@@ -12,11 +12,17 @@ from tests.support.servers import LiveServer
 from tests.support.tokens import auth
 
 
+def new_patient(live_server: LiveServer) -> tuple[str, dict[str, Any]]:
+    """The FHIR base of the server, and a Patient created there."""
+    base = f"{live_server.origin}/fhir"
+    created = httpx.post(f"{base}/Patient", json={"resourceType": "Patient"}, headers=auth()).json()
+    return base, created
+
+
 def test_same_if_match_exactly_one_wins(
     live_server: LiveServer, db: psycopg.Connection[Any]
 ) -> None:
-    base = f"{live_server.origin}/fhir"
-    created = httpx.post(f"{base}/Patient", json={"resourceType": "Patient"}, headers=auth()).json()
+    base, created = new_patient(live_server)
     id = created["id"]
     for round_ in range(5):
         version = round_ + 1
@@ -43,8 +49,7 @@ def test_same_if_match_exactly_one_wins(
 def test_without_if_match_every_update_lands(
     live_server: LiveServer, db: psycopg.Connection[Any]
 ) -> None:
-    base = f"{live_server.origin}/fhir"
-    created = httpx.post(f"{base}/Patient", json={"resourceType": "Patient"}, headers=auth()).json()
+    base, created = new_patient(live_server)
     id = created["id"]
 
     def attempt(i: int) -> int:

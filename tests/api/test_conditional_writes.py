@@ -41,6 +41,54 @@ def live(db: psycopg.Connection[Any], ident: dict[str, str]) -> list[tuple[str, 
     return [(str(r[0]), int(r[1]), bool(r[2])) for r in rows]
 
 
+def stored(client: httpx.Client, ident: dict[str, str]) -> dict[str, Any]:
+    created: dict[str, Any] = client.post("/Patient", json=patient(identifier=[ident])).json()
+    return created
+
+
+def one_stored(client: httpx.Client) -> tuple[dict[str, str], dict[str, Any]]:
+    """A new identifier, and the one Patient stored with it."""
+    ident = mrn()
+    return ident, stored(client, ident)
+
+
+def conditional_put(client: httpx.Client, ident: dict[str, str], **kwargs: Any) -> httpx.Response:
+    """PUT Patient?identifier=…: a Patient with the identifier and the elements; `headers` too."""
+    headers = kwargs.pop("headers", None)
+    return client.put(
+        f"/Patient?{criteria(ident)}", json=patient(identifier=[ident], **kwargs), headers=headers
+    )
+
+
+def stored_twice(client: httpx.Client) -> dict[str, str]:
+    """An identifier that two stored Patients share: conditional writes on it are ambiguous."""
+    ident = mrn()
+    for _ in range(2):
+        client.post("/Patient", json=patient(identifier=[ident]))
+    return ident
+
+
+def put_entry(ident: dict[str, str], **elements: Any) -> dict[str, Any]:
+    """A Bundle entry: the conditional update of the Patient with this identifier."""
+    return {
+        "resource": patient(identifier=[ident], **elements),
+        "request": {"method": "PUT", "url": f"Patient?{criteria(ident)}"},
+    }
+
+
+def delete_entry(url: str) -> dict[str, Any]:
+    return {"request": {"method": "DELETE", "url": url}}
+
+
+def race(action: Callable[[], None], times: int = 6) -> None:
+    """Run the action in as many threads at once, and wait for all."""
+    threads = [threading.Thread(target=action) for _ in range(times)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
 # --- conditional update ------------------------------------------------------------------------
 
 
@@ -48,9 +96,7 @@ def test_conditional_update_without_match_creates_with_a_server_id(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     ident = mrn()
-    response = client.put(
-        f"/Patient?{criteria(ident)}", json=patient(identifier=[ident], gender="male")
-    )
+    response = conditional_put(client, ident, gender="male")
     assert response.status_code == 201, response.text
     created = response.json()
     assert response.headers["Location"].endswith(f"/Patient/{created['id']}/_history/1")
@@ -60,20 +106,14 @@ def test_conditional_update_without_match_creates_with_a_server_id(
 def test_conditional_update_with_one_match_updates_it(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
-    ident = mrn()
-    existing = client.post("/Patient", json=patient(identifier=[ident])).json()
-    response = client.put(
-        f"/Patient?{criteria(ident)}", json=patient(identifier=[ident], gender="female")
-    )
+    ident, existing = one_stored(client)
+    response = conditional_put(client, ident, gender="female")
     assert response.status_code == 200, response.text
     assert response.json()["id"] == existing["id"]
     assert response.headers["ETag"] == 'W/"2"'
     assert client.get(f"/Patient/{existing['id']}").json()["gender"] == "female"
     # the body may name the match's id too
-    same = client.put(
-        f"/Patient?{criteria(ident)}",
-        json=patient(identifier=[ident], id=existing["id"], gender="other"),
-    )
+    same = conditional_put(client, ident, id=existing["id"], gender="other")
     assert same.status_code == 200, same.text
     assert live(db, ident) == [(existing["id"], 3, False)]
 
@@ -81,13 +121,9 @@ def test_conditional_update_with_one_match_updates_it(
 def test_conditional_update_whose_body_names_another_id_is_400_and_changes_nothing(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
-    ident = mrn()
-    existing = client.post("/Patient", json=patient(identifier=[ident])).json()
+    ident, existing = one_stored(client)
     before = snapshot(db)
-    response = client.put(
-        f"/Patient?{criteria(ident)}",
-        json=patient(identifier=[ident], id="someone-else", gender="male"),
-    )
+    response = conditional_put(client, ident, id="someone-else", gender="male")
     assert response.status_code == 400
     issue = response.json()["issue"][0]
     assert "`someone-else`" in issue["diagnostics"]
@@ -101,9 +137,7 @@ def test_conditional_update_without_match_with_an_id_is_update_as_create(
 ) -> None:
     ident = mrn()
     chosen = f"chosen-{uuid.uuid4().hex[:12]}"
-    response = client.put(
-        f"/Patient?{criteria(ident)}", json=patient(identifier=[ident], id=chosen)
-    )
+    response = conditional_put(client, ident, id=chosen)
     assert response.status_code == 201, response.text
     assert response.json()["id"] == chosen
     assert live(db, ident) == [(chosen, 1, False)]
@@ -112,29 +146,20 @@ def test_conditional_update_without_match_with_an_id_is_update_as_create(
 def test_conditional_update_with_several_matches_is_412_and_changes_nothing(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
-    ident = mrn()
-    client.post("/Patient", json=patient(identifier=[ident]))
-    client.post("/Patient", json=patient(identifier=[ident]))
+    ident = stored_twice(client)
     before = snapshot(db)
-    response = client.put(
-        f"/Patient?{criteria(ident)}", json=patient(identifier=[ident], gender="male")
-    )
+    response = conditional_put(client, ident, gender="male")
     assert response.status_code == 412
-    assert response.json()["issue"][0]["code"] == "duplicate"
     assert snapshot(db) == before
+    assert response.json()["issue"][0]["code"] == "duplicate"
 
 
 def test_conditional_update_honours_if_match(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
-    ident = mrn()
-    existing = client.post("/Patient", json=patient(identifier=[ident])).json()
+    ident, existing = one_stored(client)
     before = snapshot(db)
-    stale = client.put(
-        f"/Patient?{criteria(ident)}",
-        json=patient(identifier=[ident]),
-        headers={"If-Match": 'W/"7"'},
-    )
+    stale = conditional_put(client, ident, headers={"If-Match": 'W/"7"'})
     assert stale.status_code == 412
     nothing = client.put(
         f"/Patient?{criteria(mrn())}",
@@ -143,11 +168,7 @@ def test_conditional_update_honours_if_match(
     )
     assert nothing.status_code == 412
     assert snapshot(db) == before
-    fresh = client.put(
-        f"/Patient?{criteria(ident)}",
-        json=patient(identifier=[ident]),
-        headers={"If-Match": 'W/"1"'},
-    )
+    fresh = conditional_put(client, ident, headers={"If-Match": 'W/"1"'})
     assert fresh.status_code == 200
     assert fresh.json()["id"] == existing["id"]
 
@@ -188,11 +209,7 @@ def test_racing_conditional_updates_create_one_resource(
                 c.put(f"/Patient?{criteria(ident)}", json=patient(identifier=[ident])).status_code
             )
 
-    threads = [threading.Thread(target=upsert) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    race(upsert)
     assert sorted(statuses) == [200] * 5 + [201]
     assert len(live(db, ident)) == 1
 
@@ -210,11 +227,7 @@ def test_racing_conditional_creates_create_one_resource(
                 c.post("/Patient", json=patient(identifier=[ident]), headers=headers).status_code
             )
 
-    threads = [threading.Thread(target=create) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    race(create)
     assert sorted(statuses) == [200] * 5 + [201]
     assert len(live(db, ident)) == 1
 
@@ -228,8 +241,7 @@ def test_method_on_metadata_is_still_405(client: httpx.Client) -> None:
 
 
 def test_conditional_delete_of_one_match(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
-    ident = mrn()
-    existing = client.post("/Patient", json=patient(identifier=[ident])).json()
+    ident, existing = one_stored(client)
     response = client.delete(f"/Patient?{criteria(ident)}")
     assert response.status_code == 204
     assert response.headers["ETag"] == 'W/"2"'
@@ -254,9 +266,7 @@ def test_conditional_delete_without_match_is_a_success_that_writes_nothing(
 def test_conditional_delete_with_several_matches_is_412_and_deletes_none(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
-    ident = mrn()
-    client.post("/Patient", json=patient(identifier=[ident]))
-    client.post("/Patient", json=patient(identifier=[ident]))
+    ident = stored_twice(client)
     before = snapshot(db)
     response = client.delete(f"/Patient?{criteria(ident)}")
     assert response.status_code == 412
@@ -294,11 +304,7 @@ def test_transaction_upsert_by_conditional_update_resolves_references(
                 },
                 "request": {"method": "POST", "url": "Observation"},
             },
-            {
-                "fullUrl": full_url,
-                "resource": patient(identifier=[ident], gender=gender),
-                "request": {"method": "PUT", "url": f"Patient?{criteria(ident)}"},
-            },
+            {"fullUrl": full_url, **put_entry(ident, gender=gender)},
         )
         response = client.post("", json=bundle)
         assert response.status_code == 200, response.text
@@ -327,15 +333,12 @@ def test_transaction_conditional_delete_and_update_entries(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
     doomed, kept = mrn(), mrn()
-    doomed_id = client.post("/Patient", json=patient(identifier=[doomed])).json()["id"]
-    kept_id = client.post("/Patient", json=patient(identifier=[kept])).json()["id"]
+    doomed_id = stored(client, doomed)["id"]
+    kept_id = stored(client, kept)["id"]
     bundle = transaction(
-        {
-            "resource": patient(identifier=[kept], active=True),
-            "request": {"method": "PUT", "url": f"Patient?{criteria(kept)}"},
-        },
-        {"request": {"method": "DELETE", "url": f"Patient?{criteria(doomed)}"}},
-        {"request": {"method": "DELETE", "url": f"Patient?{criteria(mrn())}"}},
+        put_entry(kept, active=True),
+        delete_entry(f"Patient?{criteria(doomed)}"),
+        delete_entry(f"Patient?{criteria(mrn())}"),
     )
     response = client.post("", json=bundle)
     assert response.status_code == 200, response.text
@@ -350,17 +353,9 @@ def test_transaction_conditional_delete_and_update_entries(
 def test_transaction_with_ambiguous_conditional_entry_changes_nothing(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
-    ident = mrn()
-    client.post("/Patient", json=patient(identifier=[ident]))
-    client.post("/Patient", json=patient(identifier=[ident]))
+    ident = stored_twice(client)
     before = snapshot(db)
-    for entry in (
-        {
-            "resource": patient(identifier=[ident]),
-            "request": {"method": "PUT", "url": f"Patient?{criteria(ident)}"},
-        },
-        {"request": {"method": "DELETE", "url": f"Patient?{criteria(ident)}"}},
-    ):
+    for entry in (put_entry(ident), delete_entry(f"Patient?{criteria(ident)}")):
         bundle = transaction(
             {
                 "resource": {"resourceType": "Patient"},
@@ -377,12 +372,11 @@ def test_transaction_with_ambiguous_conditional_entry_changes_nothing(
 def test_transaction_conditional_delete_overlapping_an_update_is_refused(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
-    ident = mrn()
-    existing = client.post("/Patient", json=patient(identifier=[ident])).json()
+    ident, existing = one_stored(client)
     before = snapshot(db)
     bundle = transaction(
         {"resource": existing, "request": {"method": "PUT", "url": f"Patient/{existing['id']}"}},
-        {"request": {"method": "DELETE", "url": f"Patient?{criteria(ident)}"}},
+        delete_entry(f"Patient?{criteria(ident)}"),
     )
     response = client.post("", json=bundle)
     assert response.status_code == 400
@@ -394,19 +388,11 @@ def test_transaction_conditional_delete_overlapping_an_update_is_refused(
 def test_batch_conditional_entries_answer_each_alone(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
-    ident, twice = mrn(), mrn()
-    client.post("/Patient", json=patient(identifier=[twice]))
-    client.post("/Patient", json=patient(identifier=[twice]))
+    ident, twice = mrn(), stored_twice(client)
     bundle = transaction(
-        {
-            "resource": patient(identifier=[ident]),
-            "request": {"method": "PUT", "url": f"Patient?{criteria(ident)}"},
-        },
-        {
-            "resource": patient(identifier=[twice]),
-            "request": {"method": "PUT", "url": f"Patient?{criteria(twice)}"},
-        },
-        {"request": {"method": "DELETE", "url": f"Patient?{criteria(ident)}"}},
+        put_entry(ident),
+        put_entry(twice),
+        delete_entry(f"Patient?{criteria(ident)}"),
         kind="batch",
     )
     response = client.post("", json=bundle)
@@ -512,9 +498,7 @@ def test_conditional_delete_by_a_caller_who_may_not_delete_is_403_whatever_match
     with world.client(world.ref("adult")) as adult:
         for query in (hidden_criteria(world), f"identifier=urn:test:obs|{world.tag}-adult-lab"):
             assert adult.delete(f"/Observation?{query}").status_code == 403
-            bundle = transaction(
-                {"request": {"method": "DELETE", "url": f"Observation?{query}"}},
-            )
+            bundle = transaction(delete_entry(f"Observation?{query}"))
             assert adult.post("", json=bundle).status_code == 403
     assert snapshot(db) == before
 
@@ -530,7 +514,7 @@ def test_conditional_delete_never_deletes_a_match_the_caller_may_not_see(
         response = lab_only.delete(f"/Observation?{query}")
         assert response.status_code == 204
         assert "ETag" not in response.headers
-        bundle = transaction({"request": {"method": "DELETE", "url": f"Observation?{query}"}})
+        bundle = transaction(delete_entry(f"Observation?{query}"))
         assert lab_only.post("", json=bundle).status_code == 200
     assert snapshot(db) == before
     assert observation_row(db, world.ref("vitals_adult")) == vitals
@@ -543,10 +527,8 @@ JSON_PATCH = {"Content-Type": "application/json-patch+json"}
 
 
 def test_conditional_patch_outcomes(client: httpx.Client, db: psycopg.Connection[Any]) -> None:
-    one, twice = mrn(), mrn()
-    existing = client.post("/Patient", json=patient(identifier=[one])).json()
-    client.post("/Patient", json=patient(identifier=[twice]))
-    client.post("/Patient", json=patient(identifier=[twice]))
+    one, twice = mrn(), stored_twice(client)
+    existing = stored(client, one)
     before = snapshot(db)
     none = client.patch(f"/Patient?{criteria(mrn())}", json=ACTIVATE, headers=JSON_PATCH)
     assert none.status_code == 404
@@ -562,8 +544,7 @@ def test_conditional_patch_outcomes(client: httpx.Client, db: psycopg.Connection
 def test_conditional_patch_entries_in_bundles(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
-    ident = mrn()
-    existing = client.post("/Patient", json=patient(identifier=[ident])).json()
+    ident, existing = one_stored(client)
     binary = {
         "resourceType": "Binary",
         "contentType": "application/json-patch+json",

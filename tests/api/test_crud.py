@@ -21,6 +21,17 @@ def create(client: httpx.Client, resource: dict[str, Any], **headers: str) -> ht
     return response
 
 
+def json_patch(
+    client: httpx.Client, url: str, ops: list[dict[str, Any]], if_match: str | None = None
+) -> httpx.Response:
+    """PATCH with a JSON Patch body (and an If-Match, if given)."""
+    headers = {"Content-Type": "application/json-patch+json"}
+    if if_match is not None:
+        headers["If-Match"] = if_match
+    content = httpx.Request("PATCH", "/", json=ops).content
+    return client.patch(url, content=content, headers=headers)
+
+
 def rows(db: psycopg.Connection[Any], rtype: str, id: str) -> tuple[Any, Any]:
     current = db.execute(
         "SELECT version_id, deleted, content FROM resources WHERE resource_type=%s AND id=%s",
@@ -195,38 +206,22 @@ def test_json_patch_is_applied_and_validated(client: httpx.Client) -> None:
     created = create(client, patient("Patched", "Jane", born=LEAP_DAY)).json()
     id = created["id"]
     ops = [{"op": "add", "path": "/gender", "value": "female"}]
-    response = client.patch(
-        f"/Patient/{id}",
-        content=httpx.Request("PATCH", "/", json=ops).content,
-        headers={"Content-Type": "application/json-patch+json", "If-Match": 'W/"1"'},
-    )
+    response = json_patch(client, f"/Patient/{id}", ops, if_match='W/"1"')
     assert response.status_code == 200, response.text
     assert response.json()["gender"] == "female"
     assert response.headers["ETag"] == 'W/"2"'
 
     invalid = [{"op": "add", "path": "/gender", "value": "not-a-gender-code"}]
-    response = client.patch(
-        f"/Patient/{id}",
-        content=httpx.Request("PATCH", "/", json=invalid).content,
-        headers={"Content-Type": "application/json-patch+json"},
-    )
+    response = json_patch(client, f"/Patient/{id}", invalid)
     assert response.status_code == 400
     assert client.get(f"/Patient/{id}").json()["meta"]["versionId"] == "2"
 
     failing_test = [{"op": "test", "path": "/gender", "value": "male"}]
-    response = client.patch(
-        f"/Patient/{id}",
-        content=httpx.Request("PATCH", "/", json=failing_test).content,
-        headers={"Content-Type": "application/json-patch+json"},
-    )
+    response = json_patch(client, f"/Patient/{id}", failing_test)
     assert response.status_code == 422
 
     moving_id = [{"op": "replace", "path": "/id", "value": "elsewhere"}]
-    response = client.patch(
-        f"/Patient/{id}",
-        content=httpx.Request("PATCH", "/", json=moving_id).content,
-        headers={"Content-Type": "application/json-patch+json"},
-    )
+    response = json_patch(client, f"/Patient/{id}", moving_id)
     assert response.status_code == 422
     assert client.get(f"/Patient/{id}").json()["meta"]["versionId"] == "2"
 
@@ -234,11 +229,7 @@ def test_json_patch_is_applied_and_validated(client: httpx.Client) -> None:
 def test_patch_with_stale_if_match_is_412(client: httpx.Client) -> None:
     created = create(client, patient("Doe", "Jane", born=LEAP_DAY)).json()
     ops = [{"op": "add", "path": "/gender", "value": "male"}]
-    response = client.patch(
-        f"/Patient/{created['id']}",
-        content=httpx.Request("PATCH", "/", json=ops).content,
-        headers={"Content-Type": "application/json-patch+json", "If-Match": 'W/"7"'},
-    )
+    response = json_patch(client, f"/Patient/{created['id']}", ops, if_match='W/"7"')
     assert response.status_code == 412
 
 

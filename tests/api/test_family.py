@@ -44,6 +44,21 @@ from tests.support.world import (
 from tests.support.world import add_dependent as add
 
 
+def add_doe(
+    caller: httpx.Client,
+    primary: str,
+    relationship: str,
+    given: str,
+    born: str,
+    nid: str | None = None,
+) -> httpx.Response:
+    """`primary`'s `$add-dependent` of a new Doe named `given`, with a national id if given."""
+    dependent = patient("Doe", given, born=born)
+    if nid is None:
+        return add(caller, primary, relationship=relationship, dependent=dependent)
+    return add(caller, primary, relationship=relationship, nationalId=nid, dependent=dependent)
+
+
 def rule(response: httpx.Response) -> str:
     assert response.status_code == 422, response.text
     diagnostics: str = response.json()["issue"][0]["diagnostics"]
@@ -53,33 +68,15 @@ def rule(response: httpx.Response) -> str:
 def test_the_doe_family(fam: World, db: psycopg.Connection[Any]) -> None:
     john = fam.patient("John", years_ago(40), fam.nid("john"))
     with fam.client(john) as j:
-        jane = add(
-            j,
-            john,
-            relationship="SPOUSE",
-            nationalId=fam.nid("jane"),
-            dependent=patient("Doe", "Jane", born=years_ago(38)),
-        )
+        jane = add_doe(j, john, "SPOUSE", "Jane", years_ago(38), nid=fam.nid("jane"))
         assert jane.status_code == 201, jane.text
         answer = values(jane.json())
         assert answer["createdPatient"] is True
         jane_ref = answer["dependent"]["reference"]
         links = [p for p in jane.json()["parameter"] if p["name"] == "link"]
         assert len(links) == 2  # a spouse both ways
-        mary = values(
-            add(
-                j,
-                john,
-                relationship="CHILD",
-                nationalId=fam.nid("mary"),
-                dependent=patient("Doe", "Mary", born=years_ago(12)),
-            ).json()
-        )
-        tom = values(
-            add(
-                j, john, relationship="CHILD", dependent=patient("Doe", "Tom", born=years_ago(8))
-            ).json()
-        )
+        mary = values(add_doe(j, john, "CHILD", "Mary", years_ago(12), nid=fam.nid("mary")).json())
+        tom = values(add_doe(j, john, "CHILD", "Tom", years_ago(8)).json())
         mary_ref, tom_ref = mary["dependent"]["reference"], tom["dependent"]["reference"]
         # the RelatedPerson stands for John towards Mary: parent
         related = db.execute(
@@ -122,12 +119,7 @@ def test_the_doe_family(fam: World, db: psycopg.Connection[Any]) -> None:
         assert hers[mary_ref]["canViewClinicalData"] is False  # John's link, not hers
         assert jn.get(f"/{john}").status_code == 200
         # nobody manages someone else's family
-        assert (
-            add(
-                jn, john, relationship="CHILD", dependent=patient("Doe", "X", born=years_ago(1))
-            ).status_code
-            == 403
-        )
+        assert add_doe(jn, john, "CHILD", "X", years_ago(1)).status_code == 403
 
 
 def _member(parameter: dict[str, Any]) -> dict[str, Any]:
@@ -192,13 +184,7 @@ def test_a_failed_add_writes_nothing(fam: World, db: psycopg.Connection[Any]) ->
     before = snapshot(db)
     with fam.client(primary) as p:
         # the new Patient is written before the rules run; the refusal takes it back
-        older = add(
-            p,
-            primary,
-            relationship="CHILD",
-            nationalId=fam.nid("older"),
-            dependent=patient("Doe", "Older", born=years_ago(50)),
-        )
+        older = add_doe(p, primary, "CHILD", "Older", years_ago(50), nid=fam.nid("older"))
         assert rule(older) == "child-younger"
         invalid = add(
             p,
@@ -411,12 +397,13 @@ def test_a_failing_registry_is_a_502_or_504_and_nothing_is_written(
             with httpx.Client(
                 base_url=f"{server.origin}/fhir", headers=auth(primary, "user/*.cruds"), timeout=30
             ) as p:
-                response = add(
+                response = add_doe(
                     p,
                     primary,
-                    relationship="CHILD",
-                    nationalId=f"x-{uuid.uuid4().hex}",
-                    dependent=patient("Doe", "Newborn", born=years_ago(0, days=3)),
+                    "CHILD",
+                    "Newborn",
+                    years_ago(0, days=3),
+                    nid=f"x-{uuid.uuid4().hex}",
                 )
             assert response.status_code == {"slow": 504}.get(failure, 502), response.text
             assert response.json()["resourceType"] == "OperationOutcome"
@@ -442,14 +429,9 @@ class BrokenRegistry(BaseHTTPRequestHandler):
 def test_at_18_the_parent_needs_the_childs_consent(fam: World) -> None:
     john = fam.patient("John", years_ago(45))
     with fam.client(john) as j:
-        mary = values(
-            add(
-                j,
-                john,
-                relationship="CHILD",
-                dependent=patient("Doe", "Mary", born=years_ago(18, days=-1)),
-            ).json()
-        )["dependent"]["reference"]
+        mary = values(add_doe(j, john, "CHILD", "Mary", years_ago(18, days=-1)).json())[
+            "dependent"
+        ]["reference"]
         lab = fam.posted(observation(mary, text="hb"))
         assert j.get(f"/Observation/{lab['id']}").status_code == 200
         # her birthday

@@ -42,6 +42,20 @@ mutation Remove($id: ID!, $confirm: Boolean!) {
 """
 
 
+def adult(client: httpx.Client) -> str:
+    """A new Patient of thirty: its reference."""
+    patient = client.post(
+        "/Patient", json={"resourceType": "Patient", "birthDate": years_ago(30)}
+    ).json()
+    return f"Patient/{patient['id']}"
+
+
+def add_an_old_child(server: LiveServer, me: str, given_name: str) -> httpx.Response:
+    """$add-dependent through GraphQL with a "child" of sixty: refused (child-younger)."""
+    child = {"relationship": "CHILD", "givenName": given_name, "birthDate": years_ago(60)}
+    return gql(server, me, ADD, input=child)
+
+
 def gql(server: LiveServer, who: str | None, query: str, **variables: Any) -> httpx.Response:
     headers = auth(who, "user/*.cruds") if who else {}
     return httpx.post(
@@ -100,21 +114,13 @@ def test_graphql_refuses_strangers_and_costly_queries(
     practitioner = client.post("/Practitioner", json={"resourceType": "Practitioner"}).json()
     answer = gql(live_server, f"Practitioner/{practitioner['id']}", MY_FAMILY).json()
     assert answer["data"] is None and answer["errors"]
-    patient = client.post(
-        "/Patient", json={"resourceType": "Patient", "birthDate": years_ago(30)}
-    ).json()
-    me = f"Patient/{patient['id']}"
+    me = adult(client)
     aliases = "query { " + " ".join(f"a{i}: me {{ id }}" for i in range(20)) + " }"
     costly = gql(live_server, me, aliases).json()
     assert costly["errors"] and "alias" in costly["errors"][0]["message"].lower()
     deep = "query { me { dependents { patient { id } } } }"
     assert "errors" not in gql(live_server, me, deep).json()
-    bad = gql(
-        live_server,
-        me,
-        ADD,
-        input={"relationship": "CHILD", "givenName": "Old", "birthDate": years_ago(60)},
-    ).json()
+    bad = add_an_old_child(live_server, me, "Old").json()
     assert bad["errors"] and "child-younger" in bad["errors"][0]["message"]
 
 
@@ -123,21 +129,13 @@ def test_graphql_mistakes_are_answered_not_logged(
 ) -> None:
     """strawberry logged every error of a response at ERROR, quoting the query text: a syntax
     error put a national id into the logs (found by `make fuzz`)."""
-    patient = client.post(
-        "/Patient", json={"resourceType": "Patient", "birthDate": years_ago(30)}
-    ).json()
-    me = f"Patient/{patient['id']}"
+    me = adult(client)
     secret = f"NID{uuid.uuid4().hex[:10]}"
     with caplog.at_level(logging.DEBUG):
         syntax = gql(live_server, me, f'{{ me {{ name(nationalId: "{secret}") ')
         unknown = gql(live_server, me, f'{{ unknownField(nationalId: "{secret}") }}')
         nul = gql(live_server, me, "\x00")
-        refused = gql(
-            live_server,
-            me,
-            ADD,
-            input={"relationship": "CHILD", "givenName": secret, "birthDate": years_ago(60)},
-        )
+        refused = add_an_old_child(live_server, me, secret)
     for answer in (syntax, unknown, nul, refused):
         assert answer.status_code < 500 and answer.json()["errors"], answer.text
     server_records = [
@@ -158,16 +156,8 @@ def test_graphql_errors_carry_the_stable_code(
     assert refused["errors"][0]["message"] == (
         "the portal's `me` is the token's Patient (`fhirUser`)"
     )
-    patient = client.post(
-        "/Patient", json={"resourceType": "Patient", "birthDate": years_ago(30)}
-    ).json()
-    me = f"Patient/{patient['id']}"
-    old = gql(
-        live_server,
-        me,
-        ADD,
-        input={"relationship": "CHILD", "givenName": "Old", "birthDate": years_ago(60)},
-    ).json()
+    me = adult(client)
+    old = add_an_old_child(live_server, me, "Old").json()
     assert old["errors"][0]["extensions"] == {"code": "unprocessable"}
     unknown = gql(live_server, me, ADD, input={"relationship": "COUSIN"}).json()
     assert unknown["errors"][0]["extensions"] == {"code": "bad_request"}

@@ -22,6 +22,13 @@ def count_patients(db: psycopg.Connection[Any]) -> int:
     return int(row[0])
 
 
+def post_as(client: httpx.Client, media: str) -> httpx.Response:
+    """POST a minimal Patient with this Content-Type."""
+    return client.post(
+        "/Patient", content=b'{"resourceType": "Patient"}', headers={"Content-Type": media}
+    )
+
+
 def test_invalid_json_is_400_and_stores_nothing(
     client: httpx.Client, db: psycopg.Connection[Any]
 ) -> None:
@@ -40,9 +47,7 @@ def test_invalid_json_is_400_and_stores_nothing(
     "media", ["application/fhir+xml", "text/plain", "application/x-www-form-urlencoded"]
 )
 def test_wrong_content_type_is_415(client: httpx.Client, media: str) -> None:
-    response = client.post(
-        "/Patient", content=b'{"resourceType": "Patient"}', headers={"Content-Type": media}
-    )
+    response = post_as(client, media)
     assert response.status_code == 415
     assert response.json()["resourceType"] == "OperationOutcome"
 
@@ -51,9 +56,7 @@ def test_wrong_content_type_is_415(client: httpx.Client, media: str) -> None:
     "media", ["application/fhir+json", "application/json", "application/fhir+json; charset=utf-8"]
 )
 def test_json_content_types_are_accepted(client: httpx.Client, media: str) -> None:
-    response = client.post(
-        "/Patient", content=b'{"resourceType": "Patient"}', headers={"Content-Type": media}
-    )
+    response = post_as(client, media)
     assert response.status_code == 201
 
 

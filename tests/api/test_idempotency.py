@@ -37,22 +37,31 @@ def person() -> dict[str, Any]:
     }
 
 
+def new_patient_request(server: LiveServer) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """The Patient Service API's URL, a new person, and headers with the API key and a new
+    Idempotency-Key."""
+    headers = {"x-api-key": KEY, "Idempotency-Key": uuid.uuid4().hex}
+    return f"{server.origin}/api/v1/patients", person(), headers
+
+
+def patients_with_email(db: psycopg.Connection[Any], email: str) -> Any:
+    """The row of the count of the Patients the search index finds by this email."""
+    return db.execute(
+        "SELECT count(*) FROM search_token WHERE resource_type = 'Patient' AND code = 'email'"
+        " AND value = %s",
+        (email,),
+    ).fetchone()
+
+
 def test_patient_api_replays_and_refuses_another_body(
     server: LiveServer, db: psycopg.Connection[Any]
 ) -> None:
-    url = f"{server.origin}/api/v1/patients"
-    body = person()
-    key = {"x-api-key": KEY, "Idempotency-Key": uuid.uuid4().hex}
+    url, body, key = new_patient_request(server)
     first = httpx.post(url, json=body, headers=key)
     again = httpx.post(url, json=body, headers=key)
     assert first.status_code == again.status_code == 201
     assert first.json() == again.json() and first.headers["ETag"] == again.headers["ETag"]
-    count = db.execute(
-        "SELECT count(*) FROM search_token WHERE resource_type = 'Patient' AND code = 'email'"
-        " AND value = %s",
-        (body["email"],),
-    ).fetchone()
-    assert count == (1,)
+    assert patients_with_email(db, body["email"]) == (1,)
     other = httpx.post(url, json={**body, "given_name": "Other"}, headers=key)
     assert other.status_code == 409 and other.json()["code"] == "idempotency_key_reused"
 
@@ -60,21 +69,14 @@ def test_patient_api_replays_and_refuses_another_body(
 def test_concurrent_requests_with_one_key_make_one_patient(
     server: LiveServer, db: psycopg.Connection[Any]
 ) -> None:
-    url = f"{server.origin}/api/v1/patients"
-    body = person()
-    headers = {"x-api-key": KEY, "Idempotency-Key": uuid.uuid4().hex}
+    url, body, headers = new_patient_request(server)
     with ThreadPoolExecutor(6) as pool:
         answers = list(
             pool.map(lambda _: httpx.post(url, json=body, headers=headers, timeout=30), range(6))
         )
     assert {a.status_code for a in answers} == {201}
     assert len({a.json()["patient_id"] for a in answers}) == 1
-    count = db.execute(
-        "SELECT count(*) FROM search_token WHERE resource_type = 'Patient' AND code = 'email'"
-        " AND value = %s",
-        (body["email"],),
-    ).fetchone()
-    assert count == (1,)
+    assert patients_with_email(db, body["email"]) == (1,)
 
 
 def test_fhir_create_and_transaction_replay(server: LiveServer) -> None:

@@ -87,6 +87,13 @@ def world(system: httpx.Client, live_server: LiveServer) -> dict[str, str]:
     }
 
 
+def tagged_observations(client: httpx.Client, world: dict[str, str]) -> set[str]:
+    """The Observations of the world the client finds by the world's tag (a 200 search)."""
+    found = client.get("/Observation", params={"_tag": world["tag"]})
+    assert found.status_code == 200, found.text
+    return {f"Observation/{e['resource']['id']}" for e in found.json().get("entry", [])}
+
+
 def test_a_relative_of_another_servers_patient_gets_nothing_here(
     live_server: LiveServer, world: dict[str, str]
 ) -> None:
@@ -103,20 +110,13 @@ def test_a_relative_named_by_this_servers_absolute_url_is_one(
     live_server: LiveServer, world: dict[str, str]
 ) -> None:
     with as_user(live_server, world["local_parent"]) as parent:
-        response = parent.get(f"/{world['patient']}")
-        assert response.status_code == 200, response.text
+        assert parent.get(f"/{world['patient']}").status_code == 200
 
 
 def test_the_compartment_holds_only_the_local_reference(
     live_server: LiveServer, world: dict[str, str]
 ) -> None:
     with as_user(live_server, world["patient"]) as patient:
-        found = patient.get("/Observation", params={"_tag": world["tag"]})
-        assert found.status_code == 200, found.text
-        ids = {f"Observation/{e['resource']['id']}" for e in found.json().get("entry", [])}
-        assert ids == {world["local_observation"]}
+        assert tagged_observations(patient, world) == {world["local_observation"]}
     with as_user(live_server, world["local_parent"]) as parent:
-        found = parent.get("/Observation", params={"_tag": world["tag"]})
-        assert found.status_code == 200, found.text
-        ids = {f"Observation/{e['resource']['id']}" for e in found.json().get("entry", [])}
-        assert ids == {world["local_observation"]}
+        assert tagged_observations(parent, world) == {world["local_observation"]}

@@ -35,19 +35,21 @@ def assert_415(response: httpx.Response, *, fhir: bool = True) -> None:
         assert "`" in issue["diagnostics"]
 
 
+def refused_post(client: httpx.Client, db: psycopg.Connection[Any], content_type: str) -> str:
+    """POST a Patient with this Content-Type: a 415 that stores nothing; its diagnostics."""
+    before = history_rows(db)
+    response = client.post("/Patient", content=PATIENT, headers={"Content-Type": content_type})
+    assert_415(response)
+    assert history_rows(db) == before
+    return str(response.json()["issue"][0]["diagnostics"])
+
+
 @pytest.mark.parametrize("charset", WRONG_CHARSETS)
 def test_a_fhir_body_in_another_charset_is_415_and_stores_nothing(
     client: httpx.Client, db: psycopg.Connection[Any], charset: str
 ) -> None:
-    before = history_rows(db)
-    response = client.post(
-        "/Patient",
-        content=PATIENT,
-        headers={"Content-Type": f"application/fhir+json; charset={charset}"},
-    )
-    assert_415(response)
-    assert "UTF-8" in response.json()["issue"][0]["diagnostics"]
-    assert history_rows(db) == before
+    diagnostics = refused_post(client, db, f"application/fhir+json; charset={charset}")
+    assert "UTF-8" in diagnostics
 
 
 @pytest.mark.parametrize("charset", UTF8_SPELLINGS)
@@ -78,15 +80,8 @@ def test_r4_version_parameter_is_accepted(client: httpx.Client, content_type: st
 def test_another_fhir_version_in_the_body_is_415(
     client: httpx.Client, db: psycopg.Connection[Any], version: str
 ) -> None:
-    before = history_rows(db)
-    response = client.post(
-        "/Patient",
-        content=PATIENT,
-        headers={"Content-Type": f"application/fhir+json; fhirVersion={version}"},
-    )
-    assert_415(response)
-    assert f"fhirVersion={version}" in response.json()["issue"][0]["diagnostics"]
-    assert history_rows(db) == before
+    diagnostics = refused_post(client, db, f"application/fhir+json; fhirVersion={version}")
+    assert f"fhirVersion={version}" in diagnostics
 
 
 def test_every_fhir_body_surface_checks_the_charset(

@@ -117,6 +117,17 @@ def app_routes() -> tuple[set[tuple[str, str]], set[str]]:
     return operations, websockets
 
 
+def mother_verifies(client: httpx.Client, **fields: Any) -> httpx.Response:
+    """The example mother asks about the example patient's demographics (fields as given)."""
+    body = {
+        "requesting_user_id": "RelatedPerson/example-mother",
+        "patient_id": "example-patient",
+        "data_scope": ["demographics"],
+        **fields,
+    }
+    return client.post("/api/v1/relationships/verify", json=body)
+
+
 def test_the_document_is_valid_openapi_3_0() -> None:
     raw = document()
     assert raw["openapi"].startswith("3.0.")
@@ -439,13 +450,7 @@ def test_the_relationship_api_refuses_what_it_used_to_fail_on(server: LiveServer
         # NUL in a body is refused (PostgreSQL text cannot hold it); an id that is no FHIR id is
         # no resource's
         for field in ("requesting_user_id", "patient_id"):
-            body = {
-                "requesting_user_id": "RelatedPerson/example-mother",
-                "patient_id": "example-patient",
-                "data_scope": ["demographics"],
-                field: "example\x00",
-            }
-            answer = client.post("/api/v1/relationships/verify", json=body)
+            answer = mother_verifies(client, **{field: "example\x00"})
             assert answer.status_code == 400 and answer.json()["code"] == "invalid_request"
         answer = client.post(
             "/api/v1/relationships/delegate",
@@ -473,15 +478,7 @@ def test_the_relationship_api_refuses_what_it_used_to_fail_on(server: LiveServer
         answer = client.post("/api/v1/relationships/delegate/openapi-no-patient/approve")
         assert answer.status_code == 404 and answer.json()["code"] == "not_found"
         # `relationship_type` is answered back: a string, or refused (was answered back as sent)
-        answer = client.post(
-            "/api/v1/relationships/verify",
-            json={
-                "requesting_user_id": "RelatedPerson/example-mother",
-                "patient_id": "example-patient",
-                "relationship_type": {"kind": "mother"},
-                "data_scope": ["demographics"],
-            },
-        )
+        answer = mother_verifies(client, relationship_type={"kind": "mother"})
         assert answer.status_code == 400 and answer.json()["code"] == "invalid_request"
 
 

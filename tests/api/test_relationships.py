@@ -31,58 +31,63 @@ def bare(reference: str) -> str:
     return reference.split("/", 1)[1]
 
 
+def verify(service: httpx.Client, requester: str, patient: str, **fields: Any) -> httpx.Response:
+    """POST /verify: who asks about which patient, and the optional fields."""
+    body = {"requesting_user_id": requester, "patient_id": patient, **fields}
+    return service.post("/verify", json=body)
+
+
+def verified(response: httpx.Response) -> dict[str, Any]:
+    """A 200 answer of /verify that verifies the relationship: its body."""
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    assert body["relationship_verified"] is True
+    return body
+
+
+def delegate(
+    client: httpx.Client, patient: str, delegate_id: str, scope: list[str], **fields: Any
+) -> httpx.Response:
+    """POST /delegate: the patient, its delegate and the scope, and the optional fields."""
+    body = {"patient_id": patient, "delegate_id": delegate_id, "delegation_scope": scope, **fields}
+    return client.post("/delegate", json=body)
+
+
 def test_verify_answers_with_the_engine(world: World) -> None:
     with api(world.origin) as service:
-        parent = service.post(
-            "/verify",
-            json={
-                "requesting_user_id": world.ref("parent"),
-                "patient_id": bare(world.ref("minor")),
-                "relationship_type": "family_member",
-                "access_purpose": "care_coordination",
-                "data_scope": ["medical_history", "lab_results"],
-            },
+        parent = verify(
+            service,
+            world.ref("parent"),
+            bare(world.ref("minor")),
+            relationship_type="family_member",
+            access_purpose="care_coordination",
+            data_scope=["medical_history", "lab_results"],
         )
-        assert parent.status_code == 200, parent.text
-        body = parent.json()
-        assert body["relationship_verified"] is True
-        assert body["relationship_type"] == "mother"
+        body = verified(parent)
         assert body["access_granted"] is True
+        assert body["relationship_type"] == "mother"
         assert body["access_scope"] == ["medical_history", "lab_results"]
         assert body["delegation_chain"][0] == {
             "delegator_id": bare(world.ref("minor")),
             "delegated_to": bare(world.ref("parent")),
             "relationship": "mother",
         }
-        relative = service.post(
-            "/verify",
-            json={
-                "requesting_user_id": bare(world.ref("relative")),
-                "patient_id": bare(world.ref("adult")),
-                "data_scope": ["demographics", "lab_results"],
-            },
+        relative = verify(
+            service,
+            bare(world.ref("relative")),
+            bare(world.ref("adult")),
+            data_scope=["demographics", "lab_results"],
         ).json()
         assert relative["relationship_verified"] is True
         assert relative["access_granted"] is False
         assert relative["access_scope"] == ["demographics"]
         assert relative["reasons"]["lab_results"] == "consent_required"
-        doctor = service.post(
-            "/verify",
-            json={
-                "requesting_user_id": world.ref("doctor"),
-                "patient_id": bare(world.ref("adult")),
-                "data_scope": ["medication_list"],
-            },
-        ).json()
+        adult = bare(world.ref("adult"))
+        doctor = verify(service, world.ref("doctor"), adult, data_scope=["medication_list"]).json()
         assert doctor["relationship_type"] == "healthcare_provider"
         assert doctor["access_granted"] is True
-        stranger = service.post(
-            "/verify",
-            json={
-                "requesting_user_id": world.ref("stranger"),
-                "patient_id": bare(world.ref("adult")),
-                "data_scope": ["medication_list"],
-            },
+        stranger = verify(
+            service, world.ref("stranger"), adult, data_scope=["medication_list"]
         ).json()
         assert stranger["relationship_verified"] is False and stranger["access_scope"] == []
 
@@ -124,14 +129,12 @@ def test_a_patient_delegates_and_the_delegate_gets_access(world: World) -> None:
         )
         assert relative.get(f"/{encounter}").status_code == 403
         with api(world.origin, world.ref("adult")) as patient:
-            made = patient.post(
-                "/delegate",
-                json={
-                    "patient_id": bare(world.ref("adult")),
-                    "delegate_id": bare(world.ref("relative")),
-                    "delegation_scope": ["encounters"],
-                    "expires_at": "2099-12-31",
-                },
+            made = delegate(
+                patient,
+                bare(world.ref("adult")),
+                bare(world.ref("relative")),
+                ["encounters"],
+                expires_at="2099-12-31",
             )
             assert made.status_code == 201, made.text
             assert made.json()["status"] == "active"
@@ -152,13 +155,8 @@ def test_a_relative_only_asks_and_the_patient_approves(
         }
     )
     with api(world.origin, world.ref("relative")) as relative_api:
-        asked = relative_api.post(
-            "/delegate",
-            json={
-                "patient_id": bare(world.ref("adult")),
-                "delegate_id": bare(world.ref("relative")),
-                "delegation_scope": ["appointments"],
-            },
+        asked = delegate(
+            relative_api, bare(world.ref("adult")), bare(world.ref("relative")), ["appointments"]
         )
         assert asked.status_code == 201 and asked.json()["status"] == "proposed"
         delegation = asked.json()["delegation_id"]
@@ -174,13 +172,8 @@ def test_a_relative_only_asks_and_the_patient_approves(
             assert relative.get(f"/{appointment}").status_code == 200
     # a stranger delegates nothing
     with api(world.origin, world.ref("stranger")) as stranger:
-        refused = stranger.post(
-            "/delegate",
-            json={
-                "patient_id": bare(world.ref("adult")),
-                "delegate_id": bare(world.ref("relative")),
-                "delegation_scope": ["appointments"],
-            },
+        refused = delegate(
+            stranger, bare(world.ref("adult")), bare(world.ref("relative")), ["appointments"]
         )
         assert refused.status_code == 403
 
@@ -193,13 +186,8 @@ def manual(database_url: str) -> Iterator[LiveServer]:
 
 def test_manual_approval_makes_every_delegation_wait(world: World, manual: LiveServer) -> None:
     with api(manual.origin, world.ref("adult")) as patient:
-        made = patient.post(
-            "/delegate",
-            json={
-                "patient_id": bare(world.ref("adult")),
-                "delegate_id": bare(world.ref("relative")),
-                "delegation_scope": ["prescriptions"],
-            },
+        made = delegate(
+            patient, bare(world.ref("adult")), bare(world.ref("relative")), ["prescriptions"]
         )
         assert made.status_code == 201 and made.json()["status"] == "proposed"
         assert (
@@ -210,14 +198,7 @@ def test_manual_approval_makes_every_delegation_wait(world: World, manual: LiveS
 
 def test_metrics_count_verifications_and_delegations(world: World, live_server: LiveServer) -> None:
     with api(world.origin) as service:
-        service.post(
-            "/verify",
-            json={
-                "requesting_user_id": world.ref("parent"),
-                "patient_id": bare(world.ref("minor")),
-                "data_scope": ["lab_results"],
-            },
-        )
+        verify(service, world.ref("parent"), bare(world.ref("minor")), data_scope=["lab_results"])
     text = httpx.get(f"{live_server.origin}/metrics").text
     for name in (
         'relationship_verifications_total{result="granted"}',
@@ -271,19 +252,15 @@ def test_the_specifications_verify_examples_verbatim(live_server: LiveServer) ->
     )
     spec_people(live_server.origin, "test-patient", "test-provider", "test-family-member")
     with api(live_server.origin) as service:
-        full = service.post(
-            "/verify",
-            json={
-                "requesting_user_id": "123e4567-e89b-12d3-a456-426614174000",
-                "patient_id": "456e7890-e89b-12d3-a456-426614174000",
-                "relationship_type": "healthcare_provider",
-                "access_purpose": "treatment_coordination",
-                "data_scope": ["medical_history", "medication_list"],
-            },
+        full = verify(
+            service,
+            "123e4567-e89b-12d3-a456-426614174000",
+            "456e7890-e89b-12d3-a456-426614174000",
+            relationship_type="healthcare_provider",
+            access_purpose="treatment_coordination",
+            data_scope=["medical_history", "medication_list"],
         )
-        assert full.status_code == 200, full.text
-        answer = full.json()
-        assert answer["relationship_verified"] is True
+        answer = verified(full)
         assert answer["relationship_type"] == "healthcare_provider"
         assert answer["access_granted"] is True
         assert answer["access_scope"] == ["medical_history", "medication_list"]
@@ -299,9 +276,7 @@ def test_the_specifications_verify_examples_verbatim(live_server: LiveServer) ->
   }""",
             headers={"Content-Type": "application/json"},
         )
-        assert short.status_code == 200, short.text
-        answer = short.json()
-        assert answer["relationship_verified"] is True
+        answer = verified(short)
         assert answer["relationship_type"] == "healthcare_provider"
         defaults = [
             "demographics",
@@ -316,19 +291,13 @@ def test_the_specifications_verify_examples_verbatim(live_server: LiveServer) ->
         assert answer["access_granted"] is (answer["access_scope"] == defaults)
         assert answer["access_scope"]  # a care relationship reads the chart
         # a relative without consent: the default asks about all, and grants demographics only
-        relative = service.post(
-            "/verify",
-            json={"requesting_user_id": "test-family-member", "patient_id": "test-patient"},
-        ).json()
+        relative = verify(service, "test-family-member", "test-patient").json()
         assert relative["access_scope"] == ["demographics"]
         assert relative["access_granted"] is False
         assert relative["reasons"]["lab_results"] == "consent_required"
         # optional fields, when given, must still be what they say they are
         for wrong in ({"access_purpose": 7}, {"relationship_type": ["x"]}, {"data_scope": []}):
-            refused = service.post(
-                "/verify",
-                json={"requesting_user_id": "test-provider", "patient_id": "test-patient", **wrong},
-            )
+            refused = verify(service, "test-provider", "test-patient", **wrong)
             assert refused.status_code == 400
             assert refused.json()["code"] == "invalid_request"
             assert next(iter(wrong)) in refused.json()["message"]
@@ -359,13 +328,11 @@ def test_the_specifications_delegate_example_verbatim(
         assert answer["delegation_scope"] == ["basic_health_info"]
         assert answer["expires_at"] is None
     with api(live_server.origin) as service:
-        relative = service.post(
-            "/verify",
-            json={
-                "requesting_user_id": "test-family-member",
-                "patient_id": "test-patient",
-                "data_scope": ["basic_health_info", "medical_history", "lab_results"],
-            },
+        relative = verify(
+            service,
+            "test-family-member",
+            "test-patient",
+            data_scope=["basic_health_info", "medical_history", "lab_results"],
         ).json()
         assert relative["access_scope"] == ["basic_health_info", "medical_history"]
     consent = db.execute(

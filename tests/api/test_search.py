@@ -196,23 +196,12 @@ def test_last_updated(world: World) -> None:
 def test_reference_forms(world: World, live_server: Any) -> None:
     pid = world.add("p", patient("A"))
     other = world.add("q", patient("B"))
+    world.add("obs", observation(f"Patient/{pid}", text="x", category=None))
+    by_mrn = {"identifier": {"system": "urn:mrn", "value": "77"}}  # a subject by identifier only
     world.add(
-        "obs",
-        observation(f"Patient/{pid}", text="x", category=None),
+        "ident", {**observation(f"Patient/{pid}", text="x", category=None), "subject": by_mrn}
     )
-    world.add(
-        "ident",
-        {
-            "resourceType": "Observation",
-            "status": "final",
-            "code": {"text": "x"},
-            "subject": {"identifier": {"system": "urn:mrn", "value": "77"}},
-        },
-    )
-    world.add(
-        "ext",
-        observation("http://other.example/fhir/Patient/9", text="x", category=None),
-    )
+    world.add("ext", observation("http://other.example/fhir/Patient/9", text="x", category=None))
     assert world.found(f"Observation?subject=Patient/{pid}") == {"obs"}
     assert world.found(f"Observation?subject={pid}") == {"obs"}
     assert world.found(f"Observation?patient={pid}") == {"obs"}
@@ -415,10 +404,7 @@ def test_elements_and_summary(world: World) -> None:
 def test_include_revinclude_and_iterate(world: World) -> None:
     org = world.add("org", {"resourceType": "Organization", "name": "Clinic"})
     pid = world.add("p", patient("Inc", managingOrganization={"reference": f"Organization/{org}"}))
-    world.add(
-        "obs",
-        observation(f"Patient/{pid}", text="x", category=None),
-    )
+    world.add("obs", observation(f"Patient/{pid}", text="x", category=None))
 
     def entries(query: str) -> set[tuple[str, str]]:
         by_id = {v: k for k, v in world.ids.items()}
@@ -461,10 +447,7 @@ def test_post_search_with_a_form(world: World) -> None:
 
 def test_compartment_search(world: World) -> None:
     pid = world.add("p", patient("Comp"))
-    world.add(
-        "obs",
-        observation(f"Patient/{pid}", text="x", category=None),
-    )
+    world.add("obs", observation(f"Patient/{pid}", text="x", category=None))
     world.add(
         "enc",
         {

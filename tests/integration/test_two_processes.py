@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -21,11 +22,16 @@ def servers(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         yield bases
 
 
+def create(origin: str, body: dict[str, Any]) -> dict[str, Any]:
+    """POST the resource to the server at `origin` as the system: the stored resource."""
+    response = httpx.post(f"{origin}/fhir/{body['resourceType']}", json=body, headers=auth())
+    created: dict[str, Any] = response.json()
+    return created
+
+
 def test_etag_conflicts_cross_processes(servers: list[str]) -> None:
     a, b = servers
-    created = httpx.post(
-        f"{a}/fhir/Patient", json={"resourceType": "Patient"}, headers=auth()
-    ).json()
+    created = create(a, {"resourceType": "Patient"})
     url = f"/fhir/Patient/{created['id']}"
     first = httpx.put(
         f"{a}{url}", json={**created, "gender": "male"}, headers={**auth(), "If-Match": 'W/"1"'}
@@ -50,30 +56,24 @@ def test_idempotency_keys_cross_processes(servers: list[str]) -> None:
 
 def test_revoking_on_one_process_ends_access_on_the_other(servers: list[str]) -> None:
     a, b = servers
-    child = httpx.post(
-        f"{a}/fhir/Patient",
-        json={"resourceType": "Patient", "birthDate": years_ago(6)},
-        headers=auth(),
-    ).json()
-    guardian = httpx.post(
-        f"{a}/fhir/RelatedPerson",
-        headers=auth(),
-        json={
+    child = create(a, {"resourceType": "Patient", "birthDate": years_ago(6)})
+    guardian = create(
+        a,
+        {
             "resourceType": "RelatedPerson",
             "patient": {"reference": f"Patient/{child['id']}"},
             "relationship": [{"coding": [{"code": "GUARD"}]}],
         },
-    ).json()
-    record = httpx.post(
-        f"{a}/fhir/Observation",
-        headers=auth(),
-        json={
+    )
+    record = create(
+        a,
+        {
             "resourceType": "Observation",
             "status": "final",
             "code": {"text": "x"},
             "subject": {"reference": f"Patient/{child['id']}"},
         },
-    ).json()
+    )
     reader = auth(f"RelatedPerson/{guardian['id']}", "user/*.rs")
     for _ in range(3):  # process B now has the guardian's facts cached
         assert httpx.get(f"{b}/fhir/Observation/{record['id']}", headers=reader).status_code == 200

@@ -411,6 +411,16 @@ def _at(p: dict[str, Any], path: tuple[int, ...]) -> dict[str, Any]:
     return p
 
 
+def _copy_with_a_provision(
+    root: dict[str, Any], data: st.DataObject
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The Consent of `root`, a copy of it to change, and one provision of the copy, drawn."""
+    body = consent(root)
+    path = data.draw(st.sampled_from(_paths(root)))
+    changed = copy.deepcopy(body)
+    return body, changed, _at(changed["provision"], path)
+
+
 def _within(narrow: Selection, wide: Selection) -> bool:
     return (narrow - wide).empty
 
@@ -426,10 +436,8 @@ QUERIES = st.tuples(
 def test_something_not_understood_never_widens_a_consent(
     root: dict[str, Any], data: st.DataObject, query: tuple[str, str, str]
 ) -> None:
-    body = consent(root)
-    path = data.draw(st.sampled_from(_paths(root)))
-    changed = copy.deepcopy(body)
-    _at(changed["provision"], path).update(data.draw(st.sampled_from(_UNKNOWN)))
+    body, changed, provision = _copy_with_a_provision(root, data)
+    provision.update(data.draw(st.sampled_from(_UNKNOWN)))
     before, before_denied = ask(body, *query)
     after, after_denied = ask(changed, *query)
     assert _within(after, before)
@@ -441,12 +449,10 @@ def test_something_not_understood_never_widens_a_consent(
 def test_adding_a_nested_deny_never_widens_a_consent(
     root: dict[str, Any], data: st.DataObject, query: tuple[str, str, str]
 ) -> None:
-    body = consent(root)
-    path = data.draw(st.sampled_from(_paths(root)))
+    body, changed, provision = _copy_with_a_provision(root, data)
     deny = data.draw(provisions(depth=2))
     deny["type"] = "deny"
-    changed = copy.deepcopy(body)
-    _at(changed["provision"], path).setdefault("provision", []).append(deny)
+    provision.setdefault("provision", []).append(deny)
     assert _within(ask(changed, *query)[0], ask(body, *query)[0])
 
 

@@ -12,11 +12,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from capability.definitions import resource_types
+from compartments import engine
 from compartments.engine import (
     ConsentFact,
     Facts,
     Identity,
-    RelatedPersonFact,
     Request,
     Target,
     decide,
@@ -37,8 +37,8 @@ def facts(**overrides: Any) -> Facts:
     base: dict[str, Any] = {
         "now": NOW,
         "related_persons": {
-            PARENT: RelatedPersonFact(PARENT, CHILD, frozenset({"MTH"})),
-            SPOUSE: RelatedPersonFact(SPOUSE, ADULT, frozenset({"SPS"})),
+            PARENT: engine.RelatedPersonFact(PARENT, CHILD, frozenset({"MTH"})),
+            SPOUSE: engine.RelatedPersonFact(SPOUSE, ADULT, frozenset({"SPS"})),
         },
         "birth_dates": {CHILD: date(2018, 1, 1), ADULT: date(1990, 1, 1)},
         "consents": (ConsentFact.scoped("Consent/1", ADULT, {SPOUSE}, {"LAB_RESULTS"}),),
@@ -59,6 +59,7 @@ def write(
     *compartments: str,
     operation: str = "create",
     created_by: str | None = None,
+    account: str | None = None,
     **facts_overrides: Any,
 ) -> Any:
     identities = (Identity(who),) if isinstance(who, str) else who
@@ -67,7 +68,7 @@ def write(
         operation,
         resource_type,
         Target(frozenset(compartments), created_by),
-        account=identities[0].reference,
+        account=account or identities[0].reference,
     )
     return decide(request, POLICY, facts(**facts_overrides))
 
@@ -150,41 +151,23 @@ def test_a_person_with_an_identity_that_may_not_write_the_type() -> None:
 def test_an_unverified_link_writes_only_about_its_patient() -> None:
     unverified = (Identity("Patient/linked", verified=False),)
     account = "Person/acc"
-    allowed = decide(
-        Request(
-            unverified,
-            "create",
-            "Observation",
-            Target(frozenset({"Patient/linked"}), account),
-            account,
-        ),
-        POLICY,
-        facts(),
+    allowed = write(
+        unverified, "Observation", "Patient/linked", created_by=account, account=account
     )
     assert allowed.allowed
-    stranger = decide(
-        Request(
-            unverified,
-            "create",
-            "Observation",
-            Target(frozenset({"Patient/linked", STRANGER}), account),
-            account,
-        ),
-        POLICY,
-        facts(),
+    stranger = write(
+        unverified, "Observation", "Patient/linked", STRANGER, created_by=account, account=account
     )
     assert refused(stranger)
     # an update of its own resource that adds a stranger
-    update = decide(
-        Request(
-            unverified,
-            "update",
-            "Observation",
-            Target(frozenset({"Patient/linked", THEIR_RELATIVE}), account),
-            account,
-        ),
-        POLICY,
-        facts(),
+    update = write(
+        unverified,
+        "Observation",
+        "Patient/linked",
+        THEIR_RELATIVE,
+        operation="update",
+        created_by=account,
+        account=account,
     )
     assert refused(update)
 

@@ -29,73 +29,73 @@ from fhir_server.errors import AccessDenied, FhirError, InvalidFields
 
 ROOT = Path(__file__).resolve().parents[2]
 
+# stable code: (class, status, FHIR IssueType)
+HTTP: dict[str, tuple[type[FhirError], int, str]] = {
+    "error": (errors.FhirError, 500, "exception"),
+    "bad_request": (errors.BadRequest, 400, "invalid"),
+    "invalid_query": (errors.BadRequest, 400, "invalid"),
+    "invalid_idempotency_key": (errors.BadRequest, 400, "invalid"),
+    "invalid_resource": (errors.InvalidResource, 400, "structure"),
+    "validation_error": (errors.InvalidFields, 400, "invalid"),
+    "unauthorized": (errors.Unauthorized, 401, "login"),
+    "forbidden": (errors.Forbidden, 403, "forbidden"),
+    "access_denied": (errors.AccessDenied, 403, "forbidden"),
+    "not_found": (errors.NotFound, 404, "not-found"),
+    "not_supported": (errors.NotSupported, 404, "not-supported"),
+    "method_not_allowed": (errors.MethodNotAllowed, 405, "not-supported"),
+    "not_acceptable": (errors.NotAcceptable, 406, "not-supported"),
+    "conflict": (errors.Conflict, 409, "conflict"),
+    "duplicate_email": (errors.Conflict, 409, "conflict"),
+    "duplicate_phone": (errors.Conflict, 409, "conflict"),
+    "not_deleted": (errors.Conflict, 409, "conflict"),
+    "idempotency_key_reused": (errors.Conflict, 409, "conflict"),
+    "gone": (errors.Gone, 410, "deleted"),
+    "precondition_failed": (errors.PreconditionFailed, 412, "conflict"),
+    "version_mismatch": (errors.PreconditionFailed, 412, "conflict"),
+    "precondition_required": (errors.PreconditionRequired, 428, "required"),
+    "payload_too_large": (errors.PayloadTooLarge, 413, "too-costly"),
+    "unsupported_media_type": (errors.UnsupportedMediaType, 415, "not-supported"),
+    "unprocessable": (errors.Unprocessable, 422, "business-rule"),
+    "bad_gateway": (errors.BadGateway, 502, "transient"),
+    "gateway_timeout": (errors.GatewayTimeout, 504, "timeout"),
+    "unavailable": (errors.Unavailable, 503, "transient"),
+    "audit_unavailable": (errors.AuditUnavailable, 503, "transient"),
+}
+# stable code: (Patient Service API code, relationship API code)
+API_CODES: dict[str, tuple[str, str]] = {
+    "error": ("error", "error"),
+    "bad_request": ("invalid_body", "invalid_request"),
+    "invalid_query": ("invalid_query", "invalid_request"),
+    "invalid_idempotency_key": ("invalid_idempotency_key", "invalid_request"),
+    "invalid_resource": ("invalid_body", "invalid_request"),
+    "validation_error": ("validation_error", "invalid_request"),
+    "unauthorized": ("unauthorized", "unauthorized"),
+    "forbidden": ("forbidden", "not_authorized"),
+    "access_denied": ("forbidden", "not_authorized"),
+    "not_found": ("not_found", "not_found"),
+    "not_supported": ("not_found", "not_found"),
+    "method_not_allowed": ("error", "error"),
+    "not_acceptable": ("error", "error"),
+    "conflict": ("error", "error"),
+    "duplicate_email": ("duplicate_email", "error"),
+    "duplicate_phone": ("duplicate_phone", "error"),
+    "not_deleted": ("not_deleted", "error"),
+    "idempotency_key_reused": ("idempotency_key_reused", "error"),
+    "gone": ("error", "error"),
+    "precondition_failed": ("error", "error"),
+    "version_mismatch": ("version_mismatch", "error"),
+    "precondition_required": ("precondition_required", "error"),
+    "payload_too_large": ("too_large", "error"),
+    "unsupported_media_type": ("unsupported_media_type", "unsupported_media_type"),
+    "unprocessable": ("error", "error"),
+    "bad_gateway": ("error", "error"),
+    "gateway_timeout": ("error", "error"),
+    "unavailable": ("error", "error"),
+    "audit_unavailable": ("error", "error"),
+}
 # stable code: (class, status, FHIR IssueType, Patient Service API code, relationship API code)
 TABLE: dict[str, tuple[type[FhirError], int, str, str, str]] = {
-    "error": (errors.FhirError, 500, "exception", "error", "error"),
-    "bad_request": (errors.BadRequest, 400, "invalid", "invalid_body", "invalid_request"),
-    "invalid_query": (errors.BadRequest, 400, "invalid", "invalid_query", "invalid_request"),
-    "invalid_idempotency_key": (
-        errors.BadRequest,
-        400,
-        "invalid",
-        "invalid_idempotency_key",
-        "invalid_request",
-    ),
-    "invalid_resource": (
-        errors.InvalidResource,
-        400,
-        "structure",
-        "invalid_body",
-        "invalid_request",
-    ),
-    "validation_error": (
-        errors.InvalidFields,
-        400,
-        "invalid",
-        "validation_error",
-        "invalid_request",
-    ),
-    "unauthorized": (errors.Unauthorized, 401, "login", "unauthorized", "unauthorized"),
-    "forbidden": (errors.Forbidden, 403, "forbidden", "forbidden", "not_authorized"),
-    "access_denied": (errors.AccessDenied, 403, "forbidden", "forbidden", "not_authorized"),
-    "not_found": (errors.NotFound, 404, "not-found", "not_found", "not_found"),
-    "not_supported": (errors.NotSupported, 404, "not-supported", "not_found", "not_found"),
-    "method_not_allowed": (errors.MethodNotAllowed, 405, "not-supported", "error", "error"),
-    "not_acceptable": (errors.NotAcceptable, 406, "not-supported", "error", "error"),
-    "conflict": (errors.Conflict, 409, "conflict", "error", "error"),
-    "duplicate_email": (errors.Conflict, 409, "conflict", "duplicate_email", "error"),
-    "duplicate_phone": (errors.Conflict, 409, "conflict", "duplicate_phone", "error"),
-    "not_deleted": (errors.Conflict, 409, "conflict", "not_deleted", "error"),
-    "idempotency_key_reused": (
-        errors.Conflict,
-        409,
-        "conflict",
-        "idempotency_key_reused",
-        "error",
-    ),
-    "gone": (errors.Gone, 410, "deleted", "error", "error"),
-    "precondition_failed": (errors.PreconditionFailed, 412, "conflict", "error", "error"),
-    "version_mismatch": (errors.PreconditionFailed, 412, "conflict", "version_mismatch", "error"),
-    "precondition_required": (
-        errors.PreconditionRequired,
-        428,
-        "required",
-        "precondition_required",
-        "error",
-    ),
-    "payload_too_large": (errors.PayloadTooLarge, 413, "too-costly", "too_large", "error"),
-    "unsupported_media_type": (
-        errors.UnsupportedMediaType,
-        415,
-        "not-supported",
-        "unsupported_media_type",
-        "unsupported_media_type",
-    ),
-    "unprocessable": (errors.Unprocessable, 422, "business-rule", "error", "error"),
-    "bad_gateway": (errors.BadGateway, 502, "transient", "error", "error"),
-    "gateway_timeout": (errors.GatewayTimeout, 504, "timeout", "error", "error"),
-    "unavailable": (errors.Unavailable, 503, "transient", "error", "error"),
-    "audit_unavailable": (errors.AuditUnavailable, 503, "transient", "error", "error"),
+    code: (*HTTP[code], *API_CODES[code]) for code in HTTP
 }
 
 
@@ -109,6 +109,7 @@ def example(code: str, cls: type[FhirError]) -> FhirError:
 
 
 def test_the_table_names_every_code_and_its_class() -> None:
+    assert set(API_CODES) == set(HTTP)
     assert {code: cls for code, (cls, *_) in TABLE.items()} == errors.codes()
     assert set(PATIENT_CODES) == set(RELATIONSHIP_CODES) == set(errors.codes())
 

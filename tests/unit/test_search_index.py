@@ -27,10 +27,13 @@ from fhir_server.search.index import (
 from fhir_server.services.interactions.versions import DecimalText, parse_json
 
 LOCAL = ("http://127.0.0.1:8080/fhir/",)
+P1 = ("Patient", "p1", None, None, None)  # a reference row: Patient/p1 on this server
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "data" / "r4-examples").glob("*.json"))
 UCUM = "http://unitsofmeasure.org"
 LOINC = "http://loinc.org"
 SNOMED = "http://snomed.info/sct"
+CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 
 
 def utc(
@@ -92,6 +95,11 @@ def test_normalize_string_is_idempotent_and_clean(text: str) -> None:
 # date_range
 
 
+def at_ten(us: int, hour: int = 10) -> datetime:
+    """2020-03-04 at 10:00:00 UTC (or another hour) and `us` microseconds."""
+    return utc(2020, 3, 4, hour, 0, 0, us)
+
+
 @pytest.mark.parametrize(
     ("text", "low", "high"),
     [
@@ -113,31 +121,11 @@ def test_normalize_string_is_idempotent_and_clean(text: str) -> None:
         ("2020-03-04T10:00Z", utc(2020, 3, 4, 10), utc(2020, 3, 4, 10, 1)),
         ("2020-03-04T10:00", utc(2020, 3, 4, 10), utc(2020, 3, 4, 10, 1)),
         # fractions: as precise as the last digit, down to the microsecond
-        (
-            "2020-03-04T10:00:00.5Z",
-            utc(2020, 3, 4, 10, 0, 0, 500000),
-            utc(2020, 3, 4, 10, 0, 0, 600000),
-        ),
-        (
-            "2020-03-04T10:00:00.50Z",
-            utc(2020, 3, 4, 10, 0, 0, 500000),
-            utc(2020, 3, 4, 10, 0, 0, 510000),
-        ),
-        (
-            "2020-03-04T10:00:00.123Z",
-            utc(2020, 3, 4, 10, 0, 0, 123000),
-            utc(2020, 3, 4, 10, 0, 0, 124000),
-        ),
-        (
-            "2020-03-04T10:00:00.123456+01:00",
-            utc(2020, 3, 4, 9, 0, 0, 123456),
-            utc(2020, 3, 4, 9, 0, 0, 123457),
-        ),
-        (
-            "2020-03-04T10:00:00.123456789Z",
-            utc(2020, 3, 4, 10, 0, 0, 123456),
-            utc(2020, 3, 4, 10, 0, 0, 123457),
-        ),
+        ("2020-03-04T10:00:00.5Z", at_ten(500000), at_ten(600000)),
+        ("2020-03-04T10:00:00.50Z", at_ten(500000), at_ten(510000)),
+        ("2020-03-04T10:00:00.123Z", at_ten(123000), at_ten(124000)),
+        ("2020-03-04T10:00:00.123456+01:00", at_ten(123456, hour=9), at_ten(123457, hour=9)),
+        ("2020-03-04T10:00:00.123456789Z", at_ten(123456), at_ten(123457)),
         ("2020-03-04T10:00:59.999Z", utc(2020, 3, 4, 10, 0, 59, 999000), utc(2020, 3, 4, 10, 1)),
         # a leap second is the second after 23:59:59
         ("2016-12-31T23:59:60Z", utc(2017, 1, 1), utc(2017, 1, 1, 0, 0, 1)),
@@ -593,12 +581,7 @@ def test_observation() -> None:
     systolic = [(LOINC, "8480-6", None), (None, None, "mood")]
     happy = [(SNOMED, "112080002", "happy")]
     assert rows.token == [
-        (
-            "category",
-            "http://terminology.hl7.org/CodeSystem/observation-category",
-            "vital-signs",
-            "vital signs",
-        ),
+        ("category", CATEGORY, "vital-signs", "vital signs"),
         *(("code", *row) for row in weight),
         *(("combo-code", *row) for row in weight + systolic),
         *(("combo-value-concept", *row) for row in happy),
@@ -795,12 +778,7 @@ def test_medication_request() -> None:
     }
     rows = index_rows(request)
     assert rows.token == [
-        (
-            "code",
-            "http://www.nlm.nih.gov/research/umls/rxnorm",
-            "582620",
-            "nizatidine 15 mg/ml oral solution [axid]",
-        ),
+        ("code", RXNORM, "582620", "nizatidine 15 mg/ml oral solution [axid]"),
         ("intent", None, "order", None),
         ("status", None, "active", None),
     ]
@@ -979,27 +957,17 @@ def test_related_person() -> None:
 @pytest.mark.parametrize(
     ("reference", "expected"),
     [
-        ({"reference": "Patient/p1"}, [("Patient", "p1", None, None, None)]),
-        ({"reference": "Patient/p1/_history/3"}, [("Patient", "p1", None, None, None)]),
-        (
-            {"reference": "http://127.0.0.1:8080/fhir/Patient/p1"},
-            [("Patient", "p1", None, None, None)],
-        ),
-        (
-            {"reference": "http://127.0.0.1:8080/fhir/Patient/p1/_history/2"},
-            [("Patient", "p1", None, None, None)],
-        ),
-        (
-            {"reference": "https://other.example/fhir/Patient/p1"},
-            [(None, None, "https://other.example/fhir/Patient/p1", None, None)],
-        ),
-        (
-            {"reference": "urn:uuid:9d8b2a44-3f51-4c4e-9a3e-4d5f0b1c2a11"},
-            [(None, None, "urn:uuid:9d8b2a44-3f51-4c4e-9a3e-4d5f0b1c2a11", None, None)],
-        ),
-        (
-            {"reference": "Patient?identifier=http://example.org/mrn|7"},
-            [(None, None, "Patient?identifier=http://example.org/mrn|7", None, None)],
+        ({"reference": "Patient/p1"}, [P1]),
+        ({"reference": "Patient/p1/_history/3"}, [P1]),
+        ({"reference": "http://127.0.0.1:8080/fhir/Patient/p1"}, [P1]),
+        ({"reference": "http://127.0.0.1:8080/fhir/Patient/p1/_history/2"}, [P1]),
+        *(
+            ({"reference": url}, [(None, None, url, None, None)])
+            for url in (
+                "https://other.example/fhir/Patient/p1",
+                "urn:uuid:9d8b2a44-3f51-4c4e-9a3e-4d5f0b1c2a11",
+                "Patient?identifier=http://example.org/mrn|7",
+            )
         ),
         ({"reference": "#p1"}, []),
         ({"reference": ""}, []),
@@ -1016,10 +984,7 @@ def test_related_person() -> None:
                 "type": "Patient",
                 "identifier": {"system": "http://example.org/mrn", "value": "7"},
             },
-            [
-                ("Patient", "p1", None, None, None),
-                (None, None, None, "http://example.org/mrn", "7"),
-            ],
+            [P1, (None, None, None, "http://example.org/mrn", "7")],
         ),
     ],
 )
@@ -1032,7 +997,7 @@ def test_local_bases_are_compared_without_a_trailing_slash() -> None:
     subject = {"reference": "http://127.0.0.1:8080/fhir/Patient/p1"}
     for bases in (("http://127.0.0.1:8080/fhir",), ("http://127.0.0.1:8080/fhir/",)):
         rows = index_rows(observation(subject=subject), local_bases=bases)
-        assert of(rows.reference, "subject") == [("Patient", "p1", None, None, None)]
+        assert of(rows.reference, "subject") == [P1]
     rows = index_rows(observation(subject=subject))
     assert of(rows.reference, "subject") == [
         (None, None, "http://127.0.0.1:8080/fhir/Patient/p1", None, None)
