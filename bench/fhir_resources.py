@@ -32,15 +32,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "r4-examples"
+from bench.harness import r4_examples
+
 Resource = dict[str, Any]
 Verdict = Callable[[Resource], bool]  # True when the resource is valid
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}")
-
-
-def examples() -> list[tuple[str, Resource]]:
-    return [(path.stem, json.loads(path.read_text())) for path in sorted(EXAMPLES.glob("*.json"))]
 
 
 def _first(resource: Resource, test: Callable[[str, Any], bool]) -> tuple[Any, str] | None:
@@ -128,7 +125,7 @@ def mutations(resource: Resource) -> Iterator[tuple[str, Resource]]:
 
 def cases() -> list[tuple[str, Resource]]:
     found = []
-    for name, resource in examples():
+    for name, resource in r4_examples().items():
         found.append((f"{name}: as published", resource))
         found.extend((f"{name}: {kind}", mutated) for kind, mutated in mutations(resource))
     return found

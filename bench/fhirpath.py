@@ -10,30 +10,19 @@ evaluate (those without resolve(), rewritten as tests/unit/test_fhirpath.py does
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
 import statistics
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from bench.harness import per_call_us
+from bench.harness import per_call_us, r4_examples
 from fhir_server.search.parameters import search_params
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "r4-examples"
 TYPICAL = ("Patient-example", "Observation-example")
 
 Run = Callable[[dict[str, Any]], object]
-
-
-def examples() -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    for path in sorted(EXAMPLES.glob("*.json")):
-        with path.open(encoding="utf-8") as f:
-            found[path.stem] = json.load(f)
-    return found
 
 
 def compiled(resource_type: str, *, comparable: bool) -> tuple[int, Run]:
@@ -80,7 +69,7 @@ def main() -> None:
     parser.add_argument("--no-fhirpathpy", action="store_true", help="time the compiler only")
     args = parser.parse_args()
 
-    corpus = examples()
+    corpus = r4_examples()
     print(
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, {len(corpus)} examples"

@@ -11,6 +11,7 @@ from psutil and /proc. Nothing here imports another module of bench/.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -27,7 +28,7 @@ from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, NoReturn, TypeVar
+from typing import IO, Any, NoReturn, TypeVar
 
 import httpx
 import psutil
@@ -416,3 +417,15 @@ def per_call_us(function: Callable[[T], object], argument: T, budget: float) -> 
             function(argument)
         best = min(best, (time.perf_counter() - start) / calls)
     return best * 1e6
+
+
+R4_EXAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "r4-examples"
+
+
+def r4_examples() -> dict[str, dict[str, Any]]:
+    """The official R4 examples the tests keep (tests/data/r4-examples), by file stem, in order."""
+    found: dict[str, dict[str, Any]] = {}
+    for path in sorted(R4_EXAMPLES.glob("*.json")):
+        with path.open(encoding="utf-8") as f:
+            found[path.stem] = json.load(f)
+    return found

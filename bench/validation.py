@@ -26,27 +26,17 @@ import re
 import statistics
 from collections.abc import Callable, Iterator
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 
-from bench.harness import per_call_us
+from bench.harness import per_call_us, r4_examples
 from capability.definitions import json_schema
 from fhir_server.validation import default_validator
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "tests" / "data" / "r4-examples"
 TYPICAL = ("Patient-example", "Observation-example")
 
 Check = Callable[[dict[str, Any]], bool]  # True when the resource is accepted
-
-
-def examples() -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    for path in sorted(EXAMPLES.glob("*.json")):
-        with path.open(encoding="utf-8") as f:
-            found[path.stem] = json.load(f)
-    return found
 
 
 def _schema(resource_type: str, *, flat: bool) -> dict[str, Any]:
@@ -137,7 +127,7 @@ def main() -> None:
     parser.add_argument("--full-schema", action="store_true", help="also time the oneOf schema")
     args = parser.parse_args()
 
-    corpus = examples()
+    corpus = r4_examples()
     checks: dict[str, Check] = {"server (compiled)": server()}
     checks["jsonschema, schema flat"] = python_jsonschema(flat=True)
     rust = rust_jsonschema(flat=True)
