@@ -33,7 +33,10 @@ def test_the_quick_load_scenario_runs_every_route_without_errors(tmp_path: Path)
     )
     assert run.returncode == 0, run.stderr[-3000:]
     text = report.read_text()
-    assert "Phase 1: baseline" in text and "highest rate meeting the targets" in text
+    assert "Phase 1: baseline" in text and "Phase 2: the highest sustained rate" in text
+    # Whether a rate met the latency targets depends on the machine's load: the report states it
+    # either way, and this test asserts only that it does.
+    assert "highest rate meeting the targets" in text or "no rate tried met the targets" in text
     baseline = text.split("Phase 1: baseline", 1)[1].split("Phase 2", 1)[0]
     for route in ROUTES:
         rows = [line for line in baseline.splitlines() if line.startswith(f"| `{route}` |")]
