@@ -156,6 +156,32 @@ class TokenVerifier:
         return principal_from_claims(claims)
 
 
+class Verifiers:
+    """Several trusted issuers (an identity provider, and this server's own authorization
+    server): a token goes to the verifier of the issuer it names, and is checked by it in full.
+    The unverified `iss` only picks the keys; the chosen verifier checks `iss` again."""
+
+    def __init__(self, verifiers: list[TokenVerifier]) -> None:
+        self.by_issuer: dict[str, TokenVerifier] = {}
+        for verifier in verifiers:
+            issuer = verifier.settings.issuer
+            if issuer in self.by_issuer:
+                raise ValueError(f"two token verifiers for the issuer `{issuer}`")
+            self.by_issuer[issuer] = verifier
+
+    def verify(self, token: str) -> Principal:
+        if len(self.by_issuer) == 1:
+            return next(iter(self.by_issuer.values())).verify(token)
+        try:
+            issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+        except jwt.InvalidTokenError:
+            raise Unauthorized("the bearer token is not a JWT", code="login") from None
+        verifier = self.by_issuer.get(issuer) if isinstance(issuer, str) else None
+        if verifier is None:
+            raise Unauthorized("the token is from another issuer", code="login")
+        return verifier.verify(token)
+
+
 def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
     """Read the principal from verified claims; 401 where they are unusable."""
     if any(name in claims for name in _ID_TOKEN_CLAIMS):
