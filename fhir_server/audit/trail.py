@@ -108,6 +108,20 @@ _ACTIONS = {
     "restore": "U",
 }
 _INTERACTIONS = {"history": "history-instance", "search": "search-type"}
+REST_TYPE = {
+    "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+    "code": "rest",
+    "display": "RESTful Operation",
+}
+# The authorization server's events (`AuditTrail.security_event`): DICOM's User Authentication,
+# with the event (`sign-in`, `approve`, `token`, ...) as the subtype in a system of this server.
+SECURITY_PREFIX = "oauth-"
+SECURITY_TYPE = {
+    "system": "http://dicom.nema.org/resources/ontology/DCM",
+    "code": "110114",
+    "display": "User Authentication",
+}
+SECURITY_SUBTYPES = "urn:fhir-server:oauth-event"
 
 
 class Record(NamedTuple):
@@ -356,15 +370,14 @@ def audit_event(record: Record, endpoint: str) -> dict[str, Any]:
     if record.bounded:
         event["meta"] = {"tag": [dict(BOUNDED_TAG)]}
         event["extension"] = [{"url": BOUNDED_EXTENSION, "valueString": " ".join(record.bounded)}]
+    security = record.operation.startswith(SECURITY_PREFIX)
     event.update(
         {
-            "type": {
-                "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
-                "code": "rest",
-                "display": "RESTful Operation",
-            },
+            "type": SECURITY_TYPE if security else REST_TYPE,
             "subtype": [
-                {
+                {"system": SECURITY_SUBTYPES, "code": record.operation[len(SECURITY_PREFIX) :]}
+                if security
+                else {
                     "system": "http://hl7.org/fhir/restful-interaction",
                     "code": _INTERACTIONS.get(record.operation, record.operation),
                 }
@@ -749,6 +762,45 @@ class AuditTrail:
             await self._write_urgent(urgent)
         if self._buffered > MAX_BUFFERED:
             await self._wait_for_writer()
+
+    async def security_event(
+        self,
+        *,
+        account: str,
+        event: str,
+        allowed: bool,
+        explanation: str,
+        patients: Sequence[str] = (),
+        reason: str | None = None,
+    ) -> None:
+        """An event of the authorization server (`sign-in`, `approve`, `token`, `refresh`,
+        `revoke`, `launch`, `register`, ...): `account` is the user's FHIR reference, or
+        `System/<client id>` for a client. Refusals are written before the response, like
+        denials; the rest are queued. `patients`: references (`Patient/1`) the event concerns,
+        so that they and their guardians can read it."""
+        record = bound(
+            Record(
+                recorded=self.server.clock(),
+                account=account,
+                operation=f"{SECURITY_PREFIX}{event}",
+                resource=None,
+                allowed=allowed,
+                reason=reason,
+                explanation=explanation,
+                rule=None,
+                emergency=False,
+                patients=tuple(patients)[:MAX_PATIENTS],
+                purpose_of_use=None,
+                purpose_text=None,
+                diff=None,
+                id=new_id(),
+            )
+        )
+        if allowed:
+            self._pending.append(record)
+            self._buffered += 1
+        else:
+            await self._write_urgent([record])
 
     async def _write_urgent(self, records: list[Record]) -> None:
         """Denials and break-glass accesses, before the response. If the database cannot take

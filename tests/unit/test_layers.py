@@ -37,6 +37,10 @@ INTERACTIONS = (*SERVICE_CORE, "fhir_server.services.interactions")
 SERVICES = (*INTERACTIONS, "fhir_server.services.workflows", "fhir_server.services")
 AUDIT = (*SERVICES, "fhir_server.audit")
 API = (*AUDIT, "fhir_server.api")
+# The HTTP layers beside api/ (DESIGN.md 2.1): the pages, and the authorization server, which
+# shows pages.
+WEB = (*API, "fhir_server.web")
+OAUTH = (*WEB, "fhir_server.oauth")
 
 # The FHIRPath compiler's own modules, each above the ones it may import.
 FHIRPATH = "fhir_server.search.fhirpath"
@@ -95,9 +99,11 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "fhir_server.services.workflows": SERVICES,
     "fhir_server.audit": AUDIT,
     "fhir_server.api": API,
-    "fhir_server.app": API,
+    "fhir_server.web": WEB,
+    "fhir_server.oauth": OAUTH,
+    "fhir_server.app": OAUTH,
     "fhir_server.embedded": LEAVES,
-    "fhir_server.cli": (*API, "fhir_server.app", "fhir_server.embedded", "fhir_server"),
+    "fhir_server.cli": (*OAUTH, "fhir_server.app", "fhir_server.embedded", "fhir_server"),
     "migrations": ("migrations", "fhir_server.storage", "fhir_server.search", "capability"),
 }
 WEB_AND_DB = ("fastapi", "starlette", "sqlalchemy", "psycopg", "uvicorn", "httpx")
