@@ -120,3 +120,13 @@ class Sessions:
             ) from None
         if not secrets.compare_digest(str(signed_for), browser):
             raise Forbidden("the form has no valid CSRF token: reload the page", code="csrf")
+
+
+def install(app: Any, settings: Settings) -> None:
+    """Make the application's `Sessions` (every page and the authorization server use it)."""
+    app.state.sessions = Sessions(session_secret(settings), settings.oauth_session_seconds)
+
+
+def sessions(request: Request) -> Sessions:
+    found: Sessions = request.app.state.sessions
+    return found
