@@ -29,7 +29,6 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import httpx
 import jinja2
-import orjson
 from fastapi import FastAPI
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from joserfc import jwt
@@ -40,9 +39,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from fhir_server.api.deps import runtime
 from fhir_server.services.context import Context, server_guard
-from fhir_server.services.interactions import conditional, read
+from fhir_server.services.workflows.persons import persons_with_identifier
 from fhir_server.settings import Settings
-from fhir_server.storage.sql import Connection
 from fhir_server.web.session import SignedIn, secure_cookies, session_secret, sessions
 
 log = logging.getLogger(__name__)
@@ -131,30 +129,6 @@ def local_path(next: str | None) -> str | None:
 def _challenge(verifier: str) -> str:
     digest = hashlib.sha256(verifier.encode("ascii")).digest()
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
-def _escaped(value: str) -> str:
-    """A token search value with FHIR's separators escaped (`\\`, `|`, `,`, `$`)."""
-    for char in ("\\", "|", ",", "$"):
-        value = value.replace(char, "\\" + char)
-    return value
-
-
-async def linked_persons(
-    ctx: Context, conn: Connection, system: str, value: str
-) -> list[tuple[str, bool]]:
-    """The Persons (id, active) with the identifier `system|value`, at most `PERSON_LIMIT`,
-    read as the server."""
-    server = ctx.as_server()
-    criteria = "identifier=" + quote(f"{_escaped(system)}|{_escaped(value)}", safe="")
-    ids = await conditional.matching_ids(server, conn, "Person", criteria, limit=PERSON_LIMIT)
-    found = []
-    for id in ids:
-        stored = await read.read(server, conn, "Person", id)
-        person = orjson.loads(stored.content or "{}")
-        # Person.active: absent means in use
-        found.append((id, isinstance(person, dict) and person.get("active") is not False))
-    return found
 
 
 class Upstream:
@@ -570,7 +544,9 @@ async def _person(request: Request, upstream: Upstream, sub: str) -> str:
         guard=server_guard(),
     )
     async with rt.db.connection() as conn:
-        persons = await linked_persons(ctx, conn, upstream.identifier_system, sub)
+        persons = await persons_with_identifier(
+            ctx, conn, upstream.identifier_system, sub, limit=PERSON_LIMIT
+        )
     active = [id for id, is_active in persons if is_active]
     who = f"`{sub}` of `{upstream.issuer}`"
     if not active:

@@ -6,6 +6,7 @@ session, and a refusal in the audit trail."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,11 +19,12 @@ import psycopg
 import pytest
 from starlette.requests import Request
 
+from fhir_server.services.context import utc_now
 from fhir_server.settings import Settings
 from fhir_server.web.session import SESSION_COOKIE, Sessions, SignedIn
-from fhir_server.web.upstream import CALLBACK_PATH, FLOW_COOKIE
+from fhir_server.web.upstream import CALLBACK_PATH, FLOW_COOKIE, Provider, SignInRefused, Upstream
 from tests.support.oidc_provider import CLIENT_ID, CLIENT_SECRET, OidcProvider
-from tests.support.servers import LiveServer
+from tests.support.servers import LiveServer, free_port
 from tests.support.tokens import auth
 
 SESSION_SECRET = "test-session-secret-" + "x" * 32
@@ -164,31 +166,33 @@ def test_a_linked_subject_signs_in_as_its_person(
 
 
 def test_the_identifier_system_can_be_set_and_odd_subjects_match_exactly(
-    provider: OidcProvider, database_url: str
+    database_url: str,
 ) -> None:
+    # another provider, which takes the client secret in the form (client_secret_post);
     # a subject with FHIR's search separators in it matches itself only
     system = "urn:example:staff-directory"
-    settings = replace(
-        Settings(),
-        login_oidc_issuer=provider.issuer,
-        login_oidc_client_id=CLIENT_ID,
-        login_oidc_client_secret=CLIENT_SECRET,
-        login_oidc_identifier_system=system,
-        session_secret=SESSION_SECRET,
-    )
-    live = LiveServer(settings, database_url, fixed_base=True)
-    provider.redirect_uris = {*provider.redirect_uris, f"{live.origin}{CALLBACK_PATH}"}
-    tag = uuid.uuid4().hex
-    sub = f"a|b,c$d\\e&f {tag}"
-    with live:
-        id = person(live, system, sub)
-        person(live, provider.issuer, sub)  # the issuer is not the system here
-        person(live, system, "a|b,c$d\\e&f")  # a prefix of it is another subject
-        provider.subject = sub
-        with browser() as b:
-            answer = sign_in(b, live)
-            assert answer.status_code == 303, answer.text
-            who = signed_in(b)
+    with OidcProvider(client_auth="client_secret_post") as provider:
+        settings = replace(
+            Settings(),
+            login_oidc_issuer=provider.issuer,
+            login_oidc_client_id=CLIENT_ID,
+            login_oidc_client_secret=CLIENT_SECRET,
+            login_oidc_identifier_system=system,
+            session_secret=SESSION_SECRET,
+        )
+        live = LiveServer(settings, database_url, fixed_base=True)
+        provider.redirect_uris = {f"{live.origin}{CALLBACK_PATH}"}
+        tag = uuid.uuid4().hex
+        sub = f"a|b,c$d\\e&f {tag}"
+        with live:
+            id = person(live, system, sub)
+            person(live, provider.issuer, sub)  # the issuer is not the system here
+            person(live, system, "a|b,c$d\\e&f")  # a prefix of it is another subject
+            provider.subject = sub
+            with browser() as b:
+                answer = sign_in(b, live)
+                assert answer.status_code == 303, answer.text
+                who = signed_in(b)
     assert who is not None and who.fhir_user == f"Person/{id}"
 
 
@@ -343,6 +347,38 @@ def test_a_reused_callback_is_refused(provider: OidcProvider, server: LiveServer
         # the same cookie and callback again: the provider's code is used up
         other.cookies.set(FLOW_COOKIE, flow or "", path=CALLBACK_PATH)
         assert_refused(other.get(back.headers["location"]), other, 502, "did not complete")
+
+
+def discover(provider: OidcProvider, issuer: str | None = None) -> Provider:
+    settings = replace(
+        Settings(), login_oidc_issuer=issuer or provider.issuer, login_oidc_client_id=CLIENT_ID
+    )
+    return asyncio.run(Upstream(settings, SESSION_SECRET, utc_now).provider())
+
+
+def test_discovery_reads_the_providers_endpoints(provider: OidcProvider) -> None:
+    found = discover(provider)
+    assert found.token_endpoint == f"{provider.issuer}/token"
+    assert found.algorithms == ("RS256",) and found.client_auth == "client_secret_basic"
+
+
+def test_discovery_naming_another_issuer_is_refused(provider: OidcProvider) -> None:
+    # OpenID Connect Discovery 4.3: the document must name the very issuer configured
+    with pytest.raises(SignInRefused, match="provider_invalid"):
+        discover(provider, provider.issuer + "/")
+
+
+def test_a_provider_that_signs_only_with_hmac_or_none_is_refused(provider: OidcProvider) -> None:
+    provider.algorithms = ["HS256", "none"]
+    with pytest.raises(SignInRefused) as refused:
+        discover(provider)
+    assert "asymmetric" in refused.value.audit
+
+
+def test_an_unreachable_provider_is_refused(provider: OidcProvider) -> None:
+    with pytest.raises(SignInRefused) as refused:
+        discover(provider, f"http://127.0.0.1:{free_port()}")
+    assert refused.value.reason == "provider_unavailable" and refused.value.status == 502
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,7 @@ class OidcProvider:
         self.issuer = f"http://127.0.0.1:{self.port}"
         self.client_auth = client_auth
         self.redirect_uris: set[str] = set()
+        self.algorithms = ["RS256"]  # advertised for ID tokens
         self.subject = "alice"
         self.deny = False
         self.token_error = False
@@ -92,7 +93,7 @@ class OidcProvider:
 
     def reset(self) -> None:
         self.subject, self.deny, self.token_error, self.claims = "alice", False, False, {}
-        self.signing = "rsa"
+        self.signing, self.algorithms = "rsa", ["RS256"]
 
     def rotate(self) -> None:
         """A new signing key under a new key id, published beside the old one."""
@@ -117,7 +118,7 @@ class OidcProvider:
                 "jwks_uri": f"{self.issuer}/jwks",
                 "response_types_supported": ["code"],
                 "subject_types_supported": ["public"],
-                "id_token_signing_alg_values_supported": ["RS256"],
+                "id_token_signing_alg_values_supported": self.algorithms,
                 "token_endpoint_auth_methods_supported": [self.client_auth],
                 "code_challenge_methods_supported": ["S256"],
             }
