@@ -49,6 +49,8 @@ SIGN_IN_PATH = "/signin/oidc"
 CALLBACK_PATH = "/signin/oidc/callback"
 # Where a sign-in without a (valid) `next` lands: the sign-in page, which shows who is signed in.
 DEFAULT_NEXT = "/signin"
+# `next` rides in the sign-in cookie, and browsers drop cookies beyond 4 KB.
+NEXT_MAX = 2_000
 # The browser's pending sign-in (state, nonce, PKCE verifier, next): signed, HttpOnly, sent only
 # to the callback, good for ten minutes.
 FLOW_COOKIE = "fhir_oidc_flow"
@@ -114,7 +116,7 @@ class Flow:
 def local_path(next: str | None) -> str | None:
     """`next` when it is a path of this server (`/oauth/authorize?...`), else None: never
     another origin (`//evil`, `/\\evil`, `https://evil`), never a control character."""
-    if not next or not next.startswith("/") or len(next) > 4_096:
+    if not next or not next.startswith("/") or len(next) > NEXT_MAX:
         return None
     if next.startswith("//") or "\\" in next:
         return None

@@ -34,7 +34,7 @@ def test_a_local_path_is_kept(next: str) -> None:
         "/a\tb",
         "/a\nb",
         "/a b",
-        "/" + "a" * 5_000,
+        "/" + "a" * 2_000,
     ],
 )
 def test_anything_else_is_refused(next: str) -> None:
