@@ -159,7 +159,9 @@ class Upstream:
             async with httpx.AsyncClient(timeout=HTTP_TIMEOUT_SECONDS) as http:
                 answer = await http.get(url, headers={"accept": "application/json"})
         except httpx.HTTPError as exc:
-            log.warning("the identity provider's %s could not be fetched: %s", what, type(exc))
+            log.warning(
+                "the identity provider's %s could not be fetched: %s", what, type(exc).__name__
+            )
             raise SignInRefused(
                 "provider_unavailable",
                 "The identity provider cannot be reached. Please try again later.",
