@@ -66,6 +66,8 @@ class Reach:
     writes: frozenset[tuple[str, str]] = frozenset()
     # the types readable only in part (a Consent naming single resources)
     partial: frozenset[str] = frozenset()
+    # every identity that reaches the patient (a Person's links): `via` is one of them
+    identities: tuple[str, ...] = ()
 
     @property
     def is_self(self) -> bool:
@@ -156,15 +158,14 @@ def _reach(
         relationships=frozenset() if self_identity is not None else relationships,
         minor=minor,
         whole_record=len(whole) == len(types),
-        scopes=frozenset(
-            name for name, members in CONSENT_SCOPES.items() if members <= readable
-        ),
+        scopes=frozenset(name for name, members in CONSENT_SCOPES.items() if members <= readable),
         evidence=tuple(evidence),
         until=_until(patient, related, majority, facts),
         majority_on=majority,
         types=readable,
         writes=writes,
         partial=frozenset(part),
+        identities=tuple(sorted(i.reference for i in identities)),
     )
 
 

@@ -14,7 +14,7 @@ from compartments.consent import CONSENT_SCOPES, ConsentFact
 from compartments.engine import Facts, Identity, RelatedPersonFact, Request, decide
 from compartments.periods import ALWAYS, Window
 from compartments.policy import Policy, default_policy
-from compartments.reach import DEFAULT_TYPES, majority_on, reach
+from compartments.reach import DEFAULT_TYPES, Reach, majority_on, reach
 
 POLICY = Policy(default_policy(resource_types()))
 NOW = datetime(2026, 12, 3, 12, tzinfo=UTC)
@@ -36,7 +36,7 @@ def family(*consents: ConsentFact, jane_link: RelatedPersonFact | None = None) -
     )
 
 
-def by_patient(facts: Facts) -> dict[str, object]:
+def by_patient(facts: Facts) -> dict[str, Reach]:
     return {r.patient: r for r in reach(IDENTITIES, POLICY, facts)}
 
 
@@ -66,11 +66,11 @@ def test_janes_consent_adds_her_lab_results_until_it_ends() -> None:
         "Consent/3", JANE, {RP_JANE}, {"LAB_RESULTS"}, period=Window(None, end)
     )
     jane = by_patient(family(consent))[JANE]
-    assert jane.scopes == {"DEMOGRAPHICS", "LAB_RESULTS"}  # type: ignore[attr-defined]
-    assert {"Observation", "DiagnosticReport", "Specimen"} <= jane.types  # type: ignore[attr-defined]
-    assert jane.evidence == (RP_JANE, "Consent/3")  # type: ignore[attr-defined]
-    assert jane.until == end  # type: ignore[attr-defined]
-    assert not jane.whole_record  # type: ignore[attr-defined]
+    assert jane.scopes == {"DEMOGRAPHICS", "LAB_RESULTS"}
+    assert {"Observation", "DiagnosticReport", "Specimen"} <= jane.types
+    assert jane.evidence == (RP_JANE, "Consent/3")
+    assert jane.until == end
+    assert not jane.whole_record
 
 
 def test_a_consent_to_someone_else_or_expired_adds_nothing() -> None:
@@ -79,7 +79,7 @@ def test_a_consent_to_someone_else_or_expired_adds_nothing() -> None:
         "Consent/5", JANE, {RP_JANE}, {"LAB_RESULTS"}, period=Window(None, NOW - timedelta(1))
     )
     jane = by_patient(family(elsewhere, past))[JANE]
-    assert jane.scopes == {"DEMOGRAPHICS"}  # type: ignore[attr-defined]
+    assert jane.scopes == {"DEMOGRAPHICS"}
 
 
 def test_an_ended_or_inactive_relationship_drops_out() -> None:
@@ -101,7 +101,7 @@ def test_a_relationship_that_starts_later_is_not_there_yet_and_says_nothing() ->
 def test_a_relationship_ending_later_sets_until() -> None:
     end = NOW + timedelta(days=10)
     link = RelatedPersonFact(RP_JANE, JANE, frozenset({"SPS"}), period=Window(None, end))
-    assert by_patient(family(jane_link=link))[JANE].until == end  # type: ignore[attr-defined]
+    assert by_patient(family(jane_link=link))[JANE].until == end
 
 
 def test_an_unverified_link_reaches_no_record() -> None:
@@ -136,8 +136,8 @@ def test_the_day_a_child_comes_of_age_the_whole_record_closes() -> None:
         birth_dates=facts.birth_dates,
     )
     mary = by_patient(coming)[MARY]
-    assert not mary.minor and not mary.whole_record  # type: ignore[attr-defined]
-    assert mary.scopes == {"DEMOGRAPHICS"}  # type: ignore[attr-defined]
+    assert not mary.minor and not mary.whole_record
+    assert mary.scopes == {"DEMOGRAPHICS"}
 
 
 # --- properties over random facts ----------------------------------------------------------
