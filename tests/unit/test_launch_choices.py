@@ -254,7 +254,7 @@ def test_access_basis() -> None:
             (LAB_CONSENT,),
             "Jane Doe",
             38,
-            "Jane is an adult: contact details; lab results until 1 April 2027 by her consent",
+            "Jane is an adult: contact details; lab results until 31 March 2027 by her consent",
         ),
     ],
 )

@@ -14,7 +14,7 @@ page cannot promise more than the server enforces.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from functools import cache
 from typing import Any, Final
 
@@ -159,7 +159,9 @@ def describe(choice: Reach, name: str, age: int | None, gender: Any = None) -> s
         pronoun = {"female": "her", "male": "his"}.get(str(gender), "their")
         words = _join(consented)
         if choice.until is not None and any(e.startswith("Consent/") for e in choice.evidence):
-            words += f" until {choice.until.day} {choice.until:%B %Y}"
+            # `until` is the first instant after it: the page names the last day it holds
+            last = choice.until - timedelta(microseconds=1)
+            words += f" until {last.day} {last:%B %Y}"
         parts.append(f"{words} by {pronoun} consent")
     return f"{who}: " + ("; ".join(parts) if parts else "nothing yet")
 
