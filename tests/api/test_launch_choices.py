@@ -157,6 +157,8 @@ def test_a_token_made_of_a_choice_gets_what_it_promised_and_is_audited(
     assert events, "the requests' AuditEvents name the Consent"
     assert all(e["agent"][0]["policy"] == [ids["rp_jane"], consent] for e in events)
     assert all(e["agent"][0]["who"]["reference"] == ids["rp_jane"] for e in events)
+    searched = family.system.get("/AuditEvent", params={"policy": consent}).json()
+    assert {e["resource"]["id"] for e in searched["entry"]} >= {e["id"] for e in events}
 
 
 def test_a_token_with_a_malformed_basis_is_401(family: World) -> None:
