@@ -33,7 +33,7 @@ from fhir_server.settings import Settings
 from fhir_server.storage import idempotency
 from fhir_server.storage.database import Database, libpq_url, session_limits
 from fhir_server.validation import ResourceValidator
-from fhir_server.web import session
+from fhir_server.web import session, upstream
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,7 @@ def create_app(
     ops.install(app)
     smart.install(app)
     session.install(app, settings)
+    upstream.install(app, settings, clock)
     relationships.install(app)
     graphql.install(app, settings)
     # innermost: it answers what escaped every handler, so the outer ones see a status
