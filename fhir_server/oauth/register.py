@@ -25,7 +25,12 @@ from fastapi import FastAPI, Request, Response
 from joserfc.errors import InvalidClaimError
 
 from fhir_server.api.deps import runtime
-from fhir_server.oauth.clients import ClientMetadataError, new_client
+from fhir_server.oauth.clients import (
+    ClientMetadataError,
+    check_jwks,
+    check_redirect_uri,
+    new_client,
+)
 from fhir_server.oauth.system_token import (
     NO_STORE,
     Caller,
@@ -91,8 +96,15 @@ def client_from_metadata(client_id: str, metadata: dict[str, Any]) -> oauth.Clie
         if name != "contacts":
             _text(metadata, name)
     _strings(metadata, "contacts")
-    if "jwks" in metadata and not isinstance(metadata["jwks"], dict):
-        raise _invalid("`jwks` must be a JWK Set object")
+    try:
+        # the server's own rules first, for their precise words (and so that no symmetric or
+        # private key reaches a key parser)
+        for uri in redirect_uris or []:
+            check_redirect_uri(uri)
+        if metadata.get("jwks") is not None:
+            check_jwks(metadata["jwks"])
+    except ClientMetadataError as exc:
+        raise _invalid(exc.description, exc.error) from None
     try:
         ClientMetadataClaims(dict(metadata), {}).validate()
     except InvalidClaimError as exc:

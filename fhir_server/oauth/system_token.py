@@ -22,6 +22,7 @@ from fhir_server.errors import Unauthorized
 # Bodies of these endpoints are small JSON documents or forms.
 MAX_BODY = 64 * 1024
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+UNAUTHENTICATED = "System/unauthenticated"
 
 
 class Refusal(Exception):
@@ -47,9 +48,10 @@ class Refusal(Exception):
 
 
 def account_of(principal: Principal | None) -> str:
-    """Who the audit trail names: the user, or `System/<client id>`, or nobody known."""
+    """Who the audit trail names: the user, or `System/<client id>`; a caller without a valid
+    token is `System/unauthenticated` (an identifier, as the trail writes System callers)."""
     if principal is None:
-        return "anonymous"
+        return UNAUTHENTICATED
     return principal.fhir_user or f"System/{principal.client_id or principal.subject}"
 
 
