@@ -191,8 +191,8 @@ def cmd_client(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "remove":
 
         async def remove(db: Database) -> None:
-            await admin.remove_client(db, args.client_id)
-            log.info("client %s removed", args.client_id)
+            revoked = await admin.remove_client(db, args.client_id, utc_now())
+            log.info("client %s removed, %d refresh token(s) revoked", args.client_id, revoked)
 
         return _admin(settings, remove)
 

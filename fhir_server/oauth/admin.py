@@ -40,10 +40,13 @@ async def list_clients(db: Database) -> list[oauth.Client]:
         return await oauth.list_clients(conn)
 
 
-async def remove_client(db: Database, client_id: str) -> None:
+async def remove_client(db: Database, client_id: str, now: datetime) -> int:
+    """Remove the client, and revoke its refresh tokens and approvals with it (its access tokens
+    live until they expire); the refresh tokens revoked."""
     async with db.transaction() as conn:
         if not await oauth.remove_client(conn, client_id):
             raise AdminError(f"there is no client `{client_id}`")
+        return await oauth.revoke_client(conn, client_id, now)
 
 
 def check_fhir_user(reference: str) -> tuple[str, str]:

@@ -3,6 +3,7 @@ database (docs/smart-admin.md)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -18,6 +19,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from fhir_server.auth.passwords import verify_password
+from fhir_server.services.context import utc_now
+from fhir_server.storage import oauth
+from fhir_server.storage.database import Database
 
 EXE = str(Path(sys.executable).parent / "fhir-server")
 APP = "https://app.example.org/callback"
@@ -64,7 +68,27 @@ def _public_jwks() -> dict[str, Any]:
 # --- clients ---------------------------------------------------------------------------------
 
 
-def test_client_add_list_remove(cli: Any, db: psycopg.Connection[Any]) -> None:
+def _grant(database_url: str, client_id: str) -> None:
+    """A refresh token and an approval of the client, as the authorization server keeps them."""
+
+    async def go() -> None:
+        pool = Database(database_url, pool_size=1)
+        await pool.open()
+        now = utc_now()
+        grant = oauth.Grant(client_id=client_id, scope="patient/*.rs", subject="local:x")
+        try:
+            async with pool.transaction() as conn:
+                await oauth.save_refresh(
+                    conn, uuid.uuid4().hex, oauth.Refresh(grant, uuid.uuid4(), now, None)
+                )
+                await oauth.approve(conn, "local:x", client_id, "1", "patient/*.rs", now)
+        finally:
+            await pool.close()
+
+    asyncio.run(go())
+
+
+def test_client_add_list_remove(cli: Any, db: psycopg.Connection[Any], database_url: str) -> None:
     client_id = f"app-{uuid.uuid4().hex[:8]}"
     added = cli(
         "client", "add", "--name", "Growth chart", "--redirect-uri", APP,
@@ -93,8 +117,18 @@ def test_client_add_list_remove(cli: Any, db: psycopg.Connection[Any]) -> None:
     assert table.stdout.splitlines()[0].split()[:3] == ["CLIENT", "ID", "NAME"]
     assert any(line.startswith(client_id) for line in table.stdout.splitlines())
 
+    _grant(database_url, client_id)
     assert cli("client", "remove", client_id).returncode == 0
     assert _clients(db, client_id) == []
+    # what the app held is revoked with it
+    assert db.execute(
+        "SELECT count(*) FROM oauth_refresh_tokens WHERE client_id = %s AND revoked_at IS NULL",
+        (client_id,),
+    ).fetchone() == (0,)
+    assert db.execute(
+        "SELECT count(*) FROM oauth_approvals WHERE client_id = %s AND revoked_at IS NULL",
+        (client_id,),
+    ).fetchone() == (0,)
     again = cli("client", "remove", client_id)
     assert again.returncode == 1
     assert f"no client `{client_id}`" in again.stderr
