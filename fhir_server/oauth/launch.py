@@ -80,6 +80,9 @@ def _refers_to(reference: Any, patient: str) -> bool:
 async def create_launch(request: Request, principal: Principal) -> dict[str, Any]:
     rt = runtime(request)
     fields = await read_json_or_form(request, form=True)
+    for name in FIELDS:
+        if name in fields and not isinstance(fields[name], str):
+            raise Refusal(400, "invalid_request", f"`{name}` must be a string")
     if fields.get("patient") in (None, ""):
         raise Refusal(400, "invalid_request", "`patient` is required")
     patient = _id(fields["patient"], "Patient", "patient")

@@ -59,6 +59,21 @@ INFORMATIONAL = (
 )
 
 
+# Every field this server reads (others are ignored).
+KNOWN = (
+    "redirect_uris",
+    "token_endpoint_auth_method",
+    "grant_types",
+    "response_types",
+    "client_name",
+    "scope",
+    "jwks",
+    "jwks_uri",
+    LAUNCH_TYPES_FIELD,
+    *INFORMATIONAL,
+)
+
+
 def _invalid(description: str, error: str = "invalid_client_metadata") -> Refusal:
     return Refusal(400, error, description)
 
@@ -82,6 +97,9 @@ def _text(metadata: dict[str, Any], name: str) -> str | None:
 
 def client_from_metadata(client_id: str, metadata: dict[str, Any]) -> oauth.Client:
     """The client a registration asks for; `Refusal` 400 with RFC 7591's error code."""
+    given_null = sorted(name for name in KNOWN if name in metadata and metadata[name] is None)
+    if given_null:
+        raise _invalid(f"`{given_null[0]}` is null: leave it out instead")
     method = _text(metadata, "token_endpoint_auth_method")
     if method not in KINDS:
         raise _invalid(
