@@ -212,6 +212,7 @@ def _without(name: str) -> dict[str, Any]:
         ({**PUBLIC_APP, "scope": "system/*.rs"}, "invalid_client_metadata", "system/"),
         ({**PUBLIC_APP, "scope": "patient/Observation.xyz"}, "invalid_client_metadata", "cruds"),
         ({**PUBLIC_APP, "client_name": 7}, "invalid_client_metadata", "client_name"),
+        ({**PUBLIC_APP, "client_uri": None}, "invalid_client_metadata", "is null"),
     ],
 )  # fmt: skip
 def test_register_refuses_bad_metadata(
@@ -389,20 +390,23 @@ def test_ehr_launch_from_a_form(server: LiveServer, chart: dict[str, str]) -> No
          "does not exist"),
         ({"patient": "{patient}", "fhir_user": "Observation/1"}, 400, "invalid_request",
          "fhir_user"),
+        ({"patient": "{patient}", "encounter": None}, 400, "invalid_request",
+         "`encounter` must be a string"),
+        ({"patient": 7}, 400, "invalid_request", "`patient` must be a string"),
     ],
 )  # fmt: skip
 def test_ehr_launch_refusals(
     server: LiveServer,
     chart: dict[str, str],
     db: psycopg.Connection[Any],
-    fields: dict[str, str],
+    fields: dict[str, Any],
     status: int,
     error: str,
     words: str,
 ) -> None:
     caller, token = system_token(server)
     values = {**chart, "other_encounter": "missing-encounter"}
-    sent = {k: v.format(**values) for k, v in fields.items()}
+    sent = {k: v.format(**values) if isinstance(v, str) else v for k, v in fields.items()}
     response = httpx.post(f"{server.origin}/oauth/launch", json=sent, headers=bearer(token))
     assert response.status_code == status, response.text
     assert response.json()["error"] == error
