@@ -11,6 +11,7 @@ answer; no token, code or launch value ever goes into one.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import parse_qs
 
 import orjson
 from fastapi import Request, Response
@@ -98,8 +99,6 @@ async def read_json_or_form(request: Request, *, form: bool) -> dict[str, Any]:
             raise Refusal(413, "invalid_request", f"the body may hold at most {MAX_BODY} bytes")
     media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
     if form and media == "application/x-www-form-urlencoded":
-        from urllib.parse import parse_qs
-
         try:
             fields = parse_qs(raw.decode(), keep_blank_values=True, strict_parsing=False)
         except UnicodeDecodeError:
