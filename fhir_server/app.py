@@ -26,6 +26,8 @@ from fhir_server.auth import issuer
 from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_key
 from fhir_server.auth.tokens import TokenSettings, TokenVerifier, Verifiers
 from fhir_server.clients.registry import ClientRegistry, RegistrySettings
+from fhir_server.oauth import launch as oauth_launch
+from fhir_server.oauth import register as oauth_register
 from fhir_server.services.access.cache import FactsCache
 from fhir_server.services.context import Context, server_guard, utc_now
 from fhir_server.services.formats.limits import InputLimits
@@ -199,6 +201,9 @@ def create_app(
     fhir.install(app)
     ops.install(app)
     smart.install(app)
+    if settings.oauth_enabled:
+        oauth_register.install(app)
+        oauth_launch.install(app)
     session.install(app, settings)
     upstream.install(app, settings, clock)
     relationships.install(app)

@@ -51,7 +51,7 @@ ROUTE_TO_DOCUMENT = {
 }
 # Routes under /fhir are FHIR's (its CapabilityStatement describes them), except SMART discovery,
 # which FHIR places under the base but which is documented here.
-DOCUMENTED_UNDER_FHIR = frozenset({smart.PATH})
+DOCUMENTED_UNDER_FHIR = frozenset({smart.PATH, smart.OPENID_PATH})
 # OpenAPI 3.0 cannot describe a WebSocket: strawberry's GraphQL router adds one at /graphql
 # (graphql-transport-ws), and the schema has no subscriptions.
 WEBSOCKETS = frozenset({"/graphql"})
@@ -66,6 +66,10 @@ SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "/readyz": [],
     "/metrics": [],
     smart.PATH: [],
+    smart.OPENID_PATH: [],
+    smart.JWKS_PATH: [],
+    "/oauth/register": [{"bearer": []}],
+    "/oauth/launch": [{"bearer": []}],
 }
 
 # The schemathesis run: a fixed seed and derandomized generation, so CI runs the same cases
@@ -380,7 +384,11 @@ def test_writes_switched_off_are_answered_as_documented(database: str) -> None:
                     path_parameters={k: v for k, v in path_parameters.items() if k in path},
                     headers={"If-Match": 'W/"1"'} if method == "put" else {},
                     query={"query": "{ __typename }"} if path == "/graphql" else {},
-                    **({"body": copy.deepcopy(example["value"])} if examples else {}),
+                    **(
+                        {"body": copy.deepcopy(example["value"]), "media_type": "application/json"}
+                        if examples
+                        else {}
+                    ),
                 )
                 response = case.call_and_validate(
                     base_url=off.origin, headers={"x-api-key": KEY, **auth()}, checks=CONFORMANCE
@@ -390,7 +398,8 @@ def test_writes_switched_off_are_answered_as_documented(database: str) -> None:
                     refused.add((method.upper(), path))
                 else:
                     assert response.status_code < 500, (method, path)
-    assert len(refused) == 6  # the Patient Service's writes, delegate and approve
+    # the Patient Service's writes, delegate and approve, client registration and EHR launch
+    assert len(refused) == 8
 
 
 # --- what the run found, and what reading the code for the document found --------------------
