@@ -27,6 +27,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 import httpx
 import jwt
@@ -56,7 +57,18 @@ ASSERTION_ALGORITHMS: tuple[str, ...] = ("RS384", "ES384", "RS256", "ES256", "RS
 ASSERTION_MAX_SECONDS = 300
 ASSERTION_LEEWAY_SECONDS = 60
 JWKS_MAX_BYTES = 64 * 1024
+MAX_FIELDS = 50
 JWKS_TIMEOUT_SECONDS = 5.0
+# For authlib's errors raised without a description.
+DESCRIPTIONS = {
+    "invalid_grant": "the code or refresh token is not valid for this client",
+    "invalid_scope": "the scope asked for is not allowed",
+    "invalid_client": "the client could not be authenticated",
+    "invalid_request": "the request is missing a parameter or repeats one",
+    "unauthorized_client": "the client may not use this grant type",
+    "unsupported_grant_type": "the grant type is not supported",
+    "unsupported_token_type": "the token type is not supported",
+}
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
@@ -110,7 +122,14 @@ async def read_form(request: Request) -> FormData:
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/x-www-form-urlencoded":
         return FormData()
-    return await request.form()
+    # parsed here: Starlette's form parser needs python-multipart, for this one simple format
+    try:
+        pairs = parse_qsl(
+            (await request.body()).decode(), keep_blank_values=True, max_num_fields=MAX_FIELDS
+        )
+    except (UnicodeDecodeError, ValueError):
+        return FormData()
+    return FormData(pairs)
 
 
 def repeated(form: FormData) -> str | None:
@@ -311,7 +330,10 @@ class Server(AuthorizationServer):  # type: ignore[misc]
         return request
 
     def handle_response(self, status: int, body: Any, headers: Any) -> Answer:
-        return Answer(status, dict(body or {}), dict(headers or []))
+        values = dict(body or {})
+        if status >= 400 and not values.get("error_description"):
+            values["error_description"] = DESCRIPTIONS.get(str(values.get("error")), "refused")
+        return Answer(status, values, dict(headers or []))
 
     def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
         return None
