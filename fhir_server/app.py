@@ -26,6 +26,7 @@ from fhir_server.auth import issuer
 from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_key
 from fhir_server.auth.tokens import TokenSettings, TokenVerifier, Verifiers
 from fhir_server.clients.registry import ClientRegistry, RegistrySettings
+from fhir_server.oauth import introspection as oauth_introspection
 from fhir_server.oauth import token as oauth_token
 from fhir_server.services.access.cache import FactsCache
 from fhir_server.services.context import Context, server_guard, utc_now
@@ -203,6 +204,7 @@ def create_app(
     session.install(app, settings)
     if settings.oauth_enabled:
         oauth_token.install(app)
+        oauth_introspection.install(app)
     relationships.install(app)
     graphql.install(app, settings)
     # innermost: it answers what escaped every handler, so the outer ones see a status

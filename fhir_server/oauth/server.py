@@ -43,11 +43,12 @@ from authlib.oauth2.rfc7523 import JWTBearerClientAssertion
 from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
-from starlette.datastructures import FormData
+from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
-from fhir_server.storage.oauth import Client
+from fhir_server.storage.database import Database
+from fhir_server.storage.oauth import Client, get_client
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # SMART Backend Services: RS384 and ES384 are required; RS256/ES256 are accepted too. Never
@@ -124,7 +125,7 @@ async def read_form(request: Request) -> FormData:
         return FormData()
     # parsed here: Starlette's form parser needs python-multipart, for this one simple format
     try:
-        pairs = parse_qsl(
+        pairs: list[tuple[str, str | UploadFile]] = parse_qsl(  # type: ignore[assignment]
             (await request.body()).decode(), keep_blank_values=True, max_num_fields=MAX_FIELDS
         )
     except (UnicodeDecodeError, ValueError):
@@ -198,6 +199,20 @@ async def client_keys(client: Client) -> dict[str, Any] | None:
     return (
         document if isinstance(document, dict) and isinstance(document.get("keys"), list) else None
     )
+
+
+async def prefetch_client(db: Database, form: FormData) -> Prefetched:
+    """The client the request names, with its keys when it is confidential."""
+    prefetched = Prefetched()
+    claimed = claimed_client_id(form)
+    if claimed is None:
+        return prefetched
+    async with db.connection() as conn:
+        record = await get_client(conn, claimed)
+    if record is not None:
+        jwks = await client_keys(record) if record.kind == "confidential" else None
+        prefetched.client = OAuthClient(record, jwks)
+    return prefetched
 
 
 # --- the client, as authlib sees it ---------------------------------------------------------------
@@ -323,8 +338,13 @@ class Server(AuthorizationServer):  # type: ignore[misc]
         return client if client is not None and client.get_client_id() == client_id else None
 
     def _system_bearer(self, query_client: Any, request: OAuth2Request) -> OAuthClient | None:
+        """A caller with a verified `System` bearer token (a resource server): a client of the
+        identity provider's or ours, registered here or not."""
         caller = self.prefetched.system_caller
-        return query_client(caller) if caller is not None else None
+        if caller is None:
+            return None
+        record = Client(caller, "system caller", "confidential", (), "", (), ())
+        return OAuthClient(record, None)
 
     def create_oauth2_request(self, request: OAuth2Request) -> OAuth2Request:
         return request

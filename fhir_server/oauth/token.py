@@ -29,8 +29,8 @@ from fhir_server.oauth.server import (
     Server,
     StarletteRequest,
     claimed_client_id,
-    client_keys,
     oauth_error,
+    prefetch_client,
     read_form,
     repeated,
     run_deferred,
@@ -335,13 +335,7 @@ async def token_endpoint(request: Request) -> Response:
     reason: str | None = None
     if (param := repeated(form_data)) is not None:
         answer, reason = oauth_error("invalid_request", f"`{param}` is repeated"), "repeated"
-    prefetched = Prefetched()
-    if answer is None and claimed is not None:
-        async with rt.db.connection() as conn:
-            record = await storage.get_client(conn, claimed)
-        if record is not None:
-            jwks = await client_keys(record) if record.kind == "confidential" else None
-            prefetched.client = OAuthClient(record, jwks)
+    prefetched = await prefetch_client(rt.db, form_data) if answer is None else Prefetched()
     if answer is None:
         async with rt.db.transaction() as conn:
             answer, reason = await _prefetch_grant(conn, form, issue)
