@@ -33,6 +33,7 @@ from tests.support.oauth import (
     now,
     pkce,
     public_client,
+    register,
     run,
 )
 from tests.support.resources import patient
@@ -485,6 +486,37 @@ def test_a_public_client_cannot_use_client_credentials(
         },
     )
     refused(answer, "invalid_client", 401)
+
+
+def test_a_confidential_app_redeems_its_code_with_a_client_assertion_only(
+    database_url: str, server: LiveServer, http: httpx.Client, patient_id: str
+) -> None:
+    keys = Keypair.ec("ES384")
+    app = register(
+        database_url,
+        oauth.Client(
+            client_id=f"clinic-{uuid.uuid4().hex[:10]}",
+            name="a confidential app",
+            kind="confidential",
+            redirect_uris=(REDIRECT,),
+            scope=APP_SCOPE,
+            jwks=keys.jwks,
+        ),
+    )
+    code = make_code(database_url, app.client_id, APP_SCOPE, None, patient=patient_id)
+    # its client_id alone does not authenticate it
+    refused(redeem(http, code, app.client_id, None), "invalid_client", 401)
+    code = make_code(database_url, app.client_id, APP_SCOPE, None, patient=patient_id)
+    form = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "redirect_uri": REDIRECT,
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": keys.assertion(app.client_id, token_url(server)),
+    }
+    answer = http.post("/oauth/token", data=form)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["patient"] == patient_id
 
 
 # --- the audit trail -------------------------------------------------------------------------------
