@@ -165,6 +165,7 @@ class Issue:
     code: storage.Code | None = None
     refresh: storage.Refresh | None = None
     backend_scope: str | None = None
+    presented_refresh: str = ""  # the refresh token the request presents (rotated once issued)
     issued: dict[str, Any] = field(default_factory=dict)  # for the audit: grant, scope
 
 
@@ -278,7 +279,7 @@ class TokenServer(Server):
         value = secrets.token_urlsafe(32)
         record = storage.Refresh(grant, old.chain if old else uuid.uuid4(), now, expires)
         conn = self.conn
-        presented = self.request_refresh_token
+        presented = self.issue.presented_refresh
 
         async def write() -> Answer | None:
             if old is not None:
@@ -290,8 +291,6 @@ class TokenServer(Server):
 
         self.prefetched.deferred.append(write)
         return value
-
-    request_refresh_token: str = ""
 
 
 # --- the route -----------------------------------------------------------------------------------
@@ -329,7 +328,7 @@ async def token_endpoint(request: Request) -> Response:
     form_data = await read_form(request)
     form = {key: str(value) for key, value in form_data.items()}
     now = rt.clock()
-    issue = Issue(now=now)
+    issue = Issue(now=now, presented_refresh=form.get("refresh_token", ""))
     claimed = claimed_client_id(form_data)
     answer: Answer | None = None
     reason: str | None = None
@@ -341,7 +340,6 @@ async def token_endpoint(request: Request) -> Response:
             answer, reason = await _prefetch_grant(conn, form, issue)
             if answer is None:
                 server = TokenServer(rt, conn, prefetched, issue)
-                server.request_refresh_token = form.get("refresh_token", "")
                 oauth_request = StarletteRequest(
                     request, form_data, endpoint_url(rt.settings, PATH)
                 )

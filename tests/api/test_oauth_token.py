@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import jwt
@@ -244,6 +245,37 @@ def test_online_access_gives_a_refresh_token_that_ends_with_the_session(
     record = run(database_url, lambda conn: oauth.active_refresh(conn, token, now()))
     assert record is not None and record.expires_at is not None
     assert (record.expires_at - now()).total_seconds() <= Settings().oauth_session_seconds
+
+
+def test_a_repeated_parameter_is_refused_and_does_not_claim_the_code(
+    database_url: str, http: httpx.Client
+) -> None:
+    app = public_client(database_url, APP_SCOPE)
+    verifier, challenge = pkce()
+    code = make_code(database_url, app.client_id, APP_SCOPE, challenge)
+    form = [
+        ("grant_type", "authorization_code"),
+        ("code", code),
+        ("redirect_uri", REDIRECT),
+        ("redirect_uri", REDIRECT + "x"),
+        ("client_id", app.client_id),
+        ("code_verifier", verifier),
+    ]
+    answer = http.post(
+        "/oauth/token",
+        content=urlencode(form),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    refused(answer, "invalid_request")
+    assert redeem(http, code, app.client_id, verifier).status_code == 200
+
+
+def test_a_json_body_or_an_unknown_grant_type_is_refused(http: httpx.Client) -> None:
+    refused(
+        http.post("/oauth/token", json={"grant_type": "client_credentials"}),
+        "unsupported_grant_type",
+    )
+    refused(http.post("/oauth/token", data={"grant_type": "password"}), "unsupported_grant_type")
 
 
 # --- refresh_token ---------------------------------------------------------------------------------
