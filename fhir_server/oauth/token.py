@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from authlib.oauth2.rfc6749 import InvalidScopeError, grants
 from authlib.oauth2.rfc7636 import CodeChallenge, create_s256_code_challenge
@@ -45,10 +46,10 @@ REFRESH_SCOPES = frozenset({"offline_access", "online_access"})
 
 
 def endpoint_url(settings: Settings, path: str) -> str:
-    """The public URL of an authorization-server endpoint (`/oauth/...` beside `/fhir`)."""
-    base = settings.public_base
-    root = base[: -len("/fhir")] if base.endswith("/fhir") else base
-    return root.rstrip("/") + path
+    """The public URL of an authorization-server endpoint: `path` at the origin of the public
+    FHIR base (as discovery announces it)."""
+    parts = urlsplit(settings.public_base)
+    return f"{parts.scheme}://{parts.netloc}{path}"
 
 
 # --- what authlib works on -------------------------------------------------------------------------

@@ -135,7 +135,7 @@ def test_a_code_gives_tokens_for_its_grant_that_read_the_fhir_api(
         patient=patient_id,
         fhir_user=f"Patient/{patient_id}",
         nonce="n-123",
-        claims={"access_basis": {"relationship": "self"}},
+        claims={"access_basis": {"self": f"Patient/{patient_id}"}},
     )
     answer = redeem(http, code, app.client_id, verifier)
     assert answer.status_code == 200, answer.text
@@ -152,7 +152,7 @@ def test_a_code_gives_tokens_for_its_grant_that_read_the_fhir_api(
     assert (access["iss"], access["aud"], access["client_id"]) == (base, base, app.client_id)
     assert access["fhirUser"] == f"Patient/{patient_id}"
     assert access["patient"] == patient_id
-    assert access["access_basis"] == {"relationship": "self"}
+    assert access["access_basis"] == {"self": f"Patient/{patient_id}"}
     assert access["exp"] - access["iat"] == 900
     identity = claims(body["id_token"])
     assert identity["aud"] == app.client_id and identity["nonce"] == "n-123"
