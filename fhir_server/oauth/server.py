@@ -6,15 +6,16 @@ authlib's grants and endpoints are synchronous: they call `query_client`, `query
 So one request goes in three steps, and this module holds the pieces of each:
 
 1. **Prefetch** (async, by the route): everything authlib will ask for is loaded first: the form
-   (`read_form`), the client named by `client_id` or by the client assertion's `iss`
+   (`read_form`), the client named by `client_id` or by the client assertion's `sub`
    (`claimed_client_id`) and its JWKS (`client_keys`, fetched from `jwks_uri` or taken from the
    row), the code (claimed at once by `storage.use_code`: a code is good for one attempt only), the
    refresh token's record. They go into a `Prefetched`.
 2. **authlib** (sync): a `Server` made for this one request (cheap: a few objects) answers from
-   the `Prefetched` only, never from the database; what it wants written (a refresh token, a
-   client assertion's `jti`) it puts in `Prefetched.deferred`.
-3. **Deferred writes** (async, same transaction): `run_deferred` runs them in order after a
-   successful answer; one of them may still refuse (a replayed `jti`, a refresh token rotated by
+   the `Prefetched` only, never from the database; what it wants written (a refresh token and
+   the rotation of the old one, a revocation) it puts in `Prefetched.deferred`, the client
+   assertion's `jti` in `Prefetched.assertion`.
+3. **Deferred writes** (async, same transaction): `run_deferred` records the `jti`, then runs
+   the writes in order, after a successful answer only; one of them may still refuse (a replayed `jti`, a refresh token rotated by
    a concurrent request), and then its refusal replaces authlib's answer and the later writes are
    skipped. Nothing secret was written by then: access tokens are not stored at all.
 
@@ -51,9 +52,9 @@ from fhir_server.storage.database import Database
 from fhir_server.storage.oauth import Client, get_client
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-# SMART Backend Services: RS384 and ES384 are required; RS256/ES256 are accepted too. Never
-# symmetric (HS*) nor `none`: the verifier is given only these, whatever the assertion says.
-ASSERTION_ALGORITHMS: tuple[str, ...] = ("RS384", "ES384", "RS256", "ES256", "RS512", "ES512")
+# SMART Backend Services' two (what discovery announces). Never symmetric (HS*) nor `none`: the
+# verifier is given only these, whatever the assertion's header says.
+ASSERTION_ALGORITHMS: tuple[str, ...] = ("RS384", "ES384")
 # How far ahead of now a client assertion's `exp` may be (SMART: at most five minutes).
 ASSERTION_MAX_SECONDS = 300
 ASSERTION_LEEWAY_SECONDS = 60

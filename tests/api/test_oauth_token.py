@@ -475,6 +475,16 @@ def test_a_symmetric_or_unsigned_assertion_is_refused(
     )
 
 
+def test_an_assertion_signed_with_rs256_is_refused(
+    database_url: str, server: LiveServer, http: httpx.Client
+) -> None:
+    keys = Keypair.rsa("RS384")
+    client = backend_client(database_url, keys)
+    body = claims(keys.assertion(client.client_id, token_url(server)))
+    weak = jwt.encode(body, keys.private, algorithm="RS256", headers={"kid": keys.kid})
+    refused(backend_token(http, client.client_id, weak), "invalid_client", 401)
+
+
 def test_a_key_not_registered_for_the_client_is_refused(
     database_url: str, server: LiveServer, http: httpx.Client
 ) -> None:
