@@ -35,10 +35,10 @@ from fhir_server.oauth.server import (
     Server,
     StarletteRequest,
     claimed_client_id,
+    malformed,
     oauth_error,
     prefetch_client,
     read_form,
-    repeated,
     run_deferred,
     to_response,
 )
@@ -184,8 +184,8 @@ async def _endpoint(request: Request, name: str) -> Response:
     claimed = claimed_client_id(form_data)
     prefetched = Prefetched()
     answer: Answer | None = None
-    if (param := repeated(form_data)) is not None:
-        answer = oauth_error("invalid_request", f"`{param}` is repeated")
+    if (problem := malformed(form_data)) is not None:
+        answer = oauth_error("invalid_request", problem)
     else:
         prefetched = await prefetch_client(rt.db, form_data)
         if name == "introspection":

@@ -134,6 +134,16 @@ async def read_form(request: Request) -> FormData:
     return FormData(pairs)
 
 
+def malformed(form: FormData) -> str | None:
+    """What is wrong with the form as a whole: a repeated parameter, a NUL character (which no
+    client sends and PostgreSQL text cannot hold)."""
+    if (param := repeated(form)) is not None:
+        return f"`{param}` is repeated"
+    if any("\x00" in key or "\x00" in str(value) for key, value in form.multi_items()):
+        return "the form holds a NUL character"
+    return None
+
+
 def repeated(form: FormData) -> str | None:
     """The first parameter given more than once (RFC 6749 3.2: parameters MUST NOT repeat)."""
     seen: set[str] = set()

@@ -30,10 +30,10 @@ from fhir_server.oauth.server import (
     Server,
     StarletteRequest,
     claimed_client_id,
+    malformed,
     oauth_error,
     prefetch_client,
     read_form,
-    repeated,
     run_deferred,
     to_response,
 )
@@ -333,8 +333,8 @@ async def token_endpoint(request: Request) -> Response:
     claimed = claimed_client_id(form_data)
     answer: Answer | None = None
     reason: str | None = None
-    if (param := repeated(form_data)) is not None:
-        answer, reason = oauth_error("invalid_request", f"`{param}` is repeated"), "repeated"
+    if (problem := malformed(form_data)) is not None:
+        answer, reason = oauth_error("invalid_request", problem), "malformed"
     prefetched = await prefetch_client(rt.db, form_data) if answer is None else Prefetched()
     if answer is None:
         async with rt.db.transaction() as conn:

@@ -66,6 +66,10 @@ SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "/readyz": [],
     "/metrics": [],
     smart.PATH: [],
+    # the OAuth endpoints: the client authenticates in the form (docs/smart-token.md)
+    "/oauth/token": [],
+    "/oauth/introspect": [],
+    "/oauth/revoke": [],
 }
 
 # The schemathesis run: a fixed seed and derandomized generation, so CI runs the same cases
@@ -390,7 +394,9 @@ def test_writes_switched_off_are_answered_as_documented(database: str) -> None:
                     refused.add((method.upper(), path))
                 else:
                     assert response.status_code < 500, (method, path)
-    assert len(refused) == 6  # the Patient Service's writes, delegate and approve
+    # the Patient Service's writes, delegate and approve; the OAuth endpoints (tokens, revocation
+    # and the audit of introspection are writes)
+    assert len(refused) == 9
 
 
 # --- what the run found, and what reading the code for the document found --------------------

@@ -13,6 +13,7 @@ from fhir_server.oauth.server import (
     ASSERTION_TYPE,
     OAuthClient,
     claimed_client_id,
+    malformed,
     oauth_error,
     repeated,
     to_response,
@@ -40,9 +41,12 @@ def test_the_claimed_client_is_the_assertions_subject_else_client_id() -> None:
     assert claimed_client_id(garbage) is None
 
 
-def test_a_repeated_parameter_is_found() -> None:
+def test_a_repeated_parameter_or_a_nul_character_is_found() -> None:
     assert repeated(FormData([("a", "1"), ("b", "2")])) is None
     assert repeated(FormData([("a", "1"), ("b", "2"), ("a", "1")])) == "a"
+    assert malformed(FormData([("a", "1"), ("a", "2")])) == "`a` is repeated"
+    assert malformed(FormData([("client_id", "x\x00y")])) == "the form holds a NUL character"
+    assert malformed(FormData([("client_id", "app")])) is None
 
 
 def test_public_clients_use_none_and_confidential_ones_private_key_jwt_only() -> None:
