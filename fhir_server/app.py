@@ -26,8 +26,10 @@ from fhir_server.auth import issuer
 from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_key
 from fhir_server.auth.tokens import TokenSettings, TokenVerifier, Verifiers
 from fhir_server.clients.registry import ClientRegistry, RegistrySettings
+from fhir_server.oauth import introspection as oauth_introspection
 from fhir_server.oauth import launch as oauth_launch
 from fhir_server.oauth import register as oauth_register
+from fhir_server.oauth import token as oauth_token
 from fhir_server.services.access.cache import FactsCache
 from fhir_server.services.context import Context, server_guard, utc_now
 from fhir_server.services.formats.limits import InputLimits
@@ -202,6 +204,8 @@ def create_app(
     ops.install(app)
     smart.install(app)
     if settings.oauth_enabled:
+        oauth_token.install(app)
+        oauth_introspection.install(app)
         oauth_register.install(app)
         oauth_launch.install(app)
     session.install(app, settings)

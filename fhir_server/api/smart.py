@@ -146,10 +146,15 @@ def origin(settings: Settings) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def endpoint_url(settings: Settings, path: str) -> str:
+    """The public URL of an authorization-server endpoint: `path` at the origin of the public
+    FHIR base."""
+    return f"{origin(settings)}{path}"
+
+
 def own_endpoints(settings: Settings) -> dict[str, str]:
     """The authorization server's endpoints, absolute."""
-    at = origin(settings)
-    return {name: f"{at}{path}" for name, path in ENDPOINTS.items()}
+    return {name: endpoint_url(settings, path) for name, path in ENDPOINTS.items()}
 
 
 def oauth_uris(settings: Settings) -> dict[str, str | None]:

@@ -28,8 +28,8 @@ from compartments.ids import is_id
 from fhir_server.api.deps import Interaction, base_url, runtime
 from fhir_server.auth.tokens import IDENTITY_TYPES, Principal
 from fhir_server.errors import Forbidden, Gone, NotFound
+from fhir_server.oauth.server import NO_STORE
 from fhir_server.oauth.system_token import (
-    NO_STORE,
     Caller,
     Refusal,
     account_of,

@@ -20,7 +20,7 @@ import uuid
 from typing import Any, Literal
 
 import orjson
-from authlib.oauth2.rfc7591 import ClientMetadataClaims  # type: ignore[import-untyped]
+from authlib.oauth2.rfc7591 import ClientMetadataClaims
 from fastapi import FastAPI, Request, Response
 from joserfc.errors import InvalidClaimError
 
@@ -31,8 +31,8 @@ from fhir_server.oauth.clients import (
     check_redirect_uri,
     new_client,
 )
+from fhir_server.oauth.server import NO_STORE
 from fhir_server.oauth.system_token import (
-    NO_STORE,
     Caller,
     Refusal,
     account_of,

@@ -19,10 +19,10 @@ from fastapi import Request, Response
 from fhir_server.api.deps import runtime
 from fhir_server.auth.tokens import Principal, bearer
 from fhir_server.errors import Unauthorized
+from fhir_server.oauth.server import Answer, to_response
 
 # Bodies of these endpoints are small JSON documents or forms.
 MAX_BODY = 64 * 1024
-NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 UNAUTHENTICATED = "System/unauthenticated"
 
 
@@ -39,13 +39,8 @@ class Refusal(Exception):
         self.headers = headers or {}
 
     def response(self) -> Response:
-        body = orjson.dumps({"error": self.error, "error_description": self.description})
-        return Response(
-            body,
-            status_code=self.status,
-            media_type="application/json",
-            headers={**NO_STORE, **self.headers},
-        )
+        body = {"error": self.error, "error_description": self.description}
+        return to_response(Answer(self.status, body, self.headers))
 
 
 def account_of(principal: Principal | None) -> str:

@@ -438,6 +438,36 @@ async def revoke_grants(conn: Connection, subject: str, client_id: str, now: dat
     )
 
 
+# The chain a code's redemption started: its first refresh token was issued to the same account
+# and client at the very moment the code was claimed (the token endpoint uses one `now` for both).
+_REVOKE_REDEMPTION = Statement(
+    "UPDATE oauth_refresh_tokens SET revoked_at = %(now)s WHERE revoked_at IS NULL AND chain IN"
+    " (SELECT r.chain FROM oauth_refresh_tokens r JOIN oauth_codes c"
+    " ON r.client_id = c.client_id AND r.subject = c.subject AND r.issued_at = c.used_at"
+    " WHERE c.code_hash = %(hash)s)"
+)
+_REVOKE_PATIENT_GRANTS = Statement(
+    "UPDATE oauth_refresh_tokens SET revoked_at = %(now)s WHERE subject = %(subject)s"
+    " AND client_id = %(client_id)s AND patient IS NOT DISTINCT FROM %(patient)s::text"
+    " AND revoked_at IS NULL"
+)
+
+
+async def revoke_redemption(conn: Connection, code: str, now: datetime) -> int:
+    """Revoke the refresh chain that the (first) redemption of a code started: a code presented
+    again may have been stolen (RFC 6749 4.1.2). The number of tokens revoked."""
+    return await execute(conn, _REVOKE_REDEMPTION, {"hash": digest(code), "now": now})
+
+
+async def revoke_patient_grants(
+    conn: Connection, subject: str, client_id: str, patient: str | None, now: datetime
+) -> int:
+    """Revoke the refresh tokens of this account and client for one launch context (an access
+    token revoked: the chain it came from is among them)."""
+    params = {"subject": subject, "client_id": client_id, "patient": patient, "now": now}
+    return await execute(conn, _REVOKE_PATIENT_GRANTS, params)
+
+
 # --- approvals -----------------------------------------------------------------------------------
 
 

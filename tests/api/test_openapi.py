@@ -70,6 +70,10 @@ SECURITY: dict[str, list[dict[str, list[str]]]] = {
     smart.JWKS_PATH: [],
     "/oauth/register": [{"bearer": []}],
     "/oauth/launch": [{"bearer": []}],
+    # the OAuth endpoints: the client authenticates in the form (docs/smart-token.md)
+    "/oauth/token": [],
+    "/oauth/introspect": [],
+    "/oauth/revoke": [],
 }
 
 # The schemathesis run: a fixed seed and derandomized generation, so CI runs the same cases
@@ -398,8 +402,9 @@ def test_writes_switched_off_are_answered_as_documented(database: str) -> None:
                     refused.add((method.upper(), path))
                 else:
                     assert response.status_code < 500, (method, path)
-    # the Patient Service's writes, delegate and approve, client registration and EHR launch
-    assert len(refused) == 8
+    # the Patient Service's writes, delegate and approve, client registration and EHR launch;
+    # the OAuth endpoints (tokens, revocation and the audit of introspection are writes)
+    assert len(refused) == 11
 
 
 # --- what the run found, and what reading the code for the document found --------------------

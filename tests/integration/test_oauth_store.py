@@ -113,6 +113,48 @@ def test_revocation_needs_the_owning_client(database_url: str) -> None:
     assert run(database_url, work) == (False, True, None)
 
 
+def test_a_reused_code_revokes_only_the_chain_its_redemption_started(database_url: str) -> None:
+    code = uuid.uuid4().hex
+    g = grant()
+    started, unrelated = uuid.uuid4().hex, uuid.uuid4().hex
+    later = NOW + timedelta(seconds=30)
+
+    async def work(conn: Connection) -> tuple[int, Any, Any]:
+        record = oauth.Code(g, "https://app.example/cb", None, None, None, NOW, later)
+        await oauth.save_code(conn, code, record)
+        await oauth.use_code(conn, code, NOW)
+        # the token endpoint issues the chain's first token at the moment it claimed the code
+        await oauth.save_refresh(conn, started, oauth.Refresh(g, uuid.uuid4(), NOW, None))
+        await oauth.save_refresh(conn, unrelated, oauth.Refresh(g, uuid.uuid4(), later, None))
+        count = await oauth.revoke_redemption(conn, code, later)
+        return (
+            count,
+            await oauth.active_refresh(conn, started, later),
+            await oauth.active_refresh(conn, unrelated, later),
+        )
+
+    count, started_after, unrelated_after = run(database_url, work)
+    assert count == 1 and started_after is None and unrelated_after is not None
+
+
+def test_revoking_an_access_tokens_grants_touches_one_launch_context(database_url: str) -> None:
+    subject = f"local:{uuid.uuid4().hex}"
+    mary, tom, no_patient = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
+
+    async def work(conn: Connection) -> list[bool]:
+        for token, patient in ((mary, "mary"), (tom, "tom"), (no_patient, None)):
+            g = grant(subject=subject, patient=patient)
+            await oauth.save_refresh(conn, token, oauth.Refresh(g, uuid.uuid4(), NOW, None))
+        await oauth.revoke_patient_grants(conn, subject, "app", "mary", NOW)
+        await oauth.revoke_patient_grants(conn, subject, "other-app", "tom", NOW)
+        return [
+            await oauth.active_refresh(conn, token, NOW) is not None
+            for token in (mary, tom, no_patient)
+        ]
+
+    assert run(database_url, work) == [False, True, True]
+
+
 def test_a_launch_value_is_good_once_and_not_after_it_expires(database_url: str) -> None:
     fresh, stale = uuid.uuid4().hex, uuid.uuid4().hex
 
