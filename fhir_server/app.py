@@ -17,6 +17,7 @@ import fhir_server.tracing as tracing
 from capability.definitions import resource_types
 from compartments.policy import Policy, PolicyError, Rule, default_policy, load_policy
 from fhir_server.api import errors, fhir, graphql, ops, patient_service, relationships, smart
+from fhir_server.api.cors import Cors
 from fhir_server.api.killswitch import WritesDisabled
 from fhir_server.api.lastresort import LastResort
 from fhir_server.api.observability import RequestObservation
@@ -91,6 +92,17 @@ async def _purge_idempotency_keys(
         except Exception:
             log.exception("purging expired idempotency keys failed")
         await asyncio.sleep(every_seconds)
+
+
+def cors_origins(settings: Settings) -> Callable[[], frozenset[str]]:
+    """The origins browser apps may call from (docs/security.md#browser-apps-cors):
+    `FHIR_CORS_ORIGINS`, plus the origins of registered OAuth clients' redirect URIs."""
+    configured = frozenset(settings.cors_origins)
+
+    def origins() -> frozenset[str]:
+        return configured
+
+    return origins
 
 
 def create_app(
@@ -181,6 +193,9 @@ def create_app(
     )
     if settings.writes_disabled:
         app.add_middleware(WritesDisabled)
+    # Outside the kill-switch (a browser app must be able to read its 503) and inside the
+    # observation (preflights are counted and logged like any request).
+    app.add_middleware(Cors, origins=cors_origins(settings))
     if settings.request_observation:
         app.add_middleware(RequestObservation)  # outermost: it also sees the kill-switch's answers
     patient_service.install(app)

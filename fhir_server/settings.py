@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 _PG_TIME = re.compile(r"[0-9]+(?:us|ms|s|min|h|d)?")
 _PG_MEMORY = re.compile(r"[0-9]+(?:kB|MB|GB|TB)?")
@@ -58,6 +59,42 @@ def _log_format(value: str | None) -> str | None:
     if lowered not in {"console", "json"}:
         raise ValueError(f"`LOG_FORMAT` must be `console` or `json` (or unset), got `{value}`")
     return lowered
+
+
+def web_origin(value: str) -> str | None:
+    """The origin (`scheme://host[:port]`, lowercase, default port left out) of an http(s) URL,
+    as a browser sends it in `Origin`; None for any other URL (a native app's custom scheme)."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if scheme not in {"http", "https"} or not host or parts.username is not None:
+        return None
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    default = 443 if scheme == "https" else 80
+    return f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
+
+
+def _cors_origins(value: str) -> tuple[str, ...]:
+    """`FHIR_CORS_ORIGINS`: bare origins only. `*` (and `null`) are refused: the allowed origins
+    are a list someone decided on (docs/security.md#browser-apps-cors)."""
+    origins = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        origin = web_origin(item)
+        parts = urlsplit(item)
+        if origin is None or parts.path not in ("", "/") or parts.query or "#" in item:
+            raise ValueError(
+                "`FHIR_CORS_ORIGINS` is a comma-separated list of origins without a path, "
+                f"such as `https://app.example.org`, got `{item}`"
+            )
+        origins.append(origin)
+    return tuple(dict.fromkeys(origins))
 
 
 def _approval(value: str) -> str:
@@ -154,6 +191,9 @@ class Settings:
     auth_revocation_url: str | None = None
     auth_introspection_url: str | None = None
     auth_management_url: str | None = None
+    # Browser apps (docs/security.md#browser-apps-cors): origins allowed to call the FHIR API and
+    # the token endpoints cross-origin, beside those of registered OAuth clients' redirect URIs.
+    cors_origins: tuple[str, ...] = field(default_factory=tuple)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -253,4 +293,5 @@ class Settings:
             auth_revocation_url=get("FHIR_AUTH_REVOCATION_URL"),
             auth_introspection_url=get("FHIR_AUTH_INTROSPECTION_URL"),
             auth_management_url=get("FHIR_AUTH_MANAGEMENT_URL"),
+            cors_origins=_cors_origins(get("FHIR_CORS_ORIGINS") or ""),
         )
