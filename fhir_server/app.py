@@ -14,6 +14,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 import fhir_server.tracing as tracing
+import fhir_server.web as web
 from capability.definitions import resource_types
 from compartments.policy import Policy, PolicyError, Rule, default_policy, load_policy
 from fhir_server.api import errors, fhir, graphql, ops, patient_service, relationships, smart
@@ -185,6 +186,7 @@ def create_app(
     smart.install(app)
     relationships.install(app)
     graphql.install(app, settings)
+    web.install(app)
     # innermost: it answers what escaped every handler, so the outer ones see a status
     app.add_middleware(
         LastResort,

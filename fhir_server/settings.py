@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -12,6 +13,8 @@ from urllib.parse import urlsplit
 
 _PG_TIME = re.compile(r"[0-9]+(?:us|ms|s|min|h|d)?")
 _PG_MEMORY = re.compile(r"[0-9]+(?:kB|MB|GB|TB)?")
+# A host name (punycode, as browsers send it in `Origin`) or an IPv4 address.
+_HOST = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
 
 
 def _pg_setting(
@@ -70,10 +73,15 @@ def web_origin(value: str) -> str | None:
     except ValueError:
         return None
     scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
-    if scheme not in {"http", "https"} or not host or parts.username is not None:
+    if scheme not in {"http", "https"} or parts.username is not None:
         return None
     if ":" in host:
-        host = f"[{host}]"  # IPv6
+        try:
+            host = f"[{ipaddress.IPv6Address(host).compressed}]"
+        except ValueError:
+            return None
+    elif _HOST.fullmatch(host) is None:
+        return None
     default = 443 if scheme == "https" else 80
     return f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
 
@@ -87,8 +95,7 @@ def _cors_origins(value: str) -> tuple[str, ...]:
         if not item:
             continue
         origin = web_origin(item)
-        parts = urlsplit(item)
-        if origin is None or parts.path not in ("", "/") or parts.query or "#" in item:
+        if origin is None or urlsplit(item).path not in ("", "/") or "?" in item or "#" in item:
             raise ValueError(
                 "`FHIR_CORS_ORIGINS` is a comma-separated list of origins without a path, "
                 f"such as `https://app.example.org`, got `{item}`"

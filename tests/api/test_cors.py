@@ -4,13 +4,10 @@ echoed, every other origin and every page path left without a CORS header."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -19,7 +16,7 @@ from starlette.routing import Route
 from fhir_server.api.cors import Cors
 from fhir_server.settings import Settings
 from tests.support.resources import patient
-from tests.support.servers import LiveServer, free_port
+from tests.support.servers import LiveServer, serving
 from tests.support.tokens import auth
 
 APP = "http://app.example"
@@ -199,27 +196,6 @@ def test_requests_without_an_origin_are_unchanged_but_vary_on_it(http: httpx.Cli
 # --- the origin list is asked per request, and an existing Vary is kept ---
 
 
-class Running:
-    def __init__(self, app: Cors) -> None:
-        self.port = free_port()
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive()
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-
 def test_origins_are_asked_for_each_request() -> None:
     current: set[str] = set()
 
@@ -227,7 +203,7 @@ def test_origins_are_asked_for_each_request() -> None:
         return PlainTextResponse("ok", headers={"Vary": "Accept"})
 
     inner = Starlette(routes=[Route("/fhir/Patient", resource)])
-    with Running(Cors(inner, origins=lambda: frozenset(current))) as base:
+    with serving(Cors(inner, origins=lambda: frozenset(current))) as base:
         first = httpx.get(f"{base}/fhir/Patient", headers={"Origin": APP})
         assert cors_headers(first) == {}
         current.add(APP)  # e.g. a client registered while the server runs
@@ -269,6 +245,9 @@ def test_the_setting_keeps_normalized_origins() -> None:
         "https://user@app.example",
         "ftp://app.example",
         "https://app.example:99999",
+        "https://app.example; x",
+        "https://app example",
+        "https://[zz::1]",
     ],
 )
 def test_the_setting_refuses_what_is_no_origin(value: str) -> None:

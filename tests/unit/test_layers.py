@@ -37,6 +37,9 @@ INTERACTIONS = (*SERVICE_CORE, "fhir_server.services.interactions")
 SERVICES = (*INTERACTIONS, "fhir_server.services.workflows", "fhir_server.services")
 AUDIT = (*SERVICES, "fhir_server.audit")
 API = (*AUDIT, "fhir_server.api")
+# The HTTP layers beside `api` (DESIGN.md 2.1): the SMART authorization server and the server-rendered
+# pages. They may import everything below and each other; nothing below imports them.
+HTTP = (*API, "fhir_server.oauth", "fhir_server.web")
 
 # The FHIRPath compiler's own modules, each above the ones it may import.
 FHIRPATH = "fhir_server.search.fhirpath"
@@ -95,9 +98,11 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "fhir_server.services.workflows": SERVICES,
     "fhir_server.audit": AUDIT,
     "fhir_server.api": API,
-    "fhir_server.app": API,
+    "fhir_server.oauth": HTTP,
+    "fhir_server.web": HTTP,
+    "fhir_server.app": HTTP,
     "fhir_server.embedded": LEAVES,
-    "fhir_server.cli": (*API, "fhir_server.app", "fhir_server.embedded", "fhir_server"),
+    "fhir_server.cli": (*HTTP, "fhir_server.app", "fhir_server.embedded", "fhir_server"),
     "migrations": ("migrations", "fhir_server.storage", "fhir_server.search", "capability"),
 }
 WEB_AND_DB = ("fastapi", "starlette", "sqlalchemy", "psycopg", "uvicorn", "httpx")
@@ -212,6 +217,14 @@ def test_the_checker_fails_on_an_upward_import(tmp_path: Path) -> None:
         tmp_path, "fhir_server/storage/bad.py", "from fhir_server.services.context import Context\n"
     )
     write(tmp_path, "fhir_server/audit/bad.py", "from fhir_server.api import deps\n")
+    write(tmp_path, "fhir_server/web/fine.py", "from fhir_server.oauth import grants\n")
+    write(tmp_path, "fhir_server/oauth/fine.py", "from fhir_server.services import x\n")
+    write(
+        tmp_path,
+        "fhir_server/services/workflows/bad.py",
+        "from fhir_server.web.render import page\n",
+    )
+    write(tmp_path, "fhir_server/api/bad.py", "import fhir_server.oauth.grants\n")
     write(
         tmp_path, "fhir_server/services/access/bad.py", "import fhir_server.services.interactions\n"
     )
@@ -228,6 +241,7 @@ def test_the_checker_fails_on_an_upward_import(tmp_path: Path) -> None:
     )
     write(tmp_path, "fhir_server/search/fhirpath/extra.py", "x = 1\n")
     assert violations(tmp_path) == [
+        "fhir_server.api.bad imports fhir_server.oauth.grants",
         "fhir_server.audit.bad imports fhir_server.api",
         "fhir_server.audit.bad imports fhir_server.api.deps",
         "fhir_server.newpackage.thing belongs to no layer",
@@ -240,6 +254,8 @@ def test_the_checker_fails_on_an_upward_import(tmp_path: Path) -> None:
         "fhir_server.services.access.bad imports fhir_server.services.interactions",
         "fhir_server.services.formats.web imports starlette.responses",
         "fhir_server.services.formats.web imports starlette.responses.Response",
+        "fhir_server.services.workflows.bad imports fhir_server.web.render",
+        "fhir_server.services.workflows.bad imports fhir_server.web.render.page",
         "fhir_server.storage.bad imports fhir_server.services.context",
         "fhir_server.storage.bad imports fhir_server.services.context.Context",
     ]
