@@ -30,7 +30,7 @@ test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The storage and API suites against an external PostgreSQL (FHIR_TEST_POSTGRES_URL).
-test-pg: $(STAMP)
+test-pg: $(STAMP) browser
 	$(PY) -m pytest tests/integration tests/api $(PYTEST_ARGS)
 
 check: $(STAMP)
