@@ -95,9 +95,11 @@ async def _purge_idempotency_keys(
         await asyncio.sleep(every_seconds)
 
 
-def cors_origins(settings: Settings) -> Callable[[], frozenset[str]]:
-    """The origins browser apps may call from (docs/security.md#browser-apps-cors):
-    `FHIR_CORS_ORIGINS`, plus the origins of registered OAuth clients' redirect URIs."""
+def cors_origins(settings: Settings, app: FastAPI) -> Callable[[], frozenset[str]]:
+    """The origins browser apps may call from (docs/security.md#browser-apps-cors), asked per
+    request with an `Origin`: `FHIR_CORS_ORIGINS`, plus the origins of registered OAuth clients'
+    redirect URIs (`settings.web_origin` of each), which join here once the client store exists,
+    read from the runtime (`app.state.runtime`) and kept in memory: this is called per request."""
     configured = frozenset(settings.cors_origins)
 
     def origins() -> frozenset[str]:
@@ -197,7 +199,7 @@ def create_app(
         app.add_middleware(WritesDisabled)
     # Outside the kill-switch (a browser app must be able to read its 503) and inside the
     # observation (preflights are counted and logged like any request).
-    app.add_middleware(Cors, origins=cors_origins(settings))
+    app.add_middleware(Cors, origins=cors_origins(settings, app))
     if settings.request_observation:
         app.add_middleware(RequestObservation)  # outermost: it also sees the kill-switch's answers
     patient_service.install(app)

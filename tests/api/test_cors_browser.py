@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,12 +32,13 @@ APP_PAGE = b"""<!doctype html>
 const params = new URLSearchParams(location.search);
 const base = params.get("fhir");
 const bearer = {Authorization: "Bearer " + params.get("token"), Accept: "application/fhir+json"};
-async function read(url, headers) {
+async function read(url, headers, init) {
   try {
-    const response = await fetch(url, {headers: headers});
+    const response = await fetch(url, Object.assign({headers: headers}, init || {}));
     const body = await response.json();
     return {status: response.status, etag: response.headers.get("ETag"),
             lastModified: response.headers.get("Last-Modified"),
+            location: response.headers.get("Location"),
             resourceType: body.resourceType, id: body.id};
   } catch (e) {
     return {error: String(e)};
@@ -47,6 +49,11 @@ async function read(url, headers) {
     metadata: await read(base + "/fhir/metadata", {Accept: "application/fhir+json"}),
     patient: await read(base + "/fhir/Patient/" + params.get("id"), bearer),
     page: await read(base + "/healthz", {}),
+    created: await read(
+      base + "/fhir/Patient",
+      Object.assign({"Content-Type": "application/fhir+json"}, bearer),
+      {method: "POST", body: JSON.stringify(
+        {resourceType: "Patient", name: [{family: params.get("family")}]})}),
   };
   document.getElementById("result").textContent = JSON.stringify(result);
 })();
@@ -103,8 +110,22 @@ def patient_id(fhir_base: str) -> str:
     return identifier
 
 
-def run_app(driver: WebDriver, origin: str, fhir_base: str, patient_id: str) -> dict[str, Any]:
-    query = urlencode({"fhir": fhir_base, "token": token(), "id": patient_id})
+def patients_named(fhir_base: str, family: str) -> int:
+    found = httpx.get(
+        f"{fhir_base}/fhir/Patient",
+        params={"family:exact": family, "_summary": "count"},
+        headers=auth(),
+        timeout=30,
+    )
+    assert found.status_code == 200
+    total: int = found.json()["total"]
+    return total
+
+
+def run_app(
+    driver: WebDriver, origin: str, fhir_base: str, patient_id: str, family: str
+) -> dict[str, Any]:
+    query = urlencode({"fhir": fhir_base, "token": token(), "id": patient_id, "family": family})
     driver.get(f"{origin}/app.html?{query}")
     result: dict[str, Any] = json.loads(wait_for_text(driver, "result"))
     return result
@@ -114,7 +135,8 @@ def test_a_listed_origin_reads_the_api_and_its_etag_in_a_browser(
     browser: WebDriver, app_origins: tuple[str, str], fhir_base: str, patient_id: str
 ) -> None:
     listed, _ = app_origins
-    result = run_app(browser, listed, fhir_base, patient_id)
+    family = f"Listed-{uuid.uuid4().hex[:12]}"
+    result = run_app(browser, listed, fhir_base, patient_id, family)
     assert result["metadata"]["status"] == 200
     assert result["metadata"]["resourceType"] == "CapabilityStatement"
     # the Authorization header made the browser preflight, and the read came through
@@ -124,15 +146,24 @@ def test_a_listed_origin_reads_the_api_and_its_etag_in_a_browser(
     assert result["patient"]["lastModified"]
     # a path outside the API: the server answers, the browser keeps it from the page
     assert "error" in result["page"]
+    # a write goes through, and the page reads where it went
+    assert result["created"]["status"] == 201
+    assert result["created"]["location"].startswith(
+        f"{fhir_base}/fhir/Patient/{result['created']['id']}/_history/1"
+    )
+    assert patients_named(fhir_base, family) == 1
 
 
 def test_an_unlisted_origin_reads_nothing_in_a_browser(
     browser: WebDriver, app_origins: tuple[str, str], fhir_base: str, patient_id: str
 ) -> None:
     _, unlisted = app_origins
-    result = run_app(browser, unlisted, fhir_base, patient_id)
-    assert set(result) == {"metadata", "patient", "page"}
+    family = f"Unlisted-{uuid.uuid4().hex[:12]}"
+    result = run_app(browser, unlisted, fhir_base, patient_id, family)
+    assert set(result) == {"metadata", "patient", "page", "created"}
     assert all(set(answer) == {"error"} for answer in result.values()), result
+    # the refused preflight kept the write from being sent at all: nothing was created
+    assert patients_named(fhir_base, family) == 0
 
 
 def test_screenshots_are_written_only_when_asked_for(
