@@ -61,6 +61,16 @@ EXPOSE_HEADERS = ", ".join(
         "Retry-After",
     )
 )
+
+
+class _Preflight:
+    """The route of a preflight answered here, as the request metrics, logs and spans read it
+    (`scope["route"].path`): a label of its own, not `unmatched`, which means no route served."""
+
+    path = "cors-preflight"
+
+
+PREFLIGHT_ROUTE = _Preflight()
 # Short: an origin removed from the list stops being preflighted-through within ten minutes.
 MAX_AGE_SECONDS = 600
 
@@ -104,6 +114,7 @@ class Cors:
                 preflight = True
         allowed = bool(origin) and self._allowed(origin)
         if preflight and origin and scope["method"] == "OPTIONS":
+            scope["route"] = PREFLIGHT_ROUTE
             await self._preflight(send, origin if allowed else None)
             return
         added: list[tuple[bytes, bytes]] = []

@@ -179,6 +179,23 @@ def test_a_refusal_is_readable_by_a_listed_origin(http: httpx.Client) -> None:
     assert http.delete("/fhir/Patient/x", headers={"Origin": APP}).status_code == 401
 
 
+def test_preflights_are_counted_under_a_route_of_their_own(
+    http: httpx.Client, server: LiveServer
+) -> None:
+    def counted(status: int) -> float:
+        metrics = http.get("/metrics").text
+        label = f'http_requests_total{{method="OPTIONS",route="cors-preflight",status="{status}"}} '
+        found = [line for line in metrics.splitlines() if line.startswith(label)]
+        return float(found[0].rsplit(" ", 1)[1]) if found else 0.0
+
+    allowed, refused = counted(204), counted(403)
+    assert preflight(http, "/fhir/Patient", APP).status_code == 204
+    assert preflight(http, "/fhir/Patient", "http://evil.example").status_code == 403
+    assert (counted(204), counted(403)) == (allowed + 1, refused + 1)
+    response = preflight(http, "/fhir/Patient", APP)
+    assert response.headers["x-request-id"]
+
+
 def test_a_plain_options_request_is_no_preflight(http: httpx.Client) -> None:
     # without Access-Control-Request-Method, OPTIONS goes to the routes as before
     response = http.options("/fhir/metadata", headers={"Origin": APP})
