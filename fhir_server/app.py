@@ -24,8 +24,9 @@ from fhir_server.api.lastresort import LastResort
 from fhir_server.api.observability import RequestObservation
 from fhir_server.api.runtime import Runtime
 from fhir_server.audit.trail import AuditTrail
+from fhir_server.auth import issuer
 from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_key
-from fhir_server.auth.tokens import TokenSettings, TokenVerifier
+from fhir_server.auth.tokens import TokenSettings, TokenVerifier, Verifiers
 from fhir_server.clients.registry import ClientRegistry, RegistrySettings
 from fhir_server.services.access.cache import FactsCache
 from fhir_server.services.context import Context, server_guard, utc_now
@@ -34,6 +35,7 @@ from fhir_server.settings import Settings
 from fhir_server.storage import idempotency
 from fhir_server.storage.database import Database, libpq_url, session_limits
 from fhir_server.validation import ResourceValidator
+from fhir_server.web import session
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,30 @@ def token_settings(settings: Settings, *, warn: bool = True) -> TokenSettings:
         algorithms=settings.auth_algorithms,
         leeway_seconds=settings.auth_leeway_seconds,
     )
+
+
+def server_keys(settings: Settings) -> issuer.ServerKeys | None:
+    """The authorization server's signing keys, made on first start (None when it is off)."""
+    if not settings.oauth_enabled:
+        return None
+    return issuer.ServerKeys.load(issuer.keys_path(settings.data_dir, settings.oauth_keys))
+
+
+def verifiers(settings: Settings, keys: issuer.ServerKeys | None) -> Verifiers:
+    """The identity provider's (or the development key's) verifier, and this server's own:
+    its tokens are checked by the same code as any other, against its published keys."""
+    trusted = [TokenVerifier(token_settings(settings))]
+    if keys is not None:
+        jwks = keys.write_public(settings.data_dir / "auth" / issuer.PUBLIC_FILE)
+        own = TokenSettings(
+            issuer=settings.public_base,
+            audience=settings.public_base,
+            jwks=str(jwks),
+            algorithms=(issuer.ALGORITHM,),
+            leeway_seconds=settings.auth_leeway_seconds,
+        )
+        trusted.append(TokenVerifier(own))
+    return Verifiers(trusted)
 
 
 def load_policy_file(path: Path | None) -> tuple[Rule, ...]:
@@ -116,7 +142,8 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tracing.configure()  # before the pool: its connections trace their statements
-        verifier = TokenVerifier(token_settings(settings))
+        keys = server_keys(settings)
+        verifier = verifiers(settings, keys)
         policy = Policy(load_policy_file(settings.policy_file))
         limits = session_limits(
             settings.db_statement_timeout,
@@ -152,6 +179,7 @@ def create_app(
             registry,
             InputLimits.of(settings),
             clock,
+            keys,
         )
         audit.start()
         purger = asyncio.create_task(_purge_idempotency_keys(db, clock))
@@ -186,6 +214,7 @@ def create_app(
     fhir.install(app)
     ops.install(app)
     smart.install(app)
+    session.install(app, settings)
     relationships.install(app)
     graphql.install(app, settings)
     web.install(app)

@@ -201,6 +201,32 @@ class Settings:
     # Browser apps (docs/security.md#browser-apps-cors): origins allowed to call the FHIR API and
     # the token endpoints cross-origin, beside those of registered OAuth clients' redirect URIs.
     cors_origins: tuple[str, ...] = field(default_factory=tuple)
+    # The server's own SMART authorization server (docs/smart.md): on unless `FHIR_OAUTH=off`.
+    # Its signing keys: a JWKS file of private keys (the first signs, all are published), or a
+    # key made once in the data folder. Lifetimes in seconds; a sign-in is locked for
+    # `oauth_lockout_seconds` after `oauth_lockout_attempts` failures in a row.
+    oauth_enabled: bool = True
+    oauth_keys: Path | None = None
+    oauth_access_token_seconds: int = 900
+    oauth_refresh_token_seconds: int = 30 * 86_400
+    oauth_code_seconds: int = 60
+    oauth_launch_seconds: int = 300
+    oauth_session_seconds: int = 8 * 3_600
+    oauth_lockout_attempts: int = 5
+    oauth_lockout_seconds: int = 900
+    # The key that signs session cookies and CSRF tokens; made once in the data folder when unset.
+    session_secret: str | None = None
+    # Sign-in delegated to an upstream OpenID Connect provider: its subject is mapped to a Person
+    # by an identifier of `login_oidc_identifier_system` (the issuer when unset).
+    login_oidc_issuer: str | None = None
+    login_oidc_client_id: str | None = None
+    login_oidc_client_secret: str | None = None
+    login_oidc_identifier_system: str | None = None
+
+    @property
+    def public_base(self) -> str:
+        """The FHIR base URL that tokens are issued by and for (`iss` and `aud`)."""
+        return self.base_url or f"http://{self.host}:{self.port}/fhir"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -301,4 +327,24 @@ class Settings:
             auth_introspection_url=get("FHIR_AUTH_INTROSPECTION_URL"),
             auth_management_url=get("FHIR_AUTH_MANAGEMENT_URL"),
             cors_origins=_cors_origins(get("FHIR_CORS_ORIGINS") or ""),
+            oauth_enabled=_bool(get("FHIR_OAUTH") or "on"),
+            oauth_keys=Path(keys) if (keys := get("FHIR_OAUTH_KEYS")) else None,
+            oauth_access_token_seconds=num(
+                "FHIR_OAUTH_ACCESS_TOKEN_SECONDS", defaults.oauth_access_token_seconds
+            ),
+            oauth_refresh_token_seconds=num(
+                "FHIR_OAUTH_REFRESH_TOKEN_SECONDS", defaults.oauth_refresh_token_seconds
+            ),
+            oauth_code_seconds=num("FHIR_OAUTH_CODE_SECONDS", defaults.oauth_code_seconds),
+            oauth_launch_seconds=num("FHIR_OAUTH_LAUNCH_SECONDS", defaults.oauth_launch_seconds),
+            oauth_session_seconds=num("FHIR_OAUTH_SESSION_SECONDS", defaults.oauth_session_seconds),
+            oauth_lockout_attempts=num(
+                "FHIR_OAUTH_LOCKOUT_ATTEMPTS", defaults.oauth_lockout_attempts
+            ),
+            oauth_lockout_seconds=num("FHIR_OAUTH_LOCKOUT_SECONDS", defaults.oauth_lockout_seconds),
+            session_secret=get("FHIR_SESSION_SECRET"),
+            login_oidc_issuer=get("FHIR_LOGIN_OIDC_ISSUER"),
+            login_oidc_client_id=get("FHIR_LOGIN_OIDC_CLIENT_ID"),
+            login_oidc_client_secret=get("FHIR_LOGIN_OIDC_CLIENT_SECRET"),
+            login_oidc_identifier_system=get("FHIR_LOGIN_OIDC_IDENTIFIER_SYSTEM"),
         )

@@ -9,7 +9,8 @@ from datetime import datetime
 
 from compartments.policy import Policy
 from fhir_server.audit.trail import AuditTrail
-from fhir_server.auth.tokens import TokenVerifier
+from fhir_server.auth.issuer import ServerKeys
+from fhir_server.auth.tokens import TokenVerifier, Verifiers
 from fhir_server.clients.registry import ClientRegistry
 from fhir_server.services.access.cache import FactsCache
 from fhir_server.services.context import utc_now
@@ -24,7 +25,7 @@ class Runtime:
     settings: Settings
     db: Database
     validator: ResourceValidator
-    verifier: TokenVerifier
+    verifier: TokenVerifier | Verifiers
     policy: Policy
     audit: AuditTrail
     facts: FactsCache
@@ -33,3 +34,5 @@ class Runtime:
     limits: InputLimits = field(default_factory=InputLimits)
     # the one clock of the application: every request's Context.clock, and what else asks the time
     clock: Callable[[], datetime] = utc_now
+    # the signing keys of the server's own authorization server (None with `FHIR_OAUTH=off`)
+    keys: ServerKeys | None = None

@@ -108,6 +108,20 @@ _ACTIONS = {
     "restore": "U",
 }
 _INTERACTIONS = {"history": "history-instance", "search": "search-type"}
+REST_TYPE = {
+    "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+    "code": "rest",
+    "display": "RESTful Operation",
+}
+# The authorization server's events (`AuditTrail.security_event`): DICOM's User Authentication,
+# with the event (`sign-in`, `approve`, `token`, ...) as the subtype in a system of this server.
+SECURITY_PREFIX = "oauth-"
+SECURITY_TYPE = {
+    "system": "http://dicom.nema.org/resources/ontology/DCM",
+    "code": "110114",
+    "display": "User Authentication",
+}
+SECURITY_SUBTYPES = "urn:fhir-server:oauth-event"
 
 
 class Record(NamedTuple):
@@ -131,6 +145,9 @@ class Record(NamedTuple):
     id: str = ""
     # the elements whose values `bound` shortened or cleaned ("agent", "entity", ...)
     bounded: tuple[str, ...] = ()
+    # the token's `access_basis` (auth/tokens.py Principal.basis): the relationship and
+    # Consents, or the patient itself, it acts on; `agent.policy` of the event
+    basis: tuple[str, ...] = ()
 
 
 WRITES = frozenset({"create", "update", "patch", "delete", "restore"})
@@ -165,6 +182,7 @@ def record_of(guard: Guard, audited: Audited, recorded: datetime) -> Record:
                 else None
             ),
             id=new_id(),
+            basis=guard.principal.basis if guard.principal is not None else (),
         )
     )
 
@@ -224,6 +242,7 @@ def bound(record: Record) -> Record:
         and (record.purpose_of_use is None or " " not in record.purpose_of_use)
         and _plain(record.purpose_text, PURPOSE_TEXT_MAX)
         and _plain(record.diff, DIFF_MAX)
+        and all(_plain(b, ID_MAX) for b in record.basis)
     ):
         return record
     changed: set[str] = set(record.bounded)
@@ -270,6 +289,12 @@ def bound(record: Record) -> Record:
         diff, touched = _text(record.diff, DIFF_MAX)
         if touched:
             changed.add("entity")
+    basis = []
+    for reference in record.basis:
+        reference, touched = _reference(reference)
+        basis.append(reference)
+        if touched:
+            changed.add("agent")
     if not changed:
         return record  # the usual case: nothing to bound
     return record._replace(
@@ -283,6 +308,7 @@ def bound(record: Record) -> Record:
         purpose_of_use=purpose[0][0],
         purpose_text=purpose[1][0],
         diff=diff,
+        basis=tuple(basis),
         bounded=tuple(sorted(changed)),
     )
 
@@ -318,6 +344,7 @@ def reduced(record: Record) -> Record:
             else ascii_text(record.purpose_text, PURPOSE_TEXT_MAX)
         ),
         diff=None,
+        basis=tuple(ascii_text(b, 2 * ID_MAX) for b in record.basis),
         bounded=("agent", "entity", "outcomeDesc", "purposeOfEvent", "subtype"),
     )
 
@@ -356,15 +383,14 @@ def audit_event(record: Record, endpoint: str) -> dict[str, Any]:
     if record.bounded:
         event["meta"] = {"tag": [dict(BOUNDED_TAG)]}
         event["extension"] = [{"url": BOUNDED_EXTENSION, "valueString": " ".join(record.bounded)}]
+    security = record.operation.startswith(SECURITY_PREFIX)
     event.update(
         {
-            "type": {
-                "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
-                "code": "rest",
-                "display": "RESTful Operation",
-            },
+            "type": SECURITY_TYPE if security else REST_TYPE,
             "subtype": [
-                {
+                {"system": SECURITY_SUBTYPES, "code": record.operation[len(SECURITY_PREFIX) :]}
+                if security
+                else {
                     "system": "http://hl7.org/fhir/restful-interaction",
                     "code": _INTERACTIONS.get(record.operation, record.operation),
                 }
@@ -391,6 +417,9 @@ def audit_event(record: Record, endpoint: str) -> dict[str, Any]:
         ]
     if record.emergency:
         event["agent"][0]["purposeOfUse"] = event["purposeOfEvent"]
+    if record.basis:
+        # the relationship or Consent the token acts on (the `access_basis` claim)
+        event["agent"][0]["policy"] = list(record.basis)
     if entities:
         event["entity"] = entities
     return event
@@ -469,7 +498,7 @@ def stored_event(event: dict[str, Any], id: str, now: datetime) -> NewVersion:
         reference=references,
         number=[],
         quantity=[],
-        uri=[],
+        uri=[("policy", p) for p in dict.fromkeys(event["agent"][0].get("policy", ()))],
     )
     return NewVersion(
         resource_type="AuditEvent",
@@ -749,6 +778,45 @@ class AuditTrail:
             await self._write_urgent(urgent)
         if self._buffered > MAX_BUFFERED:
             await self._wait_for_writer()
+
+    async def security_event(
+        self,
+        *,
+        account: str,
+        event: str,
+        allowed: bool,
+        explanation: str,
+        patients: Sequence[str] = (),
+        reason: str | None = None,
+    ) -> None:
+        """An event of the authorization server (`sign-in`, `approve`, `token`, `refresh`,
+        `revoke`, `launch`, `register`, ...): `account` is the user's FHIR reference, or
+        `System/<client id>` for a client. Refusals are written before the response, like
+        denials; the rest are queued. `patients`: references (`Patient/1`) the event concerns,
+        so that they and their guardians can read it."""
+        record = bound(
+            Record(
+                recorded=self.server.clock(),
+                account=account,
+                operation=f"{SECURITY_PREFIX}{event}",
+                resource=None,
+                allowed=allowed,
+                reason=reason,
+                explanation=explanation,
+                rule=None,
+                emergency=False,
+                patients=tuple(patients)[:MAX_PATIENTS],
+                purpose_of_use=None,
+                purpose_text=None,
+                diff=None,
+                id=new_id(),
+            )
+        )
+        if allowed:
+            self._pending.append(record)
+            self._buffered += 1
+        else:
+            await self._write_urgent([record])
 
     async def _write_urgent(self, records: list[Record]) -> None:
         """Denials and break-glass accesses, before the response. If the database cannot take

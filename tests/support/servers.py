@@ -34,9 +34,18 @@ def free_port() -> int:
 
 class LiveServer:
     def __init__(
-        self, settings: Settings, url: str, clock: Callable[[], datetime] = utc_now
+        self,
+        settings: Settings,
+        url: str,
+        clock: Callable[[], datetime] = utc_now,
+        *,
+        fixed_base: bool = False,
     ) -> None:
+        """`fixed_base`: `FHIR_BASE_URL` is this server's own `/fhir` (the authorization
+        server's issuer and audience), rather than derived from each request."""
         self.port = free_port()
+        if fixed_base:
+            settings = replace(settings, base_url=f"http://127.0.0.1:{self.port}/fhir")
         if settings.auth_jwks is None:
             settings = replace(settings, data_dir=KEYS_DIR)
         config = uvicorn.Config(

@@ -37,9 +37,10 @@ INTERACTIONS = (*SERVICE_CORE, "fhir_server.services.interactions")
 SERVICES = (*INTERACTIONS, "fhir_server.services.workflows", "fhir_server.services")
 AUDIT = (*SERVICES, "fhir_server.audit")
 API = (*AUDIT, "fhir_server.api")
-# The HTTP layers beside `api` (DESIGN.md 2.1): the SMART authorization server and the server-rendered
-# pages. They may import everything below and each other; nothing below imports them.
-HTTP = (*API, "fhir_server.oauth", "fhir_server.web")
+# The HTTP layers beside api/ (DESIGN.md 2.1): the pages, and the authorization server, which
+# shows pages.
+WEB = (*API, "fhir_server.web")
+OAUTH = (*WEB, "fhir_server.oauth")
 
 # The FHIRPath compiler's own modules, each above the ones it may import.
 FHIRPATH = "fhir_server.search.fhirpath"
@@ -98,11 +99,11 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "fhir_server.services.workflows": SERVICES,
     "fhir_server.audit": AUDIT,
     "fhir_server.api": API,
-    "fhir_server.oauth": HTTP,
-    "fhir_server.web": HTTP,
-    "fhir_server.app": HTTP,
+    "fhir_server.web": WEB,
+    "fhir_server.oauth": OAUTH,
+    "fhir_server.app": OAUTH,
     "fhir_server.embedded": LEAVES,
-    "fhir_server.cli": (*HTTP, "fhir_server.app", "fhir_server.embedded", "fhir_server"),
+    "fhir_server.cli": (*OAUTH, "fhir_server.app", "fhir_server.embedded", "fhir_server"),
     "migrations": ("migrations", "fhir_server.storage", "fhir_server.search", "capability"),
 }
 WEB_AND_DB = ("fastapi", "starlette", "sqlalchemy", "psycopg", "uvicorn", "httpx")
@@ -217,8 +218,8 @@ def test_the_checker_fails_on_an_upward_import(tmp_path: Path) -> None:
         tmp_path, "fhir_server/storage/bad.py", "from fhir_server.services.context import Context\n"
     )
     write(tmp_path, "fhir_server/audit/bad.py", "from fhir_server.api import deps\n")
-    write(tmp_path, "fhir_server/web/fine.py", "from fhir_server.oauth import grants\n")
-    write(tmp_path, "fhir_server/oauth/fine.py", "from fhir_server.services import x\n")
+    write(tmp_path, "fhir_server/oauth/fine.py", "from fhir_server.web.render import page\n")
+    write(tmp_path, "fhir_server/web/bad.py", "from fhir_server.oauth import grants\n")
     write(
         tmp_path,
         "fhir_server/services/workflows/bad.py",
@@ -258,4 +259,6 @@ def test_the_checker_fails_on_an_upward_import(tmp_path: Path) -> None:
         "fhir_server.services.workflows.bad imports fhir_server.web.render.page",
         "fhir_server.storage.bad imports fhir_server.services.context",
         "fhir_server.storage.bad imports fhir_server.services.context.Context",
+        "fhir_server.web.bad imports fhir_server.oauth",
+        "fhir_server.web.bad imports fhir_server.oauth.grants",
     ]

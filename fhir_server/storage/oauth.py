@@ -1,0 +1,564 @@
+"""The SMART authorization server's records (migration 0007_oauth): clients, local accounts,
+authorization codes, refresh tokens, approvals, EHR launch contexts and used client-assertion ids.
+
+Secrets never reach the database: codes, refresh tokens and launch values are stored as SHA-256
+digests (`digest`), passwords as argon2 hashes made by the caller. Single use is enforced by the
+statements themselves (an UPDATE that claims a row only while it is unused), so two concurrent
+redemptions of one code cannot both succeed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+
+from fhir_server.storage.sql import Connection, Statement, execute, fetch_all, fetch_one
+
+
+def digest(secret: str) -> str:
+    """What is stored of a code, refresh token or launch value."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+# --- clients -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    client_id: str
+    name: str
+    kind: Literal["public", "confidential"]
+    redirect_uris: tuple[str, ...]
+    scope: str  # the scopes it may ask for, space-separated
+    launch_types: tuple[str, ...] = ("standalone",)  # "ehr", "standalone"
+    grant_types: tuple[str, ...] = ("authorization_code", "refresh_token")
+    jwks_uri: str | None = None
+    jwks: dict[str, Any] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+
+
+_CLIENT_COLUMNS = (
+    "client_id, name, kind, redirect_uris, scope, launch_types, grant_types, jwks_uri,"
+    " jwks::text, metadata::text, created_at"
+)
+_ADD_CLIENT = Statement(
+    "INSERT INTO oauth_clients (client_id, name, kind, redirect_uris, scope, launch_types,"
+    " grant_types, jwks_uri, jwks, metadata, created_at) VALUES (%(client_id)s, %(name)s,"
+    " %(kind)s, %(redirect_uris)s, %(scope)s, %(launch_types)s, %(grant_types)s, %(jwks_uri)s,"
+    " %(jwks)s::jsonb, %(metadata)s::jsonb, %(now)s) ON CONFLICT (client_id) DO NOTHING"
+)
+_GET_CLIENT = Statement(f"SELECT {_CLIENT_COLUMNS} FROM oauth_clients WHERE client_id = %(id)s")  # noqa: S608 (constant columns)
+_LIST_CLIENTS = Statement(f"SELECT {_CLIENT_COLUMNS} FROM oauth_clients ORDER BY client_id")  # noqa: S608
+_REMOVE_CLIENT = Statement("DELETE FROM oauth_clients WHERE client_id = %(id)s")
+_REDIRECT_URIS = Statement("SELECT DISTINCT unnest(redirect_uris) FROM oauth_clients")
+
+
+def _client(row: tuple[Any, ...]) -> Client:
+    return Client(
+        client_id=row[0],
+        name=row[1],
+        kind=row[2],
+        redirect_uris=tuple(row[3]),
+        scope=row[4],
+        launch_types=tuple(row[5]),
+        grant_types=tuple(row[6]),
+        jwks_uri=row[7],
+        jwks=orjson.loads(row[8]) if row[8] is not None else None,
+        metadata=orjson.loads(row[9]),
+        created_at=row[10],
+    )
+
+
+async def add_client(conn: Connection, client: Client, now: datetime) -> bool:
+    """Store a new client; False when its id is taken."""
+    return (
+        await execute(
+            conn,
+            _ADD_CLIENT,
+            {
+                "client_id": client.client_id,
+                "name": client.name,
+                "kind": client.kind,
+                "redirect_uris": list(client.redirect_uris),
+                "scope": client.scope,
+                "launch_types": list(client.launch_types),
+                "grant_types": list(client.grant_types),
+                "jwks_uri": client.jwks_uri,
+                "jwks": _json(client.jwks) if client.jwks is not None else None,
+                "metadata": _json(client.metadata),
+                "now": now,
+            },
+        )
+        == 1
+    )
+
+
+async def get_client(conn: Connection, client_id: str) -> Client | None:
+    row = await fetch_one(conn, _GET_CLIENT, {"id": client_id})
+    return _client(row) if row is not None else None
+
+
+async def list_clients(conn: Connection) -> list[Client]:
+    return [_client(row) for row in await fetch_all(conn, _LIST_CLIENTS)]
+
+
+async def remove_client(conn: Connection, client_id: str) -> bool:
+    return await execute(conn, _REMOVE_CLIENT, {"id": client_id}) == 1
+
+
+async def redirect_uris(conn: Connection) -> list[str]:
+    """Every registered redirect URI (CORS admits their origins)."""
+    return [row[0] for row in await fetch_all(conn, _REDIRECT_URIS)]
+
+
+# --- local accounts ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    username: str
+    password_hash: str
+    fhir_user: str
+    failed_attempts: int = 0
+    locked_until: datetime | None = None
+
+
+_ADD_USER = Statement(
+    "INSERT INTO oauth_users (username, password_hash, fhir_user, created_at)"
+    " VALUES (%(username)s, %(hash)s, %(fhir_user)s, %(now)s)"
+    " ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash,"
+    " fhir_user = excluded.fhir_user, failed_attempts = 0, locked_until = NULL"
+)
+_GET_USER = Statement(
+    "SELECT username, password_hash, fhir_user, failed_attempts, locked_until FROM oauth_users"
+    " WHERE username = %(username)s"
+)
+_FAILED = Statement(
+    "UPDATE oauth_users SET failed_attempts = failed_attempts + 1,"
+    " locked_until = CASE WHEN failed_attempts + 1 >= %(limit)s THEN %(until)s"
+    " ELSE locked_until END WHERE username = %(username)s RETURNING failed_attempts, locked_until"
+)
+_SUCCEEDED = Statement(
+    "UPDATE oauth_users SET failed_attempts = 0, locked_until = NULL WHERE username = %(username)s"
+)
+_SET_HASH = Statement(
+    "UPDATE oauth_users SET password_hash = %(hash)s WHERE username = %(username)s"
+)
+_REMOVE_USER = Statement("DELETE FROM oauth_users WHERE username = %(username)s")
+_LIST_USERS = Statement(
+    "SELECT username, password_hash, fhir_user, failed_attempts, locked_until FROM oauth_users"
+    " ORDER BY username"
+)
+
+
+def _user(row: tuple[Any, ...]) -> User:
+    return User(row[0], row[1], row[2], row[3], row[4])
+
+
+async def put_user(
+    conn: Connection, username: str, password_hash: str, fhir_user: str, now: datetime
+) -> None:
+    """Create the account, or replace its password and FHIR user (and unlock it)."""
+    await execute(
+        conn,
+        _ADD_USER,
+        {"username": username, "hash": password_hash, "fhir_user": fhir_user, "now": now},
+    )
+
+
+async def get_user(conn: Connection, username: str) -> User | None:
+    row = await fetch_one(conn, _GET_USER, {"username": username})
+    return _user(row) if row is not None else None
+
+
+async def list_users(conn: Connection) -> list[User]:
+    return [_user(row) for row in await fetch_all(conn, _LIST_USERS)]
+
+
+async def remove_user(conn: Connection, username: str) -> bool:
+    return await execute(conn, _REMOVE_USER, {"username": username}) == 1
+
+
+async def sign_in_failed(
+    conn: Connection, username: str, limit: int, lock_until: datetime
+) -> datetime | None:
+    """Count a failed sign-in; the account is locked until `lock_until` at the `limit`-th
+    failure in a row. When the account is locked, until when."""
+    row = await fetch_one(
+        conn, _FAILED, {"username": username, "limit": limit, "until": lock_until}
+    )
+    return row[1] if row is not None else None
+
+
+async def sign_in_succeeded(conn: Connection, username: str) -> None:
+    await execute(conn, _SUCCEEDED, {"username": username})
+
+
+async def rehash_password(conn: Connection, username: str, password_hash: str) -> None:
+    """Store a stronger hash of the same password (argon2's `check_needs_rehash`)."""
+    await execute(conn, _SET_HASH, {"username": username, "hash": password_hash})
+
+
+# --- authorization codes -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a code or a refresh token stands for: who approved what, for which client."""
+
+    client_id: str
+    scope: str
+    subject: str  # the signed-in account ("local:john", "oidc:<issuer>#<sub>")
+    fhir_user: str | None = None
+    patient: str | None = None  # a Patient id (launch context)
+    encounter: str | None = None
+    claims: dict[str, Any] = field(default_factory=dict)  # extra token claims (access_basis)
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    grant: Grant
+    redirect_uri: str
+    code_challenge: str | None
+    code_challenge_method: str | None
+    nonce: str | None
+    auth_time: datetime
+    expires_at: datetime
+
+
+_SAVE_CODE = Statement(
+    "INSERT INTO oauth_codes (code_hash, client_id, redirect_uri, scope, subject, fhir_user,"
+    " patient, encounter, code_challenge, code_challenge_method, nonce, claims, auth_time,"
+    " expires_at) VALUES (%(hash)s, %(client_id)s, %(redirect_uri)s, %(scope)s, %(subject)s,"
+    " %(fhir_user)s, %(patient)s, %(encounter)s, %(challenge)s, %(method)s, %(nonce)s,"
+    " %(claims)s::jsonb, %(auth_time)s, %(expires_at)s)"
+)
+# Claims the code whatever follows: a code is good for one attempt only.
+_USE_CODE = Statement(
+    "UPDATE oauth_codes SET used_at = %(now)s WHERE code_hash = %(hash)s AND used_at IS NULL"
+    " RETURNING client_id, redirect_uri, scope, subject, fhir_user, patient, encounter,"
+    " code_challenge, code_challenge_method, nonce, claims::text, auth_time, expires_at"
+)
+_CODE_USED = Statement("SELECT used_at FROM oauth_codes WHERE code_hash = %(hash)s")
+_PURGE_CODES = Statement("DELETE FROM oauth_codes WHERE expires_at < %(before)s")
+
+
+async def save_code(conn: Connection, code: str, record: Code) -> None:
+    g = record.grant
+    await execute(
+        conn,
+        _SAVE_CODE,
+        {
+            "hash": digest(code),
+            "client_id": g.client_id,
+            "redirect_uri": record.redirect_uri,
+            "scope": g.scope,
+            "subject": g.subject,
+            "fhir_user": g.fhir_user,
+            "patient": g.patient,
+            "encounter": g.encounter,
+            "challenge": record.code_challenge,
+            "method": record.code_challenge_method,
+            "nonce": record.nonce,
+            "claims": _json(g.claims),
+            "auth_time": record.auth_time,
+            "expires_at": record.expires_at,
+        },
+    )
+
+
+async def use_code(
+    conn: Connection, code: str, now: datetime
+) -> tuple[Code | None, Literal["ok", "used", "unknown"]]:
+    """Claim a code for this one redemption: the record when it was unused (expiry is the
+    caller's check), else why not. A reused code is reported so that the caller can revoke what
+    the first redemption issued (RFC 6749 4.1.2)."""
+    row = await fetch_one(conn, _USE_CODE, {"hash": digest(code), "now": now})
+    if row is None:
+        used = await fetch_one(conn, _CODE_USED, {"hash": digest(code)})
+        return None, ("used" if used is not None else "unknown")
+    grant = Grant(
+        client_id=row[0],
+        scope=row[2],
+        subject=row[3],
+        fhir_user=row[4],
+        patient=row[5],
+        encounter=row[6],
+        claims=orjson.loads(row[10]),
+    )
+    return Code(grant, row[1], row[7], row[8], row[9], row[11], row[12]), "ok"
+
+
+async def purge_codes(conn: Connection, before: datetime) -> int:
+    return await execute(conn, _PURGE_CODES, {"before": before})
+
+
+# --- refresh tokens ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    grant: Grant
+    chain: uuid.UUID
+    issued_at: datetime
+    expires_at: datetime | None
+
+
+_SAVE_REFRESH = Statement(
+    "INSERT INTO oauth_refresh_tokens (token_hash, chain, client_id, subject, scope, fhir_user,"
+    " patient, encounter, claims, issued_at, expires_at) VALUES (%(hash)s, %(chain)s,"
+    " %(client_id)s, %(subject)s, %(scope)s, %(fhir_user)s, %(patient)s, %(encounter)s,"
+    " %(claims)s::jsonb, %(issued_at)s, %(expires_at)s)"
+)
+# Rotation: the token is claimed (rotated) by one request only.
+_ROTATE = Statement(
+    "UPDATE oauth_refresh_tokens SET rotated_at = %(now)s, last_used_at = %(now)s"
+    " WHERE token_hash = %(hash)s AND rotated_at IS NULL AND revoked_at IS NULL"
+    " RETURNING chain, client_id, subject, scope, fhir_user, patient, encounter, claims::text,"
+    " issued_at, expires_at"
+)
+_REFRESH_STATE = Statement(
+    "SELECT chain, client_id, rotated_at, revoked_at FROM oauth_refresh_tokens"
+    " WHERE token_hash = %(hash)s"
+)
+_REVOKE_CHAIN = Statement(
+    "UPDATE oauth_refresh_tokens SET revoked_at = %(now)s WHERE chain = %(chain)s"
+    " AND revoked_at IS NULL"
+)
+_REVOKE_GRANTS = Statement(
+    "UPDATE oauth_refresh_tokens SET revoked_at = %(now)s WHERE subject = %(subject)s"
+    " AND client_id = %(client_id)s AND revoked_at IS NULL"
+)
+_ACTIVE_REFRESH = Statement(
+    "SELECT chain, client_id, subject, scope, fhir_user, patient, encounter, claims::text,"
+    " issued_at, expires_at FROM oauth_refresh_tokens WHERE token_hash = %(hash)s"
+    " AND rotated_at IS NULL AND revoked_at IS NULL"
+    " AND (expires_at IS NULL OR expires_at > %(now)s)"
+)
+
+
+def _refresh(row: tuple[Any, ...]) -> Refresh:
+    grant = Grant(
+        client_id=row[1],
+        subject=row[2],
+        scope=row[3],
+        fhir_user=row[4],
+        patient=row[5],
+        encounter=row[6],
+        claims=orjson.loads(row[7]),
+    )
+    return Refresh(grant, row[0], row[8], row[9])
+
+
+async def save_refresh(conn: Connection, token: str, record: Refresh) -> None:
+    g = record.grant
+    await execute(
+        conn,
+        _SAVE_REFRESH,
+        {
+            "hash": digest(token),
+            "chain": record.chain,
+            "client_id": g.client_id,
+            "subject": g.subject,
+            "scope": g.scope,
+            "fhir_user": g.fhir_user,
+            "patient": g.patient,
+            "encounter": g.encounter,
+            "claims": _json(g.claims),
+            "issued_at": record.issued_at,
+            "expires_at": record.expires_at,
+        },
+    )
+
+
+async def rotate_refresh(
+    conn: Connection, token: str, now: datetime
+) -> tuple[Refresh | None, Literal["ok", "reused", "revoked", "unknown"]]:
+    """Claim a refresh token for one rotation. A token already rotated is a reuse: the whole
+    chain is revoked here (the caller commits that even though it refuses the request)."""
+    row = await fetch_one(conn, _ROTATE, {"hash": digest(token), "now": now})
+    if row is not None:
+        return _refresh(row), "ok"
+    state = await fetch_one(conn, _REFRESH_STATE, {"hash": digest(token)})
+    if state is None:
+        return None, "unknown"
+    if state[3] is not None:
+        return None, "revoked"
+    await execute(conn, _REVOKE_CHAIN, {"chain": state[0], "now": now})
+    return None, "reused"
+
+
+async def active_refresh(conn: Connection, token: str, now: datetime) -> Refresh | None:
+    """The refresh token's record while it can still be used (introspection)."""
+    row = await fetch_one(conn, _ACTIVE_REFRESH, {"hash": digest(token), "now": now})
+    return _refresh(row) if row is not None else None
+
+
+async def revoke_refresh(conn: Connection, token: str, client_id: str, now: datetime) -> bool:
+    """Revoke the chain of a refresh token of this client (RFC 7009); False when it is not one."""
+    state = await fetch_one(conn, _REFRESH_STATE, {"hash": digest(token)})
+    if state is None or state[1] != client_id:
+        return False
+    await execute(conn, _REVOKE_CHAIN, {"chain": state[0], "now": now})
+    return True
+
+
+async def revoke_grants(conn: Connection, subject: str, client_id: str, now: datetime) -> int:
+    """Revoke every refresh token of this account for this client (an app disconnected)."""
+    return await execute(
+        conn, _REVOKE_GRANTS, {"subject": subject, "client_id": client_id, "now": now}
+    )
+
+
+# --- approvals -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    subject: str
+    client_id: str
+    patient: str | None
+    scope: str
+    approved_at: datetime
+
+
+_APPROVE = Statement(
+    "INSERT INTO oauth_approvals (subject, client_id, patient, scope, approved_at)"
+    " VALUES (%(subject)s, %(client_id)s, %(patient)s, %(scope)s, %(now)s)"
+    " ON CONFLICT (subject, client_id, patient) DO UPDATE SET scope = excluded.scope,"
+    " approved_at = excluded.approved_at, revoked_at = NULL"
+)
+_APPROVAL = Statement(
+    "SELECT scope, approved_at FROM oauth_approvals WHERE subject = %(subject)s"
+    " AND client_id = %(client_id)s AND patient = %(patient)s AND revoked_at IS NULL"
+)
+_APPROVALS = Statement(
+    "SELECT client_id, patient, scope, approved_at FROM oauth_approvals"
+    " WHERE subject = %(subject)s AND revoked_at IS NULL ORDER BY approved_at DESC"
+)
+_UNAPPROVE = Statement(
+    "UPDATE oauth_approvals SET revoked_at = %(now)s WHERE subject = %(subject)s"
+    " AND client_id = %(client_id)s AND revoked_at IS NULL"
+)
+
+
+async def approve(
+    conn: Connection,
+    subject: str,
+    client_id: str,
+    patient: str | None,
+    scope: str,
+    now: datetime,
+) -> None:
+    await execute(
+        conn,
+        _APPROVE,
+        {
+            "subject": subject,
+            "client_id": client_id,
+            "patient": patient or "",
+            "scope": scope,
+            "now": now,
+        },
+    )
+
+
+async def approval(
+    conn: Connection, subject: str, client_id: str, patient: str | None
+) -> Approval | None:
+    row = await fetch_one(
+        conn, _APPROVAL, {"subject": subject, "client_id": client_id, "patient": patient or ""}
+    )
+    return Approval(subject, client_id, patient, row[0], row[1]) if row is not None else None
+
+
+async def approvals(conn: Connection, subject: str) -> list[Approval]:
+    rows = await fetch_all(conn, _APPROVALS, {"subject": subject})
+    return [Approval(subject, r[0], r[1] or None, r[2], r[3]) for r in rows]
+
+
+async def unapprove(conn: Connection, subject: str, client_id: str, now: datetime) -> int:
+    """Revoke the account's approvals of this client and every refresh token it holds."""
+    count = await execute(
+        conn, _UNAPPROVE, {"subject": subject, "client_id": client_id, "now": now}
+    )
+    await revoke_grants(conn, subject, client_id, now)
+    return count
+
+
+# --- EHR launch contexts -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Launch:
+    created_by: str
+    client_id: str | None
+    patient: str
+    encounter: str | None
+    fhir_user: str | None
+    expires_at: datetime
+
+
+_SAVE_LAUNCH = Statement(
+    "INSERT INTO oauth_launches (launch_hash, created_by, client_id, patient, encounter,"
+    " fhir_user, expires_at) VALUES (%(hash)s, %(created_by)s, %(client_id)s, %(patient)s,"
+    " %(encounter)s, %(fhir_user)s, %(expires_at)s)"
+)
+_USE_LAUNCH = Statement(
+    "UPDATE oauth_launches SET used_at = %(now)s WHERE launch_hash = %(hash)s"
+    " AND used_at IS NULL AND expires_at > %(now)s"
+    " RETURNING created_by, client_id, patient, encounter, fhir_user, expires_at"
+)
+
+
+async def save_launch(conn: Connection, launch: str, record: Launch) -> None:
+    await execute(
+        conn,
+        _SAVE_LAUNCH,
+        {
+            "hash": digest(launch),
+            "created_by": record.created_by,
+            "client_id": record.client_id,
+            "patient": record.patient,
+            "encounter": record.encounter,
+            "fhir_user": record.fhir_user,
+            "expires_at": record.expires_at,
+        },
+    )
+
+
+async def use_launch(conn: Connection, launch: str, now: datetime) -> Launch | None:
+    """The launch context, once: None when unknown, used or expired."""
+    row = await fetch_one(conn, _USE_LAUNCH, {"hash": digest(launch), "now": now})
+    return Launch(*row) if row is not None else None
+
+
+# --- client assertions (private_key_jwt) ---------------------------------------------------------
+
+_REMEMBER_JTI = Statement(
+    "INSERT INTO oauth_assertions (client_id, jti, expires_at)"
+    " VALUES (%(client_id)s, %(jti)s, %(expires_at)s) ON CONFLICT DO NOTHING"
+)
+_PURGE_JTIS = Statement("DELETE FROM oauth_assertions WHERE expires_at < %(before)s")
+
+
+async def first_use_of_assertion(
+    conn: Connection, client_id: str, jti: str, expires_at: datetime
+) -> bool:
+    """Record a client assertion's `jti`; False when it was seen before (a replay)."""
+    params = {"client_id": client_id, "jti": jti, "expires_at": expires_at}
+    return await execute(conn, _REMEMBER_JTI, params) == 1
+
+
+async def purge_assertions(conn: Connection, before: datetime) -> int:
+    return await execute(conn, _PURGE_JTIS, {"before": before})

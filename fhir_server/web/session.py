@@ -1,0 +1,132 @@
+"""Sign-in sessions and CSRF tokens of the server's pages (sign-in, picker, approval, account).
+
+A session is a cookie signed with the server's session secret (itsdangerous, HMAC-SHA-256 with a
+timestamp): HttpOnly, SameSite=Lax, Secure unless the page is served on a loopback address, and
+good for `FHIR_OAUTH_SESSION_SECONDS`. It holds who signed in and how, never a password or PHI.
+
+CSRF: every browser gets a random id in its own HttpOnly cookie on its first page; a form's token
+is that id signed for the purpose `csrf` (and dated). A form is accepted only with a token that
+verifies, is recent, and names the browser's own id: a page of another site can neither read the
+token nor make the browser send a matching one.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from starlette.requests import Request
+from starlette.responses import Response
+
+from fhir_server.errors import Forbidden
+from fhir_server.settings import Settings
+
+SESSION_COOKIE = "fhir_session"
+BROWSER_COOKIE = "fhir_browser"
+CSRF_FIELD = "csrf_token"
+CSRF_MAX_AGE = 3_600
+_LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+_SESSION_KEY_FILE = "session-secret"
+
+
+@dataclass(frozen=True, slots=True)
+class SignedIn:
+    subject: str  # the account: "local:john", "oidc:<issuer>|<sub>"
+    fhir_user: str  # "Person/5", "Patient/1", "RelatedPerson/9", "Practitioner/3"
+    auth_time: float  # when the person proved who they are (Unix time)
+    method: str  # "password" or "oidc"
+
+
+def session_secret(settings: Settings) -> str:
+    """`FHIR_SESSION_SECRET`, or a secret made once in the data folder (owner-readable only).
+    Several server processes must share it: set it explicitly when they do not share a folder."""
+    if settings.session_secret:
+        return settings.session_secret
+    path = Path(settings.data_dir) / "auth" / _SESSION_KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def secure_cookies(request: Request) -> bool:
+    """Secure cookies everywhere but on loopback (plain-HTTP development and tests)."""
+    return (request.url.hostname or "") not in _LOOPBACK or request.url.scheme == "https"
+
+
+class Sessions:
+    def __init__(self, secret: str, lifetime_seconds: int) -> None:
+        self.lifetime = lifetime_seconds
+        self._sessions = URLSafeTimedSerializer(secret, salt="fhir-server session")
+        self._csrf = URLSafeTimedSerializer(secret, salt="fhir-server csrf")
+
+    def _cookie(self, request: Request, response: Response, name: str, value: str) -> None:
+        response.set_cookie(
+            name,
+            value,
+            max_age=self.lifetime,
+            httponly=True,
+            samesite="lax",
+            secure=secure_cookies(request),
+            path="/",
+        )
+
+    def current(self, request: Request) -> SignedIn | None:
+        """Who is signed in on this browser, if anyone (and the session has not expired)."""
+        raw = request.cookies.get(SESSION_COOKIE)
+        if not raw:
+            return None
+        try:
+            values: dict[str, Any] = self._sessions.loads(raw, max_age=self.lifetime)
+            return SignedIn(**values)
+        except (BadSignature, TypeError):
+            return None
+
+    def sign_in(self, request: Request, response: Response, who: SignedIn) -> None:
+        self._cookie(request, response, SESSION_COOKIE, self._sessions.dumps(asdict(who)))
+
+    def sign_out(self, response: Response) -> None:
+        response.delete_cookie(SESSION_COOKIE, path="/")
+
+    def browser_id(self, request: Request, response: Response) -> str:
+        """This browser's id, set in its cookie when it has none yet."""
+        current = request.cookies.get(BROWSER_COOKIE)
+        if current and 16 <= len(current) <= 64 and current.isascii():
+            return current
+        made = secrets.token_urlsafe(24)
+        self._cookie(request, response, BROWSER_COOKIE, made)
+        return made
+
+    def csrf_token(self, request: Request, response: Response) -> str:
+        """The token a form of this page carries (in the field `csrf_token`)."""
+        return self._csrf.dumps(self.browser_id(request, response))
+
+    def check_csrf(self, request: Request, submitted: Any) -> None:
+        """403 unless `submitted` is a recent token of this very browser."""
+        browser = request.cookies.get(BROWSER_COOKIE)
+        if not isinstance(submitted, str) or not browser:
+            raise Forbidden("the form has no valid CSRF token: reload the page", code="csrf")
+        try:
+            signed_for = self._csrf.loads(submitted, max_age=CSRF_MAX_AGE)
+        except BadSignature:
+            raise Forbidden(
+                "the form has no valid CSRF token: reload the page", code="csrf"
+            ) from None
+        if not secrets.compare_digest(str(signed_for), browser):
+            raise Forbidden("the form has no valid CSRF token: reload the page", code="csrf")
+
+
+def install(app: Any, settings: Settings) -> None:
+    """Make the application's `Sessions` (every page and the authorization server use it)."""
+    app.state.sessions = Sessions(session_secret(settings), settings.oauth_session_seconds)
+
+
+def sessions(request: Request) -> Sessions:
+    found: Sessions = request.app.state.sessions
+    return found
