@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run migrate test test-pg check bench load fuzz infra-check clean up down
+.PHONY: install browser run migrate test test-pg check bench load fuzz infra-check clean up down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,16 @@ run: $(STAMP)
 migrate: $(STAMP)
 	$(VENV)/bin/fhir-server migrate
 
-test: $(STAMP)
+# The browser tests' headless Chromium and its driver (Debian packages): installed when missing
+# and we are root or may sudo; a no-op when present (scripts/ensure-browser).
+browser:
+	scripts/ensure-browser
+
+test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # The storage and API suites against an external PostgreSQL (FHIR_TEST_POSTGRES_URL).
-test-pg: $(STAMP)
+test-pg: $(STAMP) browser
 	$(PY) -m pytest tests/integration tests/api $(PYTEST_ARGS)
 
 check: $(STAMP)

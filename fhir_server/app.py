@@ -14,9 +14,11 @@ from pathlib import Path
 from fastapi import FastAPI
 
 import fhir_server.tracing as tracing
+import fhir_server.web as web
 from capability.definitions import resource_types
 from compartments.policy import Policy, PolicyError, Rule, default_policy, load_policy
 from fhir_server.api import errors, fhir, graphql, ops, patient_service, relationships, smart
+from fhir_server.api.cors import Cors
 from fhir_server.api.killswitch import WritesDisabled
 from fhir_server.api.lastresort import LastResort
 from fhir_server.api.observability import RequestObservation
@@ -123,6 +125,19 @@ async def _purge_idempotency_keys(
         await asyncio.sleep(every_seconds)
 
 
+def cors_origins(settings: Settings, app: FastAPI) -> Callable[[], frozenset[str]]:
+    """The origins browser apps may call from (docs/security.md#browser-apps-cors), asked per
+    request with an `Origin`: `FHIR_CORS_ORIGINS`, plus the origins of registered OAuth clients'
+    redirect URIs (`settings.web_origin` of each), which join here once the client store exists,
+    read from the runtime (`app.state.runtime`) and kept in memory: this is called per request."""
+    configured = frozenset(settings.cors_origins)
+
+    def origins() -> frozenset[str]:
+        return configured
+
+    return origins
+
+
 def create_app(
     settings: Settings, database_url: str, *, clock: Callable[[], datetime] = utc_now
 ) -> FastAPI:
@@ -212,6 +227,7 @@ def create_app(
     upstream.install(app, settings, clock)
     relationships.install(app)
     graphql.install(app, settings)
+    web.install(app)
     # innermost: it answers what escaped every handler, so the outer ones see a status
     app.add_middleware(
         LastResort,
@@ -220,6 +236,9 @@ def create_app(
     )
     if settings.writes_disabled:
         app.add_middleware(WritesDisabled)
+    # Outside the kill-switch (a browser app must be able to read its 503) and inside the
+    # observation (preflights are counted and logged like any request).
+    app.add_middleware(Cors, origins=cors_origins(settings, app))
     if settings.request_observation:
         app.add_middleware(RequestObservation)  # outermost: it also sees the kill-switch's answers
     patient_service.install(app)

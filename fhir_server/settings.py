@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 _PG_TIME = re.compile(r"[0-9]+(?:us|ms|s|min|h|d)?")
 _PG_MEMORY = re.compile(r"[0-9]+(?:kB|MB|GB|TB)?")
+# A host name (punycode, as browsers send it in `Origin`) or an IPv4 address.
+_HOST = re.compile(r"[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*")
 
 
 def _pg_setting(
@@ -58,6 +62,46 @@ def _log_format(value: str | None) -> str | None:
     if lowered not in {"console", "json"}:
         raise ValueError(f"`LOG_FORMAT` must be `console` or `json` (or unset), got `{value}`")
     return lowered
+
+
+def web_origin(value: str) -> str | None:
+    """The origin (`scheme://host[:port]`, lowercase, default port left out) of an http(s) URL,
+    as a browser sends it in `Origin`; None for any other URL (a native app's custom scheme)."""
+    try:
+        parts = urlsplit(value.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if scheme not in {"http", "https"} or parts.username is not None:
+        return None
+    if ":" in host:
+        try:
+            host = f"[{ipaddress.IPv6Address(host).compressed}]"
+        except ValueError:
+            return None
+    elif _HOST.fullmatch(host) is None:
+        return None
+    default = 443 if scheme == "https" else 80
+    return f"{scheme}://{host}" if port in (None, default) else f"{scheme}://{host}:{port}"
+
+
+def _cors_origins(value: str) -> tuple[str, ...]:
+    """`FHIR_CORS_ORIGINS`: bare origins only. `*` (and `null`) are refused: the allowed origins
+    are a list someone decided on (docs/security.md#browser-apps-cors)."""
+    origins = []
+    for item in value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        origin = web_origin(item)
+        if origin is None or urlsplit(item).path not in ("", "/") or "?" in item or "#" in item:
+            raise ValueError(
+                "`FHIR_CORS_ORIGINS` is a comma-separated list of origins without a path, "
+                f"such as `https://app.example.org`, got `{item}`"
+            )
+        origins.append(origin)
+    return tuple(dict.fromkeys(origins))
 
 
 def _approval(value: str) -> str:
@@ -154,6 +198,9 @@ class Settings:
     auth_revocation_url: str | None = None
     auth_introspection_url: str | None = None
     auth_management_url: str | None = None
+    # Browser apps (docs/security.md#browser-apps-cors): origins allowed to call the FHIR API and
+    # the token endpoints cross-origin, beside those of registered OAuth clients' redirect URIs.
+    cors_origins: tuple[str, ...] = field(default_factory=tuple)
     # The server's own SMART authorization server (docs/smart.md): on unless `FHIR_OAUTH=off`.
     # Its signing keys: a JWKS file of private keys (the first signs, all are published), or a
     # key made once in the data folder. Lifetimes in seconds; a sign-in is locked for
@@ -279,6 +326,7 @@ class Settings:
             auth_revocation_url=get("FHIR_AUTH_REVOCATION_URL"),
             auth_introspection_url=get("FHIR_AUTH_INTROSPECTION_URL"),
             auth_management_url=get("FHIR_AUTH_MANAGEMENT_URL"),
+            cors_origins=_cors_origins(get("FHIR_CORS_ORIGINS") or ""),
             oauth_enabled=_bool(get("FHIR_OAUTH") or "on"),
             oauth_keys=Path(keys) if (keys := get("FHIR_OAUTH_KEYS")) else None,
             oauth_access_token_seconds=num(

@@ -16,9 +16,11 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+from selenium.webdriver.remote.webdriver import WebDriver
 
 from fhir_server.settings import Settings
 from fhir_server.storage.database import migrate
+from tests.support import browser as browsers
 from tests.support import world as worlds
 from tests.support.databases import drop_database, fresh_database
 from tests.support.servers import LiveServer
@@ -88,3 +90,29 @@ def fam(make_world: Callable[..., World]) -> World:
     """An empty world for the family workflow's tests, which add their own people."""
     world: World = make_world(people=False, tag_length=8)
     return world
+
+
+def _browser(size: tuple[int, int]) -> Iterator[WebDriver]:
+    reason = browsers.unavailable()
+    if reason is not None:
+        if browsers.in_ci():
+            pytest.fail(f"{reason} (in CI the browser tests must run)", pytrace=False)
+        pytest.skip(reason)
+    driver = browsers.start(size)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def browser() -> Iterator[WebDriver]:
+    """A headless Chromium WebDriver (1280x900) with a fresh profile, for one test
+    (tests/support/browser.py); skipped where no browser is installed, failed in CI."""
+    yield from _browser(browsers.DESKTOP)
+
+
+@pytest.fixture
+def phone_browser() -> Iterator[WebDriver]:
+    """The same at a phone's size (390x844)."""
+    yield from _browser(browsers.PHONE)

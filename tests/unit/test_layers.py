@@ -218,6 +218,14 @@ def test_the_checker_fails_on_an_upward_import(tmp_path: Path) -> None:
         tmp_path, "fhir_server/storage/bad.py", "from fhir_server.services.context import Context\n"
     )
     write(tmp_path, "fhir_server/audit/bad.py", "from fhir_server.api import deps\n")
+    write(tmp_path, "fhir_server/oauth/fine.py", "from fhir_server.web.render import page\n")
+    write(tmp_path, "fhir_server/web/bad.py", "from fhir_server.oauth import grants\n")
+    write(
+        tmp_path,
+        "fhir_server/services/workflows/bad.py",
+        "from fhir_server.web.render import page\n",
+    )
+    write(tmp_path, "fhir_server/api/bad.py", "import fhir_server.oauth.grants\n")
     write(
         tmp_path, "fhir_server/services/access/bad.py", "import fhir_server.services.interactions\n"
     )
@@ -234,6 +242,7 @@ def test_the_checker_fails_on_an_upward_import(tmp_path: Path) -> None:
     )
     write(tmp_path, "fhir_server/search/fhirpath/extra.py", "x = 1\n")
     assert violations(tmp_path) == [
+        "fhir_server.api.bad imports fhir_server.oauth.grants",
         "fhir_server.audit.bad imports fhir_server.api",
         "fhir_server.audit.bad imports fhir_server.api.deps",
         "fhir_server.newpackage.thing belongs to no layer",
@@ -246,6 +255,10 @@ def test_the_checker_fails_on_an_upward_import(tmp_path: Path) -> None:
         "fhir_server.services.access.bad imports fhir_server.services.interactions",
         "fhir_server.services.formats.web imports starlette.responses",
         "fhir_server.services.formats.web imports starlette.responses.Response",
+        "fhir_server.services.workflows.bad imports fhir_server.web.render",
+        "fhir_server.services.workflows.bad imports fhir_server.web.render.page",
         "fhir_server.storage.bad imports fhir_server.services.context",
         "fhir_server.storage.bad imports fhir_server.services.context.Context",
+        "fhir_server.web.bad imports fhir_server.oauth",
+        "fhir_server.web.bad imports fhir_server.oauth.grants",
     ]
