@@ -32,6 +32,7 @@ from fhir_server.oauth import introspection as oauth_introspection
 from fhir_server.oauth import launch as oauth_launch
 from fhir_server.oauth import register as oauth_register
 from fhir_server.oauth import token as oauth_token
+from fhir_server.oauth.origins import ClientOrigins
 from fhir_server.services.access.cache import FactsCache
 from fhir_server.services.context import Context, server_guard, utc_now
 from fhir_server.services.formats.limits import InputLimits
@@ -128,12 +129,12 @@ async def _purge_idempotency_keys(
 def cors_origins(settings: Settings, app: FastAPI) -> Callable[[], frozenset[str]]:
     """The origins browser apps may call from (docs/security.md#browser-apps-cors), asked per
     request with an `Origin`: `FHIR_CORS_ORIGINS`, plus the origins of registered OAuth clients'
-    redirect URIs (`settings.web_origin` of each), which join here once the client store exists,
-    read from the runtime (`app.state.runtime`) and kept in memory: this is called per request."""
+    redirect URIs (`oauth/origins.py`, kept in memory: this is called per request)."""
     configured = frozenset(settings.cors_origins)
+    registered: ClientOrigins = app.state.client_origins
 
     def origins() -> frozenset[str]:
-        return configured
+        return configured | registered.current
 
     return origins
 
@@ -187,6 +188,11 @@ def create_app(
         )
         audit.start()
         purger = asyncio.create_task(_purge_idempotency_keys(db, clock))
+        origins: ClientOrigins = app.state.client_origins
+        refresher = None
+        if settings.oauth_enabled:
+            await origins.reload(db)
+            refresher = asyncio.create_task(origins.keep_fresh(db))
         # What is loaded by now (R4 schema, search parameters, policy) lives as long as the
         # process: keep it out of the cyclic garbage collector, whose full passes over it
         # otherwise stall requests for tens of milliseconds.
@@ -196,6 +202,8 @@ def create_app(
             yield
         finally:
             purger.cancel()
+            if refresher is not None:
+                refresher.cancel()
             await audit.close()
             if registry is not None:
                 await registry.close()
@@ -214,6 +222,7 @@ def create_app(
         # fhir_server/tracing.py's, which carry the route template only.
         telemetry={"tracing": False, "metrics": False, "logs": False},
     )
+    app.state.client_origins = ClientOrigins()
     errors.install(app)
     fhir.install(app)
     ops.install(app)

@@ -186,6 +186,7 @@ async def register(request: Request) -> Response:
         async with rt.db.transaction() as conn:
             if not await oauth.add_client(conn, client, now):  # a UUID: never in practice
                 raise Refusal(500, "server_error", "the client id is taken; try again")
+        await request.app.state.client_origins.reload(rt.db)  # CORS admits it at once
     except Refusal as refusal:
         if isinstance(refusal, Caller):
             principal = refusal.principal

@@ -459,3 +459,20 @@ def test_ehr_launch_refuses_users_and_strangers(
     )
     assert forged.status_code == 401
     assert launches_by(db, "forged") == []
+
+
+def test_a_registered_apps_origin_may_call_the_api_from_a_browser(server: LiveServer) -> None:
+    """CORS admits the origin of a registered redirect URI (oauth/origins.py) at once."""
+    origin = f"https://{uuid.uuid4().hex[:12]}.example.org"
+    asked = {"Origin": origin}
+    before = httpx.get(f"{server.origin}/fhir/metadata", headers=asked)
+    assert "access-control-allow-origin" not in before.headers
+    _, token = system_token(server)
+    app = {**PUBLIC_APP, "redirect_uris": [f"{origin}/callback"]}
+    registered = httpx.post(f"{server.origin}/oauth/register", json=app, headers=bearer(token))
+    assert registered.status_code == 201, registered.text
+    after = httpx.get(f"{server.origin}/fhir/metadata", headers=asked)
+    assert after.headers["access-control-allow-origin"] == origin
+    # never the pages
+    page = httpx.get(f"{server.origin}/signin", headers=asked)
+    assert "access-control-allow-origin" not in page.headers
