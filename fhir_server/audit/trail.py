@@ -145,6 +145,9 @@ class Record(NamedTuple):
     id: str = ""
     # the elements whose values `bound` shortened or cleaned ("agent", "entity", ...)
     bounded: tuple[str, ...] = ()
+    # the token's `access_basis` (auth/tokens.py Principal.basis): the relationship and
+    # Consents, or the patient itself, it acts on; `agent.policy` of the event
+    basis: tuple[str, ...] = ()
 
 
 WRITES = frozenset({"create", "update", "patch", "delete", "restore"})
@@ -179,6 +182,7 @@ def record_of(guard: Guard, audited: Audited, recorded: datetime) -> Record:
                 else None
             ),
             id=new_id(),
+            basis=guard.principal.basis if guard.principal is not None else (),
         )
     )
 
@@ -238,6 +242,7 @@ def bound(record: Record) -> Record:
         and (record.purpose_of_use is None or " " not in record.purpose_of_use)
         and _plain(record.purpose_text, PURPOSE_TEXT_MAX)
         and _plain(record.diff, DIFF_MAX)
+        and all(_plain(b, ID_MAX) for b in record.basis)
     ):
         return record
     changed: set[str] = set(record.bounded)
@@ -284,6 +289,12 @@ def bound(record: Record) -> Record:
         diff, touched = _text(record.diff, DIFF_MAX)
         if touched:
             changed.add("entity")
+    basis = []
+    for reference in record.basis:
+        reference, touched = _reference(reference)
+        basis.append(reference)
+        if touched:
+            changed.add("agent")
     if not changed:
         return record  # the usual case: nothing to bound
     return record._replace(
@@ -297,6 +308,7 @@ def bound(record: Record) -> Record:
         purpose_of_use=purpose[0][0],
         purpose_text=purpose[1][0],
         diff=diff,
+        basis=tuple(basis),
         bounded=tuple(sorted(changed)),
     )
 
@@ -332,6 +344,7 @@ def reduced(record: Record) -> Record:
             else ascii_text(record.purpose_text, PURPOSE_TEXT_MAX)
         ),
         diff=None,
+        basis=tuple(ascii_text(b, 2 * ID_MAX) for b in record.basis),
         bounded=("agent", "entity", "outcomeDesc", "purposeOfEvent", "subtype"),
     )
 
@@ -404,6 +417,9 @@ def audit_event(record: Record, endpoint: str) -> dict[str, Any]:
         ]
     if record.emergency:
         event["agent"][0]["purposeOfUse"] = event["purposeOfEvent"]
+    if record.basis:
+        # the relationship or Consent the token acts on (the `access_basis` claim)
+        event["agent"][0]["policy"] = list(record.basis)
     if entities:
         event["entity"] = entities
     return event
@@ -482,7 +498,7 @@ def stored_event(event: dict[str, Any], id: str, now: datetime) -> NewVersion:
         reference=references,
         number=[],
         quantity=[],
-        uri=[],
+        uri=[("policy", p) for p in dict.fromkeys(event["agent"][0].get("policy", ()))],
     )
     return NewVersion(
         resource_type="AuditEvent",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,22 @@ class Principal:
     patient: str | None = None  # launch context: a Patient id
     client_id: str | None = None
     claims: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # On what grounds a token of this server's authorization server acts for its patient (the
+    # `access_basis` claim, services/workflows/launch_choices.py): `{"self": "Patient/1"}` or
+    # `{"relationship": "RelatedPerson/9", "codes": ["MTH"], "consents": ["Consent/3"]}`.
+    # Every AuditEvent of the token's requests names it (audit/trail.py).
+    access_basis: Mapping[str, Any] | None = None
+
+    @property
+    def basis(self) -> tuple[str, ...]:
+        """The references the access basis names: the patient itself, or the relationship and
+        the Consents relied on."""
+        found = self.access_basis
+        if found is None:
+            return ()
+        if "self" in found:
+            return (str(found["self"]),)
+        return (str(found["relationship"]), *(str(c) for c in found.get("consents", ())))
 
     @property
     def is_system(self) -> bool:
@@ -218,7 +234,56 @@ def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
         patient=patient,
         client_id=client_id,
         claims=dict(claims),
+        access_basis=_access_basis(claims.get("access_basis"), patient),
     )
+
+
+# The shape of the `access_basis` claim: at most this many relationship codes and Consents.
+MAX_BASIS_ITEMS = 20
+_BASIS_KEYS = frozenset({"relationship", "codes", "consents"})
+_BASIS_ACTORS = frozenset({"RelatedPerson", "Practitioner", "Person", "Patient"})
+_CODE = re.compile(r"[!-~]{1,64}")  # printable ASCII, no space
+
+
+def _access_basis(value: Any, patient: str | None) -> dict[str, Any] | None:
+    """The `access_basis` claim, checked: it goes into every AuditEvent of the token's
+    requests, so anything but the two documented shapes is refused (401)."""
+    if value is None:
+        return None
+    bad = Unauthorized("the `access_basis` claim is malformed", code="login")
+    if not isinstance(value, dict):
+        raise bad
+    if set(value) == {"self"}:
+        if not _is_reference(value["self"], {"Patient"}):
+            raise bad
+        if patient is not None and value["self"] != f"Patient/{patient}":
+            raise Unauthorized(
+                "the `access_basis` claim names another patient than `patient`", code="login"
+            )
+        return {"self": value["self"]}
+    if "relationship" not in value or not set(value) <= _BASIS_KEYS:
+        raise bad
+    codes = value.get("codes", [])
+    consents = value.get("consents", [])
+    if (
+        not _is_reference(value["relationship"], _BASIS_ACTORS)
+        or not isinstance(codes, list)
+        or not isinstance(consents, list)
+        or len(codes) > MAX_BASIS_ITEMS
+        or len(consents) > MAX_BASIS_ITEMS
+        or not all(isinstance(c, str) and _CODE.fullmatch(c) for c in codes)
+        or not all(_is_reference(c, {"Consent"}) for c in consents)
+    ):
+        raise bad
+    return {"relationship": value["relationship"], "codes": codes, "consents": consents}
+
+
+def _is_reference(value: Any, types: Collection[str]) -> bool:
+    """Whether `value` is a relative reference `Type/id` to one of `types`."""
+    if not isinstance(value, str):
+        return False
+    kind, slash, id = value.partition("/")
+    return bool(slash) and kind in types and is_id(id)
 
 
 def _check_identity_claim(name: str, value: Any) -> None:

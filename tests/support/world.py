@@ -25,6 +25,13 @@ What a test adds on top, by keyword:
 
 `make_world(people=False)` is an empty world of the same kind, for tests that create their own
 people (`patient(...)`).
+
+The family of issue 13 (`make_family(world)`, on any world, usually an empty one): John (an
+adult Patient, `john`) whose Person (`john_person`, level4 links) links himself and his
+RelatedPersons towards Mary (12, `rp_mary`, FTH), Tom (8, `rp_tom`, FTH) and his wife Jane (an
+adult, `rp_jane`, SPS). Names are "<Given> Doe<tag>"; each child and Jane has a laboratory
+Observation (`obs_mary`, `obs_tom`, `obs_jane`) and Jane a vital-signs one (`vitals_jane`).
+`jane_consent(world, ...)` is Jane's Consent that lets John's RelatedPerson see those scopes.
 """
 
 from __future__ import annotations
@@ -143,6 +150,51 @@ def make_world(
         ids["mum_parent"] = world.create(related_person(ids["minor"], "MTH"))
         ids["person"] = world.create(person((ids["mum"], "level4"), (ids["mum_parent"], "level4")))
     return world
+
+
+FAMILY_NAMES = ("john", "john_person", "mary", "tom", "jane", "rp_mary", "rp_tom", "rp_jane")
+
+
+def make_family(world: World) -> dict[str, str]:
+    """John's family of issue 13 on `world` (see the module's docstring): the references by
+    name, also recorded in `world.ids`."""
+    ids = world.ids
+    family = f"Doe{world.tag}"
+    ids["john"] = world.create(resources.patient(family, "John", born=years_ago(40), gender="male"))
+    ids["mary"] = world.create(
+        resources.patient(family, "Mary", born=years_ago(12), gender="female")
+    )
+    ids["tom"] = world.create(resources.patient(family, "Tom", born=years_ago(8), gender="male"))
+    ids["jane"] = world.create(
+        resources.patient(family, "Jane", born=years_ago(38), gender="female")
+    )
+    ids["rp_mary"] = world.create(related_person(ids["mary"], "FTH"))
+    ids["rp_tom"] = world.create(related_person(ids["tom"], "FTH"))
+    ids["rp_jane"] = world.create(related_person(ids["jane"], "SPS"))
+    ids["john_person"] = world.create(
+        person(
+            (ids["john"], "level4"),
+            (ids["rp_mary"], "level4"),
+            (ids["rp_tom"], "level4"),
+            (ids["rp_jane"], "level4"),
+        )
+    )
+    ids["obs_mary"] = world.observation(ids["mary"], "mary-lab", LAB)
+    ids["obs_tom"] = world.observation(ids["tom"], "tom-lab", LAB)
+    ids["obs_jane"] = world.observation(ids["jane"], "jane-lab", LAB)
+    ids["vitals_jane"] = world.observation(ids["jane"], "jane-vitals", VITALS)
+    return {name: ids[name] for name in FAMILY_NAMES}
+
+
+def jane_consent(world: World, *scopes: str, **provision: Any) -> dict[str, Any]:
+    """Jane's Consent that lets John's RelatedPerson towards her see those kinds of her data
+    (`provision`: more provision elements, e.g. a `period`)."""
+    return consent(
+        world.ref("jane"),
+        permit(world.ref("rp_jane"), *scopes, role=GRANTEE, **provision),
+        scope={"coding": [{"code": "patient-privacy"}]},
+        category={"coding": [{"code": "INFA"}]},
+    )
 
 
 def add_child(caller: httpx.Client, primary: str, given: str, born: str) -> str:

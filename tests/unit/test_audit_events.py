@@ -4,6 +4,7 @@ them (content, compartments, search index), only faster; and holding no demograp
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import orjson
 from hypothesis import given
@@ -20,6 +21,7 @@ from fhir_server.audit.trail import (
     record_of,
     stored_event,
 )
+from fhir_server.auth.tokens import principal_from_claims
 from fhir_server.services.access.guard import Audited
 from fhir_server.services.context import Context, server_guard
 from fhir_server.services.interactions.versions import new_version
@@ -54,6 +56,18 @@ resources = st.one_of(
     patients=st.lists(ids, max_size=12),
     purpose=st.sampled_from([None, "BTG", "TREAT"]),
     emergency=st.booleans(),
+    basis=st.sampled_from(
+        [
+            None,
+            {"self": "Patient/p1"},
+            {"relationship": "RelatedPerson/r9", "codes": ["MTH"], "consents": []},
+            {
+                "relationship": "RelatedPerson/r9",
+                "codes": ["SPS"],
+                "consents": ["Consent/c3", "Consent/c4"],
+            },
+        ]
+    ),
 )
 def test_stored_event_is_what_the_generic_write_path_stores(
     account: str,
@@ -63,9 +77,14 @@ def test_stored_event_is_what_the_generic_write_path_stores(
     patients: list[str],
     purpose: str | None,
     emergency: bool,
+    basis: dict[str, Any] | None,
 ) -> None:
     guard = server_guard()
     guard.account = account
+    if basis is not None:
+        guard.principal = principal_from_claims(
+            {"sub": "u", "fhirUser": "Person/u", "scope": "", "access_basis": basis}
+        )
     guard.purpose_of_use = purpose
     guard.reason = "unconscious" if emergency else None
     decision = Decision(
@@ -80,6 +99,14 @@ def test_stored_event_is_what_the_generic_write_path_stores(
     record = record_of(guard, Audited(operation, "Observation", resource, decision), now)
     event = audit_event(record, "s")
     CTX.validator.validate(dict(event), expected_type="AuditEvent")  # a valid R4 AuditEvent
+    named = event["agent"][0].get("policy")
+    if basis is None:
+        assert named is None
+    else:
+        expected = (
+            [basis["self"]] if "self" in basis else [basis["relationship"], *basis["consents"]]
+        )
+        assert named == expected
     fast = stored_event(dict(event), "id-1", now)
     generic = new_version(
         CTX, dict(event), id="id-1", version_id=1, last_updated=now, method="POST"
