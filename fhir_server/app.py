@@ -14,6 +14,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 import fhir_server.tracing as tracing
+import fhir_server.web as web
 from capability.definitions import resource_types
 from compartments.policy import Policy, PolicyError, Rule, default_policy, load_policy
 from fhir_server.api import errors, fhir, graphql, ops, patient_service, relationships, smart
@@ -26,6 +27,7 @@ from fhir_server.auth import issuer
 from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_key
 from fhir_server.auth.tokens import TokenSettings, TokenVerifier, Verifiers
 from fhir_server.clients.registry import ClientRegistry, RegistrySettings
+from fhir_server.oauth import authorize
 from fhir_server.services.access.cache import FactsCache
 from fhir_server.services.context import Context, server_guard, utc_now
 from fhir_server.services.formats.limits import InputLimits
@@ -33,7 +35,7 @@ from fhir_server.settings import Settings
 from fhir_server.storage import idempotency
 from fhir_server.storage.database import Database, libpq_url, session_limits
 from fhir_server.validation import ResourceValidator
-from fhir_server.web import session
+from fhir_server.web import session, signin
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +202,11 @@ def create_app(
     ops.install(app)
     smart.install(app)
     session.install(app, settings)
+    signin.install(app)
+    authorize.install(app, settings)
     relationships.install(app)
     graphql.install(app, settings)
+    web.install(app)
     # innermost: it answers what escaped every handler, so the outer ones see a status
     app.add_middleware(
         LastResort,
