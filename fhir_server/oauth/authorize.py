@@ -50,6 +50,7 @@ from fhir_server.services.workflows.launch_choices import Choice
 from fhir_server.settings import Settings
 from fhir_server.storage import oauth as store
 from fhir_server.storage.sql import Connection
+from fhir_server.web.forms import read_form
 from fhir_server.web.render import page
 from fhir_server.web.session import CSRF_FIELD, SignedIn, session_secret, sessions
 from fhir_server.web.signin import error_page, redirect, signin_url
@@ -383,7 +384,10 @@ async def _choices(request: Request, who: SignedIn) -> list[Choice]:
 
 async def authorize(request: Request) -> Response:
     if request.method == "POST":
-        form = await request.form()
+        try:
+            form = await read_form(request)
+        except FhirError as exc:
+            return error_page(request, exc)
         if form.get(STEP_FIELD) is not None:
             return await _step(request, form)
         return await _start(request, form)

@@ -29,6 +29,7 @@ from fhir_server.api.errors import status_of
 from fhir_server.auth.passwords import hash_password, needs_rehash, verify_password
 from fhir_server.errors import FhirError
 from fhir_server.storage import oauth as store
+from fhir_server.web.forms import read_form
 from fhir_server.web.render import page, security_headers
 from fhir_server.web.session import CSRF_FIELD, SignedIn, sessions
 
@@ -144,9 +145,9 @@ async def _signin_form(
 
 
 async def signin(request: Request) -> Response:
-    form = await request.form()
     manager = sessions(request)
     try:
+        form = await read_form(request)
         manager.check_csrf(request, form.get(CSRF_FIELD))
     except FhirError as exc:
         await runtime(request).audit.security_event(
@@ -213,9 +214,9 @@ async def signin(request: Request) -> Response:
 
 
 async def signout(request: Request) -> Response:
-    form = await request.form()
     manager = sessions(request)
     try:
+        form = await read_form(request)
         manager.check_csrf(request, form.get(CSRF_FIELD))
     except FhirError as exc:
         return error_page(request, exc)
