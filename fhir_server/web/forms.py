@@ -27,9 +27,7 @@ async def read_form(request: Request) -> FormData:
             raise PayloadTooLarge("the form is too large")
     try:
         text = body.decode("utf-8")
-        pairs = parse_qsl(
-            text, keep_blank_values=True, errors="strict", max_num_fields=MAX_FIELDS
-        )
+        pairs = parse_qsl(text, keep_blank_values=True, errors="strict", max_num_fields=MAX_FIELDS)
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("the form is not valid UTF-8 form data") from None
     fields: list[tuple[str, str | UploadFile]] = list(pairs)
