@@ -604,3 +604,19 @@ def test_after_janes_consent_her_lab_results_are_offered(
     )
     assert "patient/*.rs" not in scopes
     assert row["claims"]["access_basis"]["consents"]
+
+
+def test_authorize_post_takes_the_same_parameters_as_a_form(
+    web: httpx.Client, client: oauth.Client, aud: str, world: World, john: str
+) -> None:
+    params = authorize_params(client, aud)
+    first = web.post("/oauth/authorize", data=params)  # not signed in yet: the sign-in page
+    assert first.status_code == 303 and first.headers["location"].startswith("/signin?next=")
+    assert sign_in(web, "/signin", john).status_code == 303
+    picker = web.post("/oauth/authorize", data=params)
+    assert picker.status_code == 200
+    assert world.ref("mary") in [
+        o.value for o in form(picker.text, "/oauth/authorize").options("patient")
+    ]
+    wrong = web.post("/oauth/authorize", data={**params, "redirect_uri": "https://evil.example/cb"})
+    assert wrong.status_code == 400 and "location" not in wrong.headers
