@@ -620,3 +620,20 @@ def test_authorize_post_takes_the_same_parameters_as_a_form(
     ]
     wrong = web.post("/oauth/authorize", data={**params, "redirect_uri": "https://evil.example/cb"})
     assert wrong.status_code == 400 and "location" not in wrong.headers
+
+
+def test_a_weak_hash_is_replaced_at_the_next_sign_in(
+    web: httpx.Client, world: World, database_url: str
+) -> None:
+    from argon2 import PasswordHasher
+
+    from fhir_server.auth.passwords import needs_rehash
+
+    weak = PasswordHasher(time_cost=1, memory_cost=8 * 1024, parallelism=1).hash(PASSWORD)
+    assert needs_rehash(weak)
+    username = f"weak-{uuid.uuid4().hex[:8]}"
+    now = datetime.now(UTC)
+    run(database_url, lambda conn: oauth.put_user(conn, username, weak, world.ref("john"), now))
+    assert sign_in(web, "/signin", username).status_code == 303
+    user = run(database_url, lambda conn: oauth.get_user(conn, username))
+    assert user is not None and user.password_hash != weak and not needs_rehash(user.password_hash)
