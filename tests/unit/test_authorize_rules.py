@@ -46,7 +46,7 @@ def client(**kw: object) -> Client:
         "",
         None,
         42,
-        "/" + "a" * 5000,
+        "/" + "a" * 9000,
     ],
 )
 def test_next_never_leaves_the_server(value: object) -> None:
