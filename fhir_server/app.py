@@ -28,6 +28,8 @@ from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_key
 from fhir_server.auth.tokens import TokenSettings, TokenVerifier, Verifiers
 from fhir_server.clients.registry import ClientRegistry, RegistrySettings
 from fhir_server.oauth import authorize
+from fhir_server.oauth import launch as oauth_launch
+from fhir_server.oauth import register as oauth_register
 from fhir_server.services.access.cache import FactsCache
 from fhir_server.services.context import Context, server_guard, utc_now
 from fhir_server.services.formats.limits import InputLimits
@@ -35,7 +37,7 @@ from fhir_server.settings import Settings
 from fhir_server.storage import idempotency
 from fhir_server.storage.database import Database, libpq_url, session_limits
 from fhir_server.validation import ResourceValidator
-from fhir_server.web import session, signin
+from fhir_server.web import session, signin, upstream
 
 log = logging.getLogger(__name__)
 
@@ -201,9 +203,14 @@ def create_app(
     fhir.install(app)
     ops.install(app)
     smart.install(app)
+    if settings.oauth_enabled:
+        oauth_register.install(app)
+        oauth_launch.install(app)
     session.install(app, settings)
+    upstream.install(app, settings, clock)
     signin.install(app)
-    authorize.install(app, settings)
+    if settings.oauth_enabled:
+        authorize.install(app, settings)
     relationships.install(app)
     graphql.install(app, settings)
     web.install(app)

@@ -1,8 +1,10 @@
-"""The `fhir-server` command: serve, migrate, reindex, dev-token."""
+"""The `fhir-server` command: serve, migrate, reindex, dev-token, and the authorization server's
+administration: client, user, keys (docs/smart-admin.md)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shlex
@@ -10,13 +12,17 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from fhir_server.api.observability import ConsoleFormatter, JsonFormatter
 from fhir_server.settings import Settings
+
+if TYPE_CHECKING:
+    from fhir_server.storage.database import Database
 
 log = logging.getLogger("fhir_server")
 
@@ -104,6 +110,239 @@ def cmd_dev_token(settings: Settings, args: argparse.Namespace) -> int:
             extra=extra,
         )
     )
+    return 0
+
+
+def _admin(settings: Settings, work: Callable[[Database], Awaitable[None]]) -> int:
+    """Run `work` on the configured database (migrated first, like `serve` does unless
+    `FHIR_MIGRATE_ON_START=false`); a refused command prints why and exits 1."""
+    import asyncio
+
+    from fhir_server.oauth.admin import AdminError
+    from fhir_server.oauth.clients import ClientMetadataError
+    from fhir_server.storage.database import Database
+
+    url = database_url(settings)
+    if settings.migrate_on_start:
+        _migrate(settings, url)
+
+    async def run() -> None:
+        db = Database(url, pool_size=1)
+        await db.open()
+        try:
+            await work(db)
+        finally:
+            await db.close()
+
+    try:
+        asyncio.run(run())
+    except (AdminError, ClientMetadataError) as exc:
+        print(f"fhir-server: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def cmd_client(settings: Settings, args: argparse.Namespace) -> int:
+    from fhir_server.oauth import admin
+    from fhir_server.oauth.clients import AUTH_METHODS, ClientMetadataError, new_client
+    from fhir_server.services.context import utc_now
+
+    if args.action == "add":
+        jwks: Any = None
+        if args.jwks_file is not None:
+            try:
+                jwks = json.loads(Path(args.jwks_file).read_text())
+            except (OSError, ValueError) as exc:
+                print(f"fhir-server: cannot read `{args.jwks_file}`: {exc}", file=sys.stderr)
+                return 1
+        kind: Literal["public", "confidential"] = "confidential" if args.confidential else "public"
+        try:
+            client = new_client(
+                client_id=args.client_id or str(uuid.uuid4()),
+                name=args.name,
+                kind=kind,
+                redirect_uris=args.redirect_uri or [],
+                scope=args.scope,
+                launch_types=args.launch,
+                jwks=jwks,
+                jwks_uri=args.jwks_url,
+                metadata={"token_endpoint_auth_method": AUTH_METHODS[kind]},
+            )
+        except ClientMetadataError as exc:
+            print(f"fhir-server: {exc}", file=sys.stderr)
+            return 1
+
+        async def add(db: Database) -> None:
+            await admin.add_client(db, client, utc_now())
+            log.info("client %s (%s) registered", client.client_id, client.kind)
+            print(client.client_id)
+
+        return _admin(settings, add)
+
+    if args.action == "remove":
+
+        async def remove(db: Database) -> None:
+            revoked = await admin.remove_client(db, args.client_id, utc_now())
+            log.info("client %s removed, %d refresh token(s) revoked", args.client_id, revoked)
+
+        return _admin(settings, remove)
+
+    async def show(db: Database) -> None:
+        clients = await admin.list_clients(db)
+        if args.json:
+            print(json.dumps([_client_json(c) for c in clients], indent=2))
+            return
+        rows = [
+            [
+                c.client_id,
+                c.name,
+                c.kind,
+                ",".join(c.launch_types) or "-",
+                ",".join(c.grant_types),
+                " ".join(c.redirect_uris) or "-",
+                c.scope,
+            ]
+            for c in clients
+        ]
+        header = ["CLIENT ID", "NAME", "KIND", "LAUNCH", "GRANTS", "REDIRECT URIS", "SCOPE"]
+        print(_table(rows, header))
+
+    return _admin(settings, show)
+
+
+def _client_json(client: Any) -> dict[str, Any]:
+    from fhir_server.oauth.clients import AUTH_METHODS
+
+    return {
+        "client_id": client.client_id,
+        "client_name": client.name,
+        "kind": client.kind,
+        "token_endpoint_auth_method": AUTH_METHODS[client.kind],
+        "redirect_uris": list(client.redirect_uris),
+        "scope": client.scope,
+        "launch_types": list(client.launch_types),
+        "grant_types": list(client.grant_types),
+        "jwks_uri": client.jwks_uri,
+        "jwks": client.jwks,
+        "created_at": client.created_at.isoformat() if client.created_at else None,
+    }
+
+
+def _read_password(args: argparse.Namespace) -> str | None:
+    """From the first line of stdin (`--password-stdin`), else typed twice at a prompt; never
+    from the command line, where other users of the machine and the shell's history see it."""
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    first = getpass.getpass(f"password for {args.username}: ")
+    if getpass.getpass("again: ") != first:
+        print("fhir-server: the passwords differ", file=sys.stderr)
+        return None
+    return first
+
+
+def cmd_user(settings: Settings, args: argparse.Namespace) -> int:
+    from fhir_server.oauth import admin
+    from fhir_server.services.context import utc_now
+
+    if args.action == "add":
+        try:
+            admin.check_username(args.username)
+            admin.check_fhir_user(args.fhir_user)
+            password = _read_password(args)
+            if password is None:
+                return 1
+            admin.check_password(password)
+        except admin.AdminError as exc:
+            print(f"fhir-server: {exc}", file=sys.stderr)
+            return 1
+
+        async def add(db: Database) -> None:
+            await admin.add_user(
+                db, args.username, password, args.fhir_user, utc_now(), replace=args.replace
+            )
+            log.info("account %s saved (%s)", args.username, args.fhir_user)
+
+        return _admin(settings, add)
+    if args.action == "remove":
+
+        async def remove(db: Database) -> None:
+            await admin.remove_user(db, args.username)
+            log.info("account %s removed", args.username)
+
+        return _admin(settings, remove)
+    if args.action == "unlock":
+
+        async def unlock(db: Database) -> None:
+            await admin.unlock_user(db, args.username)
+            log.info("account %s unlocked", args.username)
+
+        return _admin(settings, unlock)
+
+    async def show(db: Database) -> None:
+        users = await admin.list_users(db)
+        if args.json:
+            listed = [
+                {
+                    "username": u.username,
+                    "fhir_user": u.fhir_user,
+                    "failed_attempts": u.failed_attempts,
+                    "locked_until": u.locked_until.isoformat() if u.locked_until else None,
+                }
+                for u in users
+            ]
+            print(json.dumps(listed, indent=2))
+            return
+        now = utc_now()
+        rows = [
+            [
+                u.username,
+                u.fhir_user,
+                str(u.failed_attempts),
+                u.locked_until.isoformat(timespec="seconds")
+                if u.locked_until and u.locked_until > now
+                else "-",
+            ]
+            for u in users
+        ]
+        print(_table(rows, ["USERNAME", "FHIR USER", "FAILED SIGN-INS", "LOCKED UNTIL"]))
+
+    return _admin(settings, show)
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """The authorization server's signing keys (docs/smart-admin.md#key-rotation). A running
+    server reads them when it starts: restart it after `rotate` and after `retire`."""
+    from fhir_server.auth import issuer
+
+    path = issuer.keys_path(settings.data_dir, settings.oauth_keys)
+    try:
+        if args.action == "rotate":
+            kid = issuer.rotate(path)
+            log.info("new signing key %s in %s; restart the server to use it", kid, path)
+            print(kid)
+        elif args.action == "retire":
+            retired = issuer.retire(path)
+            log.info("retired %d key(s) from %s; restart the server", len(retired), path)
+            for kid in retired:
+                print(kid)
+        else:
+            keys = issuer.load_or_create(path)
+            for n, key in enumerate(keys):
+                print(f"{key['kid']}  {'signing' if n == 0 else 'published'}")
+    except (OSError, ValueError) as exc:
+        print(f"fhir-server: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -231,6 +470,63 @@ def configure_logging(settings: Settings, stream: TextIO | None = None) -> None:
         logging.getLogger(name).addFilter(chatter)  # once: a filter already there is kept
 
 
+def _admin_parsers(sub: Any) -> None:
+    client = sub.add_parser("client", help="register, list and remove SMART apps")
+    clients = client.add_subparsers(dest="action", required=True)
+    add = clients.add_parser("add", help="register an app; prints its client id")
+    add.add_argument("--name", required=True, help="the name people see when they approve it")
+    add.add_argument(
+        "--redirect-uri",
+        action="append",
+        metavar="URI",
+        help="an https URL (http only on loopback), no fragment; repeatable",
+    )
+    kind = add.add_mutually_exclusive_group()
+    kind.add_argument("--public", action="store_true", help="no client authentication (default)")
+    kind.add_argument(
+        "--confidential", action="store_true", help="authenticates with private_key_jwt"
+    )
+    keys = add.add_mutually_exclusive_group()
+    keys.add_argument("--jwks-url", metavar="URL", help="the app's public keys (confidential)")
+    keys.add_argument("--jwks-file", metavar="PATH", help="a JWKS file of its public keys")
+    add.add_argument("--scope", required=True, help="the scopes it may ask for, space-separated")
+    add.add_argument(
+        "--launch",
+        action="append",
+        choices=["ehr", "standalone"],
+        help="a launch type it may use; repeatable (default standalone with redirect URIs)",
+    )
+    add.add_argument("--client-id", help="its id (default: a new UUID)")
+    listing = clients.add_parser("list", help="the registered apps")
+    listing.add_argument("--json", action="store_true", help="as JSON")
+    remove = clients.add_parser("remove", help="remove an app (its tokens stop refreshing)")
+    remove.add_argument("client_id", metavar="CLIENT_ID")
+
+    user = sub.add_parser("user", help="local accounts that sign in at the authorization server")
+    users = user.add_subparsers(dest="action", required=True)
+    add = users.add_parser("add", help="create an account (the password is prompted for)")
+    add.add_argument("username")
+    add.add_argument(
+        "--fhir-user",
+        required=True,
+        help="Patient/123, RelatedPerson/.., Practitioner/.. or Person/..",
+    )
+    add.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input"
+    )
+    add.add_argument("--replace", action="store_true", help="change an existing account")
+    listing = users.add_parser("list", help="the accounts (never their passwords)")
+    listing.add_argument("--json", action="store_true", help="as JSON")
+    for action, text in (("remove", "delete an account"), ("unlock", "end a lockout")):
+        users.add_parser(action, help=text).add_argument("username")
+
+    key = sub.add_parser("keys", help="the authorization server's signing keys")
+    key_actions = key.add_subparsers(dest="action", required=True)
+    key_actions.add_parser("rotate", help="make a new signing key (the old ones stay published)")
+    key_actions.add_parser("retire", help="drop every key but the signing one")
+    key_actions.add_parser("show", help="the key ids, the signing one first")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fhir-server", description="FHIR R4 server")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -250,6 +546,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     token.add_argument("--patient", help="the patient launch context, for patient/ scopes")
     token.add_argument("--lifetime", type=int, default=3600, help="seconds (default 3600)")
+    _admin_parsers(sub)
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings)
@@ -258,6 +555,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "migrate": cmd_migrate,
         "reindex": cmd_reindex,
         "dev-token": cmd_dev_token,
+        "client": cmd_client,
+        "user": cmd_user,
+        "keys": cmd_keys,
     }
     # A signal's default action ends the process without running its exit handlers, which
     # would leave the embedded PostgreSQL running (docs/operations.md#stopping).

@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 from capability.definitions import resource_types
 from capability.statement import capability_statement
 from compartments.ids import ID_REGEX
+from fhir_server.api import smart
 from fhir_server.api.deps import (
     FORM_TYPES,
     FhirInteraction,
@@ -71,13 +72,7 @@ async def metadata(request: Request) -> Response:
         update_create=settings.update_create,
         date=rt.clock().date().isoformat(),
         search=search_capabilities,
-        oauth={
-            "authorize": settings.auth_authorize_url,
-            "token": settings.auth_token_url,
-            "manage": settings.auth_management_url,
-            "introspect": settings.auth_introspection_url,
-            "revoke": settings.auth_revocation_url,
-        },
+        oauth=smart.oauth_uris(settings),
     )
     return fhir_response(orjson.dumps(statement))
 

@@ -88,7 +88,7 @@ class RequestObservation:
             elapsed = time.perf_counter() - started
             if gone and not answered:
                 status = CLIENT_CLOSED  # the client left before any answer: not a server error
-            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            route = getattr(scope.get("route"), "path", None) or _mounted(scope) or "unmatched"
             _observe(method, route, status, elapsed)
             if span is not None:
                 tracing.end_request(span, span_token, method, route, status)
@@ -183,3 +183,13 @@ class ConsoleFormatter(logging.Formatter):
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
+
+
+def _mounted(scope: Scope) -> str | None:
+    """The path of the Mount that served the request (the pages' `/static`), which sets no
+    `route`: what a Mount adds to `root_path` beyond the application's own."""
+    root: str = scope.get("root_path", "")
+    app_root: str | None = scope.get("app_root_path")
+    if app_root is None or root == app_root or not root.startswith(app_root):
+        return None
+    return root[len(app_root) :]

@@ -116,6 +116,24 @@ async def remove_client(conn: Connection, client_id: str) -> bool:
     return await execute(conn, _REMOVE_CLIENT, {"id": client_id}) == 1
 
 
+_REVOKE_CLIENT_REFRESH = Statement(
+    "UPDATE oauth_refresh_tokens SET revoked_at = %(now)s WHERE client_id = %(id)s"
+    " AND revoked_at IS NULL"
+)
+_REVOKE_CLIENT_APPROVALS = Statement(
+    "UPDATE oauth_approvals SET revoked_at = %(now)s WHERE client_id = %(id)s"
+    " AND revoked_at IS NULL"
+)
+
+
+async def revoke_client(conn: Connection, client_id: str, now: datetime) -> int:
+    """Revoke every refresh token and approval of a client (it is being removed): the refresh
+    tokens revoked."""
+    count = await execute(conn, _REVOKE_CLIENT_REFRESH, {"id": client_id, "now": now})
+    await execute(conn, _REVOKE_CLIENT_APPROVALS, {"id": client_id, "now": now})
+    return count
+
+
 async def redirect_uris(conn: Connection) -> list[str]:
     """Every registered redirect URI (CORS admits their origins)."""
     return [row[0] for row in await fetch_all(conn, _REDIRECT_URIS)]

@@ -51,10 +51,12 @@ ROUTE_TO_DOCUMENT = {
 }
 # Routes under /fhir are FHIR's (its CapabilityStatement describes them), except SMART discovery,
 # which FHIR places under the base but which is documented here.
-DOCUMENTED_UNDER_FHIR = frozenset({smart.PATH})
+DOCUMENTED_UNDER_FHIR = frozenset({smart.PATH, smart.OPENID_PATH})
 # OpenAPI 3.0 cannot describe a WebSocket: strawberry's GraphQL router adds one at /graphql
 # (graphql-transport-ws), and the schema has no subscriptions.
 WEBSOCKETS = frozenset({"/graphql"})
+# The pages a person's browser is sent to (HTML forms, not an API): docs/smart-authorize.md.
+PAGES = frozenset({"/signin", "/signout", "/oauth/authorize"})
 
 # Who may call what: the Patient Service takes an API key or a bearer token, the Relationship API
 # and GraphQL a bearer token, the operations nothing.
@@ -66,6 +68,10 @@ SECURITY: dict[str, list[dict[str, list[str]]]] = {
     "/readyz": [],
     "/metrics": [],
     smart.PATH: [],
+    smart.OPENID_PATH: [],
+    smart.JWKS_PATH: [],
+    "/oauth/register": [{"bearer": []}],
+    "/oauth/launch": [{"bearer": []}],
 }
 
 # The schemathesis run: a fixed seed and derandomized generation, so CI runs the same cases
@@ -108,6 +114,8 @@ def app_routes() -> tuple[set[tuple[str, str]], set[str]]:
     for route in app.routes:
         path: str = getattr(route, "path", "")
         if path.startswith("/fhir") and path not in DOCUMENTED_UNDER_FHIR:
+            continue
+        if path in PAGES:
             continue
         if isinstance(route, WebSocketRoute):
             websockets.add(path)
@@ -380,7 +388,11 @@ def test_writes_switched_off_are_answered_as_documented(database: str) -> None:
                     path_parameters={k: v for k, v in path_parameters.items() if k in path},
                     headers={"If-Match": 'W/"1"'} if method == "put" else {},
                     query={"query": "{ __typename }"} if path == "/graphql" else {},
-                    **({"body": copy.deepcopy(example["value"])} if examples else {}),
+                    **(
+                        {"body": copy.deepcopy(example["value"]), "media_type": "application/json"}
+                        if examples
+                        else {}
+                    ),
                 )
                 response = case.call_and_validate(
                     base_url=off.origin, headers={"x-api-key": KEY, **auth()}, checks=CONFORMANCE
@@ -390,7 +402,8 @@ def test_writes_switched_off_are_answered_as_documented(database: str) -> None:
                     refused.add((method.upper(), path))
                 else:
                     assert response.status_code < 500, (method, path)
-    assert len(refused) == 6  # the Patient Service's writes, delegate and approve
+    # the Patient Service's writes, delegate and approve, client registration and EHR launch
+    assert len(refused) == 8
 
 
 # --- what the run found, and what reading the code for the document found --------------------

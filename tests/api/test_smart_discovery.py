@@ -7,16 +7,21 @@ from typing import Any
 
 import httpx
 import jsonschema
+import jwt
 import pytest
+from jwt import PyJWKSet
 
 from capability.definitions import json_schema
 from capability.statement import OAUTH_URIS, RESTFUL_SECURITY_SERVICE, capability_statement
-from fhir_server.api.smart import smart_configuration
+from fhir_server.api.smart import openid_configuration, smart_configuration
+from fhir_server.auth import issuer
 from fhir_server.settings import Settings
 from tests.support.servers import LiveServer
+from tests.support.tokens import KEYS_DIR
 
 IDP = "https://idp.example.org"
 CONFIGURED = Settings(
+    oauth_enabled=False,
     auth_jwks=f"{IDP}/jwks.json",
     auth_issuer=IDP,
     auth_audience="https://fhir.example.org/fhir",
@@ -49,6 +54,19 @@ def configured_server(database_url: str) -> Iterator[LiveServer]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def off_server(database_url: str) -> Iterator[LiveServer]:
+    """`FHIR_OAUTH=off` and no identity provider: the development key only."""
+    with LiveServer(Settings(oauth_enabled=False), database_url) as server:
+        yield server
+
+
+@pytest.fixture
+def off(off_server: LiveServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=f"{off_server.origin}/fhir", timeout=30) as c:
+        yield c
+
+
 def _security_service(statement: dict[str, Any]) -> list[dict[str, str]]:
     return [c for s in statement["rest"][0]["security"]["service"] for c in s["coding"]]
 
@@ -70,9 +88,10 @@ def _valid(statement: dict[str, Any]) -> list[str]:
 # --- over HTTP -------------------------------------------------------------------------------
 
 
-def test_well_known_without_an_identity_provider(client: httpx.Client) -> None:
-    """The default server: the development issuer, no endpoints, so no grant can be offered."""
-    response = client.get(WELL_KNOWN)  # no Authorization header
+def test_well_known_without_an_identity_provider(off: httpx.Client) -> None:
+    """The authorization server off, no identity provider: the development issuer, no
+    endpoints, so no grant can be offered."""
+    response = off.get(WELL_KNOWN)  # no Authorization header
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     document = response.json()
@@ -104,7 +123,7 @@ def test_well_known_is_public_and_ignores_fhir_format_negotiation(client: httpx.
         WELL_KNOWN, headers={"Accept": "application/fhir+xml", "Authorization": "Bearer nonsense"}
     )
     assert response.status_code == 200
-    assert response.json()["issuer"] == "urn:fhir-server:dev"
+    assert response.json()["issuer"] == Settings().public_base  # the own authorization server
 
 
 def test_well_known_with_an_identity_provider(configured_server: LiveServer) -> None:
@@ -138,8 +157,8 @@ def test_well_known_with_an_identity_provider(configured_server: LiveServer) -> 
     }
 
 
-def test_metadata_announces_smart_on_fhir(client: httpx.Client) -> None:
-    statement = client.get("/metadata").json()
+def test_metadata_announces_smart_on_fhir(off: httpx.Client) -> None:
+    statement = off.get("/metadata").json()
     assert {"system": RESTFUL_SECURITY_SERVICE, "code": "SMART-on-FHIR"}.items() <= (
         _security_service(statement)[0].items()
     )
@@ -201,7 +220,12 @@ def test_capability_statement_refuses_an_unknown_oauth_uri() -> None:
 def test_client_credentials_only() -> None:
     """A token endpoint without an authorization endpoint: backend services only."""
     document = smart_configuration(
-        Settings(auth_jwks="/etc/keys.json", auth_issuer=IDP, auth_token_url=f"{IDP}/token")
+        Settings(
+            oauth_enabled=False,
+            auth_jwks="/etc/keys.json",
+            auth_issuer=IDP,
+            auth_token_url=f"{IDP}/token",
+        )
     )
     assert document["issuer"] == IDP
     assert "jwks_uri" not in document  # a file is not announced
@@ -213,7 +237,7 @@ def test_client_credentials_only() -> None:
 
 
 def test_issuer_is_omitted_for_a_jwks_without_an_issuer() -> None:
-    document = smart_configuration(Settings(auth_jwks=f"{IDP}/jwks.json"))
+    document = smart_configuration(Settings(oauth_enabled=False, auth_jwks=f"{IDP}/jwks.json"))
     assert "issuer" not in document
     assert document["jwks_uri"] == f"{IDP}/jwks.json"
 
@@ -232,3 +256,181 @@ def test_settings_from_env() -> None:
     assert settings.auth_revocation_url == f"{IDP}/revoke"
     assert settings.auth_introspection_url is None
     assert settings.auth_management_url is None
+
+
+# --- the server's own authorization server (FHIR_OAUTH on, the default) ----------------------
+
+OWN_CAPABILITIES = [
+    "launch-ehr",
+    "launch-standalone",
+    "client-public",
+    "client-confidential-asymmetric",
+    "context-ehr-patient",
+    "context-standalone-patient",
+    "permission-v1",
+    "permission-v2",
+    "permission-patient",
+    "permission-user",
+    "permission-offline",
+    "sso-openid-connect",
+    "authorize-post",
+]
+OWN_SCOPES = [
+    "openid",
+    "fhirUser",
+    "launch",
+    "launch/patient",
+    "offline_access",
+    "online_access",
+    "patient/*.cruds",
+    "user/*.cruds",
+    "system/*.cruds",
+    "patient/*.rs",
+    "user/*.rs",
+    "system/*.rs",
+    "patient/*.read",
+    "patient/*.write",
+    "user/*.read",
+    "user/*.write",
+    "system/*.read",
+    "system/*.write",
+]
+
+
+@pytest.fixture(scope="module")
+def own_server(database_url: str) -> Iterator[LiveServer]:
+    """The authorization server on, an identity provider configured too: its own endpoints
+    are the ones announced."""
+    settings = Settings(
+        auth_jwks=f"{IDP}/jwks.json",
+        auth_issuer=IDP,
+        auth_audience="https://fhir.example.org/fhir",
+        auth_authorize_url=f"{IDP}/authorize",
+        auth_token_url=f"{IDP}/token",
+        data_dir=KEYS_DIR,
+    )
+    with LiveServer(settings, database_url, fixed_base=True) as server:
+        yield server
+
+
+def test_own_smart_configuration(own_server: LiveServer) -> None:
+    at = own_server.origin
+    response = httpx.get(f"{at}/fhir{WELL_KNOWN}")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.headers["cache-control"] == "public, max-age=300"
+    document = response.json()
+    assert document == {
+        "issuer": f"{at}/fhir",
+        "jwks_uri": f"{at}/oauth/jwks",
+        "authorization_endpoint": f"{at}/oauth/authorize",
+        "token_endpoint": f"{at}/oauth/token",
+        "token_endpoint_auth_methods_supported": ["none", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "registration_endpoint": f"{at}/oauth/register",
+        "scopes_supported": OWN_SCOPES,
+        "response_types_supported": ["code"],
+        "management_endpoint": f"{at}/account",
+        "introspection_endpoint": f"{at}/oauth/introspect",
+        "revocation_endpoint": f"{at}/oauth/revoke",
+        "code_challenge_methods_supported": ["S256"],
+        "capabilities": OWN_CAPABILITIES,
+    }
+    assert "plain" not in document["code_challenge_methods_supported"]
+    assert "client_secret_basic" not in document["token_endpoint_auth_methods_supported"]
+
+
+def test_own_openid_configuration(own_server: LiveServer) -> None:
+    at = own_server.origin
+    response = httpx.get(f"{at}/fhir/.well-known/openid-configuration")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    document = response.json()
+    assert document == {
+        "issuer": f"{at}/fhir",
+        "authorization_endpoint": f"{at}/oauth/authorize",
+        "token_endpoint": f"{at}/oauth/token",
+        "jwks_uri": f"{at}/oauth/jwks",
+        "registration_endpoint": f"{at}/oauth/register",
+        "scopes_supported": OWN_SCOPES,
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "token_endpoint_auth_methods_supported": ["none", "private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "auth_time", "nonce", "fhirUser"],
+        "code_challenge_methods_supported": ["S256"],
+        "request_parameter_supported": False,
+        "request_uri_parameter_supported": False,
+    }
+    assert "userinfo_endpoint" not in document
+    # OpenID Connect Discovery 4.3: the issuer of the document is the one it was fetched from
+    assert f"{document['issuer']}/.well-known/openid-configuration" == str(response.url)
+
+
+def test_jwks_publishes_the_public_signing_keys(own_server: LiveServer) -> None:
+    response = httpx.get(f"{own_server.origin}/oauth/jwks")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/jwk-set+json"
+    assert response.headers["cache-control"] == "public, max-age=300"
+    published = response.json()
+    keys = issuer.ServerKeys.load(issuer.keys_path(KEYS_DIR, None))
+    assert published == keys.jwks
+    assert [k["kid"] for k in published["keys"]] == [k["kid"] for k in keys.keys]
+    for key in published["keys"]:
+        assert not {"d", "p", "q", "dp", "dq", "qi"} & set(key)
+    # a token the server signs verifies against what it publishes, and only against that
+    token = keys.sign({"iss": f"{own_server.origin}/fhir", "sub": "x", "aud": "y"})
+    header = jwt.get_unverified_header(token)
+    key = PyJWKSet.from_dict(published)[header["kid"]]
+    claims = jwt.decode(token, key.key, algorithms=["RS256"], audience="y")
+    assert claims["sub"] == "x"
+
+
+def test_metadata_carries_the_own_oauth_uris(own_server: LiveServer) -> None:
+    at = own_server.origin
+    statement = httpx.get(f"{at}/fhir/metadata").json()
+    assert _security_service(statement)[0]["code"] == "SMART-on-FHIR"
+    assert _oauth_uris(statement) == {
+        "authorize": f"{at}/oauth/authorize",
+        "token": f"{at}/oauth/token",
+        "register": f"{at}/oauth/register",
+        "manage": f"{at}/account",
+        "introspect": f"{at}/oauth/introspect",
+        "revoke": f"{at}/oauth/revoke",
+    }
+    assert [e["url"] for e in statement["rest"][0]["security"]["extension"][0]["extension"]] == [
+        "authorize",
+        "token",
+        "register",
+        "manage",
+        "introspect",
+        "revoke",
+    ]
+    assert _valid(statement) == []
+
+
+def test_off_serves_neither_openid_discovery_nor_keys(off: httpx.Client) -> None:
+    for url in ("/.well-known/openid-configuration", "../oauth/jwks"):
+        response = off.get(url)
+        assert response.status_code == 404
+        assert response.json()["error"] == "not_found"
+    # nor the registration and launch endpoints
+    for path in ("/oauth/register", "/oauth/launch"):
+        response = httpx.post(f"{str(off.base_url).removesuffix('/fhir/')}{path}", json={})
+        assert response.status_code in (404, 405)
+
+
+def test_own_documents_follow_the_public_base() -> None:
+    """Endpoints sit at the origin of FHIR_BASE_URL, whatever its path."""
+    settings = Settings(base_url="https://ehr.example.org:8443/api/fhir")
+    smart = smart_configuration(settings)
+    assert smart["issuer"] == "https://ehr.example.org:8443/api/fhir"
+    assert smart["token_endpoint"] == "https://ehr.example.org:8443/oauth/token"
+    assert smart["jwks_uri"] == "https://ehr.example.org:8443/oauth/jwks"
+    oidc = openid_configuration(settings)
+    assert oidc["issuer"] == smart["issuer"]
+    assert oidc["authorization_endpoint"] == smart["authorization_endpoint"]

@@ -226,7 +226,12 @@ def test_token_identity() -> None:
     (shared,) = reach((Identity(RP_MARY), Identity(both.reference)), POLICY, two, TYPES)
     assert shared.identities == (both.reference, RP_MARY)
     assert token_identity("Person/p", shared) == "Person/p"
-    assert token_identity("Practitioner/d", choice_of(MARY)) == "Practitioner/d"
+    # whoever signed in, the RelatedPerson acts for Mary
+    assert token_identity(JOHN, mary) == RP_MARY
+    assert token_identity(RP_JANE, mary) == RP_MARY
+    care = Facts(now=NOW, care={"Practitioner/d": frozenset({MARY})})
+    (cared,) = reach((Identity("Practitioner/d"),), POLICY, care, TYPES)
+    assert token_identity("Practitioner/d", cared) == "Practitioner/d"
 
 
 def test_access_basis() -> None:

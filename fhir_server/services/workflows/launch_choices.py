@@ -279,17 +279,18 @@ def _format(
 
 
 def token_identity(fhir_user: str, choice: Reach) -> str:
-    """The `fhirUser` of the token for this choice: the Patient for self; the RelatedPerson
-    (`choice.via`) for a proxy, also when a Person has exactly one link that reaches the
-    patient; the Person itself when several of its links reach the patient (the engine then
-    decides with all of them, as for the picker)."""
+    """The `fhirUser` of the token for this choice: the Patient for self; the Person itself
+    when several of its links reach the patient; else the RelatedPerson that acts for the
+    patient (`choice.via`), whoever signed in (the Patient or RelatedPerson a Person links,
+    or the Person); a practitioner stays itself. The Guard of the token loads the same
+    identities either way (a user a Person links acts with all of its links)."""
     if choice.is_self:
         return choice.patient
     if fhir_user.startswith("Person/") and len(choice.identities) > 1:
         return fhir_user
-    if fhir_user.startswith("Person/"):
+    if choice.via.startswith("RelatedPerson/"):
         return choice.via
-    return fhir_user if not fhir_user.startswith("RelatedPerson/") else choice.via
+    return fhir_user
 
 
 def access_basis(choice: Reach) -> dict[str, Any]:
