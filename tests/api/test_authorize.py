@@ -581,7 +581,11 @@ def test_a_successful_sign_in_is_audited_and_sets_a_safe_cookie(
 def test_the_sign_in_page_offers_the_upstream_provider_when_configured(
     database_url: str,
 ) -> None:
-    settings = replace(Settings(), login_oidc_issuer="https://login.example.org/realms/x")
+    settings = replace(
+        Settings(),
+        login_oidc_issuer="https://login.example.org/realms/x",
+        login_oidc_client_id="fhir",
+    )
     with LiveServer(settings, database_url, fixed_base=True) as live, browser(live.origin) as web:
         page = web.get("/signin", params={"next": "/oauth/authorize?a=b"})
     assert "Sign in with login.example.org" in page.text
