@@ -28,6 +28,7 @@ from fhir_server.auth import issuer
 from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_key
 from fhir_server.auth.tokens import TokenSettings, TokenVerifier, Verifiers
 from fhir_server.clients.registry import ClientRegistry, RegistrySettings
+from fhir_server.oauth import authorize
 from fhir_server.oauth import introspection as oauth_introspection
 from fhir_server.oauth import launch as oauth_launch
 from fhir_server.oauth import register as oauth_register
@@ -40,7 +41,7 @@ from fhir_server.settings import Settings
 from fhir_server.storage import idempotency
 from fhir_server.storage.database import Database, libpq_url, session_limits
 from fhir_server.validation import ResourceValidator
-from fhir_server.web import session, upstream
+from fhir_server.web import session, signin, upstream
 
 log = logging.getLogger(__name__)
 
@@ -234,6 +235,9 @@ def create_app(
         oauth_launch.install(app)
     session.install(app, settings)
     upstream.install(app, settings, clock)
+    signin.install(app)
+    if settings.oauth_enabled:
+        authorize.install(app, settings)
     relationships.install(app)
     graphql.install(app, settings)
     web.install(app)

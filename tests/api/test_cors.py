@@ -19,8 +19,8 @@ from tests.support.resources import patient
 from tests.support.servers import LiveServer, serving
 from tests.support.tokens import auth
 
-APP = "http://app.example"
-OTHER_APP = "https://second-app.example:8443"
+APP = "http://cors-app.test"
+OTHER_APP = "https://second-cors-app.test:8443"
 FHIR_JSON = "application/fhir+json"
 
 
@@ -114,11 +114,11 @@ def test_each_listed_origin_gets_itself_back_never_a_wildcard(http: httpx.Client
     "origin",
     [
         "http://evil.example",
-        "http://app.example.evil.example",  # the listed name as a prefix
-        "http://evil-app.example",
-        "http://app.example:8080",  # another port is another origin
-        "https://app.example",  # another scheme is another origin
-        "https://second-app.example",  # the listed host on its default port
+        "http://cors-app.test.evil.example",  # the listed name as a prefix
+        "http://evil-cors-app.test",
+        "http://cors-app.test:8080",  # another port is another origin
+        "https://cors-app.test",  # another scheme is another origin
+        "https://second-cors-app.test",  # the listed host on its default port
         "null",  # sandboxed frames, file: pages
         "*",
     ],
@@ -241,10 +241,10 @@ def test_origins_are_asked_for_each_request() -> None:
 
 def test_the_setting_keeps_normalized_origins() -> None:
     settings = Settings.from_env(
-        {"FHIR_CORS_ORIGINS": " https://App.Example:443/ , http://localhost:3000,http://[::1]:80"}
+        {"FHIR_CORS_ORIGINS": " https://Cors-App.Test:443/ , http://localhost:3000,http://[::1]:80"}
     )
     assert settings.cors_origins == (
-        "https://app.example",
+        "https://cors-app.test",
         "http://localhost:3000",
         "http://[::1]",
     )
@@ -256,13 +256,13 @@ def test_the_setting_keeps_normalized_origins() -> None:
     [
         "*",
         "null",
-        "app.example",
-        "https://app.example/callback",
-        "https://app.example?x=1",
-        "https://user@app.example",
-        "ftp://app.example",
-        "https://app.example:99999",
-        "https://app.example; x",
+        "cors-app.test",
+        "https://cors-app.test/callback",
+        "https://cors-app.test?x=1",
+        "https://user@cors-app.test",
+        "ftp://cors-app.test",
+        "https://cors-app.test:99999",
+        "https://cors-app.test; x",
         "https://app example",
         "https://[zz::1]",
     ],

@@ -55,6 +55,8 @@ DOCUMENTED_UNDER_FHIR = frozenset({smart.PATH, smart.OPENID_PATH})
 # OpenAPI 3.0 cannot describe a WebSocket: strawberry's GraphQL router adds one at /graphql
 # (graphql-transport-ws), and the schema has no subscriptions.
 WEBSOCKETS = frozenset({"/graphql"})
+# The pages a person's browser is sent to (HTML forms, not an API): docs/smart-authorize.md.
+PAGES = frozenset({"/signin", "/signout", "/oauth/authorize"})
 
 # Who may call what: the Patient Service takes an API key or a bearer token, the Relationship API
 # and GraphQL a bearer token, the operations nothing.
@@ -116,6 +118,8 @@ def app_routes() -> tuple[set[tuple[str, str]], set[str]]:
     for route in app.routes:
         path: str = getattr(route, "path", "")
         if path.startswith("/fhir") and path not in DOCUMENTED_UNDER_FHIR:
+            continue
+        if path in PAGES:
             continue
         if isinstance(route, WebSocketRoute):
             websockets.add(path)
