@@ -159,7 +159,7 @@ def _reach(
         minor=minor,
         whole_record=len(whole) == len(types),
         scopes=frozenset(name for name, members in CONSENT_SCOPES.items() if members <= readable),
-        evidence=tuple(evidence),
+        evidence=tuple(sorted(evidence)),  # whatever the order of the identities
         until=_until(patient, related, majority, facts),
         majority_on=majority,
         types=readable,
