@@ -41,7 +41,7 @@ from fhir_server.settings import Settings
 from fhir_server.storage import idempotency
 from fhir_server.storage.database import Database, libpq_url, session_limits
 from fhir_server.validation import ResourceValidator
-from fhir_server.web import session, signin, upstream
+from fhir_server.web import account, session, signin, upstream
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +241,7 @@ def create_app(
     relationships.install(app)
     graphql.install(app, settings)
     web.install(app)
+    account.install(app)
     # innermost: it answers what escaped every handler, so the outer ones see a status
     app.add_middleware(
         LastResort,

@@ -37,6 +37,7 @@ Hierarchy (``error_code``; refinements in brackets)::
     +-- PayloadTooLarge       payload_too_large
     +-- UnsupportedMediaType  unsupported_media_type
     +-- Unprocessable         unprocessable       a business rule refused the request
+    +-- TooManyRequests       too_many_requests   too many changes in a short time
     +-- BadGateway            bad_gateway         an upstream service failed or answered nonsense
     +-- GatewayTimeout        gateway_timeout     an upstream service did not answer in time
     +-- Unavailable           unavailable         the server cannot take the request now
@@ -230,6 +231,13 @@ class GatewayTimeout(FhirError):
 
     code = "timeout"
     error_code = "gateway_timeout"
+
+
+class TooManyRequests(FhirError):
+    """Too many changes by one person in a short time (the account pages' rate limit)."""
+
+    code = "throttled"
+    error_code = "too_many_requests"
 
 
 class Unavailable(FhirError):

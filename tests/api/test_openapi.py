@@ -55,8 +55,14 @@ DOCUMENTED_UNDER_FHIR = frozenset({smart.PATH, smart.OPENID_PATH})
 # OpenAPI 3.0 cannot describe a WebSocket: strawberry's GraphQL router adds one at /graphql
 # (graphql-transport-ws), and the schema has no subscriptions.
 WEBSOCKETS = frozenset({"/graphql"})
-# The pages a person's browser is sent to (HTML forms, not an API): docs/smart-authorize.md.
+# The pages a person's browser is sent to (HTML forms, not an API): docs/smart-authorize.md and
+# the account pages (docs/account.md).
 PAGES = frozenset({"/signin", "/signout", "/oauth/authorize"})
+
+
+def is_page(path: str) -> bool:
+    return path in PAGES or path == "/account" or path.startswith("/account/")
+
 
 # Who may call what: the Patient Service takes an API key or a bearer token, the Relationship API
 # and GraphQL a bearer token, the operations nothing.
@@ -119,7 +125,7 @@ def app_routes() -> tuple[set[tuple[str, str]], set[str]]:
         path: str = getattr(route, "path", "")
         if path.startswith("/fhir") and path not in DOCUMENTED_UNDER_FHIR:
             continue
-        if path in PAGES:
+        if is_page(path):
             continue
         if isinstance(route, WebSocketRoute):
             websockets.add(path)

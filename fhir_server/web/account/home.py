@@ -1,0 +1,58 @@
+"""`GET /account`: the account's front page, and what every account page shares:
+`account_page()` renders a template on `account_base.html` (navigation, sign-out form) with a
+fresh CSRF token, for the signed-in person."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from fhir_server.web.acting import acting, sign_in_first
+from fhir_server.web.render import page
+from fhir_server.web.session import sessions
+
+PATH = "/account"
+# The account's sections, in the navigation's order (each page module serves its own path).
+SECTIONS: tuple[tuple[str, str], ...] = (
+    (PATH, "Overview"),
+    ("/account/family", "My family"),
+    ("/account/sharing", "Sharing"),
+    ("/account/dependents", "Dependents"),
+    ("/account/activity", "Who looked at my record"),
+    ("/account/apps", "Connected apps"),
+)
+
+
+def account_page(
+    request: Request, template: str, *, status_code: int = 200, **values: Any
+) -> HTMLResponse:
+    """An account page: `template` extends `account_base.html` (which translates the section
+    names); its forms carry `csrf_token`, whose browser cookie is set here when missing."""
+    token_holder = HTMLResponse()
+    token = sessions(request).csrf_token(request, token_holder)
+    rendered = page(
+        request,
+        template,
+        status_code=status_code,
+        csrf_token=token,
+        account_sections=SECTIONS,
+        **values,
+    )
+    for cookie in token_holder.headers.getlist("set-cookie"):
+        rendered.headers.append("set-cookie", cookie)
+    return rendered
+
+
+async def home(request: Request) -> Response:
+    found = acting(request)
+    if found is None:
+        return sign_in_first(request)
+    who, _interaction = found
+    return account_page(request, "account_home.html", who=who.fhir_user)
+
+
+def install(app: FastAPI) -> None:
+    app.add_api_route(PATH, home, methods=["GET"], include_in_schema=False)
