@@ -116,13 +116,7 @@ def interaction(request: Request) -> Interaction:
     headers = request.headers
     principal = rt.verifier.verify(bearer(headers.get("authorization")))
     ACTOR.set(principal.fhir_user or f"System/{principal.client_id or principal.subject}")
-    ctx = Context(
-        settings=rt.settings,
-        validator=rt.validator,
-        base_url=base_url(request, rt),
-        clock=rt.clock,
-        guard=nobody(),
-    )
+    ctx = request_context(request, rt)
     prefer = headers.get("prefer")
     return Interaction(
         rt.db,
@@ -141,6 +135,17 @@ async def _interaction_dependency(request: Request) -> Interaction:
 
 
 FhirInteraction = Annotated[Interaction, Depends(_interaction_dependency)]
+
+
+def request_context(request: Request, rt: Runtime) -> Context:
+    """A request's context before its caller's guard is loaded (`Interaction.authorized`)."""
+    return Context(
+        settings=rt.settings,
+        validator=rt.validator,
+        base_url=base_url(request, rt),
+        clock=rt.clock,
+        guard=nobody(),
+    )
 
 
 def base_url(request: Request, rt: Runtime) -> str:

@@ -18,10 +18,9 @@ from urllib.parse import quote
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from fhir_server.api.deps import Interaction, base_url, runtime
+from fhir_server.api.deps import Interaction, request_context, runtime
 from fhir_server.auth.tokens import Principal, principal_from_claims
 from fhir_server.errors import TooManyRequests
-from fhir_server.services.context import Context, nobody
 from fhir_server.web.session import SignedIn, sessions
 
 SCOPE = "user/*.cruds"
@@ -49,13 +48,7 @@ def acting(request: Request) -> tuple[SignedIn, Interaction] | None:
     if who is None:
         return None
     rt = runtime(request)
-    ctx = Context(
-        settings=rt.settings,
-        validator=rt.validator,
-        base_url=base_url(request, rt),
-        clock=rt.clock,
-        guard=nobody(),
-    )
+    ctx = request_context(request, rt)
     return who, Interaction(rt.db, ctx, "representation", False, rt, principal_of(who))
 
 

@@ -4,12 +4,8 @@ would (html.parser)."""
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html.parser import HTMLParser
@@ -17,23 +13,14 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
-import psycopg
 
 from fhir_server.auth.passwords import hash_password
 from fhir_server.storage import oauth
-from fhir_server.storage.sql import Connection
+from tests.support.oauth import pkce, run
 
 T = TypeVar("T")
 REDIRECT = "https://app.example/callback"
 PASSWORD = "correct horse battery staple"
-
-
-def run(database_url: str, work: Callable[[Connection], Awaitable[T]]) -> T:
-    async def go() -> T:
-        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-            return await work(conn)
-
-    return asyncio.run(go())
 
 
 def add_client(database_url: str, **kw: Any) -> oauth.Client:
@@ -61,13 +48,6 @@ def add_user(database_url: str, fhir_user: str, password: str = PASSWORD) -> str
         lambda conn: oauth.put_user(conn, username, hashed, fhir_user, datetime.now(UTC)),
     )
     return username
-
-
-def pkce() -> tuple[str, str]:
-    """A PKCE verifier and its S256 challenge."""
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-    return verifier, challenge.rstrip(b"=").decode()
 
 
 def authorize_params(client: oauth.Client, aud: str, **kw: str | None) -> dict[str, str]:
