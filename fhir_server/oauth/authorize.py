@@ -39,20 +39,17 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.datastructures import FormData, QueryParams
 from starlette.responses import Response
 
-from fhir_server.api.deps import base_url, runtime
-from fhir_server.api.runtime import Runtime
+from fhir_server.api.deps import request_context, runtime
 from fhir_server.auth.scopes import Scope, ScopeError, parse_scope
 from fhir_server.errors import BadRequest, FhirError, Forbidden
 from fhir_server.oauth import scope_words
-from fhir_server.services.context import Context, nobody
 from fhir_server.services.workflows import launch_choices
 from fhir_server.services.workflows.launch_choices import Choice
 from fhir_server.settings import Settings
 from fhir_server.storage import oauth as store
 from fhir_server.storage.sql import Connection
 from fhir_server.web.forms import read_form
-from fhir_server.web.render import page
-from fhir_server.web.session import CSRF_FIELD, SignedIn, session_secret, sessions
+from fhir_server.web.session import CSRF_FIELD, SignedIn, form_page, session_secret, sessions
 from fhir_server.web.signin import error_page, redirect, signin_url
 
 log = logging.getLogger(__name__)
@@ -345,29 +342,13 @@ def _tickets(request: Request) -> URLSafeTimedSerializer:
 
 def _with_csrf(request: Request, template: str, ask: Ask, **values: Any) -> Response:
     """A page of the flow, with its CSRF token (and the browser cookie it may set)."""
-    holder = Response()
-    token = sessions(request).csrf_token(request, holder)
-    rendered = page(
+    return form_page(
         request,
         template,
         form_action=(ask.redirect_uri,),
-        csrf_token=token,
         ticket=_tickets(request).dumps(asdict(ask)),
         action=PATH,
         **values,
-    )
-    for cookie in holder.headers.getlist("set-cookie"):
-        rendered.headers.append("set-cookie", cookie)
-    return rendered
-
-
-def _context(request: Request, rt: Runtime) -> Context:
-    return Context(
-        settings=rt.settings,
-        validator=rt.validator,
-        base_url=base_url(request, rt),
-        clock=rt.clock,
-        guard=nobody(),
     )
 
 
@@ -375,7 +356,7 @@ async def _choices(request: Request, who: SignedIn) -> list[Choice]:
     rt = runtime(request)
     async with rt.db.connection() as conn:
         return await launch_choices.choices(
-            _context(request, rt), conn, who.fhir_user, policy=rt.policy
+            request_context(request, rt), conn, who.fhir_user, policy=rt.policy
         )
 
 

@@ -24,6 +24,7 @@ from starlette.responses import Response
 
 from fhir_server.errors import Forbidden
 from fhir_server.settings import Settings
+from fhir_server.web.render import page
 
 SESSION_COOKIE = "fhir_session"
 BROWSER_COOKIE = "fhir_browser"
@@ -130,3 +131,14 @@ def install(app: Any, settings: Settings) -> None:
 def sessions(request: Request) -> Sessions:
     found: Sessions = request.app.state.sessions
     return found
+
+
+def form_page(request: Request, template: str, **values: Any) -> Response:
+    """A page with forms: `web.render.page` with the `csrf_token` its forms carry, and the
+    browser cookie that token is bound to when the browser has none yet."""
+    holder = Response()
+    token = sessions(request).csrf_token(request, holder)
+    rendered = page(request, template, csrf_token=token, **values)
+    for cookie in holder.headers.getlist("set-cookie"):
+        rendered.headers.append("set-cookie", cookie)
+    return rendered

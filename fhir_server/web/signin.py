@@ -31,7 +31,7 @@ from fhir_server.errors import FhirError
 from fhir_server.storage import oauth as store
 from fhir_server.web.forms import read_form
 from fhir_server.web.render import page, security_headers
-from fhir_server.web.session import CSRF_FIELD, SignedIn, sessions
+from fhir_server.web.session import CSRF_FIELD, SignedIn, form_page, sessions
 
 log = logging.getLogger(__name__)
 
@@ -120,18 +120,15 @@ async def _signin_form(
     rt = runtime(request)
     settings = rt.settings
     manager = sessions(request)
-    response = Response()
-    token = manager.csrf_token(request, response)
     oidc = None
     if settings.login_oidc_issuer:
         host = urlsplit(settings.login_oidc_issuer).hostname or settings.login_oidc_issuer
         oidc = {"url": f"{OIDC_PATH}?{urlencode({'next': next_path})}", "name": host}
-    rendered = page(
+    return form_page(
         request,
         "signin.html",
         form_action=await _redirect_targets(request, next_path),
         title="Sign in",
-        csrf_token=token,
         next=next_path,
         error=error,
         username=username,
@@ -139,9 +136,6 @@ async def _signin_form(
         signed_in=manager.current(request),
         signout=SIGNOUT_PATH,
     )
-    for cookie in response.headers.getlist("set-cookie"):
-        rendered.headers.append("set-cookie", cookie)
-    return rendered
 
 
 async def signin(request: Request) -> Response:

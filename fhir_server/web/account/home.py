@@ -8,11 +8,10 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from starlette.responses import Response
 
 from fhir_server.web.acting import acting, sign_in_first
-from fhir_server.web.render import page
-from fhir_server.web.session import sessions
+from fhir_server.web.session import form_page
 
 PATH = "/account"
 # The account's sections, in the navigation's order (each page module serves its own path).
@@ -26,24 +25,10 @@ SECTIONS: tuple[tuple[str, str], ...] = (
 )
 
 
-def account_page(
-    request: Request, template: str, *, status_code: int = 200, **values: Any
-) -> HTMLResponse:
-    """An account page: `template` extends `account_base.html` (which translates the section
-    names); its forms carry `csrf_token`, whose browser cookie is set here when missing."""
-    token_holder = HTMLResponse()
-    token = sessions(request).csrf_token(request, token_holder)
-    rendered = page(
-        request,
-        template,
-        status_code=status_code,
-        csrf_token=token,
-        account_sections=SECTIONS,
-        **values,
-    )
-    for cookie in token_holder.headers.getlist("set-cookie"):
-        rendered.headers.append("set-cookie", cookie)
-    return rendered
+def account_page(request: Request, template: str, **values: Any) -> Response:
+    """An account page: `template` extends `account_base.html` (the navigation, which
+    translates the section names, and the sign-out form); its forms carry `csrf_token`."""
+    return form_page(request, template, account_sections=SECTIONS, **values)
 
 
 async def home(request: Request) -> Response:
