@@ -192,7 +192,6 @@ def create_app(
         origins: ClientOrigins = app.state.client_origins
         refresher = None
         if settings.oauth_enabled:
-            await origins.reload(db)
             refresher = asyncio.create_task(origins.keep_fresh(db))
         # What is loaded by now (R4 schema, search parameters, policy) lives as long as the
         # process: keep it out of the cyclic garbage collector, whose full passes over it
