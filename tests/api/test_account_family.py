@@ -58,7 +58,9 @@ def text_of(fragment: str) -> str:
 
 def row(page: str, attribute: str, value: str) -> str:
     """The text of the family page's row whose `data-<attribute>` is `value`."""
-    found = re.search(rf'<li class="family-person" data-{attribute}="{re.escape(value)}">(.*?)</li>', page, re.S)
+    found = re.search(
+        rf'<li class="family-person" data-{attribute}="{re.escape(value)}">(.*?)</li>', page, re.S
+    )
     assert found is not None, f"no row for {value}"
     return text_of(found.group(1))
 
@@ -148,9 +150,7 @@ def test_jane_sees_what_she_shares_with_john(
         )
 
 
-def test_a_stranger_sees_nobody(
-    server: LiveServer, database_url: str, family: World
-) -> None:
+def test_a_stranger_sees_nobody(server: LiveServer, database_url: str, family: World) -> None:
     stranger = family.patient("Stranger", "1980-01-01")
     with signed_in(server, database_url, stranger) as web:
         page = web.get(PAGE)
@@ -187,11 +187,9 @@ def test_the_why_page_shows_the_rule_and_the_evidence(
         assert "Visits: yes" in text_of(mary.text) and "FTH" in text_of(mary.text)
     with signed_in(server, database_url, family.ref("mary")) as web:
         # the same pair seen from Mary's side: her father's access to her
-        father = web.get(
-            WHY, params={"patient": family.ref("mary"), "via": family.ref("rp_mary")}
-        )
+        father = web.get(WHY, params={"patient": family.ref("mary"), "via": family.ref("rp_mary")})
         assert father.status_code == 200
-        assert "Why Your father sees what they see of you" in text_of(father.text)
+        assert "Why your father sees what they see of you" in text_of(father.text)
 
 
 def test_a_tampered_why_is_refused_audited_and_changes_nothing(

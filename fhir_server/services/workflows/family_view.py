@@ -59,6 +59,15 @@ RELATIONSHIP_WORDS: Final = {
     "FAMMEMB": "family member",
     "FRND": "friend",
 }
+# The type the why? page asks about for each Consent scope: its most common one.
+EXAMPLE_TYPES: Final = {
+    "DEMOGRAPHICS": "Patient",
+    "CLINICAL_SUMMARY": "Condition",
+    "ENCOUNTERS": "Encounter",
+    "PRESCRIPTIONS": "MedicationRequest",
+    "LAB_RESULTS": "Observation",
+    "APPOINTMENTS": "Appointment",
+}
 # The Consent scopes in the order the pages name them.
 SCOPE_ORDER: Final = tuple(s for s in SCOPE_WORDS if s in CONSENT_SCOPES)
 
@@ -128,7 +137,9 @@ class Why:
     link: Link
     direction: str  # "act_for" or "act_for_me"
     decisions: tuple[ScopeDecision, ...]
-    related_persons: tuple[tuple[str, tuple[str, ...], bool, str], ...]  # ref, codes, active, period
+    related_persons: tuple[
+        tuple[str, tuple[str, ...], bool, str], ...
+    ]  # ref, codes, active, period
     consents: tuple[tuple[str, tuple[str, ...]], ...]  # reference, interpretation lines
     majority_age: int
 
@@ -268,9 +279,7 @@ def allowance(reached: Reach, age: int | None) -> Allowance:
     until = None
     if consented and shared and reached.until is not None:
         until = (reached.until - timedelta(microseconds=1)).date()  # the last day it holds
-    return Allowance(
-        False, reached.minor, age, shown, shared, until, bool(reached.types - listed)
-    )
+    return Allowance(False, reached.minor, age, shown, shared, until, bool(reached.types - listed))
 
 
 def relationship_words(codes: Iterable[str]) -> str:
@@ -304,9 +313,7 @@ async def _acting_for_me(
         stored = await repository.read_current(conn, "RelatedPerson", _id(related), grants)
         if stored is None or stored.deleted or stored.content is None:
             continue  # not readable by the signed-in person: not shown
-        guard.record(
-            "read", "RelatedPerson", related, guard.type_decision("read", "RelatedPerson")
-        )
+        guard.record("read", "RelatedPerson", related, guard.type_decision("read", "RelatedPerson"))
         content = orjson.loads(stored.content)
         other = await as_user(conn, guard, related, "user/*.cruds", now=ctx.clock())
         identities = _identities_of(other.identities, (related,), related)
@@ -336,9 +343,8 @@ def _consents(consents: Sequence[ConsentFact], evidence: Iterable[str]) -> list[
 
 
 def _example_type(scope: str) -> str:
-    """The resource type the why? page asks the engine about for a scope: the first of its
-    types in alphabetical order, except lab results, which are Observations."""
-    return "Observation" if scope == "LAB_RESULTS" else sorted(CONSENT_SCOPES[scope])[0]
+    """The resource type the why? page asks the engine about for a scope."""
+    return EXAMPLE_TYPES[scope]
 
 
 def _own_patients(guard: Guard) -> list[str]:
@@ -362,5 +368,3 @@ def _age(born: date | None, today: date) -> int | None:
 
 def _id(reference: str) -> str:
     return reference.split("/", 1)[1]
-
-

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from fhir_server.web.account import home
-from fhir_server.web.account import family
+from fhir_server.web.account import family, home
 
 
 def install(app: FastAPI) -> None:

@@ -15,8 +15,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fhir_server.services.workflows import family_view
-from fhir_server.web.acting import acting, sign_in_first
 from fhir_server.web.account.home import account_page
+from fhir_server.web.acting import acting, sign_in_first
 
 PATH = "/account/family"
 WHY_PATH = "/account/family/why"
