@@ -158,6 +158,8 @@ async def family_view(ctx: Context, conn: Connection) -> FamilyView:
         if choice.is_self:
             name = choice.name
             continue
+        if not choice.via.startswith("RelatedPerson/"):
+            continue  # a practitioner's patients are not family (docs/account-family.md)
         # the gender, for "her" or "his": read as the signed-in person (contact details)
         stored = await repository.read_current(conn, "Patient", _id(choice.patient), grants)
         gender = orjson.loads(stored.content).get("gender") if stored and stored.content else None
@@ -216,8 +218,9 @@ async def explain_link(ctx: Context, conn: Connection, patient: str, via: str) -
         )
         for scope in SCOPE_ORDER
     )
-    for item in decisions:
-        guard.record_workflow("read", None, f"account family why?: {item.decision.explanation}")
+    guard.record_workflow(
+        "read", patient, f"the family page's why? of {via} for {patient}", patients=[patient]
+    )
     related = tuple(
         (
             ref,
