@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from datetime import date, timedelta
+from itertools import pairwise
 
 import pytest
 from selenium.webdriver.common.by import By
@@ -72,7 +73,7 @@ def test_john_walks_his_family_page_by_keyboard(
     assert "you see his whole record" in texts[family.ref("tom")]
     assert f"lab results with you until {last.day} {last:%B %Y}" in texts[family.ref("jane")]
     levels = headings(browser)
-    assert levels[0] == 1 and all(b - a <= 1 for a, b in zip(levels, levels[1:], strict=False))
+    assert levels[0] == 1 and all(b - a <= 1 for a, b in pairwise(levels))
 
     shoot(browser, "account-family.png", browsers.DESKTOP[0])
     shoot(browser, "account-family-phone.png", browsers.PHONE[0])
@@ -103,6 +104,6 @@ def test_john_walks_his_family_page_by_keyboard(
     assert "Why you see what you see of Jane" in text
     assert "Lab results: yes" in text and "relatedperson_compartment" in text
     levels = headings(browser)
-    assert levels[0] == 1 and all(b - a <= 1 for a, b in zip(levels, levels[1:], strict=False))
+    assert levels[0] == 1 and all(b - a <= 1 for a, b in pairwise(levels))
     browser.execute_script("document.activeElement.blur()")
     shoot(browser, "account-family-why.png", browsers.DESKTOP[0])
