@@ -62,6 +62,15 @@ CONSENT_SCOPES: Mapping[str, frozenset[str]] = {
     "LAB_RESULTS": frozenset({"Observation", "DiagnosticReport", "Specimen"}),
     "APPOINTMENTS": frozenset({"Appointment", "AppointmentResponse"}),
 }
+# A Consent scope that opens only one category of a type: (scope, type) -> the search
+# parameter and token value the resources must match. The grant carries it into SQL for every
+# caller (compartments/engine.py `Part.where`), and SMART narrowing names it in the token.
+CONSENT_CATEGORIES: Mapping[tuple[str, str], tuple[str, str]] = {
+    ("LAB_RESULTS", "Observation"): (
+        "category",
+        "http://terminology.hl7.org/CodeSystem/observation-category|laboratory",
+    ),
+}
 CONSENT_SCOPE_SYSTEM: Final = "urn:fhir-server:consent-scope"
 RESOURCE_TYPES_SYSTEM: Final = "http://hl7.org/fhir/resource-types"
 ACTION_SYSTEM: Final = "http://terminology.hl7.org/CodeSystem/consentaction"
@@ -159,6 +168,9 @@ class Query:
     resource_type: str
     now: datetime
     purpose: str | None = None
+    # Asked about the resources of one category only (`CONSENT_CATEGORIES`'s value): then a
+    # permit narrowed to that category counts too. None: resources of any category.
+    category: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +188,13 @@ class Provision:
     purposes: frozenset[str] | None = None
     problems: tuple[str, ...] = ()
     provisions: tuple[Provision, ...] = ()
+    # (type, parameter, value): a permit of these types holds only for resources of that
+    # category (a scope code of `CONSENT_CATEGORIES`)
+    narrowed: tuple[tuple[str, str, str], ...] = ()
+
+    def category_of(self, resource_type: str) -> tuple[str, str] | None:
+        """The category a permit of `resource_type` is narrowed to, if any."""
+        return next(((p, v) for t, p, v in self.narrowed if t == resource_type), None)
 
     @property
     def effect(self) -> str:
@@ -196,6 +215,11 @@ class Provision:
             return NOTHING
         if self.types is not None and query.resource_type not in self.types:
             return NOTHING
+        if self.effect == PERMIT:
+            # a deny covers the whole type (fail closed); a narrowed permit only its category
+            category = self.category_of(query.resource_type)
+            if category is not None and query.category != category:
+                return NOTHING
         if self.purposes is not None and query.purpose not in self.purposes:
             return NOTHING
         if self.data is None:
@@ -237,6 +261,8 @@ class Provision:
             + ("all" if self.operations is None else ",".join(sorted(self.operations)))
         )
         parts.append("types " + ("all" if self.types is None else ",".join(sorted(self.types))))
+        for type_, param, value in self.narrowed:
+            parts.append(f"{type_} only where {param}={value}")
         if self.data is not None:
             parts.append("data " + ",".join(sorted(self.data)))
         if self.purposes is not None:
@@ -273,8 +299,24 @@ class ConsentFact:
         """A permit Consent in the server's own scope codes (tests, benchmarks)."""
         if not active:
             return cls(reference, patient, None, ("not active",))
+        scopes = tuple(scopes)
         types = frozenset(t for s in scopes for t in CONSENT_SCOPES.get(s, ()))
-        root = Provision(PERMIT, period, grantees=frozenset(actors), types=types)
+        narrowed = {
+            t: CONSENT_CATEGORIES[(s, t)]
+            for s in scopes
+            for t in CONSENT_SCOPES.get(s, ())
+            if (s, t) in CONSENT_CATEGORIES
+        }
+        whole = {
+            t for s in scopes for t in CONSENT_SCOPES.get(s, ()) if (s, t) not in CONSENT_CATEGORIES
+        }
+        root = Provision(
+            PERMIT,
+            period,
+            grantees=frozenset(actors),
+            types=types,
+            narrowed=tuple(sorted((t, p, v) for t, (p, v) in narrowed.items() if t not in whole)),
+        )
         return cls(reference, patient, root, windows=(period,))
 
     def evaluate(self, query: Query) -> tuple[Selection, Selection]:
@@ -392,17 +434,26 @@ def _provision(
             problems.append(f"class {unknown} outside {RESOURCE_TYPES_SYSTEM}")
         else:
             types = frozenset(c for _, c in classes)
+    narrowed: dict[str, tuple[str, str]] = {}
     if "code" in element:
         scoped: set[str] = set()
+        whole: set[str] = set()  # types some code opens in every category
         understood = True
         for system, code in _concept_codings(element.get("code")):
             if system == CONSENT_SCOPE_SYSTEM and code in CONSENT_SCOPES:
                 scoped |= CONSENT_SCOPES[code]
+                for type_ in CONSENT_SCOPES[code]:
+                    if (code, type_) in CONSENT_CATEGORIES:
+                        narrowed[type_] = CONSENT_CATEGORIES[(code, type_)]
+                    else:
+                        whole.add(type_)
             else:
                 problems.append(f"code `{code}`")
                 understood = False
         if understood:
             types = frozenset(scoped) if types is None else types & scoped
+        for type_ in whole:
+            narrowed.pop(type_, None)
     data = None
     if "data" in element:
         refs: set[str] = set()
@@ -438,6 +489,7 @@ def _provision(
         purposes=purposes,
         problems=tuple(problems),
         provisions=nested,
+        narrowed=tuple(sorted((t, p, v) for t, (p, v) in narrowed.items())),
     )
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 
 from compartments.consent import (
+    CONSENT_CATEGORIES,
     CONSENT_SCOPE_SYSTEM,
     CONSENT_SCOPES,
     NOTHING,
@@ -103,10 +104,15 @@ class Target:
 @dataclass(frozen=True, slots=True)
 class Part:
     """Part of a compartment a Consent opens: the resources of the decided type in
-    `compartment` that `selection` admits (ids: `provision.data` references)."""
+    `compartment` that `selection` admits (ids: `provision.data` references) and, when `where`
+    is set, that also match that search (`category=...laboratory`: a Consent's lab results).
+    The engine cannot see a resource's content: it admits an instance in the compartment, and
+    `where` is enforced by the SQL filter of reads and of the stored version of a write, and on
+    a write's result by its search index (services/access/enforce.py)."""
 
     compartment: str
     selection: Selection
+    where: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +372,8 @@ def _related_person(identity: Identity, request: Request, facts: Facts, rule: Ru
         evidence.append(f"demographics:{patient}")
     else:
         selection, used = consented(identity.reference, patient, request, facts)
-        if selection.empty:
+        narrowed = consented_categories(identity.reference, patient, request, facts, selection)
+        if selection.empty and not narrowed:
             if request.resource_type == "RelatedPerson" and request.operation not in WRITES:
                 # a related person always sees its own record
                 own = Decision(
@@ -381,16 +388,23 @@ def _related_person(identity: Identity, request: Request, facts: Facts, rule: Ru
                 Reason.CONSENT_REQUIRED, f"{patient} is an adult: a Consent must permit this", rule
             )
         evidence.extend(used)
-        if not selection.whole:
+        for _part, more in narrowed:
+            evidence.extend(e for e in more if e not in evidence)
+        if not selection.whole or narrowed:
+            parts = {p for p, _ in narrowed}
+            described = [f"{p.selection.describe()} where {_where(p)}" for p in parts]
+            if not selection.empty:
+                parts.add(Part(patient, selection))
+                described.insert(0, selection.describe())
             decision = Decision(
                 allowed=True,
                 rule=rule,
                 explanation=(
                     f"{identity.reference} for {patient}: {request.resource_type} "
-                    f"{selection.describe()} by consent"
+                    f"{'; '.join(described)} by consent"
                 ),
                 evidence=tuple(evidence),
-                parts=frozenset({Part(patient, selection)}),
+                parts=frozenset(parts),
             )
             return _related_write(decision, identity, patient, request, rule)
     decision = Decision(
@@ -404,12 +418,22 @@ def _related_person(identity: Identity, request: Request, facts: Facts, rule: Ru
 
 
 def consented(
-    actor: str, patient: str, request: Request, facts: Facts
+    actor: str,
+    patient: str,
+    request: Request,
+    facts: Facts,
+    category: tuple[str, str] | None = None,
 ) -> tuple[Selection, tuple[str, ...]]:
     """What the patient's Consents let `actor` do for this request: the union of what they
-    permit, less what any Consent whose root is a deny denies; and the Consents that decided."""
+    permit, less what any Consent whose root is a deny denies; and the Consents that decided.
+    `category`: asked about the resources of that category only (see `consented_categories`)."""
     query = Query(
-        actor, request.operation, request.resource_type, facts.now, request.purpose_of_use
+        actor,
+        request.operation,
+        request.resource_type,
+        facts.now,
+        request.purpose_of_use,
+        category,
     )
     permitted, denied, used = NOTHING, NOTHING, []
     for consent in facts.consents:
@@ -423,6 +447,27 @@ def consented(
             denied = denied | denies
             used.append(f"deny:{consent.reference}")
     return permitted - denied, tuple(used)
+
+
+def consented_categories(
+    actor: str, patient: str, request: Request, facts: Facts, whole: Selection
+) -> list[tuple[Part, tuple[str, ...]]]:
+    """What the patient's Consents let `actor` see of the type only within a category (lab
+    results: laboratory Observations), beyond `whole`, what they let it see of any category:
+    each a Part whose `where` the SQL filter enforces, with the Consents that decided."""
+    found = []
+    for category in sorted(
+        {c for (_, t), c in CONSENT_CATEGORIES.items() if t == request.resource_type}
+    ):
+        selection, used = consented(actor, patient, request, facts, category)
+        extra = selection - whole
+        if not extra.empty:
+            found.append((Part(patient, extra, (category,)), used))
+    return found
+
+
+def _where(part: Part) -> str:
+    return " and ".join(f"{param}={value}" for param, value in part.where)
 
 
 def _related_write(

@@ -14,7 +14,7 @@ A leaf of `search/`: imports nothing of storage or services (tests/unit/test_lay
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeAlias
 
 from fhir_server.search.query import Criterion
@@ -42,11 +42,15 @@ class Grant:
 
 @dataclass(frozen=True, slots=True, order=True)
 class GrantPart:
-    """The rows of a compartment a Consent opens: all but `ids` (`every`), or only `ids`."""
+    """The rows of a compartment a Consent opens: all but `ids` (`every`), or only `ids`; and
+    when `where` is set (a Consent's lab results: `category=...|laboratory`), only those that
+    also match `criteria`, that search parsed (every caller's filter, not only a token's)."""
 
     compartment: str
     every: bool
     ids: tuple[str, ...] = ()
+    where: tuple[tuple[str, str], ...] = ()
+    criteria: tuple[Criterion, ...] = field(default=(), compare=False)
 
 
 UNRESTRICTED = Grant(everything=True)

@@ -233,11 +233,14 @@ class _Planner:
                     _col(row, "compartments"),
                     self.value([part.compartment]),
                 )
+                where = tuple(self.criterion(row, c) for c in part.criteria)
                 if part.ids:
                     listed: Node = ("any", _col(row, "id"), self.value(list(part.ids), "text[]"))
-                    visible.append(("and", inside, ("not", listed) if part.every else listed))
+                    visible.append(
+                        ("and", inside, ("not", listed) if part.every else listed, *where)
+                    )
                 elif part.every:
-                    visible.append(inside)
+                    visible.append(("and", inside, *where))
             conditions.append(("or", FALSE, *visible))
         if grant.within is not None:
             conditions.append(("contains", _col(row, "compartments"), self.value([grant.within])))

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from capability.definitions import resource_types
 from compartments.consent import (
+    CONSENT_CATEGORIES,
     EVERYTHING,
     NOTHING,
     ConsentFact,
@@ -78,9 +79,10 @@ def ask(
     actor: str = ME,
     now: datetime = NOW,
     purpose: str | None = None,
+    category: tuple[str, str] | None = None,
 ) -> tuple[Selection, Selection]:
     fact = read_consent("1", body)
-    return fact.evaluate(Query(actor, operation, resource_type, now, purpose))
+    return fact.evaluate(Query(actor, operation, resource_type, now, purpose, category))
 
 
 def permits(body: dict[str, Any], *args: Any, **kw: Any) -> Selection:
@@ -146,9 +148,40 @@ def test_the_servers_scope_codes_and_classes_combine() -> None:
     scoped.pop("class")
     assert permits(consent(scoped), resource_type="DiagnosticReport") == EVERYTHING
     both = labs(code=[concept("urn:fhir-server:consent-scope", "LAB_RESULTS")])
-    # class Observation AND the lab results scope: Observation only
+    # class Observation AND the lab results scope: laboratory Observations only
     assert permits(consent(both), resource_type="DiagnosticReport") == NOTHING
-    assert permits(consent(both)) == EVERYTHING
+    assert permits(consent(both)) == NOTHING
+    assert permits(consent(both), category=LABORATORY) == EVERYTHING
+
+
+LABORATORY = CONSENT_CATEGORIES[("LAB_RESULTS", "Observation")]
+
+
+def test_lab_results_open_laboratory_observations_only() -> None:
+    scoped = labs(code=[concept("urn:fhir-server:consent-scope", "LAB_RESULTS")])
+    scoped.pop("class")
+    body = consent(scoped)
+    # any category: nothing; the laboratory category: all of them
+    assert permits(body) == NOTHING
+    assert permits(body, "create") == NOTHING
+    assert permits(body, "search", category=LABORATORY) == EVERYTHING
+    assert permits(body, "create", category=LABORATORY) == EVERYTHING
+    assert permits(body, category=("category", "vital-signs")) == NOTHING
+    # the other lab types are opened whole
+    assert permits(body, resource_type="Specimen") == EVERYTHING
+    # a class Observation permit beside it opens every category again
+    assert permits(consent(labs())) == EVERYTHING
+
+
+def test_a_lab_results_deny_covers_every_category() -> None:
+    denial = consent(
+        {
+            "type": "deny",
+            "actor": [grantee()],
+            "code": [concept("urn:fhir-server:consent-scope", "LAB_RESULTS")],
+        }
+    )
+    assert ask(denial)[1] == EVERYTHING
 
 
 def test_data_references_grant_those_resources_only() -> None:

@@ -14,6 +14,7 @@ from compartments.consent import consent_actors
 from compartments.engine import Decision, Target
 from compartments.policy import Reason
 from fhir_server.errors import AccessDenied
+from fhir_server.search.grants import Grant
 from fhir_server.services.access.guard import Guard, denied
 
 
@@ -100,6 +101,7 @@ def check_result(
     outside_scope = grant is None or (
         (grant.within is not None and grant.within not in version.compartments)
         or (bool(grant.criteria) and not _index_matches(version.index, grant.criteria))
+        or not _admitted_by_parts(grant, version, created_by)
     )
     if outside_scope:
         refused = Decision(
@@ -111,6 +113,24 @@ def check_result(
         guard.record(operation, resource_type, f"{resource_type}/{version.id}", refused)
         raise denied(refused)
     return decision
+
+
+def _admitted_by_parts(grant: Grant, version: Any, created_by: str | None) -> bool:
+    """A result the engine admitted only through a Consent's part with a category (lab
+    results: laboratory Observations) must be of that category: its index says."""
+    filtered = [p for p in grant.parts if p.criteria]
+    if grant.everything or not filtered:
+        return True
+    compartments = frozenset(version.compartments)
+    if compartments & grant.compartments or created_by in grant.creators:
+        return True
+    for part in grant.parts:
+        if part.compartment not in compartments:
+            continue
+        admits = (version.id not in part.ids) if part.every else (version.id in part.ids)
+        if admits and (not part.criteria or _index_matches(version.index, (part.criteria,))):
+            return True
+    return False
 
 
 def _grants_to(version: Any, local_bases: frozenset[str]) -> frozenset[str]:

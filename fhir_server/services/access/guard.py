@@ -260,7 +260,13 @@ def _parts(decision: Decision, resource_type: str) -> tuple[GrantPart, ...]:
     """The parts of compartments a Consent opens, as the SQL filter holds them."""
     return tuple(
         sorted(
-            GrantPart(p.compartment, p.selection.every, tuple(sorted(p.selection.ids)))
+            GrantPart(
+                p.compartment,
+                p.selection.every,
+                tuple(sorted(p.selection.ids)),
+                p.where,
+                parse_search((resource_type,), list(p.where)).criteria if p.where else (),
+            )
             for p in decision.parts
         )
     )

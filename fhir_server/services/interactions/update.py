@@ -70,7 +70,7 @@ async def update(
             # Someone created it between our lock attempt and insert: take the update path.
             continue
         # the stored version first: nothing about it (not even its version) before that
-        check_locked(ctx, "update", resource_type, id, locked)
+        await check_locked(ctx, conn, "update", resource_type, id, locked)
         check_precondition(f"{resource_type}/{id}", locked.version_id, if_match)
         stored = None if locked.content is None else parse_json(locked.content)
         version = await write_next(

@@ -25,18 +25,29 @@ from fhir_server.storage.sql import Connection
 Run = Callable[..., Awaitable[Any]]
 
 
-def check_locked(
-    ctx: Context, operation: str, resource_type: str, id: str, locked: Locked | None
+async def check_locked(
+    ctx: Context,
+    conn: Connection,
+    operation: str,
+    resource_type: str,
+    id: str,
+    locked: Locked | None,
 ) -> Locked:
     """The locked current row, once the caller may `operation` the resource it holds: a resource
     that is not there is a 404 to a caller who may see all of its type, else what `hidden`
-    answers (nothing about a resource the caller may not see)."""
+    answers (nothing about a resource the caller may not see). A grant that opens a category
+    only (a Consent's lab results) is asked of the row in SQL, as a read asks it."""
     guard = ctx.guard
     if locked is None:
         if not unrestricted(guard, operation, resource_type):
             raise hidden(guard, operation, resource_type, id)
         raise NotFound(f"`{resource_type}/{id}` is not known")
     check_stored(guard, operation, resource_type, id, locked.compartments, locked.created_by)
+    grants = guard.grants(operation, (resource_type,))
+    grant = grants[resource_type]
+    narrowed = grant is not None and any(p.criteria for p in grant.parts)
+    if narrowed and await repository.read_current(conn, resource_type, id, grants) is None:
+        raise hidden(guard, operation, resource_type, id)
     return locked
 
 
@@ -45,7 +56,7 @@ async def lock_stored(
 ) -> Locked:
     """`check_locked` of the current row, locked until the transaction ends."""
     locked = await repository.lock_current(conn, resource_type, id)
-    return check_locked(ctx, operation, resource_type, id, locked)
+    return await check_locked(ctx, conn, operation, resource_type, id, locked)
 
 
 async def write_next(

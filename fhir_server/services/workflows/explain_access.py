@@ -118,7 +118,11 @@ def _answer(decision: Decision, guard: Guard) -> dict[str, Any]:
         )
         parameters.extend({"name": "creator", "valueString": c} for c in sorted(decision.creators))
         parameters.extend(
-            {"name": "part", "valueString": f"{p.compartment}: {p.selection.describe()}"}
+            {
+                "name": "part",
+                "valueString": f"{p.compartment}: {p.selection.describe()}"
+                + "".join(f" where {k}={v}" for k, v in p.where),
+            }
             for p in sorted(decision.parts, key=lambda p: p.compartment)
         )
     parameters.append({"name": "emergency", "valueBoolean": decision.emergency})

@@ -21,7 +21,7 @@ from typing import Any, Final
 import orjson
 
 from capability.definitions import compartment_definition
-from compartments.consent import CONSENT_SCOPES
+from compartments.consent import CONSENT_CATEGORIES, CONSENT_SCOPES
 from compartments.facts import earliest_date
 from compartments.policy import Policy
 from compartments.reach import Reach, reach
@@ -32,14 +32,6 @@ from fhir_server.services.context import Context
 from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
 
-# A Consent scope that the token narrows to a category of a type (the engine opens the type;
-# the token asks for less, never more: policy AND scope).
-CATEGORY_SCOPES: Final = {
-    ("LAB_RESULTS", "Observation"): (
-        "category",
-        "http://terminology.hl7.org/CodeSystem/observation-category|laboratory",
-    ),
-}
 # What each Consent scope is called on the page.
 SCOPE_WORDS: Final = {
     "DEMOGRAPHICS": "contact details",
@@ -236,11 +228,12 @@ def _query(
     choice: Reach, resource_type: str, asked: tuple[tuple[str, str], ...]
 ) -> tuple[tuple[str, str], ...] | None:
     """The granular filter of a narrowed scope: the category a Consent scope stands for, when
-    the type is readable through it; the asked filter when it is that one or none is needed;
-    None when the asked filter asks for something else (dropped)."""
+    the type is readable through it (the engine's grant holds the same filter for every caller:
+    the token only says so); the asked filter when it is that one or none is needed; None when
+    the asked filter asks for something else (dropped)."""
     needed = [
         pair
-        for (scope, type_), pair in CATEGORY_SCOPES.items()
+        for (scope, type_), pair in CONSENT_CATEGORIES.items()
         if type_ == resource_type and scope in choice.scopes
     ]
     if not needed:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from fhir_server.web.account import family, home
+from fhir_server.web.account import family, home, sharing
 
 
 def install(app: FastAPI) -> None:
     home.install(app)
     family.install(app)
+    sharing.install(app)
