@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from fhir_server.web.account import home
+from fhir_server.web.account import apps, dependents, home
 
 
 def install(app: FastAPI) -> None:
     home.install(app)
+    dependents.install(app)
+    apps.install(app)
