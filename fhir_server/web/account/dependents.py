@@ -12,6 +12,8 @@ lists the dependent's active insurance coverage, which the removal ends (the spe
 
 from __future__ import annotations
 
+import re
+from datetime import date
 from typing import Any
 
 from fastapi import FastAPI
@@ -159,7 +161,7 @@ def add_request(values: dict[str, str]) -> family.AddRequest:
     if given or family_name or born:
         if not (given and family_name and born):
             raise Unprocessable("details-needed: first name, last name and birth date")
-        if len(born) != 10 or earliest_date(born) is None:
+        if not _is_date(born):
             raise Unprocessable("birth-date: a birth date is YYYY-MM-DD")
         demographics = {
             "resourceType": "Patient",
@@ -170,6 +172,17 @@ def add_request(values: dict[str, str]) -> family.AddRequest:
     if national_id is None and demographics is None:
         raise Unprocessable("details-needed: a national id or the demographics")
     return family.AddRequest(relationship, national_id, demographics)
+
+
+def _is_date(text: str) -> bool:
+    """A full date as a date input sends it (YYYY-MM-DD) and the calendar has it."""
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text) is None:
+        return False
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
 
 
 async def add(request: Request) -> Response:
