@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from fhir_server.api.deps import runtime
-from fhir_server.services.workflows import connected_apps, launch_choices
+from fhir_server.services.workflows import connected_apps, launch_choices, scope_words
 from fhir_server.web.account.change import field, refused_change, when
 from fhir_server.web.account.home import account_page
 from fhir_server.web.acting import acting, sign_in_first
@@ -37,6 +37,9 @@ async def apps_page(request: Request) -> Response:
         approved = await connected_apps.connected_apps(conn, who.subject)
         choices = await launch_choices.choices(ctx, conn, who.fhir_user) if approved else []
     names = {c.patient: (c.name, c.patient == c.via) for c in choices}
+    standing = {
+        c.patient: scope_words.you_are(c.relationships, c.via, c.patient == c.via) for c in choices
+    }
     rows: list[dict[str, Any]] = []
     for app in approved:
         name, is_self = names.get(app.patient or "", (None, False))
@@ -47,6 +50,7 @@ async def apps_page(request: Request) -> Response:
                 "patient": app.patient or "",
                 "whose": name,
                 "is_self": is_self,
+                "standing": standing.get(app.patient or "", ""),
                 "reachable": app.patient is None or name is not None,
                 "scopes": app.scope_lines(name),
                 "approved": when(app.approved_at),
