@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from fhir_server.settings import Settings
+from fhir_server.web import acting
 from tests.support import resources
 from tests.support.authorize import add_user, browser, form, sign_in
 from tests.support.resources import years_ago
@@ -307,3 +308,44 @@ def test_someone_who_is_not_her_dependent_cannot_be_removed(
     assert answer.status_code == 404
     with psycopg.connect(database_url) as db:
         assert snapshot(db) == before
+
+
+def test_a_person_account_manages_the_dependents_of_its_patient(
+    server: LiveServer, world: World, database_url: str
+) -> None:
+    """John signs in as his Person (level4 link to Patient/john): the page acts for John."""
+    john = add_user(database_url, world.ref("john_person"))
+    with browser(server.origin) as web:
+        assert sign_in(web, PAGE, john).status_code == 303
+        family = f"Doe{world.tag}"
+        done = add(web, relationship="CHILD", given="Ben", family=family, birth_date=years_ago(1))
+        assert done.status_code == 303, done.text
+        assert f"Ben {family}" in web.get(PAGE).text
+    (ben,) = search(world, f"/Patient?given=Ben&family={family}")
+    (link,) = links_to(world, f"Patient/{ben['id']}")
+    assert link["extension"][0]["valueReference"]["reference"] == world.ref("john")
+
+
+def test_changes_beyond_the_rate_limit_are_refused_and_write_nothing(
+    server: LiveServer, world: World, database_url: str
+) -> None:
+    username = add_user(database_url, world.ref("jane"))
+    with browser(server.origin) as web:
+        assert sign_in(web, PAGE, username).status_code == 303
+        token = form(web.get(PAGE).text, PAGE).hidden()["csrf_token"]
+        refused = {"csrf_token": token, "relationship": ""}  # refused by the form: no write
+        for _ in range(acting.CHANGES_PER_MINUTE):
+            assert web.post(PAGE, data=refused).status_code == 422
+        with psycopg.connect(database_url) as db:
+            before = snapshot(db)
+        data = {
+            "csrf_token": token,
+            "relationship": "CHILD",
+            "given": "Late",
+            "family": "Doe",
+            "birth_date": years_ago(1),
+        }
+        answer = web.post(PAGE, data=data)
+        assert answer.status_code == 429
+        with psycopg.connect(database_url) as db:
+            assert snapshot(db) == before
