@@ -108,7 +108,7 @@ def test_jane_adds_a_child_by_demographics_and_the_api_shows_the_links(
     assert f"Lucy {family}" in page.text and "My child" in page.text and "a minor" in page.text
     assert "You can see their health record." in page.text
 
-    (lucy,) = search(world, f"/Patient?given=Lucy&family={family}")
+    (lucy,) = search(world, f"/Patient?given:exact=Lucy&family:exact={family}")
     kid = f"Patient/{lucy['id']}"
     assert lucy["birthDate"] == years_ago(3) and lucy["gender"] == "female"
     (link,) = links_to(world, kid)
@@ -246,7 +246,7 @@ def test_removing_a_covered_dependent_asks_to_confirm_and_ends_the_coverage(
         ).status_code
         == 303
     )
-    (max_,) = search(world, f"/Patient?given=Max&family={family}")
+    (max_,) = search(world, f"/Patient?given:exact=Max&family:exact={family}")
     kid = f"Patient/{max_['id']}"
     cover = world.posted(resources.coverage(kid, "NHIF", subscriberId="NHIF-777"))
     listing = jane.get(PAGE)
@@ -278,7 +278,7 @@ def test_removal_without_coverage_and_without_confirm_still_refuses_covered_ones
         ).status_code
         == 303
     )
-    (zoe,) = search(world, f"/Patient?given=Zoe&family={family}")
+    (zoe,) = search(world, f"/Patient?given:exact=Zoe&family:exact={family}")
     kid = f"Patient/{zoe['id']}"
     confirm = jane.get(f"{PAGE}/remove", params={"dependent": kid})
     assert "confirm" not in form(confirm.text, f"{PAGE}/remove").hidden()
@@ -321,7 +321,7 @@ def test_a_person_account_manages_the_dependents_of_its_patient(
         done = add(web, relationship="CHILD", given="Ben", family=family, birth_date=years_ago(1))
         assert done.status_code == 303, done.text
         assert f"Ben {family}" in web.get(PAGE).text
-    (ben,) = search(world, f"/Patient?given=Ben&family={family}")
+    (ben,) = search(world, f"/Patient?given:exact=Ben&family:exact={family}")
     (link,) = links_to(world, f"Patient/{ben['id']}")
     assert link["extension"][0]["valueReference"]["reference"] == world.ref("john")
 

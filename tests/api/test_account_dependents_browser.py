@@ -105,7 +105,9 @@ def test_jane_adds_a_child_and_a_refusal_keeps_what_she_typed(
     listed = browser.find_element(By.ID, "dependents").text
     assert "Lucy Doe" in listed and "My child" in listed and "a minor" in listed
 
-    found = family.system.get("/Patient", params={"given": "Lucy", "family": "Doe"}).json()
+    found = family.system.get(
+        "/Patient", params={"given:exact": "Lucy", "family:exact": "Doe"}
+    ).json()
     (lucy,) = [e["resource"] for e in found["entry"]]
     assert lucy["birthDate"] == born
     kid = f"Patient/{lucy['id']}"
@@ -122,7 +124,9 @@ def test_jane_adds_a_child_and_a_refusal_keeps_what_she_typed(
     assert "A child must be younger than you." in browser.find_element(By.ID, "add-problem").text
     assert browser.find_element(By.ID, "given").get_attribute("value") == "Grandpa"
     assert browser.find_element(By.ID, "birth_date").get_attribute("value") == "1950-05-01"
-    none = family.system.get("/Patient", params={"given": "Grandpa", "family": "Doe"}).json()
+    none = family.system.get(
+        "/Patient", params={"given:exact": "Grandpa", "family:exact": "Doe"}
+    ).json()
     assert not none.get("entry")
     shoot(browser, "account-dependents", phone=True)
 
