@@ -105,7 +105,7 @@ def test_jane_adds_a_child_by_demographics_and_the_api_shows_the_links(
     assert done.status_code == 303 and done.headers["location"] == f"{PAGE}?added=1"
     page = jane.get(done.headers["location"])
     assert "The dependent was added." in page.text
-    assert f"Lucy {family}" in page.text and "My child" in page.text and "a minor" in page.text
+    assert f"Lucy {family}" in page.text and "Your child" in page.text and "a minor" in page.text
     assert "You can see their health record." in page.text
 
     (lucy,) = search(world, f"/Patient?given:exact=Lucy&family:exact={family}")

@@ -103,7 +103,7 @@ def test_jane_adds_a_child_and_a_refusal_keeps_what_she_typed(
     fill_dependent(browser, "CHILD", "Lucy", born)
     wait_for(browser, "#added-notice")
     listed = browser.find_element(By.ID, "dependents").text
-    assert "Lucy Doe" in listed and "My child" in listed and "a minor" in listed
+    assert "Lucy Doe" in listed and "Your child" in listed and "a minor" in listed
 
     found = family.system.get(
         "/Patient", params={"given:exact": "Lucy", "family:exact": "Doe"}

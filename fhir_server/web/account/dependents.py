@@ -21,7 +21,6 @@ from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import Response
 
-from compartments.facts import earliest_date
 from fhir_server.api.deps import Interaction, runtime
 from fhir_server.api.errors import status_of
 from fhir_server.api.fhir import run_add_dependent
@@ -48,6 +47,15 @@ RELATIONSHIPS: tuple[tuple[str, str], ...] = (
     ("GUARDIAN", "Someone I am the legal guardian of"),
     ("OTHER", "Someone else I care for"),
 )
+# The same, as the list says it of a dependent.
+LISTED: dict[str, str] = {
+    "CHILD": "Your child",
+    "SPOUSE": "Your spouse",
+    "PARENT": "Your parent",
+    "SIBLING": "Your brother or sister",
+    "GUARDIAN": "Your ward (you are their legal guardian)",
+    "OTHER": "Someone you care for",
+}
 # The workflow's rule codes (family.check_rules and its lookups, "child-younger: ..." in the
 # message) and the page's own; account_dependents.html says each in plain words.
 RULES = frozenset(
@@ -98,13 +106,12 @@ async def _members(interaction: Interaction, primary: str) -> list[family.Member
 
 
 def _row(member: family.Member) -> dict[str, Any]:
-    words = dict(RELATIONSHIPS)
-    born = earliest_date(member.content.get("birthDate"))
+    born = member.content.get("birthDate")
     return {
         "patient": member.patient,
         "name": family.display_name(member.content) or member.patient,
-        "relationship": words.get(member.relationship, member.relationship.lower()),
-        "born": born.isoformat() if born else "",
+        "relationship": LISTED.get(member.relationship, member.relationship.lower()),
+        "born": born if isinstance(born, str) else "",
         "minor": member.is_minor,
         "added": member.added or "",
         "clinical": member.access.allowed,
