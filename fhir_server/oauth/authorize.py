@@ -42,8 +42,7 @@ from starlette.responses import Response
 from fhir_server.api.deps import request_context, runtime
 from fhir_server.auth.scopes import Scope, ScopeError, parse_scope
 from fhir_server.errors import BadRequest, FhirError, Forbidden
-from fhir_server.oauth import scope_words
-from fhir_server.services.workflows import launch_choices
+from fhir_server.services.workflows import launch_choices, scope_words
 from fhir_server.services.workflows.launch_choices import Choice
 from fhir_server.settings import Settings
 from fhir_server.storage import oauth as store

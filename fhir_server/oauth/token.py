@@ -161,6 +161,13 @@ class Issue:
     presented_refresh: str = ""  # the refresh token the request presents (rotated once issued)
     issued: dict[str, Any] = field(default_factory=dict)  # for the audit: grant, scope
 
+    @property
+    def grant(self) -> storage.Grant | None:
+        """The person's grant the request redeems (a code or a refresh token), if any."""
+        if self.code is not None:
+            return self.code.grant
+        return self.refresh.grant if self.refresh is not None else None
+
 
 class TokenServer(Server):
     def __init__(self, rt: Runtime, conn: Connection, prefetched: Prefetched, issue: Issue) -> None:
@@ -344,6 +351,10 @@ async def token_endpoint(request: Request) -> Response:
                         conn, client_id, jti, datetime.fromtimestamp(exp, now.tzinfo)
                     ),
                 )
+                if answer.status == 200 and (used := issue.grant) is not None:
+                    # the account's "Connected apps" page says when the app last used it
+                    patient = f"Patient/{used.patient}" if used.patient else None
+                    await storage.approval_used(conn, used.subject, used.client_id, patient, now)
     await _audit(rt, form, claimed, issue, answer, reason)
     return to_response(answer)
 
@@ -358,13 +369,7 @@ async def _audit(
 ) -> None:
     grant_type = form.get("grant_type", "")
     event = "refresh" if grant_type == "refresh_token" else "token"
-    grant = (
-        issue.code.grant
-        if issue.code is not None
-        else issue.refresh.grant
-        if issue.refresh is not None
-        else None
-    )
+    grant = issue.grant
     patients = [f"Patient/{grant.patient}"] if grant is not None and grant.patient else []
     client = claimed or "unknown"
     if answer.status == 200:

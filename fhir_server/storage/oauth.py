@@ -1,4 +1,4 @@
-"""The SMART authorization server's records (migration 0007_oauth): clients, local accounts,
+"""The SMART authorization server's records (migrations 0007_oauth, 0008_approval_last_used): clients, local accounts,
 authorization codes, refresh tokens, approvals, EHR launch contexts and used client-assertion ids.
 
 Secrets never reach the database: codes, refresh tokens and launch values are stored as SHA-256
@@ -475,9 +475,10 @@ async def revoke_patient_grants(
 class Approval:
     subject: str
     client_id: str
-    patient: str | None
+    patient: str | None  # "Patient/1", or None for an approval without a patient context
     scope: str
     approved_at: datetime
+    last_used_at: datetime | None = None  # the last token issued by it (0008_approval_last_used)
 
 
 _APPROVE = Statement(
@@ -487,16 +488,24 @@ _APPROVE = Statement(
     " approved_at = excluded.approved_at, revoked_at = NULL"
 )
 _APPROVAL = Statement(
-    "SELECT scope, approved_at FROM oauth_approvals WHERE subject = %(subject)s"
+    "SELECT scope, approved_at, last_used_at FROM oauth_approvals WHERE subject = %(subject)s"
     " AND client_id = %(client_id)s AND patient = %(patient)s AND revoked_at IS NULL"
 )
 _APPROVALS = Statement(
-    "SELECT client_id, patient, scope, approved_at FROM oauth_approvals"
+    "SELECT client_id, patient, scope, approved_at, last_used_at FROM oauth_approvals"
     " WHERE subject = %(subject)s AND revoked_at IS NULL ORDER BY approved_at DESC"
 )
 _UNAPPROVE = Statement(
     "UPDATE oauth_approvals SET revoked_at = %(now)s WHERE subject = %(subject)s"
     " AND client_id = %(client_id)s AND revoked_at IS NULL"
+)
+_UNAPPROVE_ONE = Statement(
+    "UPDATE oauth_approvals SET revoked_at = %(now)s WHERE subject = %(subject)s"
+    " AND client_id = %(client_id)s AND patient = %(patient)s AND revoked_at IS NULL"
+)
+_APPROVAL_USED = Statement(
+    "UPDATE oauth_approvals SET last_used_at = %(now)s WHERE subject = %(subject)s"
+    " AND client_id = %(client_id)s AND patient = %(patient)s AND revoked_at IS NULL"
 )
 
 
@@ -527,12 +536,15 @@ async def approval(
     row = await fetch_one(
         conn, _APPROVAL, {"subject": subject, "client_id": client_id, "patient": patient or ""}
     )
-    return Approval(subject, client_id, patient, row[0], row[1]) if row is not None else None
+    if row is None:
+        return None
+    return Approval(subject, client_id, patient, row[0], row[1], row[2])
 
 
 async def approvals(conn: Connection, subject: str) -> list[Approval]:
+    """The account's approvals in force, the latest first."""
     rows = await fetch_all(conn, _APPROVALS, {"subject": subject})
-    return [Approval(subject, r[0], r[1] or None, r[2], r[3]) for r in rows]
+    return [Approval(subject, r[0], r[1] or None, r[2], r[3], r[4]) for r in rows]
 
 
 async def unapprove(conn: Connection, subject: str, client_id: str, now: datetime) -> int:
@@ -542,6 +554,28 @@ async def unapprove(conn: Connection, subject: str, client_id: str, now: datetim
     )
     await revoke_grants(conn, subject, client_id, now)
     return count
+
+
+async def unapprove_patient(
+    conn: Connection, subject: str, client_id: str, patient: str | None, now: datetime
+) -> int | None:
+    """Revoke one approval (the account's, of this client, for `patient`: "Patient/1" or None)
+    and the refresh tokens issued for that launch context: the refresh tokens revoked, or None
+    when there was no such approval in force."""
+    params = {"subject": subject, "client_id": client_id, "patient": patient or "", "now": now}
+    if await execute(conn, _UNAPPROVE_ONE, params) == 0:
+        return None
+    bare = patient.split("/", 1)[1] if patient is not None else None
+    return await revoke_patient_grants(conn, subject, client_id, bare, now)
+
+
+async def approval_used(
+    conn: Connection, subject: str, client_id: str, patient: str | None, now: datetime
+) -> None:
+    """A token was issued by the approval of this account, client and `patient` ("Patient/1"
+    or None): remember when (the account's "Connected apps" page shows it)."""
+    params = {"subject": subject, "client_id": client_id, "patient": patient or "", "now": now}
+    await execute(conn, _APPROVAL_USED, params)
 
 
 # --- EHR launch contexts -------------------------------------------------------------------------

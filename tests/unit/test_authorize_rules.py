@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fhir_server.oauth.authorize import Refusal, check_pkce, check_scope
-from fhir_server.oauth.scope_words import describe, you_are
+from fhir_server.services.workflows.scope_words import describe, you_are
 from fhir_server.storage.oauth import Client
 from fhir_server.web.signin import DEFAULT_NEXT, safe_next
 

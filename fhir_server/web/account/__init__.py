@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from fhir_server.web.account import family, home, sharing
+from fhir_server.web.account import apps, dependents, family, home, sharing
 
 
 def install(app: FastAPI) -> None:
     home.install(app)
     family.install(app)
     sharing.install(app)
+    dependents.install(app)
+    apps.install(app)

@@ -1,4 +1,5 @@
-"""SMART scopes and relationships in plain words, for the approval page and the picker."""
+"""SMART scopes and relationships in plain words, for the approval page, the picker and the
+account's "Connected apps" page (a service, so that both HTTP layers, oauth/ and web/, use it)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,41 @@
+"""What every form of the dependents and connected-apps pages does before it changes anything:
+the session's CSRF check, then one more change counted against the person's rate limit
+(web/acting.py). A refusal is an error page in plain words with its HTTP status (403, 429),
+never an OperationOutcome: these are pages for people."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from starlette.datastructures import FormData
+from starlette.requests import Request
+from starlette.responses import Response
+
+from fhir_server.errors import FhirError
+from fhir_server.web.acting import count_change
+from fhir_server.web.session import CSRF_FIELD, SignedIn, sessions
+from fhir_server.web.signin import error_page
+
+
+def refused_change(request: Request, form: FormData, who: SignedIn) -> Response | None:
+    """None when the form may go ahead; else the page that says why not."""
+    try:
+        sessions(request).check_csrf(request, form.get(CSRF_FIELD))
+        count_change(who)
+    except FhirError as refused:
+        return error_page(request, refused)
+    return None
+
+
+def field(form: FormData, name: str, limit: int = 200) -> str:
+    """A text field of the form, trimmed and cut to `limit` characters ("" when absent)."""
+    value = form.get(name)
+    return value.strip()[:limit] if isinstance(value, str) else ""
+
+
+def when(moment: datetime | None) -> str:
+    """A moment as the pages show it: "4 December 2026, 13:05 UTC"."""
+    if moment is None:
+        return ""
+    utc = moment.astimezone(UTC)
+    return f"{utc.day} {utc:%B %Y, %H:%M} UTC"
