@@ -166,9 +166,7 @@ def record_of(guard: Guard, audited: Audited, recorded: datetime) -> Record:
     RelatedPerson it acted as (`agent_of`), so that the event is not in its own record either."""
     decision = audited.decision
     rule = decision.rule
-    patients = tuple(sorted(p for p in audited.patients if p.startswith("Patient/")))[
-        :MAX_PATIENTS
-    ]
+    patients = tuple(sorted(p for p in audited.patients if p.startswith("Patient/")))[:MAX_PATIENTS]
     account, behalf = agent_of(guard, audited.resource, patients)
     return bound(
         Record(
@@ -200,9 +198,7 @@ def record_of(guard: Guard, audited: Audited, recorded: datetime) -> Record:
     )
 
 
-def agent_of(
-    guard: Guard, resource: str | None, patients: Sequence[str]
-) -> tuple[str, str | None]:
+def agent_of(guard: Guard, resource: str | None, patients: Sequence[str]) -> tuple[str, str | None]:
     """Who the event's agent is, and the signed-in patient when that is not the agent. A
     Patient agent puts an event in its own compartment (R4 `AuditEvent.patient` takes agents
     too): a patient reading their child's record would have the child's event in their own

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from fhir_server.web.account import home
+from fhir_server.web.account import activity, home
 
 
 def install(app: FastAPI) -> None:
     home.install(app)
+    activity.install(app)
