@@ -83,9 +83,7 @@ def test_john_sees_who_opened_his_record_filters_and_exports(
     assert bundle.status_code == 200
     found = orjson.loads(bundle.content)
     assert found["type"] == "collection" and len(found["entry"]) == len(entries)
-    assert {e["resource"]["agent"][0]["who"]["reference"] for e in found["entry"]} == {
-        walk.doctor
-    }
+    assert {e["resource"]["agent"][0]["who"]["reference"] for e in found["entry"]} == {walk.doctor}
     # Mary's record alone
     browser.get(f"{origin}/account/activity?patient={ids['mary']}")
     text = browser.find_element(By.ID, "activity-list").text
