@@ -204,9 +204,14 @@ def agent_of(guard: Guard, resource: str | None, patients: Sequence[str]) -> tup
     too): a patient reading their child's record would have the child's event in their own
     record, readable by whoever sees theirs. So when the event is not about the acting patient,
     the agent is the RelatedPerson it acted through (the first whose patient the event names),
-    or none ("") when no relationship decided (a refusal)."""
+    or none ("") when none of its relationships reaches them."""
     account = guard.account
-    if not account.startswith("Patient/") or account in patients or resource == account:
+    if (
+        not account.startswith("Patient/")
+        or not patients  # touching no one's data (a refusal, a sign-in): their own act
+        or account in patients
+        or resource == account
+    ):
         return account, None
     for identity in guard.identities:
         link = guard.facts.related_persons.get(identity.reference)
