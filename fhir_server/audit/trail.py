@@ -122,6 +122,8 @@ SECURITY_TYPE = {
     "display": "User Authentication",
 }
 SECURITY_SUBTYPES = "urn:fhir-server:oauth-event"
+# An agent known by its account only (a patient refused while acting for someone else)
+ACCOUNT_SYSTEM = "urn:fhir-server:account"
 
 
 class Record(NamedTuple):
@@ -148,18 +150,28 @@ class Record(NamedTuple):
     # the token's `access_basis` (auth/tokens.py Principal.basis): the relationship and
     # Consents, or the patient itself, it acts on; `agent.policy` of the event
     basis: tuple[str, ...] = ()
+    # the signed-in Patient when the agent is not it (`agent.altId`): a patient acting for
+    # someone else acts through a RelatedPerson (the `account`, or "" when none decided)
+    behalf: str | None = None
 
 
 WRITES = frozenset({"create", "update", "patch", "delete", "restore"})
 
 
 def record_of(guard: Guard, audited: Audited, recorded: datetime) -> Record:
+    """The record of a decision. It names only the patients whose data the operation touched
+    (`Audited.patients`: the resource's compartments, a search's results), never everyone the
+    caller may see: the event is in those patients' compartments, and only they (and whoever
+    sees their record) read it. A patient acting for someone else is the agent through the
+    RelatedPerson it acted as (`agent_of`), so that the event is not in its own record either."""
     decision = audited.decision
     rule = decision.rule
+    patients = tuple(sorted(p for p in audited.patients if p.startswith("Patient/")))[:MAX_PATIENTS]
+    account, behalf = agent_of(guard, audited.resource, patients)
     return bound(
         Record(
             recorded=recorded,
-            account=guard.account,
+            account=account,
             operation=audited.operation,
             resource=audited.resource,
             allowed=decision.allowed,
@@ -171,9 +183,7 @@ def record_of(guard: Guard, audited: Audited, recorded: datetime) -> Record:
                 else None
             ),
             emergency=decision.emergency,
-            patients=tuple(sorted(c for c in decision.compartments if c.startswith("Patient/")))[
-                :MAX_PATIENTS
-            ],
+            patients=patients,
             purpose_of_use=guard.purpose_of_use,
             purpose_text=guard.reason,
             diff=(
@@ -183,8 +193,31 @@ def record_of(guard: Guard, audited: Audited, recorded: datetime) -> Record:
             ),
             id=new_id(),
             basis=guard.principal.basis if guard.principal is not None else (),
+            behalf=behalf,
         )
     )
+
+
+def agent_of(guard: Guard, resource: str | None, patients: Sequence[str]) -> tuple[str, str | None]:
+    """Who the event's agent is, and the signed-in patient when that is not the agent. A
+    Patient agent puts an event in its own compartment (R4 `AuditEvent.patient` takes agents
+    too): a patient reading their child's record would have the child's event in their own
+    record, readable by whoever sees theirs. So when the event is not about the acting patient,
+    the agent is the RelatedPerson it acted through (the first whose patient the event names),
+    or none ("") when none of its relationships reaches them."""
+    account = guard.account
+    if (
+        not account.startswith("Patient/")
+        or not patients  # touching no one's data (a refusal, a sign-in): their own act
+        or account in patients
+        or resource == account
+    ):
+        return account, None
+    for identity in guard.identities:
+        link = guard.facts.related_persons.get(identity.reference)
+        if identity.role == "RelatedPerson" and link is not None and link.patient in patients:
+            return identity.reference, account
+    return "", account
 
 
 def _text(value: object, limit: int) -> tuple[str, bool]:
@@ -243,6 +276,7 @@ def bound(record: Record) -> Record:
         and _plain(record.purpose_text, PURPOSE_TEXT_MAX)
         and _plain(record.diff, DIFF_MAX)
         and all(_plain(b, ID_MAX) for b in record.basis)
+        and _plain(record.behalf, ID_MAX)
     ):
         return record
     changed: set[str] = set(record.bounded)
@@ -295,6 +329,11 @@ def bound(record: Record) -> Record:
         basis.append(reference)
         if touched:
             changed.add("agent")
+    behalf = None
+    if record.behalf is not None:
+        behalf, touched = _reference(record.behalf)
+        if touched:
+            changed.add("agent")
     if not changed:
         return record  # the usual case: nothing to bound
     return record._replace(
@@ -309,6 +348,7 @@ def bound(record: Record) -> Record:
         purpose_text=purpose[1][0],
         diff=diff,
         basis=tuple(basis),
+        behalf=behalf,
         bounded=tuple(sorted(changed)),
     )
 
@@ -345,6 +385,7 @@ def reduced(record: Record) -> Record:
         ),
         diff=None,
         basis=tuple(ascii_text(b, 2 * ID_MAX) for b in record.basis),
+        behalf=None if record.behalf is None else ascii_text(record.behalf, 2 * ID_MAX),
         bounded=("agent", "entity", "outcomeDesc", "purposeOfEvent", "subtype"),
     )
 
@@ -355,6 +396,8 @@ def audit_event(record: Record, endpoint: str) -> dict[str, Any]:
     role = record.account.split("/", 1)[0]
     if role in {"System", "Admin"}:
         who = {"identifier": {"system": f"urn:fhir-server:{role.lower()}", "value": record.account}}
+    elif not record.account:
+        who = {"identifier": {"system": ACCOUNT_SYSTEM, "value": record.behalf or "unknown"}}
     else:
         who = {"reference": record.account}
     entities: list[dict[str, Any]] = []
@@ -417,6 +460,8 @@ def audit_event(record: Record, endpoint: str) -> dict[str, Any]:
         ]
     if record.emergency:
         event["agent"][0]["purposeOfUse"] = event["purposeOfEvent"]
+    if record.behalf:
+        event["agent"][0]["altId"] = record.behalf
     if record.basis:
         # the relationship or Consent the token acts on (the `access_basis` claim)
         event["agent"][0]["policy"] = list(record.basis)
@@ -474,6 +519,8 @@ def stored_event(event: dict[str, Any], id: str, now: datetime) -> NewVersion:
     kind = event["type"]
     subtype = event["subtype"][0]
     tokens: list[tuple[Any, ...]] = [("action", None, event["action"], None)]
+    if "altId" in event["agent"][0]:
+        tokens.append(("altid", None, event["agent"][0]["altId"], None))
     roles = {
         (e["role"]["system"], e["role"]["code"], normalize_string(e["role"]["display"]))
         for e in event.get("entity", ())

@@ -15,7 +15,20 @@ from compartments.engine import Decision, Target
 from compartments.policy import Reason
 from fhir_server.errors import AccessDenied
 from fhir_server.search.grants import Grant
+from fhir_server.search.membership import compartment_membership
 from fhir_server.services.access.guard import Guard, denied
+
+
+def patients_in(content: str | None, local_bases: Iterable[str] = ()) -> frozenset[str]:
+    """The patients whose record a stored resource is part of (its Patient compartments): what
+    an AuditEvent of reading it names. Nothing for a deletion or a resource of no patient."""
+    if not content:
+        return frozenset()
+    try:
+        found = compartment_membership(orjson.loads(content), local_bases=tuple(local_bases))
+    except ValueError:
+        return frozenset()
+    return frozenset(c for c in found if c.startswith("Patient/"))
 
 
 def unrestricted(guard: Guard, operation: str, resource_type: str) -> bool:

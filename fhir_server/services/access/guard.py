@@ -22,7 +22,7 @@ policy rule is `allow`, narrowed by scopes).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -67,6 +67,9 @@ class Audited:
     resource_type: str | None
     resource: str | None  # "Observation/1", when one resource was concerned
     decision: Decision
+    # the compartments of the data the operation touched (the resource's own, a search's
+    # results): the AuditEvent names only these patients, never everyone the caller may see
+    patients: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -230,15 +233,35 @@ class Guard:
     ) -> Decision:
         """The decision, recorded for audit; AccessDenied when it is a no."""
         decision = self.decide(operation, resource_type, target)
-        self.audited.append(Audited(operation, resource_type, resource, decision))
+        touched = target.compartments if target is not None else frozenset()
+        self.audited.append(Audited(operation, resource_type, resource, decision, touched))
         if not decision.allowed:
             raise denied(decision)
         return decision
 
     def record(
-        self, operation: str, resource_type: str | None, resource: str | None, decision: Decision
+        self,
+        operation: str,
+        resource_type: str | None,
+        resource: str | None,
+        decision: Decision,
+        patients: Iterable[str] = (),
     ) -> None:
-        self.audited.append(Audited(operation, resource_type, resource, decision))
+        """A decision for the audit; `patients`: the compartments of the data it touched."""
+        self.audited.append(
+            Audited(operation, resource_type, resource, decision, frozenset(patients))
+        )
+
+    def touched(self, operation: str, patients: Iterable[str]) -> None:
+        """The compartments a search's or history's results were in, known once it has run:
+        added to the latest decision of that operation, which its AuditEvent then names."""
+        for position in range(len(self.audited) - 1, -1, -1):
+            audited = self.audited[position]
+            if audited.operation == operation:
+                self.audited[position] = replace(
+                    audited, patients=audited.patients | frozenset(patients)
+                )
+                return
 
     def changed(
         self, resource: str, before: Mapping[str, Any] | None, after: Mapping[str, Any] | None
@@ -252,8 +275,9 @@ class Guard:
         """A write or read a workflow made as the server, after deciding it may: audited in the
         caller's name (the patients named make it readable in their compartments)."""
         resource_type = resource.split("/", 1)[0] if resource else None
-        decision = Decision(allowed=True, explanation=why, compartments=frozenset(patients))
-        self.audited.append(Audited(operation, resource_type, resource, decision))
+        named = frozenset(patients)
+        decision = Decision(allowed=True, explanation=why, compartments=named)
+        self.audited.append(Audited(operation, resource_type, resource, decision, named))
 
 
 def _parts(decision: Decision, resource_type: str) -> tuple[GrantPart, ...]:

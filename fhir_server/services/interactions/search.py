@@ -26,7 +26,7 @@ from fhir_server.search.query import (
     compartment_types,
     parse_search,
 )
-from fhir_server.services.access.enforce import check_type, unrestricted
+from fhir_server.services.access.enforce import check_type, patients_in, unrestricted
 from fhir_server.services.context import Context
 from fhir_server.services.formats.bundles import bundle
 from fhir_server.services.offload import HEAVY, cpu
@@ -128,7 +128,12 @@ async def run(ctx: Context, conn: Connection, query: SearchQuery, path: str) -> 
 
     entries = [_entry(ctx, query, r[0], r[1], r[2], "match") for r in page]
     seen = {(r[0], r[1]) for r in page}
-    entries += await _included(ctx, conn, query, [(r[0], r[1]) for r in page], seen, budget)
+    contents: list[str] = [r[2] for r in page]
+    sources = [(r[0], r[1]) for r in page]
+    entries += await _included(ctx, conn, query, sources, seen, budget, contents)
+    # the search's AuditEvent names the patients whose data it returned, and nobody else
+    bases = ctx.local_bases
+    ctx.guard.touched("search", frozenset().union(*(patients_in(c, bases) for c in contents)))
     return bundle("searchset", entries=entries, **fields)
 
 
@@ -171,6 +176,7 @@ async def _included(
     sources: list[tuple[str, str]],
     seen: set[tuple[str, str]],
     budget: _Budget,
+    contents: list[str],
 ) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     direct = [i for i in query.includes if not i.iterate]
@@ -194,6 +200,7 @@ async def _included(
                     continue
                 seen.add((resource_type, id))
                 found.append((resource_type, id))
+                contents.append(content)
                 entries.append(_entry(ctx, query, resource_type, id, content, "include"))
         frontier = found
     return entries

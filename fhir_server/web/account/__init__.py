@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from fhir_server.web.account import apps, dependents, family, home, sharing
+from fhir_server.web.account import activity, apps, dependents, family, home, sharing
 
 
 def install(app: FastAPI) -> None:
@@ -19,3 +19,4 @@ def install(app: FastAPI) -> None:
     sharing.install(app)
     dependents.install(app)
     apps.install(app)
+    activity.install(app)
