@@ -12,11 +12,12 @@ reads or passes through (the user, the Persons, every Person link target, the Re
 Patients they relate to, those Patients' Consents, the Patients whose general practitioner and
 the CareTeams whose participant a target is, the relatives) is a key of `access_epochs`, and so
 is `*`; the last row, `epoch`, gives those keys and the sum of their counters, read in the same
-snapshot as the facts. A write changes the walk's result only by changing a node's content (it
-bumps its own key) or by adding or removing an edge the walk follows (`WALKED`: it bumps the
-edge's local target, which the walk reached if it could reach the edge). So the sum moves
-exactly when the facts may have, and writes in another family touch no key of this one
-(docs/scaling.md "Access epochs" goes through each branch).
+snapshot as the facts. A write changes the walk's result only by changing or deleting a node
+(it bumps its own key; an edge removed or changed is the content of its source, which the walk
+reached), or by adding an edge the walk follows (`WALKED`: it bumps the edge's local target,
+which the walk reached if it could reach the edge). So the sum moves whenever the facts may
+have, and writes in another family touch no key of this one (docs/scaling.md "Access epochs"
+goes through each branch).
 """
 
 from __future__ import annotations
