@@ -184,6 +184,7 @@ _read_epoch = Statement(
 
 
 def changes_facts(version: NewVersion) -> bool:
+    """Whether the write is of a type the facts statement reads (it may bump access epochs)."""
     return version.resource_type in FACT_TYPES
 
 

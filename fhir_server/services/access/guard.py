@@ -10,10 +10,11 @@ Storage never asks the Guard anything: the services compute the grants a stateme
 
 Facts are loaded in one statement together with their access epoch: the keys of the nodes the
 facts were read through and the sum of their counters, which every write of a fact-bearing
-resource (Person, RelatedPerson, Consent, CareTeam, Patient) that touches one of those nodes bumps
-in its own transaction (storage/access_facts.py). A server reuses the facts it loaded for a user
-while the epoch of those keys, read at the start of each request, is unchanged: a revoked Consent, an ended RelatedPerson or a lowered assurance
-level counts from the very next request, on every server. Cached facts also expire at the first
+resource (Person, RelatedPerson, Consent, CareTeam, Patient) that touches one of those nodes
+bumps in its own transaction (storage/access_facts.py). A server reuses the facts it loaded for a
+user while the epoch of those keys, read at the start of each request, is unchanged: a revoked
+Consent, an ended RelatedPerson or a lowered assurance level counts from the very next request,
+on every server. Cached facts also expire at the first
 instant one of their periods starts or ends (a Consent's `provision.period.end` an hour from
 now ends the entry in an hour), and at the end of the UTC day, so a child's 18th birthday
 counts the day it comes. System and Admin callers load nothing (their
