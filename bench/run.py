@@ -5,7 +5,9 @@ runs it; bench/harness.py), loads Patients through 1,000-entry transactions, dri
 random reads with wrk (or a Python fallback, bench/load.py), runs the identical read load against
 bench/reference_app.py on the same database, and prints a table of figures, ratios and goals (also
 written to bench/results/latest.md). Then the search benchmark (bench/search.py) loads a clinical
-dataset into a fresh database and times searches; --skip-rest and --skip-search pick one part.
+dataset into a fresh database and times searches; then the access epoch benchmark (bench/epoch.py)
+runs concurrent fact-bearing writes on a third; --skip-rest, --skip-search and --skip-epoch pick
+the parts.
 Benchmarks report; they never fail a build.
 """
 
@@ -29,7 +31,7 @@ import orjson
 import psutil
 import psycopg
 
-from bench import harness, search
+from bench import epoch, harness, search
 from bench.harness import (
     FHIR_JSON,
     RESULTS,
@@ -89,12 +91,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--skip-rest", action="store_true", help="skip ingest, create and read runs")
     p.add_argument("--skip-search", action="store_true", help="skip the search benchmark")
+    p.add_argument("--skip-epoch", action="store_true", help="skip the access epoch benchmark")
+    p.add_argument(
+        "--epoch-writers",
+        type=int,
+        default=8,
+        help="access epoch benchmark: concurrent writers (default %(default)s)",
+    )
+    p.add_argument(
+        "--epoch-seconds",
+        type=float,
+        default=10,
+        help="access epoch benchmark: seconds per run (default %(default)s)",
+    )
     args = p.parse_args(argv)
-    if args.skip_rest and args.skip_search:
-        p.error("--skip-rest and --skip-search leave nothing to run")
+    if args.skip_rest and args.skip_search and args.skip_epoch:
+        p.error("--skip-rest, --skip-search and --skip-epoch leave nothing to run")
     if args.quick:
         args.patients, args.duration, args.warmup = min(args.patients, 5000), 3, 1
         args.search_patients = min(args.search_patients, 500)
+        args.epoch_seconds = min(args.epoch_seconds, 3)
     return args
 
 
@@ -389,6 +405,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.skip_search:
             with ExitStack() as stack:
                 search.run(args, stack, append=not args.skip_rest)
+        if not args.skip_epoch:
+            with ExitStack() as stack:
+                epoch.run(args, stack, append=not (args.skip_rest and args.skip_search))
     except KeyboardInterrupt:
         print("\ninterrupted: servers stopped, temporary database removed", file=sys.stderr)
         return 130

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, NamedTuple, TypeAlias
 
 from compartments.consent import ConsentFact, read_consent
 from compartments.engine import Facts, Identity, RelatedPersonFact
@@ -23,6 +23,17 @@ from compartments.periods import Window, next_change, window
 from compartments.references import NO_BASES, reference_of
 
 VERIFIED_ASSURANCE: Final = frozenset({"level3", "level4"})
+
+
+class Epoch(NamedTuple):
+    """The access epoch facts were read at: the `access_epochs` keys the facts statement walked
+    through and the sum of their counters. The facts hold while that sum is unchanged."""
+
+    keys: frozenset[str]
+    value: int
+
+
+NO_EPOCH: Final = Epoch(frozenset(), 0)
 
 # (kind, id, extra, content): a row of the access-facts statement, its JSON already parsed.
 FactRow: TypeAlias = tuple[str, str | None, str | None, Mapping[str, Any] | None]
@@ -33,7 +44,7 @@ def read_facts(
     rows: Iterable[FactRow],
     base: Facts,
     local_bases: frozenset[str] = NO_BASES,
-) -> tuple[int, tuple[Identity, ...], Facts, datetime | None]:
+) -> tuple[Epoch, tuple[Identity, ...], Facts, datetime | None]:
     """The epoch, identities and facts of the rows, and the first instant after `base.now` at
     which one of their periods starts or ends (the facts' decisions hold until then)."""
     # the token's own user is verified by the identity provider; Person links carry a level
@@ -47,11 +58,11 @@ def read_facts(
     care_teams: list[Mapping[str, Any]] = []
     relatives: dict[str, str] = {}
     windows: list[Window] = []
-    epoch = 0
+    epoch = NO_EPOCH
     for kind, id, extra, found in rows:
         content: Mapping[str, Any] = found if found is not None else {}
         if kind == "epoch":
-            epoch = int(str(extra))
+            epoch = Epoch(frozenset(content.get("keys", ())), int(str(extra)))
         elif kind == "Person":
             if content.get("active") is False:
                 continue

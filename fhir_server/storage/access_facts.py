@@ -6,15 +6,37 @@ RelatedPersons, the birth dates of the patients they are related to, those patie
 the Patients whose general practitioner and the CareTeams whose participant the user is, the
 RelatedPersons of the patients concerned (relatives), and the access epoch (services/access/guard.py
 compares it to decide whether cached facts still hold). Rows are `(kind, id, extra, content)`.
+
+**The epoch.** The statement is a walk along search-index references from the user. Every node it
+reads or passes through (the user, the Persons, every Person link target, the RelatedPersons, the
+Patients they relate to, those Patients' Consents, the Patients whose general practitioner and
+the CareTeams whose participant a target is, the relatives) is a key of `access_epochs`, and so
+is `*`; the last row, `epoch`, gives those keys and the sum of their counters, read in the same
+snapshot as the facts. A write changes the walk's result only by changing or deleting a node
+(it bumps its own key; an edge removed or changed is the content of its source, which the walk
+reached), or by adding an edge the walk follows (`WALKED`: it bumps the edge's local target,
+which the walk reached if it could reach the edge). So the sum moves whenever the facts may
+have, and writes in another family touch no key of this one (docs/scaling.md "Access epochs"
+goes through each branch).
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import orjson
 
 from fhir_server.storage.sql import Connection, Statement, fetch_all
+
+# The edges the statement walks: (type, reference search parameter) -> the target types it follows
+# (None: any). Only these index rows can change which resources it finds.
+WALKED: Final[dict[str, tuple[str, frozenset[str] | None]]] = {
+    "Person": ("link", None),
+    "RelatedPerson": ("patient", frozenset({"Patient"})),
+    "Consent": ("patient", frozenset({"Patient"})),
+    "Patient": ("general-practitioner", frozenset({"Practitioner"})),
+    "CareTeam": ("participant", frozenset({"Practitioner"})),
+}
 
 _FACTS = Statement(
     """
@@ -36,7 +58,8 @@ related AS (
     SELECT r.id, r.content FROM resources r
     WHERE r.resource_type = 'RelatedPerson' AND NOT r.deleted
       AND r.id IN (SELECT id FROM targets WHERE type = 'RelatedPerson')
-)
+),
+facts (kind, id, extra, content) AS (
 SELECT 'Person', id, NULL, content::text FROM persons
 UNION ALL
 SELECT 'RelatedPerson', id, NULL, content::text FROM related
@@ -73,14 +96,27 @@ WHERE x.resource_type = 'RelatedPerson' AND x.code = 'patient' AND x.target_type
     WHERE y.resource_type = 'RelatedPerson' AND y.code = 'patient' AND y.target_type = 'Patient'
       AND y.id IN (SELECT id FROM related))
 UNION ALL
-SELECT 'epoch', NULL, value::text, NULL FROM access_epoch WHERE id = 1
-UNION ALL
 SELECT 'CareTeam', c.id, NULL, c.content::text FROM resources c
 WHERE c.resource_type = 'CareTeam' AND NOT c.deleted AND c.id IN (
     SELECT x.id FROM search_reference x
     WHERE x.resource_type = 'CareTeam' AND x.code = 'participant'
       AND x.target_type = 'Practitioner'
       AND x.target_id IN (SELECT id FROM targets WHERE type = 'Practitioner'))
+),
+keys (key) AS (
+    SELECT '*'
+    UNION SELECT type || '/' || id FROM targets
+    UNION SELECT kind || '/' || id FROM facts
+    WHERE kind IN ('Person', 'RelatedPerson', 'Patient', 'Consent', 'CareTeam')
+    UNION SELECT 'Patient/' || id FROM facts WHERE kind = 'general-practitioner'
+    UNION SELECT 'RelatedPerson/' || id FROM facts WHERE kind = 'relative'
+    UNION SELECT 'Patient/' || extra FROM facts WHERE kind = 'relative'
+)
+SELECT kind, id, extra, content FROM facts
+UNION ALL
+SELECT 'epoch', NULL,
+    (SELECT coalesce(sum(e.value), 0) FROM access_epochs e WHERE e.key IN (SELECT key FROM keys))::text,
+    (SELECT json_build_object('keys', json_agg(key))::text FROM keys)
 """
 )
 

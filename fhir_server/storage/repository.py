@@ -32,6 +32,7 @@ from sqlalchemy.sql import ClauseElement
 
 from fhir_server.search.grants import UNRESTRICTED, Everything, Grant, Grants
 from fhir_server.search.index import IndexRows
+from fhir_server.storage.access_facts import WALKED
 from fhir_server.storage.search_index import (
     copy_index,
     index_ctes,
@@ -155,28 +156,84 @@ _HISTORY_COLUMNS = (*_VERSION_COLUMNS, "method")
 UNVERSIONED = frozenset({"AuditEvent"})
 
 # Writes that can change the facts of an access decision (storage/access_facts.py loads them): they
-# bump the access epoch in their own transaction, so no server keeps using facts they changed.
-FACT_TYPES = frozenset({"Person", "RelatedPerson", "Consent", "CareTeam", "Patient"})
-_BUMP = "UPDATE access_epoch SET value = value + 1 WHERE id = 1"
-_bump = Statement(_BUMP)
-_read_epoch = Statement("SELECT value FROM access_epoch WHERE id = 1")
+# bump, in their own transaction, the access epochs of the nodes of the facts walk they touch, so
+# no server keeps using facts they changed, and a write in one family touches no other family's.
+FACT_TYPES = frozenset(WALKED)
+GLOBAL_EPOCH = "*"  # a key in every user's epoch: bumped by changes to all facts (a reindex)
+
+# INSERT .. ON CONFLICT, in key order (two writers of the same keys lock them in one order)
+_BUMP_KEYS = (
+    "INSERT INTO access_epochs (key, value) SELECT key, 1 FROM ({keys}) AS bumped (key)"
+    " {where} ORDER BY key ON CONFLICT (key) DO UPDATE SET value = access_epochs.value + 1"
+)
+_bump = Statement(_BUMP_KEYS.format(keys="SELECT unnest(%(keys)s::text[])", where=""))
+# The keys a write bumps: the resource's own (`epoch_own`; its content is a fact of whoever reached
+# it) and the local targets of the edges of the walk it gains (`epoch_edges` less the edges it had
+# before this statement: its old index rows, which every CTE sees as they were). An edge it keeps
+# or loses needs no key of its own: the walk reached the resource through it, so the resource's
+# own key is in the epoch of every user whose facts the edge was part of.
+_WRITE_KEYS = (
+    "SELECT unnest(%(epoch_edges)s::text[])"
+    " EXCEPT SELECT o.target_type || '/' || o.target_id FROM search_reference o"
+    " WHERE o.resource_type = %(resource_type)s AND o.id = %(id)s AND o.code = %(walk)s"
+    " UNION SELECT unnest(%(epoch_own)s::text[])"
+)
+_read_epoch = Statement(
+    "SELECT coalesce(sum(value), 0) FROM access_epochs WHERE key = ANY(%(keys)s::text[])"
+)
 
 
 def changes_facts(version: NewVersion) -> bool:
-    """A Patient created by POST has a new id nothing can refer to yet: no fact changes."""
-    return version.resource_type in FACT_TYPES and not (
-        version.resource_type == "Patient" and version.method == "POST"
+    """Whether the write is of a type the facts statement reads (it may bump access epochs)."""
+    return version.resource_type in FACT_TYPES
+
+
+def epoch_edges(version: NewVersion) -> list[str]:
+    """The local targets of the edges of the facts walk that `version` has (its index rows of
+    `WALKED`: a reference to another server's resource has no target type, and counts none)."""
+    walk = WALKED.get(version.resource_type)
+    if walk is None or version.index is None:
+        return []
+    code, types = walk
+    return sorted(
+        {
+            f"{target_type}/{target_id}"
+            for row_code, target_type, target_id, *_ in version.index.reference
+            if row_code == code
+            and target_type is not None
+            and target_id is not None
+            and (types is None or target_type in types)
+        }
     )
 
 
-async def access_epoch(conn: Connection) -> int:
-    row = await fetch_one(conn, _read_epoch)
-    assert row is not None, "migration 0003 creates the access epoch"
+def epoch_own(version: NewVersion) -> list[str]:
+    """The written resource's own key: not for a POST, whose new id no facts can have reached."""
+    if not changes_facts(version) or version.method == "POST":
+        return []
+    return [f"{version.resource_type}/{version.id}"]
+
+
+def _epoch_params(version: NewVersion) -> dict[str, Any]:
+    walk = WALKED.get(version.resource_type)
+    return {
+        "epoch_own": epoch_own(version),
+        "epoch_edges": epoch_edges(version),
+        "walk": None if walk is None else walk[0],
+    }
+
+
+async def access_epoch(conn: Connection, keys: frozenset[str]) -> int:
+    """The epoch of facts read through `keys`: the sum of their counters (they only grow)."""
+    row = await fetch_one(conn, _read_epoch, {"keys": array_literal(keys)})
+    assert row is not None
     return int(row[0])
 
 
-async def bump_access_epoch(conn: Connection) -> None:
-    await execute(conn, _bump, {})
+async def bump_access_epochs(conn: Connection, keys: Sequence[str]) -> None:
+    """Bump the counters of `keys` (created at 1 when new)."""
+    if keys:
+        await execute(conn, _bump, {"keys": sorted(set(keys))})
 
 
 # The advisory-lock key space of conditional writes ("FHIR"); the second key is the slot.
@@ -222,7 +279,9 @@ def _with_history(written_row: Any, *, delete_old_index: bool) -> Statement:
         f"WITH written AS ({written}),\n"
         f"history AS (INSERT INTO {resource_history.name} ({columns}, method)"
         f" SELECT {columns}, %(method)s FROM written WHERE %(versioned)s),\n"
-        f"epoch AS ({_BUMP} AND %(bump)s AND EXISTS (SELECT FROM written))"
+        "epoch AS ("
+        + _BUMP_KEYS.format(keys=_WRITE_KEYS, where="WHERE EXISTS (SELECT FROM written)")
+        + ")"
         f",\n{index_ctes(delete_old=delete_old_index)}\n"
         "SELECT id FROM written"
     )
@@ -271,7 +330,7 @@ def _params(version: NewVersion) -> dict[str, Any]:
         "compartments": list(version.compartments),
         "created_by": version.created_by,
         "method": version.method,
-        "bump": changes_facts(version),
+        **_epoch_params(version),
         "versioned": version.resource_type not in UNVERSIONED,
         **index_params(version.index),
     }
@@ -292,9 +351,10 @@ _read_granted = Statement(_read_granted_query)
 # The same, with the access epoch read in the same statement (one snapshot): a row, or the epoch
 # alone when the caller may not see the resource.
 _read_granted_epoch = Statement(
-    "SELECT e.value, r.* FROM access_epoch e LEFT JOIN LATERAL ("
+    "SELECT (SELECT coalesce(sum(e.value), 0) FROM access_epochs e"
+    " WHERE e.key = ANY(%(keys)s::text[])), r.* FROM (SELECT) one LEFT JOIN LATERAL ("
     + compile_fixed(_read_granted_query)
-    + ") r ON true WHERE e.id = 1"
+    + ") r ON true"
 )
 
 
@@ -317,12 +377,13 @@ def _granted(resource_type: str, id: str, grant: Grant) -> dict[str, Any]:
 
 
 async def read_granted(
-    conn: Connection, resource_type: str, id: str, grant: Grant
+    conn: Connection, resource_type: str, id: str, grant: Grant, epoch_keys: frozenset[str]
 ) -> tuple[int, StoredVersion | None]:
-    """The access epoch and the current version, if `grant` (compartments and creators only,
-    no parts) lets the caller see it."""
-    row = await fetch_one(conn, _read_granted_epoch, _granted(resource_type, id, grant))
-    assert row is not None, "migration 0003 creates the access epoch"
+    """The access epoch of `epoch_keys` and the current version, if `grant` (compartments and
+    creators only, no parts) lets the caller see it."""
+    params = {**_granted(resource_type, id, grant), "keys": array_literal(epoch_keys)}
+    row = await fetch_one(conn, _read_granted_epoch, params)
+    assert row is not None
     epoch, version_id, last_updated, deleted, content = row
     found = (
         None
@@ -431,8 +492,8 @@ async def insert_created(conn: Connection, versions: Sequence[NewVersion]) -> No
     ]
     await copy_rows(conn, resource_history.name, _HISTORY_COLUMNS, history)
     await copy_index(conn, [(v.resource_type, v.id, v.index) for v in versions])
-    if any(changes_facts(v) for v in versions):
-        await bump_access_epoch(conn)
+    # new resources: no old edges to lose
+    await bump_access_epochs(conn, [k for v in versions for k in (*epoch_own(v), *epoch_edges(v))])
 
 
 async def write_version(conn: Connection, version: NewVersion) -> None:
@@ -576,8 +637,8 @@ async def replace_index(conn: Connection, entries: Sequence[tuple[str, str, Inde
     params = [{"resource_type": t, "id": i, **index_params(rows)} for t, i, rows in entries]
     if params:
         await execute_many(conn, _reindex, params)
-        # access facts are found through the reference index
-        await bump_access_epoch(conn)
+        # access facts are found through the reference index: every user's may change
+        await bump_access_epochs(conn, [GLOBAL_EPOCH])
 
 
 _change_events = Statement(

@@ -5,7 +5,6 @@ from __future__ import annotations
 from sqlalchemy import (
     BigInteger,
     Boolean,
-    CheckConstraint,
     Column,
     DateTime,
     Index,
@@ -14,7 +13,6 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     PrimaryKeyConstraint,
-    SmallInteger,
     String,
     Table,
     Text,
@@ -88,15 +86,15 @@ resource_history = Table(
 )
 
 
-# One row: a number bumped in the same transaction as every write that can change the facts of
-# an access decision (repository.FACT_TYPES). A server may reuse facts it loaded while the epoch
-# is unchanged; any such write makes every server load them again (migration 0003).
-access_epoch = Table(
-    "access_epoch",
+# One counter per node of the access-facts walk ("Patient/1", "Person/3", ...) and the global key
+# `*`, bumped in the same transaction as every write that can change facts read through that node
+# (repository.bump_access_epochs). A user's epoch is the sum over the keys its facts were read
+# through: a server may reuse the facts while it is unchanged (migration 0008, docs/scaling.md).
+access_epochs = Table(
+    "access_epochs",
     metadata,
-    Column("id", SmallInteger, primary_key=True),
+    Column("key", Text, primary_key=True),
     Column("value", BigInteger, nullable=False),
-    CheckConstraint("id = 1", name="access_epoch_one_row"),
 )
 
 

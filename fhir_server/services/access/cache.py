@@ -8,12 +8,13 @@ from datetime import date, datetime
 from typing import Any
 
 from compartments.engine import Decision, Facts, Identity
+from compartments.facts import Epoch
 from compartments.references import NO_BASES
 from fhir_server.search.grants import Grant
 
-# (epoch, identities, facts, the decisions made from them)
+# (epoch: the keys read through and their sum, identities, facts, the decisions made from them)
 CacheEntry = tuple[
-    int, tuple[Identity, ...], Facts, dict[tuple[Any, ...], tuple[Decision, Grant | None]]
+    Epoch, tuple[Identity, ...], Facts, dict[tuple[Any, ...], tuple[Decision, Grant | None]]
 ]
 
 

@@ -8,11 +8,13 @@ reading of its rows into the engine's facts (compartments/facts.py), the facts c
 Storage never asks the Guard anything: the services compute the grants a statement needs
 (`Guard.grants`) and hand them down as values.
 
-Facts are loaded in one statement together with the access epoch, a number that every write of a
-fact-bearing resource (Person, RelatedPerson, Consent, CareTeam, Patient) bumps in its own
-transaction. A server reuses the facts it loaded for a user while the epoch it reads at the start
-of each request is unchanged: a revoked Consent, an ended RelatedPerson or a lowered assurance
-level counts from the very next request, on every server. Cached facts also expire at the first
+Facts are loaded in one statement together with their access epoch: the keys of the nodes the
+facts were read through and the sum of their counters, which every write of a fact-bearing
+resource (Person, RelatedPerson, Consent, CareTeam, Patient) that touches one of those nodes
+bumps in its own transaction (storage/access_facts.py). A server reuses the facts it loaded for a
+user while the epoch of those keys, read at the start of each request, is unchanged: a revoked
+Consent, an ended RelatedPerson or a lowered assurance level counts from the very next request,
+on every server. Cached facts also expire at the first
 instant one of their periods starts or ends (a Consent's `provision.period.end` an hour from
 now ends the entry in an hour), and at the end of the UTC day, so a child's 18th birthday
 counts the day it comes. System and Admin callers load nothing (their
@@ -28,7 +30,7 @@ from typing import Any
 
 from capability.definitions import resource_types
 from compartments.engine import Decision, Facts, Identity, Request, Target, decide
-from compartments.facts import read_facts
+from compartments.facts import Epoch, read_facts
 from compartments.policy import Policy, Reason
 from compartments.references import NO_BASES
 from fhir_server.auth.scopes import Scope, granted
@@ -88,8 +90,9 @@ class Guard:
     changes: dict[str, str] = field(default_factory=dict)
     # Facts taken from the cache without reading the access epoch yet (`load_guard(...,
     # optimistic=True)`): the epoch they were loaded at. The caller must `verify` them, or read
-    # the epoch in the same statement as its data (services/interactions/read.py), before answering.
-    pending_epoch: int | None = None
+    # the epoch of its keys in the same statement as its data (services/interactions/read.py),
+    # before answering.
+    pending_epoch: Epoch | None = None
     # this server's base URLs, under which the facts' absolute references were read as local
     local_bases: frozenset[str] = NO_BASES
     _reload: Callable[[Connection], Awaitable[Guard]] | None = None
@@ -103,8 +106,9 @@ class Guard:
         moved. True when they were current."""
         if self.pending_epoch is None:
             return True
-        current = epoch if epoch is not None else await repository.access_epoch(conn)
-        if current == self.pending_epoch:
+        keys, loaded = self.pending_epoch
+        current = epoch if epoch is not None else await repository.access_epoch(conn, keys)
+        if current == loaded:
             self.pending_epoch = None
             return True
         assert self._reload is not None
@@ -340,7 +344,7 @@ async def load_guard(
         account: str,
         identities: tuple[Identity, ...],
         facts: Facts,
-        pending: int | None = None,
+        pending: Epoch | None = None,
         decisions: dict[tuple[Any, ...], tuple[Decision, Grant | None]] | None = None,
     ) -> Guard:
         def reload(conn: Connection) -> Awaitable[Guard]:
@@ -386,7 +390,9 @@ async def load_guard(
     if cached is not None and optimistic:
         pending, identities, facts, decisions = cached
         RELATIONSHIP_CACHE_HITS.inc()
-    elif cached is not None and cached[0] == await repository.access_epoch(conn):
+    elif cached is not None and cached[0].value == await repository.access_epoch(
+        conn, cached[0].keys
+    ):
         _, identities, facts, decisions = cached
         RELATIONSHIP_CACHE_HITS.inc()
     else:

@@ -43,7 +43,8 @@ async def _current(
     """The current version if the caller may see it. Facts still to verify (an optimistic
     guard) are verified by the same statement when the grant is the common kind, so that a
     cached read costs one round trip; if they had changed, the read is made again on new ones."""
-    if guard.pending_epoch is not None:
+    pending = guard.pending_epoch
+    if pending is not None:
         grant = guard.grant(operation, resource_type)
         if (
             grant is not None
@@ -52,7 +53,9 @@ async def _current(
             and not grant.criteria
             and not grant.parts
         ):
-            epoch, found = await repository.read_granted(conn, resource_type, id, grant)
+            epoch, found = await repository.read_granted(
+                conn, resource_type, id, grant, pending.keys
+            )
             if await guard.verify(conn, epoch):
                 return found
         else:
