@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install browser run migrate test test-pg check bench load fuzz infra-check clean up down
+.PHONY: install browser run migrate test test-pg test-pooled check bench load fuzz infra-check clean up down
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,10 +21,11 @@ run: $(STAMP)
 migrate: $(STAMP)
 	$(VENV)/bin/fhir-server migrate
 
-# The browser tests' headless Chromium and its driver (Debian packages): installed when missing
-# and we are root or may sudo; a no-op when present (scripts/ensure-browser).
+# What the tests need from Debian, installed when missing and we are root or may sudo (a no-op
+# when present): the browser tests' headless Chromium and its driver, and PgBouncer.
 browser:
 	scripts/ensure-browser
+	scripts/ensure-pgbouncer
 
 test: $(STAMP) browser
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -32,6 +33,11 @@ test: $(STAMP) browser
 # The storage and API suites against an external PostgreSQL (FHIR_TEST_POSTGRES_URL).
 test-pg: $(STAMP) browser
 	$(PY) -m pytest tests/integration tests/api $(PYTEST_ARGS)
+
+# The same suites with every server the tests start behind a PgBouncer in transaction mode
+# (tests/support/pooler.py), in front of FHIR_TEST_POSTGRES_URL or the embedded PostgreSQL.
+test-pooled: $(STAMP) browser
+	FHIR_TEST_POOLER=1 $(PY) -m pytest tests/integration tests/api $(PYTEST_ARGS)
 
 check: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -156,7 +156,12 @@ def create_app(
             settings.db_work_mem,
             settings.db_idle_in_transaction_timeout,
         )
-        db = Database(database_url, pool_size=settings.db_pool_size, limits=limits)
+        db = Database(
+            database_url,
+            pool_size=settings.db_pool_size,
+            limits=limits,
+            pooled=settings.pooled,
+        )
         await db.open()
         validator = ResourceValidator()
         server = Context(

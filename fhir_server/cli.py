@@ -127,7 +127,7 @@ def _admin(settings: Settings, work: Callable[[Database], Awaitable[None]]) -> i
         _migrate(settings, url)
 
     async def run() -> None:
-        db = Database(url, pool_size=1)
+        db = Database(url, pool_size=1, pooled=settings.pooled)
         await db.open()
         try:
             await work(db)

@@ -55,6 +55,13 @@ def _profile(value: str | None) -> str | None:
     return value
 
 
+def _pooler(value: str | None) -> str:
+    lowered = (value or "none").strip().lower()
+    if lowered not in {"none", "transaction"}:
+        raise ValueError(f"`FHIR_DB_POOLER` must be `none` or `transaction`, got `{value}`")
+    return lowered
+
+
 def _log_format(value: str | None) -> str | None:
     if value is None:
         return None
@@ -144,6 +151,9 @@ class Settings:
     # A patched resource may not grow beyond this (estimated while the operations apply).
     max_patch_result_bytes: int = 16 * 1024 * 1024
     db_pool_size: int = 10
+    # `transaction`: POSTGRES_URL is a pooler in transaction mode (PgBouncer): no session state
+    # (storage/database.py Database; docs/scaling.md#a-connection-pooler). `none`: a server.
+    db_pooler: str = "none"
     # What one PostgreSQL session of the server may take (docs/configuration.md#database-limits):
     # a statement's run time, the memory of each sort or hash, an idle open transaction's life.
     db_statement_timeout: str = "60s"
@@ -224,6 +234,11 @@ class Settings:
     login_oidc_identifier_system: str | None = None
 
     @property
+    def pooled(self) -> bool:
+        """Whether the database is reached through a transaction pooler."""
+        return self.db_pooler == "transaction"
+
+    @property
     def public_base(self) -> str:
         """The FHIR base URL that tokens are issued by and for (`iss` and `aud`)."""
         return self.base_url or f"http://{self.host}:{self.port}/fhir"
@@ -268,6 +283,7 @@ class Settings:
                 "FHIR_MAX_PATCH_RESULT_BYTES", defaults.max_patch_result_bytes
             ),
             db_pool_size=num("FHIR_DB_POOL_SIZE", defaults.db_pool_size),
+            db_pooler=_pooler(get("FHIR_DB_POOLER")),
             db_statement_timeout=_pg_setting(
                 "FHIR_DB_STATEMENT_TIMEOUT", get, defaults.db_statement_timeout, _PG_TIME
             ),

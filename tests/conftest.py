@@ -21,6 +21,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from fhir_server.settings import Settings
 from fhir_server.storage.database import migrate
 from tests.support import browser as browsers
+from tests.support import pooler
 from tests.support import world as worlds
 from tests.support.databases import drop_database, fresh_database
 from tests.support.servers import LiveServer
@@ -41,7 +42,23 @@ def admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-def database_url(admin_url: str) -> Iterator[str]:
+def pgbouncer(admin_url: str) -> Iterator[None]:
+    """With `FHIR_TEST_POOLER=1`, a PgBouncer in transaction mode in front of the test server
+    for the whole session: the servers the tests start reach their database through it
+    (tests/support/pooler.py)."""
+    if not pooler.wanted():
+        yield
+        return
+    pooler.ACTIVE = pooler.start(admin_url)
+    try:
+        yield
+    finally:
+        pooler.stop(pooler.ACTIVE)
+        pooler.ACTIVE = None
+
+
+@pytest.fixture(scope="session")
+def database_url(admin_url: str, pgbouncer: None) -> Iterator[str]:
     """A fresh database, migrated to head, dropped at the end of the session."""
     name, url = fresh_database(admin_url)
     migrate(url)

@@ -37,7 +37,6 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 import psycopg
-from psycopg import AsyncConnection
 
 from compartments.ids import is_id
 from fhir_server.errors import AuditUnavailable
@@ -47,7 +46,7 @@ from fhir_server.services.access.guard import Audited, Guard
 from fhir_server.services.context import Context
 from fhir_server.services.interactions.create import new_id
 from fhir_server.services.interactions.versions import dump_json, format_instant
-from fhir_server.storage import repository
+from fhir_server.storage import database, repository
 from fhir_server.storage.database import Database
 from fhir_server.storage.repository import NewVersion
 from fhir_server.storage.sql import Connection
@@ -752,13 +751,20 @@ class AuditTrail:
 
     def start(self) -> None:
         if self._url is not None:
-            self._own = Database(self._url, pool_size=AUDIT_CONNECTIONS)
+            self._own = Database(self._url, pool_size=AUDIT_CONNECTIONS, pooled=self.db.pooled)
             context = multiprocessing.get_context("spawn")
             self._queue = context.Queue()
             self._acks = context.Queue()
             self._process = context.Process(
                 target=_writer_main,
-                args=(self._queue, self._acks, self._url, self.endpoint, os.getpid()),
+                args=(
+                    self._queue,
+                    self._acks,
+                    self._url,
+                    self.endpoint,
+                    os.getpid(),
+                    self.db.pooled,
+                ),
                 name="fhir-audit-writer",
                 daemon=True,
             )
@@ -972,7 +978,9 @@ class AuditTrail:
         return self._own
 
 
-def _writer_main(queue: Any, acks: Any, url: str, endpoint: str, parent: int) -> None:
+def _writer_main(
+    queue: Any, acks: Any, url: str, endpoint: str, parent: int, pooled: bool = False
+) -> None:
     """The writer process: batches of records in, AuditEvents stored, until `None` comes, or
     until the server that started it is gone (killed with no chance to say so)."""
     # the server decides when it stops: a Ctrl-C, a systemd stop or a closed terminal signals
@@ -980,7 +988,7 @@ def _writer_main(queue: Any, acks: Any, url: str, endpoint: str, parent: int) ->
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_writer(queue, acks, url, endpoint, parent))
+    asyncio.run(_writer(queue, acks, url, endpoint, parent, pooled))
 
 
 def _next_batch(queue: Any, parent: int) -> Any:
@@ -993,12 +1001,14 @@ def _next_batch(queue: Any, parent: int) -> Any:
                 return None
 
 
-async def _writer(queue: Any, acks: Any, url: str, endpoint: str, parent: int) -> None:
+async def _writer(
+    queue: Any, acks: Any, url: str, endpoint: str, parent: int, pooled: bool
+) -> None:
     loop = asyncio.get_running_loop()
     conn: Connection | None = None
 
     async def connect() -> Connection:
-        return await AsyncConnection.connect(url, autocommit=True, options=Database.OPTIONS)
+        return await database.connect(url, pooled=pooled, autocommit=True)
 
     while True:
         item = await loop.run_in_executor(None, _next_batch, queue, parent)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from functools import cache
@@ -13,12 +14,15 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from psycopg import AsyncConnection, AsyncCursor
+from psycopg import sql as psql
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Connection, create_engine, pool
 from sqlalchemy.engine import make_url
 
 import fhir_server.tracing as tracing
 from fhir_server.storage import sql
+
+log = logging.getLogger(__name__)
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -68,6 +72,55 @@ def session_limits(
     }
 
 
+def connect_options(pooled: bool, limits: Mapping[str, str] = SESSION_LIMITS) -> dict[str, Any]:
+    """psycopg's connection arguments: the zone and `limits` as startup options, or behind a
+    transaction pooler none of them and no prepared statements (see `Database`)."""
+    if pooled:
+        return {"prepare_threshold": None}
+    # values are PostgreSQL time or memory literals (settings.py checks them): no spaces
+    options = [Database.OPTIONS, *(f"-c {name}={value}" for name, value in limits.items())]
+    return {"options": " ".join(options)}
+
+
+async def in_utc(conn: AsyncConnection[Any]) -> None:
+    """A pooled connection's time zone: a `SET` that the pooler replays on each server session."""
+    await conn.execute("SET TIME ZONE 'UTC'")
+
+
+async def connect(
+    url: str, *, pooled: bool, limits: Mapping[str, str] | None = None, **kw: Any
+) -> AsyncConnection[Any]:
+    """One connection outside a pool, in UTC (and with `limits`) as the pool's are."""
+    conn = await AsyncConnection.connect(url, **connect_options(pooled, limits or {}), **kw)
+    if pooled:
+        await in_utc(conn)
+    return conn
+
+
+async def unlimited(conn: AsyncConnection[Any], limits: Mapping[str, str]) -> dict[str, str]:
+    """Each of `limits` that the session of `conn` does not have, with the value it has. Both
+    are read from `pg_settings` (PostgreSQL's own units), the wanted one under a `SET LOCAL`
+    that is rolled back."""
+    differ = {}
+    for name, wanted in limits.items():
+        async with conn.transaction(force_rollback=True):
+            have = await _setting(conn, name)
+            await conn.execute(
+                psql.SQL("SET LOCAL {} = {}").format(psql.Identifier(name), psql.Literal(wanted))
+            )
+            if await _setting(conn, name) != have:
+                differ[name] = have
+    return differ
+
+
+async def _setting(conn: AsyncConnection[Any], name: str) -> str:
+    cursor = await conn.execute(
+        "SELECT setting FROM pg_settings WHERE name = %s", (name,), prepare=False
+    )
+    row = await cursor.fetchone()
+    return str(row[0]) if row else ""
+
+
 class Database:
     """The server's pool of PostgreSQL connections.
 
@@ -76,29 +129,40 @@ class Database:
 
     `limits` are PostgreSQL settings of every session (`SESSION_LIMITS` by default): they bound
     what one request can make the database do (docs/configuration.md#database-limits).
+
+    `pooled`: the URL is a pooler in transaction mode (PgBouncer; `FHIR_DB_POOLER=transaction`,
+    docs/scaling.md#a-connection-pooler), where one client session's statements run on whichever
+    server session is free. Nothing may then rely on session state: no server-side prepared
+    statements, no startup `options` (a pooler refuses them); the time zone is set with `SET`,
+    which the pooler tracks per client and restores on every server session it hands over; the
+    limits are the pooler's or the role's to set (`connect_query`), and `open()` warns when the
+    sessions it gets do not have them.
     """
 
     # Timestamps come back in UTC whatever the server's default zone.
     OPTIONS = "-c TimeZone=UTC"
 
     def __init__(
-        self, url: str, *, pool_size: int = 10, limits: Mapping[str, str] | None = None
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        limits: Mapping[str, str] | None = None,
+        pooled: bool = False,
     ) -> None:
         self._url = libpq_url(url)
-        settings = SESSION_LIMITS if limits is None else limits
-        # values are PostgreSQL time or memory literals (settings.py checks them): no spaces
-        self._options = " ".join(
-            [self.OPTIONS, *(f"-c {name}={value}" for name, value in settings.items())]
-        )
+        self.pooled = pooled
+        self._limits = dict(SESSION_LIMITS if limits is None else limits)
         self._pool = AsyncConnectionPool(
             self._url,
             min_size=pool_size,
             max_size=pool_size,
             kwargs={
                 "autocommit": True,
-                "options": self._options,
+                **connect_options(pooled, self._limits),
                 **({"cursor_factory": TracedCursor} if tracing.enabled() else {}),
             },
+            configure=in_utc if pooled else None,
             open=False,
             name="fhir",
         )
@@ -106,8 +170,21 @@ class Database:
     async def open(self) -> None:
         """Connect the pool. A database that refuses a first connection fails at once, with
         PostgreSQL's reason, rather than after the pool's retries."""
-        probe = await AsyncConnection.connect(self._url, connect_timeout=10, options=self._options)
-        await probe.close()
+        probe = await connect(
+            self._url, pooled=self.pooled, limits=self._limits, connect_timeout=10
+        )
+        try:
+            if self.pooled:
+                for name, have in (await unlimited(probe, self._limits)).items():
+                    log.warning(
+                        "behind the pooler, sessions have %s=%s, not the configured %s: set it"
+                        " in the pooler's connect_query or with ALTER ROLE (docs/scaling.md)",
+                        name,
+                        have,
+                        self._limits[name],
+                    )
+        finally:
+            await probe.close()
         await self._pool.open(wait=True, timeout=30)
 
     async def close(self) -> None:

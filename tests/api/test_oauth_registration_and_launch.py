@@ -22,7 +22,7 @@ from fhir_server.auth import issuer
 from fhir_server.services.context import utc_now
 from fhir_server.settings import Settings
 from fhir_server.storage import oauth
-from fhir_server.storage.database import Database
+from tests.support.pooler import app_database
 from tests.support.servers import LiveServer
 from tests.support.tokens import KEYS_DIR, auth
 
@@ -308,7 +308,7 @@ def launches_by(db: psycopg.Connection[Any], caller: str) -> list[tuple[Any, ...
 
 def use_launch(database_url: str, value: str) -> oauth.Launch | None:
     async def go() -> oauth.Launch | None:
-        pool = Database(database_url, pool_size=1)
+        pool = app_database(database_url, pool_size=1)
         await pool.open()
         try:
             async with pool.transaction() as conn:

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from fhir_server.auth.passwords import verify_password
 from fhir_server.services.context import utc_now
 from fhir_server.storage import oauth
-from fhir_server.storage.database import Database
+from tests.support.pooler import app_database
 
 EXE = str(Path(sys.executable).parent / "fhir-server")
 APP = "https://app.example.org/callback"
@@ -72,7 +72,7 @@ def _grant(database_url: str, client_id: str) -> None:
     """A refresh token and an approval of the client, as the authorization server keeps them."""
 
     async def go() -> None:
-        pool = Database(database_url, pool_size=1)
+        pool = app_database(database_url, pool_size=1)
         await pool.open()
         now = utc_now()
         grant = oauth.Grant(client_id=client_id, scope="patient/*.rs", subject="local:x")

@@ -23,8 +23,9 @@ from fhir_server.errors import AuditUnavailable
 from fhir_server.services.access.guard import Audited
 from fhir_server.services.context import Context, server_guard
 from fhir_server.settings import Settings
-from fhir_server.storage.database import Database, migrate
+from fhir_server.storage.database import migrate
 from fhir_server.validation import default_validator
+from tests.support.pooler import app_database, through_pooler
 
 
 def _decision(trail_: AuditTrail, n: int, tag: str) -> Any:
@@ -49,7 +50,7 @@ def test_an_outage_loses_nothing_and_bounds_the_buffer(
     )
 
     async def go() -> list[str]:
-        audit = AuditTrail(Database(url), server, database_url=url)
+        audit = AuditTrail(app_database(url), server, database_url=through_pooler(url)[0])
         audit.start()
         try:
             for n in range(40):
@@ -112,7 +113,7 @@ def test_denials_and_emergencies_during_an_outage_are_queued_not_lost(admin_url:
         return caller
 
     async def go() -> None:
-        audit = AuditTrail(Database(url), server, database_url=url)
+        audit = AuditTrail(app_database(url), server, database_url=through_pooler(url)[0])
         audit.start()
         try:
             # a denial cannot be written before its 403: it is queued, and the 403 stands
@@ -166,7 +167,7 @@ def test_a_flush_cancelled_mid_store_loses_nothing(
 
     async def go() -> None:
         # not started: no writer process, so a flush stores in the server (on its pool)
-        pool = Database(database_url)
+        pool = app_database(database_url)
         await pool.open()
         audit = AuditTrail(pool, server)
         for n in range(20):

@@ -12,8 +12,8 @@ import psycopg
 from fhir_server.audit.trail import AuditTrail
 from fhir_server.services.context import Context, server_guard
 from fhir_server.settings import Settings
-from fhir_server.storage.database import Database
 from fhir_server.validation import default_validator
+from tests.support.pooler import app_database
 
 
 def test_security_events_are_audit_events_of_their_own_type(database_url: str) -> None:
@@ -26,7 +26,7 @@ def test_security_events_are_audit_events_of_their_own_type(database_url: str) -
     )
 
     async def go() -> int:
-        pool = Database(database_url)
+        pool = app_database(database_url)
         await pool.open()
         audit = AuditTrail(pool, server)
         await audit.security_event(

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp
 from fhir_server.app import create_app
 from fhir_server.services.context import utc_now
 from fhir_server.settings import Settings
+from tests.support.pooler import through_pooler
 from tests.support.tokens import KEYS_DIR
 
 
@@ -44,6 +45,9 @@ class LiveServer:
         """`fixed_base`: `FHIR_BASE_URL` is this server's own `/fhir` (the authorization
         server's issuer and audience), rather than derived from each request."""
         self.port = free_port()
+        url, pooled = through_pooler(url)
+        if pooled:
+            settings = replace(settings, db_pooler="transaction")
         if fixed_base:
             settings = replace(settings, base_url=f"http://127.0.0.1:{self.port}/fhir")
         if settings.auth_jwks is None:
@@ -102,6 +106,7 @@ def server_processes(
     """`count` real `fhir-server serve` processes on the database (their logs in `logs`): the
     base URLs, once every one is ready."""
     exe = str(Path(sys.executable).parent / "fhir-server")
+    database_url, pooled = through_pooler(database_url)
     procs, bases, files = [], [], []
     try:
         for n in range(count):
@@ -116,6 +121,7 @@ def server_processes(
                 "HOST": "127.0.0.1",
                 "PORT": str(port),
                 "LOG_LEVEL": os.environ.get("TEST_SERVER_LOG_LEVEL", "warning"),
+                "FHIR_DB_POOLER": "transaction" if pooled else "none",
                 **(env or {}),
             }
             procs.append(

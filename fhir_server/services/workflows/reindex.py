@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 async def reindex(settings: Settings, database_url: str, *, batch: int = 500) -> int:
     """Reindex everything; the number of resources indexed."""
     local_bases = tuple(b for b in (settings.base_url, *settings.local_bases) if b)
-    db = Database(database_url, pool_size=1)
+    db = Database(database_url, pool_size=1, pooled=settings.pooled)
     await db.open()
     done = 0
     after = ("", "")
