@@ -5,7 +5,7 @@ made of the server's own write statement (storage/repository.py `write_version`:
 history, search index and the per-key access epochs) and one more `UPDATE` of a counter row. In
 the measured run that row is the writer's own; in the reference run, in the same process on the
 same database, it is one row shared by all writers, as the single `access_epoch` row was before
-migration 0008. Both runs make the same statements; only the sharing differs. A sampler reads
+migration 0009. Both runs make the same statements; only the sharing differs. A sampler reads
 `pg_stat_activity` every few milliseconds and counts the writers waiting on a lock.
 
 Reported: writes/s of each run, their ratio, and the share of samples in which a writer waited

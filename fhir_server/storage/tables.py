@@ -89,7 +89,7 @@ resource_history = Table(
 # One counter per node of the access-facts walk ("Patient/1", "Person/3", ...) and the global key
 # `*`, bumped in the same transaction as every write that can change facts read through that node
 # (repository.bump_access_epochs). A user's epoch is the sum over the keys its facts were read
-# through: a server may reuse the facts while it is unchanged (migration 0008, docs/scaling.md).
+# through: a server may reuse the facts while it is unchanged (migration 0009, docs/scaling.md).
 access_epochs = Table(
     "access_epochs",
     metadata,

@@ -246,15 +246,15 @@ def test_a_transaction_bumps_the_counters_of_its_creates(world: World, db: Db) -
 
 
 def test_the_migration_carries_the_global_epoch_both_ways(empty_database: str) -> None:
-    """0008 moves the single row's value to `*` (cached facts keep being compared against a sum
+    """0009 moves the single row's value to `*` (cached facts keep being compared against a sum
     at least as large) and its downgrade restores a row larger than every sum."""
-    migrate(empty_database, "0007_oauth")
+    migrate(empty_database, "0008_approval_last_used")
     with psycopg.connect(empty_database, autocommit=True) as conn:
         conn.execute("UPDATE access_epoch SET value = 42 WHERE id = 1")
     migrate(empty_database)
     with psycopg.connect(empty_database, autocommit=True) as conn:
         assert conn.execute("SELECT key, value FROM access_epochs").fetchall() == [("*", 42)]
         conn.execute("INSERT INTO access_epochs VALUES ('Patient/1', 5)")
-    downgrade(empty_database, "0007_oauth")
+    downgrade(empty_database, "0008_approval_last_used")
     with psycopg.connect(empty_database, autocommit=True) as conn:
         assert conn.execute("SELECT id, value FROM access_epoch").fetchall() == [(1, 48)]

@@ -8,16 +8,16 @@ a user's epoch is the sum of the counters of the keys its facts were read throug
 (storage/access_facts.py; docs/scaling.md "Access epochs"). The global value carries over to `*`,
 so no cached facts survive the upgrade unnoticed.
 
-Revision ID: 0008_access_epochs
-Revises: 0007_oauth
+Revision ID: 0009_access_epochs
+Revises: 0008_approval_last_used
 Create Date: 2026-12-04
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008_access_epochs"
-down_revision = "0007_oauth"
+revision = "0009_access_epochs"
+down_revision = "0008_approval_last_used"
 branch_labels = None
 depends_on = None
 
