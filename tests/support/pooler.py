@@ -79,7 +79,9 @@ def _free_port() -> int:
 def config(server_url: str, port: int, folder: Path, connect_query: str | None) -> str:
     """pgbouncer.ini for a pooler on `port` in front of the server of `server_url`."""
     server = make_url(server_url)
-    target = f"host={_host(server_url)} port={server.port or 5432} user={server.username or 'postgres'}"
+    target = (
+        f"host={_host(server_url)} port={server.port or 5432} user={server.username or 'postgres'}"
+    )
     if connect_query:
         target += f" connect_query='{connect_query}'"
     return "\n".join(
