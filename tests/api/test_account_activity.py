@@ -78,9 +78,6 @@ def walk(database_url: str) -> Iterator[Walk]:
         with world.client(ids["john"]) as john:
             for obs in ("obs_mary", "obs_jane"):
                 assert john.get(f"/{ids[obs]}").status_code == 200
-            # the engine opens Observation to her Consent's grantee (the token narrows
-            # by category): the vitals read is one more event of Jane's record
-            john.get(f"/{ids['vitals_jane']}")
         with world.client(doctor) as practitioner:
             for reason in (REASON, INJECTION):
                 glass = practitioner.get(
