@@ -12,6 +12,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import psycopg
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.select import Select
@@ -95,7 +96,9 @@ def test_mary_turns_18_shares_her_lab_results_with_her_father_and_stops(
             "document.getElementById('sharing-end').value = arguments[0]", end.isoformat()
         )
         browser.find_element(By.CSS_SELECTOR, "form.sharing-grant button[type=submit]").click()
-        WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".notice"))
+        WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, ".notice")
+        )
         text = main_text(browser)
         assert "Shared." in text and "John Doe (father)" in text
         assert f"until {end.day} {end:%B %Y}" in text and "lab results" in text
@@ -119,7 +122,7 @@ def test_mary_turns_18_shares_her_lab_results_with_her_father_and_stops(
         browser.find_element(
             By.CSS_SELECTOR, "form[action='/account/sharing/revoke'] button"
         ).click()
-        WebDriverWait(browser, 30).until(
+        WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
             lambda d: "Stopped." in d.find_element(By.TAG_NAME, "main").text
         )
         assert "you share nothing yet" in main_text(browser)
