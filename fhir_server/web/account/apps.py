@@ -19,10 +19,9 @@ from starlette.responses import Response
 
 from fhir_server.api.deps import runtime
 from fhir_server.services.workflows import connected_apps, launch_choices, scope_words
-from fhir_server.web.account.change import field, refused_change, when
+from fhir_server.web.account.change import field, posted, when
 from fhir_server.web.account.home import account_page
 from fhir_server.web.acting import acting, sign_in_first
-from fhir_server.web.forms import read_form
 from fhir_server.web.signin import redirect
 
 PATH = "/account/apps"
@@ -67,13 +66,10 @@ async def apps_page(request: Request) -> Response:
 
 
 async def revoke(request: Request) -> Response:
-    found = acting(request)
-    if found is None:
-        return sign_in_first(request)
-    who, interaction = found
-    form = await read_form(request)
-    if (refused := refused_change(request, form, who)) is not None:
-        return refused
+    checked = await posted(request)
+    if isinstance(checked, Response):
+        return checked
+    who, interaction, form = checked
     client_id = field(form, "client_id")
     patient = field(form, "patient") or None
     rt = runtime(request)

@@ -27,10 +27,9 @@ from fhir_server.api.fhir import run_add_dependent
 from fhir_server.errors import AccessDenied, Conflict, FhirError, NotFound, Unprocessable
 from fhir_server.services.access.guard import Guard
 from fhir_server.services.workflows import family
-from fhir_server.web.account.change import field, refused_change
+from fhir_server.web.account.change import field, posted
 from fhir_server.web.account.home import account_page
 from fhir_server.web.acting import acting, sign_in_first
-from fhir_server.web.forms import read_form
 from fhir_server.web.session import SignedIn
 from fhir_server.web.signin import error_page, redirect
 
@@ -193,13 +192,10 @@ def _is_date(text: str) -> bool:
 
 
 async def add(request: Request) -> Response:
-    found = acting(request)
-    if found is None:
-        return sign_in_first(request)
-    who, interaction = found
-    form = await read_form(request)
-    if (refused := refused_change(request, form, who)) is not None:
-        return refused
+    checked = await posted(request)
+    if isinstance(checked, Response):
+        return checked
+    who, interaction, form = checked
     values = {name: field(form, name, 100) for name in FIELDS}
     primary = await own_patient(interaction, who)
     try:
@@ -243,13 +239,10 @@ async def _confirmation(
 
 
 async def remove(request: Request) -> Response:
-    found = acting(request)
-    if found is None:
-        return sign_in_first(request)
-    who, interaction = found
-    form = await read_form(request)
-    if (refused := refused_change(request, form, who)) is not None:
-        return refused
+    checked = await posted(request)
+    if isinstance(checked, Response):
+        return checked
+    who, interaction, form = checked
     dependent = field(form, "dependent")
     confirm = _confirmed(form)
     primary = await own_patient(interaction, who)

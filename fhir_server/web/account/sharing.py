@@ -11,21 +11,24 @@ reason code, for support), nothing written.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
+from fhir_server.api.deps import Interaction
 from fhir_server.api.errors import status_of
 from fhir_server.errors import AccessDenied, FhirError
+from fhir_server.services.context import Context
 from fhir_server.services.workflows import sharing
 from fhir_server.services.workflows.launch_choices import SCOPE_WORDS
+from fhir_server.web.account.change import posted
 from fhir_server.web.account.home import account_page
-from fhir_server.web.acting import acting, count_change, sign_in_first
-from fhir_server.web.forms import read_form
-from fhir_server.web.session import SignedIn, sessions
-from fhir_server.web.signin import error_page, redirect
+from fhir_server.web.acting import acting, sign_in_first
+from fhir_server.web.signin import redirect
 
 PATH = "/account/sharing"
 REVOKE_PATH = f"{PATH}/revoke"
@@ -92,69 +95,63 @@ async def sharing_page(request: Request) -> Response:
     return await _show(request, request.query_params.get("for"))
 
 
-async def _change(request: Request) -> tuple[SignedIn, dict[str, str], list[str]] | Response:
-    """The checks every POST makes first: signed in, CSRF, the rate limit. The form's values."""
-    found = acting(request)
-    if found is None:
-        return sign_in_first(request)
-    who, _fhir = found
-    try:
-        form = await read_form(request)
-        sessions(request).check_csrf(request, form.get("csrf_token"))
-        count_change(who)
-    except FhirError as exc:  # no CSRF token, too many changes (429), a malformed form
-        return error_page(request, exc)
+async def _change(request: Request) -> tuple[Interaction, dict[str, str], list[str]] | Response:
+    """The checks every POST makes first (change.posted); the form's values and ticked scopes."""
+    checked = await posted(request)
+    if isinstance(checked, Response):
+        return checked
+    _who, interaction, form = checked
     values = {k: v.strip() for k, v in form.items() if isinstance(v, str)}
     scopes = [v for v in form.getlist("scope") if isinstance(v, str)]
-    return who, values, scopes
+    return interaction, values, scopes
 
 
 def _back(patient: str, done: str) -> Response:
     return redirect(f"{PATH}?{urlencode({'for': patient, 'done': done})}")
 
 
-async def share(request: Request) -> Response:
+# A change of a record's sharing: (context, connection, patient, form values, ticked scopes).
+Change = Callable[[Context, Any, str, dict[str, str], list[str]], Awaitable[object]]
+
+
+async def _apply(request: Request, change: Change, done: str) -> Response:
+    """Run `change` in one transaction as the signed-in person, then back to the page; each
+    refusal comes back as the page, in words."""
     checked = await _change(request)
     if isinstance(checked, Response):
         return checked
-    _who, values, scopes = checked
+    fhir, values, scopes = checked
     patient = values.get("for", "")
-    found = acting(request)
-    assert found is not None
-    _, fhir = found
     try:
         async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
-            await sharing.grant(
-                ctx, conn, patient, values.get("grantee", ""), scopes, values.get("end", "")
-            )
+            await change(ctx, conn, patient, values, scopes)
     except AccessDenied as exc:
         return await _refused(request, patient, exc)
     except sharing.ShareRefused as exc:
         return await _show(request, patient, error=str(exc), status_code=400)
     except FhirError as exc:  # a version changed meanwhile, a Consent the server refuses, ...
         return await _show(request, patient, error=str(exc), status_code=status_of(exc))
-    return _back(patient, "granted")
+    return _back(patient, done)
+
+
+async def share(request: Request) -> Response:
+    return await _apply(
+        request,
+        lambda ctx, conn, patient, values, scopes: sharing.grant(
+            ctx, conn, patient, values.get("grantee", ""), scopes, values.get("end", "")
+        ),
+        "granted",
+    )
 
 
 async def revoke(request: Request) -> Response:
-    checked = await _change(request)
-    if isinstance(checked, Response):
-        return checked
-    _who, values, _scopes = checked
-    patient = values.get("for", "")
-    found = acting(request)
-    assert found is not None
-    _, fhir = found
-    try:
-        async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
-            await sharing.revoke(ctx, conn, patient, values.get("consent", ""))
-    except AccessDenied as exc:
-        return await _refused(request, patient, exc)
-    except sharing.ShareRefused as exc:
-        return await _show(request, patient, error=str(exc), status_code=400)
-    except FhirError as exc:  # a version changed meanwhile, a Consent the server refuses, ...
-        return await _show(request, patient, error=str(exc), status_code=status_of(exc))
-    return _back(patient, "revoked")
+    return await _apply(
+        request,
+        lambda ctx, conn, patient, values, _scopes: sharing.revoke(
+            ctx, conn, patient, values.get("consent", "")
+        ),
+        "revoked",
+    )
 
 
 async def _refused(request: Request, patient: str, exc: AccessDenied) -> Response:
