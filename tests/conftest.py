@@ -80,6 +80,22 @@ def live_server(database_url: str) -> Iterator[LiveServer]:
         yield server
 
 
+@pytest.fixture(scope="module")
+def server(database_url: str) -> Iterator[LiveServer]:
+    """A live server for the module whose `FHIR_BASE_URL` is its own `/fhir` (the authorization
+    server's issuer and audience): the sign-in, OAuth and account tests' server."""
+    with LiveServer(Settings(), database_url, fixed_base=True) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def world(make_world: Callable[..., World]) -> World:
+    """The family of issue 13 (tests/support/world.py make_family) in a world of the module."""
+    made: World = make_world(people=False)
+    worlds.make_family(made)
+    return made
+
+
 @pytest.fixture
 def client(live_server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=f"{live_server.origin}/fhir", timeout=30, headers=auth()) as c:

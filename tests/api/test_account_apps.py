@@ -8,14 +8,13 @@ account's approval."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from fhir_server.settings import Settings
 from fhir_server.storage import oauth
 from tests.api.test_authorize import approve, pick, signed_in_at_picker
 from tests.support.authorize import (
@@ -31,23 +30,10 @@ from tests.support.authorize import (
 from tests.support.oauth import pkce
 from tests.support.servers import LiveServer
 from tests.support.tokens import auth
-from tests.support.world import World, make_family
+from tests.support.world import World
 
 PAGE = "/account/apps"
 SCOPE = "launch/patient openid fhirUser offline_access patient/*.rs"
-
-
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[LiveServer]:
-    with LiveServer(Settings(), database_url, fixed_base=True) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def world(make_world: Callable[..., World]) -> World:
-    made: World = make_world(people=False)
-    make_family(made)
-    return made
 
 
 @pytest.fixture

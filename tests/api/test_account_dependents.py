@@ -6,37 +6,23 @@ the FHIR resources the family workflow writes (docs/account-dependents.md)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
 
-from fhir_server.settings import Settings
 from fhir_server.web import acting
 from tests.support import resources
 from tests.support.authorize import add_user, browser, form, sign_in
 from tests.support.resources import years_ago
 from tests.support.servers import LiveServer
-from tests.support.world import World, make_family, snapshot
+from tests.support.world import World, snapshot
 
 PAGE = "/account/dependents"
 FAMILY_SYSTEM = "urn:fhir-server:family-relationship"
 PRIMARY_EXTENSION = "urn:fhir-server:StructureDefinition/family-primary"
-
-
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[LiveServer]:
-    with LiveServer(Settings(), database_url, fixed_base=True) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
-def world(make_world: Callable[..., World]) -> World:
-    made: World = make_world(people=False)
-    make_family(made)
-    return made
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ docs/account-apps.md."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,7 +21,6 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.select import Select
 from selenium.webdriver.support.wait import WebDriverWait
 
-from fhir_server.settings import Settings
 from tests.support import browser as browsers
 from tests.support.authorize import PASSWORD, add_client, add_user, authorize_params
 from tests.support.oauth import pkce
@@ -31,12 +30,6 @@ from tests.support.tokens import auth
 from tests.support.world import World, make_family
 
 SCOPE = "launch/patient openid fhirUser offline_access patient/*.rs"
-
-
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[LiveServer]:
-    with LiveServer(Settings(), database_url, fixed_base=True) as live:
-        yield live
 
 
 @pytest.fixture(scope="module")

@@ -20,19 +20,12 @@ import psycopg
 import pytest
 
 from compartments.reach import majority_on
-from fhir_server.settings import Settings
 from tests.support.authorize import add_user, browser, sign_in
 from tests.support.servers import LiveServer
 from tests.support.world import World, jane_consent, make_family, snapshot
 
 PAGE = "/account/family"
 WHY = "/account/family/why"
-
-
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[LiveServer]:
-    with LiveServer(Settings(), database_url, fixed_base=True) as live:
-        yield live
 
 
 @pytest.fixture

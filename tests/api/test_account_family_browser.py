@@ -6,7 +6,7 @@ page are saved under docs/images/ for docs/account-family.md."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date, timedelta
 from itertools import pairwise
 
@@ -16,17 +16,10 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.wait import WebDriverWait
 
-from fhir_server.settings import Settings
 from tests.support import browser as browsers
 from tests.support.authorize import PASSWORD, add_user
 from tests.support.servers import LiveServer
 from tests.support.world import World, jane_consent, make_family
-
-
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[LiveServer]:
-    with LiveServer(Settings(), database_url, fixed_base=True) as live:
-        yield live
 
 
 @pytest.fixture(scope="module")

@@ -3,24 +3,16 @@ every account page, and the rate limit on changes (web/acting.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 
 from fhir_server.errors import TooManyRequests
-from fhir_server.settings import Settings
 from fhir_server.web import acting
 from fhir_server.web.session import SignedIn
 from tests.support.authorize import add_user, browser, sign_in
 from tests.support.servers import LiveServer
-
-
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[LiveServer]:
-    with LiveServer(Settings(), database_url, fixed_base=True) as live:
-        yield live
 
 
 def test_the_account_needs_a_sign_in_and_comes_back_after_it(

@@ -8,7 +8,7 @@ prove that nothing was written (no code, no approval, no session)."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,7 +33,7 @@ from tests.support.authorize import (
     sign_in,
 )
 from tests.support.servers import LiveServer
-from tests.support.world import World, jane_consent, make_family
+from tests.support.world import World, jane_consent
 
 LOCKOUT_ATTEMPTS = 3
 Family = dict[str, str]
@@ -49,13 +49,6 @@ def server(database_url: str) -> Iterator[LiveServer]:
 @pytest.fixture(scope="module")
 def aud(server: LiveServer) -> str:
     return f"{server.origin}/fhir"
-
-
-@pytest.fixture(scope="module")
-def world(make_world: Callable[..., World]) -> World:
-    made: World = make_world(people=False)
-    make_family(made)
-    return made
 
 
 @pytest.fixture(scope="module")

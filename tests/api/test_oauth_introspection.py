@@ -12,7 +12,6 @@ import psycopg
 import pytest
 
 from fhir_server.auth import issuer
-from fhir_server.settings import Settings
 from tests.support.oauth import (
     ASSERTION_TYPE,
     REDIRECT,
@@ -27,12 +26,6 @@ from tests.support.servers import LiveServer
 from tests.support.tokens import auth
 
 APP_SCOPE = "launch/patient openid fhirUser offline_access patient/*.rs"
-
-
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[LiveServer]:
-    with LiveServer(Settings(), database_url, fixed_base=True) as live:
-        yield live
 
 
 @pytest.fixture(scope="module")

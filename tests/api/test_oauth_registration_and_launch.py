@@ -9,7 +9,6 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -20,19 +19,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from fhir_server.auth import issuer
 from fhir_server.services.context import utc_now
-from fhir_server.settings import Settings
 from fhir_server.storage import oauth
 from tests.support.pooler import app_database
 from tests.support.servers import LiveServer
 from tests.support.tokens import KEYS_DIR, auth
 
 APP = "https://app.example.org/callback"
-
-
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[LiveServer]:
-    with LiveServer(Settings(), database_url, fixed_base=True) as live:
-        yield live
 
 
 def system_token(server: LiveServer, scope: str = "system/*.cruds") -> tuple[str, str]:

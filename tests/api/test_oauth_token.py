@@ -45,12 +45,6 @@ APP_SCOPE = "launch/patient openid fhirUser offline_access patient/*.rs"
 
 
 @pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[LiveServer]:
-    with LiveServer(Settings(), database_url, fixed_base=True) as live:
-        yield live
-
-
-@pytest.fixture(scope="module")
 def http(server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.origin, timeout=30) as client:
         yield client

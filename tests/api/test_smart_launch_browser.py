@@ -25,7 +25,6 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.wait import WebDriverWait
 
-from fhir_server.settings import Settings
 from fhir_server.storage import oauth
 from tests.support import browser as browsers
 from tests.support.authorize import PASSWORD, add_client, add_user
@@ -36,12 +35,6 @@ from tests.support.tokens import auth
 from tests.support.world import World, jane_consent, make_family
 
 SCOPE = "launch/patient openid fhirUser offline_access patient/*.read"
-
-
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[LiveServer]:
-    with LiveServer(Settings(), database_url, fixed_base=True) as live:
-        yield live
 
 
 @pytest.fixture(scope="module")
