@@ -27,38 +27,10 @@ from compartments.reach import Reach, majority_on, reach
 from fhir_server.services.access.guard import Guard, as_user
 from fhir_server.services.context import Context
 from fhir_server.services.workflows.launch_choices import SCOPE_WORDS, choices, display_name
+from fhir_server.services.workflows.scope_words import RELATIONSHIP_WORDS
 from fhir_server.storage import repository
 from fhir_server.storage.sql import Connection
 
-# v3 RoleCode (and the seed's own codes) in words; anything else reads "family member".
-RELATIONSHIP_WORDS: Final = {
-    "FTH": "father",
-    "MTH": "mother",
-    "PRN": "parent",
-    "PARENT": "parent",
-    "NPRN": "parent",
-    "NFTH": "father",
-    "NMTH": "mother",
-    "ADOPTP": "adoptive parent",
-    "ADOPTF": "adoptive father",
-    "ADOPTM": "adoptive mother",
-    "STPPRN": "step-parent",
-    "STPFTH": "stepfather",
-    "STPMTH": "stepmother",
-    "GUARD": "guardian",
-    "GUARDIAN": "guardian",
-    "SPS": "spouse",
-    "HUSB": "husband",
-    "WIFE": "wife",
-    "DOMPART": "partner",
-    "CHILD": "child",
-    "SON": "son",
-    "DAU": "daughter",
-    "SIB": "sibling",
-    "GRPRN": "grandparent",
-    "FAMMEMB": "family member",
-    "FRND": "friend",
-}
 # The type the why? page asks about for each Consent scope: its most common one.
 EXAMPLE_TYPES: Final = {
     "DEMOGRAPHICS": "Patient",

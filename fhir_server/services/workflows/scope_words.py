@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Final
 
 from fhir_server.auth.scopes import ScopeError, parse_scope
 from fhir_server.services.workflows.relationships import ROLE_NAMES
@@ -37,6 +38,42 @@ _TYPES = {
     "DiagnosticReport": "test reports",
 }
 _CATEGORY_WORDS = {"laboratory": "lab results only", "vital-signs": "vital signs only"}
+
+
+# A RelatedPerson's relationship (v3 RoleCode, and the seed's own codes) as the account pages
+# say it: "You are her father".
+RELATIONSHIP_WORDS: Final = {
+    "FTH": "father",
+    "MTH": "mother",
+    "PRN": "parent",
+    "PARENT": "parent",
+    "NPRN": "parent",
+    "NFTH": "father",
+    "NMTH": "mother",
+    "ADOPTP": "adoptive parent",
+    "ADOPTF": "adoptive father",
+    "ADOPTM": "adoptive mother",
+    "STPPRN": "step-parent",
+    "STPFTH": "stepfather",
+    "STPMTH": "stepmother",
+    "GUARD": "guardian",
+    "GUARDIAN": "guardian",
+    "SPS": "spouse",
+    "HUSB": "husband",
+    "WIFE": "wife",
+    "DOMPART": "partner",
+    "CHILD": "child",
+    "SON": "son",
+    "DAU": "daughter",
+    "SIB": "sibling",
+    "GRPRN": "grandparent",
+    "FAMMEMB": "family member",
+    "FRND": "friend",
+    "BRO": "brother",
+    "SIS": "sister",
+    "GRMTH": "grandmother",
+    "GRFTH": "grandfather",
+}
 
 
 def required(scope: str) -> bool:

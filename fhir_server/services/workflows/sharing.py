@@ -38,36 +38,11 @@ from fhir_server.errors import BadRequest
 from fhir_server.services.context import Context
 from fhir_server.services.interactions import create, read, search, update
 from fhir_server.services.workflows.launch_choices import SCOPE_WORDS, choices, display_name
+from fhir_server.services.workflows.scope_words import RELATIONSHIP_WORDS
 from fhir_server.storage.sql import Connection
 
 # The specification's scopes, in the order the page lists them.
 SCOPES: Final = tuple(s for s in SCOPE_WORDS if s in CONSENT_SCOPES)
-# How a RelatedPerson's relationship (v3 RoleCode and the seed's codes) is said on the page.
-RELATIONSHIP_WORDS: Final = {
-    "FTH": "father",
-    "MTH": "mother",
-    "PRN": "parent",
-    "PARENT": "parent",
-    "NFTH": "father",
-    "NMTH": "mother",
-    "STPFTH": "stepfather",
-    "STPMTH": "stepmother",
-    "GUARD": "guardian",
-    "GUARDIAN": "guardian",
-    "SPS": "spouse",
-    "HUSB": "husband",
-    "WIFE": "wife",
-    "DOMPART": "partner",
-    "SON": "son",
-    "DAU": "daughter",
-    "CHILD": "child",
-    "BRO": "brother",
-    "SIS": "sister",
-    "SIB": "sibling",
-    "GRMTH": "grandmother",
-    "GRFTH": "grandfather",
-    "FRND": "friend",
-}
 MAX_SHARES = 100  # Consents listed per record
 
 
