@@ -206,3 +206,17 @@ def test_the_server_serves_and_revokes_behind_the_pooler(
         found = api.get("/Observation", params={"subject": kid}).json()
         assert [e["resource"]["id"] for e in found["entry"]] == [lab]
     assert "ERROR" not in bouncer.log()
+
+
+def test_the_pooler_keeps_answering_after_thousands_of_connections(
+    bouncer: pooler.Pooler, admin_url: str
+) -> None:
+    """The first full run of the suites behind the pooler hung: pgbouncer logged a line per
+    connection to a stderr pipe nobody read, and once the pipe's 64 KB were full it blocked on
+    the write, with every connection through it. A suite opens thousands of connections."""
+    url = bouncer.route(admin_url)
+    for n in range(1500):
+        with psycopg.connect(url, autocommit=True, prepare_threshold=None, connect_timeout=5) as c:
+            row = c.execute("SELECT %s::int", (n,)).fetchone()
+            assert row == (n,)
+    assert bouncer.process.poll() is None

@@ -99,6 +99,9 @@ def config(server_url: str, port: int, folder: Path, connect_query: str | None) 
             "max_client_conn = 2000",
             # the fixed-name statement of a pooled server would land on the wrong session
             "server_reset_query =",
+            # a line per connection would be most of the log: the suites open thousands
+            "log_connections = 0",
+            "log_disconnections = 0",
             f"logfile = {folder / 'pgbouncer.log'}",
             f"pidfile = {folder / 'pgbouncer.pid'}",
             "",
@@ -141,12 +144,15 @@ def start(server_url: str, *, connect_query: str | None = None) -> Pooler:
         for path in (folder, *folder.iterdir()):
             shutil.chown(path, user)
         command[1:1] = ["-u", user]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # pgbouncer also logs to stderr; a pipe nobody reads would fill (64 KB) and then block it,
+    # and with it every test's database connection: stderr goes to a file of its own
+    with open(folder / "stderr.txt", "wb") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
     pooler = Pooler(port, folder, process)
     deadline = time.monotonic() + 20
     while True:
         if process.poll() is not None:
-            error = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            error = (folder / "stderr.txt").read_text(errors="replace")
             raise RuntimeError(f"pgbouncer exited: {error}{pooler.log()}")
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -165,6 +171,4 @@ def stop(pooler: Pooler) -> None:
         except subprocess.TimeoutExpired:
             pooler.process.kill()
             pooler.process.wait()
-    if pooler.process.stderr is not None:
-        pooler.process.stderr.close()
     shutil.rmtree(pooler.folder, ignore_errors=True)
