@@ -62,6 +62,12 @@ def test_john_sees_who_opened_his_record_filters_and_exports(
     ]
     assert ids["john"] in options and ids["mary"] in options
     assert ids["jane"] not in options and ids["tom"] in options
+    # styled on a desktop too (a merge once left the rules inside a phone-only @media block)
+    style = browser.execute_script(
+        "const s = getComputedStyle(arguments[0]); return [s.borderLeftWidth, s.backgroundColor]",
+        emergency[0],
+    )
+    assert style == ["6px", "rgb(253, 240, 242)"], style
     scroll_to(browser, emergency[0])
     browsers.screenshot(browser, "account-activity.png")
     # filter: the doctor, today

@@ -83,6 +83,15 @@ def screenshot(driver: WebDriver, name: str, folder: Path = IMAGES) -> Path | No
         return None
     path = folder / (name if name.endswith(".png") else f"{name}.png")
     path.parent.mkdir(parents=True, exist_ok=True)
+    # a page just navigated to may not have applied its stylesheet yet: the picture would show
+    # the bare HTML (it happened to the activity page)
+    WebDriverWait(driver, 20).until(
+        lambda d: d.execute_script(
+            "return document.readyState === 'complete'"
+            " && [...document.styleSheets].every(s => { try { return s.cssRules.length > 0 }"
+            " catch (e) { return true } })"
+        )
+    )
     if not driver.save_screenshot(str(path)):
         raise RuntimeError(f"the screenshot `{path}` was not written")
     return path

@@ -7,8 +7,8 @@ engine's `reach`). An adult's record is not among them, whatever that adult shar
 activity of an adult's record is theirs.
 
 The events are found by the FHIR search of AuditEvent, run as the signed-in person
-(`patient=` those records, `agent=`, `date=`, `_sort=-date`, a keyset `_page`): the guard's grant
-for AuditEvent is in the statement's WHERE beside the `patient=` filter, so a row the person may
+(`entity=` those records, `agent=`, `date=`, `_sort=-date`, a keyset `_page`): the guard's grant
+for AuditEvent is in the statement's WHERE beside the `entity=` filter, so a row the person may
 not see is never fetched, and paging stays right. The names of the people who acted are read the
 same way (one search per type), so a name the person may not read is shown as a role only.
 """
@@ -188,7 +188,9 @@ async def activity(
     records = [filters.patient] if filters.patient else [s.patient for s in allowed]
     if not records:
         return Activity([], None)
-    params = [("patient", ",".join(records)), ("_sort", "-date"), ("_count", str(count))]
+    # `entity=`, not `patient=`: `patient=` also finds what the person did that touched no
+    # record (the page's own lookups of names that found nothing), which is not a look at one
+    params = [("entity", ",".join(records)), ("_sort", "-date"), ("_count", str(count))]
     if filters.agent:
         params.append(("agent", filters.agent))
     if filters.since:
