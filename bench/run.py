@@ -222,7 +222,7 @@ def measure(
     return result
 
 
-def profile(meter: CpuMeter, load: Load, base: str, ids: Path, token: str) -> None:
+def profile(meter: CpuMeter, load: Load, base: str, ids: Path, token: str, callers: Path) -> None:
     """Record py-spy during one more read and create run: samples of the thread holding the GIL
     (where the server spends CPU), as collapsed stacks that speedscope.app or flamegraph.pl open."""
     spy = shutil.which(
@@ -231,17 +231,23 @@ def profile(meter: CpuMeter, load: Load, base: str, ids: Path, token: str) -> No
     if spy is None:
         print("  --profile: py-spy is not installed (pip install py-spy); skipped")
         return
-    for run in ("reads", "creates"):
-        out = RESULTS / f"profile-{run}.txt"
+    # (name, run, ids, token): the RelatedPersons' reads carry their own tokens in `callers`
+    runs = (
+        ("reads", "reads", ids, token),
+        ("related", "reads", callers, None),
+        ("creates", "creates", ids, token),
+    )
+    for name, run, run_ids, run_token in runs:
+        out = RESULTS / f"profile-{name}.txt"
         options = f"--pid {meter.server} --duration {load.duration:g} --rate 250 --gil --format raw --nonblocking"
         cmd = [spy, "record", *options.split(), "--output", str(out)]
         with subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         ) as spy_proc:
             time.sleep(1)
-            measure(load, 0, run, base, ids, meter, token)
+            measure(load, 0, run, base, run_ids, meter, run_token)
             spy_proc.wait(60)
-        print(f"  profile of the server during {run}: {out.relative_to(ROOT)}")
+        print(f"  profile of the server during {name}: {out.relative_to(ROOT)}")
 
 
 def conditions(url: str, load: Load, args: argparse.Namespace) -> list[tuple[str, str]]:
@@ -374,7 +380,7 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
 
     RESULTS.mkdir(exist_ok=True)
     if args.profile:
-        profile(meter, load, base, ids, system)
+        profile(meter, load, base, ids, system, callers)
 
     out = report(
         args.batch, ing, creates, reads, related_reads, ref_reads, mem, writer, sampler.peak_mb
