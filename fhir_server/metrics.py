@@ -78,7 +78,9 @@ REPLICA_FALLBACKS = Counter(
     "db_replica_fallbacks",
     "Reads that could have used a replica and went to the primary, by reason (down: no replica "
     "answers; lagging: none has replayed what FHIR_REPLICA_MAX_LAG_MS asks; token: none has "
-    "replayed the client's X-FHIR-Read-After; failed: the replica failed during the read)",
+    "replayed the client's X-FHIR-Read-After; failed: the replica failed during the read; facts: "
+    "the caller's access facts changed on the primary while the replica read, so the read was "
+    "made again on the primary)",
     ["reason"],
     registry=REGISTRY,
 )

@@ -101,7 +101,9 @@ async def routed(
         # the facts, checked on the primary after the data was read
         guard.pending_epoch = loaded
         if not await guard.verify(conn):
+            # a fact-bearing write committed meanwhile: answered again on the new facts
             del guard.audited[mark:]
+            REPLICA_FALLBACKS.labels("facts").inc()
             READS_ROUTED.labels("primary").inc()
             return await work(conn)
     READS_ROUTED.labels(route.target).inc()

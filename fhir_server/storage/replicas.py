@@ -143,7 +143,6 @@ class ReplicaSet:
                     name=f"replica {display_name(url)}",
                     # a replica that is gone must not hold a request for the pool's 30 s
                     timeout=2,
-                    reconnect_timeout=0,
                 ),
             )
             for url in replica_urls
@@ -252,7 +251,7 @@ class ReplicaSet:
         try:
             if self._primary is None or self._primary.closed:
                 self._primary = await connect(
-                    self._primary_url, pooled=self._pooled, connect_timeout=5
+                    self._primary_url, pooled=self._pooled, autocommit=True, connect_timeout=5
                 )
             cur = await self._primary.execute("SELECT pg_current_wal_lsn()::text")
             row = await cur.fetchone()
@@ -277,7 +276,9 @@ class ReplicaSet:
             return
         try:
             if replica._probe is None or replica._probe.closed:
-                replica._probe = await connect(replica.url, pooled=self._pooled, connect_timeout=2)
+                replica._probe = await connect(
+                    replica.url, pooled=self._pooled, autocommit=True, connect_timeout=2
+                )
             cur = await replica._probe.execute("SELECT pg_last_wal_replay_lsn()::text")
             row = await cur.fetchone()
         except psycopg.Error as exc:
