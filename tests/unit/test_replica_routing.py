@@ -97,3 +97,22 @@ def test_lag_in_bytes_and_seconds(replay: int, behind: int) -> None:
     else:
         # 150: the primary was last at or below it 2 s ago (at 100); 50: before the history
         assert 1.9 <= lag[1] <= 2.5
+
+
+def test_the_settings_read_the_replica_list_and_the_max_lag() -> None:
+    from fhir_server.settings import Settings
+
+    settings = Settings.from_env(
+        {
+            "POSTGRES_REPLICA_URLS": "postgresql://a@r1:5432/fhir, postgresql://a@r2/fhir,",
+            "FHIR_REPLICA_MAX_LAG_MS": "250",
+        }
+    )
+    assert settings.replica_urls == ("postgresql://a@r1:5432/fhir", "postgresql://a@r2/fhir")
+    assert settings.replica_max_lag_ms == 250
+    assert Settings.from_env({}).replica_urls == ()
+    assert Settings.from_env({}).replica_max_lag_ms == 100
+    with pytest.raises(ValueError, match="POSTGRES_REPLICA_URLS"):
+        Settings.from_env({"POSTGRES_REPLICA_URLS": "mysql://x/y"})
+    with pytest.raises(ValueError, match="FHIR_REPLICA_MAX_LAG_MS"):
+        Settings.from_env({"FHIR_REPLICA_MAX_LAG_MS": "0"})
