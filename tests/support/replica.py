@@ -47,7 +47,7 @@ def _run(*args: str, timeout: float = 60) -> None:
         text=True,
         timeout=timeout,
         check=False,
-        **({"user": user} if user else {}),
+        user=user,
     )
     if result.returncode != 0:
         raise RuntimeError(f"{args[0]} failed: {result.stderr.strip()}")
