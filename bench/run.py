@@ -6,8 +6,9 @@ random reads with wrk (or a Python fallback, bench/load.py), runs the identical 
 bench/reference_app.py on the same database, and prints a table of figures, ratios and goals (also
 written to bench/results/latest.md). Then the search benchmark (bench/search.py) loads a clinical
 dataset into a fresh database and times searches; then the access epoch benchmark (bench/epoch.py)
-runs concurrent fact-bearing writes on a third; --skip-rest, --skip-search and --skip-epoch pick
-the parts.
+runs concurrent fact-bearing writes on a third; then the replica benchmark (bench/replica.py)
+compares reads through a streaming replica with the primary alone and times revocations through
+it; --skip-rest, --skip-search, --skip-epoch and --skip-replica pick the parts.
 Benchmarks report; they never fail a build.
 """
 
@@ -31,7 +32,7 @@ import orjson
 import psutil
 import psycopg
 
-from bench import epoch, harness, search
+from bench import epoch, harness, replica, search
 from bench.harness import (
     FHIR_JSON,
     RESULTS,
@@ -104,13 +105,46 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=10,
         help="access epoch benchmark: seconds per run (default %(default)s)",
     )
+    p.add_argument("--skip-replica", action="store_true", help="skip the replica benchmark")
+    p.add_argument(
+        "--replica-seconds",
+        type=float,
+        default=10,
+        help="replica benchmark: seconds per read run (default %(default)s)",
+    )
+    p.add_argument(
+        "--replica-connections",
+        type=int,
+        default=16,
+        help="replica benchmark: concurrent readers (default %(default)s)",
+    )
+    p.add_argument(
+        "--replica-revocations",
+        type=int,
+        default=50,
+        help="replica benchmark: revocations timed under load (default %(default)s)",
+    )
+    p.add_argument(
+        "--replica-max-lag-ms",
+        type=int,
+        default=100,
+        help="replica benchmark: FHIR_REPLICA_MAX_LAG_MS of its server (default %(default)s)",
+    )
+    p.add_argument(
+        "--replica-pin",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="replica benchmark: pin the primary's PostgreSQL to core 0, the replica's to core 1",
+    )
     args = p.parse_args(argv)
-    if args.skip_rest and args.skip_search and args.skip_epoch:
-        p.error("--skip-rest, --skip-search and --skip-epoch leave nothing to run")
+    if args.skip_rest and args.skip_search and args.skip_epoch and args.skip_replica:
+        p.error("--skip-rest, --skip-search, --skip-epoch and --skip-replica leave nothing to run")
     if args.quick:
         args.patients, args.duration, args.warmup = min(args.patients, 5000), 3, 1
         args.search_patients = min(args.search_patients, 500)
         args.epoch_seconds = min(args.epoch_seconds, 3)
+        args.replica_seconds = min(args.replica_seconds, 3)
+        args.replica_revocations = min(args.replica_revocations, 20)
     return args
 
 
@@ -414,6 +448,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.skip_epoch:
             with ExitStack() as stack:
                 epoch.run(args, stack, append=not (args.skip_rest and args.skip_search))
+        if not args.skip_replica:
+            with ExitStack() as stack:
+                ran_before = not (args.skip_rest and args.skip_search and args.skip_epoch)
+                replica.run(args, stack, append=ran_before)
     except KeyboardInterrupt:
         print("\ninterrupted: servers stopped, temporary database removed", file=sys.stderr)
         return 130

@@ -22,6 +22,7 @@ from fhir_server.api.cors import Cors
 from fhir_server.api.killswitch import WritesDisabled
 from fhir_server.api.lastresort import LastResort
 from fhir_server.api.observability import RequestObservation
+from fhir_server.api.routing import ReadAfterHeader
 from fhir_server.api.runtime import Runtime
 from fhir_server.audit.trail import AuditTrail
 from fhir_server.auth import issuer
@@ -40,6 +41,7 @@ from fhir_server.services.formats.limits import InputLimits
 from fhir_server.settings import Settings
 from fhir_server.storage import idempotency
 from fhir_server.storage.database import Database, libpq_url, session_limits
+from fhir_server.storage.replicas import ReplicaSet
 from fhir_server.validation import ResourceValidator
 from fhir_server.web import account, session, signin, upstream
 
@@ -163,6 +165,17 @@ def create_app(
             pooled=settings.pooled,
         )
         await db.open()
+        replicas = None
+        if settings.replica_urls:
+            replicas = ReplicaSet(
+                database_url,
+                settings.replica_urls,
+                max_lag_ms=settings.replica_max_lag_ms,
+                pool_size=settings.db_pool_size,
+                limits=limits,
+                pooled=settings.pooled,
+            )
+            await replicas.open()
         validator = ResourceValidator()
         server = Context(
             settings=settings, validator=validator, base_url="", clock=clock, guard=server_guard()
@@ -191,6 +204,7 @@ def create_app(
             InputLimits.of(settings),
             clock,
             keys,
+            replicas,
         )
         audit.start()
         purger = asyncio.create_task(_purge_idempotency_keys(db, clock))
@@ -212,6 +226,8 @@ def create_app(
             await audit.close()
             if registry is not None:
                 await registry.close()
+            if replicas is not None:
+                await replicas.close()
             await db.close()
             tracing.shutdown()
 
@@ -252,6 +268,9 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         max_parameters=settings.max_search_parameters,
     )
+    if settings.replica_urls:
+        # outside LastResort: the write's response is final when it passes by
+        app.add_middleware(ReadAfterHeader)
     if settings.writes_disabled:
         app.add_middleware(WritesDisabled)
     # Outside the kill-switch (a browser app must be able to read its 503) and inside the

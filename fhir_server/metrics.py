@@ -67,6 +67,35 @@ DB_POOL = Gauge(
     ["figure"],
     registry=REGISTRY,
 )
+READS_ROUTED = Counter(
+    "db_reads_routed",
+    "Reads, vreads, searches and history requests, by the server that served their data "
+    "(`primary`, or a replica's host:port/database)",
+    ["target"],
+    registry=REGISTRY,
+)
+REPLICA_FALLBACKS = Counter(
+    "db_replica_fallbacks",
+    "Reads that could have used a replica and went to the primary, by reason (down: no replica "
+    "answers; lagging: none has replayed what FHIR_REPLICA_MAX_LAG_MS asks; token: none has "
+    "replayed the client's X-FHIR-Read-After; failed: the replica failed during the read; facts: "
+    "the caller's access facts changed on the primary while the replica read, so the read was "
+    "made again on the primary)",
+    ["reason"],
+    registry=REGISTRY,
+)
+REPLICA_LAG_BYTES = Gauge(
+    "db_replica_lag_bytes",
+    "Bytes of WAL a replica has yet to replay, at the last scrape (-1: down)",
+    ["replica"],
+    registry=REGISTRY,
+)
+REPLICA_LAG_SECONDS = Gauge(
+    "db_replica_lag_seconds",
+    "Seconds since the primary was at the position a replica has replayed (-1: down)",
+    ["replica"],
+    registry=REGISTRY,
+)
 
 
 def exposition() -> bytes:

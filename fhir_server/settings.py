@@ -111,6 +111,24 @@ def _cors_origins(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(origins))
 
 
+def _replica_urls(value: str) -> tuple[str, ...]:
+    """`POSTGRES_REPLICA_URLS`: comma-separated postgresql:// URLs of streaming replicas."""
+    urls = tuple(u.strip() for u in value.split(",") if u.strip())
+    for url in urls:
+        if not url.startswith(("postgresql://", "postgres://", "postgresql+psycopg://")):
+            raise ValueError(
+                "`POSTGRES_REPLICA_URLS` is a comma-separated list of postgresql:// URLs, "
+                f"got an entry starting `{url[:12]}`"
+            )
+    return urls
+
+
+def _max_lag(value: int) -> int:
+    if not 1 <= value <= 10_000:
+        raise ValueError(f"`FHIR_REPLICA_MAX_LAG_MS` must be 1 to 10000, got `{value}`")
+    return value
+
+
 def _approval(value: str) -> str:
     if value not in {"auto", "manual"}:
         raise ValueError(f"`DELEGATION_APPROVAL` must be `auto` or `manual`, got `{value}`")
@@ -151,6 +169,10 @@ class Settings:
     # A patched resource may not grow beyond this (estimated while the operations apply).
     max_patch_result_bytes: int = 16 * 1024 * 1024
     db_pool_size: int = 10
+    # Streaming replicas that reads, searches and history may use (docs/scaling.md#read-replicas),
+    # and how stale (in milliseconds of the primary's WAL) what they serve may be at most.
+    replica_urls: tuple[str, ...] = field(default_factory=tuple)
+    replica_max_lag_ms: int = 100
     # `transaction`: POSTGRES_URL is a pooler in transaction mode (PgBouncer): no session state
     # (storage/database.py Database; docs/scaling.md#a-connection-pooler). `none`: a server.
     db_pooler: str = "none"
@@ -283,6 +305,10 @@ class Settings:
                 "FHIR_MAX_PATCH_RESULT_BYTES", defaults.max_patch_result_bytes
             ),
             db_pool_size=num("FHIR_DB_POOL_SIZE", defaults.db_pool_size),
+            replica_urls=_replica_urls(get("POSTGRES_REPLICA_URLS") or ""),
+            replica_max_lag_ms=_max_lag(
+                num("FHIR_REPLICA_MAX_LAG_MS", defaults.replica_max_lag_ms)
+            ),
             db_pooler=_pooler(get("FHIR_DB_POOLER")),
             db_statement_timeout=_pg_setting(
                 "FHIR_DB_STATEMENT_TIMEOUT", get, defaults.db_statement_timeout, _PG_TIME

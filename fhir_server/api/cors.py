@@ -44,6 +44,7 @@ ALLOW_HEADERS = ", ".join(
         "X-Request-Id",
         "X-Purpose-Of-Use",
         "X-Break-Glass-Reason",
+        "X-FHIR-Read-After",
         "traceparent",
         "tracestate",
     )
@@ -59,6 +60,7 @@ EXPOSE_HEADERS = ", ".join(
         "X-Emergency-Access",
         "Warning",
         "Retry-After",
+        "X-FHIR-Read-After",
     )
 )
 

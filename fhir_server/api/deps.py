@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from capability.definitions import resource_types
 from fhir_server.api.observability import ACTOR
+from fhir_server.api.routing import read_after
 from fhir_server.api.runtime import Runtime
 from fhir_server.auth.tokens import Principal, bearer
 from fhir_server.errors import (
@@ -56,6 +57,8 @@ class Interaction:
     principal: Principal
     purpose_of_use: str | None = None
     reason: str | None = None
+    # the client's read-your-writes token (`X-FHIR-Read-After`; read only with replicas)
+    read_after: int | None = None
 
     def authorized(self, conn: Connection, *, optimistic: bool = False) -> Authorized:
         """`async with fhir.authorized(conn) as ctx`: the context with the caller's guard
@@ -127,6 +130,7 @@ def interaction(request: Request) -> Interaction:
         principal,
         purpose_of_use=headers.get("x-purpose-of-use"),
         reason=headers.get("x-break-glass-reason"),
+        read_after=read_after(request) if rt.replicas is not None else None,
     )
 
 

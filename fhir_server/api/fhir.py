@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import FastAPI, Header, Request, Response
+from psycopg.pq import TransactionStatus
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
@@ -31,6 +33,7 @@ from fhir_server.api.deps import (
 from fhir_server.api.errors import status_of
 from fhir_server.api.idempotency import Idempotent
 from fhir_server.api.responses import fhir_response, read_response, write_response
+from fhir_server.api.routing import routed
 from fhir_server.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -54,6 +57,9 @@ from fhir_server.services.interactions.update import parse_if_match
 from fhir_server.services.interactions.versions import json_bytes
 from fhir_server.services.workflows import explain_access as explaining
 from fhir_server.services.workflows import family
+from fhir_server.storage.sql import Connection
+
+T = TypeVar("T")
 
 COMPARTMENTS = frozenset({"Patient", "Encounter", "RelatedPerson", "Practitioner", "Device"})
 
@@ -148,14 +154,43 @@ async def emergency_contacts(fhir: FhirInteraction, id: str) -> Response:
 
 
 async def system_history(fhir: FhirInteraction, request: Request) -> Response:
-    async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
-        return fhir_response(await history.history(ctx, conn, request.query_params))
+    return await type_history(fhir, None, request)
 
 
-async def type_history(fhir: FhirInteraction, type: str, request: Request) -> Response:
-    async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
-        body = await history.history(ctx, conn, request.query_params, resource_type=type)
+async def type_history(fhir: FhirInteraction, type: str | None, request: Request) -> Response:
+    async with (
+        fhir.db.transaction() as conn,
+        fhir.authorized(conn, optimistic=_routes(fhir)) as ctx,
+    ):
+        body = await routed(
+            fhir.runtime,
+            conn,
+            ctx,
+            fhir.read_after,
+            _snapshot(
+                lambda data: history.history(ctx, data, request.query_params, resource_type=type)
+            ),
+        )
     return fhir_response(body)
+
+
+def _routes(fhir: Interaction) -> bool:
+    """Whether a read may go to a replica: its guard's facts are then verified on the primary
+    after the data is read (api/routing.py), so they may come from the cache unverified."""
+    return fhir.runtime.replicas is not None
+
+
+def _snapshot(work: Callable[[Connection], Awaitable[T]]) -> Callable[[Connection], Awaitable[T]]:
+    """`work` in one transaction, so that its statements (history's page and total) see one
+    snapshot on a replica as on the primary (where the caller's transaction already is one)."""
+
+    async def run(conn: Connection) -> T:
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            return await work(conn)  # the primary's, in the caller's transaction
+        async with conn.transaction():
+            return await work(conn)
+
+    return run
 
 
 async def create_resource(
@@ -200,7 +235,17 @@ async def read_resource(request: Request) -> Response:
     path = request.path_params
     fhir = interaction(request)
     async with fhir.db.connection() as conn, fhir.authorized(conn, optimistic=True) as ctx:
-        found = await read.read(ctx, conn, path["type"], path["id"])
+        if fhir.runtime.replicas is None:  # the hottest path, as it was
+            found = await read.read(ctx, conn, path["type"], path["id"])
+        else:
+            found = await routed(
+                fhir.runtime,
+                conn,
+                ctx,
+                fhir.read_after,
+                lambda data: read.read(ctx, data, path["type"], path["id"]),
+                verifies=True,
+            )
     return read_response(found, emergency=ctx.guard.emergency)
 
 
@@ -279,23 +324,47 @@ async def conditional_delete(fhir: FhirInteraction, type: str, request: Request)
 
 
 async def instance_history(fhir: FhirInteraction, type: str, id: str, request: Request) -> Response:
-    async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
-        body = await history.history(ctx, conn, request.query_params, resource_type=type, id=id)
+    async with (
+        fhir.db.transaction() as conn,
+        fhir.authorized(conn, optimistic=_routes(fhir)) as ctx,
+    ):
+        body = await routed(
+            fhir.runtime,
+            conn,
+            ctx,
+            fhir.read_after,
+            _snapshot(
+                lambda data: history.history(
+                    ctx, data, request.query_params, resource_type=type, id=id
+                )
+            ),
+        )
     return fhir_response(body, emergency=ctx.guard.emergency)
 
 
 async def vread_resource(request: Request) -> Response:
     path = request.path_params
     fhir = interaction(request)
-    async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
-        found = await read.vread(ctx, conn, path["type"], path["id"], path["vid"])
+    async with fhir.db.connection() as conn, fhir.authorized(conn, optimistic=_routes(fhir)) as ctx:
+        found = await routed(
+            fhir.runtime,
+            conn,
+            ctx,
+            fhir.read_after,
+            lambda data: read.vread(ctx, data, path["type"], path["id"], path["vid"]),
+        )
     return read_response(found, emergency=ctx.guard.emergency)
 
 
 async def search_type(fhir: FhirInteraction, type: str, request: Request) -> Response:
-    async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
-        body = await search.search(
-            ctx, conn, type, request.query_params.multi_items(), strict=not fhir.lenient
+    params = request.query_params.multi_items()
+    async with fhir.db.connection() as conn, fhir.authorized(conn, optimistic=_routes(fhir)) as ctx:
+        body = await routed(
+            fhir.runtime,
+            conn,
+            ctx,
+            fhir.read_after,
+            lambda data: search.search(ctx, data, type, params, strict=not fhir.lenient),
         )
     return fhir_response(body)
 
@@ -313,8 +382,14 @@ async def search_type_post(fhir: FhirInteraction, type: str, request: Request) -
         raise BadRequest("the form body is not UTF-8", expression=("http.body",)) from None
     form = parse_qsl(text, keep_blank_values=True)
     params = [*request.query_params.multi_items(), *form]
-    async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
-        body = await search.search(ctx, conn, type, params, strict=not fhir.lenient)
+    async with fhir.db.connection() as conn, fhir.authorized(conn, optimistic=_routes(fhir)) as ctx:
+        body = await routed(
+            fhir.runtime,
+            conn,
+            ctx,
+            fhir.read_after,
+            lambda data: search.search(ctx, data, type, params, strict=not fhir.lenient),
+        )
     return fhir_response(body)
 
 
@@ -335,14 +410,21 @@ async def search_compartment(
         raise NotSupported(f"`{compartment}` is not a compartment", code="not-supported")
     if member != "*" and member not in resource_types():
         raise NotSupported(f"resource type `{member}` is not supported", code="not-supported")
-    async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
-        body = await search.search(
-            ctx,
+    params = request.query_params.multi_items()
+    async with fhir.db.connection() as conn, fhir.authorized(conn, optimistic=_routes(fhir)) as ctx:
+        body = await routed(
+            fhir.runtime,
             conn,
-            None if member == "*" else member,
-            request.query_params.multi_items(),
-            compartment=(compartment, id),
-            strict=not fhir.lenient,
+            ctx,
+            fhir.read_after,
+            lambda data: search.search(
+                ctx,
+                data,
+                None if member == "*" else member,
+                params,
+                compartment=(compartment, id),
+                strict=not fhir.lenient,
+            ),
         )
     return fhir_response(body)
 

@@ -7,7 +7,7 @@ from fastapi import FastAPI, Request, Response
 from fhir_server.api.deps import runtime
 from fhir_server.api.responses import outcome_response
 from fhir_server.errors import Issue
-from fhir_server.metrics import DB_POOL, exposition
+from fhir_server.metrics import DB_POOL, REPLICA_LAG_BYTES, REPLICA_LAG_SECONDS, exposition
 from fhir_server.storage.database import head_revision, known_revisions, schema_revision
 
 
@@ -38,6 +38,13 @@ async def metrics(request: Request) -> Response:
     """Prometheus metrics of this process."""
     for figure, value in runtime(request).db.stats().items():
         DB_POOL.labels(figure).set(value)
+    replicas = runtime(request).replicas
+    if replicas is not None:
+        for replica in replicas.replicas:
+            lag = replicas.lag(replica)
+            behind, seconds = lag if lag is not None else (-1, -1.0)
+            REPLICA_LAG_BYTES.labels(replica.name).set(behind)
+            REPLICA_LAG_SECONDS.labels(replica.name).set(seconds)
     return Response(exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

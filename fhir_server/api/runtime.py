@@ -17,6 +17,7 @@ from fhir_server.services.context import utc_now
 from fhir_server.services.formats.limits import InputLimits
 from fhir_server.settings import Settings
 from fhir_server.storage.database import Database
+from fhir_server.storage.replicas import ReplicaSet
 from fhir_server.validation import ResourceValidator
 
 
@@ -36,3 +37,5 @@ class Runtime:
     clock: Callable[[], datetime] = utc_now
     # the signing keys of the server's own authorization server (None with `FHIR_OAUTH=off`)
     keys: ServerKeys | None = None
+    # the streaming replicas reads may use (POSTGRES_REPLICA_URLS; None without)
+    replicas: ReplicaSet | None = None

@@ -93,6 +93,9 @@ class Guard:
     # the epoch of its keys in the same statement as its data (services/interactions/read.py),
     # before answering.
     pending_epoch: Epoch | None = None
+    # The epoch the facts were loaded at (None for System and Admin callers, who load none): a
+    # read served by a replica checks it again on the primary after its data (api/routing.py).
+    epoch: Epoch | None = None
     # this server's base URLs, under which the facts' absolute references were read as local
     local_bases: frozenset[str] = NO_BASES
     _reload: Callable[[Connection], Awaitable[Guard]] | None = None
@@ -114,6 +117,7 @@ class Guard:
         assert self._reload is not None
         fresh = await self._reload(conn)
         self.identities, self.facts, self.pending_epoch = fresh.identities, fresh.facts, None
+        self.epoch = fresh.epoch
         self._decisions = fresh._decisions
         return False
 
@@ -346,6 +350,7 @@ async def load_guard(
         facts: Facts,
         pending: Epoch | None = None,
         decisions: dict[tuple[Any, ...], tuple[Decision, Grant | None]] | None = None,
+        epoch: Epoch | None = None,
     ) -> Guard:
         def reload(conn: Connection) -> Awaitable[Guard]:
             return load_guard(
@@ -369,6 +374,7 @@ async def load_guard(
             purpose_of_use=purpose_of_use,
             reason=reason,
             pending_epoch=pending,
+            epoch=epoch,
             local_bases=local_bases,
             _reload=reload,
             _decisions={} if decisions is None else decisions,
@@ -389,11 +395,12 @@ async def load_guard(
     pending = None
     if cached is not None and optimistic:
         pending, identities, facts, decisions = cached
+        epoch = pending
         RELATIONSHIP_CACHE_HITS.inc()
     elif cached is not None and cached[0].value == await repository.access_epoch(
         conn, cached[0].keys
     ):
-        _, identities, facts, decisions = cached
+        epoch, identities, facts, decisions = cached
         RELATIONSHIP_CACHE_HITS.inc()
     else:
         rows = await fetch_access_facts(conn, user)
@@ -401,7 +408,7 @@ async def load_guard(
         decisions = {}
         if cache is not None:
             cache.put(user, now, (epoch, identities, facts, decisions), changes_at, local_bases)
-    return guard(user, identities, facts, pending, decisions)
+    return guard(user, identities, facts, pending, decisions, epoch)
 
 
 async def as_user(
