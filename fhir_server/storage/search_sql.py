@@ -801,11 +801,18 @@ class _Builder:
             return self.expression(node[1]).overlap(self.expression(node[2]))
         if op == "any id":
             # an element of the array (`Type/id`) whose id is one of the values
-            element = func.unnest(self.expression(node[1])).column_valued("element")
+            elements = (
+                func.unnest(self.expression(node[1]))
+                .table_valued("element")
+                .render_derived(name="elements")
+            )
             return exists(
                 select(literal_column("1"))
-                .select_from(element)
-                .where(func.split_part(element, "/", 2) == any_(self.expression(node[2])))
+                .select_from(elements)
+                .where(
+                    func.split_part(elements.c.element, literal_column("'/'"), literal_column("2"))
+                    == any_(self.expression(node[2]))
+                )
             )
         if op == "contains":
             return self.expression(node[1]).contains(self.expression(node[2]))
