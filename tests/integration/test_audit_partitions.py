@@ -10,7 +10,6 @@ import asyncio
 import gzip
 import hashlib
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,9 +31,9 @@ NOW = datetime(2026, 12, 4, 12, tzinfo=UTC)
 
 
 @pytest.fixture
-def url(empty_database: str) -> Iterator[str]:
+def url(empty_database: str) -> str:
     migrate(empty_database)
-    yield empty_database
+    return empty_database
 
 
 def _record(recorded: datetime, account: str, patient: str, **changes: Any) -> Record:
@@ -304,7 +303,7 @@ def test_a_failed_archive_drops_nothing(url: str, tmp_path: Path) -> None:
         planned = await audit_store.plan_archive(db, before)
         await audit_store.archive(db, planned, blocker / "archive")
 
-    with pytest.raises(OSError):
+    with pytest.raises(NotADirectoryError):
         _run(url, archive)
 
     async def into_a_file(conn: Any, db: Database) -> None:
@@ -314,7 +313,7 @@ def test_a_failed_archive_drops_nothing(url: str, tmp_path: Path) -> None:
         planned = await audit_store.plan_archive(db, before)
         await audit_store.archive(db, planned, tmp_path / "dir")
 
-    with pytest.raises(OSError):
+    with pytest.raises(IsADirectoryError):
         _run(url, into_a_file)
     with psycopg.connect(url) as db:
         left = {r[0] for r in db.execute("SELECT id FROM audit_events")}

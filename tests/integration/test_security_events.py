@@ -57,8 +57,7 @@ def test_security_events_are_audit_events_of_their_own_type(database_url: str) -
             (f"Person/{tag}",),
         ).fetchall()
         found = db.execute(
-            "SELECT count(*) FROM audit_events WHERE true"
-            " AND %s = ANY(compartments)",
+            "SELECT count(*) FROM audit_events WHERE true AND %s = ANY(compartments)",
             (f"Patient/{tag}",),
         ).fetchone()
     events = [r[0] for r in rows]
