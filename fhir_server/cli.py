@@ -154,9 +154,21 @@ def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     if args.action == "partitions":
         months = settings.audit_partitions_ahead if args.months is None else args.months
+        start = now
+        if args.start is not None:
+            try:
+                start = parse_month(args.start)
+            except ValueError as exc:
+                print(f"fhir-server: {exc}", file=sys.stderr)
+                return 2
+            # from that month to the months ahead of this one
+            months += (now.year - start.year) * 12 + now.month - start.month
+            if months > 1200:
+                print("fhir-server: `--from` is more than a century ago", file=sys.stderr)
+                return 2
 
         async def partitions(db: Database) -> None:
-            made = await audit_store.make_partitions(db, now, months)
+            made = await audit_store.make_partitions(db, start, months)
             print(f"partitions made: {', '.join(made) or 'none (all there already)'}")
 
         return _admin(settings, partitions)
@@ -612,6 +624,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ahead = audit_actions.add_parser("partitions", help="make the monthly partitions ahead")
     ahead.add_argument(
         "--months", type=int, help="months after the current one (FHIR_AUDIT_PARTITIONS_AHEAD)"
+    )
+    ahead.add_argument(
+        "--from",
+        dest="start",
+        help="YYYY-MM: also every month since then (moves their events out of DEFAULT)",
     )
     archive = audit_actions.add_parser(
         "archive", help="write whole past months to gzip NDJSON files, then drop them"

@@ -10,6 +10,9 @@ import asyncio
 import gzip
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,7 @@ from fhir_server.storage.database import Database, migrate
 from fhir_server.storage.search_sql import audit_read_statement, search_statement
 
 NOW = datetime(2026, 12, 4, 12, tzinfo=UTC)
+EXE = str(Path(sys.executable).parent / "fhir-server")
 
 
 @pytest.fixture
@@ -318,3 +322,63 @@ def test_a_failed_archive_drops_nothing(url: str, tmp_path: Path) -> None:
     with psycopg.connect(url) as db:
         left = {r[0] for r in db.execute("SELECT id FROM audit_events")}
     assert left == {r.id for r in january + february + march}
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+
+def _cli(url: str, tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environment = {
+        **os.environ,
+        "POSTGRES_URL": url,
+        "FHIR_DATA_DIR": str(tmp_path / "data"),
+        "FHIR_MIGRATE_ON_START": "false",
+        "LOG_LEVEL": "warning",
+        **env,
+    }
+    return subprocess.run(
+        [EXE, "audit", *args], env=environment, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_the_commands_do_only_what_they_are_asked(url: str, tmp_path: Path) -> None:
+    _archive_setup(url)
+    archive_dir = tmp_path / "archive"
+    # nothing unasked: no --before and no retention setting
+    refused = _cli(url, tmp_path, "archive", "--to", str(archive_dir))
+    assert refused.returncode == 2 and "nothing is archived unasked" in refused.stderr
+    dry = _cli(
+        url, tmp_path, "archive", "--before", "2025-03", "--to", str(archive_dir), "--dry-run"
+    )
+    assert dry.returncode == 0, dry.stderr
+    assert "would archive 2025-01" in dry.stdout and "would archive 2025-02" in dry.stdout
+    assert not archive_dir.exists()
+    with psycopg.connect(url) as db:
+        assert db.execute("SELECT count(*) FROM audit_events").fetchone() == (8,)
+    # an event of a month without a partition waits in DEFAULT; `--from` makes its month
+    old = _record(datetime(2024, 11, 5, tzinfo=UTC), "Practitioner/1", "Patient/4")
+    _store(url, [old])
+    made = _cli(url, tmp_path, "partitions", "--from", "2024-11", "--months", "0")
+    assert made.returncode == 0, made.stderr
+    assert "audit_events_2024_11" in made.stdout
+    with psycopg.connect(url) as db:
+        assert _partition_of(db, old.id) == "audit_events_2024_11"
+    # the retention setting: keep this month and the eleven before it
+    done = _cli(
+        url, tmp_path, "archive", "--to", str(archive_dir), FHIR_AUDIT_RETENTION_MONTHS="12"
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        "archived 2025-01: 4 events" in done.stdout and "archived 2024-11: 1 events" in done.stdout
+    )
+    with psycopg.connect(url) as db:
+        assert db.execute("SELECT count(*) FROM audit_events").fetchone() == (0,)
+    # every month from 2024-11 has a partition now (empty ones too): each has its file
+    names = {p.name for p in archive_dir.iterdir()}
+    for month in ("2024-11", "2024-12", "2025-01", "2025-02", "2025-03"):
+        assert {
+            f"audit-events-{month}.ndjson.gz",
+            f"audit-events-{month}.ndjson.gz.sha256",
+        } <= names
+    empty = gzip.decompress((archive_dir / "audit-events-2024-12.ndjson.gz").read_bytes())
+    assert empty == b""
