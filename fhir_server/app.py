@@ -38,6 +38,7 @@ from fhir_server.oauth.origins import ClientOrigins
 from fhir_server.services.access.cache import FactsCache
 from fhir_server.services.context import Context, server_guard, utc_now
 from fhir_server.services.formats.limits import InputLimits
+from fhir_server.services.workflows.audit_store import make_partitions
 from fhir_server.settings import Settings
 from fhir_server.storage import idempotency
 from fhir_server.storage.database import Database, libpq_url, session_limits
@@ -176,6 +177,12 @@ def create_app(
                 pooled=settings.pooled,
             )
             await replicas.open()
+        try:
+            # this month's and the next ones' AuditEvent partitions (until they exist, events
+            # wait in the DEFAULT partition: nothing is refused)
+            await make_partitions(db, clock(), settings.audit_partitions_ahead)
+        except Exception:
+            log.exception("the AuditEvent partitions ahead could not be made")
         validator = ResourceValidator()
         server = Context(
             settings=settings, validator=validator, base_url="", clock=clock, guard=server_guard()

@@ -142,6 +142,78 @@ def _admin(settings: Settings, work: Callable[[Database], Awaitable[None]]) -> i
     return 0
 
 
+def cmd_audit(settings: Settings, args: argparse.Namespace) -> int:
+    """`audit partitions`: make the monthly AuditEvent partitions ahead. `audit archive`: write
+    each whole month before `--before` (or before the months `FHIR_AUDIT_RETENTION_MONTHS`
+    keeps) to gzip NDJSON in `--to`, then drop its partition (docs/scaling.md)."""
+    from datetime import UTC, datetime
+
+    from fhir_server.services.workflows import audit_store
+    from fhir_server.storage.audit_events import parse_month
+
+    now = datetime.now(UTC)
+    if args.action == "partitions":
+        months = settings.audit_partitions_ahead if args.months is None else args.months
+        start = now
+        if args.start is not None:
+            try:
+                start = parse_month(args.start)
+            except ValueError as exc:
+                print(f"fhir-server: {exc}", file=sys.stderr)
+                return 2
+            # from that month to the months ahead of this one
+            months += (now.year - start.year) * 12 + now.month - start.month
+            if months > 1200:
+                print("fhir-server: `--from` is more than a century ago", file=sys.stderr)
+                return 2
+
+        async def partitions(db: Database) -> None:
+            made = await audit_store.make_partitions(db, start, months)
+            print(f"partitions made: {', '.join(made) or 'none (all there already)'}")
+
+        return _admin(settings, partitions)
+
+    if args.before is not None:
+        try:
+            before = parse_month(args.before)
+        except ValueError as exc:
+            print(f"fhir-server: {exc}", file=sys.stderr)
+            return 2
+    elif settings.audit_retention_months is not None:
+        before = audit_store.retention_cutoff(now, settings.audit_retention_months)
+    else:
+        print(
+            "fhir-server: give `--before YYYY-MM` (or set FHIR_AUDIT_RETENTION_MONTHS):"
+            " nothing is archived unasked",
+            file=sys.stderr,
+        )
+        return 2
+    if before > audit_store.retention_cutoff(now, 1):
+        print("fhir-server: the current month cannot be archived", file=sys.stderr)
+        return 2
+    directory = Path(args.to)
+
+    async def archive(db: Database) -> None:
+        plan = await audit_store.plan_archive(db, before)
+        if args.dry_run or not plan.months:
+            for name, start in plan.months:
+                print(f"would archive {start:%Y-%m} ({name}) to {directory}")
+            if not plan.months:
+                print(f"no month before {before:%Y-%m} to archive")
+            return
+        for done in await audit_store.archive(db, plan, directory):
+            print(
+                f"archived {done.month}: {done.events} events to {done.path}"
+                f" (sha256 {done.sha256}); partition {done.partition} dropped"
+            )
+
+    try:
+        return _admin(settings, archive)
+    except OSError as exc:
+        print(f"fhir-server: archive stopped, nothing more dropped: {exc}", file=sys.stderr)
+        return 1
+
+
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = [
@@ -547,6 +619,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     token.add_argument("--patient", help="the patient launch context, for patient/ scopes")
     token.add_argument("--lifetime", type=int, default=3600, help="seconds (default 3600)")
     _admin_parsers(sub)
+    audit = sub.add_parser("audit", help="the AuditEvent store: partitions, archive")
+    audit_actions = audit.add_subparsers(dest="action", required=True)
+    ahead = audit_actions.add_parser("partitions", help="make the monthly partitions ahead")
+    ahead.add_argument(
+        "--months", type=int, help="months after the current one (FHIR_AUDIT_PARTITIONS_AHEAD)"
+    )
+    ahead.add_argument(
+        "--from",
+        dest="start",
+        help="YYYY-MM: also every month since then (moves their events out of DEFAULT)",
+    )
+    archive = audit_actions.add_parser(
+        "archive", help="write whole past months to gzip NDJSON files, then drop them"
+    )
+    archive.add_argument(
+        "--before", help="YYYY-MM: archive the months before it (FHIR_AUDIT_RETENTION_MONTHS)"
+    )
+    archive.add_argument("--to", required=True, help="the directory the files go to")
+    archive.add_argument(
+        "--dry-run", action="store_true", help="say which months would go, change nothing"
+    )
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     configure_logging(settings)
@@ -558,6 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "client": cmd_client,
         "user": cmd_user,
         "keys": cmd_keys,
+        "audit": cmd_audit,
     }
     # A signal's default action ends the process without running its exit handlers, which
     # would leave the embedded PostgreSQL running (docs/operations.md#stopping).

@@ -192,6 +192,11 @@ class Settings:
     policy_file: Path | None = None
     majority_age: int = 18
     emergency_bypass: bool = False
+    # The AuditEvent store (docs/scaling.md "The audit stream"): monthly partitions made ahead of
+    # the current month at start, and the months `fhir-server audit archive` keeps when it is run
+    # without `--before` (None: keep every month; nothing is ever archived unasked).
+    audit_partitions_ahead: int = 2
+    audit_retention_months: int | None = None
     auth_admin_role: str = "fhir-admin"
     # The family workflow (docs/family.md): the identifier system of national ids, the Client
     # Registry looked up by national id, and the assurance of a link to a person already on record.
@@ -326,6 +331,14 @@ class Settings:
             policy_file=Path(policy) if (policy := get("FHIR_POLICY_FILE")) else None,
             majority_age=num("MAJORITY_AGE", defaults.majority_age),
             emergency_bypass=_bool(get("EMERGENCY_BYPASS") or "false"),
+            audit_partitions_ahead=num(
+                "FHIR_AUDIT_PARTITIONS_AHEAD", defaults.audit_partitions_ahead
+            ),
+            audit_retention_months=(
+                num("FHIR_AUDIT_RETENTION_MONTHS", 0)
+                if get("FHIR_AUDIT_RETENTION_MONTHS")
+                else None
+            ),
             auth_admin_role=get("FHIR_AUTH_ADMIN_ROLE") or defaults.auth_admin_role,
             national_id_system=get("NATIONAL_ID_SYSTEM") or defaults.national_id_system,
             client_registry_url=get("CLIENT_REGISTRY_URL"),

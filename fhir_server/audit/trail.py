@@ -46,7 +46,8 @@ from fhir_server.services.access.guard import Audited, Guard
 from fhir_server.services.context import Context
 from fhir_server.services.interactions.create import new_id
 from fhir_server.services.interactions.versions import dump_json, format_instant
-from fhir_server.storage import database, repository
+from fhir_server.storage import audit_events, database
+from fhir_server.storage.audit_events import stamped_id
 from fhir_server.storage.database import Database
 from fhir_server.storage.repository import NewVersion
 from fhir_server.storage.sql import Connection
@@ -190,7 +191,7 @@ def record_of(guard: Guard, audited: Audited, recorded: datetime) -> Record:
                 if decision.allowed and audited.operation in WRITES and audited.resource
                 else None
             ),
-            id=new_id(),
+            id=stamped_id(recorded),
             basis=guard.principal.basis if guard.principal is not None else (),
             behalf=behalf,
         )
@@ -608,11 +609,10 @@ async def store(
     whose answer was lost, a batch taken over from a writer that died): those are left out
     first, in one query."""
     if retried and records:
-        cursor = await conn.execute(
-            "SELECT id FROM resources WHERE resource_type = 'AuditEvent' AND id = ANY(%s)",
-            ([r.id for r in records],),
+        # only the partitions of the batch's times are read
+        done = await audit_events.stored_ids(
+            conn, [r.id for r in records], [r.recorded for r in records]
         )
-        done = {id for (id,) in await cursor.fetchall()}
         records = [r for r in records if r.id not in done]
     pairs = [(r, stored_record(r, endpoint)) for r in records]
     return await _store(conn, pairs, endpoint, wait_for_flush)
@@ -639,7 +639,9 @@ async def _store(
             conn, pairs[half:], endpoint, wait_for_flush
         )
     record, version = pairs[0]
-    if isinstance(refusal, psycopg.errors.UniqueViolation) and await _stored(conn, version.id):
+    if isinstance(refusal, psycopg.errors.UniqueViolation) and await _stored(
+        conn, version.id, record.recorded
+    ):
         return 0  # committed by an earlier try whose answer was lost
     log.error(
         "the database refused audit event %s (%s); storing it reduced",
@@ -657,14 +659,19 @@ async def _insert(conn: Connection, versions: Sequence[NewVersion], wait_for_flu
             # allowed-read events are durable within a second by design (a crash can lose the
             # last ones): the writer does not wait for each commit's WAL flush
             await conn.execute("SET LOCAL synchronous_commit = off")
-        await repository.insert_created(conn, versions)
+        # one COPY into the partitioned AuditEvent table (storage/audit_events.py): no history
+        # row, no generic search-index rows
+        await audit_events.copy_events(
+            conn,
+            [
+                audit_events.NewEvent(v.id, v.last_updated, v.content or "", v.compartments)
+                for v in versions
+            ],
+        )
 
 
-async def _stored(conn: Connection, id: str) -> bool:
-    cursor = await conn.execute(
-        "SELECT 1 FROM resources WHERE resource_type = 'AuditEvent' AND id = %s", (id,)
-    )
-    return await cursor.fetchone() is not None
+async def _stored(conn: Connection, id: str, recorded: datetime) -> bool:
+    return bool(await audit_events.stored_ids(conn, [id], [recorded]))
 
 
 async def store_until_stored(
@@ -847,9 +854,10 @@ class AuditTrail:
         `System/<client id>` for a client. Refusals are written before the response, like
         denials; the rest are queued. `patients`: references (`Patient/1`) the event concerns,
         so that they and their guardians can read it."""
+        recorded = self.server.clock()
         record = bound(
             Record(
-                recorded=self.server.clock(),
+                recorded=recorded,
                 account=account,
                 operation=f"{SECURITY_PREFIX}{event}",
                 resource=None,
@@ -862,7 +870,7 @@ class AuditTrail:
                 purpose_of_use=None,
                 purpose_text=None,
                 diff=None,
-                id=new_id(),
+                id=stamped_id(recorded),
             )
         )
         if allowed:

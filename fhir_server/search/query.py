@@ -46,6 +46,25 @@ RESULT_PARAMETERS = frozenset(
         "_page",
     }
 )
+# AuditEvents live in a table of their own (storage/tables.py `audit_events`, docs/scaling.md "The
+# audit stream"), searched by columns rather than the generic index: these parameters, with these
+# modifiers (None: none; `[type]`: a reference's target type), and these sort keys. Anything else
+# about AuditEvent (other parameters, chains, `_has:AuditEvent`, `_include`/`_revinclude` of
+# AuditEvent) is refused like any unsupported search, or dropped with `Prefer: handling=lenient`.
+AUDIT_EVENT = "AuditEvent"
+AUDIT_EVENT_SEARCH: Mapping[str, frozenset[str | None]] = {
+    "patient": frozenset({None, "[type]"}),
+    "agent": frozenset({None, "[type]"}),
+    "entity": frozenset({None, "[type]"}),
+    "date": frozenset({None}),
+    "type": frozenset({None}),
+    "subtype": frozenset({None}),
+    "action": frozenset({None}),
+    "outcome": frozenset({None}),
+    "policy": frozenset({None}),
+    "_tag": frozenset({None}),
+}
+AUDIT_EVENT_SORT = frozenset({"date", "_lastUpdated", "_id"})
 SUMMARY_MODES = frozenset({"true", "false", "count", "data", "text"})
 TOTAL_MODES = frozenset({"none", "estimate", "accurate"})
 MAX_CHAIN_DEPTH = 3
@@ -330,6 +349,9 @@ class _Parser:
             iterate = True
             name = name.rsplit(":", 1)[0]
         if value == "*":
+            if self.types == (AUDIT_EVENT,):
+                self.refuse(f"`{name}=*`: AuditEvents are not supported in `{name}`", name)
+                return None
             if reverse:
                 self.refuse("`_revinclude=*` is not supported", name)
                 return None
@@ -341,6 +363,9 @@ class _Parser:
             )
         source, code = parts[0], parts[1]
         target = parts[2] if len(parts) == 3 else None
+        if AUDIT_EVENT in {source, target} or (not reverse and self.types == (AUDIT_EVENT,)):
+            self.refuse(f"`{name}={value}`: AuditEvents are not supported in `{name}`", name)
+            return None
         if source not in resource_types():
             raise BadRequest(
                 f"`{name}={value}`: `{source}` is not a resource type", expression=[name]
@@ -369,6 +394,9 @@ class _Parser:
             code = part[1:] if descending else part
             param = self.common_param(code, "_sort")
             if param is None:
+                continue
+            if self.types == (AUDIT_EVENT,) and code not in AUDIT_EVENT_SORT:
+                self.refuse(f"sorting AuditEvents by `{code}` is not supported", "_sort")
                 continue
             if param.type not in {
                 "string",
@@ -425,6 +453,10 @@ class _Parser:
                 name,
             )
             return None
+        if resource_type == AUDIT_EVENT and not self.audit_event_criterion(
+            param, modifier or None, dot, name, depth
+        ):
+            return None
         if param.type == "composite" and not dot and not modifier and is_simple_composite(param):
             return self.composite(resource_type, param, value, name)
         if param.type not in SUPPORTED_TYPES or param.accessor is None:
@@ -464,6 +496,27 @@ class _Parser:
         elif param.type in _PREFIXED_TYPES:
             self.check_prefixed(param, name, values)
         return Criterion(resource_type, param, modifier or None, values)
+
+    def audit_event_criterion(
+        self, param: SearchParam, modifier: str | None, dot: str, name: str, depth: int
+    ) -> bool:
+        """Whether an AuditEvent criterion is one its table answers (`AUDIT_EVENT_SEARCH`)."""
+        allowed = AUDIT_EVENT_SEARCH.get(param.code)
+        if allowed is None or depth > 0 or dot:
+            self.refuse(
+                f"search parameter `{param.code}` is not supported for AuditEvent"
+                + (" in a chain" if allowed is not None else ""),
+                name,
+            )
+            return False
+        if modifier in param.targets and "[type]" in allowed:
+            return True
+        if modifier not in allowed:
+            self.refuse(
+                f"modifier `:{modifier}` is not supported for AuditEvent `{param.code}`", name
+            )
+            return False
+        return True
 
     def composite(
         self, resource_type: str, param: SearchParam, value: str, name: str
@@ -566,6 +619,9 @@ class _Parser:
             )
         if source not in resource_types():
             raise BadRequest(f"`{name}`: `{source}` is not a resource type", expression=[name])
+        if source == AUDIT_EVENT:
+            self.refuse(f"`{name}`: `_has:AuditEvent` is not supported", name)
+            return None
         param = search_params(source).get(code)
         if param is None or param.type != "reference":
             raise BadRequest(
@@ -619,6 +675,8 @@ def is_simple_composite(param: SearchParam) -> bool:
 def capabilities(resource_type: str) -> dict[str, list[Any]]:
     """What a CapabilityStatement says of searching `resource_type`: its parameters with the
     modifiers that work, and its `_include` and `_revinclude` values."""
+    if resource_type == AUDIT_EVENT:
+        return _audit_event_capabilities()
     params = []
     for code, param in search_params(resource_type).items():
         if code in {"_id", "_lastUpdated"}:
@@ -650,10 +708,32 @@ def capabilities(resource_type: str) -> dict[str, list[Any]]:
     }
 
 
+def _audit_event_capabilities() -> dict[str, list[Any]]:
+    """AuditEvent's own table answers `AUDIT_EVENT_SEARCH` and nothing else."""
+    params = []
+    for code, param in search_params(AUDIT_EVENT).items():
+        allowed = AUDIT_EVENT_SEARCH.get(code)
+        if code in {"_id", "_lastUpdated"}:
+            documentation = "prefixes eq ne gt lt ge le sa eb ap" if code == "_lastUpdated" else ""
+        elif allowed is None:
+            continue
+        else:
+            documentation = "no modifiers" if allowed == {None} else "modifiers: :[type]"
+            if param.type == "date":
+                documentation += "; prefixes eq ne gt lt ge le sa eb ap"
+        if code in AUDIT_EVENT_SORT:
+            documentation += ("; " if documentation else "") + "_sort"
+        entry = {"name": code, "definition": param.url, "type": param.type}
+        params.append({**entry, "documentation": documentation} if documentation else entry)
+    return {"searchParam": params, "searchInclude": [], "searchRevInclude": []}
+
+
 @cache
 def _revincludes() -> Mapping[str, list[str]]:
     found: dict[str, list[str]] = {t: [] for t in resource_types()}
     for source in sorted(resource_types()):
+        if source == AUDIT_EVENT:
+            continue  # AuditEvents are not in the generic reference index
         for code, param in search_params(source).items():
             if param.type == "reference":
                 for target in param.targets:

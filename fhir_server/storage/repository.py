@@ -32,6 +32,7 @@ from sqlalchemy.sql import ClauseElement
 
 from fhir_server.search.grants import UNRESTRICTED, Everything, Grant, Grants
 from fhir_server.search.index import IndexRows
+from fhir_server.storage import audit_events
 from fhir_server.storage.access_facts import WALKED
 from fhir_server.storage.search_index import (
     copy_index,
@@ -39,7 +40,7 @@ from fhir_server.storage.search_index import (
     index_key,
     index_params,
 )
-from fhir_server.storage.search_sql import access_clause
+from fhir_server.storage.search_sql import access_clause, audit_read_statement
 from fhir_server.storage.sql import (
     Connection,
     Statement,
@@ -154,6 +155,9 @@ _HISTORY_COLUMNS = (*_VERSION_COLUMNS, "method")
 # Types whose resources are written once and never changed (the policy denies every update and
 # delete): their only version is the current row, and no history row repeats it.
 UNVERSIONED = frozenset({"AuditEvent"})
+# AuditEvents are rows of their own partitioned table (storage/audit_events.py): the functions
+# below that take a resource type hand them there.
+AUDIT_EVENT = "AuditEvent"
 
 # Writes that can change the facts of an access decision (storage/access_facts.py loads them): they
 # bump, in their own transaction, the access epochs of the nodes of the facts walk they touch, so
@@ -381,6 +385,9 @@ async def read_granted(
 ) -> tuple[int, StoredVersion | None]:
     """The access epoch of `epoch_keys` and the current version, if `grant` (compartments and
     creators only, no parts) lets the caller see it."""
+    if resource_type == AUDIT_EVENT:
+        epoch, event = await _audit_event_epoch(conn, id, grant, epoch_keys)
+        return epoch, event
     params = {**_granted(resource_type, id, grant), "keys": array_literal(epoch_keys)}
     row = await fetch_one(conn, _read_granted_epoch, params)
     assert row is not None
@@ -393,10 +400,47 @@ async def read_granted(
     return int(epoch), found
 
 
+_EPOCH_SQL = (
+    "(SELECT coalesce(sum(e.value), 0) FROM access_epochs e WHERE e.key = ANY(%(keys)s::text[]))"
+)
+
+
+async def _audit_event_epoch(
+    conn: Connection, id: str, grant: Grant, epoch_keys: frozenset[str]
+) -> tuple[int, StoredVersion | None]:
+    """`read_granted` of an AuditEvent: the epoch and the event in one statement (one snapshot)
+    when the id names its partition; else the epoch, then every partition."""
+    grants = {AUDIT_EVENT: grant}
+    query = audit_read_statement(id, grants, audit_events.window_of(id))
+    row = await fetch_one(
+        conn,
+        audit_events.prefixed(query, _EPOCH_SQL, {"keys": array_literal(epoch_keys)}),
+    )
+    assert row is not None
+    epoch, last_updated, content = row
+    if content is not None:
+        return int(epoch), StoredVersion(AUDIT_EVENT, id, 1, last_updated, False, content)
+    if audit_events.window_of(id) is None:
+        return int(epoch), None  # that read was of every partition already
+    found = await audit_events.read_event(conn, id, grants)
+    if found is None:
+        return int(epoch), None
+    return int(epoch), StoredVersion(AUDIT_EVENT, id, 1, found[0], False, found[1])
+
+
+async def _audit_event(conn: Connection, id: str, grants: Grants) -> StoredVersion | None:
+    found = await audit_events.read_event(conn, id, grants)
+    return None if found is None else StoredVersion(AUDIT_EVENT, id, 1, found[0], False, found[1])
+
+
 async def read_current(
     conn: Connection, resource_type: str, id: str, grants: Grants | None = None
 ) -> StoredVersion | None:
     """The current version, or None; with `grants`, None also when the caller may not see it."""
+    if resource_type == AUDIT_EVENT:
+        if grants is not None and grants[resource_type] is None:
+            return None
+        return await _audit_event(conn, id, Everything() if grants is None else grants)
     grant = UNRESTRICTED if grants is None else grants[resource_type]
     if grant is None:
         return None
@@ -456,6 +500,10 @@ async def lock_current(
     """Lock the current row for the rest of the transaction, so concurrent writers queue; it
     comes with its content, which a write compares with or builds on (`lock=False`: read it
     without locking)."""
+    if resource_type == AUDIT_EVENT:
+        # never changed: nothing to lock (every update and delete is refused by the policy)
+        event = await audit_events.lock_event(conn, id)
+        return None if event is None else Locked(1, False, event[0], None, event[1], event[2])
     statement = _lock_current if lock else _current_target_unlocked
     row = await fetch_one(conn, statement, {"t": resource_type, "i": id})
     return None if row is None else Locked(*row)
@@ -464,6 +512,9 @@ async def lock_current(
 async def insert_new(conn: Connection, version: NewVersion) -> bool:
     """Insert a first version. False when the id already exists (nothing is written), which
     callers turn into a retry or a conflict."""
+    if version.resource_type == AUDIT_EVENT:
+        assert version.content is not None
+        return await audit_events.insert_event(conn, _event(version))
     return await fetch_one(conn, _insert_new, _params(version)) is not None
 
 
@@ -471,6 +522,10 @@ async def insert_created(conn: Connection, versions: Sequence[NewVersion]) -> No
     """Insert many first versions whose ids the server has just made up (so no id can exist
     yet), with COPY: the current rows, the history rows, the search index. The caller's
     transaction makes the three one."""
+    events = [v for v in versions if v.resource_type == AUDIT_EVENT]
+    if events:
+        await audit_events.copy_events(conn, [_event(v) for v in events])
+        versions = [v for v in versions if v.resource_type != AUDIT_EVENT]
     current = [
         (
             v.resource_type,
@@ -494,6 +549,13 @@ async def insert_created(conn: Connection, versions: Sequence[NewVersion]) -> No
     await copy_index(conn, [(v.resource_type, v.id, v.index) for v in versions])
     # new resources: no old edges to lose
     await bump_access_epochs(conn, [k for v in versions for k in (*epoch_own(v), *epoch_edges(v))])
+
+
+def _event(version: NewVersion) -> audit_events.NewEvent:
+    assert version.content is not None
+    return audit_events.NewEvent(
+        version.id, version.last_updated, version.content, version.compartments
+    )
 
 
 async def write_version(conn: Connection, version: NewVersion) -> None:
@@ -600,6 +662,8 @@ async def history_total(
 
 
 async def exists(conn: Connection, resource_type: str, id: str) -> bool:
+    if resource_type == AUDIT_EVENT:
+        return bool(await audit_events.stored_ids(conn, [id]))
     query = select(true()).where(resources.c.resource_type == resource_type, resources.c.id == id)
     return await fetch_one(conn, query) is not None
 
@@ -642,13 +706,14 @@ async def replace_index(conn: Connection, entries: Sequence[tuple[str, str, Inde
 
 
 _change_events = Statement(
-    """
-SELECT id, content FROM resources
-WHERE resource_type = 'AuditEvent' AND compartments @> ARRAY[%(ref)s]::text[]
+    f"""
+SELECT id, content FROM {audit_events.TABLE}
+WHERE compartments @> ARRAY[%(ref)s]::text[] AND entities @> ARRAY[%(ref)s]::text[]
   AND content->'entity'->0->'what'->>'reference' = %(ref)s
-  AND content->>'action' IN ('C', 'U', 'D') AND content->>'outcome' = '0'
-  AND (%(recorded)s::text IS NULL OR (content->>'recorded', id) < (%(recorded)s, %(id)s))
-ORDER BY content->>'recorded' DESC, id DESC
+  AND action IN ('C', 'U', 'D') AND outcome = '0'
+  AND (%(recorded)s::text IS NULL
+       OR (recorded, id) < (%(recorded)s::timestamptz, %(id)s::varchar))
+ORDER BY recorded DESC, id DESC
 LIMIT %(n)s
 """
 )

@@ -31,6 +31,7 @@ compartments and creators of a grant, the page's ids of an `_include`) are one a
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from functools import cache, lru_cache
@@ -79,7 +80,7 @@ from fhir_server.storage.search_index import (
     unambiguous,
 )
 from fhir_server.storage.sql import Query, compile_named
-from fhir_server.storage.tables import SEARCH_TABLES, resources
+from fhir_server.storage.tables import SEARCH_TABLES, audit_events, resources
 
 # --- shapes ----------------------------------------------------------------------------------
 #
@@ -712,6 +713,7 @@ STATEMENT_CACHE_SIZE = 1024
 MAX_CACHED_VALUES = 100
 
 _TABLES: Mapping[str, FromClause] = {
+    "aud": audit_events,
     "r": resources,
     "t": resources,
     "res": resources,
@@ -797,6 +799,21 @@ class _Builder:
             return self.expression(node[1]) == any_(self.expression(node[2]))
         if op == "overlap":
             return self.expression(node[1]).overlap(self.expression(node[2]))
+        if op == "any id":
+            # an element of the array (`Type/id`) whose id is one of the values
+            elements = (
+                func.unnest(self.expression(node[1]))
+                .table_valued("element")
+                .render_derived(name="elements")
+            )
+            return exists(
+                select(literal_column("1"))
+                .select_from(elements)
+                .where(
+                    func.split_part(elements.c.element, literal_column("'/'"), literal_column("2"))
+                    == any_(self.expression(node[2]))
+                )
+            )
         if op == "contains":
             return self.expression(node[1]).contains(self.expression(node[2]))
         if op == "like contains":
@@ -827,6 +844,16 @@ class _Builder:
         if kind == "count":
             row = self.table("r")
             return select(func.count()).select_from(row).where(*self.all(shape[1]))
+        if kind == "audit count":
+            row = self.table("aud")
+            return select(func.count()).select_from(row).where(*self.all(shape[1]))
+        if kind == "audit search":
+            return self.audit_search(*shape[1:])
+        if kind == "audit read":
+            row = self.table("aud")
+            return select(row.c.last_updated, cast(row.c.content, Text).label("content")).where(
+                *self.all(shape[1])
+            )
         assert kind == "include"
         _, link, visible, limit = shape
         target = self.table("t")
@@ -894,6 +921,29 @@ class _Builder:
                 ),
             )
             .order_by(*_order(paged))
+        )
+
+    def audit_search(
+        self,
+        conditions: Sequence[Node],
+        sort: Sequence[tuple[Node, bool]],
+        after: Node | None,
+        limit: Node,
+    ) -> Any:
+        """The page of an AuditEvent search: one table, its rows in key order, then the id."""
+        row = self.table("aud")
+        keys = [*((self.expression(k), d) for k, d in sort), (row.c.id, False)]
+        conditions = [*conditions, *([after] if after is not None else [])]
+        return (
+            select(
+                literal_column("'AuditEvent'").label("resource_type"),
+                row.c.id,
+                cast(row.c.content, Text).label("content"),
+                *(k.label(f"k{i}") for i, (k, _) in enumerate(keys)),
+            )
+            .where(*self.all(conditions))
+            .order_by(*_order(keys))
+            .limit(self.expression(limit))
         )
 
     def whole_keys(
@@ -966,6 +1016,8 @@ def search_statement(
     """The page query: rows of (resource_type, id, content, sort keys...), `count + 1` of them
     so the caller knows whether there is a next page. Returns it and the number of keys.
     `now` is the request's clock (the base of `ap` on dates)."""
+    if query.resource_types == ("AuditEvent",):
+        return audit_search_statement(query, grants, local_bases=local_bases, now=now)
     planner = _Planner(grants, local_bases, now)
     conditions = planner.where("r", query)
     sort = planner.sort_expressions("r", query)
@@ -991,6 +1043,8 @@ def search_statement(
 def count_statement(
     query: SearchQuery, grants: Grants, *, local_bases: Sequence[str] = (), now: datetime
 ) -> Query:
+    if query.resource_types == ("AuditEvent",):
+        return audit_count_statement(query, grants, local_bases=local_bases, now=now)
     planner = _Planner(grants, local_bases, now)
     return planner.query(("count", tuple(planner.where("r", query))))
 
@@ -1083,3 +1137,169 @@ def include_types(include: Include) -> list[str] | None:
         return [include.target_type]
     types = list(include.param.targets) if include.param is not None else []
     return types or None
+
+
+# --- AuditEvents ---------------------------------------------------------------------------------
+#
+# AuditEvents are rows of their own table (`audit_events`, partitioned by month of `recorded`),
+# whose searched values are columns of the row (storage/audit_events.py `row_of`): a criterion is
+# a condition on the row, never a join with the index tables. The parser lets through only what
+# these columns answer (search/query.py AUDIT_EVENT_SEARCH). Conditions on `recorded` are plain
+# comparisons with the column, so PostgreSQL leaves out the months a `date=` excludes.
+
+_AUDIT_ROW = "aud"
+# reference parameters: the array column of the row that holds their references
+_AUDIT_REFERENCES = {"patient": "patients", "agent": "agents", "entity": "entities"}
+# token parameters kept as arrays of `code`, `system|code`, `system|` (storage/audit_events.py)
+_AUDIT_TOKENS = {"type": "types", "subtype": "subtypes", "_tag": "tags"}
+# codes whose system is implied (R4 `code` elements): a column of the code alone
+_AUDIT_CODES = {"action": "action", "outcome": "outcome"}
+
+
+class _AuditPlanner(_Planner):
+    """The shape of an AuditEvent statement: the same grants, as conditions on one row."""
+
+    def visible(self, row: str, types: Sequence[str]) -> list[Node]:
+        return [self.access(row, types)]
+
+    def grant_clause(self, row: str, grant: Grant) -> Node:
+        # no account creates an AuditEvent (audit/trail.py): a creator grant admits none
+        return super().grant_clause(row, replace(grant, creators=frozenset()))
+
+    def where(self, row: str, query: SearchQuery) -> list[Node]:
+        conditions = self.visible(row, query.resource_types)
+        if query.compartment is not None:
+            compartment = self.value([query.compartment])
+            conditions.append(("contains", _col(row, "compartments"), compartment))
+        for ids in query.ids:
+            conditions.append(("any", _col(row, "id"), self.value(list(ids), "varchar[]")))
+        for values in query.last_updated:
+            conditions.append(("or", *(self.moment(_col(row, "last_updated"), v) for v in values)))
+        conditions.extend(self.criterion(row, c) for c in query.criteria)
+        return conditions
+
+    def moment(self, column: Node, value: str) -> Node:
+        """A date search on an instant column: the resource's range is [t, t + 1 µs), so each
+        prefix is one comparison with the column itself (which partition pruning needs)."""
+        prefix, text = split_prefix(value)
+        found = date_range(text)
+        if found is None:
+            raise BadRequest(f"`{text}` is not a FHIR date", code="value")
+        low, high = found
+        if prefix == "ap":
+            slack = self.date_slack(low, high)
+            return (
+                "and",
+                (">=", column, self.value(_widened(low, -slack))),
+                ("<", column, self.value(_widened(high, slack))),
+            )
+        if prefix in {"gt", "sa"}:
+            return (">=", column, self.value(high))
+        if prefix in {"lt", "eb"}:
+            return ("<", column, self.value(low))
+        if prefix == "ge":
+            return (">=", column, self.value(low))
+        if prefix == "le":
+            return ("<", column, self.value(high))
+        equal = ("and", (">=", column, self.value(low)), ("<", column, self.value(high)))
+        return ("not", equal) if prefix == "ne" else equal
+
+    def criterion(self, row: str, c: Criterion) -> Node:
+        code = c.param.code
+        if code == "date":
+            return ("or", *(self.moment(_col(row, "recorded"), v) for v in c.values))
+        if code in _AUDIT_REFERENCES:
+            return self.references(_col(row, _AUDIT_REFERENCES[code]), c)
+        if code in _AUDIT_TOKENS:
+            tokens = [v.replace("\\|", "|").replace("\\,", ",") for v in c.values]
+            return ("overlap", _col(row, _AUDIT_TOKENS[code]), self.value(tokens, "text[]"))
+        if code in _AUDIT_CODES:
+            column = _col(row, _AUDIT_CODES[code])
+            alternatives: list[Node] = []
+            for value in c.values:
+                _system, bar, rest = value.rpartition("|")
+                if bar and rest == "":
+                    alternatives.append(("not null", column))  # `system|`: any code
+                else:
+                    alternatives.append(("=", column, self.value(rest)))
+            return ("or", *alternatives)
+        if code == "policy":
+            return ("overlap", _col(row, "policies"), self.value(list(c.values), "text[]"))
+        # the parser admits nothing else (search/query.py AUDIT_EVENT_SEARCH)
+        raise BadRequest(f"search parameter `{code}` is not supported for AuditEvent")
+
+    def references(self, column: Node, c: Criterion) -> Node:
+        """`Type/id`, `id` with a `:Type` modifier or alone (any type), or an absolute URL (this
+        server's base stripped), matched against the references as the event names them."""
+        wanted: list[str] = []
+        any_type: list[str] = []
+        for value in c.values:
+            local = self.local_reference(value)
+            if local is None:
+                wanted.append(value.split("|")[0])
+                continue
+            target_type, target_id = local
+            if c.modifier is not None and target_type is not None and target_type != c.modifier:
+                continue
+            target_type = target_type or c.modifier
+            if target_type is None:
+                any_type.append(target_id)
+            else:
+                wanted.append(f"{target_type}/{target_id}")
+        alternatives: list[Node] = []
+        if wanted:
+            alternatives.append(("overlap", column, self.value(wanted, "text[]")))
+        if any_type:
+            # rare (a bare id names any type): not served by the index
+            alternatives.append(("any id", column, self.value(any_type, "text[]")))
+        return ("or", FALSE, *alternatives)
+
+    def sort_expressions(self, row: str, query: SearchQuery) -> list[tuple[Node, bool]]:
+        columns = {"date": "recorded", "_lastUpdated": "last_updated", "_id": "id"}
+        return [(_col(row, columns[k.param.code]), k.descending) for k in query.sort]
+
+
+def audit_search_statement(
+    query: SearchQuery, grants: Grants, *, local_bases: Sequence[str] = (), now: datetime
+) -> tuple[Query, int]:
+    """`search_statement` of an AuditEvent search: rows of ('AuditEvent', id, content, sort
+    keys..., id), `count + 1` of them."""
+    planner = _AuditPlanner(grants, local_bases, now)
+    conditions = planner.where(_AUDIT_ROW, query)
+    sort = [*planner.sort_expressions(_AUDIT_ROW, query), (_col(_AUDIT_ROW, "id"), False)]
+    after = None
+    if query.cursor is not None:
+        last = decode_cursor(query.cursor, len(sort))
+        if not isinstance(last[-1], str) or any(
+            v is None or isinstance(v, str) != (node[2] == "id")
+            for (node, _), v in zip(sort, last, strict=True)
+        ):
+            raise BadRequest("`_page` does not belong to this search", code="value")
+        after = planner.after(sort, last)
+    limit = planner.value(query.count + 1, "int")
+    shape = ("audit search", tuple(conditions), tuple(sort[:-1]), after, limit)
+    return planner.query(shape), len(sort)
+
+
+def audit_count_statement(
+    query: SearchQuery, grants: Grants, *, local_bases: Sequence[str] = (), now: datetime
+) -> Query:
+    planner = _AuditPlanner(grants, local_bases, now)
+    return planner.query(("audit count", tuple(planner.where(_AUDIT_ROW, query))))
+
+
+def audit_read_statement(
+    id: str, grants: Grants, window: tuple[datetime, datetime] | None = None
+) -> Query:
+    """The AuditEvent `id` if the caller may see it: (last_updated, content). `window`: the
+    instants its `recorded` lies in (from the id, storage/audit_events.py), which leaves every
+    other partition out."""
+    planner = _AuditPlanner(grants, ())
+    conditions: list[Node] = [
+        ("=", _col(_AUDIT_ROW, "id"), planner.value(id, "str")),
+        *planner.visible(_AUDIT_ROW, ["AuditEvent"]),
+    ]
+    if window is not None:
+        conditions.append((">=", _col(_AUDIT_ROW, "recorded"), planner.value(window[0])))
+        conditions.append(("<", _col(_AUDIT_ROW, "recorded"), planner.value(window[1])))
+    return planner.query(("audit read", tuple(conditions)))

@@ -218,3 +218,46 @@ SEARCH_TABLES: dict[str, Table] = {
     "quantity": search_quantity,
     "uri": search_uri,
 }
+
+
+# The AuditEvents (migration 0010, docs/scaling.md "The audit stream"): one row per event, in a
+# table partitioned by month of `recorded` (RANGE; a DEFAULT partition takes any month that has no
+# partition yet, so no event is ever refused). The columns after `content` are what searches ask
+# of an AuditEvent, kept as arrays on the row instead of rows of the generic search index:
+# `compartments` is the security predicate, exactly as `resources.compartments` is; references as
+# written (`Patient/1`); tokens as `code`, `system|code` and `system|` (`|code` without a system),
+# so that `&&` with the searched value matches each of R4's token forms. The key includes the
+# partition column (PostgreSQL requires it); an event's id carries its `recorded` time
+# (storage/audit_events.py `stamped_id`), so that a read by id looks in one partition.
+audit_events = Table(
+    "audit_events",
+    metadata,
+    Column("id", String(64), nullable=False),
+    Column("recorded", DateTime(timezone=True), nullable=False),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("content", JSONB, nullable=False),
+    Column("compartments", ARRAY(Text), nullable=False, server_default="{}"),
+    Column("patients", ARRAY(Text), nullable=False, server_default="{}"),
+    Column("agents", ARRAY(Text), nullable=False, server_default="{}"),
+    Column("entities", ARRAY(Text), nullable=False, server_default="{}"),
+    Column("types", ARRAY(Text), nullable=False, server_default="{}"),
+    Column("subtypes", ARRAY(Text), nullable=False, server_default="{}"),
+    Column("action", Text, nullable=True),
+    Column("outcome", Text, nullable=True),
+    Column("policies", ARRAY(Text), nullable=False, server_default="{}"),
+    Column("tags", ARRAY(Text), nullable=False, server_default="{}"),
+    PrimaryKeyConstraint("id", "recorded", name="audit_events_pkey"),
+    Index(
+        "audit_events_compartments_gin",
+        "compartments",
+        postgresql_using="gin",
+        postgresql_with={"fastupdate": "off"},
+    ),
+    Index("audit_events_patients_gin", "patients", postgresql_using="gin"),
+    Index("audit_events_agents_gin", "agents", postgresql_using="gin"),
+    Index("audit_events_entities_gin", "entities", postgresql_using="gin"),
+    Index("audit_events_types_gin", "types", postgresql_using="gin"),
+    Index("audit_events_recorded", "recorded"),
+    Index("audit_events_outcome", "outcome", "recorded"),
+    postgresql_partition_by="RANGE (recorded)",
+)

@@ -580,7 +580,7 @@ def test_break_glass_is_allowed_flagged_and_audited(
     assert emergency_accesses(emergency_server) == before + 1
     # written before the response: no waiting for the batch
     event = db.execute(
-        "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
+        "SELECT content FROM audit_events WHERE true"
         " AND content->'purposeOfEvent'->0->'coding'->0->>'code' = 'BTG'"
         " AND content->>'outcome' = '0' AND content->'agent'->0->'who'->>'reference' = %s",
         (world.ref("stranger"),),

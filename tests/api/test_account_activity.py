@@ -55,8 +55,7 @@ def wait_for(database_url: str, sql: str, params: tuple[Any, ...], at_least: int
 def events_naming(database_url: str, entity: str) -> int:
     with psycopg.connect(database_url, autocommit=True) as conn:
         row = conn.execute(
-            "SELECT count(*) FROM resources WHERE resource_type = 'AuditEvent'"
-            " AND content->'entity' @> %s::jsonb",
+            "SELECT count(*) FROM audit_events WHERE true AND content->'entity' @> %s::jsonb",
             (orjson.dumps([{"what": {"reference": entity}}]).decode(),),
         ).fetchone()
     assert row is not None
@@ -89,8 +88,7 @@ def walk(database_url: str) -> Iterator[Walk]:
         for entity in (ids["obs_mary"], ids["obs_jane"]):
             wait_for(
                 database_url,
-                "SELECT count(*) FROM resources WHERE resource_type = 'AuditEvent'"
-                " AND content->'entity' @> %s::jsonb",
+                "SELECT count(*) FROM audit_events WHERE true AND content->'entity' @> %s::jsonb",
                 (orjson.dumps([{"what": {"reference": entity}}]).decode(),),
             )
         yield Walk(server, world, ids, doctor, users)
@@ -142,8 +140,8 @@ def test_john_sees_his_and_his_minor_daughters_record_and_nothing_of_jane(
         # event of John's that touched no record: stored, it must still not be listed
         wait_for(
             database_url,
-            "SELECT count(*) FROM resources WHERE resource_type = 'AuditEvent'"
-            " AND content->'agent'->0->'who'->>'reference' = %s AND NOT content ? 'entity'",
+            "SELECT count(*) FROM audit_events"
+            " WHERE content->'agent'->0->'who'->>'reference' = %s AND NOT content ? 'entity'",
             (ids["john"],),
         )
         shown = events(bundle_of(web))

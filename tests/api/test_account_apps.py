@@ -161,7 +161,7 @@ def revocation_audited(database_url: str, account: str, client_id: str, patient:
     while time.monotonic() < deadline:
         with psycopg.connect(database_url) as db:
             rows = db.execute(
-                "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
+                "SELECT content FROM audit_events WHERE true"
                 " AND content->'subtype'->0->>'code' = 'revoke'"
                 " AND content->'agent'->0->'who'->>'reference' = %s"
                 " AND content->>'outcomeDesc' LIKE %s",

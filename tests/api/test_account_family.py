@@ -215,7 +215,7 @@ def test_a_tampered_why_is_refused_audited_and_changes_nothing(
     denial = None
     while denial is None and time.monotonic() < deadline:
         denial = db.execute(
-            "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
+            "SELECT content FROM audit_events WHERE true"
             " AND content->>'outcome' = '4' AND content::text LIKE %s LIMIT 1",
             (f"%why? of {others.ref('rp_mary')} for {others.ref('mary')}%",),
         ).fetchone()

@@ -28,7 +28,7 @@ def test_pending_events_are_written_when_the_server_stops(
         assert httpx.get(f"{base}/{patient}", headers=reader).status_code == 200
     # the server has stopped: the read's event was handed to the writer and stored
     rows = db.execute(
-        "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
+        "SELECT content FROM audit_events WHERE true"
         " AND content->'agent'->0->'who'->>'reference' = %s",
         (patient,),
     ).fetchall()
@@ -37,7 +37,7 @@ def test_pending_events_are_written_when_the_server_stops(
     assert event["subtype"][0]["code"] == "read" and event["outcome"] == "0"
     assert {e["what"]["reference"] for e in event["entity"]} == {patient}
     creation = db.execute(
-        "SELECT content::text FROM resources WHERE resource_type = 'AuditEvent'"
+        "SELECT content::text FROM audit_events WHERE true"
         " AND content->'entity'->0->'what'->>'reference' = %s",
         (patient,),
     ).fetchall()

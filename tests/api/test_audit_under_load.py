@@ -175,7 +175,7 @@ def test_the_audit_events_stored_are_the_decisions_made(
     expected = Counter((job.decision, job.bounded) for job, _ in answers if job.decision)
     known = set(patients)
     rows = db.execute(
-        "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
+        "SELECT content FROM audit_events WHERE true"
         " AND (content->'agent'->0->'who'->>'reference' = ANY(%s)"
         "  OR (content->'agent'->0->'who')::text LIKE %s)",
         (list(known), f"%{tag}%"),

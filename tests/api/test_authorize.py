@@ -106,7 +106,7 @@ def refusals(database_url: str, account: str, event: str) -> list[str]:
     """The outcome descriptions of the refused security events of `account`."""
     with psycopg.connect(database_url) as db:
         rows = db.execute(
-            "SELECT content->>'outcomeDesc' FROM resources WHERE resource_type = 'AuditEvent'"
+            "SELECT content->>'outcomeDesc' FROM audit_events WHERE true"
             " AND coalesce(content->'agent'->0->'who'->>'reference',"
             " content->'agent'->0->'who'->'identifier'->>'value') = %s"
             " AND content->'subtype'->0->>'code' = %s AND content->>'outcome' <> '0'",

@@ -114,8 +114,7 @@ def events_naming(db: psycopg.Connection[Any], reference: str) -> list[dict[str,
     (allowed reads are stored in batches by another process)."""
     for _ in range(300):
         rows = db.execute(
-            "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
-            " AND content->'agent'->0->'policy' ? %s",
+            "SELECT content FROM audit_events WHERE true AND content->'agent'->0->'policy' ? %s",
             (reference,),
         ).fetchall()
         if rows:

@@ -226,7 +226,7 @@ def test_revocations_are_audit_events(
     while True:
         with psycopg.connect(database_url) as db:
             rows = db.execute(
-                "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
+                "SELECT content FROM audit_events WHERE true"
                 " AND content->'subtype'->0->>'code' = 'revoke'"
                 " AND content->'agent'->0->'who'->>'reference' = %s"
                 " AND content->>'outcomeDesc' LIKE %s",

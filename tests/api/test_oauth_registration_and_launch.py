@@ -55,7 +55,7 @@ def events(
     deadline = time.monotonic() + 15
     while True:
         rows = db.execute(
-            "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
+            "SELECT content FROM audit_events WHERE true"
             " AND coalesce(content->'agent'->0->'who'->>'reference',"
             " content->'agent'->0->'who'->'identifier'->>'value') = %s"
             " AND content->'subtype'->0->>'code' = %s AND content->>'outcome' = %s",

@@ -572,7 +572,7 @@ def test_issues_and_refusals_are_audit_events(
     while True:
         with psycopg.connect(database_url) as db:
             rows = db.execute(
-                "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
+                "SELECT content FROM audit_events WHERE true"
                 " AND content->'subtype'->0->>'code' = 'token'"
                 " AND content->>'outcomeDesc' LIKE %s",
                 (f"%`{app.client_id}`%",),

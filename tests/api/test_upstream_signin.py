@@ -104,7 +104,7 @@ def refusals(database_url: str, text: str) -> list[dict[str, Any]]:
     """The stored sign-in refusals whose outcome description mentions `text`."""
     with psycopg.connect(database_url) as db:
         rows = db.execute(
-            "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
+            "SELECT content FROM audit_events WHERE true"
             " AND content->'subtype'->0->>'code' = 'sign-in' AND content->>'outcome' <> '0'"
             " AND strpos(content->>'outcomeDesc', %s) > 0",
             (text,),
@@ -154,7 +154,7 @@ def test_a_linked_subject_signs_in_as_its_person(
     while True:
         with psycopg.connect(database_url) as db:
             row = db.execute(
-                "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
+                "SELECT content FROM audit_events WHERE true"
                 " AND content->'agent'->0->'who'->>'reference' = %s",
                 (f"Person/{id}",),
             ).fetchone()

@@ -82,8 +82,8 @@ def test_an_outage_loses_nothing_and_bounds_the_buffer(
         expected = asyncio.run(go())
         with psycopg.connect(url) as db:
             rows = db.execute(
-                "SELECT content->'entity'->0->'what'->>'reference', count(*) FROM resources"
-                " WHERE resource_type = 'AuditEvent' GROUP BY 1"
+                "SELECT content->'entity'->0->'what'->>'reference', count(*) FROM audit_events"
+                " GROUP BY 1"
             ).fetchall()
         assert sorted(rows) == sorted((r, 1) for r in expected)
     finally:
@@ -139,7 +139,7 @@ def test_denials_and_emergencies_during_an_outage_are_queued_not_lost(admin_url:
         with psycopg.connect(url) as db:
             rows = db.execute(
                 "SELECT content->'entity'->0->'what'->>'reference', content->>'outcome'"
-                " FROM resources WHERE resource_type = 'AuditEvent'"
+                " FROM audit_events WHERE true"
             ).fetchall()
         assert sorted(rows) == [(f"Patient/{tag}-0", "4"), (f"Patient/{tag}-1", "0")]
     finally:
@@ -185,8 +185,8 @@ def test_a_flush_cancelled_mid_store_loses_nothing(
     asyncio.run(go())
     with psycopg.connect(database_url) as db:
         rows = db.execute(
-            "SELECT content->'entity'->0->'what'->>'reference', count(*) FROM resources"
-            " WHERE resource_type = 'AuditEvent' AND content::text LIKE %s GROUP BY 1",
+            "SELECT content->'entity'->0->'what'->>'reference', count(*) FROM audit_events"
+            " WHERE content::text LIKE %s GROUP BY 1",
             (f"%Observation/{tag}-%",),
         ).fetchall()
     assert sorted(rows) == sorted((f"Observation/{tag}-{n}", 1) for n in range(20))

@@ -51,14 +51,13 @@ def test_security_events_are_audit_events_of_their_own_type(database_url: str) -
     assert asyncio.run(go()) == 0
     with psycopg.connect(database_url) as db:
         rows = db.execute(
-            "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
+            "SELECT content FROM audit_events WHERE true"
             " AND content->'agent'->0->'who'->>'reference' = %s"
             " ORDER BY content->>'recorded'",
             (f"Person/{tag}",),
         ).fetchall()
         found = db.execute(
-            "SELECT count(*) FROM resources WHERE resource_type = 'AuditEvent'"
-            " AND %s = ANY(compartments)",
+            "SELECT count(*) FROM audit_events WHERE true AND %s = ANY(compartments)",
             (f"Patient/{tag}",),
         ).fetchone()
     events = [r[0] for r in rows]

@@ -264,7 +264,7 @@ def snapshot(db: psycopg.Connection[Any]) -> tuple[Any, ...]:
 def latest_denial(db: psycopg.Connection[Any], who: str) -> Any:
     """The row (content,) of the latest AuditEvent of a denial to `who`, or None."""
     return db.execute(
-        "SELECT content FROM resources WHERE resource_type = 'AuditEvent'"
+        "SELECT content FROM audit_events WHERE true"
         " AND content->>'outcome' = '4' AND content->'agent'->0->'who'->>'reference' = %s"
         " ORDER BY last_updated DESC LIMIT 1",
         (who,),

@@ -15,6 +15,7 @@ from fhir_server.services.interactions.versions import new_version, validated
 from fhir_server.services.offload import cpu
 from fhir_server.services.result import Result
 from fhir_server.storage import repository
+from fhir_server.storage.audit_events import stamped_id
 from fhir_server.storage.repository import NewVersion
 from fhir_server.storage.sql import Connection
 
@@ -37,6 +38,19 @@ def new_id() -> str:
         | random & (1 << 62) - 1
     )
     return str(uuid.UUID(int=value))
+
+
+def id_for(resource: dict[str, Any]) -> str:
+    """A new resource's id: an AuditEvent's carries its `recorded` time, which names the
+    partition it is stored in (storage/audit_events.py), so that a read by id looks in one."""
+    if resource.get("resourceType") == "AuditEvent" and isinstance(resource.get("recorded"), str):
+        try:
+            recorded = datetime.fromisoformat(resource["recorded"])
+        except ValueError:
+            return new_id()
+        if recorded.tzinfo is not None:
+            return stamped_id(recorded)
+    return new_id()
 
 
 def ignoring_id(body: Any) -> Any:
@@ -64,7 +78,7 @@ async def create(
         existing = await find_existing(ctx, conn, resource_type, if_none_exist)
         if existing is not None:
             return existing
-    version = await cpu(creation, ctx, resource, new_id(), method=method)
+    version = await cpu(creation, ctx, resource, id_for(resource), method=method)
     inserted = await repository.insert_new(conn, version)
     assert inserted, "a fresh UUID collided"
     ctx.guard.changed(f"{resource_type}/{version.id}", None, resource)
