@@ -14,7 +14,6 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from psycopg import AsyncConnection, AsyncCursor
-from psycopg import sql as psql
 from psycopg_pool import AsyncConnectionPool
 from sqlalchemy import Connection, create_engine, pool
 from sqlalchemy.engine import make_url
@@ -99,26 +98,22 @@ async def connect(
 
 async def unlimited(conn: AsyncConnection[Any], limits: Mapping[str, str]) -> dict[str, str]:
     """Each of `limits` that the session of `conn` does not have, with the value it has. Both
-    are read from `pg_settings` (PostgreSQL's own units), the wanted one under a `SET LOCAL`
-    that is rolled back."""
+    are PostgreSQL's own display of the value (`60s` and `1min` are the same): the wanted one is
+    what `set_config(..., is_local)` answers in the same statement that reads the current one,
+    in a transaction that is rolled back. One statement, because the wanted value may be one no
+    statement could run under (a `statement_timeout` of `1ms`)."""
     differ = {}
     for name, wanted in limits.items():
         async with conn.transaction(force_rollback=True):
-            have = await _setting(conn, name)
-            await conn.execute(
-                psql.SQL("SET LOCAL {} = {}").format(psql.Identifier(name), psql.Literal(wanted))
+            cursor = await conn.execute(
+                "SELECT current_setting(%s), set_config(%s, %s, true)",
+                (name, name, wanted),
+                prepare=False,
             )
-            if await _setting(conn, name) != have:
-                differ[name] = have
+            row = await cursor.fetchone()
+        if row is not None and row[0] != row[1]:
+            differ[name] = str(row[0])
     return differ
-
-
-async def _setting(conn: AsyncConnection[Any], name: str) -> str:
-    cursor = await conn.execute(
-        "SELECT setting FROM pg_settings WHERE name = %s", (name,), prepare=False
-    )
-    row = await cursor.fetchone()
-    return str(row[0]) if row else ""
 
 
 class Database:

@@ -151,6 +151,34 @@ def test_a_pooler_without_the_limits_is_reported(
     assert "statement_timeout" in named and "work_mem" in named
 
 
+def test_a_limit_no_statement_could_run_under_is_reported_not_fatal(
+    bouncer: pooler.Pooler, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The check compared the limits by applying each in turn: a `statement_timeout` of `1ms`
+    then cancelled the check itself, and the server did not start behind the pooler."""
+
+    async def check() -> None:
+        db = Database(
+            bouncer.route(database_url),
+            pool_size=1,
+            pooled=True,
+            limits={"statement_timeout": "1ms", "work_mem": "8MB"},
+        )
+        await db.open()
+        try:
+            async with db.connection() as conn:
+                row = await (await conn.execute("SELECT 1")).fetchone()
+                assert row == (1,)
+        finally:
+            await db.close()
+
+    with caplog.at_level(logging.WARNING, logger="fhir_server.storage.database"):
+        asyncio.run(check())
+    named = [r.getMessage() for r in caplog.records]
+    assert any("statement_timeout=1min" in m and "1ms" in m for m in named), named
+    assert not any("work_mem" in m for m in named), named  # the pooler's 8MB is the wanted one
+
+
 def test_conditional_slots_hold_behind_the_pooler(
     bouncer: pooler.Pooler, database_url: str
 ) -> None:
