@@ -138,8 +138,8 @@ class Reader:
         except BaseException:
             os.close(self.fd)
             raise
-        self.stored = stored
-        self.position = stored
+        self.stored: int = stored
+        self.position: int = stored
 
     def read(self, limit: int = READ_BYTES) -> tuple[list[Any], bool]:
         """The items of the complete frames after `position` (which moves past them), and
@@ -168,8 +168,7 @@ class Reader:
 
     def left(self) -> int:
         """Bytes after `position` (a torn frame at the end of a dead server's file)."""
-        size: int = os.fstat(self.fd).st_size
-        return size - self.position
+        return os.fstat(self.fd).st_size - self.position
 
     def mark(self) -> None:
         """Record that everything before `position` is stored."""
