@@ -3,8 +3,8 @@ so that killing the process (SIGKILL, the OOM killer) loses no AuditEvent (docs/
 audit stream").
 
 A spool file is append-only: a header (`MAGIC`, then the offset through which its events are
-stored) and frames (length, CRC-32, a pickled list of records). The server appends one frame per
-request with one `os.write` (no fsync: the kernel keeps the data when the process dies); its
+stored) and frames (length, CRC-32, a `marshal`led list of records as plain tuples). The server
+appends one frame per request with one `os.write` (no fsync: the kernel keeps the data when the process dies); its
 writer process reads the frames, stores them, and writes the stored offset into the header. A
 server rotates to a new file past `SPOOL_BYTES`; the writer deletes a file once it is stored
 through its end.
@@ -25,8 +25,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import marshal
 import os
-import pickle
 import secrets
 import struct
 import zlib
@@ -87,9 +87,10 @@ class Spool:
         self.number, self.size = number, HEADER.size
 
     def append(self, item: Any) -> Position:
-        """Write `item` (one frame) and return where the spool ends after it. An OSError (a
-        full disk) leaves at worst a torn frame at the end, which readers skip."""
-        payload = pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+        """Write `item` (one frame: plain values, tuples and lists) and return where the spool
+        ends after it. ValueError for an item `marshal` cannot take (nothing written); an
+        OSError (a full disk) leaves at worst a torn frame at the end, which readers skip."""
+        payload = marshal.dumps(item)
         frame = FRAME.pack(len(payload), zlib.crc32(payload)) + payload
         if self.size + len(frame) > SPOOL_BYTES and self.size > HEADER.size:
             self._next()
@@ -161,7 +162,7 @@ class Reader:
             payload = data[at + FRAME.size : end]
             if zlib.crc32(payload) != crc:
                 break
-            items.append(pickle.loads(payload))  # noqa: S301 - the server's own spool
+            items.append(marshal.loads(payload))  # noqa: S302 - the server's own spool, checked
             at = end
         self.position += at
         return items, more and at > 0

@@ -879,8 +879,10 @@ class AuditTrail:
         self._buffered += len(records)
         if self._spool is not None:
             try:
-                self._handed.append((self._spool.append(records), records))
+                self._handed.append((self._spool.append([_flat(r) for r in records]), records))
                 return
+            except ValueError:
+                log.exception("audit records that cannot be spooled; queued in memory")
             except Exception:
                 # a full disk: what the spool holds is handled as before; from now on the
                 # server keeps its events in memory only (and stores them if the writer dies)
@@ -1035,6 +1037,17 @@ class AuditTrail:
         return self._own
 
 
+def _flat(record: Record) -> tuple[Any, ...]:
+    """The record as the spool keeps it: plain values (`marshal` takes them, and fast). The
+    spool holds the fields in `Record`'s order: changing them changes its format (a new
+    `spool.MAGIC`, and a way to read what the previous version left)."""
+    return (record.recorded.isoformat(), *record[1:])
+
+
+def _unflat(values: Sequence[Any]) -> Record:
+    return Record(datetime.fromisoformat(values[0]), *values[1:])
+
+
 def _writer_main(
     queue: Any,
     acks: Any,
@@ -1083,12 +1096,18 @@ async def _writer(
     async def connect() -> Connection:
         return await database.connect(url, pooled=pooled, autocommit=True)
 
-    async def stored(records: list[Record], retried: bool) -> None:
-        # tried until stored: a batch is never given up (the server waits at most
-        # SHUTDOWN_SECONDS for it when it stops)
+    async def stored(records: list[Record], retried: bool, attempts: int | None = None) -> None:
+        # tried until stored while the server runs: a batch is never given up (the server
+        # waits at most SHUTDOWN_SECONDS for it when it stops)
         nonlocal conn
         conn = await store_until_stored(
-            connect, records, endpoint, conn=conn, wait_for_flush=False, retried=retried
+            connect,
+            records,
+            endpoint,
+            conn=conn,
+            wait_for_flush=False,
+            retried=retried,
+            attempts=attempts,
         )
 
     # what dead servers left on this database: stored from where they had got (maybe again:
@@ -1099,7 +1118,7 @@ async def _writer(
                 items, _ = orphan.read()
                 if not items:
                     break
-                await stored([r for item in items for r in item], retried=True)
+                await stored([_unflat(r) for item in items for r in item], retried=True)
                 orphan.mark()
             if orphan.left():
                 log.warning("%s ends with %d bytes of a torn write", orphan.path, orphan.left())
@@ -1114,7 +1133,18 @@ async def _writer(
         rotated = (folder / f"{prefix}-{number + 1:06d}{spool.SUFFIX}").exists()
         items, more = reader.read()
         if items:
-            await stored([r for item in items for r in item], retried=False)
+            try:
+                # once the server is gone with the database unreachable, the writer does not
+                # stay behind for ever: the spool keeps the rest for the next start
+                await stored(
+                    [_unflat(r) for item in items for r in item],
+                    retried=False,
+                    attempts=len(RETRY_SECONDS) if stopping else None,
+                )
+            except Exception:
+                log.exception("the audit spool is left for the next start to store")
+                reader.close()
+                break
             reader.mark()
             acks.put((number, reader.position))
         if more:
