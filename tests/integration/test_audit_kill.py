@@ -90,7 +90,7 @@ def stored_reads(url: str) -> Counter[str]:
             " WHERE resource_type = 'AuditEvent' AND content->'subtype'->0->>'code' = 'read'"
             " GROUP BY 1"
         ).fetchall()
-    return Counter({reference: count for reference, count in rows})
+    return Counter(dict(rows))
 
 
 def load_until_killed(base: str, resources: list[str], kill: threading.Event) -> Counter[str]:
@@ -147,15 +147,15 @@ def run(url: str, tmp_path: Path, group: bool) -> None:
         before = stored_reads(url)
         assert not before, "no read yet"
         kill = threading.Event()
-        killer = threading.Thread(
-            target=lambda: (
-                kill.wait(),
-                os.killpg(first.proc.pid, signal.SIGKILL)
-                if group
-                else os.kill(first.proc.pid, signal.SIGKILL),
-            ),
-            daemon=True,
-        )
+
+        def killing() -> None:
+            kill.wait()
+            if group:
+                os.killpg(first.proc.pid, signal.SIGKILL)  # the server and its writer
+            else:
+                os.kill(first.proc.pid, signal.SIGKILL)  # the server (uvicorn) process only
+
+        killer = threading.Thread(target=killing, daemon=True)
         killer.start()
         answered = load_until_killed(first.base, resources, kill)
         killer.join(WAIT)
