@@ -766,10 +766,6 @@ class AuditTrail:
     def writer_pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
-    @property
-    def spool_folder(self) -> Path | None:
-        return self._spools.folder if self._spools is not None else None
-
     def start(self) -> None:
         if self._url is not None:
             self._own = Database(self._url, pool_size=AUDIT_CONNECTIONS, pooled=self.db.pooled)
