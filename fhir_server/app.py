@@ -24,6 +24,7 @@ from fhir_server.api.lastresort import LastResort
 from fhir_server.api.observability import RequestObservation
 from fhir_server.api.routing import ReadAfterHeader
 from fhir_server.api.runtime import Runtime
+from fhir_server.audit import spool
 from fhir_server.audit.trail import AuditTrail
 from fhir_server.auth import issuer
 from fhir_server.auth.devkeys import DEV_AUDIENCE, DEV_ISSUER, ensure_dev_key
@@ -187,7 +188,12 @@ def create_app(
         server = Context(
             settings=settings, validator=validator, base_url="", clock=clock, guard=server_guard()
         )
-        audit = AuditTrail(db, server, database_url=libpq_url(database_url))
+        audit = AuditTrail(
+            db,
+            server,
+            database_url=libpq_url(database_url),
+            spool_dir=spool.directory(settings.data_dir, libpq_url(database_url)),
+        )
         registry = (
             ClientRegistry(
                 RegistrySettings(

@@ -2,9 +2,11 @@
 
 Denials and emergency (break-glass) accesses are written before the response is sent, in a
 transaction of their own (the request's own transaction is rolled back by the denial). Allowed
-decisions are queued and handed every `FLUSH_SECONDS` to a writer process that stores them in
-batches with COPY, committed without waiting for the WAL flush (durable within about a second);
-the server hands over and waits for the rest when it shuts down. An AuditEvent names who acted (the token's user or client), for whom (the patients
+decisions are appended to the server process's spool file before the response leaves (one
+`os.write`: audit/spool.py), which survives the process being killed; a writer process reads
+the spool every `FLUSH_SECONDS` and stores it in batches with COPY, committed without waiting
+for the WAL flush (durable within about a second), and a restarted server's writer stores what
+a dead one left (docs/scaling.md, "The audit stream"). An AuditEvent names who acted (the token's user or client), for whom (the patients
 whose compartment the decision concerned: they and their guardians can read it), what
 (interaction, resource), the outcome, the rule and reason, and the purpose of use. It holds
 references and codes only, never names or other demographics.
@@ -24,21 +26,26 @@ let the buffer grow without bound.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import multiprocessing
 import os
 import queue as queues
 import re
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import psycopg
 
 from compartments.ids import is_id
+from fhir_server.audit import spool
 from fhir_server.errors import AuditUnavailable
 from fhir_server.metrics import AUDIT_BOUNDED, AUDIT_BUFFERED, EMERGENCY_ACCESSES
 from fhir_server.search.index import IndexRows, date_range, normalize_string
@@ -715,11 +722,14 @@ async def store_until_stored(
 class AuditTrail:
     """The writer of AuditEvents for one server process.
 
-    With a database URL, batches of allowed decisions go to a writer process of their own (it
-    builds and stores the AuditEvents on the machine's other core, off the request path), which
-    acknowledges each batch it committed; the server keeps a batch until then, so if that
+    With a database URL, each request's allowed decisions are appended to the process's spool
+    (audit/spool.py) before its response leaves, and a writer process of its own reads the
+    spool, builds and stores the AuditEvents (on the machine's other core, off the request path)
+    and acknowledges how far it has stored; the server keeps the records until then, so if that
     process dies, the server stores what it had not acknowledged, and everything after, itself.
-    Denials and emergencies are written here, before the response.
+    If the server dies instead, the writer stores what is in the spool and exits; if both die,
+    the next server's writer does (`spool.orphans`). Denials and emergencies are written here,
+    before the response.
     """
 
     def __init__(
@@ -728,15 +738,22 @@ class AuditTrail:
         server: Context,
         database_url: str | None = None,
         endpoint: str = "fhir-server",
+        spool_dir: Path | None = None,
     ) -> None:
+        """`spool_dir`: the folder of this database's spools (`spool.directory`), where a
+        restarted server finds what a killed one left; a temporary folder of its own if none
+        (the spool then outlives the server process, not the machine's temporary files)."""
         self.db = db
         self.server = server  # the context AuditEvents are stored with (System, unrestricted)
         self.endpoint = endpoint
         self._url = database_url
-        self._pending: list[Record] = []
-        # batches handed to the writer process and not yet acknowledged, by sequence number
-        self._handed: dict[int, list[Record]] = {}
-        self._sequence = 0
+        self._spool_dir = spool_dir
+        self._own_dir: str | None = None  # the temporary spool folder made when none was given
+        self._pending: list[Record] = []  # to store here (no writer process, or it is gone)
+        # records in the spool the writer has not acknowledged yet, with where each write ended
+        self._handed: collections.deque[tuple[spool.Position, list[Record]]] = collections.deque()
+        self._spool: spool.Spool | None = None  # None: not spooling (no writer, or it is gone)
+        self._spools: spool.Spool | None = None  # the spool files to remove once all is stored
         self._buffered = 0  # events in `_pending` and `_handed`
         self._task: asyncio.Task[None] | None = None
         self._queue: Any = None
@@ -759,6 +776,12 @@ class AuditTrail:
     def start(self) -> None:
         if self._url is not None:
             self._own = Database(self._url, pool_size=AUDIT_CONNECTIONS, pooled=self.db.pooled)
+            folder = self._spool_dir
+            if folder is None:
+                self._own_dir = tempfile.mkdtemp(prefix="fhir-audit-spool-")
+                folder = Path(self._own_dir)
+            self._spool = self._spools = spool.Spool(folder)
+            self._spool.open()
             context = multiprocessing.get_context("spawn")
             self._queue = context.Queue()
             self._acks = context.Queue()
@@ -771,6 +794,8 @@ class AuditTrail:
                     self.endpoint,
                     os.getpid(),
                     self.db.pooled,
+                    str(folder),
+                    self._spool.prefix,
                 ),
                 name="fhir-audit-writer",
                 daemon=True,
@@ -788,7 +813,7 @@ class AuditTrail:
             await self.flush()
         if self._process is not None:
             if self._process.is_alive():
-                self._queue.put(None)
+                self._queue.put(None)  # the spool ends here: the writer stores it all and exits
                 await asyncio.to_thread(self._process.join, SHUTDOWN_SECONDS)
             if self._process.is_alive():
                 log.error("the audit writer did not finish in %s s; stopping it", SHUTDOWN_SECONDS)
@@ -798,46 +823,75 @@ class AuditTrail:
                 log.error("the audit writer ended with %s", self._process.exitcode)
             self._take_acks()
             # what the writer did not acknowledge is stored here (once, whatever it committed)
-            self._pending[:0] = [r for batch in self._handed.values() for r in batch]
+            self._pending[:0] = [r for _, batch in self._handed for r in batch]
             self._handed.clear()
-            # what is left in the queue was taken over above: do not wait to send it at exit
+            self._spool = None
             self._queue.cancel_join_thread()
             self._queue.close()
             self._acks.close()
             self._process = None
         pending, self._pending = self._pending, []
+        stored = False
         try:
             if pending:
                 await self._store(pending, attempts=len(RETRY_SECONDS), retried=True)
             self._buffered = 0
+            stored = True
         except Exception:
-            log.exception("%d audit events could not be stored before the stop", len(pending))
+            log.exception(
+                "%d audit events could not be stored before the stop; the spool keeps them for"
+                " the next start",
+                len(pending),
+            )
         finally:
+            if self._spools is not None:
+                self._spools.close(delete=stored)
+                if self._own_dir is not None and stored:
+                    shutil.rmtree(self._own_dir, ignore_errors=True)
             if self._own is not None and self._own_opened:
                 await self._own.close()
 
     async def record(self, guard: Guard) -> None:
-        """The decisions a request made: urgent ones written now, the rest queued."""
+        """The decisions a request made: urgent ones written now, the rest in the spool before
+        this returns (so before the response leaves)."""
         if not guard.audited:
             return
         now = self.server.clock()
         urgent: list[Record] = []
+        allowed: list[Record] = []
         for audited in _final(guard.audited):
             record = record_of(guard, audited, now)
             if record.bounded:
                 AUDIT_BOUNDED.inc()
             if record.allowed and not record.emergency:
-                self._pending.append(record)
-                self._buffered += 1
+                allowed.append(record)
                 continue
             urgent.append(record)
             if record.emergency:
                 EMERGENCY_ACCESSES.inc()
                 log.warning("emergency access by %s to %s", record.account, record.resource)
+        if allowed:
+            self._hand(allowed)
         if urgent:
             await self._write_urgent(urgent)
         if self._buffered > MAX_BUFFERED:
             await self._wait_for_writer()
+
+    def _hand(self, records: list[Record]) -> None:
+        """Into the spool for the writer process (or, without one, the queue stored here)."""
+        self._buffered += len(records)
+        if self._spool is not None:
+            try:
+                self._handed.append((self._spool.append([_flat(r) for r in records]), records))
+                return
+            except ValueError:
+                log.exception("audit records that cannot be spooled; queued in memory")
+            except Exception:
+                # a full disk: what the spool holds is handled as before; from now on the
+                # server keeps its events in memory only (and stores them if the writer dies)
+                log.exception("the audit spool cannot be written; queueing in memory")
+                self._spool = None
+        self._pending.extend(records)
 
     async def security_event(
         self,
@@ -852,7 +906,7 @@ class AuditTrail:
         """An event of the authorization server (`sign-in`, `approve`, `token`, `refresh`,
         `revoke`, `launch`, `register`, ...): `account` is the user's FHIR reference, or
         `System/<client id>` for a client. Refusals are written before the response, like
-        denials; the rest are queued. `patients`: references (`Patient/1`) the event concerns,
+        denials; the rest are spooled. `patients`: references (`Patient/1`) the event concerns,
         so that they and their guardians can read it."""
         recorded = self.server.clock()
         record = bound(
@@ -874,8 +928,7 @@ class AuditTrail:
             )
         )
         if allowed:
-            self._pending.append(record)
-            self._buffered += 1
+            self._hand([record])
         else:
             await self._write_urgent([record])
 
@@ -887,13 +940,11 @@ class AuditTrail:
             await self._store(records, attempts=URGENT_ATTEMPTS)
         except asyncio.CancelledError:
             # the request was cancelled mid-store: queued (the queued store skips any committed)
-            self._pending.extend(records)
-            self._buffered += len(records)
+            self._hand(records)
             raise
         except Exception:
             log.exception("urgent audit events could not be written now; queued")
-            self._pending.extend(records)
-            self._buffered += len(records)
+            self._hand(records)
             if any(r.emergency for r in records):
                 raise AuditUnavailable(
                     "the emergency access could not be audited now: try again shortly"
@@ -923,30 +974,34 @@ class AuditTrail:
             return
         while True:
             try:
-                sequence = self._acks.get_nowait()
+                stored: spool.Position = self._acks.get_nowait()
             except (queues.Empty, OSError, ValueError):
                 return
-            batch = self._handed.pop(sequence, None)
-            if batch is not None:
-                self._buffered -= len(batch)
+            while self._handed and self._handed[0][0] <= stored:
+                self._buffered -= len(self._handed.popleft()[1])
+            if self._spools is not None:
+                self._spools.release(stored)
 
     async def flush(self) -> None:
         self._take_acks()
         AUDIT_BUFFERED.set(self._buffered)
-        if self._process is not None and self._process.is_alive():
-            pending, self._pending = self._pending, []
-            if pending:
-                self._sequence += 1
-                self._handed[self._sequence] = pending
-                self._queue.put((self._sequence, pending))
+        alive = self._process is not None and self._process.is_alive()
+        if alive and self._spool is not None:
+            if self._pending:
+                # urgent events that could not be written in their request: to the spool too
+                pending, self._pending = self._pending, []
+                self._buffered -= len(pending)
+                self._hand(pending)
             return
-        if self._process is not None and self._handed:
+        if self._process is not None and not alive and (self._handed or self._spool is not None):
             # the writer died: what it did not acknowledge is stored here (once, whatever it
-            # committed before it died), and from now on everything
+            # committed before it died), and from now on everything (its spool files stay
+            # until the stop, for a restart should this process be killed before it)
             if not self._orphaned_logged:
                 log.error("the audit writer process is gone; writing audit events in the server")
                 self._orphaned_logged = True
-            self._pending[:0] = [r for batch in self._handed.values() for r in batch]
+            self._spool = None
+            self._pending[:0] = [r for _, batch in self._handed for r in batch]
             self._handed.clear()
         pending, self._pending = self._pending, []
         if not pending:
@@ -986,31 +1041,58 @@ class AuditTrail:
         return self._own
 
 
+def _flat(record: Record) -> tuple[Any, ...]:
+    """The record as the spool keeps it: plain values (`marshal` takes them, and fast). The
+    spool holds the fields in `Record`'s order: changing them changes its format (a new
+    `spool.MAGIC`, and a way to read what the previous version left)."""
+    return (record.recorded.isoformat(), *record[1:])
+
+
+def _unflat(values: Sequence[Any]) -> Record:
+    return Record(datetime.fromisoformat(values[0]), *values[1:])
+
+
 def _writer_main(
-    queue: Any, acks: Any, url: str, endpoint: str, parent: int, pooled: bool = False
+    queue: Any,
+    acks: Any,
+    url: str,
+    endpoint: str,
+    parent: int,
+    pooled: bool,
+    folder: str,
+    prefix: str,
 ) -> None:
-    """The writer process: batches of records in, AuditEvents stored, until `None` comes, or
-    until the server that started it is gone (killed with no chance to say so)."""
+    """The writer process: the server's spool (`folder`, files `prefix-*`) read and stored,
+    until the server says it stops (`None`), or is gone (killed with no chance to say so);
+    then whatever the spool holds is stored before it exits."""
     # the server decides when it stops: a Ctrl-C, a systemd stop or a closed terminal signals
     # the whole group, and the server still hands over what it has pending when it stops
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(_writer(queue, acks, url, endpoint, parent, pooled))
+    asyncio.run(_writer(queue, acks, url, endpoint, parent, pooled, Path(folder), prefix))
 
 
-def _next_batch(queue: Any, parent: int) -> Any:
-    """The next item, or None once the parent is gone (an orphan is adopted by another)."""
-    while True:
-        try:
-            return queue.get(timeout=1.0)
-        except queues.Empty:
-            if os.getppid() != parent:
-                return None
+def _next_batch(queue: Any, parent: int, timeout: float) -> bool:
+    """Wait up to `timeout` for the server's stop; True once it stopped or is gone (an orphan
+    is adopted by another process)."""
+    try:
+        return queue.get(timeout=timeout) is None
+    except queues.Empty:
+        return os.getppid() != parent
+    except (OSError, ValueError, EOFError):
+        return True
 
 
 async def _writer(
-    queue: Any, acks: Any, url: str, endpoint: str, parent: int, pooled: bool
+    queue: Any,
+    acks: Any,
+    url: str,
+    endpoint: str,
+    parent: int,
+    pooled: bool,
+    folder: Path,
+    prefix: str,
 ) -> None:
     loop = asyncio.get_running_loop()
     conn: Connection | None = None
@@ -1018,14 +1100,71 @@ async def _writer(
     async def connect() -> Connection:
         return await database.connect(url, pooled=pooled, autocommit=True)
 
+    async def stored(records: list[Record], retried: bool, attempts: int | None = None) -> None:
+        # tried until stored while the server runs: a batch is never given up (the server
+        # waits at most SHUTDOWN_SECONDS for it when it stops)
+        nonlocal conn
+        conn = await store_until_stored(
+            connect,
+            records,
+            endpoint,
+            conn=conn,
+            wait_for_flush=False,
+            retried=retried,
+            attempts=attempts,
+        )
+
+    # what dead servers left on this database: stored from where they had got (maybe again:
+    # their writer may have died between a commit and marking it, hence `retried`)
+    for orphan in spool.orphans(folder, prefix):
+        try:
+            while True:
+                items, _ = orphan.read()
+                if not items:
+                    break
+                await stored([_unflat(r) for item in items for r in item], retried=True)
+                orphan.mark()
+            if orphan.left():
+                log.warning("%s ends with %d bytes of a torn write", orphan.path, orphan.left())
+            log.warning("stored the audit spool %s left by a stopped server", orphan.path.name)
+        finally:
+            orphan.close(delete=True)
+
+    number = 0
+    reader = spool.Reader(folder / f"{prefix}-{number:06d}{spool.SUFFIX}")
+    stopping = False  # the server wrote its last (seen before the read that follows)
     while True:
-        item = await loop.run_in_executor(None, _next_batch, queue, parent)
-        if item is None:
+        rotated = (folder / f"{prefix}-{number + 1:06d}{spool.SUFFIX}").exists()
+        items, more = reader.read()
+        if items:
+            try:
+                # once the server is gone with the database unreachable, the writer does not
+                # stay behind for ever: the spool keeps the rest for the next start
+                await stored(
+                    [_unflat(r) for item in items for r in item],
+                    retried=False,
+                    attempts=len(RETRY_SECONDS) if stopping else None,
+                )
+            except Exception:
+                log.exception("the audit spool is left for the next start to store")
+                reader.close()
+                break
+            reader.mark()
+            acks.put((number, reader.position))
+        if more:
+            continue
+        if rotated:  # the server had moved on before this read: this file is all stored
+            reader.close(delete=True)
+            number += 1
+            reader = spool.Reader(folder / f"{prefix}-{number:06d}{spool.SUFFIX}")
+            continue
+        if stopping:
+            if reader.left():
+                log.warning("the audit spool ends with %d bytes of a torn write", reader.left())
+            reader.close(delete=True)
             break
-        sequence, batch = item
-        # tried until stored: a batch is never given up (the server waits at most
-        # SHUTDOWN_SECONDS for it when it stops)
-        conn = await store_until_stored(connect, batch, endpoint, conn=conn, wait_for_flush=False)
-        acks.put(sequence)
+        stopping = await loop.run_in_executor(None, _next_batch, queue, parent, FLUSH_SECONDS)
+    if os.getppid() != parent:
+        acks.cancel_join_thread()  # no one reads them: do not wait at exit to send them
     if conn is not None:
         await conn.close()
