@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, replace
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
 
 from capability.definitions import resource_types
 from fhir_server.api.observability import ACTOR
-from fhir_server.api.routing import read_after
+from fhir_server.api.routing import read_after, routed
 from fhir_server.api.runtime import Runtime
 from fhir_server.auth.tokens import Principal, bearer
 from fhir_server.errors import (
@@ -44,6 +44,9 @@ def runtime(request: Request) -> Runtime:
     return rt
 
 
+T = TypeVar("T")
+
+
 @dataclass(frozen=True, slots=True)
 class Interaction:
     """What a FHIR handler works with: the database, the request's context, `Prefer: return`,
@@ -66,6 +69,18 @@ class Interaction:
         the block ends, denials before the response. `optimistic` (read only): cached facts
         come unverified, and the read verifies them in its own statement (services/interactions/read.py)."""
         return Authorized(self, conn, optimistic)
+
+    def routed(
+        self,
+        conn: Connection,
+        ctx: Context,
+        work: Callable[[Connection], Awaitable[T]],
+        *,
+        verifies: bool = False,
+    ) -> Awaitable[T]:
+        """`work` (a read's data statements) on a replica when one may serve it, else on
+        `conn` (api/routing.py `routed`)."""
+        return routed(self.runtime, conn, ctx, self.read_after, work, verifies=verifies)
 
 
 class Authorized:

@@ -33,7 +33,6 @@ from fhir_server.api.deps import (
 from fhir_server.api.errors import status_of
 from fhir_server.api.idempotency import Idempotent
 from fhir_server.api.responses import fhir_response, read_response, write_response
-from fhir_server.api.routing import routed
 from fhir_server.errors import (
     BadRequest,
     MethodNotAllowed,
@@ -158,20 +157,27 @@ async def system_history(fhir: FhirInteraction, request: Request) -> Response:
 
 
 async def type_history(fhir: FhirInteraction, type: str | None, request: Request) -> Response:
+    return await _history(fhir, request, type)
+
+
+async def _history(
+    fhir: FhirInteraction, request: Request, type: str | None, id: str | None = None
+) -> Response:
+    """The server's, a type's (`type`) or an instance's (`id` too) history."""
     async with (
         fhir.db.transaction() as conn,
         fhir.authorized(conn, optimistic=_routes(fhir)) as ctx,
     ):
-        body = await routed(
-            fhir.runtime,
+        body = await fhir.routed(
             conn,
             ctx,
-            fhir.read_after,
             _snapshot(
-                lambda data: history.history(ctx, data, request.query_params, resource_type=type)
+                lambda data: history.history(
+                    ctx, data, request.query_params, resource_type=type, id=id
+                )
             ),
         )
-    return fhir_response(body)
+    return fhir_response(body, emergency=ctx.guard.emergency)
 
 
 def _routes(fhir: Interaction) -> bool:
@@ -238,11 +244,9 @@ async def read_resource(request: Request) -> Response:
         if fhir.runtime.replicas is None:  # the hottest path, as it was
             found = await read.read(ctx, conn, path["type"], path["id"])
         else:
-            found = await routed(
-                fhir.runtime,
+            found = await fhir.routed(
                 conn,
                 ctx,
-                fhir.read_after,
                 lambda data: read.read(ctx, data, path["type"], path["id"]),
                 verifies=True,
             )
@@ -324,33 +328,16 @@ async def conditional_delete(fhir: FhirInteraction, type: str, request: Request)
 
 
 async def instance_history(fhir: FhirInteraction, type: str, id: str, request: Request) -> Response:
-    async with (
-        fhir.db.transaction() as conn,
-        fhir.authorized(conn, optimistic=_routes(fhir)) as ctx,
-    ):
-        body = await routed(
-            fhir.runtime,
-            conn,
-            ctx,
-            fhir.read_after,
-            _snapshot(
-                lambda data: history.history(
-                    ctx, data, request.query_params, resource_type=type, id=id
-                )
-            ),
-        )
-    return fhir_response(body, emergency=ctx.guard.emergency)
+    return await _history(fhir, request, type, id)
 
 
 async def vread_resource(request: Request) -> Response:
     path = request.path_params
     fhir = interaction(request)
     async with fhir.db.connection() as conn, fhir.authorized(conn, optimistic=_routes(fhir)) as ctx:
-        found = await routed(
-            fhir.runtime,
+        found = await fhir.routed(
             conn,
             ctx,
-            fhir.read_after,
             lambda data: read.vread(ctx, data, path["type"], path["id"], path["vid"]),
         )
     return read_response(found, emergency=ctx.guard.emergency)
@@ -359,11 +346,9 @@ async def vread_resource(request: Request) -> Response:
 async def search_type(fhir: FhirInteraction, type: str, request: Request) -> Response:
     params = request.query_params.multi_items()
     async with fhir.db.connection() as conn, fhir.authorized(conn, optimistic=_routes(fhir)) as ctx:
-        body = await routed(
-            fhir.runtime,
+        body = await fhir.routed(
             conn,
             ctx,
-            fhir.read_after,
             lambda data: search.search(ctx, data, type, params, strict=not fhir.lenient),
         )
     return fhir_response(body)
@@ -383,11 +368,9 @@ async def search_type_post(fhir: FhirInteraction, type: str, request: Request) -
     form = parse_qsl(text, keep_blank_values=True)
     params = [*request.query_params.multi_items(), *form]
     async with fhir.db.connection() as conn, fhir.authorized(conn, optimistic=_routes(fhir)) as ctx:
-        body = await routed(
-            fhir.runtime,
+        body = await fhir.routed(
             conn,
             ctx,
-            fhir.read_after,
             lambda data: search.search(ctx, data, type, params, strict=not fhir.lenient),
         )
     return fhir_response(body)
@@ -412,11 +395,9 @@ async def search_compartment(
         raise NotSupported(f"resource type `{member}` is not supported", code="not-supported")
     params = request.query_params.multi_items()
     async with fhir.db.connection() as conn, fhir.authorized(conn, optimistic=_routes(fhir)) as ctx:
-        body = await routed(
-            fhir.runtime,
+        body = await fhir.routed(
             conn,
             ctx,
-            fhir.read_after,
             lambda data: search.search(
                 ctx,
                 data,
