@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from bench.harness import RESULTS, ROOT, conditions, start_database
+from bench.harness import conditions, start_database, write_section
 from fhir_server.search.index import index_rows
 from fhir_server.storage import repository
 from fhir_server.storage.repository import NewVersion
@@ -193,12 +193,4 @@ def run(args: argparse.Namespace, stack: ExitStack, *, append: bool) -> None:
     runs = measure(url, args.epoch_writers, args.epoch_seconds)
     out = report(runs, args.epoch_writers, args.epoch_seconds)
     conds = "\n".join(f"- **{k}**: {v}" for k, v in conditions(url, load_before))
-    section = f"## Access epoch benchmark\n\n{out}\n\n### Conditions\n\n{conds}\n"
-    RESULTS.mkdir(exist_ok=True)
-    latest = RESULTS / "latest.md"
-    if append and latest.exists():
-        with latest.open("a") as f:
-            f.write(f"\n{section}")
-    else:
-        latest.write_text(f"# Benchmark results\n\n{section}")
-    print(f"\n{out}\n\n{conds}\n\nwritten to {latest.relative_to(ROOT)}")
+    write_section("Access epoch benchmark", out, conds, append)

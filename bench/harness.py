@@ -429,3 +429,17 @@ def r4_examples() -> dict[str, dict[str, Any]]:
         with path.open(encoding="utf-8") as f:
             found[path.stem] = json.load(f)
     return found
+
+
+def write_section(title: str, out: str, conds: str, append: bool) -> None:
+    """One benchmark's table and conditions as a section of `bench/results/latest.md`: added to
+    the file when `append` (a part of `make bench` after the REST run), else the whole file."""
+    section = f"## {title}\n\n{out}\n\n### Conditions\n\n{conds}\n"
+    RESULTS.mkdir(exist_ok=True)
+    latest = RESULTS / "latest.md"
+    if append and latest.exists():
+        with latest.open("a") as f:
+            f.write(f"\n{section}")
+    else:
+        latest.write_text(f"# Benchmark results\n\n{section}")
+    print(f"\n{out}\n\n{conds}\n\nwritten to {latest.relative_to(ROOT)}")

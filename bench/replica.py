@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 
 from bench.clients import Http, closed_loop, request
-from bench.harness import RESULTS, ROOT, conditions, serve
+from bench.harness import conditions, serve, write_section
 from fhir_server.auth.devkeys import dev_token
 from fhir_server.storage.database import migrate
 from tests.support.replica import Pair, start_pair
@@ -320,12 +320,4 @@ def run(args: argparse.Namespace, stack: ExitStack, *, append: bool) -> None:
         ]
     )
     conds = "\n".join(f"- **{k}**: {v}" for k, v in conditions(primary_url, load_before))
-    section = f"## Replica benchmark\n\n{out}\n\n### Conditions\n\n{conds}\n"
-    RESULTS.mkdir(exist_ok=True)
-    latest = RESULTS / "latest.md"
-    if append and latest.exists():
-        with latest.open("a") as f:
-            f.write(f"\n{section}")
-    else:
-        latest.write_text(f"# Benchmark results\n\n{section}")
-    print(f"\n{out}\n\n{conds}\n\nwritten to {latest.relative_to(ROOT)}")
+    write_section("Replica benchmark", out, conds, append)

@@ -41,6 +41,7 @@ from bench.harness import (
     rss_mb,
     servers,
     start_server,
+    write_section,
 )
 from bench.search_data import (
     MRN_SYSTEM,
@@ -515,11 +516,4 @@ def run(args: argparse.Namespace, stack: ExitStack, *, append: bool) -> None:
     )
     if any(t.errors for t in results):
         out += f"\n\nThe server's log of this run: `{log.relative_to(ROOT)}`."
-    section = f"## Search benchmark\n\n{out}\n\n### Conditions\n\n{conds}\n"
-    latest = RESULTS / "latest.md"
-    if append and latest.exists():
-        with latest.open("a") as f:
-            f.write(f"\n{section}")
-    else:
-        latest.write_text(f"# Benchmark results\n\n{section}")
-    print(f"\n{out}\n\n{conds}\n\nwritten to {latest.relative_to(ROOT)}")
+    write_section("Search benchmark", out, conds, append)
