@@ -45,6 +45,7 @@ check: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
+	scripts/ensure-wrk
 	$(PY) -m bench.run
 
 # The Patient Service load scenario: 50 requests/s, then the highest rate the machine sustains;

@@ -127,15 +127,23 @@ class TokenVerifier:
             raise Unauthorized("the token's signing key is not known", code="login")
         return keys[0]
 
+    def remembered(self, token: str) -> Principal | None:
+        """The principal of a token this verifier verified before and that has not expired."""
+        cached = self._verified.get(token)
+        if cached is None:
+            return None
+        principal, expires = cached
+        if time.time() <= expires + self.settings.leeway_seconds:
+            return principal
+        del self._verified[token]
+        return None
+
     def verify(self, token: str) -> Principal:
         """The principal of a valid token. A token verified once is remembered until it
         expires (a signature check costs more than the rest of a read)."""
-        cached = self._verified.get(token)
-        if cached is not None:
-            principal, expires = cached
-            if time.time() <= expires + self.settings.leeway_seconds:
-                return principal
-            del self._verified[token]
+        principal = self.remembered(token)
+        if principal is not None:
+            return principal
         principal = self._verify(token)
         if len(self._verified) >= MAX_REMEMBERED:
             self._verified.clear()
@@ -188,6 +196,12 @@ class Verifiers:
     def verify(self, token: str) -> Principal:
         if len(self.by_issuer) == 1:
             return next(iter(self.by_issuer.values())).verify(token)
+        # A token one of them verified before is known without decoding it again (PyJWT's
+        # decoding costs as much as the rest of a read).
+        for verifier in self.by_issuer.values():
+            principal = verifier.remembered(token)
+            if principal is not None:
+                return principal
         try:
             issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
         except jwt.InvalidTokenError:

@@ -124,3 +124,32 @@ def test_without_the_authorization_server_only_the_identity_provider_is_trusted(
     verifier = verifiers(settings, None)
     with pytest.raises(Unauthorized):
         verifier.verify(token(keys))
+
+
+def test_a_remembered_token_is_refused_once_it_expires(tmp_path: Path) -> None:
+    """Both issuers are trusted, so a token is first matched against the tokens verified before;
+    that memory must not outlive the token."""
+    settings, keys, _ = setup(tmp_path)
+    verifier = verifiers(replace(settings, auth_leeway_seconds=0), keys)
+    assert len(verifier.by_issuer) == 2
+    short = token(keys, exp=int(time.time()) + 2)
+    assert verifier.verify(short).subject == "local:john"
+    assert verifier.verify(short).subject == "local:john"  # remembered
+    time.sleep(max(0.0, short_expiry(short) + 1.05 - time.time()))
+    with pytest.raises(Unauthorized, match="expired"):
+        verifier.verify(short)
+
+
+def test_a_token_changed_after_one_was_remembered_is_verified_afresh(tmp_path: Path) -> None:
+    _, keys, verifier = setup(tmp_path)
+    good = token(keys)
+    verifier.verify(good)
+    # the same claims with one character of the signature changed: not the remembered token
+    head, body, signature = good.split(".")
+    forged = f"{head}.{body}.{signature[:-2]}{'A' if signature[-2] != 'A' else 'B'}{signature[-1]}"
+    with pytest.raises(Unauthorized):
+        verifier.verify(forged)
+
+
+def short_expiry(token: str) -> float:
+    return float(jwt.decode(token, options={"verify_signature": False})["exp"])
