@@ -76,9 +76,18 @@ class Load:
 
         return self._python(base, create)
 
-    def _wrk(self, base: str, script: str, *args: str) -> LoadResult:
+    def fixed(self, base: str, path: str) -> LoadResult:
+        """The same GET of `path` over and over, without a token (the floor of a server's
+        per-request cost: a constant answer through its whole middleware stack)."""
+        if self.use_wrk:
+            return self._wrk(base + path, None)
+        request = _request("GET", path)
+        return self._python(base, lambda: request)
+
+    def _wrk(self, base: str, script: str | None, *args: str) -> LoadResult:
         cmd = ["wrk", f"-t{self.threads}", f"-c{self.connections}", f"-d{self.duration:g}s"]
-        cmd += ["--latency", "-s", str(WRK_DIR / script), base, "--", *args]
+        cmd += ["--latency", *(["-s", str(WRK_DIR / script)] if script else []), base]
+        cmd += ["--", *args] if args else []
         out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
         return parse_wrk(out)
 

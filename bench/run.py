@@ -237,10 +237,13 @@ def measure(
     meter: CpuMeter,
     token: str | None = None,
 ) -> LoadResult:
-    """One load run after a warm-up, with the CPU use of the server and PostgreSQL over the run."""
+    """One load run after a warm-up, with the CPU use of the server and PostgreSQL over the run.
+    `run`: "reads" (of `ids`), "creates", or a path to GET over and over (`Load.fixed`)."""
 
     def once(lo: Load) -> LoadResult:
-        return lo.reads(base, ids, token) if run == "reads" else lo.creates(base, token)
+        if run == "reads":
+            return lo.reads(base, ids, token)
+        return lo.creates(base, token) if run == "creates" else lo.fixed(base, run)
 
     if warmup > 0:
         once(Load(load.threads, load.connections, warmup, load.use_wrk))
@@ -318,6 +321,11 @@ def per_request(r: LoadResult) -> float:
     return 10 * r.cpu.server / r.rps if r.cpu and r.rps else 0.0
 
 
+def db_per_request(r: LoadResult) -> float:
+    """PostgreSQL CPU milliseconds per request (all of its processes, the audit writer's too)."""
+    return 10 * r.cpu.postgres / r.rps if r.cpu and r.rps else 0.0
+
+
 def cpu(c: Cpu | None) -> str:
     return f"{c.server:.0f} / {c.postgres:.0f}" if c else ""
 
@@ -329,6 +337,7 @@ def report(
     reads: LoadResult,
     related: LoadResult,
     ref: LoadResult,
+    floors: tuple[LoadResult, LoadResult],
     mem: float,
     writer: float,
     peak: float,
@@ -337,16 +346,21 @@ def report(
     related_ratio = related.rps / ref.rps if ref.rps else 0.0
     cpu_ratio = per_request(reads) / per_request(ref) if per_request(ref) else 0.0
     median = statistics.median(ing.seconds)
+    floor, ref_floor = floors
+    floor_ratio = floor.rps / ref_floor.rps if ref_floor.rps else 0.0
     # fmt: off
     return table([
         ("reads: GET /fhir/Patient/{id}, req/s", f"{reads.rps:,.0f}", f"{ref.rps:,.0f}", f"{ratio:.2f}", ">= 0.7 of reference", met(ratio >= 0.7, reads)),
         ("reads: latency p50 / p99, ms", f"{reads.p50_ms:.2f} / {reads.p99_ms:.2f}", f"{ref.p50_ms:.2f} / {ref.p99_ms:.2f}", "", "", ""),
         ("reads: CPU % of one core, server / PostgreSQL", cpu(reads.cpu), cpu(ref.cpu), "", "", ""),
         ("reads: server CPU per request, ms", f"{per_request(reads):.2f}", f"{per_request(ref):.2f}", f"{cpu_ratio:.2f}", "", ""),
+        ("reads: database CPU per request (with the audit writer's), ms", f"{db_per_request(reads):.3f}", f"{db_per_request(ref):.3f}", "", "", ""),
         (f"reads as a RelatedPerson ({RELATED_PERSONS:,} callers, own signed tokens), req/s", f"{related.rps:,.0f}", f"{ref.rps:,.0f}", f"{related_ratio:.2f}", ">= 0.8 of reference", met(related_ratio >= 0.8, related)),
         ("reads as a RelatedPerson: latency p50 / p99, ms", f"{related.p50_ms:.2f} / {related.p99_ms:.2f}", f"{ref.p50_ms:.2f} / {ref.p99_ms:.2f}", "", "", ""),
         ("reads as a RelatedPerson: CPU % of one core, server / PostgreSQL", cpu(related.cpu), cpu(ref.cpu), "", "", ""),
         ("reads as a RelatedPerson: server CPU per request, ms", f"{per_request(related):.2f}", f"{per_request(ref):.2f}", "", "", ""),
+        ("reads as a RelatedPerson: database CPU per request (with the audit writer's), ms", f"{db_per_request(related):.3f}", f"{db_per_request(ref):.3f}", "", "", ""),
+        ("the floor: GET /healthz (reference: /readyz), constant answer, no token, req/s", f"{floor.rps:,.0f}", f"{ref_floor.rps:,.0f}", f"{floor_ratio:.2f}", "", ""),
         ("creates: POST /fhir/Patient, req/s", f"{creates.rps:,.0f}", "", "", ">= 500/s", met(creates.rps >= 500, creates)),
         ("creates: latency p50 / p99, ms", f"{creates.p50_ms:.2f} / {creates.p99_ms:.2f}", "", "", "", ""),
         ("creates: CPU % of one core, server / PostgreSQL", cpu(creates.cpu), "", "", "", ""),
@@ -410,14 +424,27 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
         if r.status_code != 200 or r.json()["id"] != sample:
             sys.exit(f"{b} does not read Patient/{sample}: {r.status_code} {r.text[:500]}")
     print("the same reads against the reference app", flush=True)
-    ref_reads = measure(load, args.warmup, "reads", ref_base, ids, CpuMeter(ref.pid, postmaster))
+    ref_meter = CpuMeter(ref.pid, postmaster)
+    ref_reads = measure(load, args.warmup, "reads", ref_base, ids, ref_meter)
+    print("the floor: a constant answer through each app's middleware, no token", flush=True)
+    floor = measure(load, args.warmup, "/healthz", base, ids, meter)
+    ref_floor = measure(load, args.warmup, "/readyz", ref_base, ids, ref_meter)
 
     RESULTS.mkdir(exist_ok=True)
     if args.profile:
         profile(meter, load, base, ids, system, callers)
 
     out = report(
-        args.batch, ing, creates, reads, related_reads, ref_reads, mem, writer, sampler.peak_mb
+        args.batch,
+        ing,
+        creates,
+        reads,
+        related_reads,
+        ref_reads,
+        (floor, ref_floor),
+        mem,
+        writer,
+        sampler.peak_mb,
     )
     conds = "\n".join(f"- **{k}**: {v}" for k, v in conditions(url, load, args))
     raw = "\n\n".join(
@@ -427,6 +454,8 @@ def run(args: argparse.Namespace, stack: ExitStack) -> None:
             ("reads (server, System token)", reads),
             ("reads (server, RelatedPerson tokens)", related_reads),
             ("reads (reference)", ref_reads),
+            ("the floor (server)", floor),
+            ("the floor (reference)", ref_floor),
         )
     )
     (RESULTS / "latest.md").write_text(

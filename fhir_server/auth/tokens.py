@@ -198,8 +198,8 @@ class Verifiers:
             return next(iter(self.by_issuer.values())).verify(token)
         # A token one of them verified before is known without decoding it again (PyJWT's
         # decoding costs as much as the rest of a read).
-        for verifier in self.by_issuer.values():
-            principal = verifier.remembered(token)
+        for known in self.by_issuer.values():
+            principal = known.remembered(token)
             if principal is not None:
                 return principal
         try:
