@@ -149,6 +149,8 @@ max_wal_senders = 5
 fsync = off
 full_page_writes = off
 max_connections = 200
+# the replica benchmark reads when a revocation committed (bench/replica.py)
+track_commit_timestamp = on
 """
 
 
