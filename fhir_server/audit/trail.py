@@ -604,7 +604,6 @@ async def store(
     records: Sequence[Record],
     endpoint: str,
     *,
-    wait_for_flush: bool = True,
     retried: bool = False,
 ) -> int:
     """Store the AuditEvents of `records` on `conn` (autocommit), each exactly once: one COPY
@@ -622,19 +621,16 @@ async def store(
         )
         records = [r for r in records if r.id not in done]
     pairs = [(r, stored_record(r, endpoint)) for r in records]
-    return await _store(conn, pairs, endpoint, wait_for_flush)
+    return await _store(conn, pairs, endpoint)
 
 
 async def _store(
-    conn: Connection,
-    pairs: Sequence[tuple[Record, NewVersion]],
-    endpoint: str,
-    wait_for_flush: bool,
+    conn: Connection, pairs: Sequence[tuple[Record, NewVersion]], endpoint: str
 ) -> int:
     if not pairs:
         return 0
     try:
-        await _insert(conn, [v for _, v in pairs], wait_for_flush)
+        await _insert(conn, [v for _, v in pairs])
         return 0
     except Exception as exc:
         if transient(exc) or conn.broken or conn.closed:
@@ -642,8 +638,8 @@ async def _store(
         refusal = exc
     if len(pairs) > 1:
         half = len(pairs) // 2
-        return await _store(conn, pairs[:half], endpoint, wait_for_flush) + await _store(
-            conn, pairs[half:], endpoint, wait_for_flush
+        return await _store(conn, pairs[:half], endpoint) + await _store(
+            conn, pairs[half:], endpoint
         )
     record, version = pairs[0]
     if isinstance(refusal, psycopg.errors.UniqueViolation) and await _stored(
@@ -656,16 +652,17 @@ async def _store(
         type(refusal).__name__,
     )
     fallback = reduced(record)
-    await _insert(conn, [stored_record(fallback, endpoint)], wait_for_flush)
+    await _insert(conn, [stored_record(fallback, endpoint)])
     return 1
 
 
-async def _insert(conn: Connection, versions: Sequence[NewVersion], wait_for_flush: bool) -> None:
+async def _insert(conn: Connection, versions: Sequence[NewVersion]) -> None:
     async with conn.transaction():
-        if not wait_for_flush:
-            # allowed-read events are durable within a second by design (a crash can lose the
-            # last ones): the writer does not wait for each commit's WAL flush
-            await conn.execute("SET LOCAL synchronous_commit = off")
+        # The commit waits for its WAL flush, whatever the database's default: the spool's
+        # offset moves past these events only after this returns, so a commit that a PostgreSQL
+        # crash could still undo would leave them stored nowhere. One flush per batch of the
+        # writer's, off the request path.
+        await conn.execute("SET LOCAL synchronous_commit = on")
         # one COPY into the partitioned AuditEvent table (storage/audit_events.py): no history
         # row, no generic search-index rows
         await audit_events.copy_events(
@@ -687,7 +684,6 @@ async def store_until_stored(
     endpoint: str,
     *,
     conn: Connection | None = None,
-    wait_for_flush: bool = True,
     attempts: int | None = None,
     retried: bool = False,
 ) -> Connection | None:
@@ -703,7 +699,6 @@ async def store_until_stored(
                 conn,
                 records,
                 endpoint,
-                wait_for_flush=wait_for_flush,
                 retried=retried or attempt > 0,
             )
             return conn
@@ -1109,7 +1104,6 @@ async def _writer(
             records,
             endpoint,
             conn=conn,
-            wait_for_flush=False,
             retried=retried,
             attempts=attempts,
         )

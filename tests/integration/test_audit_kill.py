@@ -1,7 +1,8 @@
 """No AuditEvent is lost when the server is killed mid-load (issue 15, item 4): every read answered
 200 has its AuditEvent stored, counted per resource read, after a SIGKILL of the server process
 (its writer process stores the spool and exits) and after a SIGKILL of the whole process group
-(server and writer: the next start's writer stores the spool the dead ones left).
+(server and writer: the next start's writer stores the spool the dead ones left), and after a
+crash of PostgreSQL itself just after the writer committed a batch.
 
 Real `fhir-server serve` processes in a session of their own (so that the test can kill their
 group), on a fresh database; many threads read until the kill, and count what was answered."""
@@ -15,7 +16,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -26,6 +27,7 @@ import pytest
 from fhir_server.audit import spool
 from fhir_server.storage.database import migrate
 from tests.support.databases import drop_database, fresh_database
+from tests.support.replica import start_primary
 from tests.support.servers import free_port, wait_until_ready
 from tests.support.tokens import KEYS_DIR, auth
 
@@ -93,22 +95,24 @@ def stored_reads(url: str) -> Counter[str]:
     return Counter(dict(rows))
 
 
-def load_until_killed(base: str, resources: list[str], kill: threading.Event) -> Counter[str]:
-    """Reads from `READERS` threads until `kill` is set by the caller (who kills the server
-    once enough were answered): the 200s received, by resource."""
+def load_until(base: str, resources: list[str], act: Callable[[], None]) -> Counter[str]:
+    """Reads from `READERS` threads until at least `ANSWERED_BEFORE_KILL` are answered, then
+    `act()` (a kill) while they go on; the readers stop once `act` has returned, or at the
+    connection error of a killed server. The 200s received, by resource, with all readers done."""
     answered: Counter[str] = Counter()
     lock = threading.Lock()
+    acting, done = threading.Event(), threading.Event()
 
     def reader(n: int) -> None:
         with httpx.Client(base_url=f"{base}/fhir", timeout=30, headers=auth()) as client:
             i = n
-            while True:
+            while not done.is_set():
                 resource = resources[i % len(resources)]
                 i += READERS
                 try:
                     status = client.get(f"/{resource}").status_code
                 except httpx.HTTPError:
-                    if kill.is_set():
+                    if acting.is_set():
                         return
                     raise
                 if status == 200:
@@ -123,45 +127,72 @@ def load_until_killed(base: str, resources: list[str], kill: threading.Event) ->
         assert time.monotonic() < deadline, "the load did not get going"
         assert all(t.is_alive() for t in threads), "a reader failed before the kill"
         time.sleep(0.01)
-    kill.set()
-    return answered
+    acting.set()
+    try:
+        act()
+    finally:
+        done.set()
+    for thread in threads:
+        thread.join(WAIT)
+    assert not any(t.is_alive() for t in threads), "a reader did not stop"
+    return Counter(answered)
+
+
+def observations(base: str, n: int) -> list[str]:
+    """A Patient and `n` Observations of it, created as System: their references."""
+    with httpx.Client(base_url=f"{base}/fhir", headers=auth(), timeout=30) as system:
+        patient = system.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
+        created = []
+        for k in range(n):
+            observation = {
+                "resourceType": "Observation",
+                "status": "final",
+                "code": {"text": f"kill {k}"},
+                "subject": {"reference": f"Patient/{patient}"},
+            }
+            created.append(
+                f"Observation/{system.post('/Observation', json=observation).json()['id']}"
+            )
+    return created
+
+
+def all_stored(url: str, answered: Counter[str]) -> None:
+    """Every 200 in `answered` has its read AuditEvent stored, within `WAIT`."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            stored = stored_reads(url)
+        except psycopg.OperationalError:  # a database still recovering
+            stored = Counter()
+        missing = answered - stored
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert not missing, (
+        f"{sum(missing.values())} of {sum(answered.values())} answered reads have no"
+        f" AuditEvent ({sum(stored.values())} stored)"
+    )
+    # stored at least once for each 200; a request answered but cut off before the client
+    # read it may have one too, so `>=`; never stored twice (ids are unique)
+    assert sum(stored.values()) >= sum(answered.values())
 
 
 def run(url: str, tmp_path: Path, group: bool) -> None:
     first = Serve(url, tmp_path, 0)
     restarted: Serve | None = None
     try:
-        with httpx.Client(base_url=f"{first.base}/fhir", headers=auth(), timeout=30) as system:
-            patient = system.post("/Patient", json={"resourceType": "Patient"}).json()["id"]
-            resources = []
-            for n in range(RESOURCES):
-                observation = {
-                    "resourceType": "Observation",
-                    "status": "final",
-                    "code": {"text": f"kill {n}"},
-                    "subject": {"reference": f"Patient/{patient}"},
-                }
-                resources.append(
-                    f"Observation/{system.post('/Observation', json=observation).json()['id']}"
-                )
-        before = stored_reads(url)
-        assert not before, "no read yet"
-        kill = threading.Event()
+        resources = observations(first.base, RESOURCES)
+        assert not stored_reads(url), "no read yet"
 
-        def killing() -> None:
-            kill.wait()
+        def kill() -> None:
             if group:
                 os.killpg(first.proc.pid, signal.SIGKILL)  # the server and its writer
             else:
                 os.kill(first.proc.pid, signal.SIGKILL)  # the server (uvicorn) process only
+            first.proc.wait(WAIT)
 
-        killer = threading.Thread(target=killing, daemon=True)
-        killer.start()
-        answered = load_until_killed(first.base, resources, kill)
-        killer.join(WAIT)
-        first.proc.wait(WAIT)
         # the answers are all in: the server is dead, no more can come
-        answered = Counter(answered)
+        answered = load_until(first.base, resources, kill)
         assert sum(answered.values()) >= ANSWERED_BEFORE_KILL
         if group:
             first.writer.wait(WAIT)
@@ -174,20 +205,7 @@ def run(url: str, tmp_path: Path, group: bool) -> None:
         else:
             # the writer outlives the server: it stores the spool, then exits
             first.writer.wait(WAIT)
-        deadline = time.monotonic() + WAIT
-        while True:
-            stored = stored_reads(url)
-            missing = answered - stored
-            if not missing or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
-        assert not missing, (
-            f"{sum(missing.values())} of {sum(answered.values())} answered reads have no"
-            f" AuditEvent ({sum(stored.values())} stored)"
-        )
-        # stored at least once for each 200; a request answered but cut off before the client
-        # read it may have one too, so `>=`; never stored twice (ids are unique)
-        assert sum(stored.values()) >= sum(answered.values())
+        all_stored(url, answered)
         if restarted is not None:
             restarted.stop()
             assert not list(spool.directory(KEYS_DIR, url).glob(f"*{spool.SUFFIX}"))
@@ -205,3 +223,37 @@ def test_killing_the_server_and_its_writer_loses_no_audit_event(
     database: str, tmp_path: Path
 ) -> None:
     run(database, tmp_path, group=True)
+
+
+def test_a_postgresql_crash_loses_no_audit_event(tmp_path: Path) -> None:
+    """PostgreSQL crashes (all its processes quit at once) just after the writer committed a
+    batch: the writer's commits wait for their WAL flush before the spool's offset moves past
+    them, so the crash undoes none that the writer took as stored, and what it had not stored
+    yet it stores once PostgreSQL is back."""
+    database = start_primary()
+    url = database.url("fhir")
+    try:
+        migrate(url)
+        server = Serve(url, tmp_path, 0)
+        try:
+            resources = observations(server.base, RESOURCES)
+
+            def crash() -> None:
+                # at the moment a batch of the writer's has just committed
+                with psycopg.connect(url, autocommit=True) as conn:
+                    count = "SELECT count(*) FROM audit_events"
+                    (before,) = conn.execute(count).fetchone() or (0,)
+                    deadline = time.monotonic() + WAIT
+                    while (conn.execute(count).fetchone() or (0,))[0] == before:
+                        assert time.monotonic() < deadline, "the writer stored nothing"
+                        time.sleep(0.002)
+                database.crash()
+
+            answered = load_until(server.base, resources, crash)
+            assert sum(answered.values()) >= ANSWERED_BEFORE_KILL
+            database.start()
+            all_stored(url, answered)
+        finally:
+            server.stop()
+    finally:
+        database.remove()

