@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -40,9 +40,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from bench.clients import Http, closed_loop, request
 from bench.harness import conditions, serve, write_section
+from fhir_server.audit.trail import WRITER_NAME
 from fhir_server.auth.devkeys import dev_token
 from fhir_server.storage.database import migrate
 from tests.support.replica import Pair, Server, start_pair
@@ -57,6 +59,54 @@ def _pin(pid: int, core: int) -> None:
 
 def _postmaster(folder: Path) -> int:
     return int((folder / "data" / "postmaster.pid").read_text().split()[0])
+
+
+PERIOD_US = 10_000  # a short period: throttled in slices of milliseconds, not of 100 ms
+
+
+class CpuCap:
+    """A cgroup whose processes share at most `fraction` of one core: the CFS quota of cgroup v1's
+    `cpu` controller, or v2's `cpu.max`. A database in one is the bottleneck of its server the
+    way a small database machine would be, whatever the API servers and the load generator use."""
+
+    def __init__(self, name: str, fraction: float) -> None:
+        quota = max(1000, int(fraction * PERIOD_US))
+        v1, v2 = Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup")
+        if (v1 / "cpu.cfs_quota_us").exists():
+            self.folder = v1 / name
+            self.folder.mkdir(exist_ok=True)
+            (self.folder / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (self.folder / "cpu.cfs_quota_us").write_text(str(quota))
+        else:
+            if "cpu" not in (v2 / "cgroup.controllers").read_text().split():
+                raise OSError("no cpu controller")
+            (v2 / "cgroup.subtree_control").write_text("+cpu")
+            self.folder = v2 / name
+            self.folder.mkdir(exist_ok=True)
+            (self.folder / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+
+    @classmethod
+    def made(cls, name: str, fraction: float) -> CpuCap | None:
+        """The cap, or None where cgroups cannot be written here (not root, read-only)."""
+        try:
+            return cls(name, fraction)
+        except OSError as exc:
+            print(f"  no CPU cap for {name}: {exc}", flush=True)
+            return None
+
+    def add(self, postmaster: int) -> None:
+        """A PostgreSQL: its postmaster and every process it has started (later ones inherit)."""
+        for proc in [psutil.Process(postmaster), *psutil.Process(postmaster).children(True)]:
+            with contextlib.suppress(ProcessLookupError):  # a backend that just ended
+                (self.folder / "cgroup.procs").write_text(str(proc.pid))
+
+    def release(self) -> None:
+        """Every process back where the machine's others are, and the cgroup removed."""
+        parent = self.folder.parent / "cgroup.procs"
+        for pid in (self.folder / "cgroup.procs").read_text().split():
+            with contextlib.suppress(ProcessLookupError):
+                parent.write_text(pid)
+        self.folder.rmdir()
 
 
 def _setup(base: str, token: str) -> tuple[list[tuple[str, str]], list[dict[str, str]]]:
@@ -100,7 +150,25 @@ def _setup(base: str, token: str) -> tuple[list[tuple[str, str]], list[dict[str,
     return reads, shared
 
 
-async def _reads(base: str, requests: list[bytes], seconds: float, connections: int) -> float:
+async def _each_once(base: str, requests: list[bytes], connections: int) -> None:
+    """Every request once (each parent's facts and token then cached by the server)."""
+    http = Http.to(base, connections)
+    queue = list(requests)
+
+    async def worker() -> None:
+        while queue:
+            await http.send(queue.pop())
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(connections)))
+    finally:
+        http.close()
+
+
+async def _reads(
+    base: str, requests: list[bytes], seconds: float, connections: int
+) -> tuple[int, float]:
+    """The reads answered, and the seconds they took."""
     http = Http.to(base, connections)
 
     async def one() -> int:
@@ -110,7 +178,17 @@ async def _reads(base: str, requests: list[bytes], seconds: float, connections: 
         r = await closed_loop("python", one, connections, seconds)
     finally:
         http.close()
-    return r.requests / r.seconds
+    return r.requests, r.seconds
+
+
+def _stored(base: str) -> float:
+    """Wait until the server's AuditEvents are all stored: the seconds it took. A run's time
+    includes it, so that throughput is sustained throughput (a database that falls behind on
+    them has not kept up with the load, and the next run would pay for it)."""
+    started = time.perf_counter()
+    while _gauge(base, "audit_events_buffered") > 0 and time.perf_counter() < started + 300:
+        time.sleep(0.02)
+    return time.perf_counter() - started
 
 
 def _read_requests(data_dir: Path, reads: list[tuple[str, str]]) -> list[bytes]:
@@ -229,6 +307,13 @@ async def _revocations(
     return found
 
 
+def _gauge(base: str, name: str) -> float:
+    for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise LookupError(name)
+
+
 def _metric(base: str, name: str) -> dict[str, float]:
     found: dict[str, float] = {}
     for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
@@ -238,9 +323,147 @@ def _metric(base: str, name: str) -> dict[str, float]:
     return found
 
 
+def _cpu_seconds(server: Server) -> tuple[float, float]:
+    """User + system seconds of a PostgreSQL's processes (those that ended included), and of
+    those that store AuditEvents (the audit writers' backends) or replay WAL (a replica's
+    startup process) among them."""
+    writers = {
+        int(pid)
+        for pid in (
+            server.execute(
+                "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity"
+                " WHERE application_name = %s",
+                "fhir",
+                (WRITER_NAME,),
+            )
+            or ""
+        ).split()
+    }
+    postmaster = psutil.Process(_postmaster(server.folder))
+    total = float(sum(postmaster.cpu_times()[:4]))
+    apart = 0.0
+    for child in postmaster.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):  # a backend that just ended
+            seconds = float(sum(child.cpu_times()[:2]))
+            total += seconds
+            if child.pid in writers or "startup" in " ".join(child.cmdline()):
+                apart += seconds
+    return total, apart
+
+
+@dataclass
+class Runs:
+    """What the runs against one server add up to."""
+
+    reads: int = 0
+    seconds: float = 0.0
+    primary: float = 0.0  # CPU seconds of the primary's PostgreSQL
+    audit: float = 0.0  # of its audit writers' backends
+    replica: float = 0.0  # of the replica's, with its replay
+    replay: float = 0.0
+
+    @property
+    def rate(self) -> float:
+        return self.reads / self.seconds
+
+    def ms(self, seconds: float) -> str:
+        return f"{1000 * seconds / self.reads:.3f}"
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    alone: Runs
+    routed: Runs
+    share: float  # of the replica server's reads, those whose data the replica served
+    fallbacks: dict[str, float]
+
+    def rows(self, label: str) -> list[str]:
+        a, r = self.alone, self.routed
+        return [
+            f"| {label}: the primary alone (reference) | {a.rate:,.0f} | {a.ms(a.primary)}"
+            f" ({a.ms(a.audit)}) | {a.ms(a.replica)} ({a.ms(a.replay)}) |",
+            f"| {label}: primary + one replica | {r.rate:,.0f} | {r.ms(r.primary)}"
+            f" ({r.ms(r.audit)}) | {r.ms(r.replica)} ({r.ms(r.replay)}) |",
+            f"| {label}: ratio | {r.rate / a.rate:.2f} | | |",
+        ]
+
+    def served(self, label: str) -> str:
+        return (
+            f"{label}: the replica served {self.share:.0%} of the replica server's reads"
+            f" (fallbacks: {dict(sorted(self.fallbacks.items())) or 'none'})."
+        )
+
+
+def _throughput(
+    pair: Pair, alone: str, routed: str, load: list[bytes], seconds: float, connections: int
+) -> Throughput:
+    """Two runs against each server, interleaved, after each parent has read once from each;
+    with the CPU each database spent on each run."""
+    served_before = _metric(routed, "db_reads_routed_total")
+    fallbacks_before = _metric(routed, "db_replica_fallbacks_total")
+    runs = {"alone": Runs(), "routed": Runs()}
+    for base in (alone, routed):  # warm the caches (facts, tokens)
+        asyncio.run(_each_once(base, load, connections))
+        _stored(base)
+    for _ in range(2):
+        for label, base in (("alone", alone), ("routed", routed)):
+            (p0, audit0), (r0, replay0) = _cpu_seconds(pair.primary), _cpu_seconds(pair.replica)
+            reads, took = asyncio.run(_reads(base, load, seconds, connections))
+            took += _stored(base)
+            (p1, audit1), (r1, replay1) = _cpu_seconds(pair.primary), _cpu_seconds(pair.replica)
+            run = runs[label]
+            run.reads += reads
+            run.seconds += took
+            run.primary += p1 - p0
+            run.audit += audit1 - audit0
+            run.replica += r1 - r0
+            run.replay += replay1 - replay0
+            print(f"  {label}: {reads / took:,.0f} reads/s", flush=True)
+    served = _delta(_metric(routed, "db_reads_routed_total"), served_before)
+    on_replica = sum(v for k, v in served.items() if k != "primary")
+    return Throughput(
+        runs["alone"],
+        runs["routed"],
+        on_replica / max(1.0, sum(served.values())),
+        _delta(_metric(routed, "db_replica_fallbacks_total"), fallbacks_before),
+    )
+
+
+def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: v - before.get(k, 0.0) for k, v in after.items() if v > before.get(k, 0.0)}
+
+
 def _ms(values: list[float], q: float) -> str:
     ordered = sorted(values)
     return f"{ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000:.1f} ms"
+
+
+def _capped(
+    args: argparse.Namespace,
+    pair: Pair,
+    alone: str,
+    routed: str,
+    load: list[bytes],
+    connections: int,
+) -> Throughput | None:
+    """The throughput runs again with each PostgreSQL held to `--replica-db-cpu` of one core
+    (None with 0, or where this machine's cgroups cannot be written)."""
+    if args.replica_db_cpu <= 0:
+        return None
+    caps: list[CpuCap] = []
+    try:
+        for name, server in (("primary", pair.primary), ("replica", pair.replica)):
+            cap = CpuCap.made(f"fhir-bench-{name}-{os.getpid()}", args.replica_db_cpu)
+            if cap is None:
+                return None
+            caps.append(cap)
+            cap.add(_postmaster(server.folder))
+        print(f"  each database capped at {args.replica_db_cpu:g} core:", flush=True)
+        pair.caught_up(timeout=120)
+        return _throughput(pair, alone, routed, load, args.replica_seconds, connections)
+    finally:
+        for cap in caps:
+            cap.release()
 
 
 def run(args: argparse.Namespace, stack: ExitStack, *, append: bool) -> None:
@@ -275,19 +498,15 @@ def run(args: argparse.Namespace, stack: ExitStack, *, append: bool) -> None:
         data_dir, fhir_user=None, scope="system/*.cruds", lifetime_seconds=86400
     )
     reads, shared = _setup(alone, system_token)
+    # the statistics a database at work has (autovacuum would gather them within a minute):
+    # without them the planner's guesses make each facts statement ~30 times slower
+    pair.primary.execute("ANALYZE", "fhir")
     pair.caught_up()
     load = _read_requests(data_dir, reads)
     seconds, connections = args.replica_seconds, args.replica_connections
 
-    rates: dict[str, list[float]] = {"alone": [], "routed": []}
-    for base in (alone, routed):  # warm the caches (facts, tokens)
-        asyncio.run(_reads(base, load, 1, connections))
-    for _ in range(2):
-        for label, base in (("alone", alone), ("routed", routed)):
-            rate = asyncio.run(_reads(base, load, seconds, connections))
-            rates[label].append(rate)
-            print(f"  {label}: {rate:,.0f} reads/s", flush=True)
-    served = _metric(routed, "db_reads_routed_total")
+    shared_cpu = _throughput(pair, alone, routed, load, seconds, connections)
+    capped = _capped(args, pair, alone, routed, load, connections)
     revocations = asyncio.run(
         _revocations(
             pair.primary,
@@ -300,14 +519,9 @@ def run(args: argparse.Namespace, stack: ExitStack, *, append: bool) -> None:
             connections,
         )
     )
-    fallbacks = _metric(routed, "db_replica_fallbacks_total")
     lags = [r.lag for r in revocations]
     trips = [r.denied_round_trip for r in revocations]
 
-    alone_rate = statistics.mean(rates["alone"])
-    routed_rate = statistics.mean(rates["routed"])
-    on_replica = sum(v for k, v in served.items() if k != "primary")
-    share = on_replica / max(1.0, sum(served.values()))
     out = "\n".join(
         [
             f"{FAMILIES} parents reading their child's Patient (own tokens), {connections}"
@@ -319,14 +533,28 @@ def run(args: argparse.Namespace, stack: ExitStack, *, append: bool) -> None:
             )
             + "; the API servers and the load generator share all cores with them.",
             "",
-            "| run | reads/s |",
-            "|---|---:|",
-            f"| reference: the primary alone | {alone_rate:,.0f} |",
-            f"| primary + one replica | {routed_rate:,.0f} |",
-            f"| ratio | {routed_rate / alone_rate:.2f} |",
+            "| run | reads/s | primary's CPU per read (audit writers'), ms"
+            " | replica's CPU per read (replay), ms |",
+            "|---|---:|---:|---:|",
+            *shared_cpu.rows("cores shared"),
+            *(
+                capped.rows(f"each database capped at {args.replica_db_cpu:g} core")
+                if capped
+                else ()
+            ),
             "",
-            f"Share of the replica server's reads whose data the replica served: {share:.0%}"
-            f" (fallbacks: {dict(sorted(fallbacks.items())) or 'none'}).",
+            shared_cpu.served("Cores shared"),
+            *(
+                (
+                    "",
+                    capped.served(f"Capped at {args.replica_db_cpu:g} core")
+                    + " With the cap (a cgroup CPU quota on each PostgreSQL and every process"
+                    " it starts), the database, not the API servers or the load generator,"
+                    " bounds each run, as a small database machine would.",
+                )
+                if capped
+                else ()
+            ),
             "",
             f"Revocation lag through the replica server under that read load"
             f" (FHIR_REPLICA_MAX_LAG_MS={args.replica_max_lag_ms}), {len(revocations)}"

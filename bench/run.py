@@ -136,6 +136,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=True,
         help="replica benchmark: pin the primary's PostgreSQL to core 0, the replica's to core 1",
     )
+    p.add_argument(
+        "--replica-db-cpu",
+        type=float,
+        default=0.2,
+        help="replica benchmark: run the throughput runs again with each PostgreSQL capped at"
+        " this fraction of one core (a cgroup CPU quota; 0: not run) (default %(default)s)",
+    )
     args = p.parse_args(argv)
     if args.skip_rest and args.skip_search and args.skip_epoch and args.skip_replica:
         p.error("--skip-rest, --skip-search, --skip-epoch and --skip-replica leave nothing to run")

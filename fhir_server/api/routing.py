@@ -7,7 +7,9 @@ are loaded on the primary (`Interaction.authorized`), the data statement runs on
 those facts as parameters (security stays in the SQL), and then the facts' access epoch is read
 again ON THE PRIMARY: if a fact-bearing write (a revoked Consent, an ended RelatedPerson) has
 committed since the facts were loaded, the answer made on the replica is dropped and the read is
-made again on the primary with the new facts. So a revocation counts for every caller from the
+made again on the primary with the new facts. Concurrent reads share that check's statement
+(storage/epoch_checks.py), so the primary's cost per routed read is a fraction of a statement
+beside its AuditEvent. So a revocation counts for every caller from the
 moment it commits, whatever the replica's lag; only the data itself may be up to
 `FHIR_REPLICA_MAX_LAG_MS` old, and never older than the client's own token.
 """
@@ -98,9 +100,10 @@ async def routed(
         REPLICA_FALLBACKS.labels("failed").inc()
         return await _on_primary(conn, ctx, work, verifies)
     if loaded is not None:
-        # the facts, checked on the primary after the data was read
+        # the facts, checked on the primary after the data was read (in a statement shared with
+        # the checks of concurrent reads, sent after this one asked: storage/epoch_checks.py)
         guard.pending_epoch = loaded
-        if not await guard.verify(conn):
+        if not await guard.verify(conn, await replicas.epochs.current(conn, loaded.keys)):
             # a fact-bearing write committed meanwhile: answered again on the new facts
             del guard.audited[mark:]
             REPLICA_FALLBACKS.labels("facts").inc()

@@ -69,6 +69,8 @@ BACKPRESSURE_SECONDS = 10.0
 # How long a stopping server waits for its writer process to store what it was handed.
 SHUTDOWN_SECONDS = 60.0
 # Pauses between tries of a write that failed for a transient reason (then 10 s each time).
+# the writer process's `application_name`
+WRITER_NAME = "fhir-server audit writer"
 RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
 # Tries of an urgent (denial, break-glass) write in the request before it is queued instead.
 URGENT_ATTEMPTS = 3
@@ -1093,7 +1095,11 @@ async def _writer(
     conn: Connection | None = None
 
     async def connect() -> Connection:
-        return await database.connect(url, pooled=pooled, autocommit=True)
+        # named in pg_stat_activity, so that operators (and bench/replica.py) can tell its
+        # backend, and its CPU, from the requests'
+        return await database.connect(
+            url, pooled=pooled, autocommit=True, application_name=WRITER_NAME
+        )
 
     async def stored(records: list[Record], retried: bool, attempts: int | None = None) -> None:
         # tried until stored while the server runs: a batch is never given up (the server

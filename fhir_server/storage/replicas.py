@@ -43,6 +43,7 @@ from sqlalchemy.engine import make_url
 
 from fhir_server.storage import sql
 from fhir_server.storage.database import connect, connect_options, in_utc, libpq_url
+from fhir_server.storage.epoch_checks import EpochChecks
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,8 @@ class ReplicaSet:
         self._task: asyncio.Task[None] | None = None
         self._turn = itertools.count()
         self.sampled = asyncio.Event()
+        # the access-epoch checks of the reads served here, made on the primary in batches
+        self.epochs = EpochChecks()
 
     async def open(self) -> None:
         for replica in self.replicas:

@@ -234,6 +234,15 @@ async def access_epoch(conn: Connection, keys: frozenset[str]) -> int:
     return int(row[0])
 
 
+_epoch_values = Statement("SELECT key, value FROM access_epochs WHERE key = ANY(%(keys)s::text[])")
+
+
+async def access_epoch_values(conn: Connection, keys: frozenset[str]) -> dict[str, int]:
+    """The counters of `keys` that exist (a missing one counts 0 in an epoch's sum)."""
+    rows = await fetch_all(conn, _epoch_values, {"keys": array_literal(keys)})
+    return {key: int(value) for key, value in rows}
+
+
 async def bump_access_epochs(conn: Connection, keys: Sequence[str]) -> None:
     """Bump the counters of `keys` (created at 1 when new)."""
     if keys:

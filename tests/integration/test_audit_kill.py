@@ -25,6 +25,7 @@ import psycopg
 import pytest
 
 from fhir_server.audit import spool
+from fhir_server.audit.trail import WRITER_NAME
 from fhir_server.storage.database import migrate
 from tests.support.databases import drop_database, fresh_database
 from tests.support.replica import start_primary
@@ -253,6 +254,13 @@ def test_a_postgresql_crash_loses_no_audit_event(tmp_path: Path) -> None:
             assert sum(answered.values()) >= ANSWERED_BEFORE_KILL
             database.start()
             all_stored(url, answered)
+            with psycopg.connect(url) as conn:
+                # the writer's backend is named, for operators (and bench/replica.py's CPU split)
+                named = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                    (WRITER_NAME,),
+                ).fetchone()
+            assert named == (1,)
         finally:
             server.stop()
     finally:

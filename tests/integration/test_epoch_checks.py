@@ -1,0 +1,189 @@
+"""The access-epoch checks of replica reads, shared between concurrent reads on the primary
+(storage/epoch_checks.py): fewer statements than checks, every answer what a statement of its own
+would read, and never the answer of a statement that was already on its way when the check was
+asked (it could miss a revocation committed just before). On a real PostgreSQL; a connection
+can be held after its statement has run, so that the test decides what is in flight when."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import psycopg
+import pytest
+
+from fhir_server.storage.epoch_checks import EpochChecks
+from fhir_server.storage.repository import access_epoch, bump_access_epochs
+
+KEYS = frozenset({"Patient/ec-1", "RelatedPerson/ec-2", "*"})
+
+
+class Held:
+    """A real connection whose statements run at once but whose answers wait for `gate`, and
+    then fail with `error` if one is set (the connection lost on the way back)."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        self.conn = conn
+        self.gate = asyncio.Event()
+        self.sent = asyncio.Event()
+        self.error: Exception | None = None
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        cursor = await self.conn.execute(*args, **kwargs)  # run: its snapshot is taken
+        self.sent.set()
+        await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        return cursor
+
+
+async def connections(url: str, n: int) -> list[psycopg.AsyncConnection[Any]]:
+    return [await psycopg.AsyncConnection.connect(url, autocommit=True) for _ in range(n)]
+
+
+async def bump(url: str, keys: frozenset[str]) -> int:
+    """Commit a bump of `keys` on a connection of its own: the epoch after it."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        async with conn.transaction():
+            await bump_access_epochs(conn, sorted(keys))
+        return await access_epoch(conn, keys)
+
+
+def test_concurrent_checks_share_statements_and_each_gets_its_own_sum(database_url: str) -> None:
+    async def main() -> None:
+        other = frozenset({"Patient/ec-other", "*"})
+        await bump(database_url, KEYS)
+        await bump(database_url, other)
+        conns = await connections(database_url, 8)
+        try:
+            checks = EpochChecks()
+            leader = Held(conns[0])
+            first = asyncio.create_task(checks.current(leader, KEYS))  # type: ignore[arg-type]
+            await leader.sent.wait()
+            rest = [
+                asyncio.create_task(checks.current(c, KEYS if n % 2 else other))
+                for n, c in enumerate(conns[1:])
+            ]
+            await asyncio.sleep(0.05)  # all seven are waiting for the next statement
+            assert not any(t.done() for t in rest)
+            leader.gate.set()
+            answers = await asyncio.gather(first, *rest)
+            assert checks.checks == 8
+            assert checks.statements == 2  # the leader's, then one for the seven
+            want = {KEYS: await access_epoch(conns[1], KEYS)}
+            want[other] = await access_epoch(conns[1], other)
+            assert want[KEYS] != want[other]
+            assert answers == [want[KEYS]] + [want[KEYS if n % 2 else other] for n in range(7)]
+        finally:
+            for c in conns:
+                await c.close()
+
+    asyncio.run(main())
+
+
+def test_a_check_asked_after_a_commit_is_not_answered_by_a_statement_already_on_its_way(
+    database_url: str,
+) -> None:
+    """The revocation case: a statement is in flight (its snapshot taken) when a revocation
+    commits and a read then asks for its check. That read must see the revocation."""
+
+    async def main() -> None:
+        before = await bump(database_url, KEYS)
+        conns = await connections(database_url, 2)
+        try:
+            checks = EpochChecks()
+            leader = Held(conns[0])
+            early = asyncio.create_task(checks.current(leader, KEYS))  # type: ignore[arg-type]
+            await leader.sent.wait()  # its statement has run: it cannot see what follows
+            after = await bump(database_url, KEYS)  # a revocation commits
+            assert after > before
+            late = asyncio.create_task(checks.current(conns[1], KEYS))
+            await asyncio.sleep(0.05)
+            leader.gate.set()
+            assert await early == before  # asked before the commit: either answer is right
+            assert await late == after  # asked after it: only the new one is
+            assert checks.statements == 2
+        finally:
+            for c in conns:
+                await c.close()
+
+    asyncio.run(main())
+
+
+def test_a_failed_statement_lets_the_waiting_checks_ask_again(database_url: str) -> None:
+    async def main() -> None:
+        conns = await connections(database_url, 3)
+        try:
+            checks = EpochChecks()
+            leader = Held(conns[0])
+            failing = asyncio.create_task(checks.current(leader, KEYS))  # type: ignore[arg-type]
+            await leader.sent.wait()
+            waiting = [asyncio.create_task(checks.current(c, KEYS)) for c in conns[1:]]
+            await asyncio.sleep(0.05)
+            leader.error = psycopg.OperationalError("the connection was lost")
+            leader.gate.set()
+            answers = await asyncio.gather(*waiting)
+            assert answers == [await access_epoch(conns[1], KEYS)] * 2
+            # the leader's own check fails as its statement would have alone
+            with pytest.raises(psycopg.OperationalError):
+                await failing
+            assert checks.statements == 2  # the failed one, then one for both waiting
+        finally:
+            for c in conns:
+                await c.close()
+
+    asyncio.run(main())
+
+
+def test_a_cancelled_check_does_not_stop_the_others(database_url: str) -> None:
+    async def main() -> None:
+        conns = await connections(database_url, 3)
+        try:
+            checks = EpochChecks()
+            leader = Held(conns[0])
+            first = asyncio.create_task(checks.current(leader, KEYS))  # type: ignore[arg-type]
+            await leader.sent.wait()
+            gone = asyncio.create_task(checks.current(conns[1], KEYS))  # its request went away
+            kept = asyncio.create_task(checks.current(conns[2], KEYS))
+            await asyncio.sleep(0.05)
+            gone.cancel()
+            leader.gate.set()
+            epoch = await access_epoch(conns[2], KEYS)
+            assert await first == epoch
+            assert await kept == epoch
+            assert gone.cancelled()
+        finally:
+            for c in conns:
+                await c.close()
+
+    asyncio.run(main())
+
+
+def test_the_checks_a_failed_statement_was_to_answer_ask_again(database_url: str) -> None:
+    async def main() -> None:
+        conns = await connections(database_url, 3)
+        try:
+            checks = EpochChecks()
+            first, second = Held(conns[0]), Held(conns[1])
+            leading = asyncio.create_task(checks.current(first, KEYS))  # type: ignore[arg-type]
+            await first.sent.wait()
+            # both wait; the first of them sends the next statement, for both
+            failing = asyncio.create_task(checks.current(second, KEYS))  # type: ignore[arg-type]
+            await asyncio.sleep(0.01)
+            answered = asyncio.create_task(checks.current(conns[2], KEYS))
+            await asyncio.sleep(0.05)
+            first.gate.set()
+            await second.sent.wait()
+            second.error = psycopg.OperationalError("the connection was lost")
+            second.gate.set()
+            epoch = await access_epoch(conns[2], KEYS)
+            assert await leading == epoch
+            assert await answered == epoch  # asked again, on its own connection
+            with pytest.raises(psycopg.OperationalError):
+                await failing
+            assert checks.statements == 3
+        finally:
+            for c in conns:
+                await c.close()
+
+    asyncio.run(main())
