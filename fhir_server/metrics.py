@@ -90,6 +90,13 @@ REPLICA_LAG_BYTES = Gauge(
     ["replica"],
     registry=REGISTRY,
 )
+EPOCH_CHECKS = Gauge(
+    "db_replica_epoch_checks",
+    "Access-epoch checks of replica reads made on the primary since start (`checks`), and the"
+    " statements they shared (`statements`), at the last scrape",
+    ["what"],
+    registry=REGISTRY,
+)
 REPLICA_LAG_SECONDS = Gauge(
     "db_replica_lag_seconds",
     "Seconds since the primary was at the position a replica has replayed (-1: down)",

@@ -7,7 +7,13 @@ from fastapi import FastAPI, Request, Response
 from fhir_server.api.deps import runtime
 from fhir_server.api.responses import outcome_response
 from fhir_server.errors import Issue
-from fhir_server.metrics import DB_POOL, REPLICA_LAG_BYTES, REPLICA_LAG_SECONDS, exposition
+from fhir_server.metrics import (
+    DB_POOL,
+    EPOCH_CHECKS,
+    REPLICA_LAG_BYTES,
+    REPLICA_LAG_SECONDS,
+    exposition,
+)
 from fhir_server.storage.database import head_revision, known_revisions, schema_revision
 
 
@@ -45,6 +51,8 @@ async def metrics(request: Request) -> Response:
             behind, seconds = lag if lag is not None else (-1, -1.0)
             REPLICA_LAG_BYTES.labels(replica.name).set(behind)
             REPLICA_LAG_SECONDS.labels(replica.name).set(seconds)
+        EPOCH_CHECKS.labels("checks").set(replicas.epochs.checks)
+        EPOCH_CHECKS.labels("statements").set(replicas.epochs.statements)
     return Response(exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 

@@ -29,7 +29,8 @@ class EpochChecks:
     def __init__(self) -> None:
         self._waiting: list[tuple[frozenset[str], asyncio.Future[int | None]]] = []
         self._leading = False
-        self.statements = 0  # sent so far, for the tests and the metrics
+        # since start, for `db_replica_epoch_checks` (api/ops.py)
+        self.statements = 0
         self.checks = 0
 
     async def current(self, conn: Connection, keys: frozenset[str]) -> int:

@@ -155,6 +155,7 @@ def test_a_relatives_reads_and_searches_go_to_a_current_replica(
     world: World, fast: LiveServer, pair: Pair
 ) -> None:
     f = family(world)
+    checked = metric(fast, "db_replica_epoch_checks", what="checks")
     with world.client(f["spouse"]) as spouse:
         response = on_replica(fast, pair, lambda: spouse.get(f"/{f['lab']}"))
         assert response.status_code == 200
@@ -166,6 +167,13 @@ def test_a_relatives_reads_and_searches_go_to_a_current_replica(
         assert [e["resource"]["id"] for e in found.json()["entry"]] == [f["lab"].split("/")[1]]
         history = on_replica(fast, pair, lambda: spouse.get(f"/{f['lab']}/_history"))
         assert history.status_code == 200 and history.json()["total"] == 1
+    # each replica read's facts were checked on the primary after its data
+    assert metric(fast, "db_replica_epoch_checks", what="checks") >= checked + 3
+    assert (
+        0
+        < metric(fast, "db_replica_epoch_checks", what="statements")
+        <= metric(fast, "db_replica_epoch_checks", what="checks")
+    )
 
 
 @pytest.mark.parametrize("pause", [True, False], ids=["replay paused", "replaying"])
