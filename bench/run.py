@@ -139,7 +139,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--replica-db-cpu",
         type=float,
-        default=0.2,
+        default=0.1,
         help="replica benchmark: run the throughput runs again with each PostgreSQL capped at"
         " this fraction of one core (a cgroup CPU quota; 0: not run) (default %(default)s)",
     )
