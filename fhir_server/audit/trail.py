@@ -68,9 +68,9 @@ MAX_BUFFERED = 100_000
 BACKPRESSURE_SECONDS = 10.0
 # How long a stopping server waits for its writer process to store what it was handed.
 SHUTDOWN_SECONDS = 60.0
-# Pauses between tries of a write that failed for a transient reason (then 10 s each time).
-# the writer process's `application_name`
+# The writer process's `application_name`.
 WRITER_NAME = "fhir-server audit writer"
+# Pauses between tries of a write that failed for a transient reason (then 10 s each time).
 RETRY_SECONDS = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0)
 # Tries of an urgent (denial, break-glass) write in the request before it is queued instead.
 URGENT_ATTEMPTS = 3

@@ -40,7 +40,14 @@ class EpochChecks:
                 return await self._lead(conn, keys)
             waiting: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
             self._waiting.append((keys, waiting))
-            epoch = await waiting
+            try:
+                epoch = await waiting
+            except asyncio.CancelledError:
+                if waiting.done() and not waiting.cancelled():
+                    # given the turn to send the next statement just as its request went
+                    # away: the turn passes on, or those waiting would wait for a newcomer
+                    self._next()
+                raise
             if epoch is not None:
                 return epoch
             # None: the statement that was to answer it failed, or it is this one's turn to
@@ -57,15 +64,20 @@ class EpochChecks:
             raise
         finally:
             self._leading = False
-            # whoever asked while this statement ran sends the next one
-            while self._waiting:
-                _, next_one = self._waiting.pop(0)
-                if not next_one.done():
-                    next_one.set_result(None)
-                    break
+            self._next()
         for their_keys, future in batch:
             _answer((future,), sum(values.get(k, 0) for k in their_keys))
         return sum(values.get(k, 0) for k in keys)
+
+    def _next(self) -> None:
+        """Whoever asked while the last statement ran (and still waits) sends the next one."""
+        if self._leading:
+            return
+        while self._waiting:
+            _, next_one = self._waiting.pop(0)
+            if not next_one.done():
+                next_one.set_result(None)
+                return
 
 
 def _answer(futures: Iterable[asyncio.Future[int | None]], value: int | None) -> None:

@@ -187,3 +187,29 @@ def test_the_checks_a_failed_statement_was_to_answer_ask_again(database_url: str
                 await c.close()
 
     asyncio.run(main())
+
+
+def test_a_check_cancelled_just_as_its_turn_came_passes_the_turn_on(database_url: str) -> None:
+    """Liveness: the turn to send the next statement is given to a check whose request goes away
+    in the same step of the event loop. The others must not wait for a newcomer. (The instant
+    cannot be reached through the public calls alone: the test plays the statement in flight.)"""
+
+    async def main() -> None:
+        conns = await connections(database_url, 2)
+        try:
+            checks = EpochChecks()
+            checks._leading = True  # someone's statement is in flight
+            turn = asyncio.create_task(checks.current(conns[0], KEYS))
+            waiting = asyncio.create_task(checks.current(conns[1], KEYS))
+            await asyncio.sleep(0.01)  # both wait for the next statement
+            checks._leading = False  # it ends, and gives `turn` the next one ...
+            checks._next()
+            turn.cancel()  # ... whose request goes away before it could send it
+            epoch = await access_epoch(conns[1], KEYS)
+            assert await asyncio.wait_for(waiting, 10) == epoch
+            assert turn.cancelled()
+        finally:
+            for c in conns:
+                await c.close()
+
+    asyncio.run(main())
