@@ -376,6 +376,7 @@ class Throughput:
     routed: Runs
     share: float  # of the replica server's reads, those whose data the replica served
     fallbacks: dict[str, float]
+    sharing: float  # epoch checks per statement on the primary
 
     def rows(self, label: str) -> list[str]:
         a, r = self.alone, self.routed
@@ -390,7 +391,8 @@ class Throughput:
     def served(self, label: str) -> str:
         return (
             f"{label}: the replica served {self.share:.0%} of the replica server's reads"
-            f" (fallbacks: {dict(sorted(self.fallbacks.items())) or 'none'})."
+            f" (fallbacks: {dict(sorted(self.fallbacks.items())) or 'none'}); their"
+            f" access-epoch checks shared statements on the primary, {self.sharing:.1f} to one."
         )
 
 
@@ -399,12 +401,13 @@ def _throughput(
 ) -> Throughput:
     """Two runs against each server, interleaved, after each parent has read once from each;
     with the CPU each database spent on each run."""
-    served_before = _metric(routed, "db_reads_routed_total")
-    fallbacks_before = _metric(routed, "db_replica_fallbacks_total")
     runs = {"alone": Runs(), "routed": Runs()}
     for base in (alone, routed):  # warm the caches (facts, tokens)
         asyncio.run(_each_once(base, load, connections))
         _stored(base)
+    served_before = _metric(routed, "db_reads_routed_total")
+    fallbacks_before = _metric(routed, "db_replica_fallbacks_total")
+    checks_before = _metric(routed, "db_replica_epoch_checks")
     for _ in range(2):
         for label, base in (("alone", alone), ("routed", routed)):
             (p0, audit0), (r0, replay0) = _cpu_seconds(pair.primary), _cpu_seconds(pair.replica)
@@ -421,11 +424,13 @@ def _throughput(
             print(f"  {label}: {reads / took:,.0f} reads/s", flush=True)
     served = _delta(_metric(routed, "db_reads_routed_total"), served_before)
     on_replica = sum(v for k, v in served.items() if k != "primary")
+    checks = _delta(_metric(routed, "db_replica_epoch_checks"), checks_before)
     return Throughput(
         runs["alone"],
         runs["routed"],
         on_replica / max(1.0, sum(served.values())),
         _delta(_metric(routed, "db_replica_fallbacks_total"), fallbacks_before),
+        checks.get("checks", 0.0) / max(1.0, checks.get("statements", 0.0)),
     )
 
 
