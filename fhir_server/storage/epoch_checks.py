@@ -55,8 +55,12 @@ class EpochChecks:
 
     async def _lead(self, conn: Connection, keys: frozenset[str]) -> int:
         self._leading = True
-        batch, self._waiting = self._waiting, []
+        batch: list[tuple[frozenset[str], asyncio.Future[int | None]]] = []
         try:
+            # one turn of the event loop first: the checks of reads that finished in the same
+            # turn join this statement instead of waiting for the next
+            await asyncio.sleep(0)
+            batch, self._waiting = self._waiting, []
             self.statements += 1
             values = await repository.access_epoch_values(conn, keys.union(*(k for k, _ in batch)))
         except BaseException:
