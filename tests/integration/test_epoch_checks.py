@@ -7,6 +7,8 @@ can be held after its statement has run, so that the test decides what is in fli
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import psycopg
@@ -37,8 +39,25 @@ class Held:
         return cursor
 
 
-async def connections(url: str, n: int) -> list[psycopg.AsyncConnection[Any]]:
-    return [await psycopg.AsyncConnection.connect(url, autocommit=True) for _ in range(n)]
+@asynccontextmanager
+async def connections(url: str, n: int) -> AsyncIterator[list[psycopg.AsyncConnection[Any]]]:
+    """`n` connections of their own, closed at the end."""
+    conns = [await psycopg.AsyncConnection.connect(url, autocommit=True) for _ in range(n)]
+    try:
+        yield conns
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+async def in_flight(
+    checks: EpochChecks, conn: psycopg.AsyncConnection[Any]
+) -> tuple[Held, asyncio.Task[int]]:
+    """A check whose statement has run on `conn` and whose answer waits for the `Held`'s gate."""
+    held = Held(conn)
+    task = asyncio.create_task(checks.current(held, KEYS))  # type: ignore[arg-type]
+    await held.sent.wait()
+    return held, task
 
 
 async def bump(url: str, keys: frozenset[str]) -> int:
@@ -54,12 +73,9 @@ def test_concurrent_checks_share_statements_and_each_gets_its_own_sum(database_u
         other = frozenset({"Patient/ec-other", "*"})
         await bump(database_url, KEYS)
         await bump(database_url, other)
-        conns = await connections(database_url, 8)
-        try:
+        async with connections(database_url, 8) as conns:
             checks = EpochChecks()
-            leader = Held(conns[0])
-            first = asyncio.create_task(checks.current(leader, KEYS))  # type: ignore[arg-type]
-            await leader.sent.wait()
+            leader, first = await in_flight(checks, conns[0])
             rest = [
                 asyncio.create_task(checks.current(c, KEYS if n % 2 else other))
                 for n, c in enumerate(conns[1:])
@@ -74,9 +90,6 @@ def test_concurrent_checks_share_statements_and_each_gets_its_own_sum(database_u
             want[other] = await access_epoch(conns[1], other)
             assert want[KEYS] != want[other]
             assert answers == [want[KEYS]] + [want[KEYS if n % 2 else other] for n in range(7)]
-        finally:
-            for c in conns:
-                await c.close()
 
     asyncio.run(main())
 
@@ -89,12 +102,11 @@ def test_a_check_asked_after_a_commit_is_not_answered_by_a_statement_already_on_
 
     async def main() -> None:
         before = await bump(database_url, KEYS)
-        conns = await connections(database_url, 2)
-        try:
+        async with connections(database_url, 2) as conns:
             checks = EpochChecks()
-            leader = Held(conns[0])
-            early = asyncio.create_task(checks.current(leader, KEYS))  # type: ignore[arg-type]
-            await leader.sent.wait()  # its statement has run: it cannot see what follows
+            leader, early = await in_flight(
+                checks, conns[0]
+            )  # its statement has run: it cannot see what follows
             after = await bump(database_url, KEYS)  # a revocation commits
             assert after > before
             late = asyncio.create_task(checks.current(conns[1], KEYS))
@@ -103,21 +115,15 @@ def test_a_check_asked_after_a_commit_is_not_answered_by_a_statement_already_on_
             assert await early == before  # asked before the commit: either answer is right
             assert await late == after  # asked after it: only the new one is
             assert checks.statements == 2
-        finally:
-            for c in conns:
-                await c.close()
 
     asyncio.run(main())
 
 
 def test_a_failed_statement_lets_the_waiting_checks_ask_again(database_url: str) -> None:
     async def main() -> None:
-        conns = await connections(database_url, 3)
-        try:
+        async with connections(database_url, 3) as conns:
             checks = EpochChecks()
-            leader = Held(conns[0])
-            failing = asyncio.create_task(checks.current(leader, KEYS))  # type: ignore[arg-type]
-            await leader.sent.wait()
+            leader, failing = await in_flight(checks, conns[0])
             waiting = [asyncio.create_task(checks.current(c, KEYS)) for c in conns[1:]]
             await asyncio.sleep(0.05)
             leader.error = psycopg.OperationalError("the connection was lost")
@@ -128,21 +134,15 @@ def test_a_failed_statement_lets_the_waiting_checks_ask_again(database_url: str)
             with pytest.raises(psycopg.OperationalError):
                 await failing
             assert checks.statements == 2  # the failed one, then one for both waiting
-        finally:
-            for c in conns:
-                await c.close()
 
     asyncio.run(main())
 
 
 def test_a_cancelled_check_does_not_stop_the_others(database_url: str) -> None:
     async def main() -> None:
-        conns = await connections(database_url, 3)
-        try:
+        async with connections(database_url, 3) as conns:
             checks = EpochChecks()
-            leader = Held(conns[0])
-            first = asyncio.create_task(checks.current(leader, KEYS))  # type: ignore[arg-type]
-            await leader.sent.wait()
+            leader, first = await in_flight(checks, conns[0])
             gone = asyncio.create_task(checks.current(conns[1], KEYS))  # its request went away
             kept = asyncio.create_task(checks.current(conns[2], KEYS))
             await asyncio.sleep(0.05)
@@ -152,17 +152,13 @@ def test_a_cancelled_check_does_not_stop_the_others(database_url: str) -> None:
             assert await first == epoch
             assert await kept == epoch
             assert gone.cancelled()
-        finally:
-            for c in conns:
-                await c.close()
 
     asyncio.run(main())
 
 
 def test_the_checks_a_failed_statement_was_to_answer_ask_again(database_url: str) -> None:
     async def main() -> None:
-        conns = await connections(database_url, 3)
-        try:
+        async with connections(database_url, 3) as conns:
             checks = EpochChecks()
             first, second = Held(conns[0]), Held(conns[1])
             leading = asyncio.create_task(checks.current(first, KEYS))  # type: ignore[arg-type]
@@ -182,9 +178,6 @@ def test_the_checks_a_failed_statement_was_to_answer_ask_again(database_url: str
             with pytest.raises(psycopg.OperationalError):
                 await failing
             assert checks.statements == 3
-        finally:
-            for c in conns:
-                await c.close()
 
     asyncio.run(main())
 
@@ -195,8 +188,7 @@ def test_a_check_cancelled_just_as_its_turn_came_passes_the_turn_on(database_url
     cannot be reached through the public calls alone: the test plays the statement in flight.)"""
 
     async def main() -> None:
-        conns = await connections(database_url, 2)
-        try:
+        async with connections(database_url, 2) as conns:
             checks = EpochChecks()
             checks._leading = True  # someone's statement is in flight
             turn = asyncio.create_task(checks.current(conns[0], KEYS))
@@ -208,8 +200,5 @@ def test_a_check_cancelled_just_as_its_turn_came_passes_the_turn_on(database_url
             epoch = await access_epoch(conns[1], KEYS)
             assert await asyncio.wait_for(waiting, 10) == epoch
             assert turn.cancelled()
-        finally:
-            for c in conns:
-                await c.close()
 
     asyncio.run(main())
