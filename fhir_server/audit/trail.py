@@ -48,7 +48,6 @@ from compartments.ids import is_id
 from fhir_server.audit import spool
 from fhir_server.errors import AuditUnavailable
 from fhir_server.metrics import AUDIT_BOUNDED, AUDIT_BUFFERED, EMERGENCY_ACCESSES
-from fhir_server.search.index import IndexRows, date_range, normalize_string
 from fhir_server.services.access.guard import Audited, Guard
 from fhir_server.services.context import Context
 from fhir_server.services.interactions.create import new_id
@@ -56,7 +55,6 @@ from fhir_server.services.interactions.versions import dump_json, format_instant
 from fhir_server.storage import audit_events, database
 from fhir_server.storage.audit_events import stamped_id
 from fhir_server.storage.database import Database
-from fhir_server.storage.repository import NewVersion
 from fhir_server.storage.sql import Connection
 
 log = logging.getLogger(__name__)
@@ -485,100 +483,42 @@ def _local(reference: str) -> tuple[str, str] | None:
     return (kind, id) if slash and kind and is_id(id) else None
 
 
-def stored_event(event: dict[str, Any], id: str, now: datetime) -> NewVersion:
-    """What `resources.new_version` would make of an `audit_event` (a test holds them equal),
-    built directly: an AuditEvent per read must cost little. Its compartments: the patients
-    (`patient`: agent and entities that are Patients) and a Practitioner or Device agent. A
-    reference whose id is not an R4 id (a bounded one) is indexed by its text and puts the
-    event in no compartment."""
-    meta = event.get("meta")
+def event_row(event: dict[str, Any], id: str, now: datetime) -> tuple[Any, ...]:
+    """The `audit_events` row of an `audit_event`, built directly: what a client's `POST
+    AuditEvent` of the same event would store (repository.insert_new; a test holds them equal),
+    without its validation and generic indexing, as an AuditEvent per read must cost little. Its
+    compartments: the patients (agent and entities that are Patients) and a Practitioner or Device
+    agent. A reference whose id is not an R4 id (a bounded one) puts the event in no
+    compartment."""
     content = {
         "resourceType": "AuditEvent",
         "id": id,
-        "meta": {**(meta or {}), "versionId": "1", "lastUpdated": format_instant(now)},
+        "meta": {**(event.get("meta") or {}), "versionId": "1", "lastUpdated": format_instant(now)},
     }
     content.update((k, v) for k, v in event.items() if k not in {"resourceType", "meta"})
-    who = event["agent"][0]["who"]
-    agent = who.get("reference")
-    entities = [e["what"]["reference"] for e in event.get("entity", ())]
-    patients = list(
-        dict.fromkeys(r for r in ([agent] if agent else []) + entities if r.startswith("Patient/"))
-    )
-    compartments = {p for p in patients if _local(p) is not None}
+    agent = event["agent"][0]["who"].get("reference")
+    references = [e["what"]["reference"] for e in event.get("entity", ())]
+    if agent is not None:
+        references.append(agent)
+    compartments = {r for r in references if r.startswith("Patient/") and _local(r) is not None}
     if (
         agent is not None
         and agent.split("/", 1)[0] in {"Practitioner", "Device"}
         and _local(agent) is not None
     ):
         compartments.add(agent)
-
-    def reference(code: str, ref: str) -> tuple[Any, ...]:
-        local = _local(ref)
-        if local is None:
-            return (code, None, None, ref, None, None)
-        return (code, *local, None, None, None)
-
-    references = [
-        reference("agent", agent)
-        if agent is not None
-        else ("agent", None, None, None, who["identifier"]["system"], who["identifier"]["value"]),
-        *(reference("entity", r) for r in dict.fromkeys(entities)),
-        *(reference("patient", r) for r in patients),
-    ]
-    kind = event["type"]
-    subtype = event["subtype"][0]
-    tokens: list[tuple[Any, ...]] = [("action", None, event["action"], None)]
-    if "altId" in event["agent"][0]:
-        tokens.append(("altid", None, event["agent"][0]["altId"], None))
-    roles = {
-        (e["role"]["system"], e["role"]["code"], normalize_string(e["role"]["display"]))
-        for e in event.get("entity", ())
-        if "role" in e
-    }
-    tokens += [("entity-role", *role) for role in sorted(roles)]
-    tokens += [
-        ("outcome", None, event["outcome"], None),
-        ("subtype", subtype["system"], subtype["code"], None),
-        ("type", kind["system"], kind["code"], normalize_string(kind["display"])),
-    ]
-    tokens += [
-        ("_tag", tag["system"], tag["code"], normalize_string(tag["display"]))
-        for tag in (meta or {}).get("tag", ())
-    ]
-    recorded = date_range(event["recorded"])
-    assert recorded is not None
-    index = IndexRows(
-        string=[],
-        token=tokens,
-        date=[("date", *recorded)],
-        reference=references,
-        number=[],
-        quantity=[],
-        uri=[("policy", p) for p in dict.fromkeys(event["agent"][0].get("policy", ()))],
-    )
-    return NewVersion(
-        resource_type="AuditEvent",
-        id=id,
-        version_id=1,
-        last_updated=now,
-        content=dump_json(content),
-        compartments=sorted(compartments),
-        method="POST",
-        # no account created it (the unverified-link rule has nothing to find), and an empty
-        # creator keeps the many AuditEvents out of the creator index
-        created_by=None,
-        index=index,
-    )
+    return audit_events.row_of(content, dump_json(content), id, now, sorted(compartments))
 
 
-def stored_record(record: Record, endpoint: str) -> NewVersion:
-    """The AuditEvent of a record, ready to store; the reduced form if it cannot be built."""
+def audit_row(record: Record, endpoint: str) -> tuple[Any, ...]:
+    """The row of a record's AuditEvent, ready to store; the reduced form's if it cannot be
+    built."""
     try:
-        return stored_event(audit_event(record, endpoint), record.id or new_id(), record.recorded)
+        return event_row(audit_event(record, endpoint), record.id or new_id(), record.recorded)
     except Exception:
         log.exception("audit event %s could not be built; storing it reduced", record.id)
         record = reduced(record)
-        return stored_event(audit_event(record, endpoint), record.id or new_id(), record.recorded)
+        return event_row(audit_event(record, endpoint), record.id or new_id(), record.recorded)
 
 
 def _final(audited: Iterable[Audited]) -> list[Audited]:
@@ -622,17 +562,17 @@ async def store(
             conn, [r.id for r in records], [r.recorded for r in records]
         )
         records = [r for r in records if r.id not in done]
-    pairs = [(r, stored_record(r, endpoint)) for r in records]
+    pairs = [(r, audit_row(r, endpoint)) for r in records]
     return await _store(conn, pairs, endpoint)
 
 
 async def _store(
-    conn: Connection, pairs: Sequence[tuple[Record, NewVersion]], endpoint: str
+    conn: Connection, pairs: Sequence[tuple[Record, tuple[Any, ...]]], endpoint: str
 ) -> int:
     if not pairs:
         return 0
     try:
-        await _insert(conn, [v for _, v in pairs])
+        await _insert(conn, [row for _, row in pairs])
         return 0
     except Exception as exc:
         if transient(exc) or conn.broken or conn.closed:
@@ -643,22 +583,22 @@ async def _store(
         return await _store(conn, pairs[:half], endpoint) + await _store(
             conn, pairs[half:], endpoint
         )
-    record, version = pairs[0]
+    record, row = pairs[0]
     if isinstance(refusal, psycopg.errors.UniqueViolation) and await _stored(
-        conn, version.id, record.recorded
+        conn, row[0], record.recorded
     ):
         return 0  # committed by an earlier try whose answer was lost
     log.error(
         "the database refused audit event %s (%s); storing it reduced",
-        version.id,
+        row[0],
         type(refusal).__name__,
     )
     fallback = reduced(record)
-    await _insert(conn, [stored_record(fallback, endpoint)])
+    await _insert(conn, [audit_row(fallback, endpoint)])
     return 1
 
 
-async def _insert(conn: Connection, versions: Sequence[NewVersion]) -> None:
+async def _insert(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
     async with conn.transaction():
         # The commit waits for its WAL flush, whatever the database's default: the spool's
         # offset moves past these events only after this returns, so a commit that a PostgreSQL
@@ -667,13 +607,7 @@ async def _insert(conn: Connection, versions: Sequence[NewVersion]) -> None:
         await conn.execute("SET LOCAL synchronous_commit = on")
         # one COPY into the partitioned AuditEvent table (storage/audit_events.py): no history
         # row, no generic search-index rows
-        await audit_events.copy_events(
-            conn,
-            [
-                audit_events.NewEvent(v.id, v.last_updated, v.content or "", v.compartments)
-                for v in versions
-            ],
-        )
+        await audit_events.copy_event_rows(conn, rows)
 
 
 async def _stored(conn: Connection, id: str, recorded: datetime) -> bool:

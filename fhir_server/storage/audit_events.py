@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy import ARRAY
 
 from fhir_server.search.grants import Grants
 from fhir_server.storage.search_sql import audit_read_statement
-from fhir_server.storage.sql import Connection, Query, copy_rows, fetch_one
+from fhir_server.storage.sql import Connection, Query, copy_rows, fetch_one, text_array
 from fhir_server.storage.tables import audit_events
 
 TABLE = audit_events.name
@@ -147,8 +148,9 @@ def row_of(
     compartments: Sequence[str],
 ) -> tuple[Any, ...]:
     """The row of an AuditEvent (its JSON as `event` and as stored text `content`), in COLUMNS
-    order. The references are those the R4 search parameters select: `agent` is
-    AuditEvent.agent.who, `entity` AuditEvent.entity.what, `patient` both where they are Patients."""
+    order, its arrays as `text[]` literals. The references are those the R4 search parameters
+    select: `agent` is AuditEvent.agent.who, `entity` AuditEvent.entity.what, `patient` both where
+    they are Patients."""
     agents = [
         a["who"]["reference"]
         for a in event.get("agent", ())
@@ -178,16 +180,16 @@ def row_of(
         _instant(event.get("recorded"), last_updated),
         last_updated,
         content,
-        list(compartments),
-        list(dict.fromkeys(patients)),
-        list(dict.fromkeys(agents)),
-        list(dict.fromkeys(entities)),
-        _tokens([kind] if isinstance(kind, dict) else []),
-        _tokens(event.get("subtype", ())),
+        text_array(compartments),
+        text_array(dict.fromkeys(patients)),
+        text_array(dict.fromkeys(agents)),
+        text_array(dict.fromkeys(entities)),
+        text_array(_tokens([kind] if isinstance(kind, dict) else [])),
+        text_array(_tokens(event.get("subtype", ()))),
         event.get("action"),
         event.get("outcome"),
-        list(dict.fromkeys(policies)),
-        _tokens(meta.get("tag", ()) if isinstance(meta, dict) else ()),
+        text_array(dict.fromkeys(policies)),
+        text_array(_tokens(meta.get("tag", ()) if isinstance(meta, dict) else ())),
     )
 
 
@@ -209,12 +211,22 @@ def _row(event: NewEvent) -> tuple[Any, ...]:
 
 async def copy_events(conn: Connection, events: Sequence[NewEvent]) -> None:
     """Store many AuditEvents with one COPY (PostgreSQL routes each row to its partition)."""
-    await copy_rows(conn, TABLE, COLUMNS, [_row(e) for e in events])
+    await copy_event_rows(conn, [_row(e) for e in events])
 
 
+async def copy_event_rows(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """`copy_events` of rows made already (`row_of`)."""
+    await copy_rows(conn, TABLE, COLUMNS, rows)
+
+
+# the row's JSON is text, and its arrays `text[]` literals (`row_of`)
+_CASTS = {
+    "content": "%s::jsonb",
+    **{c.name: "%s::text[]" for c in audit_events.columns if isinstance(c.type, ARRAY)},
+}
 _INSERT = (
     f"INSERT INTO {TABLE} ({', '.join(COLUMNS)}) VALUES "
-    f"({', '.join('%s::jsonb' if c == 'content' else '%s' for c in COLUMNS)})"
+    f"({', '.join(_CASTS.get(c, '%s') for c in COLUMNS)})"
     " ON CONFLICT DO NOTHING RETURNING id"
 )
 

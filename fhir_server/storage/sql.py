@@ -12,7 +12,7 @@ value must be sent as text and cast in the statement (`cast(bindparam(..., Text)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import orjson
@@ -62,6 +62,14 @@ def compile_query(statement: ClauseElement) -> tuple[str, dict[str, Any]]:
     """SQL and bound values of a statement built for one request."""
     compiled = statement.compile(dialect=_DIALECT, compile_kwargs={"render_postcompile": True})
     return str(compiled), dict(compiled.params)
+
+
+def text_array(values: Iterable[str]) -> str:
+    """A PostgreSQL `text[]` literal of `values` in their order, each quoted: psycopg sends a
+    string for less than a list (its list dumper is Python, element by element), and the
+    statement casts it, or COPY parses it with the column's type."""
+    quoted = ('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return "{" + ",".join(quoted) + "}"
 
 
 async def fetch_all(
