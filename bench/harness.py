@@ -210,10 +210,12 @@ def start_server(
 
 @dataclass(frozen=True, slots=True)
 class Cpu:
-    """CPU use over a run, in % of one core: the HTTP server process and all of PostgreSQL."""
+    """CPU use over a run, in % of one core: the HTTP server process with its children (the
+    audit writer), of that its children alone, and all of PostgreSQL."""
 
     server: float
     postgres: float
+    children: float = 0.0
 
 
 @dataclass
@@ -225,31 +227,36 @@ class CpuMeter:
     result: Cpu = field(default_factory=lambda: Cpu(0.0, 0.0))
 
     @staticmethod
-    def _seconds(pid: int, children: bool) -> float:
-        """User + system seconds of `pid`, and with `children` of every process it started,
-        also those that have ended (the kernel adds them to their parent once reaped)."""
+    def _seconds(pid: int) -> tuple[float, float]:
+        """User + system seconds of `pid` and of every process it started, also those that have
+        ended (the kernel adds them to their parent once reaped): the whole, and of it the
+        children's."""
         proc = psutil.Process(pid)
-        if not children:
-            return float(sum(proc.cpu_times()[:2]))
-        total = float(sum(proc.cpu_times()[:4]))
+        own = float(sum(proc.cpu_times()[:2]))
+        kids = float(sum(proc.cpu_times()[2:4]))
         for child in proc.children(recursive=True):
             with suppress(psutil.NoSuchProcess):  # a PostgreSQL backend that just ended
-                total += sum(child.cpu_times()[:2])
-        return total
+                kids += sum(child.cpu_times()[:2])
+        return own + kids, kids
 
     def __enter__(self) -> CpuMeter:
         self._start = (
             time.monotonic(),
-            self._seconds(self.server, True),
-            self._seconds(self.postmaster, True),
+            self._seconds(self.server),
+            self._seconds(self.postmaster)[0],
         )
         return self
 
     def __exit__(self, *exc: object) -> None:
-        t0, s0, p0 = self._start
+        t0, (s0, c0), p0 = self._start
         wall = time.monotonic() - t0
-        server, postgres = self._seconds(self.server, True), self._seconds(self.postmaster, True)
-        self.result = Cpu(100 * (server - s0) / wall, 100 * (postgres - p0) / wall)
+        (server, kids), postgres = (
+            self._seconds(self.server),
+            self._seconds(self.postmaster)[0],
+        )
+        self.result = Cpu(
+            100 * (server - s0) / wall, 100 * (postgres - p0) / wall, 100 * (kids - c0) / wall
+        )
 
 
 @dataclass

@@ -328,6 +328,15 @@ def per_request(r: LoadResult) -> float:
     return 10 * r.cpu.server / r.rps if r.cpu and r.rps else 0.0
 
 
+def writer_per_request(r: LoadResult) -> float:
+    """Of `per_request`, the CPU milliseconds of the server's children (its audit writer)."""
+    return 10 * r.cpu.children / r.rps if r.cpu and r.rps else 0.0
+
+
+def server_cpu(r: LoadResult) -> str:
+    return f"{per_request(r):.2f} ({writer_per_request(r):.3f})"
+
+
 def db_per_request(r: LoadResult) -> float:
     """PostgreSQL CPU milliseconds per request (all of its processes, the audit writer's too)."""
     return 10 * r.cpu.postgres / r.rps if r.cpu and r.rps else 0.0
@@ -360,18 +369,18 @@ def report(
         ("reads: GET /fhir/Patient/{id}, req/s", f"{reads.rps:,.0f}", f"{ref.rps:,.0f}", f"{ratio:.2f}", ">= 0.7 of reference", met(ratio >= 0.7, reads)),
         ("reads: latency p50 / p99, ms", f"{reads.p50_ms:.2f} / {reads.p99_ms:.2f}", f"{ref.p50_ms:.2f} / {ref.p99_ms:.2f}", "", "", ""),
         ("reads: CPU % of one core, server / PostgreSQL", cpu(reads.cpu), cpu(ref.cpu), "", "", ""),
-        ("reads: server CPU per request, ms", f"{per_request(reads):.2f}", f"{per_request(ref):.2f}", f"{cpu_ratio:.2f}", "", ""),
+        ("reads: server CPU per request (of it the audit writer's), ms", server_cpu(reads), f"{per_request(ref):.2f}", f"{cpu_ratio:.2f}", "", ""),
         ("reads: database CPU per request (with the audit writer's), ms", f"{db_per_request(reads):.3f}", f"{db_per_request(ref):.3f}", "", "", ""),
         (f"reads as a RelatedPerson ({RELATED_PERSONS:,} callers, own signed tokens), req/s", f"{related.rps:,.0f}", f"{ref.rps:,.0f}", f"{related_ratio:.2f}", ">= 0.8 of reference", met(related_ratio >= 0.8, related)),
         ("reads as a RelatedPerson: latency p50 / p99, ms", f"{related.p50_ms:.2f} / {related.p99_ms:.2f}", f"{ref.p50_ms:.2f} / {ref.p99_ms:.2f}", "", "", ""),
         ("reads as a RelatedPerson: CPU % of one core, server / PostgreSQL", cpu(related.cpu), cpu(ref.cpu), "", "", ""),
-        ("reads as a RelatedPerson: server CPU per request, ms", f"{per_request(related):.2f}", f"{per_request(ref):.2f}", "", "", ""),
+        ("reads as a RelatedPerson: server CPU per request (of it the audit writer's), ms", server_cpu(related), f"{per_request(ref):.2f}", "", "", ""),
         ("reads as a RelatedPerson: database CPU per request (with the audit writer's), ms", f"{db_per_request(related):.3f}", f"{db_per_request(ref):.3f}", "", "", ""),
         ("the floor: GET /healthz (reference: /readyz), constant answer, no token, req/s", f"{floor.rps:,.0f}", f"{ref_floor.rps:,.0f}", f"{floor_ratio:.2f}", "", ""),
         ("creates: POST /fhir/Patient, req/s", f"{creates.rps:,.0f}", "", "", ">= 500/s", met(creates.rps >= 500, creates)),
         ("creates: latency p50 / p99, ms", f"{creates.p50_ms:.2f} / {creates.p99_ms:.2f}", "", "", "", ""),
         ("creates: CPU % of one core, server / PostgreSQL", cpu(creates.cpu), "", "", "", ""),
-        ("creates: server CPU per request, ms", f"{per_request(creates):.2f}", "", "", "", ""),
+        ("creates: server CPU per request (of it the audit writer's), ms", server_cpu(creates), "", "", "", ""),
         ("transaction ingest, resources/s", f"{ing.rate:,.0f}", "", "", ">= 1,500/s", met(ing.rate >= 1500)),
         (f"one {batch:,}-entry transaction, median s", f"{median:.3f}", "", "", "", ""),
         ("ingest: CPU % of one core, server / PostgreSQL", cpu(ing.cpu), "", "", "", ""),
