@@ -25,6 +25,7 @@ class Result:
                 version.last_updated,
                 version.deleted,
                 version.content,
+                version.compartments,
                 version.method,
             ),
         )

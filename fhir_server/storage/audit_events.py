@@ -265,16 +265,19 @@ async def stored_ids(
     return found
 
 
-async def read_event(conn: Connection, id: str, grants: Grants) -> tuple[datetime, str] | None:
-    """(last_updated, content) of the AuditEvent `id` if `grants` let the caller see it. The
-    partition the id names first; every partition only if that misses (ids of another form)."""
+async def read_event(
+    conn: Connection, id: str, grants: Grants
+) -> tuple[datetime, str, list[str]] | None:
+    """(last_updated, content, compartments) of the AuditEvent `id` if `grants` let the caller
+    see it. The partition the id names first; every partition only if that misses (ids of
+    another form)."""
     window = window_of(id)
     if window is not None:
         row = await fetch_one(conn, audit_read_statement(id, grants, window))
         if row is not None:
-            return row[0], row[1]
+            return row[0], row[1], row[2]
     row = await fetch_one(conn, audit_read_statement(id, grants))
-    return None if row is None else (row[0], row[1])
+    return None if row is None else (row[0], row[1], row[2])
 
 
 def prefixed(query: Query, prefix: str, params: dict[str, Any]) -> Query:

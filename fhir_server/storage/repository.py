@@ -58,7 +58,10 @@ from fhir_server.storage.tables import resource_history, resources
 
 @dataclass(frozen=True, slots=True)
 class StoredVersion:
-    """One version of a resource as stored. `content` is None for a deletion."""
+    """One version of a resource as stored. `content` is None for a deletion. `compartments`:
+    those it was stored in (`NewVersion.compartments`), the values its security predicate
+    checks; an AuditEvent of reading it names its patients from them, without parsing
+    `content` again (`enforce.patients_of`)."""
 
     resource_type: str
     id: str
@@ -66,6 +69,7 @@ class StoredVersion:
     last_updated: datetime
     deleted: bool
     content: str | None
+    compartments: Sequence[str]
     method: str = ""
 
 
@@ -96,6 +100,7 @@ class NewVersion:
             self.last_updated,
             self.deleted,
             self.content,
+            self.compartments,
             self.method,
         )
 
@@ -105,6 +110,7 @@ _current_cols = (
     resources.c.last_updated,
     resources.c.deleted,
     cast(resources.c.content, Text).label("content"),
+    resources.c.compartments,
 )
 
 _read_current = Statement(
@@ -127,6 +133,7 @@ _read_version_query = select(
     resource_history.c.last_updated,
     resource_history.c.deleted,
     cast(resource_history.c.content, Text).label("content"),
+    resource_history.c.compartments,
     resource_history.c.method,
 ).where(
     resource_history.c.resource_type == bindparam("t"),
@@ -398,12 +405,8 @@ async def read_granted(
     params = {**_granted(resource_type, id, grant), "keys": array_literal(epoch_keys)}
     row = await fetch_one(conn, _read_granted_epoch, params)
     assert row is not None
-    epoch, version_id, last_updated, deleted, content = row
-    found = (
-        None
-        if version_id is None
-        else StoredVersion(resource_type, id, version_id, last_updated, deleted, content)
-    )
+    epoch, version_id, *stored = row
+    found = None if version_id is None else StoredVersion(resource_type, id, version_id, *stored)
     return int(epoch), found
 
 
@@ -424,20 +427,23 @@ async def _audit_event_epoch(
         audit_events.prefixed(query, _EPOCH_SQL, {"keys": array_literal(epoch_keys)}),
     )
     assert row is not None
-    epoch, last_updated, content = row
+    epoch, last_updated, content, compartments = row
     if content is not None:
-        return int(epoch), StoredVersion(AUDIT_EVENT, id, 1, last_updated, False, content)
+        return int(epoch), _stored_event(id, (last_updated, content, compartments))
     if audit_events.window_of(id) is None:
         return int(epoch), None  # that read was of every partition already
-    found = await audit_events.read_event(conn, id, grants)
-    if found is None:
-        return int(epoch), None
-    return int(epoch), StoredVersion(AUDIT_EVENT, id, 1, found[0], False, found[1])
+    return int(epoch), await _audit_event(conn, id, grants)
 
 
 async def _audit_event(conn: Connection, id: str, grants: Grants) -> StoredVersion | None:
     found = await audit_events.read_event(conn, id, grants)
-    return None if found is None else StoredVersion(AUDIT_EVENT, id, 1, found[0], False, found[1])
+    return None if found is None else _stored_event(id, found)
+
+
+def _stored_event(id: str, found: tuple[datetime, str, Sequence[str]]) -> StoredVersion:
+    """An AuditEvent as a stored version: written once, never deleted."""
+    last_updated, content, compartments = found
+    return StoredVersion(AUDIT_EVENT, id, 1, last_updated, False, content, compartments)
 
 
 async def read_current(
@@ -465,10 +471,7 @@ async def read_current(
         )
         params = {}
     row = await fetch_one(conn, statement, params)
-    if row is None:
-        return None
-    version_id, last_updated, deleted, content = row
-    return StoredVersion(resource_type, id, version_id, last_updated, deleted, content)
+    return None if row is None else StoredVersion(resource_type, id, *row)
 
 
 async def read_version(
@@ -605,6 +608,7 @@ async def history(
         h.last_updated,
         h.deleted,
         cast(h.content, Text).label("content"),
+        h.compartments,
         h.method,
     )
     if resource_type is not None:

@@ -851,15 +851,18 @@ class _Builder:
             return self.audit_search(*shape[1:])
         if kind == "audit read":
             row = self.table("aud")
-            return select(row.c.last_updated, cast(row.c.content, Text).label("content")).where(
-                *self.all(shape[1])
-            )
+            return select(
+                row.c.last_updated, cast(row.c.content, Text).label("content"), row.c.compartments
+            ).where(*self.all(shape[1]))
         assert kind == "include"
         _, link, visible, limit = shape
         target = self.table("t")
         statement = (
             select(
-                target.c.resource_type, target.c.id, cast(target.c.content, Text).label("content")
+                target.c.resource_type,
+                target.c.id,
+                cast(target.c.content, Text).label("content"),
+                target.c.compartments,
             )
             .where(exists().where(*self.all(link)), *self.all(visible))
             .order_by(target.c.resource_type, target.c.id)
@@ -911,6 +914,7 @@ class _Builder:
                 page_keys.c.resource_type,
                 page_keys.c.id,
                 cast(content.c.content, Text).label("content"),
+                content.c.compartments,
                 *returned,
             )
             .join(
@@ -939,6 +943,7 @@ class _Builder:
                 literal_column("'AuditEvent'").label("resource_type"),
                 row.c.id,
                 cast(row.c.content, Text).label("content"),
+                row.c.compartments,
                 *(k.label(f"k{i}") for i, (k, _) in enumerate(keys)),
             )
             .where(*self.all(conditions))
@@ -1010,10 +1015,16 @@ def statement_cache_info() -> Any:
 # --- entry points ----------------------------------------------------------------------------
 
 
+def sort_keys(row: Sequence[Any]) -> tuple[Any, ...]:
+    """The sort keys of a row of `search_statement`, what a cursor after it holds: the columns
+    after (resource_type, id, content, compartments)."""
+    return tuple(row[4:])
+
+
 def search_statement(
     query: SearchQuery, grants: Grants, *, local_bases: Sequence[str] = (), now: datetime
 ) -> tuple[Query, int]:
-    """The page query: rows of (resource_type, id, content, sort keys...), `count + 1` of them
+    """The page query: rows of (resource_type, id, content, compartments, sort keys...), `count + 1` of them
     so the caller knows whether there is a next page. Returns it and the number of keys.
     `now` is the request's clock (the base of `ap` on dates)."""
     if query.resource_types == ("AuditEvent",):
@@ -1262,8 +1273,8 @@ class _AuditPlanner(_Planner):
 def audit_search_statement(
     query: SearchQuery, grants: Grants, *, local_bases: Sequence[str] = (), now: datetime
 ) -> tuple[Query, int]:
-    """`search_statement` of an AuditEvent search: rows of ('AuditEvent', id, content, sort
-    keys..., id), `count + 1` of them."""
+    """`search_statement` of an AuditEvent search: rows of ('AuditEvent', id, content,
+    compartments, sort keys..., id), `count + 1` of them."""
     planner = _AuditPlanner(grants, local_bases, now)
     conditions = planner.where(_AUDIT_ROW, query)
     sort = [*planner.sort_expressions(_AUDIT_ROW, query), (_col(_AUDIT_ROW, "id"), False)]
@@ -1291,7 +1302,7 @@ def audit_count_statement(
 def audit_read_statement(
     id: str, grants: Grants, window: tuple[datetime, datetime] | None = None
 ) -> Query:
-    """The AuditEvent `id` if the caller may see it: (last_updated, content). `window`: the
+    """The AuditEvent `id` if the caller may see it: (last_updated, content, compartments). `window`: the
     instants its `recorded` lies in (from the id, storage/audit_events.py), which leaves every
     other partition out."""
     planner = _AuditPlanner(grants, ())

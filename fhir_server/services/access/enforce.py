@@ -15,20 +15,20 @@ from compartments.engine import Decision, Target
 from compartments.policy import Reason
 from fhir_server.errors import AccessDenied
 from fhir_server.search.grants import Grant
-from fhir_server.search.membership import compartment_membership
 from fhir_server.services.access.guard import Guard, denied
+from fhir_server.storage.repository import StoredVersion
 
 
-def patients_in(content: str | None, local_bases: Iterable[str] = ()) -> frozenset[str]:
-    """The patients whose record a stored resource is part of (its Patient compartments): what
-    an AuditEvent of reading it names. Nothing for a deletion or a resource of no patient."""
-    if not content:
-        return frozenset()
-    try:
-        found = compartment_membership(orjson.loads(content), local_bases=tuple(local_bases))
-    except ValueError:
-        return frozenset()
-    return frozenset(c for c in found if c.startswith("Patient/"))
+def patients_among(compartments: Iterable[str]) -> frozenset[str]:
+    """The patients among the compartments a resource was stored in: whose record it is part
+    of, what an AuditEvent of reading it names. The same values its security predicate checked,
+    computed once when it was written (`NewVersion.compartments`)."""
+    return frozenset(c for c in compartments if c.startswith("Patient/"))
+
+
+def patients_of(version: StoredVersion) -> frozenset[str]:
+    """`patients_among` the compartments of a stored version; nobody for a deletion."""
+    return frozenset() if version.content is None else patients_among(version.compartments)
 
 
 def unrestricted(guard: Guard, operation: str, resource_type: str) -> bool:

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 from compartments.engine import Decision
 from fhir_server.errors import BadRequest, NotFound
 from fhir_server.search.grants import Grants
-from fhir_server.services.access.enforce import check_type, hidden, patients_in, unrestricted
+from fhir_server.services.access.enforce import check_type, hidden, patients_of, unrestricted
 from fhir_server.services.context import Context
 from fhir_server.services.formats.bundles import bundle, history_entry
 from fhir_server.services.interactions.read import break_glass
@@ -89,7 +89,7 @@ async def history(
                 resource_type,
                 f"{resource_type}/{id}",
                 guard.type_decision("history", resource_type),
-                patients_in(visible.content, ctx.local_bases),
+                patients_of(visible),
             )
     elif resource_type is not None:
         check_type(guard, "history", resource_type)
@@ -124,9 +124,7 @@ async def history(
 
     if id is None:
         # a type's or the server's history: its AuditEvent names the patients of the page
-        guard.touched(
-            "history", frozenset().union(*(patients_in(v.content, ctx.local_bases) for v in page))
-        )
+        guard.touched("history", frozenset().union(*map(patients_of, page)))
     path = "/".join(p for p in (resource_type, id) if p)
     url = f"{ctx.base_url}/{path + '/' if path else ''}_history"
     kept = {k: v for k, v in params.items() if k != "_page"}

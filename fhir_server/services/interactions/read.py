@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from compartments.engine import Target
 from fhir_server.errors import Gone, NotFound
-from fhir_server.services.access.enforce import hidden, patients_in, unrestricted
+from fhir_server.services.access.enforce import hidden, patients_of, unrestricted
 from fhir_server.services.access.guard import Guard
 from fhir_server.services.context import Context
 from fhir_server.storage import repository
@@ -30,7 +30,7 @@ async def read(
             resource_type,
             f"{resource_type}/{id}",
             guard.type_decision(operation, resource_type),
-            patients_in(found.content, ctx.local_bases),
+            patients_of(found),
         )
     if found.deleted:
         raise Gone(f"`{resource_type}/{id}` was deleted")
@@ -94,7 +94,7 @@ async def vread(
             resource_type,
             f"{resource_type}/{id}",
             guard.type_decision("read", resource_type),
-            patients_in(found.content, ctx.local_bases),
+            patients_of(found),
         )
     if found is None:
         raise NotFound(f"`{resource_type}/{id}` has no version `{version}`")

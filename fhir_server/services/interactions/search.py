@@ -8,7 +8,7 @@ links with an opaque keyset cursor.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
@@ -26,7 +26,7 @@ from fhir_server.search.query import (
     compartment_types,
     parse_search,
 )
-from fhir_server.services.access.enforce import check_type, patients_in, unrestricted
+from fhir_server.services.access.enforce import check_type, patients_among, unrestricted
 from fhir_server.services.context import Context
 from fhir_server.services.formats.bundles import bundle
 from fhir_server.services.offload import HEAVY, cpu
@@ -37,6 +37,7 @@ from fhir_server.storage.search_sql import (
     include_types,
     search_statement,
     search_types,
+    sort_keys,
 )
 from fhir_server.storage.sql import Connection, Query, estimated_count, fetch_one, stream
 
@@ -124,16 +125,17 @@ async def run(ctx: Context, conn: Connection, query: SearchQuery, path: str) -> 
     budget = _Budget(ctx.settings.max_search_bytes)
     page, more = await _page(conn, statement, query.count, budget)
     if more and page:
-        links.append({"relation": "next", "url": _link(url, echo, encode_cursor(page[-1][3:]))})
+        links.append(
+            {"relation": "next", "url": _link(url, echo, encode_cursor(sort_keys(page[-1])))}
+        )
 
     entries = [_entry(ctx, query, r[0], r[1], r[2], "match") for r in page]
     seen = {(r[0], r[1]) for r in page}
-    contents: list[str] = [r[2] for r in page]
+    compartments: list[Sequence[str]] = [r[3] for r in page]
     sources = [(r[0], r[1]) for r in page]
-    entries += await _included(ctx, conn, query, sources, seen, budget, contents)
+    entries += await _included(ctx, conn, query, sources, seen, budget, compartments)
     # the search's AuditEvent names the patients whose data it returned, and nobody else
-    bases = ctx.local_bases
-    ctx.guard.touched("search", frozenset().union(*(patients_in(c, bases) for c in contents)))
+    ctx.guard.touched("search", patients_among(c for stored in compartments for c in stored))
     return bundle("searchset", entries=entries, **fields)
 
 
@@ -176,7 +178,7 @@ async def _included(
     sources: list[tuple[str, str]],
     seen: set[tuple[str, str]],
     budget: _Budget,
-    contents: list[str],
+    compartments: list[Sequence[str]],
 ) -> list[dict[str, Any]]:
     entries: list[dict[str, Any]] = []
     direct = [i for i in query.includes if not i.iterate]
@@ -195,12 +197,12 @@ async def _included(
             grants = ctx.guard.grants("search", include_types(include))
             statement = include_statement(include, frontier, grants, limit=MAX_INCLUDED)
             # beyond the budget, as beyond MAX_INCLUDED, included resources are left out
-            async for resource_type, id, content in stream(conn, statement):
+            async for resource_type, id, content, stored in stream(conn, statement):
                 if (resource_type, id) in seen or not budget.take(content):
                     continue
                 seen.add((resource_type, id))
                 found.append((resource_type, id))
-                contents.append(content)
+                compartments.append(stored)
                 entries.append(_entry(ctx, query, resource_type, id, content, "include"))
         frontier = found
     return entries
