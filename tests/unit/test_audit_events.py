@@ -4,7 +4,8 @@ them (content, compartments, search columns), only faster; and holding no demogr
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -28,7 +29,7 @@ from fhir_server.services.access.guard import Audited
 from fhir_server.services.context import Context, server_guard
 from fhir_server.services.interactions.versions import new_version
 from fhir_server.settings import Settings
-from fhir_server.storage.audit_events import COLUMNS, row_of
+from fhir_server.storage.audit_events import COLUMNS, row_of, stamped_id, window_of
 from fhir_server.validation import default_validator
 
 CTX = Context(
@@ -258,3 +259,16 @@ def test_a_shortened_reference_cannot_name_a_real_resource() -> None:
     assert _array(row["compartments"]) == []
     assert _array(row["agents"]) == [record.account]
     assert f"Patient/{victim}" not in _array(row["patients"])
+
+
+@given(st.datetimes(min_value=datetime(1970, 1, 1), timezones=st.sampled_from([UTC, None])))
+def test_a_stamped_id_is_a_uuid7_of_the_millisecond_it_names(recorded: datetime) -> None:
+    id = stamped_id(recorded)
+    parsed = uuid.UUID(id)
+    assert str(parsed) == id
+    assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    window = window_of(id)
+    moment = recorded.replace(tzinfo=recorded.tzinfo or UTC)
+    assert window is not None and window[0] <= moment < window[1]
+    assert window[1] - window[0] == timedelta(milliseconds=1)
+    assert stamped_id(recorded) != id  # 74 random bits
