@@ -185,7 +185,12 @@ def negotiate(request: Request) -> None:
     gets 406 with a clear message."""
     wanted = request.query_params.get("_format")
     if wanted is not None:
-        media, params = parse_media_type(_FORMAT_ALIASES.get(wanted, wanted))
+        # A `+` written unencoded in the URL arrives as a space (`application/fhir json`).
+        media_type, semicolon, parameters = wanted.partition(";")
+        media_type = media_type.strip().replace(" ", "+")
+        media, params = parse_media_type(
+            _FORMAT_ALIASES.get(media_type, media_type) + semicolon + parameters
+        )
         if media not in JSON_TYPES:
             raise NotAcceptable(
                 f"`_format={wanted}` is not supported: this server speaks JSON only",

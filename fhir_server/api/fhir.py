@@ -44,6 +44,7 @@ from fhir_server.services.formats.etags import etag
 from fhir_server.services.formats.operation_outcome import information
 from fhir_server.services.interactions import (
     batch,
+    conditional,
     create,
     delete,
     history,
@@ -207,7 +208,9 @@ async def create_resource(
     if_none_exist: IfNoneExist = None,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    refuse_search_in_url(request, "a create", "for a conditional create send `If-None-Exist`")
+    conditional.refuse_criteria_in_create(
+        request.query_params, "for a conditional create send `If-None-Exist`", "http"
+    )
     # A plain create is one statement, atomic on its own; a conditional one searches first, and
     # one with an Idempotency-Key claims the key in the same transaction.
     unit = fhir.db.transaction() if if_none_exist or idempotency_key else fhir.db.connection()
@@ -219,22 +222,6 @@ async def create_resource(
             return replay
         result = await create.create(ctx, conn, type, body, if_none_exist=if_none_exist)
         return await key.keep(write_response(fhir.ctx.base_url, result, fhir.prefer))
-
-
-# What the URL of any interaction may carry (R4 http.html#parameters).
-URL_PARAMETERS = frozenset({"_format", "_pretty"})
-
-
-def refuse_search_in_url(request: Request, what: str, instead: str) -> None:
-    """400 for search parameters in the URL of an interaction that takes none: some clients
-    send them for another server's conditional create (fhirpy's `get_or_create`), and
-    ignoring them would create a duplicate where the client expected a match."""
-    for name in request.query_params:
-        if name not in URL_PARAMETERS:
-            raise BadRequest(
-                f"`{name}` in the URL of {what} is not supported: {instead}",
-                expression=(f"http.{name}",),
-            )
 
 
 async def read_resource(request: Request) -> Response:
@@ -292,9 +279,11 @@ async def patch_resource(
     return write_response(fhir.ctx.base_url, result, fhir.prefer)
 
 
-async def delete_resource(fhir: FhirInteraction, type: str, id: str) -> Response:
+async def delete_resource(
+    fhir: FhirInteraction, type: str, id: str, if_match: IfMatch = None
+) -> Response:
     async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
-        version = await delete.delete(ctx, conn, type, id)
+        version = await delete.delete(ctx, conn, type, id, if_match=parse_if_match(if_match))
     headers = {"ETag": etag(version)} if version is not None else {}
     if fhir.prefer == "OperationOutcome":
         return fhir_response(information(f"`{type}/{id}` deleted"), 200, headers)
@@ -316,10 +305,14 @@ async def conditional_patch(
     return write_response(fhir.ctx.base_url, result, fhir.prefer)
 
 
-async def conditional_delete(fhir: FhirInteraction, type: str, request: Request) -> Response:
+async def conditional_delete(
+    fhir: FhirInteraction, type: str, request: Request, if_match: IfMatch = None
+) -> Response:
     """`DELETE [base]/{type}?criteria` (R4 conditional delete): no match is a success too."""
     async with fhir.db.transaction() as conn, fhir.authorized(conn) as ctx:
-        id, version = await delete.conditional_delete(ctx, conn, type, request.url.query)
+        id, version = await delete.conditional_delete(
+            ctx, conn, type, request.url.query, if_match=parse_if_match(if_match)
+        )
     headers = {"ETag": etag(version)} if version is not None else {}
     if fhir.prefer == "OperationOutcome":
         said = f"`{type}/{id}` deleted" if id else f"no `{type}` matched; nothing was deleted"

@@ -57,7 +57,7 @@ def write_response(base_url: str, result: Result, prefer: str) -> Response:
     if prefer == "OperationOutcome":
         verb = "created" if result.status == 201 else "updated"
         text = f"`{version.resource_type}/{version.id}` {verb} at version {version.version_id}"
-        if version.method == "POST" and result.status == 200:
+        if result.existing:
             text = f"`{version.resource_type}/{version.id}` already exists and matches the criteria"
         return fhir_response(information(text), result.status, headers)
     assert version.content is not None

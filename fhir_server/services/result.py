@@ -13,6 +13,8 @@ class Result:
 
     status: int
     version: StoredVersion
+    # a conditional create's match: nothing was written
+    existing: bool = False
 
     @classmethod
     def written(cls, status: int, version: NewVersion) -> Result:

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fhir_server.errors import PreconditionFailed
-from fhir_server.services.formats.etags import MAX_VERSION_DIGITS, etag, version_of
-from fhir_server.services.interactions.update import parse_if_match
+from fhir_server.services.formats.etags import ANY_VERSION, MAX_VERSION_DIGITS, etag, version_of
+from fhir_server.services.interactions.update import check_precondition, parse_if_match
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,6 @@ def test_values_that_name_a_version(value: str, version: int) -> None:
         "",
         "W/",
         'W/""',
-        "*",
         'W/"-1"',
         'W/"+1"',
         'W/"1.0"',
@@ -55,6 +54,17 @@ def test_values_that_name_none(value: str) -> None:
 
 def test_no_header_is_no_precondition() -> None:
     assert parse_if_match(None) is None
+
+
+@pytest.mark.parametrize("value", ["*", " * "])
+def test_star_asks_for_any_current_version_and_names_none(value: str) -> None:
+    """`If-Match: *` (RFC 9110 13.1.1) is a precondition of its own, never a version."""
+    assert version_of(value) is None
+    assert parse_if_match(value) == ANY_VERSION
+    check_precondition("Patient/a", 7, ANY_VERSION)
+    for current, deleted in ((None, False), (7, True)):
+        with pytest.raises(PreconditionFailed):
+            check_precondition("Patient/a", current, ANY_VERSION, deleted=deleted)
 
 
 @given(st.integers(min_value=1, max_value=10**MAX_VERSION_DIGITS - 1))

@@ -11,6 +11,8 @@ from typing import Final
 # A version id is an `integer` column (int4): nine digits always fit, and no resource gets near
 # a billion versions. A longer value names no version rather than reaching a comparison.
 MAX_VERSION_DIGITS: Final = 9
+# `If-Match: *` (RFC 9110 13.1.1): any current version. Version ids start at 1, so 0 names none.
+ANY_VERSION: Final = 0
 
 
 def etag(version_id: int) -> str:

@@ -22,7 +22,15 @@ from urllib.parse import parse_qsl, urlsplit
 import orjson
 
 from compartments.ids import ID_REGEX
-from fhir_server.errors import BadRequest, FhirError, NotFound, NotSupported, PreconditionFailed
+from fhir_server.errors import (
+    BadRequest,
+    FhirError,
+    InvalidResource,
+    Issue,
+    NotFound,
+    NotSupported,
+    PreconditionFailed,
+)
 from fhir_server.services.context import Context
 from fhir_server.services.formats.bundles import raw
 from fhir_server.services.formats.etags import etag
@@ -74,7 +82,11 @@ def _entry_error(index: int, error: FhirError) -> FhirError:
     issues = []
     for issue in error.issues:
         where = tuple(
-            f"{prefix}.resource.{e.split('.', 1)[1]}" if "." in e else f"{prefix}.resource.{e}"
+            e
+            if e.startswith(prefix)
+            else f"{prefix}.resource.{e.split('.', 1)[1]}"
+            if "." in e
+            else f"{prefix}.resource.{e}"
             for e in issue.expression
         ) or (prefix,)
         issues.append(
@@ -292,6 +304,19 @@ def _need_instance(entry: Entry) -> tuple[str, str]:
     return entry.resource_type, entry.id
 
 
+def _need_create(entry: Entry) -> str:
+    """The type a POST entry creates: its URL is `Type`, with no criteria (a conditional create
+    gives them in `request.ifNoneExist`)."""
+    if entry.resource_type is None or entry.id is not None or entry.tail:
+        raise BadRequest(f"`POST {entry.url}`: a create names only the resource type")
+    conditional.refuse_criteria_in_create(
+        (name for name, _ in parse_qsl(entry.query, keep_blank_values=True)),
+        "for a conditional create give `request.ifNoneExist`",
+        f"Bundle.entry[{entry.index}].request.url",
+    )
+    return entry.resource_type
+
+
 def _need_type(entry: Entry) -> str:
     if entry.resource_type is None or entry.tail:
         raise BadRequest(
@@ -335,10 +360,8 @@ async def _get(ctx: Context, conn: Connection, entry: Entry) -> dict[str, Any]:
 async def _run_one(ctx: Context, conn: Connection, entry: Entry, prefer: str) -> dict[str, Any]:
     """One entry of a batch (or a transaction entry that could not be grouped)."""
     if entry.method == "POST":
-        if entry.resource_type is None or entry.id is not None:
-            raise BadRequest(f"`POST {entry.url}`: a create names only the resource type")
         result = await create.create(
-            ctx, conn, entry.resource_type, entry.resource, if_none_exist=entry.if_none_exist
+            ctx, conn, _need_create(entry), entry.resource, if_none_exist=entry.if_none_exist
         )
         return _written(ctx, result, prefer)
     if entry.method == "PUT" and entry.conditional:
@@ -367,11 +390,13 @@ async def _run_one(ctx: Context, conn: Connection, entry: Entry, prefer: str) ->
         )
         return _written(ctx, result, prefer)
     if entry.method == "DELETE" and entry.conditional:
-        await delete.conditional_delete(ctx, conn, _need_type(entry), entry.query)
+        await delete.conditional_delete(
+            ctx, conn, _need_type(entry), entry.query, if_match=entry.if_match
+        )
         return {"response": {"status": "204 No Content"}}
     if entry.method == "DELETE":
         rtype, id = _need_instance(entry)
-        await delete.delete(ctx, conn, rtype, id)
+        await delete.delete(ctx, conn, rtype, id, if_match=entry.if_match)
         return {"response": {"status": "204 No Content"}}
     return await _get(ctx, conn, entry)
 
@@ -427,10 +452,12 @@ async def _transaction(
         async def do_delete(entry: Entry = entry) -> None:
             if entry.conditional:
                 rtype = _need_type(entry)
-                id, _ = await delete.conditional_delete(ctx, conn, rtype, entry.query)
+                id, _ = await delete.conditional_delete(
+                    ctx, conn, rtype, entry.query, if_match=entry.if_match
+                )
             else:
                 rtype, id = _need_instance(entry)
-                await delete.delete(ctx, conn, rtype, id)
+                await delete.delete(ctx, conn, rtype, id, if_match=entry.if_match)
             if id is not None:
                 written.claim(entry, rtype, id)
             entry.response = {"response": {"status": "204 No Content"}}
@@ -443,13 +470,10 @@ async def _transaction(
     for entry in (e for e in ordered if e.method == "POST"):
 
         async def plan_create(entry: Entry = entry) -> None:
-            if entry.resource_type is None or entry.id is not None:
-                raise BadRequest(f"`POST {entry.url}`: a create names only the resource type")
+            rtype = _need_create(entry)
             existing = None
             if entry.if_none_exist:
-                existing = await create.find_existing(
-                    ctx, conn, entry.resource_type, entry.if_none_exist
-                )
+                existing = await create.find_existing(ctx, conn, rtype, entry.if_none_exist)
             if existing is not None:
                 entry.response = _written(ctx, existing, prefer)
                 entry.id = existing.version.id
@@ -458,7 +482,7 @@ async def _transaction(
                 entry.id = create.new_id()
                 creates.append(entry)
             if entry.full_url:
-                references.add(entry.full_url, f"{entry.resource_type}/{entry.id}")
+                references.add(entry.full_url, f"{rtype}/{entry.id}")
 
         await guarded(entry, plan_create)
     for entry in (e for e in ordered if e.method == "PUT" and e.conditional):
@@ -598,6 +622,41 @@ def _lock_slots(entries: list[Entry]) -> list[int]:
     return slots
 
 
+# What stands in for an entry's resource while the Bundle around it is validated: the smallest
+# valid resource. Each entry's own resource is validated when the entry runs, its problems then
+# located under the entry (`_entry_error`).
+_ANY_RESOURCE = {"resourceType": "Parameters"}
+_ENTRY = re.compile(r"Bundle\.entry\[(\d+)\]")
+
+
+def _envelope_problems(
+    ctx: Context, body: dict[str, Any], raw_entries: list[Any], kind: str
+) -> dict[int, list[Issue]]:
+    """The R4 schema's problems of the Bundle itself, its entries and their requests (an unknown
+    or misspelt element, `request.ifNoneExists`, is refused, never ignored: docs/validation.md),
+    by the index of the entry they are in. A problem outside any entry is a 400 at once."""
+    envelope = {
+        **body,
+        "entry": [
+            {**e, "resource": _ANY_RESOURCE} if isinstance(e, dict) and "resource" in e else e
+            for e in raw_entries
+        ],
+    }
+    if not raw_entries:
+        del envelope["entry"]  # `"entry": []` is taken for no entries
+    by_entry: dict[int, list[Issue]] = {}
+    outside: list[Issue] = []
+    for issue in ctx.validator.issues(envelope, expected_type="Bundle"):
+        found = _ENTRY.match(issue.expression[0]) if issue.expression else None
+        if found is None:
+            outside.append(issue)
+        else:
+            by_entry.setdefault(int(found[1]), []).append(issue)
+    if outside:
+        raise InvalidResource(issues=outside)
+    return by_entry
+
+
 async def process(
     ctx: Context,
     conn: Connection,
@@ -626,7 +685,10 @@ async def process(
             code="too-costly",
         )
     check_full_urls(raw_entries)
+    refused = _envelope_problems(ctx, body, raw_entries, kind)
     if kind == "transaction":
+        if refused:
+            raise InvalidResource(issues=[i for issues in refused.values() for i in issues])
         entries = [_parse_entry(ctx, i, e) for i, e in enumerate(raw_entries)]
         await conditional.serialize(conn, _lock_slots(entries))
         responses = await _transaction(ctx, conn, entries, prefer)
@@ -635,12 +697,15 @@ async def process(
         entries = []
         for i, e in enumerate(raw_entries):
             try:
+                if i in refused:
+                    raise InvalidResource(issues=refused[i])
                 entries.append(_parse_entry(ctx, i, e))
             except FhirError as exc:
                 entries.append(Entry(i, "INVALID", "", None, None, [], "", None, None, None, None))
+                status = status_of(exc)
                 entries[-1].response = {
                     "response": {
-                        "status": f"{status_of(exc)} Bad Request",
+                        "status": f"{status} {_REASONS.get(status, 'Error')}",
                         "outcome": operation_outcome(exc.issues),
                     }
                 }

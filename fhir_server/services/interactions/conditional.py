@@ -22,8 +22,22 @@ from fhir_server.storage import repository
 from fhir_server.storage.search_sql import search_statement, search_types
 from fhir_server.storage.sql import Connection, fetch_all
 
-# Formatting parameters that may ride along on a conditional request's URL without being criteria.
-_FORMATTING = frozenset({"_format", "_pretty"})
+# What the URL of any interaction may carry (R4 http.html#parameters): formatting parameters,
+# which ride along on a conditional request's URL without being criteria.
+URL_PARAMETERS = frozenset({"_format", "_pretty"})
+
+
+def refuse_criteria_in_create(names: Iterable[str], instead: str, where: str) -> None:
+    """400 for search parameters in the URL of a create, which takes none: some clients send
+    them for another server's conditional create (fhirpy's `get_or_create`), and ignoring them
+    would create a duplicate where the client expected a match. `where`: the location of the
+    URL (`http` for the request's own; a Bundle entry's `request.url`)."""
+    for name in names:
+        if name not in URL_PARAMETERS:
+            raise BadRequest(
+                f"`{name}` in the URL of a create is not supported: {instead}",
+                expression=(f"http.{name}" if where == "http" else where,),
+            )
 
 
 def criteria_pairs(criteria: str) -> list[tuple[str, str]]:
@@ -33,7 +47,7 @@ def criteria_pairs(criteria: str) -> list[tuple[str, str]]:
         pairs = parse_qsl(text, keep_blank_values=True, strict_parsing=True)
     except ValueError:
         raise BadRequest(f"cannot parse the conditional criteria `{criteria}`") from None
-    pairs = [(name, value) for name, value in pairs if name not in _FORMATTING]
+    pairs = [(name, value) for name, value in pairs if name not in URL_PARAMETERS]
     for name, _ in pairs:
         if name in RESULT_PARAMETERS or name.split(":")[0] in {"_include", "_revinclude"}:
             raise BadRequest(

@@ -120,4 +120,4 @@ async def find_existing(
     grants = ctx.guard.grants("search", (resource_type,))
     current = await repository.read_current(conn, resource_type, id, grants)
     assert current is not None and not current.deleted
-    return Result(200, current)
+    return Result(200, current, existing=True)

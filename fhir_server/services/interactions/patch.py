@@ -12,7 +12,7 @@ from fhir_server.services.context import Context
 from fhir_server.services.formats.limits import check_value, input_limits
 from fhir_server.services.interactions import conditional
 from fhir_server.services.interactions.update import check_precondition
-from fhir_server.services.interactions.versions import json_size, parse_json, validated
+from fhir_server.services.interactions.versions import check_id, json_size, parse_json, validated
 from fhir_server.services.interactions.writing import lock_stored, write_next
 from fhir_server.services.offload import HEAVY_BYTES, cpu, in_thread
 from fhir_server.services.result import Result
@@ -54,6 +54,12 @@ def _apply(operations: jsonpatch.JsonPatch, document: Any, size: int, max_bytes:
                     expression=[f"[{index}]"],
                 )
             document = jsonpatch.JsonPatch([raw]).apply(document, in_place=True)
+        except jsonpatch.JsonPatchTestFailed:
+            raise Unprocessable(
+                f"the patch cannot be applied: operation {index} (`test`) failed: the resource "
+                f"does not hold the given value at `{raw.get('path')}`",
+                code="processing",
+            ) from None
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
             raise Unprocessable(
                 f"the patch cannot be applied: operation {index}: {exc}", code="processing"
@@ -90,9 +96,10 @@ async def patch(
     *,
     if_match: int | None = None,
 ) -> Result:
+    check_id(id)
     operations = _operations(body, ctx.settings.max_patch_operations)
     locked = await lock_stored(ctx, conn, "patch", resource_type, id)
-    check_precondition(f"{resource_type}/{id}", locked.version_id, if_match)
+    check_precondition(f"{resource_type}/{id}", locked.version_id, if_match, deleted=locked.deleted)
     if locked.content is None:
         raise Gone(f"`{resource_type}/{id}` was deleted")
     content = locked.content

@@ -6,7 +6,7 @@ from typing import Any
 
 from fhir_server.errors import BadRequest, MethodNotAllowed, PreconditionFailed
 from fhir_server.services.context import Context
-from fhir_server.services.formats.etags import version_of
+from fhir_server.services.formats.etags import ANY_VERSION, version_of
 from fhir_server.services.interactions import conditional
 from fhir_server.services.interactions.create import create, creation
 from fhir_server.services.interactions.versions import check_id, parse_json, validated
@@ -18,20 +18,41 @@ from fhir_server.storage.sql import Connection
 
 
 def parse_if_match(value: str | None) -> int | None:
-    """The version an If-Match header names (`W/"3"` or `"3"`: formats/etags.py), or None when
-    absent; a value that names no version is a 412."""
+    """The version an If-Match header names (`W/"3"` or `"3"`: formats/etags.py), `ANY_VERSION`
+    for `*`, or None when absent; a value that names no version is a 412."""
     if value is None:
         return None
+    if value.strip() == "*":
+        return ANY_VERSION
     version = version_of(value)
     if version is None:
         raise PreconditionFailed(f"If-Match `{value}` names no version of this resource")
     return version
 
 
-def check_precondition(resource: str, current_version: int | None, if_match: int | None) -> None:
-    if if_match is not None and current_version != if_match:
+def check_precondition(
+    resource: str, current_version: int | None, if_match: int | None, *, deleted: bool = False
+) -> None:
+    """412 unless `if_match` (parse_if_match) holds for the resource's current version
+    (None: it does not exist): the version it names, or with `*` any that is not a deletion."""
+    if if_match is None:
+        return
+    if if_match == ANY_VERSION:
+        if current_version is not None and not deleted:
+            return
+        found = "was deleted" if deleted else "does not exist"
+    elif current_version == if_match:
+        return
+    else:
         found = "does not exist" if current_version is None else f"is at version {current_version}"
-        raise PreconditionFailed(f"If-Match asks for version {if_match} but `{resource}` {found}")
+    raise PreconditionFailed(f"{asked(if_match)} but `{resource}` {found}")
+
+
+def asked(if_match: int) -> str:
+    """What an If-Match value asks for, in words."""
+    if if_match == ANY_VERSION:
+        return "If-Match `*` asks for a current version"
+    return f"If-Match asks for version {if_match}"
 
 
 async def update(
@@ -71,7 +92,9 @@ async def update(
             continue
         # the stored version first: nothing about it (not even its version) before that
         await check_locked(ctx, conn, "update", resource_type, id, locked)
-        check_precondition(f"{resource_type}/{id}", locked.version_id, if_match)
+        check_precondition(
+            f"{resource_type}/{id}", locked.version_id, if_match, deleted=locked.deleted
+        )
         stored = None if locked.content is None else parse_json(locked.content)
         version = await write_next(
             ctx, conn, "update", resource_type, id, locked, resource, stored, method="PUT"
@@ -114,9 +137,7 @@ def conditional_target(
     body_id = resource.get("id")
     if match is None:
         if body_id is None and if_match is not None:
-            raise PreconditionFailed(
-                f"If-Match asks for version {if_match} but no `{resource_type}` matches"
-            )
+            raise PreconditionFailed(f"{asked(if_match)} but no `{resource_type}` matches")
         return None if body_id is None else str(body_id)
     if body_id is not None and body_id != match:
         raise BadRequest(
