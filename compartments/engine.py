@@ -201,6 +201,14 @@ def decide(request: Request, policy: Policy, facts: Facts) -> Decision:
     )
 
 
+# The types whose content grants access (a Person's links, a RelatedPerson's patient, a Consent,
+# a Patient's general practitioner, a CareTeam's participants: what the access facts are read
+# from, storage/access_facts.py WALKED). Writing one is giving someone access: an unverified link
+# writes none, and nobody but a System or Admin caller writes one into the record of a patient
+# it may not write for, not even a practitioner (who may otherwise file an Observation that
+# names another patient).
+GRANTING = frozenset({"Person", "RelatedPerson", "Consent", "Patient", "CareTeam"})
+
 # The compartments that are someone's record: a restricted caller's write may land only in those
 # of people it may write for. Practitioner, Device and Encounter compartments are not records of
 # a person the caller could be a stranger to (an Appointment names its practitioner freely).
@@ -222,7 +230,7 @@ def foreign_compartment(
     """The first Patient or RelatedPerson compartment of a write's result (or, for update and
     patch, of the stored version) that belongs to nobody the caller may write for; None when
     there is none, or when the write is allowed by an identity the rule does not restrict
-    (System, Admin, a verified practitioner).
+    (System, Admin, and a verified practitioner unless the type grants access: `GRANTING`).
 
     What the caller may write for is the union over all its identities (a Person's links): the
     patients whose records each may write this type into, each identity itself, and the
@@ -230,7 +238,9 @@ def foreign_compartment(
     target = request.target
     if target is None or request.operation not in RESULTS:
         return None
-    if any(d.everything or not restricted(i) for i, d in allowed):
+    if any(d.everything for _, d in allowed):
+        return None
+    if request.resource_type not in GRANTING and any(not restricted(i) for i, _ in allowed):
         return None
     writable: set[str] = set()
     for identity in request.identities:
@@ -341,7 +351,14 @@ def _unverified(identity: Identity, request: Request, rule: Rule) -> Decision:
 
 def _unverified_within(identity: Identity, patient: str, request: Request, rule: Rule) -> Decision:
     """An unverified link: only what its account created, and what it writes must be about the
-    linked patient (it cannot put data into anyone else's record)."""
+    linked patient (it cannot put data into anyone else's record) and grant nobody access
+    (`GRANTING`: a link made by typing someone's national id opens their record to no one)."""
+    if request.operation in WRITES and request.resource_type in GRANTING:
+        return deny(
+            Reason.UNVERIFIED_LINK,
+            f"an unverified link cannot write a {request.resource_type}: it would grant access",
+            rule,
+        )
     target = request.target
     if target is not None and request.operation in WRITES and patient not in target.compartments:
         return deny(

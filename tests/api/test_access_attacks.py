@@ -255,6 +255,84 @@ def test_no_caller_grants_itself_access(world: World, db: psycopg.Connection[Any
     assert snapshot(db) == before
 
 
+def test_a_practitioner_cannot_give_itself_care_of_a_stranger(
+    make_world: Callable[..., World], db: psycopg.Connection[Any]
+) -> None:
+    """The doctor cares for the adult only. A CareTeam that names a patient it cares for files
+    it in that patient's record, but it would make the doctor a carer of the stranger it is
+    about: a write that grants access lands only in records the writer may write for. (A world of
+    its own: the denials' AuditEvents name both patients.)"""
+    world = make_world()
+    doctor, adult, other = world.ref("doctor"), world.ref("adult"), world.ref("other")
+    takeover = {
+        "resourceType": "CareTeam",
+        "status": "active",
+        "subject": {"reference": other},
+        "participant": [{"member": {"reference": doctor}}, {"member": {"reference": adult}}],
+    }
+    before = snapshot(db)
+    with as_(world, "doctor") as caller:
+        assert reason(caller.get(f"/{world.ref('obs_other')}")) == "invalid_compartment"
+        assert reason(caller.post("/CareTeam", json=takeover)) == "foreign_compartment"
+        # nor by moving the doctor's own CareTeam of the adult onto the stranger
+        own = world.system.get(f"/{world.ref('careteam')}").json()
+        moved = {**own, "participant": [*own["participant"], {"member": {"reference": other}}]}
+        assert reason(caller.put(f"/{world.ref('careteam')}", json=moved)) == (
+            "foreign_compartment"
+        )
+        assert snapshot(db) == before
+        assert reason(caller.get(f"/{world.ref('obs_other')}")) == "invalid_compartment"
+        # a care team of its own patient, with another practitioner, stays the doctor's to write
+        colleague = {
+            "resourceType": "CareTeam",
+            "status": "active",
+            "subject": {"reference": adult},
+            "participant": [{"member": {"reference": world.ref("stranger")}}],
+        }
+        created = caller.post("/CareTeam", json=colleague)
+        assert created.status_code == 201, created.text
+    with as_(world, "stranger") as colleague_client:
+        assert colleague_client.get(f"/{world.ref('obs_adult')}").status_code == 200
+    assert world.system.delete(f"/CareTeam/{created.json()['id']}").status_code == 204
+
+
+def test_an_unverified_link_grants_nobody_access(world: World, db: psycopg.Connection[Any]) -> None:
+    """A link anyone can make by typing a national id must not open the record to others: an
+    unverified link writes no CareTeam, Consent, RelatedPerson or Person, even about its own
+    linked patient and even one its account would have created."""
+    other, stranger = world.ref("other"), world.ref("stranger")
+    care = {
+        "resourceType": "CareTeam",
+        "status": "active",
+        "subject": {"reference": other},
+        "participant": [{"member": {"reference": stranger}}],
+    }
+    consent = lab_results_consent(world)
+    consent = {**consent, "patient": {"reference": other}}
+    mother = {
+        "resourceType": "RelatedPerson",
+        "active": True,
+        "patient": {"reference": other},
+        "relationship": [{"coding": [{"code": "MTH"}]}],
+    }
+    before = snapshot(db)
+    with world.client(world.ref("account")) as unverified:
+        for body in (care, consent):
+            answer = unverified.post(f"/{body['resourceType']}", json=body)
+            assert reason(answer) == "unverified_link", body["resourceType"]
+        # the policy already keeps a patient's identity from writing RelatedPersons
+        assert reason(unverified.post("/RelatedPerson", json=mother)) == "invalid_role"
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [{"resource": care, "request": {"method": "POST", "url": "CareTeam"}}],
+        }
+        assert reason(unverified.post("", json=bundle)) == "unverified_link"
+    assert snapshot(db) == before
+    with as_(world, "stranger") as practitioner:
+        assert reason(practitioner.get(f"/{world.ref('obs_other')}")) == "invalid_compartment"
+
+
 # --- mass-assigned meta ---------------------------------------------------------------------------
 
 
