@@ -234,6 +234,62 @@ def test_chain_and_reverse_chain(world: World) -> None:
     assert world.found("Patient?_has:Observation:subject:code=c2") == set()
 
 
+def test_id_and_last_updated_modifiers(world: World) -> None:
+    p = world.add("p", patient("Rowmod"))
+    q = world.add("q", patient("Rowmod"))
+    assert world.found(f"Patient?_id:not={p}") == {"q"}
+    assert world.found(f"Patient?_id:not={p},{q}") == set()
+    assert world.found(f"Patient?_id:not={p}&_id={p},{q}") == {"q"}
+    assert world.found("Patient?_id:missing=false") == {"p", "q"}
+    assert world.found("Patient?_id:missing=true") == set()
+    assert world.found("Patient?_lastUpdated:missing=false") == {"p", "q"}
+    assert world.found("Patient?_lastUpdated:missing=true") == set()
+    for refused in ("_id:exact", "_id:below", "_id:text", "_id:contains", "_lastUpdated:not"):
+        for prefer in ({}, {"prefer": "handling=strict"}):
+            outcome = world.search(f"Patient?{refused}={p}", status=400, **prefer)
+            assert outcome["issue"][0]["code"] == "not-supported"
+            assert outcome["issue"][0]["expression"] == [refused]
+    assert world.search("Patient?_id:missing=maybe", status=400)["issue"][0]["code"] == "value"
+    assert world.search("Patient?_lastUpdated:missing=x", status=400)["issue"][0]["code"] == "value"
+    lenient = world.names(f"Patient?_id:below={p}", prefer="handling=lenient")
+    assert set(lenient) == {"p", "q"}
+
+
+def test_id_and_last_updated_in_chains_and_has(world: World) -> None:
+    p = world.add("p", patient("Rowchain"))
+    q = world.add("q", patient("Rowchain"))
+    op = world.add("op", observation(f"Patient/{p}", text="x", category=None))
+    world.add("oq", observation(f"Patient/{q}", text="x", category=None))
+    world.add(
+        "group",
+        {
+            "resourceType": "Group",
+            "type": "person",
+            "actual": True,
+            "member": [{"entity": {"reference": f"Patient/{p}"}}],
+        },
+    )
+    assert world.found(f"Observation?subject:Patient._id={p}") == {"op"}
+    assert world.found(f"Observation?subject._id={p}") == {"op"}
+    assert world.found(f"Observation?subject._id={p},{q}") == {"op", "oq"}
+    assert world.found(f"Observation?subject:Patient._id:not={p}") == {"oq"}
+    assert world.found("Observation?subject:Patient._id:missing=false") == {"op", "oq"}
+    assert world.found("Observation?subject:Patient._id:missing=true") == set()
+    assert world.found(f"Observation?subject:Patient._id={p}&subject.name=rowchain") == {"op"}
+    assert world.found(f"Group?member._id={p}") == {"group"}
+    assert world.found(f"Group?member._id={q}") == set()
+    assert world.found(f"Patient?_has:Observation:subject:_id={op}") == {"p"}
+    assert world.found(f"Patient?_has:Group:member:_id={world.ids['group']}") == {"p"}
+    assert world.found("Observation?subject:Patient._lastUpdated=gt2000") == {"op", "oq"}
+    assert world.found("Observation?subject:Patient._lastUpdated=lt2000") == set()
+    assert world.found("Patient?_has:Observation:subject:_lastUpdated=gt2000") == {"p", "q"}
+    assert world.found("Patient?_has:Observation:subject:_lastUpdated=lt2000") == set()
+    bad = world.search("Observation?subject._lastUpdated=gtnotadate", status=400)
+    assert bad["issue"][0]["code"] == "value"
+    refused = world.search(f"Observation?subject:Patient._id:below={p}", status=400)
+    assert refused["issue"][0]["code"] == "not-supported"
+
+
 # --- number, quantity, uri ---------------------------------------------------------------------
 
 
