@@ -457,6 +457,79 @@ def test_elements_and_summary(world: World) -> None:
     assert "text" not in summary and "contact" not in summary
 
 
+def test_elements_name_base_elements_choices_and_primitive_extensions(world: World) -> None:
+    birth_time = {
+        "extension": [
+            {
+                "url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
+                "valueDateTime": "1990-01-01T10:00:00Z",
+            }
+        ]
+    }
+    pid = world.add(
+        "p",
+        patient("Choice", born="1990-01-01", _birthDate=birth_time, deceasedBoolean=False),
+    )
+    world.add(
+        "o",
+        observation(
+            f"Patient/{pid}",
+            category=None,
+            valueQuantity={"value": 5.4, "unit": "mmol/L"},
+            effectiveDateTime="2020-05-17",
+        ),
+    )
+
+    def resource(query: str) -> dict[str, Any]:
+        result: dict[str, Any] = world.search(query)["entry"][0]["resource"]
+        return result
+
+    kept = resource("Patient?_elements=birthDate,deceased")
+    assert set(kept) == {"resourceType", "id", "meta", "birthDate", "_birthDate", "deceasedBoolean"}
+    assert kept["_birthDate"] == birth_time
+    # the JSON name of a choice is understood too
+    assert "deceasedBoolean" in resource("Patient?_elements=deceasedBoolean")
+    left = resource("Patient?_elements=-birthDate,-deceased")
+    assert not {"birthDate", "_birthDate", "deceasedBoolean"} & set(left) and "name" in left
+    observed = resource("Observation?_elements=value,effective")
+    assert set(observed) == {"resourceType", "id", "meta", "valueQuantity", "effectiveDateTime"}
+    assert any(t["code"] == "SUBSETTED" for t in observed["meta"]["tag"])
+    observed = resource("Observation?_elements=-value,-effective")
+    assert not {"valueQuantity", "effectiveDateTime"} & set(observed) and "code" in observed
+    assert set(resource("Observation?_elements=value[x]")) >= {"valueQuantity"}
+
+
+def test_elements_do_not_apply_to_included_resources(world: World) -> None:
+    pid = world.add("p", patient("Included", gender="female"))
+    oid = world.add("o", observation(f"Patient/{pid}", text="x", category=None))
+    stored = world.client.get(f"/Patient/{pid}").json()
+    entries = world.search("Observation?_elements=status&_include=Observation:subject")["entry"]
+    by_mode = {e["search"]["mode"]: e["resource"] for e in entries}
+    assert set(by_mode["match"]) == {"resourceType", "id", "meta", "status"}
+    # R4 search.html#elements: "the list of elements does not apply to included resources"
+    assert by_mode["include"] == stored
+    entries = world.search("Patient?_elements=gender&_revinclude=Observation:subject")["entry"]
+    by_mode = {e["search"]["mode"]: e["resource"] for e in entries}
+    assert set(by_mode["match"]) == {"resourceType", "id", "meta", "gender"}
+    assert by_mode["include"] == world.client.get(f"/Observation/{oid}").json()
+    # POST _search and compartment search subset the same way
+    posted = world.client.post(
+        "/Observation/_search",
+        content=f"_elements=status&_include=Observation:subject&_tag={world.tag}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    ).json()["entry"]
+    assert {e["search"]["mode"]: set(e["resource"]) for e in posted} == {
+        "match": {"resourceType", "id", "meta", "status"},
+        "include": set(stored),
+    }
+    in_compartment = world.search(f"Patient/{pid}/*?_elements=status")["entry"]
+    shapes = {e["resource"]["resourceType"]: set(e["resource"]) for e in in_compartment}
+    assert shapes == {
+        "Observation": {"resourceType", "id", "meta", "status"},
+        "Patient": {"resourceType", "id", "meta"},
+    }
+
+
 def test_include_revinclude_and_iterate(world: World) -> None:
     org = world.add("org", {"resourceType": "Organization", "name": "Clinic"})
     pid = world.add("p", patient("Inc", managingOrganization={"reference": f"Organization/{org}"}))
