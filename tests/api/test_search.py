@@ -530,6 +530,23 @@ def test_elements_do_not_apply_to_included_resources(world: World) -> None:
     }
 
 
+def test_estimated_total_is_never_below_the_page(world: World) -> None:
+    for i in range(5):
+        world.add(f"p{i}", patient("Estimate"))
+    # PostgreSQL's statistics know nothing of these rows yet; the page itself proves them
+    whole = world.search("Patient?name=estimate&_total=estimate")
+    assert whole["total"] == 5 and len(whole["entry"]) == 5
+    assert not any(link["relation"] == "next" for link in whole["link"])
+    first = world.search("Patient?name=estimate&_total=estimate&_count=2")
+    assert first["total"] >= 3
+    link = next(x["url"] for x in first["link"] if x["relation"] == "next")
+    second = world.client.get(link).json()
+    assert second["total"] >= len(second["entry"]) + 1
+    link = next(x["url"] for x in second["link"] if x["relation"] == "next")
+    last = world.client.get(link).json()
+    assert last["total"] >= len(last["entry"]) == 1
+
+
 def test_include_revinclude_and_iterate(world: World) -> None:
     org = world.add("org", {"resourceType": "Organization", "name": "Clinic"})
     pid = world.add("p", patient("Inc", managingOrganization={"reference": f"Organization/{org}"}))

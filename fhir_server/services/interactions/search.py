@@ -130,6 +130,8 @@ async def run(ctx: Context, conn: Connection, query: SearchQuery, path: str) -> 
         links.append(
             {"relation": "next", "url": _link(url, echo, encode_cursor(sort_keys(page[-1])))}
         )
+    if query.total == "estimate" and "total" in fields:
+        fields["total"] = _proven(fields["total"], query, len(page), more)
 
     entries = [_entry(ctx, query, r[0], r[1], r[2], "match") for r in page]
     seen = {(r[0], r[1]) for r in page}
@@ -270,6 +272,16 @@ def _grants(ctx: Context, query: SearchQuery) -> Grants:
 
 def _sees_all(ctx: Context, query: SearchQuery) -> bool:
     return all(unrestricted(ctx.guard, "search", t) for t in query.resource_types)
+
+
+def _proven(estimate: int, query: SearchQuery, on_page: int, more: bool) -> int:
+    """An estimate no lower than what the page proves: the first page without a next one holds
+    every match (the total is then exact); otherwise at least the page's matches, and one more
+    where a next page follows. A keyset cursor carries no offset, so a later page proves only
+    its own matches."""
+    if query.cursor is None and not more:
+        return on_page
+    return max(estimate, on_page + (1 if more else 0))
 
 
 async def _estimate(conn: Connection, query: SearchQuery, ctx: Context, now: datetime) -> int:
