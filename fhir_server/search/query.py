@@ -278,6 +278,10 @@ class _Parser:
                 continue
             if name == "_id":
                 ids.append(split_values(value))
+                if "" in ids[-1]:  # as every other parameter (`criterion`)
+                    raise BadRequest(
+                        f"`{name}` has an empty value", code="value", expression=[name]
+                    )
                 echo.append((name, value))
                 continue
             if name == "_lastUpdated":

@@ -95,6 +95,8 @@ def test_id_and_last_updated_with_modifiers_in_chains_and_has_are_criteria() -> 
         ("gender:missing", "maybe"),
         ("subject.subject.subject.subject.name", "x"),
         ("_has:Observation:code:status", "final"),
+        ("_id", ""),
+        ("_id", "a,,b"),
         ("_id:below", "x"),
         ("_id:exact", "x"),
         ("_id:missing", "maybe"),
