@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fhir_server.errors import BadRequest
-from fhir_server.search.query import parse_search, split_prefix, split_unescaped, split_values
+from fhir_server.search.index import NOT_INDEXED
+from fhir_server.search.query import (
+    ROW_MODIFIERS,
+    parse_search,
+    split_prefix,
+    split_unescaped,
+    split_values,
+)
 from fhir_server.storage.cursors import decode_cursor, encode_cursor
 
 
@@ -79,6 +86,8 @@ def test_id_and_last_updated_with_modifiers_in_chains_and_has_are_criteria() -> 
     assert {c.param.code for c in every_target.chain} == {"_lastUpdated"}
     has = parse_search(("Patient",), [("_has:Observation:subject:_id", "o1")]).criteria[0]
     assert has.has_type == "Observation" and has.chain[0].param.code == "_id"
+    # the parser's row parameters are those the index leaves out and the planner answers
+    assert frozenset(ROW_MODIFIERS) == NOT_INDEXED
     lenient = parse_search(("Patient",), [("_id:below", "x")], strict=False)
     assert lenient.criteria == () and lenient.echo == ()
 
