@@ -31,6 +31,13 @@ SUPPORTED_MODIFIERS: Mapping[str, frozenset[str]] = {
     "uri": frozenset({"missing", "below", "above"}),
 }
 SUPPORTED_TYPES = frozenset(SUPPORTED_MODIFIERS)
+# `_id` and `_lastUpdated` are columns of the resource row, not index rows (search/index.py
+# NOT_INDEXED, the same codes): the modifiers that mean something for a value every resource has. `:missing=true`
+# matches nothing, `:missing=false` everything; `_id:not` every other resource.
+ROW_MODIFIERS: Mapping[str, frozenset[str]] = {
+    "_id": frozenset({"missing", "not"}),
+    "_lastUpdated": frozenset({"missing"}),
+}
 # Result parameters, and those only the server writes into links.
 RESULT_PARAMETERS = frozenset(
     {
@@ -270,6 +277,10 @@ class _Parser:
                 continue
             if name == "_id":
                 ids.append(split_values(value))
+                if "" in ids[-1]:  # as every other parameter (`criterion`)
+                    raise BadRequest(
+                        f"`{name}` has an empty value", code="value", expression=[name]
+                    )
                 echo.append((name, value))
                 continue
             if name == "_lastUpdated":
@@ -459,7 +470,8 @@ class _Parser:
             return None
         if param.type == "composite" and not dot and not modifier and is_simple_composite(param):
             return self.composite(resource_type, param, value, name)
-        if param.type not in SUPPORTED_TYPES or param.accessor is None:
+        row_parameter = code in ROW_MODIFIERS
+        if not row_parameter and (param.type not in SUPPORTED_TYPES or param.accessor is None):
             self.refuse(f"search parameter `{code}` ({param.type}) is not supported", name)
             return None
         if dot:
@@ -467,7 +479,9 @@ class _Parser:
         if modifier:
             if param.type == "reference" and modifier in param.targets:
                 pass
-            elif modifier not in SUPPORTED_MODIFIERS[param.type]:
+            elif modifier not in (
+                ROW_MODIFIERS[code] if row_parameter else SUPPORTED_MODIFIERS[param.type]
+            ):
                 self.refuse(
                     f"modifier `:{modifier}` is not supported for `{code}` ({param.type})", name
                 )
@@ -679,8 +693,11 @@ def capabilities(resource_type: str) -> dict[str, list[Any]]:
         return _audit_event_capabilities()
     params = []
     for code, param in search_params(resource_type).items():
-        if code in {"_id", "_lastUpdated"}:
-            documentation = "prefixes eq ne gt lt ge le sa eb ap" if code == "_lastUpdated" else ""
+        if code in ROW_MODIFIERS:
+            documentation = "modifiers: " + ", ".join(f":{m}" for m in sorted(ROW_MODIFIERS[code]))
+            if code == "_lastUpdated":
+                documentation += "; prefixes eq ne gt lt ge le sa eb ap"
+            documentation += "; in chains and _has"
         elif param.type == "composite" and is_simple_composite(param):
             documentation = "components separated by `$`"
         elif param.type not in SUPPORTED_TYPES or param.accessor is None:

@@ -67,7 +67,14 @@ from compartments.ids import is_id
 from fhir_server.errors import BadRequest
 from fhir_server.search.fhirpath import result_types
 from fhir_server.search.grants import Everything, Grant, Grants
-from fhir_server.search.index import DATE_MAX, DATE_MIN, date_range, normalize_string, number_range
+from fhir_server.search.index import (
+    DATE_MAX,
+    DATE_MIN,
+    NOT_INDEXED,
+    date_range,
+    normalize_string,
+    number_range,
+)
 from fhir_server.search.parameters import SearchParam
 from fhir_server.search.query import Criterion, Include, SearchQuery, split_prefix, split_unescaped
 from fhir_server.storage.cursors import decode_cursor
@@ -259,6 +266,8 @@ class _Planner:
             return self.has(row, c)
         if c.chain:
             return self.chain(row, c)
+        if param.code in NOT_INDEXED:
+            return self.row_criterion(row, c)
         if c.modifier == "missing":
             present = self.index_exists(row, param, TRUE)
             return ("not", present) if c.values[0] == "true" else present
@@ -266,6 +275,42 @@ class _Planner:
             # R4: `:not` also matches resources that have no value at all
             return ("not", self.index_exists_any(row, param, _without_modifier(c)))
         return self.index_exists_any(row, param, c)
+
+    def row_criterion(self, row: str, c: Criterion) -> Node:
+        """`_id` and `_lastUpdated` (with the modifiers search/query.py ROW_MODIFIERS admits),
+        on the resource row itself: they are never in the index tables."""
+        if c.modifier == "missing":
+            # every resource has an id and a lastUpdated
+            return FALSE if c.values[0] == "true" else TRUE
+        if c.param.code == "_id":
+            listed = self.ids(row, c.values)
+            return ("not", listed) if c.modifier == "not" else listed
+        return self.last_updated(row, c.values)
+
+    def ids(self, row: str, ids: Sequence[str]) -> Node:
+        return ("any", _col(row, "id"), self.value(list(ids), "varchar[]"))
+
+    def last_updated(self, row: str, values: Sequence[str]) -> Node:
+        alternatives = []
+        for value in values:
+            prefix, text = split_prefix(value)
+            found = date_range(text)
+            assert found is not None  # the parser checked it
+            low, high = found
+            moment = _col(row, "last_updated")
+            # the end of the resource's range; `lt` and `sa` compare only its start, and a
+            # value bound but not in the SQL would fail the check in `query`
+            end = (
+                moment
+                if prefix in {"lt", "sa"}
+                else ("+", moment, self.value(timedelta(microseconds=1), "interval"))
+            )
+            alternatives.append(
+                self.range_condition(
+                    prefix, low, high, moment, end, approximate=self.date_slack(low, high)
+                )
+            )
+        return ("or", *alternatives)
 
     def index_exists(
         self, row: str, param: SearchParam, condition: Node, index: str | None = None
@@ -553,29 +598,8 @@ class _Planner:
         if query.compartment is not None:
             compartment = self.value([query.compartment])
             conditions.append(("contains", _col(row, "compartments"), compartment))
-        for ids in query.ids:
-            conditions.append(("any", _col(row, "id"), self.value(list(ids), "varchar[]")))
-        for values in query.last_updated:
-            alternatives = []
-            for value in values:
-                prefix, text = split_prefix(value)
-                found = date_range(text)
-                assert found is not None  # the parser checked it
-                low, high = found
-                moment = _col(row, "last_updated")
-                # the end of the resource's range; `lt` and `sa` compare only its start, and a
-                # value bound but not in the SQL would fail the check in `query`
-                end = (
-                    moment
-                    if prefix in {"lt", "sa"}
-                    else ("+", moment, self.value(timedelta(microseconds=1), "interval"))
-                )
-                alternatives.append(
-                    self.range_condition(
-                        prefix, low, high, moment, end, approximate=self.date_slack(low, high)
-                    )
-                )
-            conditions.append(("or", *alternatives))
+        conditions.extend(self.ids(row, ids) for ids in query.ids)
+        conditions.extend(self.last_updated(row, values) for values in query.last_updated)
         conditions.extend(self.criterion(row, c) for c in query.criteria)
         return conditions
 

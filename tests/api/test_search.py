@@ -234,6 +234,62 @@ def test_chain_and_reverse_chain(world: World) -> None:
     assert world.found("Patient?_has:Observation:subject:code=c2") == set()
 
 
+def test_id_and_last_updated_modifiers(world: World) -> None:
+    p = world.add("p", patient("Rowmod"))
+    q = world.add("q", patient("Rowmod"))
+    assert world.found(f"Patient?_id:not={p}") == {"q"}
+    assert world.found(f"Patient?_id:not={p},{q}") == set()
+    assert world.found(f"Patient?_id:not={p}&_id={p},{q}") == {"q"}
+    assert world.found("Patient?_id:missing=false") == {"p", "q"}
+    assert world.found("Patient?_id:missing=true") == set()
+    assert world.found("Patient?_lastUpdated:missing=false") == {"p", "q"}
+    assert world.found("Patient?_lastUpdated:missing=true") == set()
+    for refused in ("_id:exact", "_id:below", "_id:text", "_id:contains", "_lastUpdated:not"):
+        for prefer in ({}, {"prefer": "handling=strict"}):
+            outcome = world.search(f"Patient?{refused}={p}", status=400, **prefer)
+            assert outcome["issue"][0]["code"] == "not-supported"
+            assert outcome["issue"][0]["expression"] == [refused]
+    assert world.search("Patient?_id:missing=maybe", status=400)["issue"][0]["code"] == "value"
+    assert world.search("Patient?_lastUpdated:missing=x", status=400)["issue"][0]["code"] == "value"
+    lenient = world.names(f"Patient?_id:below={p}", prefer="handling=lenient")
+    assert set(lenient) == {"p", "q"}
+
+
+def test_id_and_last_updated_in_chains_and_has(world: World) -> None:
+    p = world.add("p", patient("Rowchain"))
+    q = world.add("q", patient("Rowchain"))
+    op = world.add("op", observation(f"Patient/{p}", text="x", category=None))
+    world.add("oq", observation(f"Patient/{q}", text="x", category=None))
+    world.add(
+        "group",
+        {
+            "resourceType": "Group",
+            "type": "person",
+            "actual": True,
+            "member": [{"entity": {"reference": f"Patient/{p}"}}],
+        },
+    )
+    assert world.found(f"Observation?subject:Patient._id={p}") == {"op"}
+    assert world.found(f"Observation?subject._id={p}") == {"op"}
+    assert world.found(f"Observation?subject._id={p},{q}") == {"op", "oq"}
+    assert world.found(f"Observation?subject:Patient._id:not={p}") == {"oq"}
+    assert world.found("Observation?subject:Patient._id:missing=false") == {"op", "oq"}
+    assert world.found("Observation?subject:Patient._id:missing=true") == set()
+    assert world.found(f"Observation?subject:Patient._id={p}&subject.name=rowchain") == {"op"}
+    assert world.found(f"Group?member._id={p}") == {"group"}
+    assert world.found(f"Group?member._id={q}") == set()
+    assert world.found(f"Patient?_has:Observation:subject:_id={op}") == {"p"}
+    assert world.found(f"Patient?_has:Group:member:_id={world.ids['group']}") == {"p"}
+    assert world.found("Observation?subject:Patient._lastUpdated=gt2000") == {"op", "oq"}
+    assert world.found("Observation?subject:Patient._lastUpdated=lt2000") == set()
+    assert world.found("Patient?_has:Observation:subject:_lastUpdated=gt2000") == {"p", "q"}
+    assert world.found("Patient?_has:Observation:subject:_lastUpdated=lt2000") == set()
+    bad = world.search("Observation?subject._lastUpdated=gtnotadate", status=400)
+    assert bad["issue"][0]["code"] == "value"
+    refused = world.search(f"Observation?subject:Patient._id:below={p}", status=400)
+    assert refused["issue"][0]["code"] == "not-supported"
+
+
 # --- number, quantity, uri ---------------------------------------------------------------------
 
 
@@ -399,6 +455,96 @@ def test_elements_and_summary(world: World) -> None:
     # Patient.gender, name, deceased[x] are summary elements; text and contact are not
     assert summary["gender"] == "male" and summary["deceasedBoolean"] is False
     assert "text" not in summary and "contact" not in summary
+
+
+def test_elements_name_base_elements_choices_and_primitive_extensions(world: World) -> None:
+    birth_time = {
+        "extension": [
+            {
+                "url": "http://hl7.org/fhir/StructureDefinition/patient-birthTime",
+                "valueDateTime": "1990-01-01T10:00:00Z",
+            }
+        ]
+    }
+    pid = world.add(
+        "p",
+        patient("Choice", born="1990-01-01", _birthDate=birth_time, deceasedBoolean=False),
+    )
+    world.add(
+        "o",
+        observation(
+            f"Patient/{pid}",
+            category=None,
+            valueQuantity={"value": 5.4, "unit": "mmol/L"},
+            effectiveDateTime="2020-05-17",
+        ),
+    )
+
+    def resource(query: str) -> dict[str, Any]:
+        result: dict[str, Any] = world.search(query)["entry"][0]["resource"]
+        return result
+
+    kept = resource("Patient?_elements=birthDate,deceased")
+    assert set(kept) == {"resourceType", "id", "meta", "birthDate", "_birthDate", "deceasedBoolean"}
+    assert kept["_birthDate"] == birth_time
+    # the JSON name of a choice is understood too
+    assert "deceasedBoolean" in resource("Patient?_elements=deceasedBoolean")
+    left = resource("Patient?_elements=-birthDate,-deceased")
+    assert not {"birthDate", "_birthDate", "deceasedBoolean"} & set(left) and "name" in left
+    observed = resource("Observation?_elements=value,effective")
+    assert set(observed) == {"resourceType", "id", "meta", "valueQuantity", "effectiveDateTime"}
+    assert any(t["code"] == "SUBSETTED" for t in observed["meta"]["tag"])
+    observed = resource("Observation?_elements=-value,-effective")
+    assert not {"valueQuantity", "effectiveDateTime"} & set(observed) and "code" in observed
+    assert set(resource("Observation?_elements=value[x]")) >= {"valueQuantity"}
+
+
+def test_elements_do_not_apply_to_included_resources(world: World) -> None:
+    pid = world.add("p", patient("Included", gender="female"))
+    oid = world.add("o", observation(f"Patient/{pid}", text="x", category=None))
+    stored = world.client.get(f"/Patient/{pid}").json()
+    entries = world.search("Observation?_elements=status&_include=Observation:subject")["entry"]
+    by_mode = {e["search"]["mode"]: e["resource"] for e in entries}
+    assert set(by_mode["match"]) == {"resourceType", "id", "meta", "status"}
+    # R4 search.html#elements: "the list of elements does not apply to included resources"
+    assert by_mode["include"] == stored
+    entries = world.search("Patient?_elements=gender&_revinclude=Observation:subject")["entry"]
+    by_mode = {e["search"]["mode"]: e["resource"] for e in entries}
+    assert set(by_mode["match"]) == {"resourceType", "id", "meta", "gender"}
+    assert by_mode["include"] == world.client.get(f"/Observation/{oid}").json()
+    # POST _search and compartment search subset the same way
+    posted = world.client.post(
+        "/Observation/_search",
+        content=f"_elements=status&_include=Observation:subject&_tag={world.tag}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    ).json()["entry"]
+    assert {e["search"]["mode"]: set(e["resource"]) for e in posted} == {
+        "match": {"resourceType", "id", "meta", "status"},
+        "include": set(stored),
+    }
+    in_compartment = world.search(f"Patient/{pid}/*?_elements=status")["entry"]
+    shapes = {e["resource"]["resourceType"]: set(e["resource"]) for e in in_compartment}
+    assert shapes == {
+        "Observation": {"resourceType", "id", "meta", "status"},
+        "Patient": {"resourceType", "id", "meta"},
+    }
+
+
+def test_estimated_total_is_never_below_the_page(world: World) -> None:
+    for i in range(5):
+        world.add(f"p{i}", patient("Estimate"))
+    # PostgreSQL's statistics know nothing of these rows yet; the page itself proves them
+    whole = world.search("Patient?name=estimate&_total=estimate")
+    assert whole["total"] == 5 and len(whole["entry"]) == 5
+    assert not any(link["relation"] == "next" for link in whole["link"])
+    first = world.search("Patient?name=estimate&_total=estimate&_count=2")
+    assert first["total"] >= 3
+    link = next(x["url"] for x in first["link"] if x["relation"] == "next")
+    second = world.client.get(link).json()
+    assert second["total"] >= len(second["entry"]) + 1
+    link = next(x["url"] for x in second["link"] if x["relation"] == "next")
+    last = world.client.get(link).json()
+    assert last["total"] >= len(last["entry"]) == 1
 
 
 def test_include_revinclude_and_iterate(world: World) -> None:

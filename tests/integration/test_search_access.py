@@ -206,6 +206,43 @@ def test_has_does_not_match_through_hidden_sources(
     assert found(restricted) == set()
 
 
+@pytest.mark.parametrize(
+    "chain",
+    [
+        ("encounter._id", "eb"),
+        ("encounter:Encounter._id", "eb"),
+        ("encounter._id:missing", "false"),
+        ("encounter._id:not", "ea"),
+        ("encounter._lastUpdated", "gt2000"),
+    ],
+)
+def test_chained_id_and_last_updated_do_not_match_through_hidden_targets(
+    world: dict[str, str], database_url: str, chain: tuple[str, str]
+) -> None:
+    """`_id` and `_lastUpdated` at the end of a chain are conditions on the target's row, which
+    the caller's filter guards as it guards any chained parameter."""
+    name, value = chain
+    params = [("_tag", world["tag"]), ("_id", world["oa"]), (name, world.get(value, value))]
+    everything = run_search(database_url, Everything(), "Observation", params)
+    assert found(everything) == {("Observation", world["oa"], "match")}
+    restricted = run_search(database_url, only_a(world), "Observation", params)
+    assert found(restricted) == set()
+
+
+@pytest.mark.parametrize(
+    "has", [("_has:Observation:focus:_id", "ox"), ("_has:Observation:focus:_lastUpdated", "gt2000")]
+)
+def test_has_on_id_and_last_updated_does_not_match_through_hidden_sources(
+    world: dict[str, str], database_url: str, has: tuple[str, str]
+) -> None:
+    name, value = has
+    params = [("_tag", world["tag"]), (name, world.get(value, value))]
+    everything = run_search(database_url, Everything(), "Patient", params)
+    assert found(everything) == {("Patient", world["pa"], "match")}
+    restricted = run_search(database_url, only_a(world), "Patient", params)
+    assert found(restricted) == set()
+
+
 def test_compartment_search_stays_inside_the_filter(
     world: dict[str, str], database_url: str
 ) -> None:

@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fhir_server.errors import BadRequest
-from fhir_server.search.query import parse_search, split_prefix, split_unescaped, split_values
+from fhir_server.search.index import NOT_INDEXED
+from fhir_server.search.query import (
+    ROW_MODIFIERS,
+    parse_search,
+    split_prefix,
+    split_unescaped,
+    split_values,
+)
 from fhir_server.storage.cursors import decode_cursor, encode_cursor
 
 
@@ -55,6 +62,36 @@ def test_chain_has_and_modifiers_parse() -> None:
     assert has.has_type == "Observation" and has.chain[0].param.code == "code"
 
 
+def test_id_and_last_updated_with_modifiers_in_chains_and_has_are_criteria() -> None:
+    """`_id` and `_lastUpdated` alone are the query's own lists; with a modifier, or on the
+    target of a chain or `_has`, criteria the planner answers on the resource row."""
+    query = parse_search(
+        ("Observation",),
+        [
+            ("_id", "a,b"),
+            ("_lastUpdated", "gt2020"),
+            ("_id:not", "c"),
+            ("_lastUpdated:missing", "false"),
+            ("subject:Patient._id", "p1"),
+            ("subject._lastUpdated", "lt2020"),
+        ],
+    )
+    assert query.ids == (("a", "b"),) and query.last_updated == (("gt2020",),)
+    not_c, missing, chained, every_target = query.criteria
+    assert (not_c.param.code, not_c.modifier, not_c.values) == ("_id", "not", ("c",))
+    assert (missing.param.code, missing.modifier) == ("_lastUpdated", "missing")
+    assert chained.chain[0].param.code == "_id" and chained.chain[0].values == ("p1",)
+    # `subject` refers to several types, each of which has `_lastUpdated`
+    assert len(every_target.chain) > 1
+    assert {c.param.code for c in every_target.chain} == {"_lastUpdated"}
+    has = parse_search(("Patient",), [("_has:Observation:subject:_id", "o1")]).criteria[0]
+    assert has.has_type == "Observation" and has.chain[0].param.code == "_id"
+    # the parser's row parameters are those the index leaves out and the planner answers
+    assert frozenset(ROW_MODIFIERS) == NOT_INDEXED
+    lenient = parse_search(("Patient",), [("_id:below", "x")], strict=False)
+    assert lenient.criteria == () and lenient.echo == ()
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -67,6 +104,16 @@ def test_chain_has_and_modifiers_parse() -> None:
         ("gender:missing", "maybe"),
         ("subject.subject.subject.subject.name", "x"),
         ("_has:Observation:code:status", "final"),
+        ("_id", ""),
+        ("_id", "a,,b"),
+        ("_id:below", "x"),
+        ("_id:exact", "x"),
+        ("_id:missing", "maybe"),
+        ("_id:not", ""),
+        ("_lastUpdated:not", "2020"),
+        ("_lastUpdated:missing", "x"),
+        ("general-practitioner._id:text", "x"),
+        ("general-practitioner._lastUpdated", "xx2000"),
     ],
 )
 def test_strict_parsing_refuses(name: str, value: str) -> None:

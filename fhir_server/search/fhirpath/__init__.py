@@ -59,7 +59,7 @@ from fhir_server.search.fhirpath.compiler import (
     root_type,
     union_parts,
 )
-from fhir_server.search.fhirpath.model import PRIMITIVE_TYPES
+from fhir_server.search.fhirpath.model import PRIMITIVE_TYPES, element_keys
 from fhir_server.search.fhirpath.references import reference_type, split_reference
 
 __all__ = [
@@ -70,6 +70,7 @@ __all__ = [
     "Resource",
     "compile_expression",
     "compile_relative",
+    "element_keys",
     "reference_type",
     "restrict_expression",
     "result_types",

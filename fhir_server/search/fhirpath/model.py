@@ -157,3 +157,16 @@ class _Model:
 @cache
 def _model() -> _Model:
     return _Model(json_schema()["definitions"])
+
+
+@cache
+def element_keys(resource_type: str, name: str) -> frozenset[str]:
+    """The JSON properties of a `resource_type` that carry its top-level element `name` (a base
+    name: `value` for `value[x]`, whose properties are `valueQuantity`, `valueString`...), each
+    with the `_name` property of a primitive's id and extensions. Empty for no such element."""
+    name = name.removesuffix("[x]")
+    try:
+        found = _model().elements(resource_type, name) if name else ()
+    except FhirPathUnsupported:
+        return frozenset()
+    return frozenset(k for e in found for k in (e.key, f"_{e.key}"))

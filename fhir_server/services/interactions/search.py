@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,6 +19,7 @@ import orjson
 from capability.definitions import summary_elements
 from compartments.engine import Decision
 from fhir_server.errors import BadRequest
+from fhir_server.search.fhirpath import element_keys
 from fhir_server.search.grants import Grants
 from fhir_server.search.query import (
     MAX_INCLUDE_DEPTH,
@@ -128,6 +130,8 @@ async def run(ctx: Context, conn: Connection, query: SearchQuery, path: str) -> 
         links.append(
             {"relation": "next", "url": _link(url, echo, encode_cursor(sort_keys(page[-1])))}
         )
+    if query.total == "estimate" and "total" in fields:
+        fields["total"] = _proven(fields["total"], query, len(page), more)
 
     entries = [_entry(ctx, query, r[0], r[1], r[2], "match") for r in page]
     seen = {(r[0], r[1]) for r in page}
@@ -212,7 +216,9 @@ def _entry(
     ctx: Context, query: SearchQuery, resource_type: str, id: str, content: str, mode: str
 ) -> dict[str, Any]:
     resource: Any = orjson.Fragment(content)
-    if query.summary in {"true", "text", "data"} or query.elements:
+    # R4 search.html#elements: "the list of elements does not apply to included resources";
+    # `_summary` does (the spec is silent; a summary of a page is a summary of all of it)
+    if query.summary in {"true", "text", "data"} or (query.elements and mode == "match"):
         resource = _subset(orjson.loads(content), query)
     return {
         "fullUrl": f"{ctx.base_url}/{resource_type}/{id}",
@@ -221,40 +227,36 @@ def _entry(
     }
 
 
-_ALWAYS = ("resourceType", "id", "meta")
+_ALWAYS = frozenset({"resourceType", "id", "meta"})
 
 
 def _subset(resource: dict[str, Any], query: SearchQuery) -> dict[str, Any]:
-    """`_elements` and `_summary=text|data`, marked SUBSETTED as R4 asks."""
+    """`_summary=true|text|data` or `_elements`, marked SUBSETTED as R4 asks."""
+    resource_type = resource["resourceType"]
     if query.summary == "true":
-        summary = summary_elements()[resource["resourceType"]]
-        subset = {k: v for k, v in resource.items() if k in _ALWAYS or _in_summary(k, summary)}
+        kept = _keys(resource_type, summary_elements()[resource_type])
+        subset = {k: v for k, v in resource.items() if k in _ALWAYS or k in kept}
     elif query.summary == "data":
         subset = {k: v for k, v in resource.items() if k != "text"}
     elif query.summary == "text":
         subset = {k: v for k, v in resource.items() if k in {*_ALWAYS, "text"}}
     elif query.elements[0].startswith("-"):  # `_elements=-text,-contact`: all but these
-        left_out = {e[1:] for e in query.elements}
-        subset = {
-            k: v for k, v in resource.items() if k in _ALWAYS or k.lstrip("_") not in left_out
-        }
+        left_out = _keys(resource_type, frozenset(e[1:] for e in query.elements))
+        subset = {k: v for k, v in resource.items() if k in _ALWAYS or k not in left_out}
     else:
-        subset = {k: v for k, v in resource.items() if k in _ALWAYS or k in query.elements}
+        kept = _keys(resource_type, frozenset(query.elements))
+        subset = {k: v for k, v in resource.items() if k in _ALWAYS or k in kept}
     meta = dict(subset.get("meta", {}))
     meta["tag"] = [*meta.get("tag", []), SUBSETTED]
     subset["meta"] = meta
     return subset
 
 
-def _in_summary(key: str, summary: frozenset[str]) -> bool:
-    """Whether a JSON key carries a summary element: `birthDate`, `_birthDate`, or a choice such
-    as `deceasedBoolean` for `deceased[x]`."""
-    key = key.removeprefix("_")
-    if key in summary:
-        return True
-    return any(
-        char.isupper() and f"{key[:position]}[x]" in summary for position, char in enumerate(key)
-    )
+@lru_cache(maxsize=1024)
+def _keys(resource_type: str, elements: frozenset[str]) -> frozenset[str]:
+    """The JSON keys of a resource that carry the top-level `elements` (R4 names: `value` or
+    `value[x]` for `valueQuantity`, `birthDate` for `birthDate` and `_birthDate`)."""
+    return frozenset(k for name in elements for k in element_keys(resource_type, name))
 
 
 def _link(url: str, echo: list[tuple[str, str]], cursor: str | None) -> str:
@@ -270,6 +272,16 @@ def _grants(ctx: Context, query: SearchQuery) -> Grants:
 
 def _sees_all(ctx: Context, query: SearchQuery) -> bool:
     return all(unrestricted(ctx.guard, "search", t) for t in query.resource_types)
+
+
+def _proven(estimate: int, query: SearchQuery, on_page: int, more: bool) -> int:
+    """An estimate no lower than what the page proves: the first page without a next one holds
+    every match (the total is then exact); otherwise at least the page's matches, and one more
+    where a next page follows. A keyset cursor carries no offset, so a later page proves only
+    its own matches."""
+    if query.cursor is None and not more:
+        return on_page
+    return max(estimate, on_page + (1 if more else 0))
 
 
 async def _estimate(conn: Connection, query: SearchQuery, ctx: Context, now: datetime) -> int:
