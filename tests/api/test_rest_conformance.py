@@ -9,8 +9,11 @@ import uuid
 
 import httpx
 
+from fhir_server.app import create_app
+from fhir_server.settings import Settings
 from tests.api.test_crud import create
 from tests.support.resources import patient
+from tests.support.servers import LiveServer
 
 # --- Prefer: several field lines are one list (RFC 7240 2) ---------------------------------------
 
@@ -73,3 +76,99 @@ def test_history_says_201_for_every_version_that_created_its_resource(
     assert mine == expected
     created = create(client, patient("History", "Posted")).json()
     assert statuses(client, f"/Patient/{created['id']}/_history") == [("POST", "201 Created")]
+
+
+# --- HEAD wherever GET works; a 405's Allow read from the route table (RFC 9110) ----------------
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def test_every_route_that_takes_get_takes_head() -> None:
+    app = create_app(Settings(), "postgresql://unused/unused")  # nothing connects before startup
+    gets = [r for r in app.routes if "GET" in (getattr(r, "methods", None) or ())]
+    assert len(gets) > 20
+    assert [r.path for r in gets if "HEAD" not in r.methods] == []  # type: ignore[attr-defined]
+
+
+def test_head_answers_as_get_without_a_body(client: httpx.Client, live_server: LiveServer) -> None:
+    id = create(client, patient("Head", "Method")).json()["id"]
+    for url in [
+        "/metadata",
+        "/Patient",
+        f"/Patient?_id={id}",
+        f"/Patient/{id}",
+        f"/Patient/{id}/_history",
+        f"/Patient/{id}/_history/1",
+        "/Patient/_history",
+        "/_history",
+        f"/Patient/{id}/Observation",
+        "/.well-known/smart-configuration",
+        f"{live_server.origin}/healthz",
+        "/Patient/no-such-patient",
+    ]:
+        got = client.get(url)
+        head = client.head(url)
+        assert head.status_code == got.status_code, (url, head.status_code, head.text)
+        assert head.content == b"", url
+        assert head.headers["content-type"] == got.headers["content-type"], url
+        assert head.headers.get("etag") == got.headers.get("etag"), url
+
+
+def probe(client: httpx.Client, url: str) -> dict[str, httpx.Response]:
+    """`url` asked with every method, without a body (no write can succeed)."""
+    return {method: client.request(method, url) for method in METHODS}
+
+
+def test_a_405_lists_exactly_the_methods_the_path_answers(
+    client: httpx.Client, live_server: LiveServer
+) -> None:
+    id = create(client, patient("Allow", "Header")).json()["id"]
+    origin = live_server.origin
+    for url in [
+        "/metadata",
+        "/_history",
+        "/Patient",
+        f"/Patient/{id}/_history",
+        f"/Patient/{id}/_history/1",
+        "/Patient/_history",
+        "/Patient/_search",
+        f"/Patient/{id}/Observation",
+        "/.well-known/smart-configuration",
+        "",
+        f"{origin}/healthz",
+        f"{origin}/api/v1/patients",
+        f"{origin}/api/v1/relationships/verify",
+        f"{origin}/graphql",
+    ]:
+        answers = probe(client, url)
+        served = [m for m in METHODS if answers[m].status_code != 405]
+        refused = [m for m in METHODS if answers[m].status_code == 405]
+        for method in refused:
+            answer = answers[method]
+            allow = answer.headers.get("allow")
+            assert allow == ", ".join(served), (url, method, allow, answer.text)
+        options = client.options(url)
+        assert options.status_code == 405
+        assert options.headers["allow"] == ", ".join(served), url
+    # what the outside testing found
+    assert client.delete("/metadata").headers["allow"] == "GET, HEAD"
+    assert client.post("/metadata").headers["allow"] == "GET, HEAD"
+    assert client.put("/_history").headers["allow"] == "GET, HEAD"
+    assert client.options("/Patient").headers["allow"] == "GET, HEAD, POST, PUT, PATCH, DELETE"
+
+
+def test_a_refusal_by_a_handler_names_the_paths_other_methods(client: httpx.Client) -> None:
+    """`GET Patient/_search` reaches a route that takes GET and refuses it (405): its `Allow`
+    is what the path takes but GET (a POST search; an invalid id to the instance writes)."""
+    response = client.get("/Patient/_search")
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST, PUT, PATCH, DELETE"
+
+
+def test_a_write_to_a_path_that_is_no_resource_type_is_404(client: httpx.Client) -> None:
+    """Where every route matching the path answers 404 to its values, there is no method to
+    allow: 404, not a 405 naming the methods of `/fhir/{type}`."""
+    for method in ("PUT", "OPTIONS"):
+        response = client.request(method, "/no-type")
+        assert response.status_code == 404, (method, response.text)
+        assert "allow" not in response.headers
