@@ -6,11 +6,13 @@ replaced wherever the Bundle links to them."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import httpx
 
 from fhir_server.app import create_app
 from fhir_server.settings import Settings
+from tests.api.test_bundles import transaction
 from tests.api.test_crud import create
 from tests.support.resources import patient
 from tests.support.servers import LiveServer
@@ -172,3 +174,78 @@ def test_a_write_to_a_path_that_is_no_resource_type_is_404(client: httpx.Client)
         response = client.request(method, "/no-type")
         assert response.status_code == 404, (method, response.text)
         assert "allow" not in response.headers
+
+
+# --- transactions: every link to an entry's fullUrl is replaced (R4 http.html#trules) -----------
+
+PATIENT = "urn:uuid:3f1a2b4c-0000-4000-8000-000000000001"
+BINARY = "urn:uuid:3f1a2b4c-0000-4000-8000-000000000002"
+ORGANIZATION = "urn:oid:1.2.3.4.5.6789"
+RESTFUL = "http://elsewhere.example/fhir/Practitioner/abc"
+
+
+def post(full_url: str, resource: dict[str, Any]) -> dict[str, Any]:
+    kind = resource["resourceType"]
+    return {"fullUrl": full_url, "resource": resource, "request": {"method": "POST", "url": kind}}
+
+
+def narrative(html: str) -> dict[str, str]:
+    return {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{html}</div>'}
+
+
+def test_a_transaction_replaces_links_in_uris_and_narrative_not_in_other_text(
+    client: httpx.Client,
+) -> None:
+    document = {
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "subject": {"reference": PATIENT},
+        "content": [{"attachment": {"contentType": "text/plain", "url": BINARY}}],
+        "masterIdentifier": {"system": "urn:ietf:rfc:3986", "value": BINARY},  # a string
+        "description": BINARY,  # a string, not a link
+        "text": narrative(
+            f'<a href="{PATIENT}">the patient</a> <img src="{BINARY}"/> '
+            f'<a href="{PATIENT}#part">a part</a> {PATIENT} <a href="{RESTFUL}">by</a>'
+        ),
+        "extension": [
+            {"url": "http://example.org/fhir/StructureDefinition/source", "valueUri": BINARY},
+            {"url": "http://example.org/fhir/StructureDefinition/note", "valueString": BINARY},
+        ],
+    }
+    care_plan = {
+        "resourceType": "CarePlan",
+        "status": "active",
+        "intent": "plan",
+        "subject": {"reference": PATIENT},
+        "instantiatesUri": [BINARY, f"{BINARY}/more", "http://example.org/protocol"],
+        "author": {"reference": ORGANIZATION},
+        "identifier": [{"system": ORGANIZATION, "value": "cp-1"}],
+    }
+    bundle = transaction(
+        post("urn:uuid:3f1a2b4c-0000-4000-8000-000000000003", document),
+        post("urn:uuid:3f1a2b4c-0000-4000-8000-000000000004", care_plan),
+        post(PATIENT, {"resourceType": "Patient", "name": [{"family": "Links"}]}),
+        post(BINARY, {"resourceType": "Binary", "contentType": "text/plain", "data": "aGk="}),
+        post(ORGANIZATION, {"resourceType": "Organization", "name": "Links"}),
+        post(RESTFUL, {"resourceType": "Practitioner", "name": [{"family": "Links"}]}),
+    )
+    response = client.post("", json=bundle)
+    assert response.status_code == 200, response.text
+    locations = [e["response"]["location"].split("/_history")[0] for e in response.json()["entry"]]
+    patient_ref, binary_ref, organization_ref, practitioner_ref = locations[2:]
+    stored = client.get(locations[0]).json()
+    assert stored["subject"] == {"reference": patient_ref}
+    assert stored["content"][0]["attachment"]["url"] == binary_ref  # a `url`
+    assert stored["extension"][0]["valueUri"] == binary_ref  # a `uri` of a choice
+    assert stored["extension"][1]["valueString"] == BINARY  # a string stays as sent
+    assert stored["masterIdentifier"]["value"] == BINARY
+    assert stored["description"] == BINARY
+    div = stored["text"]["div"]
+    assert f'<a href="{patient_ref}">' in div and f'<img src="{binary_ref}"/>' in div
+    assert f'<a href="{practitioner_ref}">' in div  # a RESTful fullUrl too
+    assert f'<a href="{PATIENT}#part">' in div  # only whole attribute values
+    assert f"</a> {PATIENT} <a" in div  # never text
+    plan = client.get(locations[1]).json()
+    assert plan["instantiatesUri"] == [binary_ref, f"{BINARY}/more", "http://example.org/protocol"]
+    assert plan["author"] == {"reference": organization_ref}  # an `urn:oid:` fullUrl
+    assert plan["identifier"][0]["system"] == organization_ref  # a `uri`
