@@ -17,7 +17,16 @@ import fhir_server.tracing as tracing
 import fhir_server.web as web
 from capability.definitions import resource_types
 from compartments.policy import Policy, PolicyError, Rule, default_policy, load_policy
-from fhir_server.api import errors, fhir, graphql, ops, patient_service, relationships, smart
+from fhir_server.api import (
+    errors,
+    fhir,
+    graphql,
+    methods,
+    ops,
+    patient_service,
+    relationships,
+    smart,
+)
 from fhir_server.api.cors import Cors
 from fhir_server.api.killswitch import WritesDisabled
 from fhir_server.api.lastresort import LastResort
@@ -292,4 +301,7 @@ def create_app(
     if settings.request_observation:
         app.add_middleware(RequestObservation)  # outermost: it also sees the kill-switch's answers
     patient_service.install(app)
+    # the last route is in: every GET route takes HEAD too (RFC 9110 9.3.2; a 405's `Allow` is
+    # read from the same table, api/methods.py)
+    methods.head_where_get(app.router.routes)
     return app

@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
+from starlette.datastructures import Headers
 
 from capability.definitions import resource_types
 from fhir_server.api.observability import ACTOR
@@ -135,7 +136,7 @@ def interaction(request: Request) -> Interaction:
     principal = rt.verifier.verify(bearer(headers.get("authorization")))
     ACTOR.set(principal.fhir_user or f"System/{principal.client_id or principal.subject}")
     ctx = request_context(request, rt)
-    prefer = headers.get("prefer")
+    prefer = prefer_of(headers)
     return Interaction(
         rt.db,
         ctx,
@@ -281,6 +282,14 @@ def body_media_type(request: Request, accepted: Collection[str], hint: str) -> s
     return media
 
 
+def prefer_of(headers: Headers) -> str | None:
+    """Every `Prefer` field line of a request, joined into the one list they are (RFC 7240 2,
+    RFC 9110 5.3). `getlist` is also the cheaper look-up when the header is absent, as on most
+    reads (no KeyError raised and caught)."""
+    values = headers.getlist("prefer")
+    return ", ".join(values) if values else None
+
+
 def prefer_return(prefer: str | None) -> str:
     """`Prefer: return=minimal|representation|OperationOutcome`; representation by default."""
     for value in ("minimal", "OperationOutcome"):
@@ -290,6 +299,9 @@ def prefer_return(prefer: str | None) -> str:
 
 
 def _prefers(prefer: str | None, name: str, value: str) -> bool:
+    """Whether `prefer` (the `Prefer` fields, joined) holds the preference `name=value`. Names
+    are compared without regard to case, values exactly (RFC 7240 2): `HANDLING=lenient` is
+    lenient, `handling=LENIENT` is an unknown value, ignored as RFC 7240 asks."""
     if prefer is None:
         return False
     for part in prefer.replace(",", ";").split(";"):

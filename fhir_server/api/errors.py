@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import Send
 
+from fhir_server.api.methods import allowed
 from fhir_server.api.responses import outcome_response
 from fhir_server.errors import (
     AccessDenied,
@@ -294,7 +295,13 @@ def graphql_error(error: GraphQLError) -> dict[str, Any]:
 
 async def fhir_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, FhirError)
-    return outcome_response(status_of(exc), list(exc.issues), _fhir_headers(exc) or None)
+    headers = _fhir_headers(exc)
+    if isinstance(exc, MethodNotAllowed):
+        # a route that took the method refused it for this request (`GET Patient/_search`, an
+        # update-as-create that is switched off): the path's other methods
+        methods = allowed(request.app.router.routes, request.scope, refused=request.method)
+        headers["Allow"] = ", ".join(methods)
+    return outcome_response(status_of(exc), list(exc.issues), headers or None)
 
 
 _HTTP_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
@@ -302,14 +309,26 @@ _HTTP_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "
 
 async def http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    if exc.status_code == 404:
+    status = exc.status_code
+    headers = dict(exc.headers or {})
+    if status == 405 and getattr(request.scope.get("route"), "methods", None):
+        # A route matched the path but not the method. Starlette's `Allow` names that route's
+        # methods only; the path's are those of every route matching it (api/methods.py). None:
+        # every route there answers 404 to its path values (`PUT /fhir/foo`).
+        methods = allowed(request.app.router.routes, request.scope)
+        if methods:
+            headers["Allow"] = ", ".join(methods)
+        else:
+            status = 404
+            headers.pop("Allow", None)
+    if status == 404:
         message = f"no FHIR endpoint at `{request.url.path}`"
-    elif exc.status_code == 405:
+    elif status == 405:
         message = f"`{request.method}` is not supported at `{request.url.path}`"
     else:
         message = str(exc.detail).lower()
-    code = _HTTP_CODES.get(exc.status_code, "processing")
-    return outcome_response(exc.status_code, [Issue(code, message)], dict(exc.headers or {}))
+    code = _HTTP_CODES.get(status, "processing")
+    return outcome_response(status, [Issue(code, message)], headers)
 
 
 async def request_error(request: Request, exc: Exception) -> Response:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import FastAPI, Header, Request, Response
+from fastapi.routing import APIRoute
 from psycopg.pq import TransactionStatus
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.routing import Route
@@ -373,7 +374,7 @@ async def read_invalid_id(type: str, id: str) -> Response:
     """`GET [base]/{type}/{id}` whose id is no FHIR id (over 64 characters, or characters an id
     cannot hold): no resource can have it. A `_name` or `$name` segment is an endpoint that takes
     another method (`_search`) or an operation this server does not have."""
-    if id[:1] in ("_", "$"):
+    if names_endpoint(id):
         raise MethodNotAllowed(f"`GET {type}/{id}` is not supported")
     raise BadRequest(f"`{id[:80]}` is not a valid resource id", code="value")
 
@@ -420,8 +421,9 @@ register_url_convertor("fhir_id", FhirId())
 
 
 class FhirType(Convertor[str]):
-    """A path segment that may be a resource type (capitalised), so that the conditional update,
-    patch and delete at `[base]/{type}` leave `PUT`, `PATCH` or `DELETE [base]/metadata` a 405."""
+    """A path segment that may be a resource type (capitalised), so that the writes at
+    `[base]/{type}` and `[base]/{type}/{id}` leave `POST`, `PUT`, `PATCH` or `DELETE
+    [base]/metadata` (or `_history`, `.well-known/...`) a 405."""
 
     regex = r"[A-Z][A-Za-z]{0,63}"
 
@@ -435,6 +437,42 @@ class FhirType(Convertor[str]):
 register_url_convertor("fhir_type", FhirType())
 
 
+def serves(path_params: Mapping[str, Any]) -> bool:
+    """Whether a FHIR route serves its path values: a `{type}` that is an R4 resource type, a
+    `{compartment}` that is a compartment, a `{member}` that is a type or `*`. The handlers
+    answer anything else 404 (`interaction`, `search_compartment`), whatever the method, so a
+    405's `Allow` leaves such a route out (api/methods.py): `DELETE /fhir/metadata` is answered
+    `Allow: GET, HEAD`, not the `POST` of `/fhir/{type}`."""
+    type = path_params.get("type")
+    if type is not None and type not in resource_types():
+        return False
+    compartment = path_params.get("compartment")
+    if compartment is not None and compartment not in COMPARTMENTS:
+        return False
+    member = path_params.get("member")
+    return member is None or member == "*" or member in resource_types()
+
+
+class FhirRoute(APIRoute):
+    """A FHIR route: FastAPI's, knowing which path values it serves."""
+
+    def serves(self, path_params: Mapping[str, Any]) -> bool:
+        return serves(path_params)
+
+
+def names_endpoint(segment: str) -> bool:
+    """Whether a segment where an id could be names an endpoint (`_search`, `$everything`)."""
+    return segment[:1] in ("_", "$")
+
+
+class InvalidIdRoute(FhirRoute):
+    """The route of `read_invalid_id`: it refuses `GET` of an endpoint's name (405), so that is
+    not a path it serves."""
+
+    def serves(self, path_params: Mapping[str, Any]) -> bool:
+        return serves(path_params) and not names_endpoint(path_params["id"])
+
+
 class NamedRoute(Route):
     """A plain Starlette route that puts itself in the scope, as FastAPI does only for its own
     routes: request metrics, logs and spans label it by its template, not as `unmatched`."""
@@ -443,13 +481,26 @@ class NamedRoute(Route):
         scope["route"] = self
         await super().handle(scope, receive, send)
 
+    def serves(self, path_params: Mapping[str, Any]) -> bool:
+        return serves(path_params)
+
 
 def install(app: FastAPI) -> None:
     """Put the FHIR routes on the application itself, most requested first.
 
     Not an included APIRouter: in FastAPI an included router costs a second route match on every
-    request, a measurable part of a read."""
-    add = app.add_api_route
+    request, a measurable part of a read. Which methods each path takes is this table's to say:
+    `HEAD` is added wherever `GET` is, and a 405's `Allow` read from it (api/methods.py)."""
+
+    def add(
+        path: str,
+        endpoint: Callable[..., Any],
+        *,
+        methods: list[str],
+        route: type[FhirRoute] = FhirRoute,
+    ) -> None:
+        app.router.add_api_route(path, endpoint, methods=methods, route_class_override=route)
+
     # read and vread as plain Starlette routes: FastAPI's parameter and dependency machinery,
     # which they do not use, costs a measurable part of a read (docs/performance.md)
     app.router.routes.append(
@@ -460,13 +511,15 @@ def install(app: FastAPI) -> None:
     add("/fhir/Patient/{id:fhir_id}/$remove-dependent", remove_dependent, methods=["POST"])
     add("/fhir/Patient/{id:fhir_id}/$family", family_of, methods=["GET", "POST"])
     add("/fhir/Patient/{id:fhir_id}/$emergency-contacts", emergency_contacts, methods=["GET"])
-    add("/fhir/{type}", create_resource, methods=["POST"])
+    # writes only where a resource type may be (`fhir_type`): a write to `metadata`, `_history`
+    # or `.well-known/...` is a 405 naming the methods there, not the 404 of an unknown type
+    add("/fhir/{type:fhir_type}", create_resource, methods=["POST"])
     add("/fhir/{type:fhir_type}", conditional_update, methods=["PUT"])
     add("/fhir/{type:fhir_type}", conditional_patch, methods=["PATCH"])
     add("/fhir/{type:fhir_type}", conditional_delete, methods=["DELETE"])
-    add("/fhir/{type}/{id}", update_resource, methods=["PUT"])
-    add("/fhir/{type}/{id}", patch_resource, methods=["PATCH"])
-    add("/fhir/{type}/{id}", delete_resource, methods=["DELETE"])
+    add("/fhir/{type:fhir_type}/{id}", update_resource, methods=["PUT"])
+    add("/fhir/{type:fhir_type}/{id}", patch_resource, methods=["PATCH"])
+    add("/fhir/{type:fhir_type}/{id}", delete_resource, methods=["DELETE"])
     app.router.routes.append(
         NamedRoute("/fhir/{type}/{id:fhir_id}/_history/{vid}", vread_resource, methods=["GET"])
     )
@@ -479,4 +532,5 @@ def install(app: FastAPI) -> None:
     add("/fhir/{type}", search_type, methods=["GET"])
     add("/fhir/{type}/_search", search_type_post, methods=["POST"])
     add("/fhir/{compartment}/{id:fhir_id}/{member}", search_compartment, methods=["GET"])
-    add("/fhir/{type}/{id}", read_invalid_id, methods=["GET"])  # after every valid GET
+    # after every valid GET
+    add("/fhir/{type}/{id}", read_invalid_id, methods=["GET"], route=InvalidIdRoute)

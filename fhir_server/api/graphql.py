@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 import strawberry
-from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from cross_web import AsyncHTTPRequestAdapter, HTTPException, StarletteRequestAdapter
 from fastapi import FastAPI, Request
 from graphql import GraphQLError
 from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
@@ -240,6 +240,16 @@ async def _context(request: Request) -> dict[str, Any]:
     return {"fhir": interaction(request)}
 
 
+class _RequestAdapter(StarletteRequestAdapter):
+    """A request as strawberry reads it, `HEAD` as the `GET` it is without its body (RFC 9110
+    9.3.2; the route takes both, api/methods.py): strawberry knows only GET and POST."""
+
+    @property
+    def method(self) -> Any:
+        method = super().method
+        return "GET" if method == "HEAD" else method
+
+
 class _Router(GraphQLRouter[dict[str, Any], None]):
     """strawberry's router, answering 400 where strawberry fails with a server error (a body
     that is not UTF-8, JSON that is neither an object nor a batch) or takes a malformed request
@@ -248,6 +258,7 @@ class _Router(GraphQLRouter[dict[str, Any], None]):
     errors carry the domain error's stable code (`api.errors.graphql_error`)."""
 
     limits = InputLimits()
+    request_adapter_class = _RequestAdapter
 
     async def process_result(
         self, request: Request, result: ExecutionResult

@@ -18,7 +18,9 @@ from sqlalchemy import (
     and_,
     any_,
     bindparam,
+    case,
     cast,
+    false,
     func,
     literal,
     or_,
@@ -71,6 +73,9 @@ class StoredVersion:
     content: str | None
     compartments: Sequence[str]
     method: str = ""
+    # a `PUT` that brought a deleted resource back (read by history only): with version 1, what
+    # makes a version the one that created its resource, whose history entry says `201`
+    follows_deletion: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -601,6 +606,23 @@ async def history(
     only the versions the caller may see. At most `count` of them, and with `max_bytes` fewer
     where their JSON would pass it (at least one); and whether more follow."""
     h = resource_history.c
+    previous = resource_history.alias("previous").c
+    # one primary-key probe per PUT version of the page, in the same statement (PostgreSQL
+    # evaluates it after the LIMIT): whether the version before it was a deletion
+    follows_deletion = case(
+        (
+            and_(h.method == "PUT", h.version_id > 1),
+            select(previous.version_id)
+            .where(
+                previous.resource_type == h.resource_type,
+                previous.id == h.id,
+                previous.version_id == h.version_id - 1,
+                previous.deleted,
+            )
+            .exists(),
+        ),
+        else_=false(),
+    )
     query = select(
         h.resource_type,
         h.id,
@@ -610,6 +632,7 @@ async def history(
         cast(h.content, Text).label("content"),
         h.compartments,
         h.method,
+        follows_deletion.label("follows_deletion"),
     )
     if resource_type is not None:
         query = query.where(h.resource_type == resource_type)

@@ -130,8 +130,12 @@ def app_routes() -> tuple[set[tuple[str, str]], set[str]]:
         if isinstance(route, WebSocketRoute):
             websockets.add(path)
             continue
-        for method in getattr(route, "methods", None) or ():
-            operations.add((method, path))
+        methods = getattr(route, "methods", None) or set()
+        for method in methods:
+            # HEAD is GET without its body, taken wherever GET is (RFC 9110 9.3.2,
+            # api/methods.py); OpenAPI documents do not list it
+            if method != "HEAD" or "GET" not in methods:
+                operations.add((method, path))
     return operations, websockets
 
 

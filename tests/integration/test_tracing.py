@@ -119,7 +119,9 @@ def test_a_request_continues_the_callers_trace_with_database_spans(traced: Any) 
     assert {"service.name": "fhir-server-under-test"}.items() <= receiver.resources[0].items()
 
     # a request without traceparent starts its own trace
-    post = next(s for s in receiver.spans if s.kind == 2 and s.name == "POST /fhir/{type}")
+    post = next(
+        s for s in receiver.spans if s.kind == 2 and s.name == "POST /fhir/{type:fhir_type}"
+    )
     assert hex_id(post.trace_id) != TRACE_ID and post.parent_span_id == b""
 
 

@@ -29,14 +29,24 @@ def raw(content: str) -> orjson.Fragment:
 
 
 def history_entry(base_url: str, version: StoredVersion) -> dict[str, Any]:
+    """A history Bundle's entry for `version`. Its `response.status` is what the write was
+    answered: `201` for the version that created the resource (version 1, whatever its method:
+    a `PUT` may create, and the first `PUT` after a deletion, which brings it back), `204` for a
+    deletion, `200` for the other updates."""
     ref = f"{version.resource_type}/{version.id}"
     method = version.method or ("DELETE" if version.deleted else "PUT")
+    if method == "DELETE":
+        status = "204 No Content"
+    elif method == "POST" or version.version_id == 1 or version.follows_deletion:
+        status = "201 Created"
+    else:
+        status = "200 OK"
     entry: dict[str, Any] = {"fullUrl": f"{base_url}/{ref}"}
     if version.content is not None:
         entry["resource"] = raw(version.content)
     entry["request"] = {"method": method, "url": version.resource_type if method == "POST" else ref}
     entry["response"] = {
-        "status": {"POST": "201 Created", "DELETE": "204 No Content"}.get(method, "200 OK"),
+        "status": status,
         "etag": etag(version.version_id),
         "lastModified": version.last_updated.isoformat(timespec="microseconds"),
     }

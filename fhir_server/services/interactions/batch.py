@@ -16,11 +16,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
+from functools import cache
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 import orjson
 
+from capability.definitions import json_schema
 from compartments.ids import ID_REGEX
 from fhir_server.errors import (
     BadRequest,
@@ -156,10 +158,14 @@ def _restful(url: str, server_base: str) -> tuple[str, str, str] | None:
 
 
 class References:
-    """What the references of a transaction become (R4 bundle.html, resolving references in
-    Bundles): a reference that is an entry's full URL, or a relative `Type/id` that the
-    referring entry's base (its own full URL's, else the server's) turns into one, names the
-    resource that entry became, whatever id the client had given it."""
+    """What the links of a transaction become (R4 http.html#trules, bundle.html resolving
+    references in Bundles). Every link to an entry's full URL is replaced by the resource that
+    entry became, whatever id the client had given it, wherever R4 says links are: a
+    `Reference.reference` (also a relative `Type/id` that the referring entry's base, its own
+    full URL's or else the server's, turns into such a URL), an element of type `uri`, `url`,
+    `oid` or `uuid` that is exactly the full URL (`Attachment.url` naming a Binary of the same
+    transaction), and an `href` or `src` attribute of the narrative whose value is exactly it.
+    Nothing else changes: no other text, no part of a value."""
 
     def __init__(self, server_base: str) -> None:
         self.server_base = server_base
@@ -176,30 +182,113 @@ class References:
             self.restful[where] = target
 
     def rewrite(self, entry: Entry) -> None:
-        """Rewrite the entry's references, and note its conditional ones, in one walk."""
+        """Rewrite the entry's links, and note its conditional references, in one walk."""
         base = self.server_base
         if entry.full_url is not None and (own := _restful(entry.full_url, base)) is not None:
             base = own[0]
-        self._rewrite(entry.resource, base, entry.index)
+        resource = entry.resource
+        if isinstance(resource, dict):
+            self._rewrite(resource, resource.get("resourceType"), base, entry.index)
 
-    def _rewrite(self, value: Any, base: str, index: int) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if key == "reference" and isinstance(item, str):
-                    target = self.exact.get(item)
-                    if target is None and self.restful:
-                        where = _restful(item, base)
-                        target = None if where is None else self.restful.get(where)
-                    if target is not None:
+    def _rewrite(self, value: dict[str, Any], type: Any, base: str, index: int) -> None:
+        """One walk of `value`, an element of `type`, guided by the R4 schema (`_links`)."""
+        links = _links().get(type) if isinstance(type, str) else None
+        if links is None:
+            return
+        exact = self.exact
+        for key, item in value.items():
+            link = links.get(key)
+            if link is None:
+                continue
+            if link is _URI:
+                if isinstance(item, str):
+                    if (target := exact.get(item)) is not None:
                         value[key] = target
-                    elif "?" in item and _CONDITIONAL_REFERENCE.fullmatch(item):
-                        self.conditional.append((index, value))
-                elif isinstance(item, (dict, list)):
-                    self._rewrite(item, base, index)
-        elif isinstance(value, list):
-            for item in value:
-                if isinstance(item, (dict, list)):
-                    self._rewrite(item, base, index)
+                elif isinstance(item, list):
+                    for n, each in enumerate(item):
+                        if isinstance(each, str) and (target := exact.get(each)) is not None:
+                            item[n] = target
+            elif link is _REFERENCE:
+                if isinstance(item, str):
+                    self._reference(value, item, base, index)
+            elif link is _NARRATIVE:
+                if isinstance(item, str) and exact and ("href" in item or "src" in item):
+                    value[key] = _TAG.sub(self._tag, item)
+            elif isinstance(item, dict):
+                self._rewrite(
+                    item, item.get("resourceType") if link is _RESOURCE else link, base, index
+                )
+            elif isinstance(item, list):
+                for each in item:
+                    if isinstance(each, dict):
+                        child = each.get("resourceType") if link is _RESOURCE else link
+                        self._rewrite(each, child, base, index)
+
+    def _reference(self, holder: dict[str, Any], reference: str, base: str, index: int) -> None:
+        target = self.exact.get(reference)
+        if target is None and self.restful:
+            where = _restful(reference, base)
+            target = None if where is None else self.restful.get(where)
+        if target is not None:
+            holder["reference"] = target
+        elif "?" in reference and _CONDITIONAL_REFERENCE.fullmatch(reference):
+            self.conditional.append((index, holder))
+
+    def _tag(self, found: re.Match[str]) -> str:
+        tag = found[0]
+        if "href" not in tag and "src" not in tag:
+            return tag
+        return _LINK_ATTRIBUTE.sub(self._attribute, tag)
+
+    def _attribute(self, found: re.Match[str]) -> str:
+        target = self.exact.get(found["value"])
+        if target is None:
+            return found[0]
+        return f"{found['name']}{found['quote']}{target}{found['quote']}"
+
+
+# What a property of an R4 type holds, for the walk of `References`: one of these, or the name
+# of the complex type it holds.
+_URI = "(uri)"  # a `uri`, `url`, `oid` or `uuid`
+_REFERENCE = "(Reference.reference)"
+_NARRATIVE = "(Narrative.div)"
+_RESOURCE = "(Resource)"  # a resource, of the type its `resourceType` names
+_URI_TYPES = frozenset({"uri", "url", "oid", "uuid"})
+_URI_SUFFIXES = ("Uri", "Url", "Oid", "Uuid")  # a choice's primitive, inlined in the schema
+# A start tag of XHTML (one whose attribute values hold no `<` or `>`: others are left as sent),
+# and in it an `href` or `src` attribute with its whole value.
+_TAG = re.compile(r"<[A-Za-z][^<>]*>")
+_LINK_ATTRIBUTE = re.compile(
+    r"""(?P<name>\s(?:href|src)\s*=\s*)(?P<quote>["'])(?P<value>[^"'<>]*)(?P=quote)"""
+)
+
+
+@cache
+def _links() -> dict[str, dict[str, str]]:
+    """For every type of the R4 JSON schema, its properties that may hold a link to a
+    transaction's entry: what each holds. Read once from the schema, so that the walk of a
+    transaction's resources looks at those properties only."""
+    definitions: dict[str, Any] = json_schema()["definitions"]
+    links: dict[str, dict[str, str]] = {}
+    for name, spec in definitions.items():
+        found: dict[str, str] = {}
+        for prop, prop_spec in (spec.get("properties") or {}).items():
+            held = prop_spec.get("items", prop_spec)
+            ref = str(held.get("$ref", "")).rpartition("/")[2]
+            if name == "Reference" and prop == "reference":
+                found[prop] = _REFERENCE
+            elif name == "Narrative" and prop == "div":
+                found[prop] = _NARRATIVE
+            elif ref in _URI_TYPES or (
+                not ref and prop.endswith(_URI_SUFFIXES) and held.get("type") == "string"
+            ):
+                found[prop] = _URI
+            elif ref == "ResourceList":
+                found[prop] = _RESOURCE
+            elif ref and definitions.get(ref, {}).get("properties"):
+                found[prop] = ref
+        links[name] = found
+    return links
 
 
 # A conditional reference (R4 http.html#trules): `Type?criteria` in place of `Type/id`.
