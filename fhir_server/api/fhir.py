@@ -125,7 +125,7 @@ async def run_add_dependent(
     registered = None
     if fhir.runtime.registry is not None and request.national_id is not None:
         async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
-            family.require_primary(ctx.guard, f"Patient/{primary_id}")
+            family.require_manager(ctx.guard, f"Patient/{primary_id}")
             registered = await family.registered_dependent(
                 ctx, conn, request, fhir.runtime.registry
             )

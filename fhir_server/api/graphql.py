@@ -59,7 +59,7 @@ class Dependent:
     id: strawberry.ID  # the caller's RelatedPerson for the member (or the member's Patient id)
     patient: PatientInfo
     relationship: str
-    is_minor: bool
+    is_minor: bool | None  # null when the caller may not read the member's birth date
     can_view_clinical_data: bool
     why: str
     added_date: str | None
@@ -144,8 +144,9 @@ class Query:
         fhir = _fhir(info)
         me = _me(fhir)
         async with fhir.db.connection() as conn, fhir.authorized(conn) as ctx:
-            family.require_primary(ctx.guard, f"Patient/{me}")
-            content = await family.patient_content(conn, f"Patient/{me}")
+            family.require_viewer(ctx.guard, f"Patient/{me}")
+            # the caller's own name, as a read of its own Patient would give it
+            content = await family.readable_patient(ctx, conn, f"Patient/{me}") or {}
         return Me(id=strawberry.ID(me), name=family.display_name(content) or None)
 
 

@@ -234,7 +234,9 @@ def test_removing_a_covered_dependent_asks_to_confirm_and_ends_the_coverage(
     )
     (max_,) = search(world, f"/Patient?given:exact=Max&family:exact={family}")
     kid = f"Patient/{max_['id']}"
-    cover = world.posted(resources.coverage(kid, "NHIF", subscriberId="NHIF-777"))
+    # Jane's own scheme (she subscribes): what a removal ends (docs/family.md)
+    mine = {"subscriber": {"reference": world.ref("jane")}}
+    cover = world.posted(resources.coverage(kid, "NHIF", subscriberId="NHIF-777", **mine))
     listing = jane.get(PAGE)
     assert "NHIF" in listing.text
     confirm = jane.get(f"{PAGE}/remove", params={"dependent": kid})
@@ -269,7 +271,8 @@ def test_removal_without_coverage_and_without_confirm_still_refuses_covered_ones
     confirm = jane.get(f"{PAGE}/remove", params={"dependent": kid})
     assert "confirm" not in form(confirm.text, f"{PAGE}/remove").hidden()
     # coverage added after the page was shown: the removal is not confirmed for it
-    cover = world.posted(resources.coverage(kid, "Private Co"))
+    mine = {"subscriber": {"reference": world.ref("jane")}}
+    cover = world.posted(resources.coverage(kid, "Private Co", **mine))
     with psycopg.connect(database_url) as db:
         before = snapshot(db)
     again = post_form(jane, confirm, f"{PAGE}/remove")

@@ -221,24 +221,41 @@ def test_someone_on_record_is_linked_unverified(fam: World) -> None:
 
 
 def test_removal_waits_for_coverage_and_ends_access(fam: World) -> None:
+    """The specification's removal: the dependent is a beneficiary of the primary's scheme
+    (the primary subscribes), so the removal waits for confirmation and then ends it. A
+    Coverage of the same child through someone else's scheme is the primary's to see (a
+    parent of a minor) but not to end: it neither blocks the removal nor ends with it."""
     primary = fam.patient("Mo", years_ago(40))
+    other = fam.patient("Other", years_ago(41))
     with fam.client(primary) as p:
         kid = add_child(p, primary, "Kid", years_ago(6))
         coverage = fam.system.post(
-            "/Coverage", json=resources.coverage(kid, "NHIF", subscriberId="NHIF-12345-03")
+            "/Coverage",
+            json=resources.coverage(
+                kid, "NHIF", subscriberId="NHIF-12345-03", subscriber={"reference": primary}
+            ),
+        ).json()
+        theirs = fam.system.post(
+            "/Coverage",
+            json=resources.coverage(
+                kid, "AAR", subscriberId="AAR-777", subscriber={"reference": other}
+            ),
         ).json()
         family = {
             m["patient"]["reference"]: m
             for m in map(_member, p.get(f"/{primary}/$family").json()["parameter"])
         }
-        assert family[kid]["coverage"][0]["scheme"] == "NHIF"
+        assert sorted(c["scheme"] for c in family[kid]["coverage"]) == ["AAR", "NHIF"]
         record = fam.posted(observation(kid, text="x", category=None))
         assert p.get(f"/Observation/{record['id']}").status_code == 200
         refused = p.post(f"/{primary}/$remove-dependent", json=parameters(dependent=kid))
         assert refused.status_code == 409 and "NHIF" in refused.text
+        assert "AAR" not in refused.text
         done = p.post(f"/{primary}/$remove-dependent", json=parameters(dependent=kid, confirm=True))
         assert done.status_code == 200, done.text
         assert fam.system.get(f"/Coverage/{coverage['id']}").json()["status"] == "cancelled"
+        assert fam.system.get(f"/Coverage/{theirs['id']}").json()["status"] == "active"
+        assert values(done.json())["endedCoverage"]["reference"] == f"Coverage/{coverage['id']}"
         assert p.get(f"/Observation/{record['id']}").status_code == 403
         assert p.get(f"/{primary}/$family").json()["parameter"] == []
         # soft: the RelatedPerson and its history stay

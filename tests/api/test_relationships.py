@@ -178,6 +178,31 @@ def test_a_relative_only_asks_and_the_patient_approves(
         assert refused.status_code == 403
 
 
+def test_a_delegation_needs_the_tokens_scopes(world: World, db: psycopg.Connection[Any]) -> None:
+    """The delegation is written as the server: the caller's token must still grant writing
+    Consents for the patient (policy AND scope), to a patient, to a relative asking for
+    itself, and to the approval."""
+    adult, relative = bare(world.ref("adult")), bare(world.ref("relative"))
+    with api(world.origin, world.ref("relative")) as relative_api:
+        asked = delegate(relative_api, adult, relative, ["encounters"])
+        assert asked.status_code == 201, asked.text
+    pending = asked.json()["delegation_id"]
+    before = snapshot(db)
+    for who, scope in (
+        (world.ref("adult"), "openid fhirUser"),
+        (world.ref("adult"), "user/*.rs"),
+        (world.ref("relative"), "user/*.rs"),
+    ):
+        with api(world.origin, who, scope) as caller:
+            refused = delegate(caller, adult, relative, ["encounters"])
+            assert refused.status_code == 403, refused.text
+            assert refused.json()["code"] == "not_authorized", refused.text
+    with api(world.origin, world.ref("adult"), "user/*.rs") as patient:
+        refused = patient.post(f"/delegate/{pending}/approve")
+        assert refused.status_code == 403, refused.text
+    assert snapshot(db) == before
+
+
 @pytest.fixture(scope="module")
 def manual(database_url: str) -> Iterator[LiveServer]:
     with LiveServer(Settings(delegation_approval="manual"), database_url) as server:

@@ -1,7 +1,8 @@
 """The checks the interactions make with the caller's guard: a type at all (`check_type`), the
 stored version (`check_stored`), the version a write would make (`check_result`), the one answer
 about a resource outside what the caller may see (`hidden`), and the fields a non-privileged
-caller may not change (`protect_meta`, `protect_links`)."""
+caller may not change (`protect_meta`, `protect_links`), and the scopes a workflow that writes as the server needs
+(`workflow_scope`, `require_workflow_scope`)."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import orjson
 from compartments.consent import consent_actors
 from compartments.engine import Decision, Target
 from compartments.policy import Reason
+from fhir_server.auth.scopes import granted
 from fhir_server.errors import AccessDenied
 from fhir_server.search.grants import Grant
-from fhir_server.services.access.guard import Guard, denied
+from fhir_server.services.access.guard import PERMISSION, Guard, denied
 from fhir_server.storage.repository import StoredVersion
 
 
@@ -211,3 +213,36 @@ def protect_links(guard: Guard, resource: dict[str, Any], stored: dict[str, Any]
             )
             guard.record("update", resource["resourceType"], None, refused)
             raise denied(refused)
+
+
+def workflow_scope(guard: Guard, operation: str, resource_type: str, patient: str) -> bool:
+    """Whether the token's scopes let a workflow `operation` a `resource_type` for `patient`
+    (`Patient/id`) on the caller's behalf, when the workflow itself writes or reads as the
+    server (the family workflow, a delegation): an unconditional `user/` or `system/` scope, or
+    a `patient/` scope whose launch context is that patient. A granular scope (`?category=`)
+    grants no workflow: the workflow's resources are whole, and its criteria are not checked
+    on them. The server's own work (no token) needs no scope."""
+    principal = guard.principal
+    if principal is None:
+        return True
+    wanted = PERMISSION[operation]
+    return any(
+        not s.query and (s.context != "patient" or f"Patient/{principal.patient}" == patient)
+        for s in granted(principal.scopes, resource_type, wanted)
+    )
+
+
+def require_workflow_scope(
+    guard: Guard, operation: str, resource_type: str, patient: str, why: str
+) -> None:
+    """`workflow_scope`, or 403 `insufficient_scope`, audited, before anything is written."""
+    if workflow_scope(guard, operation, resource_type, patient):
+        return
+    refused = Decision(
+        allowed=False,
+        reason=Reason.INSUFFICIENT_SCOPE,
+        explanation=f"{why}: no scope grants `{PERMISSION[operation]}` on {resource_type} "
+        f"for {patient}",
+    )
+    guard.record(operation, resource_type, None, refused, (patient,))
+    raise denied(refused)

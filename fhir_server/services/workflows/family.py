@@ -7,7 +7,10 @@ CHILD), and a link from the primary's Person to it: with that, the primary's tok
 `Patient/primary`) acts as that RelatedPerson, and the compartment engine decides the rest
 (a minor's record fully, an adult's demographics, more by Consent). A spouse is linked both ways.
 Everything one request writes is in one transaction, written by the server itself (these are
-the fields that grant access: DESIGN.md 5.2) and audited in the caller's name.
+the fields that grant access: DESIGN.md 5.2) and audited in the caller's name, once the caller is
+the primary and its token's scopes grant those writes (policy AND scope). What the workflow shows
+(`$family`) and the Coverage it ends (`$remove-dependent`) are read and written as the caller,
+through the engine's SQL filter and checks, like any FHIR read, search or update.
 """
 
 from __future__ import annotations
@@ -27,11 +30,17 @@ from compartments.references import reference_of
 from fhir_server.clients.registry import ClientRegistry
 from fhir_server.errors import AccessDenied, BadRequest, Conflict, NotFound, Unprocessable
 from fhir_server.search.query import parse_search
+from fhir_server.services.access.enforce import (
+    patients_among,
+    require_workflow_scope,
+    workflow_scope,
+)
 from fhir_server.services.access.guard import Guard, denied
 from fhir_server.services.context import Context
 from fhir_server.services.formats.parameters import parameter_values
 from fhir_server.services.interactions import conditional, create
 from fhir_server.services.interactions.versions import new_version, parse_json
+from fhir_server.services.interactions.writing import lock_stored, write_next
 from fhir_server.storage import family as family_storage
 from fhir_server.storage import repository
 from fhir_server.storage.repository import NewVersion
@@ -39,6 +48,10 @@ from fhir_server.storage.search_sql import search_statement, search_types
 from fhir_server.storage.sql import Connection, fetch_all
 
 V3 = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+# Person.link assurance levels that count as verified (DESIGN.md 5.2).
+VERIFIED = frozenset({"level3", "level4"})
+# The most Coverage resources of one member that `$family` shows (and `$remove-dependent` ends).
+MAX_COVERAGE = 100
 V2_0131 = "http://terminology.hl7.org/CodeSystem/v2-0131"
 # The relationship as the primary asked for it ("CHILD": the dependent is my child), kept on the
 # RelatedPerson next to the standard code of the primary's own role.
@@ -79,6 +92,23 @@ def require_primary(guard: Guard, primary: str) -> None:
     )
     guard.record("update", "Patient", primary, decision)
     raise AccessDenied("invalid_role", "Invalid role")
+
+
+def require_manager(guard: Guard, primary: str) -> None:
+    """`$add-dependent`: the primary (or a system caller) whose token may create the family's
+    RelatedPersons for the primary (a `patient/` scope only in the primary's own launch
+    context); checked before anything is looked up or written."""
+    require_primary(guard, primary)
+    require_workflow_scope(guard, "create", "RelatedPerson", primary, "$add-dependent")
+
+
+def require_viewer(guard: Guard, primary: str) -> None:
+    """`$family`, GraphQL `me`: the primary (or a system caller) whose token may read Patient
+    and RelatedPerson resources for the primary; what is shown of each member is then read
+    through the caller's own grants."""
+    require_primary(guard, primary)
+    for resource_type in ("Patient", "RelatedPerson"):
+        require_workflow_scope(guard, "read", resource_type, primary, "$family")
 
 
 def check_new_dependent(guard: Guard, version: NewVersion) -> None:
@@ -256,11 +286,20 @@ def _related_person(
 
 
 async def _link_person(
-    server: Context, conn: Connection, patient: str, related_person: str, assurance: str
+    ctx: Context,
+    conn: Connection,
+    primary: str,
+    patient: str,
+    related_person: str,
+    assurance: str,
 ) -> str:
-    """Add `related_person` to the Person of `patient` (made now if there is none)."""
+    """Add `related_person` to the Person of `patient` (made now if there is none), as the
+    server, once the caller's scopes for `primary`'s family grant that write."""
+    server = ctx.as_server()
     found = await family_storage.person_of(conn, patient.split("/", 1)[1])
     link = {"target": {"reference": related_person}, "assurance": assurance}
+    operation = "create" if found is None else "update"
+    require_workflow_scope(ctx.guard, operation, "Person", primary, "$add-dependent")
     if found is None:
         person = {
             "resourceType": "Person",
@@ -344,7 +383,7 @@ async def add_dependent(
     """`POST Patient/{primary}/$add-dependent`; the caller's transaction holds every write."""
     primary = f"Patient/{primary_id}"
     guard = ctx.guard
-    require_primary(guard, primary)
+    require_manager(guard, primary)
     server = ctx.as_server()
     now = ctx.clock()
     today = now.date()
@@ -372,6 +411,7 @@ async def add_dependent(
                 identifiers.append({"system": system, "value": request.national_id})
             patient["identifier"] = identifiers
         ctx.validator.validate(patient, expected_type="Patient")
+        require_workflow_scope(guard, "create", "Patient", primary, "$add-dependent")
         version = create.creation(server, patient, create.new_id(), method="POST")
         check_new_dependent(guard, version)
         await repository.insert_new(conn, version)
@@ -395,7 +435,11 @@ async def add_dependent(
     # a person already on record is someone else's data: the link waits for verification
     assurance = "level3" if created_patient else ctx.settings.family_existing_link_assurance
     pairs = [(primary, primary_content, dependent, relationship)]
-    if relationship == "SPOUSE":
+    # The reverse link of a spouse goes on the dependent's own Person: only for a person the
+    # primary has just provided, or one linked verified. A stranger found by national id gets
+    # nothing written into their account (they would act for the primary, and see the primary
+    # as family, on the primary's word alone); the link waits for verification.
+    if relationship == "SPOUSE" and (created_patient or assurance in VERIFIED):
         pairs.append((dependent, dependent_content, primary, "SPOUSE"))
     made: list[dict[str, Any]] = []
     for who, who_content, whom, as_ in pairs:
@@ -403,7 +447,7 @@ async def add_dependent(
         version = create.creation(server, resource, create.new_id(), method="POST")
         await repository.insert_new(conn, version)
         related = f"RelatedPerson/{version.id}"
-        person = await _link_person(server, conn, who, related, assurance)
+        person = await _link_person(ctx, conn, primary, who, related, assurance)
         guard.record_workflow(
             "create", related, f"family workflow: {who} is the {ROLES[as_][2]} of {whom}"
         )
@@ -430,18 +474,62 @@ async def add_dependent(
     }
 
 
+@dataclass(frozen=True, slots=True)
+class Insurance:
+    """An active Coverage of a member that the caller may read."""
+
+    id: str
+    content: dict[str, Any]
+    compartments: frozenset[str]  # as stored: whose records it is in
+
+    @property
+    def scheme(self) -> dict[str, Any]:
+        return _scheme(self.content)
+
+
 async def coverage_of(
-    conn: Connection, patient: str, now: datetime
-) -> list[tuple[str, int, dict[str, Any]]]:
-    """The active Coverage resources whose beneficiary is `patient`: status active and a
-    `period` (if any) covering `now` as instants (compartments/periods.py)."""
-    rows = await family_storage.coverage_of(conn, patient.split("/", 1)[1])
+    ctx: Context, conn: Connection, patient: str, now: datetime
+) -> list[Insurance]:
+    """The active Coverage resources whose beneficiary is `patient` (status active and a
+    `period`, if any, covering `now` as instants: compartments/periods.py) among those the
+    caller may read: a search through the caller's own grants, as `Coverage?beneficiary=`
+    would be, so nothing of a Coverage the caller may not read is ever named. Each one shown
+    is recorded for the audit."""
+    guard = ctx.guard
+    query = parse_search(
+        ("Coverage",),
+        [("beneficiary", patient), ("_count", str(MAX_COVERAGE))],
+        max_count=MAX_COVERAGE,
+    )
+    grants = guard.grants("read", search_types(query))
+    if grants.get("Coverage") is None:
+        return []
+    statement, _ = search_statement(query, grants, local_bases=ctx.local_bases, now=now)
     found = []
-    for id, version_id, text in rows:
+    for _, id, text, compartments, *_ in await fetch_all(conn, statement):
         content = orjson.loads(text)
         if content.get("status") == "active" and window(content.get("period")).covers(now):
-            found.append((id, version_id, content))
+            found.append(Insurance(id, content, frozenset(compartments)))
+            guard.record(
+                "read",
+                "Coverage",
+                f"Coverage/{id}",
+                guard.type_decision("read", "Coverage"),
+                patients_among(compartments),
+            )
     return found
+
+
+def primary_schemes(
+    coverage: Iterable[Insurance], primary: str, links: Iterable[FamilyLink]
+) -> list[Insurance]:
+    """The Coverages that are the primary's schemes covering the dependent (what the
+    specification's removal ends): those in the primary's own record (the primary is their
+    policy holder, subscriber or payor) or in the record of the primary's family link to the
+    dependent. A Coverage of the dependent through someone else (the other parent's scheme,
+    the dependent's own) is not the primary's to end."""
+    owners = {primary, *(link.related_person for link in links if link.primary == primary)}
+    return [c for c in coverage if c.compartments & owners]
 
 
 def _scheme(coverage: dict[str, Any]) -> dict[str, Any]:
@@ -456,8 +544,11 @@ def _scheme(coverage: dict[str, Any]) -> dict[str, Any]:
 async def remove_dependent(
     ctx: Context, conn: Connection, primary_id: str, body: Any
 ) -> dict[str, Any]:
-    """`POST Patient/{primary}/$remove-dependent`: soft; 409 while the dependent has active
-    Coverage, unless `confirm` is true, which ends that coverage too."""
+    """`POST Patient/{primary}/$remove-dependent`: soft; 409 while the dependent is covered by
+    one of the primary's schemes (that the caller may read), unless `confirm` is true, which
+    ends that coverage too, as an update by the caller (the engine decides each one, and a
+    refusal rolls everything back). Other Coverages of the dependent are neither named nor
+    touched."""
     values = parameter_values(body, "this operation")
     given = values.get("dependent")
     dependent = reference_of(given) if isinstance(given, dict) else given
@@ -467,6 +558,7 @@ async def remove_dependent(
     primary = f"Patient/{primary_id}"
     guard = ctx.guard
     require_primary(guard, primary)
+    require_workflow_scope(guard, "update", "RelatedPerson", primary, "$remove-dependent")
     server = ctx.as_server()
     now = ctx.clock()
     # ended now, to the second: an end date would last until midnight (periods.py)
@@ -486,25 +578,30 @@ async def remove_dependent(
     ]
     if not any(link.primary == primary for link in links):
         raise NotFound(f"`{dependent}` is not a dependent of `{primary}`")
-    coverage = await coverage_of(conn, dependent, now)
+    coverage = primary_schemes(await coverage_of(ctx, conn, dependent, now), primary, links)
     if coverage and not confirm:
-        schemes = ", ".join(
-            s["scheme"] or "(unnamed)" for _, _, c in coverage for s in [_scheme(c)]
-        )
+        schemes = ", ".join(c.scheme["scheme"] or "(unnamed)" for c in coverage)
         raise Conflict(
             f"coverage: `{dependent}` is a beneficiary of {len(coverage)} active coverage(s) "
-            f"({schemes}); send `confirm` = true to end them with the relationship",
+            f"of `{primary}` ({schemes}); send `confirm` = true to end them with the "
+            "relationship",
             code="conflict",
         )
     ended: list[str] = []
-    for id, _, content in coverage:
-        content["status"] = "cancelled"
-        content["period"] = {**content.get("period", {}), "end": ended_at}
-        await rewrite(server, conn, "Coverage", id, content)
-        ended.append(f"Coverage/{id}")
-        guard.record_workflow(
-            "update", f"Coverage/{id}", f"family workflow: {primary} removed {dependent}"
+    for insurance in coverage:
+        # an update by the caller: the stored version and the result pass the engine and the
+        # token's scopes (a Coverage it may read but not change refuses the whole removal)
+        locked = await lock_stored(ctx, conn, "update", "Coverage", insurance.id)
+        stored = parse_json(locked.content) if locked.content is not None else {}
+        content = {
+            **stored,
+            "status": "cancelled",
+            "period": {**stored.get("period", {}), "end": ended_at},
+        }
+        await write_next(
+            ctx, conn, "update", "Coverage", insurance.id, locked, content, stored, method="PUT"
         )
+        ended.append(f"Coverage/{insurance.id}")
     for link in links:
         type_, id = link.related_person.split("/", 1)
         found = await repository.read_current(conn, type_, id)
@@ -553,24 +650,52 @@ async def rewrite(
 
 @dataclass(frozen=True, slots=True)
 class Member:
-    """One member of a primary's family, as `$family` and GraphQL show it."""
+    """One member of a primary's family, as `$family` and GraphQL show it: what the family
+    links say (the reference, the relationship) and, of the member's records, only what the
+    caller may read through the engine."""
 
     patient: str
-    content: dict[str, Any]  # the member's Patient resource
+    content: dict[str, Any]  # the member's Patient resource; {} when the caller may not read it
     relationship: str
     related_person: str | None  # the caller's own link to the member, if any
-    added: str | None  # the link's period.start
-    is_minor: bool
+    added: str | None  # the link's period.start, when the caller may read the link
+    is_minor: bool | None  # None when the caller may not read the member's birth date
     access: Decision  # reading the member's clinical data, as that link
     coverage: list[tuple[str, dict[str, Any]]]  # (Coverage id, scheme, member number, status)
+    # the Coverage ids among `coverage` that `$remove-dependent` would end (the primary's)
+    ending: tuple[str, ...] = ()
+
+    @property
+    def readable(self) -> bool:
+        return bool(self.content)
+
+
+async def readable_patient(ctx: Context, conn: Connection, reference: str) -> dict[str, Any] | None:
+    """A Patient as the caller may read it (the read's own SQL filter), recorded for the
+    audit; None when it is outside what the caller may see."""
+    guard = ctx.guard
+    id = reference.split("/", 1)[1]
+    stored = await repository.read_current(conn, "Patient", id, guard.grants("read", ("Patient",)))
+    if stored is None or stored.deleted or stored.content is None:
+        return None
+    guard.record(
+        "read",
+        "Patient",
+        reference,
+        guard.type_decision("read", "Patient"),
+        patients_among(stored.compartments),
+    )
+    content: dict[str, Any] = parse_json(stored.content)
+    return content
 
 
 async def family_members(ctx: Context, conn: Connection, primary_id: str) -> list[Member]:
     """The primary's family: its own links, and its spouse's children and wards (seen through
-    the spouse's links)."""
+    the spouse's links, when the caller may read the spouse's record). Of each member, only
+    what the caller may read through the engine: its Patient, its own link, the Coverage."""
     primary = f"Patient/{primary_id}"
     guard = ctx.guard
-    require_primary(guard, primary)
+    require_viewer(guard, primary)
     now = ctx.clock()
     today = now.date()
     links = await family_links(conn, now)
@@ -578,7 +703,16 @@ async def family_members(ctx: Context, conn: Connection, primary_id: str) -> lis
     found: dict[str, tuple[str, str | None]] = {
         link.dependent: (link.relationship, link.related_person) for link in mine
     }
-    spouses = {link.dependent for link in mine if link.relationship == "SPOUSE"}
+    contents: dict[str, dict[str, Any] | None] = {}
+    for member in sorted(found):
+        contents[member] = await readable_patient(ctx, conn, member)
+    # a spouse's children are family only through a spouse the caller may read (a verified
+    # link): an unverified link learns nothing of the other person's family
+    spouses = {
+        link.dependent
+        for link in mine
+        if link.relationship == "SPOUSE" and contents.get(link.dependent) is not None
+    }
     for link in links:
         if (
             link.active
@@ -588,27 +722,35 @@ async def family_members(ctx: Context, conn: Connection, primary_id: str) -> lis
             and link.dependent != primary
         ):
             found[link.dependent] = (link.relationship, None)
+            contents[link.dependent] = await readable_patient(ctx, conn, link.dependent)
     members = []
+    related_grants = guard.grants("read", ("RelatedPerson",))
     for member, (relationship, related_person) in sorted(found.items()):
-        content = await patient_content(conn, member)
-        age = _age(earliest_date(content.get("birthDate")), today)
+        content = contents[member]
+        is_minor = None
+        if content is not None:
+            age = _age(earliest_date(content.get("birthDate")), today)
+            is_minor = age is not None and age < guard.facts.majority_age
         added = None
         if related_person is not None:
             stored = await repository.read_current(
-                conn, "RelatedPerson", related_person.split("/")[1]
+                conn, "RelatedPerson", related_person.split("/")[1], related_grants
             )
             if stored is not None and stored.content is not None:
                 added = (parse_json(stored.content).get("period") or {}).get("start")
+        coverage = await coverage_of(ctx, conn, member, now)
+        ending = primary_schemes(coverage, primary, mine) if related_person else []
         members.append(
             Member(
                 patient=member,
-                content=content,
+                content=content or {},
                 relationship=relationship,
                 related_person=related_person,
                 added=added,
-                is_minor=age is not None and age < guard.facts.majority_age,
+                is_minor=is_minor,
                 access=_clinical_access(guard, member, related_person),
-                coverage=[(id, _scheme(c)) for id, _, c in await coverage_of(conn, member, now)],
+                coverage=[(c.id, c.scheme) for c in coverage],
+                ending=tuple(c.id for c in ending),
             )
         )
     return members
@@ -616,7 +758,8 @@ async def family_members(ctx: Context, conn: Connection, primary_id: str) -> lis
 
 async def family(ctx: Context, conn: Connection, primary_id: str) -> dict[str, Any]:
     """`GET Patient/{primary}/$family`: each member, the relationship, whether a minor, whether
-    the caller can see clinical data and why, and the member's insurance coverage."""
+    the caller can see clinical data and why, and the member's insurance coverage: of the
+    member's data, only what the caller may read."""
     parameters = []
     for m in await family_members(ctx, conn, primary_id):
         parts: list[dict[str, Any]] = [
@@ -627,8 +770,9 @@ async def family(ctx: Context, conn: Connection, primary_id: str) -> dict[str, A
             parts.append(
                 {"name": "relatedPerson", "valueReference": {"reference": m.related_person}}
             )
+        if m.is_minor is not None:
+            parts.append({"name": "isMinor", "valueBoolean": m.is_minor})
         parts += [
-            {"name": "isMinor", "valueBoolean": m.is_minor},
             {"name": "canViewClinicalData", "valueBoolean": m.access.allowed},
             {"name": "why", "valueString": m.access.explanation or m.access.message},
         ]
@@ -673,7 +817,17 @@ def _clinical_access(guard: Guard, member: str, related_person: str | None) -> D
         target=Target(frozenset({member, identity.reference})),
         account=guard.account,
     )
-    return decide(request, guard.policy, guard.facts)
+    decision = decide(request, guard.policy, guard.facts)
+    if decision.allowed and not workflow_scope(guard, "read", "Observation", member):
+        # policy AND scope: the token (a `patient/` scope for someone else, no read scope)
+        # does not reach the member's clinical data
+        return Decision(
+            allowed=False,
+            rule=decision.rule,
+            reason=Reason.INSUFFICIENT_SCOPE,
+            explanation="the token's scopes do not reach this member's clinical data",
+        )
+    return decision
 
 
 EMERGENCY_CONTACT = ("http://terminology.hl7.org/CodeSystem/v2-0131", "C")

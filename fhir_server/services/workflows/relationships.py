@@ -23,6 +23,7 @@ from compartments.periods import format_instant, span, window
 from compartments.references import reference_of
 from fhir_server.errors import BadRequest, FhirError, Forbidden, NotFound
 from fhir_server.metrics import DELEGATION_REQUESTS, RELATIONSHIP_VERIFICATIONS, VERIFICATION_TIME
+from fhir_server.services.access.enforce import require_workflow_scope
 from fhir_server.services.access.guard import Guard, as_user
 from fhir_server.services.context import Context
 from fhir_server.services.interactions import create
@@ -290,6 +291,9 @@ async def _delegate(ctx: Context, conn: Connection, body: Any) -> dict[str, Any]
     if reference_of(parse_json(stored.content).get("patient"), ctx.reference_bases) != patient:
         raise BadRequest("the delegate must be a RelatedPerson of the patient")
     guard = ctx.guard
+    # the Consent is written as the server, proposed or active: either way the token must grant
+    # creating Consents for this patient (policy AND scope), also to a relative asking
+    require_workflow_scope(guard, "create", "Consent", patient, "delegation")
     consent = _consent(patient, delegate_ref, scopes, format_instant(now), expires)
     as_grantor = guard.decide(
         "create",
@@ -393,6 +397,7 @@ async def approve(ctx: Context, conn: Connection, delegation_id: str) -> dict[st
     actors = consent_actors(provision, ctx.reference_bases)
     if patient is None:  # a Consent made through FHIR, not a delegation
         raise NotFound("delegation not found")
+    require_workflow_scope(ctx.guard, "update", "Consent", patient, "delegation approval")
     decision = ctx.guard.decide("update", "Consent", Target(frozenset({patient}), grants_to=actors))
     if not decision.allowed:
         raise Forbidden("only the patient approves a delegation")

@@ -116,6 +116,8 @@ def _row(member: family.Member) -> dict[str, Any]:
         "clinical": member.access.allowed,
         "own": member.related_person is not None,
         "coverage": [scheme for _, scheme in member.coverage],
+        # what a removal ends: the person's own schemes covering the dependent
+        "ending": [scheme for id, scheme in member.coverage if id in member.ending],
     }
 
 
