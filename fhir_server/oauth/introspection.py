@@ -10,9 +10,9 @@ is not active either. Anything else: `{"active": false}`.
 
 Revocation is for the client a token was issued to (`none` for public clients, `private_key_jwt`
 for confidential ones). A refresh token revokes its whole chain, whichever token of the chain it
-is (one already rotated too); an access token revokes the
-refresh tokens of the same account, client and patient (the chain it came from among them). Access
-tokens are short-lived JWTs that are not stored: one revoked stays valid until its `exp`.
+is (one already rotated too); an access token revokes the refresh tokens of the same account,
+client and patient (the chain it came from among them). Access tokens are short-lived JWTs that
+are not stored: one revoked stays valid until its `exp`.
 Unknown tokens: 200, as RFC 7009 asks.
 """
 
