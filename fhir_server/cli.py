@@ -340,17 +340,27 @@ def cmd_user(settings: Settings, args: argparse.Namespace) -> int:
             return 1
 
         async def add(db: Database) -> None:
-            await admin.add_user(
+            revoked = await admin.add_user(
                 db, args.username, password, args.fhir_user, utc_now(), replace=args.replace
             )
             log.info("account %s saved (%s)", args.username, args.fhir_user)
+            if args.replace:
+                log.info(
+                    "account %s: its sessions ended, %d refresh token(s) revoked",
+                    args.username,
+                    revoked,
+                )
 
         return _admin(settings, add)
     if args.action == "remove":
 
         async def remove(db: Database) -> None:
-            await admin.remove_user(db, args.username)
-            log.info("account %s removed", args.username)
+            revoked = await admin.remove_user(db, args.username, utc_now())
+            log.info(
+                "account %s removed, its sessions ended, %d refresh token(s) revoked",
+                args.username,
+                revoked,
+            )
 
         return _admin(settings, remove)
     if args.action == "unlock":

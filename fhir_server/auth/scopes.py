@@ -87,3 +87,13 @@ def parse_scopes(text: str | Iterable[str]) -> tuple[Scope, ...]:
 def granted(scopes: Iterable[Scope], resource_type: str, permission: str) -> list[Scope]:
     """The scopes that allow `permission` (c r u d s) on `resource_type`."""
     return [s for s in scopes if s.allows(resource_type, permission)]
+
+
+def covers(held: Scope, asked: Scope) -> bool:
+    """Whether `held` allows everything `asked` allows, contexts aside: the same resource type
+    (or `*`), no fewer permissions, and no filter that `asked` lacks (a filter only narrows)."""
+    return (
+        held.resource_type in {"*", asked.resource_type}
+        and asked.permissions <= held.permissions
+        and set(held.query) <= set(asked.query)
+    )

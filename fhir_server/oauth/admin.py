@@ -79,20 +79,32 @@ async def add_user(
     now: datetime,
     *,
     replace: bool = False,
-) -> None:
+) -> int:
     """Create the account (or, with `replace`, give an existing one a new password and FHIR
-    user, and unlock it)."""
+    user, and unlock it). Replacing ends the account's sessions (a new password: whoever is
+    signed in with the old one signs in again); a new FHIR user also revokes what was issued to
+    the old identity (codes, refresh tokens, approvals), all in the same transaction. The refresh
+    tokens revoked."""
     check_username(username)
     check_password(password)
     type, id = check_fhir_user(fhir_user)
     password_hash = hash_password(password)  # before the transaction: it takes a while
+    subject = oauth.local_subject(username)
+    revoked = 0
     async with db.transaction() as conn:
         found = await repository.read_current(conn, type, id)  # as System: no grants
         if found is None or found.deleted:
             raise AdminError(f"`{fhir_user}` does not exist on this server")
-        if not replace and await oauth.get_user(conn, username) is not None:
+        before = await oauth.get_user(conn, username)
+        if not replace and before is not None:
             raise AdminError(f"the account `{username}` exists (use --replace to change it)")
         await oauth.put_user(conn, username, password_hash, f"{type}/{id}", now)
+        # whatever was issued to `subject` before this account was made is not its own either
+        # (an account removed and made again under the same name)
+        if before is None or before.fhir_user != f"{type}/{id}":
+            revoked = await oauth.revoke_account(conn, subject, now)
+        await oauth.end_sessions(conn, subject)
+    return revoked
 
 
 async def list_users(db: Database) -> list[oauth.User]:
@@ -100,10 +112,17 @@ async def list_users(db: Database) -> list[oauth.User]:
         return await oauth.list_users(conn)
 
 
-async def remove_user(db: Database, username: str) -> None:
+async def remove_user(db: Database, username: str, now: datetime) -> int:
+    """Remove the account, and in the same transaction end its sessions and revoke its codes,
+    refresh tokens and approvals (its access tokens live until they expire): the refresh tokens
+    revoked."""
+    subject = oauth.local_subject(username)
     async with db.transaction() as conn:
         if not await oauth.remove_user(conn, username):
             raise AdminError(f"there is no account `{username}`")
+        revoked = await oauth.revoke_account(conn, subject, now)
+        await oauth.end_sessions(conn, subject)
+    return revoked
 
 
 async def unlock_user(db: Database, username: str) -> None:

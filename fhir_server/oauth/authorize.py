@@ -40,7 +40,7 @@ from starlette.datastructures import FormData, QueryParams
 from starlette.responses import Response
 
 from fhir_server.api.deps import request_context, runtime
-from fhir_server.auth.scopes import Scope, ScopeError, parse_scope
+from fhir_server.auth.scopes import Scope, ScopeError, covers, parse_scope
 from fhir_server.errors import BadRequest, FhirError, Forbidden
 from fhir_server.services.workflows import launch_choices, scope_words
 from fhir_server.services.workflows.launch_choices import Choice
@@ -104,6 +104,9 @@ class Ask:
     patient: str | None = None  # "Patient/1": an EHR launch's patient, once used
     encounter: str | None = None
     subject: str = ""  # the signed-in account the ticket is for
+    # whether the request gave `redirect_uri` (else the client's only one is used, and the token
+    # request need not give it either: RFC 6749 4.1.3)
+    redirect_uri_given: bool = True
 
     @property
     def scopes(self) -> list[str]:
@@ -149,13 +152,7 @@ async def check_client(
 
 def _within(scope: Scope, allowed: list[Scope]) -> bool:
     """Whether a resource scope asks for no more than one of the client's registered scopes."""
-    return any(
-        a.context == scope.context
-        and a.resource_type in {"*", scope.resource_type}
-        and scope.permissions <= a.permissions
-        and set(a.query) <= set(scope.query)
-        for a in allowed
-    )
+    return any(a.context == scope.context and covers(a, scope) for a in allowed)
 
 
 def check_scope(client: store.Client, asked: str | None, launch: str | None) -> str:
@@ -278,6 +275,7 @@ def check_request(settings: Settings, client: store.Client, redirect_uri: str, p
         code_challenge_method=method,
         nonce=nonce,
         launch=launch,
+        redirect_uri_given=_single(params, "redirect_uri") is not None,
     )
 
 
@@ -376,7 +374,7 @@ async def authorize(request: Request) -> Response:
 
 async def _start(request: Request, params: QueryParams | FormData) -> Response:
     rt = runtime(request)
-    who = sessions(request).current(request)
+    who = await sessions(request).current(request)
     raw_client = params.get("client_id")
     try:
         async with rt.db.connection() as conn:
@@ -397,15 +395,18 @@ async def _start(request: Request, params: QueryParams | FormData) -> Response:
     if ask.launch is not None:
         now = rt.clock()
         async with rt.db.transaction() as conn:
-            launched = await store.use_launch(conn, ask.launch, now)
-        if launched is None or launched.client_id not in (None, client.client_id):
+            launched = await store.use_launch(
+                conn, ask.launch, now, client_id=client.client_id, fhir_user=who.fhir_user
+            )
+        if launched is None:
             return await _refuse(
                 request,
                 redirect_uri,
                 ask.state,
                 Refusal(
                     rfc6749.InvalidRequestError.error,
-                    "the `launch` value is unknown, used or expired",
+                    "the `launch` value is unknown, used or expired, or made for another app or"
+                    " user",
                 ),
                 who.fhir_user,
             )
@@ -524,7 +525,7 @@ async def _issue(
     )
     record = store.Code(
         grant=grant,
-        redirect_uri=ask.redirect_uri,
+        redirect_uri=ask.redirect_uri if ask.redirect_uri_given else None,
         code_challenge=ask.code_challenge,
         code_challenge_method=ask.code_challenge_method,
         nonce=ask.nonce,
@@ -559,7 +560,7 @@ def _bare(reference: str | None, resource_type: str) -> str | None:
 async def _step(request: Request, form: FormData) -> Response:
     rt = runtime(request)
     manager = sessions(request)
-    who = manager.current(request)
+    who = await manager.current(request)
     try:
         manager.check_csrf(request, form.get(CSRF_FIELD))
     except FhirError as refused:

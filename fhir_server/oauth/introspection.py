@@ -5,12 +5,14 @@ Introspection is for resource servers: the caller authenticates as a registered 
 client (`private_key_jwt`, `aud` = this endpoint's URL or the token endpoint's) or with a `System`
 bearer token that the server verifies like any other. An access token is active when the
 server's verifier (the path of every FHIR request) accepts it; a refresh token while it is
-neither rotated, revoked nor expired. Anything else: `{"active": false}`.
+neither rotated, revoked nor expired. A token of a local account that has been removed since
+is not active either. Anything else: `{"active": false}`.
 
 Revocation is for the client a token was issued to (`none` for public clients, `private_key_jwt`
-for confidential ones). A refresh token revokes its whole chain; an access token revokes the
-refresh tokens of the same account, client and patient (the chain it came from among them). Access
-tokens are short-lived JWTs that are not stored: one revoked stays valid until its `exp`.
+for confidential ones). A refresh token revokes its whole chain, whichever token of the chain it
+is (one already rotated too); an access token revokes the refresh tokens of the same account,
+client and patient (the chain it came from among them). Access tokens are short-lived JWTs that
+are not stored: one revoked stays valid until its `exp`.
 Unknown tokens: 200, as RFC 7009 asks.
 """
 
@@ -36,6 +38,7 @@ from fhir_server.oauth.server import (
     Server,
     StarletteRequest,
     claimed_client_id,
+    conflicting_client_id,
     malformed,
     oauth_error,
     prefetch_client,
@@ -65,19 +68,34 @@ class Presented:
         return owner == client.get_client_id()
 
     def is_expired(self) -> bool:
-        return False  # both lookups admit live tokens only
+        return False  # introspection looks up live tokens only; revocation wants every one
 
     def is_revoked(self) -> bool:
         return False
 
 
-async def _presented(rt: Runtime, conn: Connection, token: str, now: datetime) -> Presented | None:
+async def _presented(
+    rt: Runtime, conn: Connection, token: str, now: datetime, *, revoking: bool
+) -> Presented | None:
+    """The token as introspection sees it (a refresh token only while it is live) or as
+    revocation does (any refresh token this server issued, rotated ones too: each names its
+    chain, and revoking any token of a chain revokes the chain)."""
     access: Principal | None = None
-    refresh = await storage.active_refresh(conn, token, now)
+    if revoking:
+        refresh = await storage.any_refresh(conn, token)
+    else:
+        refresh = await storage.active_refresh(conn, token, now)
     if refresh is None and token.count(".") == 2:
         try:
             access = rt.verifier.verify(token)
         except FhirError:
+            access = None
+        # a token of a local account that was removed since is not active any more
+        if (
+            access is not None
+            and not revoking
+            and not await storage.account_exists(conn, access.subject)
+        ):
             access = None
     if access is None and refresh is None:
         return None
@@ -186,6 +204,8 @@ async def _endpoint(request: Request, name: str) -> Response:
     answer: Answer | None = None
     if (problem := malformed(form_data)) is not None:
         answer = oauth_error("invalid_request", problem)
+    elif (problem := conflicting_client_id(form_data)) is not None:
+        answer = oauth_error("invalid_client", problem)
     else:
         prefetched = await prefetch_client(rt.db, form_data)
         if name == "introspection":
@@ -195,7 +215,11 @@ async def _endpoint(request: Request, name: str) -> Response:
     if answer is None:
         async with rt.db.transaction() as conn:
             token = str(form_data.get("token") or "")
-            presented = await _presented(rt, conn, token, now) if token else None
+            presented = (
+                await _presented(rt, conn, token, now, revoking=name == "revocation")
+                if token
+                else None
+            )
             server = Server(prefetched, audiences)
             if name == "introspection":
                 server.register_endpoint(Introspection(server, presented, rt.settings.public_base))

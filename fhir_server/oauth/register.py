@@ -12,6 +12,10 @@ not offered), `grant_types`, `response_types` (`code`), `client_name`, `scope` (
 `jwks` or `jwks_uri`, the informational `client_uri`, `logo_uri`, `contacts`, `tos_uri`,
 `policy_uri`, `software_id`, `software_version`, and SMART launch types in the extension field
 `smart_launch_types` (`ehr`, `standalone`). Unknown fields are ignored (RFC 7591 2).
+
+A registration never grants more than the registering token holds (`beyond_caller`): otherwise a
+read-only System client could register a client with `system/*.cruds` under a key of its own and
+write with it. More is a 403 `insufficient_scope`, and nothing is stored.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from fastapi import FastAPI, Request, Response
 from joserfc.errors import InvalidClaimError
 
 from fhir_server.api.deps import runtime
+from fhir_server.auth.scopes import covers, parse_scope
+from fhir_server.auth.tokens import Principal
 from fhir_server.oauth.clients import (
     ClientMetadataError,
     check_jwks,
@@ -154,6 +160,23 @@ def client_from_metadata(client_id: str, metadata: dict[str, Any]) -> oauth.Clie
         raise _invalid(exc.description, exc.error) from None
 
 
+def beyond_caller(scope: str, caller: Principal) -> str | None:
+    """The first scope of a registration that asks for more than the registering token holds,
+    or None. A registration never grants more than its caller could do itself: each resource
+    scope (`system/`, `user/` or `patient/`) must be covered by one of the caller's `system/`
+    scopes (same resource type or `*`, no more permissions, at least its filter); a System
+    client's access is a superset of what any user's or patient's token of that type could do,
+    and the engine narrows a user's token further. Scopes that grant no resource access
+    (`openid`, `fhirUser`, `launch`, `launch/patient`, `offline_access`, `online_access`) are
+    not limited."""
+    held = [s for s in caller.scopes if s.context == "system"]
+    for text in scope.split():
+        asked = parse_scope(text)  # checked by `new_client` already: it parses
+        if asked is not None and not any(covers(h, asked) for h in held):
+            return text
+    return None
+
+
 def client_information(client: oauth.Client, issued_at: int) -> dict[str, Any]:
     """RFC 7591 3.2.1: the client id, when it was issued, and the metadata as registered."""
     document: dict[str, Any] = {
@@ -182,6 +205,13 @@ async def register(request: Request) -> Response:
         principal = system_caller(request)
         metadata = await read_json_or_form(request, form=False)
         client = client_from_metadata(str(uuid.uuid4()), metadata)
+        if (beyond := beyond_caller(client.scope, principal)) is not None:
+            raise Refusal(
+                403,
+                "insufficient_scope",
+                f"the registration asks for `{beyond[:200]}`, more than the registering token"
+                " holds: a client may register only scopes within its own `system/` scopes",
+            )
         now = rt.clock()
         async with rt.db.transaction() as conn:
             if not await oauth.add_client(conn, client, now):  # a UUID: never in practice

@@ -188,6 +188,22 @@ def claimed_client_id(form: FormData) -> str | None:
     return client_id if isinstance(client_id, str) and client_id else None
 
 
+def conflicting_client_id(form: FormData) -> str | None:
+    """What is wrong when a client assertion and a `client_id` parameter name different clients
+    (RFC 7521 4.2: the `client_id`, when given, MUST identify the same client as the assertion;
+    `invalid_client`). None when they agree or only one is given."""
+    assertion = form.get("client_assertion")
+    given = form.get("client_id")
+    if form.get("client_assertion_type") != ASSERTION_TYPE or not isinstance(assertion, str):
+        return None
+    if given is None or given == "":
+        return None
+    claimed = claimed_client_id(form)
+    if claimed is None or given != claimed:
+        return "`client_id` names another client than the client assertion's `sub`"
+    return None
+
+
 async def client_keys(client: Client) -> dict[str, Any] | None:
     """The public JWKS of a confidential client: its registered set, else fetched from its
     `jwks_uri` (each time: backend services ask for tokens rarely, and rotation then just works).

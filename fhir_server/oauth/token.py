@@ -30,6 +30,7 @@ from fhir_server.oauth.server import (
     Server,
     StarletteRequest,
     claimed_client_id,
+    conflicting_client_id,
     malformed,
     oauth_error,
     prefetch_client,
@@ -55,7 +56,9 @@ class CodeItem:
         self.code_challenge = record.code_challenge
         self.code_challenge_method = record.code_challenge_method
 
-    def get_redirect_uri(self) -> str:
+    def get_redirect_uri(self) -> str | None:
+        """The authorization request's `redirect_uri`; None when it gave none (the token request
+        then need not either, RFC 6749 4.1.3)."""
         return self.record.redirect_uri
 
     def get_scope(self) -> str:
@@ -95,6 +98,9 @@ class CodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
             return None
         if record.code_challenge_method not in (None, "S256"):
             return None
+        given = self.request.payload.redirect_uri
+        if record.redirect_uri is None and given and given not in client.record.redirect_uris:
+            return None  # none was needed, but one that is not the client's is still wrong
         return CodeItem(record)
 
     def delete_authorization_code(self, authorization_code: CodeItem) -> None:
@@ -309,16 +315,16 @@ async def _prefetch_grant(
             return oauth_error("invalid_grant", "the code was used before"), "code_reused"
         if record is not None and record.expires_at <= issue.now:
             return oauth_error("invalid_grant", "the code has expired"), "code_expired"
+        if record is not None and not await storage.account_exists(conn, record.grant.subject):
+            return oauth_error("invalid_grant", "the account no longer exists"), "account_gone"
         issue.code = record
     elif grant_type == "refresh_token" and (token := form.get("refresh_token")):
         active = await storage.active_refresh(conn, token, issue.now)
         if active is None:
-            # Why not: a rotated token presented again revokes its chain here.
-            _, why = await storage.rotate_refresh(conn, token, issue.now)
-            reason = {"reused": "refresh_reused", "revoked": "refresh_revoked"}.get(
-                why, "refresh_unknown"
-            )
-            return oauth_error("invalid_grant", "the refresh token is not valid"), reason
+            # Why not: a rotated token presented again, or one whose account is gone, revokes
+            # its chain here.
+            why = await storage.refresh_refused(conn, token, issue.now)
+            return oauth_error("invalid_grant", "the refresh token is not valid"), f"refresh_{why}"
         issue.refresh = active
     return None, None
 
@@ -334,6 +340,8 @@ async def token_endpoint(request: Request) -> Response:
     reason: str | None = None
     if (problem := malformed(form_data)) is not None:
         answer, reason = oauth_error("invalid_request", problem), "malformed"
+    elif (problem := conflicting_client_id(form_data)) is not None:
+        answer, reason = oauth_error("invalid_client", problem), "invalid_client"
     prefetched = await prefetch_client(rt.db, form_data) if answer is None else Prefetched()
     if answer is None:
         async with rt.db.transaction() as conn:

@@ -1,4 +1,5 @@
-"""The SMART authorization server's records (migrations 0007_oauth, 0008_approval_last_used): clients, local accounts,
+"""The SMART authorization server's records (migrations 0007_oauth, 0008_approval_last_used,
+0011_code_redirect_uri_optional, 0012_oauth_sessions): sign-in sessions, clients, local accounts,
 authorization codes, refresh tokens, approvals, EHR launch contexts and used client-assertion ids.
 
 Secrets never reach the database: codes, refresh tokens and launch values are stored as SHA-256
@@ -207,6 +208,51 @@ async def remove_user(conn: Connection, username: str) -> bool:
     return await execute(conn, _REMOVE_USER, {"username": username}) == 1
 
 
+# A grant's or session's account is there: a local account ("local:<username>") while its row in
+# oauth_users is; an account of the identity provider ("oidc:...") has no row here and is
+# ended there.
+# (the same condition is in _ACTIVE_REFRESH)
+_ACCOUNT_EXISTS = Statement(
+    "SELECT left(%(subject)s::text, 6) <> 'local:' OR EXISTS (SELECT 1 FROM oauth_users u"
+    " WHERE u.username = substr(%(subject)s::text, 7))"
+)
+
+
+async def account_exists(conn: Connection, subject: str) -> bool:
+    """Whether the account a grant, token or session names is still there."""
+    row = await fetch_one(conn, _ACCOUNT_EXISTS, {"subject": subject})
+    return bool(row and row[0])
+
+
+def local_subject(username: str) -> str:
+    """The subject of a local account's sessions, codes, refresh tokens and approvals."""
+    return f"local:{username}"
+
+
+_BURN_CODES = Statement(
+    "UPDATE oauth_codes SET used_at = %(now)s WHERE subject = %(subject)s AND used_at IS NULL"
+)
+_REVOKE_ACCOUNT_REFRESH = Statement(
+    "UPDATE oauth_refresh_tokens SET revoked_at = %(now)s WHERE subject = %(subject)s"
+    " AND revoked_at IS NULL"
+)
+_REVOKE_ACCOUNT_APPROVALS = Statement(
+    "UPDATE oauth_approvals SET revoked_at = %(now)s WHERE subject = %(subject)s"
+    " AND revoked_at IS NULL"
+)
+
+
+async def revoke_account(conn: Connection, subject: str, now: datetime) -> int:
+    """End everything issued to an account (removed, or given another FHIR user): its unredeemed
+    codes, its refresh tokens and its approvals, of every client. The refresh tokens revoked.
+    (Its access tokens are not stored and live until they expire.)"""
+    params = {"subject": subject, "now": now}
+    await execute(conn, _BURN_CODES, params)
+    count = await execute(conn, _REVOKE_ACCOUNT_REFRESH, params)
+    await execute(conn, _REVOKE_ACCOUNT_APPROVALS, params)
+    return count
+
+
 async def sign_in_failed(
     conn: Connection, username: str, limit: int, lock_until: datetime
 ) -> datetime | None:
@@ -225,6 +271,68 @@ async def sign_in_succeeded(conn: Connection, username: str) -> None:
 async def rehash_password(conn: Connection, username: str, password_hash: str) -> None:
     """Store a stronger hash of the same password (argon2's `check_needs_rehash`)."""
     await execute(conn, _SET_HASH, {"username": username, "hash": password_hash})
+
+
+# --- sign-in sessions (0012_oauth_sessions) ------------------------------------------------------
+
+_START_SESSION = Statement(
+    "INSERT INTO oauth_sessions (session_hash, subject, fhir_user, created_at, expires_at)"
+    " VALUES (%(hash)s, %(subject)s, %(fhir_user)s, %(now)s, %(expires_at)s)"
+)
+_PURGE_SESSIONS = Statement(
+    "DELETE FROM oauth_sessions WHERE subject = %(subject)s AND expires_at <= %(now)s"
+)
+# Live: not ended, not expired, and (a local account) the account is there with the FHIR user
+# the session was started as.
+_SESSION_LIVE = Statement(
+    "SELECT 1 FROM oauth_sessions s WHERE s.session_hash = %(hash)s AND s.subject = %(subject)s"
+    " AND s.fhir_user = %(fhir_user)s AND s.expires_at > %(now)s"
+    " AND (left(s.subject, 6) <> 'local:' OR EXISTS (SELECT 1 FROM oauth_users u"
+    " WHERE u.username = substr(s.subject, 7) AND u.fhir_user = s.fhir_user))"
+)
+_END_SESSION = Statement("DELETE FROM oauth_sessions WHERE session_hash = %(hash)s")
+_END_SESSIONS = Statement("DELETE FROM oauth_sessions WHERE subject = %(subject)s")
+
+
+async def start_session(
+    conn: Connection,
+    session_id: str,
+    subject: str,
+    fhir_user: str,
+    now: datetime,
+    expires_at: datetime,
+) -> None:
+    """Record a new session (and forget the account's sessions that have expired)."""
+    await execute(conn, _PURGE_SESSIONS, {"subject": subject, "now": now})
+    await execute(
+        conn,
+        _START_SESSION,
+        {
+            "hash": digest(session_id),
+            "subject": subject,
+            "fhir_user": fhir_user,
+            "now": now,
+            "expires_at": expires_at,
+        },
+    )
+
+
+async def session_live(
+    conn: Connection, session_id: str, subject: str, fhir_user: str, now: datetime
+) -> bool:
+    """Whether the session is one this server started for this account and identity, and it has
+    not ended (sign-out, account removed or changed) nor expired."""
+    params = {"hash": digest(session_id), "subject": subject, "fhir_user": fhir_user, "now": now}
+    return await fetch_one(conn, _SESSION_LIVE, params) is not None
+
+
+async def end_session(conn: Connection, session_id: str) -> None:
+    await execute(conn, _END_SESSION, {"hash": digest(session_id)})
+
+
+async def end_sessions(conn: Connection, subject: str) -> int:
+    """End every session of an account (every browser it is signed in on)."""
+    return await execute(conn, _END_SESSIONS, {"subject": subject})
 
 
 # --- authorization codes -------------------------------------------------------------------------
@@ -246,7 +354,7 @@ class Grant:
 @dataclass(frozen=True, slots=True)
 class Code:
     grant: Grant
-    redirect_uri: str
+    redirect_uri: str | None  # as the authorization request gave it; None when it gave none
     code_challenge: str | None
     code_challenge_method: str | None
     nonce: str | None
@@ -346,8 +454,8 @@ _ROTATE = Statement(
     " issued_at, expires_at"
 )
 _REFRESH_STATE = Statement(
-    "SELECT chain, client_id, rotated_at, revoked_at FROM oauth_refresh_tokens"
-    " WHERE token_hash = %(hash)s"
+    "SELECT chain, client_id, rotated_at, revoked_at, expires_at, subject"
+    " FROM oauth_refresh_tokens WHERE token_hash = %(hash)s"
 )
 _REVOKE_CHAIN = Statement(
     "UPDATE oauth_refresh_tokens SET revoked_at = %(now)s WHERE chain = %(chain)s"
@@ -362,6 +470,14 @@ _ACTIVE_REFRESH = Statement(
     " issued_at, expires_at FROM oauth_refresh_tokens WHERE token_hash = %(hash)s"
     " AND rotated_at IS NULL AND revoked_at IS NULL"
     " AND (expires_at IS NULL OR expires_at > %(now)s)"
+    " AND (left(subject, 6) <> 'local:' OR EXISTS (SELECT 1 FROM oauth_users u"
+    " WHERE u.username = substr(subject, 7)))"  # the account is there (`account_exists`)
+)
+
+# Any refresh token, live or not (rotated, revoked, expired): revocation revokes its chain.
+_ANY_REFRESH = Statement(
+    "SELECT chain, client_id, subject, scope, fhir_user, patient, encounter, claims::text,"
+    " issued_at, expires_at FROM oauth_refresh_tokens WHERE token_hash = %(hash)s"
 )
 
 
@@ -416,9 +532,40 @@ async def rotate_refresh(
     return None, "reused"
 
 
+async def refresh_refused(
+    conn: Connection, token: str, now: datetime
+) -> Literal["reused", "revoked", "expired", "account_gone", "unknown"]:
+    """Why a refresh token is not active (`active_refresh` found none). A rotated one presented
+    again, or a live one whose account is gone, revokes its chain here (the caller commits that
+    even though it refuses the request)."""
+    state = await fetch_one(conn, _REFRESH_STATE, {"hash": digest(token)})
+    if state is None:
+        return "unknown"
+    chain, _, rotated_at, revoked_at, expires_at, subject = state
+    if revoked_at is not None:
+        return "revoked"
+    if rotated_at is not None:
+        await execute(conn, _REVOKE_CHAIN, {"chain": chain, "now": now})
+        return "reused"
+    if expires_at is not None and expires_at <= now:
+        return "expired"
+    if not await account_exists(conn, subject):
+        await execute(conn, _REVOKE_CHAIN, {"chain": chain, "now": now})
+        return "account_gone"
+    return "unknown"  # became active meanwhile: refused all the same, the client may retry
+
+
 async def active_refresh(conn: Connection, token: str, now: datetime) -> Refresh | None:
-    """The refresh token's record while it can still be used (introspection)."""
+    """The refresh token's record while it can still be used: not rotated, revoked or expired,
+    and its account still there (the token endpoint, introspection)."""
     row = await fetch_one(conn, _ACTIVE_REFRESH, {"hash": digest(token), "now": now})
+    return _refresh(row) if row is not None else None
+
+
+async def any_refresh(conn: Connection, token: str) -> Refresh | None:
+    """The refresh token's record whatever its state: one already rotated still names its chain,
+    which revocation ends (RFC 7009 2.1: revoking a refresh token ends its grant)."""
+    row = await fetch_one(conn, _ANY_REFRESH, {"hash": digest(token)})
     return _refresh(row) if row is not None else None
 
 
@@ -596,9 +743,13 @@ _SAVE_LAUNCH = Statement(
     " fhir_user, expires_at) VALUES (%(hash)s, %(created_by)s, %(client_id)s, %(patient)s,"
     " %(encounter)s, %(fhir_user)s, %(expires_at)s)"
 )
+# Claimed only by the app it was made for and the user it names (when it names them): anyone
+# else is refused without using it up.
 _USE_LAUNCH = Statement(
     "UPDATE oauth_launches SET used_at = %(now)s WHERE launch_hash = %(hash)s"
     " AND used_at IS NULL AND expires_at > %(now)s"
+    " AND (client_id IS NULL OR client_id = %(client_id)s)"
+    " AND (fhir_user IS NULL OR fhir_user = %(fhir_user)s)"
     " RETURNING created_by, client_id, patient, encounter, fhir_user, expires_at"
 )
 
@@ -619,9 +770,13 @@ async def save_launch(conn: Connection, launch: str, record: Launch) -> None:
     )
 
 
-async def use_launch(conn: Connection, launch: str, now: datetime) -> Launch | None:
-    """The launch context, once: None when unknown, used or expired."""
-    row = await fetch_one(conn, _USE_LAUNCH, {"hash": digest(launch), "now": now})
+async def use_launch(
+    conn: Connection, launch: str, now: datetime, *, client_id: str, fhir_user: str
+) -> Launch | None:
+    """The launch context, once, for the app `client_id` and the signed-in `fhir_user`: None when
+    unknown, used, expired, or made for another app or another user (and then it stays unused)."""
+    params = {"hash": digest(launch), "now": now, "client_id": client_id, "fhir_user": fhir_user}
+    row = await fetch_one(conn, _USE_LAUNCH, params)
     return Launch(*row) if row is not None else None
 
 

@@ -42,9 +42,9 @@ def sign_in_first(request: Request) -> Response:
     return RedirectResponse(f"/signin?next={quote(target, safe='')}", status_code=303)
 
 
-def acting(request: Request) -> tuple[SignedIn, Interaction] | None:
+async def acting(request: Request) -> tuple[SignedIn, Interaction] | None:
     """Who is signed in and the interaction they act in; None without a session."""
-    who = sessions(request).current(request)
+    who = await sessions(request).current(request)
     if who is None:
         return None
     rt = runtime(request)

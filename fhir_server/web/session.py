@@ -2,7 +2,13 @@
 
 A session is a cookie signed with the server's session secret (itsdangerous, HMAC-SHA-256 with a
 timestamp): HttpOnly, SameSite=Lax, Secure unless the page is served on a loopback address, and
-good for `FHIR_OAUTH_SESSION_SECONDS`. It holds who signed in and how, never a password or PHI.
+good for `FHIR_OAUTH_SESSION_SECONDS`. It holds who signed in and how, never a password or PHI,
+and a random session id. The session lives on the server too (`oauth_sessions`, as a digest of
+the id): a cookie is a session only while its row is there, unexpired, and, for a local account,
+while the account exists with the FHIR user the session started as. Sign-out deletes the row;
+`fhir-server user remove` and `user add --replace` delete the account's rows in the same
+transaction as the change. So a copied cookie stops working then, in every server process (they
+share the database), at the cost of one primary-key lookup per page.
 
 CSRF: every browser gets a random id in its own HttpOnly cookie on its first page; a form's token
 is that id signed for the purpose `csrf` (and dated). A form is accepted only with a token that
@@ -15,6 +21,7 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +29,10 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from starlette.requests import Request
 from starlette.responses import Response
 
+from fhir_server.api.deps import runtime
 from fhir_server.errors import Forbidden
 from fhir_server.settings import Settings
+from fhir_server.storage import oauth as store
 from fhir_server.web.render import page
 
 SESSION_COOKIE = "fhir_session"
@@ -32,6 +41,7 @@ CSRF_FIELD = "csrf_token"
 CSRF_MAX_AGE = 3_600
 _LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 _SESSION_KEY_FILE = "session-secret"
+_SESSION_ID = "sid"  # the cookie's field with the session id
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,21 +88,59 @@ class Sessions:
             path="/",
         )
 
-    def current(self, request: Request) -> SignedIn | None:
-        """Who is signed in on this browser, if anyone (and the session has not expired)."""
+    def from_cookie(self, request: Request) -> tuple[str, SignedIn] | None:
+        """The session id and who the cookie names, when its signature holds and it is recent
+        (whether the session is live is `current`'s question)."""
         raw = request.cookies.get(SESSION_COOKIE)
         if not raw:
             return None
         try:
             values: dict[str, Any] = self._sessions.loads(raw, max_age=self.lifetime)
-            return SignedIn(**values)
+            session_id = values.pop(_SESSION_ID, None)
+            if not isinstance(session_id, str) or not session_id:
+                return None  # a cookie of a server that kept no sessions: not a session
+            return session_id, SignedIn(**values)
         except (BadSignature, TypeError):
             return None
 
-    def sign_in(self, request: Request, response: Response, who: SignedIn) -> None:
-        self._cookie(request, response, SESSION_COOKIE, self._sessions.dumps(asdict(who)))
+    async def current(self, request: Request) -> SignedIn | None:
+        """Who is signed in on this browser, if anyone: the cookie's session must be live on the
+        server (not signed out, not expired, its account there and unchanged)."""
+        found = self.from_cookie(request)
+        if found is None:
+            return None
+        session_id, who = found
+        rt = runtime(request)
+        async with rt.db.connection() as conn:
+            live = await store.session_live(
+                conn, session_id, who.subject, who.fhir_user, rt.clock()
+            )
+        return who if live else None
 
-    def sign_out(self, response: Response) -> None:
+    async def sign_in(self, request: Request, response: Response, who: SignedIn) -> None:
+        """Start a session for `who` (on the server, and in the browser's cookie)."""
+        rt = runtime(request)
+        now = rt.clock()
+        session_id = secrets.token_urlsafe(32)
+        async with rt.db.transaction() as conn:
+            await store.start_session(
+                conn,
+                session_id,
+                who.subject,
+                who.fhir_user,
+                now,
+                now + timedelta(seconds=self.lifetime),
+            )
+        value = self._sessions.dumps({**asdict(who), _SESSION_ID: session_id})
+        self._cookie(request, response, SESSION_COOKIE, value)
+
+    async def sign_out(self, request: Request, response: Response) -> None:
+        """End this browser's session on the server (a copy of the cookie is no session any
+        more) and drop its cookie."""
+        found = self.from_cookie(request)
+        if found is not None:
+            async with runtime(request).db.transaction() as conn:
+                await store.end_session(conn, found[0])
         response.delete_cookie(SESSION_COOKIE, path="/")
 
     def browser_id(self, request: Request, response: Response) -> str:

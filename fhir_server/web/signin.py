@@ -133,7 +133,7 @@ async def _signin_form(
         error=error,
         username=username,
         oidc=oidc,
-        signed_in=manager.current(request),
+        signed_in=await manager.current(request),
         signout=SIGNOUT_PATH,
     )
 
@@ -203,7 +203,7 @@ async def signin(request: Request) -> Response:
         explanation="signed in with a password",
     )
     response = redirect(next_path)
-    manager.sign_in(request, response, who)
+    await manager.sign_in(request, response, who)
     return response
 
 
@@ -214,13 +214,13 @@ async def signout(request: Request) -> Response:
         manager.check_csrf(request, form.get(CSRF_FIELD))
     except FhirError as exc:
         return error_page(request, exc)
-    who = manager.current(request)
+    who = await manager.current(request)
     if who is not None:
         await runtime(request).audit.security_event(
             account=who.fhir_user, event="sign-out", allowed=True, explanation="signed out"
         )
     response = redirect(SIGNIN_PATH)
-    manager.sign_out(response)
+    await manager.sign_out(request, response)
     return response
 
 

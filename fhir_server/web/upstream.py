@@ -494,7 +494,7 @@ async def callback(request: Request) -> Response:
     if not isinstance(auth_time, int | float) or isinstance(auth_time, bool) or auth_time > now:
         auth_time = now
     response = RedirectResponse(flow.next, status_code=303, headers=_HEADERS)
-    sessions(request).sign_in(
+    await sessions(request).sign_in(
         request,
         response,
         SignedIn(

@@ -32,6 +32,7 @@ from tests.support.authorize import (
     run,
     sign_in,
 )
+from tests.support.oauth import pkce
 from tests.support.servers import LiveServer
 from tests.support.world import World, jane_consent
 
@@ -312,6 +313,102 @@ def test_ehr_launch_takes_the_patient_of_the_launch_once(
     assert reused.status_code == 303
     assert query_of(reused.headers["location"])["error"] == "invalid_request"
     assert codes_of(database_url, client) == 1
+
+
+def test_an_ehr_launch_for_one_user_is_refused_to_another_and_not_used_up(
+    server: LiveServer, web: httpx.Client, database_url: str, aud: str, world: World, john: str
+) -> None:
+    client = add_client(
+        database_url, launch_types=("ehr",), scope="openid fhirUser launch user/*.rs patient/*.rs"
+    )
+    doctor = f"Practitioner/{uuid.uuid4().hex[:8]}"
+    launch = uuid.uuid4().hex
+    record = oauth.Launch(
+        "System/ehr", client.client_id, world.ref("tom"), None, doctor,
+        datetime.now(UTC) + timedelta(minutes=5),
+    )  # fmt: skip
+    run(database_url, lambda conn: oauth.save_launch(conn, launch, record))
+    params = authorize_params(
+        client, aud, scope="launch openid fhirUser patient/*.rs", launch=launch
+    )
+    # John, signed in on this browser, is not the practitioner the EHR launched for
+    start = web.get(authorize_url(params))
+    assert sign_in(web, query_of(start.headers["location"])["next"], john).status_code == 303
+    refused = web.get(authorize_url(params))
+    assert refused.status_code == 303
+    assert refused.headers["location"].startswith(REDIRECT + "?")
+    assert query_of(refused.headers["location"])["error"] == "invalid_request"
+    assert codes_of(database_url, client) == 0
+    assert (
+        count(
+            database_url,
+            "SELECT count(*) FROM oauth_launches WHERE launch_hash = %s AND used_at IS NULL",
+            oauth.digest(launch),
+        )
+        == 1
+    )  # not used up by the refusal
+    # the practitioner it was made for still gets it
+    with browser(server.origin) as theirs:
+        begin = theirs.get(authorize_url(params))
+        next_path = query_of(begin.headers["location"])["next"]
+        assert sign_in(theirs, next_path, add_user(database_url, doctor)).status_code == 303
+        approval = theirs.get(next_path)
+        assert approval.status_code == 200, approval.text
+        code = query_of(approve(theirs, approval).headers["location"])["code"]
+    row = code_row(database_url, code)
+    assert row is not None and row["fhir_user"] == doctor
+    assert row["patient"] == world.ref("tom").split("/", 1)[1]
+
+
+def test_without_redirect_uri_at_authorization_the_token_request_needs_none(
+    web: httpx.Client, client: oauth.Client, database_url: str, aud: str, world: World, john: str
+) -> None:
+    """RFC 6749 4.1.3: `redirect_uri` is required at the token endpoint only when the
+    authorization request had it (it may be left out when the client registered one)."""
+    verifier, challenge = pkce()
+    params = authorize_params(client, aud, redirect_uri=None, code_challenge=challenge)
+    done = approve(web, pick(web, signed_in_at_picker(web, params, john), world.ref("mary")))
+    assert done.headers["location"].startswith(REDIRECT + "?")
+    code = query_of(done.headers["location"])["code"]
+    row = code_row(database_url, code)
+    assert row is not None and row["redirect_uri"] is None  # none was given
+    token = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "client_id": client.client_id,
+        "code_verifier": verifier,
+    }
+    answer = web.post("/oauth/token", data=token)
+    assert answer.status_code == 200, answer.text
+    # another code the same way: a redirect URI that is not the client's is still wrong
+    verifier, challenge = pkce()
+    params = authorize_params(client, aud, redirect_uri=None, code_challenge=challenge)
+    again = pick(web, web.get(authorize_url(params)), world.ref("mary"))  # approved before
+    code = query_of(again.headers["location"])["code"]
+    wrong = web.post(
+        "/oauth/token",
+        data={**token, "code": code, "code_verifier": verifier, "redirect_uri": REDIRECT + "x"},
+    )
+    assert wrong.status_code == 400 and wrong.json()["error"] == "invalid_grant"
+
+
+def test_with_redirect_uri_at_authorization_the_token_request_needs_it(
+    web: httpx.Client, client: oauth.Client, database_url: str, aud: str, world: World, john: str
+) -> None:
+    verifier, challenge = pkce()
+    params = authorize_params(client, aud, code_challenge=challenge)
+    done = approve(web, pick(web, signed_in_at_picker(web, params, john), world.ref("mary")))
+    code = query_of(done.headers["location"])["code"]
+    row = code_row(database_url, code)
+    assert row is not None and row["redirect_uri"] == REDIRECT
+    token = {
+        "grant_type": "authorization_code",
+        "code": code,
+        "client_id": client.client_id,
+        "code_verifier": verifier,
+    }
+    answer = web.post("/oauth/token", data=token)
+    assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
 
 
 def test_scopes_the_client_may_not_ask_for_are_dropped(

@@ -190,6 +190,76 @@ def test_a_client_revokes_its_refresh_token_chain(
     assert status.json() == {"active": False}
 
 
+def test_revoking_a_rotated_refresh_token_revokes_its_whole_chain(
+    database_url: str, http: httpx.Client, patient_id: str
+) -> None:
+    client_id, tokens = launch(database_url, http, patient_id)
+    rotated = refresh(http, tokens["refresh_token"], client_id)
+    assert rotated.status_code == 200, rotated.text
+    newest = rotated.json()["refresh_token"]
+    answer = revoke(http, tokens["refresh_token"], client_id)  # the rotated one
+    assert answer.status_code == 200, answer.text
+    assert refresh(http, newest, client_id).json()["error"] == "invalid_grant"
+    status = http.post("/oauth/introspect", data={"token": newest}, headers=auth())
+    assert status.json() == {"active": False}
+    with psycopg.connect(database_url) as db:
+        row = db.execute(
+            "SELECT count(*) FILTER (WHERE revoked_at IS NULL), count(*)"
+            " FROM oauth_refresh_tokens WHERE client_id = %s",
+            (client_id,),
+        ).fetchone()
+    assert row == (0, 2)
+
+
+def test_a_rotated_refresh_token_of_another_client_is_not_revoked(
+    database_url: str, http: httpx.Client, patient_id: str
+) -> None:
+    client_id, tokens = launch(database_url, http, patient_id)
+    newest = refresh(http, tokens["refresh_token"], client_id).json()["refresh_token"]
+    other = public_client(database_url, APP_SCOPE)
+    answer = revoke(http, tokens["refresh_token"], other.client_id)
+    assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
+    assert refresh(http, newest, client_id).status_code == 200
+
+
+def test_a_client_id_naming_another_client_than_the_assertion_is_invalid_client(
+    database_url: str,
+    server: LiveServer,
+    http: httpx.Client,
+    patient_id: str,
+    resource_server: tuple[str, Keypair],
+) -> None:
+    """RFC 7521 4.2: `client_id`, when given with a client assertion, must name the same
+    client."""
+    _, tokens = launch(database_url, http, patient_id)
+    caller, keys = resource_server
+    other = backend_client(database_url, Keypair.rsa()).client_id
+    for path in ("/oauth/introspect", "/oauth/revoke"):
+        answer = http.post(
+            path,
+            data={
+                "token": tokens["refresh_token"],
+                "client_id": other,
+                "client_assertion_type": ASSERTION_TYPE,
+                "client_assertion": keys.assertion(caller, f"{server.origin}{path}"),
+            },
+        )
+        assert answer.status_code == 401, answer.text
+        assert answer.json()["error"] == "invalid_client"
+        assert "active" not in answer.json()
+    # the same caller naming itself is fine
+    same = http.post(
+        "/oauth/introspect",
+        data={
+            "token": tokens["refresh_token"],
+            "client_id": caller,
+            "client_assertion_type": ASSERTION_TYPE,
+            "client_assertion": keys.assertion(caller, f"{server.origin}/oauth/introspect"),
+        },
+    )
+    assert same.status_code == 200 and same.json()["active"] is True
+
+
 def test_revoking_an_unknown_token_is_200(database_url: str, http: httpx.Client) -> None:
     app = public_client(database_url, APP_SCOPE)
     answer = revoke(http, "never-issued", app.client_id)

@@ -174,6 +174,68 @@ def test_register_refuses_a_user_token(server: LiveServer, db: psycopg.Connectio
     assert "insufficient_scope" in event["outcomeDesc"]
 
 
+def backend_metadata(scope: str) -> dict[str, Any]:
+    return {
+        "client_name": "Escalation",
+        "token_endpoint_auth_method": "private_key_jwt",
+        "jwks": public_jwks(),
+        "scope": scope,
+    }
+
+
+@pytest.mark.parametrize(
+    ("held", "metadata"),
+    [
+        # the tester's attack: a read-only System client registers a writer with its own key
+        ("system/*.rs", backend_metadata("system/*.cruds")),
+        ("system/*.rs", backend_metadata("system/*.rs system/Patient.d")),
+        ("system/Observation.rs", backend_metadata("system/Patient.rs")),
+        ("system/Observation.rs?category=laboratory", backend_metadata("system/Observation.rs")),
+        # a user-facing app may not do more than the caller could either
+        ("system/*.rs", {**PUBLIC_APP, "scope": "openid launch/patient patient/*.cruds"}),
+        ("system/*.rs", {**PUBLIC_APP, "scope": "openid user/Observation.write"}),
+        ("system/Observation.rs", {**PUBLIC_APP, "scope": "launch/patient patient/*.rs"}),
+    ],
+)
+def test_a_registration_never_grants_more_than_the_registering_token_holds(
+    server: LiveServer, db: psycopg.Connection[Any], held: str, metadata: dict[str, Any]
+) -> None:
+    caller, token = system_token(server, scope=held)
+    before = client_count(db)
+    response = httpx.post(f"{server.origin}/oauth/register", json=metadata, headers=bearer(token))
+    assert response.status_code == 403, response.text
+    assert response.json()["error"] == "insufficient_scope"
+    assert "more than the registering token holds" in response.json()["error_description"]
+    assert client_count(db) == before  # nothing stored
+    [event] = events(db, f"System/{caller}", "register", outcome="4")
+    assert "insufficient_scope" in event["outcomeDesc"]
+
+
+@pytest.mark.parametrize(
+    ("held", "metadata"),
+    [
+        ("system/*.cruds", backend_metadata("system/*.rs system/Patient.cud")),
+        ("system/*.rs", backend_metadata("system/Observation.rs?category=laboratory")),
+        (
+            "system/Observation.rs?category=laboratory",
+            backend_metadata("system/Observation.s?category=laboratory&code=1234-5"),
+        ),
+        ("system/*.rs", PUBLIC_APP),  # openid, launch, offline_access: no resource access
+        ("system/Observation.read", {**PUBLIC_APP, "scope": "openid user/Observation.rs"}),
+    ],
+)
+def test_a_registration_within_the_registering_token_is_accepted(
+    server: LiveServer, db: psycopg.Connection[Any], held: str, metadata: dict[str, Any]
+) -> None:
+    _, token = system_token(server, scope=held)
+    response = httpx.post(f"{server.origin}/oauth/register", json=metadata, headers=bearer(token))
+    assert response.status_code == 201, response.text
+    stored = db.execute(
+        "SELECT scope FROM oauth_clients WHERE client_id = %s", (response.json()["client_id"],)
+    ).fetchone()
+    assert stored == (metadata["scope"],)
+
+
 def _without(name: str) -> dict[str, Any]:
     return {k: v for k, v in PUBLIC_APP.items() if k != name}
 
@@ -298,13 +360,17 @@ def launches_by(db: psycopg.Connection[Any], caller: str) -> list[tuple[Any, ...
     ).fetchall()
 
 
-def use_launch(database_url: str, value: str) -> oauth.Launch | None:
+def use_launch(
+    database_url: str, value: str, client_id: str, fhir_user: str
+) -> oauth.Launch | None:
     async def go() -> oauth.Launch | None:
         pool = app_database(database_url, pool_size=1)
         await pool.open()
         try:
             async with pool.transaction() as conn:
-                return await oauth.use_launch(conn, value, utc_now())
+                return await oauth.use_launch(
+                    conn, value, utc_now(), client_id=client_id, fhir_user=fhir_user
+                )
         finally:
             await pool.close()
 
@@ -344,9 +410,13 @@ def test_ehr_launch(
         f"Practitioner/{chart['practitioner']}",
     )
     # good once
-    first = use_launch(database_url, value)
+    doctor = f"Practitioner/{chart['practitioner']}"
+    # not for another app nor another user, and such a try does not use it up
+    assert use_launch(database_url, value, chart["ehr_app"], "Practitioner/someone-else") is None
+    assert use_launch(database_url, value, "another-app", doctor) is None
+    first = use_launch(database_url, value, chart["ehr_app"], doctor)
     assert first is not None and first.patient == chart["patient"]
-    assert use_launch(database_url, value) is None
+    assert use_launch(database_url, value, chart["ehr_app"], doctor) is None
     [event] = events(db, f"System/{caller}", "launch", outcome="0", wait=True)
     assert event["entity"][0]["what"]["reference"] == f"Patient/{chart['patient']}"
     assert value not in json.dumps(event)

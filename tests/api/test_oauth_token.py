@@ -412,6 +412,28 @@ def test_a_replayed_client_assertion_is_refused(
     refused(backend_token(http, client.client_id, assertion), "invalid_client", 401)
 
 
+def test_a_client_id_naming_another_client_than_the_assertion_is_invalid_client(
+    database_url: str, server: LiveServer, http: httpx.Client
+) -> None:
+    """RFC 7521 4.2: the `client_id` parameter, when given, must name the assertion's client."""
+    keys = Keypair.rsa()
+    client = backend_client(database_url, keys)
+    other = backend_client(database_url, Keypair.rsa(), scope="system/*.cruds")
+    assertion = keys.assertion(client.client_id, token_url(server))
+    form = {
+        "grant_type": "client_credentials",
+        "client_assertion_type": ASSERTION_TYPE,
+        "client_assertion": assertion,
+        "client_id": other.client_id,
+        "scope": "system/*.rs",
+    }
+    refused(http.post("/oauth/token", data=form), "invalid_client", 401)
+    # the refusal did not use up the assertion; naming its own client is fine
+    answer = http.post("/oauth/token", data={**form, "client_id": client.client_id})
+    assert answer.status_code == 200, answer.text
+    assert claims(answer.json()["access_token"])["client_id"] == client.client_id
+
+
 @pytest.mark.parametrize(
     ("overrides", "what"),
     [

@@ -97,7 +97,8 @@ def signed_in(b: httpx.Client) -> SignedIn | None:
     if cookie is None:
         return None
     scope = {"type": "http", "headers": [(b"cookie", f"{SESSION_COOKIE}={cookie}".encode())]}
-    return Sessions(SESSION_SECRET, 3_600).current(Request(scope))
+    found = Sessions(SESSION_SECRET, 3_600).from_cookie(Request(scope))
+    return found[1] if found is not None else None
 
 
 def refusals(database_url: str, text: str) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +296,77 @@ def test_user_add_hashes_the_password_from_stdin(
     assert cli("user", "remove", username).returncode == 0
     assert _account(db, username) is None
     assert cli("user", "remove", username).returncode == 1
+
+
+def _account_grants(database_url: str, subject: str, fhir_user: str) -> None:
+    """A session, an unredeemed code, a refresh token and an approval of the account."""
+
+    async def go() -> None:
+        pool = app_database(database_url, pool_size=1)
+        await pool.open()
+        now = utc_now()
+        grant = oauth.Grant("app", "patient/*.rs", subject, fhir_user, "1")
+        later = now + timedelta(minutes=1)
+        try:
+            async with pool.transaction() as conn:
+                await oauth.start_session(conn, uuid.uuid4().hex, subject, fhir_user, now, later)
+                code = oauth.Code(grant, APP, None, None, None, now, later)
+                await oauth.save_code(conn, uuid.uuid4().hex, code)
+                await oauth.save_refresh(
+                    conn, uuid.uuid4().hex, oauth.Refresh(grant, uuid.uuid4(), now, None)
+                )
+                await oauth.approve(conn, subject, "app", "Patient/1", "patient/*.rs", now)
+        finally:
+            await pool.close()
+
+    asyncio.run(go())
+
+
+def _live(db: psycopg.Connection[Any], subject: str) -> tuple[Any, ...] | None:
+    """The account's sessions, unredeemed codes, live refresh tokens and approvals."""
+    return db.execute(
+        "SELECT (SELECT count(*) FROM oauth_sessions WHERE subject = %(s)s),"
+        " (SELECT count(*) FROM oauth_codes WHERE subject = %(s)s AND used_at IS NULL),"
+        " (SELECT count(*) FROM oauth_refresh_tokens WHERE subject = %(s)s"
+        " AND revoked_at IS NULL),"
+        " (SELECT count(*) FROM oauth_approvals WHERE subject = %(s)s AND revoked_at IS NULL)",
+        {"s": subject},
+    ).fetchone()
+
+
+def test_user_remove_and_replace_end_what_the_account_was_issued(
+    cli: Any, db: psycopg.Connection[Any], database_url: str, client: httpx.Client, patient_id: str
+) -> None:
+    username = f"john-{uuid.uuid4().hex[:6]}"
+    subject = f"local:{username}"
+    me = f"Patient/{patient_id}"
+    created = client.post("/Patient", json={"resourceType": "Patient", "gender": "male"})
+    assert created.status_code == 201
+    other = f"Patient/{created.json()['id']}"
+
+    def add(*extra: str, fhir_user: str = me, password: str = "correct horse") -> None:  # noqa: S107
+        done = cli(
+            "user", "add", username, "--fhir-user", fhir_user, "--password-stdin", *extra,
+            stdin=password + "\n",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+    add()
+    _account_grants(database_url, subject, me)
+    assert _live(db, subject) == (1, 1, 1, 1)
+    # a new password: the sessions end, the apps stay
+    add("--replace", password="another password")
+    assert _live(db, subject) == (0, 1, 1, 1)
+    # another FHIR user: everything the old identity was issued ends too
+    _account_grants(database_url, subject, me)
+    add("--replace", fhir_user=other)
+    assert _live(db, subject) == (0, 0, 0, 0)
+    # removal: all of it, in the command's transaction
+    _account_grants(database_url, subject, other)
+    removed = cli("user", "remove", username)
+    assert removed.returncode == 0, removed.stderr
+    assert _live(db, subject) == (0, 0, 0, 0)
+    assert _account(db, username) is None
 
 
 def test_user_add_needs_an_existing_fhir_user(

@@ -32,7 +32,8 @@ def grant(**kw: Any) -> oauth.Grant:
     values: dict[str, Any] = {
         "client_id": "app",
         "scope": "launch/patient patient/*.rs",
-        "subject": f"local:{uuid.uuid4().hex}",
+        # an account of the identity provider: no local account needed
+        "subject": f"oidc:https://idp.example|{uuid.uuid4().hex}",
         "fhir_user": "RelatedPerson/9",
         "patient": "1",
         "claims": {"access_basis": {"relationship": "RelatedPerson/9"}},
@@ -138,7 +139,7 @@ def test_a_reused_code_revokes_only_the_chain_its_redemption_started(database_ur
 
 
 def test_revoking_an_access_tokens_grants_touches_one_launch_context(database_url: str) -> None:
-    subject = f"local:{uuid.uuid4().hex}"
+    subject = f"oidc:https://idp.example|{uuid.uuid4().hex}"
     mary, tom, no_patient = uuid.uuid4().hex, uuid.uuid4().hex, uuid.uuid4().hex
 
     async def work(conn: Connection) -> list[bool]:
@@ -165,15 +166,35 @@ def test_a_launch_value_is_good_once_and_not_after_it_expires(database_url: str)
         await oauth.save_launch(
             conn, stale, oauth.Launch("ehr", None, "1", None, None, NOW - timedelta(seconds=1))
         )
+        use = {"client_id": "app", "fhir_user": "Practitioner/1"}
         return [
-            await oauth.use_launch(conn, fresh, NOW),
-            await oauth.use_launch(conn, fresh, NOW),
-            await oauth.use_launch(conn, stale, NOW),
+            await oauth.use_launch(conn, fresh, NOW, **use),
+            await oauth.use_launch(conn, fresh, NOW, **use),
+            await oauth.use_launch(conn, stale, NOW, **use),
         ]
 
     first, again, expired = run(database_url, work)
     assert first is not None and (first.patient, first.encounter) == ("1", "E1")
     assert again is None and expired is None
+
+
+def test_a_launch_for_an_app_and_a_user_is_theirs_alone_and_not_used_up_by_others(
+    database_url: str,
+) -> None:
+    value = uuid.uuid4().hex
+    launch = oauth.Launch("ehr", "app", "1", None, "Practitioner/1", NOW + timedelta(minutes=5))
+
+    async def work(conn: Connection) -> list[Any]:
+        await oauth.save_launch(conn, value, launch)
+        return [
+            await oauth.use_launch(conn, value, NOW, client_id="app", fhir_user="Person/2"),
+            await oauth.use_launch(conn, value, NOW, client_id="other", fhir_user="Practitioner/1"),
+            await oauth.use_launch(conn, value, NOW, client_id="app", fhir_user="Practitioner/1"),
+        ]
+
+    other_user, other_app, theirs = run(database_url, work)
+    assert other_user is None and other_app is None
+    assert theirs is not None and theirs.fhir_user == "Practitioner/1"
 
 
 def test_a_client_assertion_jti_is_accepted_once_per_client(database_url: str) -> None:

@@ -129,6 +129,16 @@ def backend_client(
     )
 
 
+def local_account(database_url: str, fhir_user: str) -> str:
+    """A local account (with a password hash no password matches): its subject."""
+    username = f"user-{uuid.uuid4().hex[:10]}"
+    run(
+        database_url,
+        lambda conn: oauth.put_user(conn, username, "not-a-hash", fhir_user, now()),
+    )
+    return oauth.local_subject(username)
+
+
 def make_code(
     database_url: str,
     client_id: str,
@@ -140,17 +150,20 @@ def make_code(
     subject: str | None = None,
     nonce: str | None = None,
     expires_in: float = 60,
-    redirect_uri: str = REDIRECT,
+    redirect_uri: str | None = REDIRECT,
     claims: dict[str, Any] | None = None,
 ) -> str:
-    """A code as the authorization endpoint saves it."""
+    """A code as the authorization endpoint saves it; without `subject`, for a local account made
+    for it (a grant whose local account is gone is refused)."""
     code = secrets.token_urlsafe(32)
     issued = now()
+    if subject is None:
+        subject = local_account(database_url, fhir_user or "Patient/someone")
     record = oauth.Code(
         grant=oauth.Grant(
             client_id=client_id,
             scope=scope,
-            subject=subject or f"local:{uuid.uuid4().hex[:8]}",
+            subject=subject,
             fhir_user=fhir_user,
             patient=patient,
             claims=claims or {},

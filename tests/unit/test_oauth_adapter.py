@@ -14,6 +14,7 @@ from fhir_server.oauth.server import (
     ASSERTION_TYPE,
     OAuthClient,
     claimed_client_id,
+    conflicting_client_id,
     malformed,
     oauth_error,
     repeated,
@@ -39,6 +40,17 @@ def test_the_claimed_client_is_the_assertions_subject_else_client_id() -> None:
         [("client_assertion_type", ASSERTION_TYPE), ("client_assertion", "not-a-jwt")]
     )
     assert claimed_client_id(garbage) is None
+
+
+def test_a_client_id_must_name_the_assertions_client() -> None:
+    assertion = jwt.encode({"iss": "svc", "sub": "svc"}, "k" * 32, algorithm="HS256")
+    with_assertion = [("client_assertion_type", ASSERTION_TYPE), ("client_assertion", assertion)]
+    assert conflicting_client_id(FormData([("client_id", "other"), *with_assertion]))
+    assert conflicting_client_id(FormData([("client_id", "svc"), *with_assertion])) is None
+    assert conflicting_client_id(FormData(with_assertion)) is None
+    assert conflicting_client_id(FormData([("client_id", "app")])) is None  # no assertion
+    garbage = [("client_assertion_type", ASSERTION_TYPE), ("client_assertion", "not-a-jwt")]
+    assert conflicting_client_id(FormData([("client_id", "app"), *garbage]))
 
 
 def test_a_repeated_parameter_or_a_nul_character_is_found() -> None:

@@ -34,7 +34,7 @@ async def activity_json(request: Request) -> Response:
 
 
 async def _answer(request: Request, form: str) -> Response:
-    found = acting(request)
+    found = await acting(request)
     if found is None:
         return sign_in_first(request)
     who, fhir = found

@@ -28,7 +28,7 @@ PATH = "/account/apps"
 
 
 async def apps_page(request: Request) -> Response:
-    found = acting(request)
+    found = await acting(request)
     if found is None:
         return sign_in_first(request)
     who, interaction = found

@@ -22,7 +22,7 @@ from fhir_server.web.signin import error_page
 async def posted(request: Request) -> tuple[SignedIn, Interaction, FormData] | Response:
     """The signed-in person, their interaction and the form, when the form may go ahead; else
     the response that says why not (sign in first, or an error page)."""
-    found = acting(request)
+    found = await acting(request)
     if found is None:
         return sign_in_first(request)
     who, interaction = found

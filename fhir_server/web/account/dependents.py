@@ -122,7 +122,7 @@ def _row(member: family.Member) -> dict[str, Any]:
 
 
 async def dependents_page(request: Request) -> Response:
-    found = acting(request)
+    found = await acting(request)
     if found is None:
         return sign_in_first(request)
     who, interaction = found
@@ -221,7 +221,7 @@ def _removal(dependent: str, confirm: bool) -> dict[str, Any]:
 
 async def confirm_removal(request: Request) -> Response:
     """The confirmation page: whom, and the coverage that ends with the relationship."""
-    found = acting(request)
+    found = await acting(request)
     if found is None:
         return sign_in_first(request)
     who, interaction = found

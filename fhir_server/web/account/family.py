@@ -23,7 +23,7 @@ WHY_PATH = "/account/family/why"
 
 
 async def family(request: Request) -> Response:
-    found = acting(request)
+    found = await acting(request)
     if found is None:
         return sign_in_first(request)
     _who, fhir = found
@@ -33,7 +33,7 @@ async def family(request: Request) -> Response:
 
 
 async def why(request: Request) -> Response:
-    found = acting(request)
+    found = await acting(request)
     if found is None:
         return sign_in_first(request)
     _who, fhir = found

@@ -32,7 +32,7 @@ def account_page(request: Request, template: str, **values: Any) -> Response:
 
 
 async def home(request: Request) -> Response:
-    found = acting(request)
+    found = await acting(request)
     if found is None:
         return sign_in_first(request)
     who, _interaction = found

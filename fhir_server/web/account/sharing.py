@@ -61,7 +61,7 @@ async def _show(
     code: str = "",
     status_code: int = 200,
 ) -> Response:
-    found = acting(request)
+    found = await acting(request)
     if found is None:
         return sign_in_first(request)
     who, fhir = found
