@@ -17,7 +17,6 @@ import fhir_server.tracing as tracing
 import fhir_server.web as web
 from capability.definitions import resource_types
 from compartments.policy import Policy, PolicyError, Rule, default_policy, load_policy
-from compartments.references import bases
 from fhir_server.api import (
     errors,
     fhir,
@@ -60,13 +59,6 @@ from fhir_server.web import account, session, signin, upstream
 log = logging.getLogger(__name__)
 
 
-def fhir_bases(settings: Settings) -> frozenset[str]:
-    """The FHIR base URLs under which a token's absolute `fhirUser` names a local resource: the
-    configured ones (`FHIR_BASE_URL`, or the listen address; `FHIR_LOCAL_BASES`), never the
-    Host a request names."""
-    return bases((settings.public_base, *settings.local_bases))
-
-
 def token_settings(settings: Settings, *, warn: bool = True) -> TokenSettings:
     """The identity provider's keys, issuer and audience; without `FHIR_AUTH_JWKS`, the local
     development key of the data folder (`fhir-server dev-token`), with a warning unless `warn`
@@ -84,7 +76,6 @@ def token_settings(settings: Settings, *, warn: bool = True) -> TokenSettings:
             jwks=str(ensure_dev_key(settings.data_dir)),
             algorithms=("ES256",),
             leeway_seconds=settings.auth_leeway_seconds,
-            local_bases=fhir_bases(settings),
         )
     if not settings.auth_issuer or not settings.auth_audience:
         raise ValueError("`FHIR_AUTH_JWKS` needs `FHIR_AUTH_ISSUER` and `FHIR_AUTH_AUDIENCE` too")
@@ -94,7 +85,6 @@ def token_settings(settings: Settings, *, warn: bool = True) -> TokenSettings:
         jwks=settings.auth_jwks,
         algorithms=settings.auth_algorithms,
         leeway_seconds=settings.auth_leeway_seconds,
-        local_bases=fhir_bases(settings),
     )
 
 
@@ -117,7 +107,6 @@ def verifiers(settings: Settings, keys: issuer.ServerKeys | None) -> Verifiers:
             jwks=str(jwks),
             algorithms=(issuer.ALGORITHM,),
             leeway_seconds=settings.auth_leeway_seconds,
-            local_bases=fhir_bases(settings),
         )
         trusted.append(TokenVerifier(own))
     return Verifiers(trusted)

@@ -79,9 +79,6 @@ class TokenSettings:
     # An unknown key id makes the verifier fetch the JWKS again (key rotation), at most once in
     # this many seconds, so that tokens with made-up key ids cannot make it hammer the provider.
     jwks_refresh_cooldown_seconds: float = 30.0
-    # The FHIR base URLs (no trailing slash) under which an absolute `fhirUser` names a resource
-    # of this server; one under any other base names another server's and is refused.
-    local_bases: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         unsafe = [a for a in self.algorithms if a not in ASYMMETRIC]
@@ -180,7 +177,7 @@ class TokenVerifier:
         except (TypeError, ValueError, OverflowError):
             # a signed token whose registered claims PyJWT cannot read (`exp: 1e400`)
             raise Unauthorized("the token's claims are malformed", code="login") from None
-        return principal_from_claims(claims, local_bases=self.settings.local_bases)
+        return principal_from_claims(claims)
 
 
 class Verifiers:
@@ -215,11 +212,8 @@ class Verifiers:
         return verifier.verify(token)
 
 
-def principal_from_claims(
-    claims: Mapping[str, Any], *, local_bases: frozenset[str] = frozenset()
-) -> Principal:
-    """Read the principal from verified claims; 401 where they are unusable. `local_bases`: as
-    `TokenSettings.local_bases` (none: an absolute `fhirUser` is refused)."""
+def principal_from_claims(claims: Mapping[str, Any]) -> Principal:
+    """Read the principal from verified claims; 401 where they are unusable."""
     if any(name in claims for name in _ID_TOKEN_CLAIMS):
         raise Unauthorized("an ID token is not an access token", code="login")
     for name in _IDENTITY_CLAIMS:
@@ -233,7 +227,7 @@ def principal_from_claims(
         scopes = parse_scopes(scope)
     except ScopeError as exc:
         raise Unauthorized(str(exc), code="login") from None
-    fhir_user = _fhir_user(claims.get("fhirUser"), local_bases)
+    fhir_user = _fhir_user(claims.get("fhirUser"))
     patient = claims.get("patient")
     if patient is not None and not isinstance(patient, str):
         raise Unauthorized("the `patient` claim must be an id", code="login")
@@ -319,10 +313,8 @@ def _check_identity_claim(name: str, value: Any) -> None:
         )
 
 
-def _fhir_user(value: Any, local_bases: frozenset[str] = frozenset()) -> str | None:
-    """`fhirUser` as `Type/id`: relative, or the last two segments of an absolute URL under one
-    of `local_bases` (under another base it is another server's resource, never the local one
-    that happens to have the same id)."""
+def _fhir_user(value: Any) -> str | None:
+    """`fhirUser` as `Type/id`: relative, or the last two segments of an absolute URL."""
     if value is None:
         return None
     if not isinstance(value, str):
@@ -334,8 +326,6 @@ def _fhir_user(value: Any, local_bases: frozenset[str] = frozenset()) -> str | N
             "`fhirUser` must name a Patient, RelatedPerson, Practitioner or Person",
             code="login",
         )
-    if len(parts) > 2 and "/".join(parts[:-2]) not in local_bases:
-        raise Unauthorized("`fhirUser` names a resource of another server", code="login")
     return f"{parts[-2]}/{parts[-1]}"
 
 
