@@ -1,8 +1,8 @@
 """The checks the interactions make with the caller's guard: a type at all (`check_type`), the
 stored version (`check_stored`), the version a write would make (`check_result`), the one answer
 about a resource outside what the caller may see (`hidden`), and the fields a non-privileged
-caller may not change (`protect_meta`, `protect_links`), and the scopes a workflow that writes as the server needs
-(`workflow_scope`, `require_workflow_scope`)."""
+caller may not change (`protect_meta`, `protect_links`), and the scopes a workflow that writes as
+the server needs (`workflow_scope`, `require_workflow_scope`)."""
 
 from __future__ import annotations
 

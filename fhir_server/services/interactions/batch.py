@@ -118,12 +118,6 @@ def _parse_entry(ctx: Context, index: int, raw_entry: Any) -> Entry:
     parts = urlsplit(url)
     segments = [s for s in parts.path.split("/") if s]
     resource_type = segments[0] if segments and not segments[0].startswith("_") else None
-    for name in ("ifMatch", "ifNoneExist", "ifNoneMatch", "ifModifiedSince"):
-        if not isinstance(request.get(name, ""), str):
-            raise BadRequest(
-                f"entry {index}: `request.{name}` must be a string",
-                expression=[f"{where}.request.{name}"],
-            )
     if_match = update.parse_if_match(request["ifMatch"]) if "ifMatch" in request else None
     id = segments[1] if len(segments) > 1 and resource_type else None
     return Entry(
