@@ -33,7 +33,10 @@ def sign_in(driver: WebDriver, origin: str, username: str) -> None:
     driver.find_element(By.ID, "username").send_keys(username)
     driver.find_element(By.ID, "password").send_keys(PASSWORD)
     driver.find_element(By.CSS_SELECTOR, "form[action='/signin'] button[type=submit]").click()
-    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.TAG_NAME, "h1"))
+    # the sign-in page has an h1 too: wait until the browser has left it
+    WebDriverWait(driver, 30).until(
+        lambda d: "/signin" not in d.current_url and d.find_elements(By.TAG_NAME, "h1")
+    )
 
 
 # What a wait retries while the page it reads is being replaced by the form's answer: Chrome
